@@ -1,0 +1,28 @@
+//! Schema migrations for the connections service.
+//!
+//! Migrations are append-only: once released, a migration is never edited; a
+//! schema change is a new migration at the end of [`Migrator::migrations`].
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261128_000001_create_organizations;
+mod m20261128_000002_create_api_keys;
+mod m20261128_000003_create_connections;
+mod m20261128_000004_create_connection_events;
+mod m20261128_000005_create_server_secrets;
+
+/// Applies the service's migrations in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261128_000001_create_organizations::Migration),
+            Box::new(m20261128_000002_create_api_keys::Migration),
+            Box::new(m20261128_000003_create_connections::Migration),
+            Box::new(m20261128_000004_create_connection_events::Migration),
+            Box::new(m20261128_000005_create_server_secrets::Migration),
+        ]
+    }
+}

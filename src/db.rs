@@ -1,0 +1,85 @@
+//! Database connections: SQLite (the embedded default) and PostgreSQL.
+
+use std::time::Duration;
+
+use sea_orm::{
+    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait, sqlx,
+};
+
+/// How long a SQLite writer waits for the write lock before giving up.
+pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a call waits for a pooled connection before the database is
+/// reported unavailable.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pool settings.
+#[derive(Debug, Clone)]
+pub struct DbSettings {
+    /// `sqlite://PATH?mode=rwc`, `sqlite::memory:` or `postgres://...`.
+    pub url: String,
+    /// Upper bound on pooled connections.
+    pub max_connections: u32,
+}
+
+impl DbSettings {
+    /// Settings for `url` with the default pool size.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: 16,
+        }
+    }
+}
+
+/// Opens a connection pool. SQLite connections use WAL, a busy timeout and
+/// foreign keys; an in-memory SQLite database gets a single connection, since
+/// each connection would otherwise see a database of its own.
+pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, DbErr> {
+    let mut options = ConnectOptions::new(settings.url.clone());
+    let in_memory = settings.url.contains(":memory:") || settings.url.contains("mode=memory");
+    options
+        .max_connections(if in_memory {
+            1
+        } else {
+            settings.max_connections
+        })
+        .min_connections(0)
+        .connect_timeout(ACQUIRE_TIMEOUT)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .idle_timeout(Duration::from_secs(300))
+        .sqlx_logging(false)
+        .map_sqlx_sqlite_opts(|opts| {
+            opts.journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                .foreign_keys(true)
+        });
+    Database::connect(options).await
+}
+
+/// Begins a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`:
+/// it takes the write lock up front (waiting up to the busy timeout), so a
+/// read-then-write transaction never fails to upgrade its lock midway.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    let sqlite_transaction_mode = match db.get_database_backend() {
+        DbBackend::Sqlite => Some(SqliteTransactionMode::Immediate),
+        _ => None,
+    };
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode,
+        ..TransactionOptions::default()
+    })
+    .await
+}
+
+/// A short name of the backend, for logs (never the URL: it may hold a password).
+pub fn backend_name(db: &DatabaseConnection) -> &'static str {
+    match db.get_database_backend() {
+        DbBackend::Sqlite => "sqlite",
+        DbBackend::Postgres => "postgres",
+        DbBackend::MySql => "mysql",
+        _ => "unknown",
+    }
+}

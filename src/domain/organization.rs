@@ -1,0 +1,107 @@
+//! Organizations, API keys and their display names.
+
+use chrono::{DateTime, Utc};
+
+use super::ids::{ApiKeyId, OrganizationId};
+
+/// Longest display name, in characters.
+pub const MAX_DISPLAY_NAME_CHARS: usize = 200;
+
+/// A trimmed display name of 1 to [`MAX_DISPLAY_NAME_CHARS`] characters,
+/// without control characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DisplayName(String);
+
+/// Why a string is not a display name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidDisplayName {
+    /// Empty or only whitespace.
+    #[error("must not be empty")]
+    Empty,
+    /// Over the limit.
+    #[error("must be at most {MAX_DISPLAY_NAME_CHARS} characters")]
+    TooLong,
+    /// Contains a control character.
+    #[error("must not contain control characters")]
+    ControlCharacter,
+}
+
+impl DisplayName {
+    /// Parses a display name, trimming surrounding whitespace.
+    pub fn parse(s: &str) -> Result<Self, InvalidDisplayName> {
+        let trimmed = s.trim();
+        if trimmed.is_empty() {
+            return Err(InvalidDisplayName::Empty);
+        }
+        if trimmed.chars().count() > MAX_DISPLAY_NAME_CHARS {
+            return Err(InvalidDisplayName::TooLong);
+        }
+        if trimmed.chars().any(char::is_control) {
+            return Err(InvalidDisplayName::ControlCharacter);
+        }
+        Ok(Self(trimmed.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An organization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Organization {
+    /// Identifier.
+    pub id: OrganizationId,
+    /// Human-readable name.
+    pub display_name: String,
+    /// When it was created.
+    pub create_time: DateTime<Utc>,
+}
+
+/// An API key's metadata (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Identifier.
+    pub id: ApiKeyId,
+    /// The organization it acts for.
+    pub organization_id: OrganizationId,
+    /// Human-readable name; may be empty.
+    pub display_name: String,
+    /// The non-secret start of the key.
+    pub prefix: String,
+    /// When it was created.
+    pub create_time: DateTime<Utc>,
+    /// When it was revoked, if it was.
+    pub revoke_time: Option<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_names_are_trimmed_and_bounded() {
+        assert_eq!(
+            DisplayName::parse("  Acme Bank ").unwrap().as_str(),
+            "Acme Bank"
+        );
+        assert_eq!(DisplayName::parse("   "), Err(InvalidDisplayName::Empty));
+        assert_eq!(
+            DisplayName::parse(&"é".repeat(MAX_DISPLAY_NAME_CHARS))
+                .unwrap()
+                .as_str()
+                .chars()
+                .count(),
+            MAX_DISPLAY_NAME_CHARS
+        );
+        assert_eq!(
+            DisplayName::parse(&"x".repeat(MAX_DISPLAY_NAME_CHARS + 1)),
+            Err(InvalidDisplayName::TooLong)
+        );
+        assert_eq!(
+            DisplayName::parse("a\u{0}b"),
+            Err(InvalidDisplayName::ControlCharacter)
+        );
+    }
+}

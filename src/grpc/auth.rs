@@ -1,0 +1,180 @@
+//! Caller identity from `authorization: Bearer <secret>` metadata.
+
+use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
+use tonic::metadata::MetadataMap;
+
+use crate::{
+    domain::OrganizationId,
+    error::ServiceError,
+    service::{ApiKeys, api_keys::digest},
+};
+
+/// Longest `authorization` value examined; longer ones are refused unread.
+pub const MAX_AUTHORIZATION_LEN: usize = 512;
+
+/// Why the `authorization` metadata holds no usable bearer credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BearerError {
+    /// No `authorization` metadata at all.
+    Missing,
+    /// Present, but not `Bearer <credential>` within the length limit.
+    Malformed,
+}
+
+/// The credential in `authorization: Bearer <credential>`.
+fn bearer(metadata: &MetadataMap) -> Result<&str, BearerError> {
+    let value = metadata.get("authorization").ok_or(BearerError::Missing)?;
+    if value.len() > MAX_AUTHORIZATION_LEN {
+        return Err(BearerError::Malformed);
+    }
+    let value = value.to_str().map_err(|_| BearerError::Malformed)?;
+    match value.split_once(' ') {
+        Some((scheme, credential)) if scheme.eq_ignore_ascii_case("bearer") => {
+            Ok(credential.trim())
+        }
+        _ => Err(BearerError::Malformed),
+    }
+}
+
+/// Resolves API keys to the organization they act for.
+#[derive(Debug, Clone)]
+pub struct Authenticator {
+    keys: ApiKeys,
+}
+
+impl Authenticator {
+    /// Authenticates against the keys in `keys`.
+    pub fn new(keys: ApiKeys) -> Self {
+        Self { keys }
+    }
+
+    /// The calling organization. Missing metadata is `ApiKeyMissing`; a
+    /// malformed, unknown or revoked key is `ApiKeyInvalid`.
+    pub async fn organization(
+        &self,
+        metadata: &MetadataMap,
+    ) -> Result<OrganizationId, ServiceError> {
+        let secret = bearer(metadata).map_err(|err| match err {
+            BearerError::Missing => ServiceError::ApiKeyMissing,
+            BearerError::Malformed => ServiceError::ApiKeyInvalid,
+        })?;
+        let organization = self.keys.authenticate(secret).await?;
+        tracing::Span::current().record("caller", tracing::field::display(organization));
+        Ok(organization)
+    }
+}
+
+/// The operator's admin token, kept only as a SHA-256 digest.
+#[derive(Clone)]
+pub struct AdminToken {
+    digest: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminToken")
+            .field("configured", &self.digest.is_some())
+            .finish()
+    }
+}
+
+impl AdminToken {
+    /// The configured token; `None` (or an empty token) refuses every call.
+    pub fn new(token: Option<&SecretString>) -> Self {
+        let digest = token
+            .map(ExposeSecret::expose_secret)
+            .filter(|t| !t.is_empty())
+            .map(digest);
+        Self { digest }
+    }
+
+    /// Whether a token is configured.
+    pub fn is_configured(&self) -> bool {
+        self.digest.is_some()
+    }
+
+    /// Succeeds only if the metadata carries the configured token. Digests of
+    /// equal length are compared in constant time, so neither the token's
+    /// content nor its length leaks through timing.
+    pub fn check(&self, metadata: &MetadataMap) -> Result<(), ServiceError> {
+        let expected = self
+            .digest
+            .as_ref()
+            .ok_or(ServiceError::AdminTokenInvalid)?;
+        let presented = bearer(metadata).map_err(|_| ServiceError::AdminTokenInvalid)?;
+        if bool::from(digest(presented).ct_eq(expected)) {
+            Ok(())
+        } else {
+            Err(ServiceError::AdminTokenInvalid)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata(authorization: Option<&str>) -> MetadataMap {
+        let mut map = MetadataMap::new();
+        if let Some(value) = authorization {
+            map.insert("authorization", value.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn admin_token_accepts_only_the_configured_token() {
+        let secret = SecretString::from("s3cret-token");
+        let token = AdminToken::new(Some(&secret));
+        assert!(token.check(&metadata(Some("Bearer s3cret-token"))).is_ok());
+        assert!(token.check(&metadata(Some("bearer s3cret-token"))).is_ok());
+        for bad in [
+            None,
+            Some("Bearer wrong"),
+            Some("Bearer s3cret-token-and-more"),
+            Some("Basic s3cret-token"),
+            Some("s3cret-token"),
+        ] {
+            assert!(
+                matches!(
+                    token.check(&metadata(bad)),
+                    Err(ServiceError::AdminTokenInvalid)
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_or_empty_admin_token_refuses_everything() {
+        for token in [
+            AdminToken::new(None),
+            AdminToken::new(Some(&SecretString::from(""))),
+        ] {
+            assert!(!token.is_configured());
+            assert!(matches!(
+                token.check(&metadata(Some("Bearer "))),
+                Err(ServiceError::AdminTokenInvalid)
+            ));
+        }
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_token() {
+        let token = AdminToken::new(Some(&SecretString::from("hunter2")));
+        assert!(!format!("{token:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn bearer_distinguishes_missing_from_malformed() {
+        assert_eq!(bearer(&metadata(None)), Err(BearerError::Missing));
+        assert_eq!(
+            bearer(&metadata(Some("Token abc"))),
+            Err(BearerError::Malformed)
+        );
+        let long = format!("Bearer {}", "a".repeat(MAX_AUTHORIZATION_LEN));
+        assert_eq!(bearer(&metadata(Some(&long))), Err(BearerError::Malformed));
+        assert_eq!(bearer(&metadata(Some("Bearer  cnx_abc "))), Ok("cnx_abc"));
+    }
+}

@@ -1,0 +1,232 @@
+//! `connections.v1.ConnectionService`.
+
+use tonic::{Request, Response, Status};
+
+use super::{
+    Authenticator,
+    validate::{self, AllOk},
+};
+use crate::{
+    domain::{Action, ConnectionId, OrganizationId},
+    proto::{
+        self, ActivateConnectionRequest, ActivateConnectionResponse, CreateConnectionRequest,
+        CreateConnectionResponse, DeactivateConnectionRequest, DeactivateConnectionResponse,
+        GetConnectionRequest, GetConnectionResponse, ListConnectionEventsRequest,
+        ListConnectionEventsResponse, ListConnectionsRequest, ListConnectionsResponse,
+        ReactivateConnectionRequest, ReactivateConnectionResponse,
+        connection_service_server::ConnectionService,
+    },
+    service::{Connections, ListFilter, NewConnection, TransitionRequest},
+};
+
+/// The gRPC adapter over [`Connections`].
+#[derive(Debug, Clone)]
+pub struct ConnectionApi {
+    auth: Authenticator,
+    connections: Connections,
+}
+
+impl ConnectionApi {
+    /// Serves `connections`, identifying callers with `auth`.
+    pub fn new(auth: Authenticator, connections: Connections) -> Self {
+        Self { auth, connections }
+    }
+
+    async fn transition(
+        &self,
+        request: Request<TransitionFields>,
+    ) -> Result<proto::Connection, Status> {
+        let caller = self.auth.organization(request.metadata()).await?;
+        let fields = request.into_inner();
+        let (id, etag, _request_id, reason) = (
+            validate::id("connection_id", &fields.connection_id, ConnectionId::parse),
+            validate::etag(&fields.etag),
+            validate::request_id(&fields.request_id),
+            validate::reason(&fields.reason),
+        )
+            .all_ok()?;
+        let connection = self
+            .connections
+            .transition(
+                caller,
+                TransitionRequest {
+                    id,
+                    action: fields.action,
+                    etag,
+                    reason,
+                },
+            )
+            .await?;
+        Ok(connection.into())
+    }
+}
+
+/// The fields the three transition requests share.
+struct TransitionFields {
+    action: Action,
+    connection_id: String,
+    etag: String,
+    request_id: String,
+    reason: String,
+}
+
+#[tonic::async_trait]
+impl ConnectionService for ConnectionApi {
+    async fn create_connection(
+        &self,
+        request: Request<CreateConnectionRequest>,
+    ) -> Result<Response<CreateConnectionResponse>, Status> {
+        let caller = self.auth.organization(request.metadata()).await?;
+        let request = request.into_inner();
+        let (destination, data_types, _request_id) = (
+            validate::id(
+                "destination_organization_id",
+                &request.destination_organization_id,
+                OrganizationId::parse,
+            ),
+            validate::data_types(&request.data_types),
+            validate::request_id(&request.request_id),
+        )
+            .all_ok()?;
+        let connection = self
+            .connections
+            .create(
+                caller,
+                NewConnection {
+                    destination,
+                    data_types,
+                },
+            )
+            .await?;
+        Ok(Response::new(CreateConnectionResponse {
+            connection: Some(connection.into()),
+        }))
+    }
+
+    async fn get_connection(
+        &self,
+        request: Request<GetConnectionRequest>,
+    ) -> Result<Response<GetConnectionResponse>, Status> {
+        let caller = self.auth.organization(request.metadata()).await?;
+        let request = request.into_inner();
+        let (id,) = (validate::id(
+            "connection_id",
+            &request.connection_id,
+            ConnectionId::parse,
+        ),)
+            .all_ok()?;
+        let connection = self.connections.get(caller, id).await?;
+        Ok(Response::new(GetConnectionResponse {
+            connection: Some(connection.into()),
+        }))
+    }
+
+    async fn list_connections(
+        &self,
+        request: Request<ListConnectionsRequest>,
+    ) -> Result<Response<ListConnectionsResponse>, Status> {
+        let caller = self.auth.organization(request.metadata()).await?;
+        let request = request.into_inner();
+        let (role, state, counterparty, page_size, page_token) = (
+            validate::role_filter(request.role),
+            validate::state_filter(request.state),
+            validate::optional_id(
+                "counterparty_organization_id",
+                &request.counterparty_organization_id,
+                OrganizationId::parse,
+            ),
+            validate::page_size(request.page_size),
+            validate::page_token(&request.page_token),
+        )
+            .all_ok()?;
+        let filter = ListFilter {
+            role,
+            state,
+            counterparty,
+        };
+        let page = self
+            .connections
+            .list(caller, filter, page_size, page_token)
+            .await?;
+        Ok(Response::new(ListConnectionsResponse {
+            connections: page.items.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn activate_connection(
+        &self,
+        request: Request<ActivateConnectionRequest>,
+    ) -> Result<Response<ActivateConnectionResponse>, Status> {
+        let connection = self
+            .transition(request.map(|r| TransitionFields {
+                action: Action::Activate,
+                connection_id: r.connection_id,
+                etag: r.etag,
+                request_id: r.request_id,
+                reason: String::new(),
+            }))
+            .await?;
+        Ok(Response::new(ActivateConnectionResponse {
+            connection: Some(connection),
+        }))
+    }
+
+    async fn deactivate_connection(
+        &self,
+        request: Request<DeactivateConnectionRequest>,
+    ) -> Result<Response<DeactivateConnectionResponse>, Status> {
+        let connection = self
+            .transition(request.map(|r| TransitionFields {
+                action: Action::Deactivate,
+                connection_id: r.connection_id,
+                etag: r.etag,
+                request_id: r.request_id,
+                reason: r.reason,
+            }))
+            .await?;
+        Ok(Response::new(DeactivateConnectionResponse {
+            connection: Some(connection),
+        }))
+    }
+
+    async fn reactivate_connection(
+        &self,
+        request: Request<ReactivateConnectionRequest>,
+    ) -> Result<Response<ReactivateConnectionResponse>, Status> {
+        let connection = self
+            .transition(request.map(|r| TransitionFields {
+                action: Action::Reactivate,
+                connection_id: r.connection_id,
+                etag: r.etag,
+                request_id: r.request_id,
+                reason: String::new(),
+            }))
+            .await?;
+        Ok(Response::new(ReactivateConnectionResponse {
+            connection: Some(connection),
+        }))
+    }
+
+    async fn list_connection_events(
+        &self,
+        request: Request<ListConnectionEventsRequest>,
+    ) -> Result<Response<ListConnectionEventsResponse>, Status> {
+        let caller = self.auth.organization(request.metadata()).await?;
+        let request = request.into_inner();
+        let (id, page_size, page_token) = (
+            validate::id("connection_id", &request.connection_id, ConnectionId::parse),
+            validate::page_size(request.page_size),
+            validate::page_token(&request.page_token),
+        )
+            .all_ok()?;
+        let page = self
+            .connections
+            .list_events(caller, id, page_size, page_token)
+            .await?;
+        Ok(Response::new(ListConnectionEventsResponse {
+            events: page.items.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+}

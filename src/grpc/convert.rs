@@ -1,0 +1,192 @@
+//! Conversions between domain types and protobuf messages.
+
+use chrono::{DateTime, Utc};
+use prost_types::Timestamp;
+
+use crate::{domain, proto};
+
+/// A protobuf timestamp.
+pub fn timestamp(time: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: time.timestamp(),
+        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+impl From<domain::ConnectionState> for proto::ConnectionState {
+    fn from(state: domain::ConnectionState) -> Self {
+        match state {
+            domain::ConnectionState::Pending => Self::Pending,
+            domain::ConnectionState::Active => Self::Active,
+            domain::ConnectionState::Inactive => Self::Inactive,
+        }
+    }
+}
+
+impl From<domain::Role> for proto::ConnectionRole {
+    fn from(role: domain::Role) -> Self {
+        match role {
+            domain::Role::Source => Self::Source,
+            domain::Role::Destination => Self::Destination,
+        }
+    }
+}
+
+impl From<domain::DataType> for proto::DataType {
+    fn from(data_type: domain::DataType) -> Self {
+        match data_type {
+            domain::DataType::Inquiry => Self::Inquiry,
+            domain::DataType::Verification => Self::Verification,
+            domain::DataType::Account => Self::Account,
+            domain::DataType::Transaction => Self::Transaction,
+        }
+    }
+}
+
+impl From<domain::EventType> for proto::ConnectionEventType {
+    fn from(event_type: domain::EventType) -> Self {
+        match event_type {
+            domain::EventType::Created => Self::Created,
+            domain::EventType::Activated => Self::Activated,
+            domain::EventType::Deactivated => Self::Deactivated,
+            domain::EventType::Reactivated => Self::Reactivated,
+        }
+    }
+}
+
+/// The domain data type of a protobuf value; `None` for UNSPECIFIED.
+pub fn data_type(value: proto::DataType) -> Option<domain::DataType> {
+    match value {
+        proto::DataType::Unspecified => None,
+        proto::DataType::Inquiry => Some(domain::DataType::Inquiry),
+        proto::DataType::Verification => Some(domain::DataType::Verification),
+        proto::DataType::Account => Some(domain::DataType::Account),
+        proto::DataType::Transaction => Some(domain::DataType::Transaction),
+    }
+}
+
+/// The domain role of a protobuf value; `None` for UNSPECIFIED.
+pub fn role(value: proto::ConnectionRole) -> Option<domain::Role> {
+    match value {
+        proto::ConnectionRole::Unspecified => None,
+        proto::ConnectionRole::Source => Some(domain::Role::Source),
+        proto::ConnectionRole::Destination => Some(domain::Role::Destination),
+    }
+}
+
+/// The domain state of a protobuf value; `None` for UNSPECIFIED.
+pub fn state(value: proto::ConnectionState) -> Option<domain::ConnectionState> {
+    match value {
+        proto::ConnectionState::Unspecified => None,
+        proto::ConnectionState::Pending => Some(domain::ConnectionState::Pending),
+        proto::ConnectionState::Active => Some(domain::ConnectionState::Active),
+        proto::ConnectionState::Inactive => Some(domain::ConnectionState::Inactive),
+    }
+}
+
+impl From<domain::ConnectionRecord> for proto::Connection {
+    fn from(record: domain::ConnectionRecord) -> Self {
+        let etag = record.etag();
+        Self {
+            id: record.id.to_string(),
+            source_organization_id: record.parties.source.to_string(),
+            destination_organization_id: record.parties.destination.to_string(),
+            state: proto::ConnectionState::from(record.state).into(),
+            data_types: record
+                .data_types
+                .as_slice()
+                .iter()
+                .map(|t| proto::DataType::from(*t).into())
+                .collect(),
+            create_time: Some(timestamp(record.create_time)),
+            update_time: Some(timestamp(record.update_time)),
+            activate_time: record.activate_time.map(timestamp),
+            deactivate_time: record.deactivate_time.map(timestamp),
+            deactivated_by: record
+                .deactivated_by
+                .map_or(proto::ConnectionRole::Unspecified, Into::into)
+                .into(),
+            deactivation_reason: record.deactivation_reason.unwrap_or_default(),
+            etag,
+        }
+    }
+}
+
+impl From<domain::ConnectionEvent> for proto::ConnectionEvent {
+    fn from(event: domain::ConnectionEvent) -> Self {
+        Self {
+            id: event.id.hyphenated().to_string(),
+            connection_id: event.connection_id.to_string(),
+            sequence: event.sequence,
+            r#type: proto::ConnectionEventType::from(event.event_type).into(),
+            from_state: event
+                .from_state
+                .map_or(proto::ConnectionState::Unspecified, Into::into)
+                .into(),
+            to_state: proto::ConnectionState::from(event.to_state).into(),
+            actor_organization_id: event.actor_organization_id.to_string(),
+            actor_role: proto::ConnectionRole::from(event.actor_role).into(),
+            reason: event.reason.unwrap_or_default(),
+            create_time: Some(timestamp(event.create_time)),
+        }
+    }
+}
+
+impl From<domain::Organization> for proto::Organization {
+    fn from(org: domain::Organization) -> Self {
+        Self {
+            id: org.id.to_string(),
+            display_name: org.display_name,
+            create_time: Some(timestamp(org.create_time)),
+        }
+    }
+}
+
+impl From<domain::ApiKey> for proto::ApiKey {
+    fn from(key: domain::ApiKey) -> Self {
+        Self {
+            id: key.id.to_string(),
+            organization_id: key.organization_id.to_string(),
+            display_name: key.display_name,
+            prefix: key.prefix,
+            create_time: Some(timestamp(key.create_time)),
+            revoke_time: key.revoke_time.map(timestamp),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_keep_sub_second_precision() {
+        let time = DateTime::from_timestamp(1_700_000_000, 123_456_000).unwrap();
+        assert_eq!(
+            timestamp(time),
+            Timestamp {
+                seconds: 1_700_000_000,
+                nanos: 123_456_000
+            }
+        );
+    }
+
+    #[test]
+    fn enum_conversions_round_trip() {
+        for state in domain::ConnectionState::ALL {
+            assert_eq!(self::state(state.into()), Some(state));
+        }
+        for role in [domain::Role::Source, domain::Role::Destination] {
+            assert_eq!(self::role(role.into()), Some(role));
+        }
+        for data_type in [
+            domain::DataType::Inquiry,
+            domain::DataType::Verification,
+            domain::DataType::Account,
+            domain::DataType::Transaction,
+        ] {
+            assert_eq!(self::data_type(data_type.into()), Some(data_type));
+        }
+        assert_eq!(self::state(proto::ConnectionState::Unspecified), None);
+    }
+}

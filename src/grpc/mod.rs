@@ -1,0 +1,15 @@
+//! gRPC adapters: one file per service. Each handler takes the same steps:
+//! authenticate the caller, validate and convert the request, call the service
+//! layer, convert the result back. No business rules live here.
+
+pub mod admin_api;
+pub mod auth;
+pub mod connection_api;
+pub mod convert;
+pub mod organization_api;
+pub mod validate;
+
+pub use admin_api::AdminApi;
+pub use auth::{AdminToken, Authenticator};
+pub use connection_api::ConnectionApi;
+pub use organization_api::OrganizationApi;

@@ -1,0 +1,258 @@
+//! Request validation. Each check returns the parsed value or a field
+//! violation; [`AllOk`] runs several and reports every violation at once.
+
+use crate::{
+    domain::{DataTypes, PageSize, ids::InvalidId},
+    error::{FieldViolation, ServiceError},
+    grpc::convert,
+    proto,
+};
+
+/// Longest `request_id`, in characters.
+pub const MAX_REQUEST_ID_CHARS: usize = 255;
+/// Longest deactivation reason, in characters.
+pub const MAX_REASON_CHARS: usize = 500;
+/// Longest etag accepted (ours are 16 characters).
+pub const MAX_ETAG_LEN: usize = 64;
+/// Most data types accepted in one request, duplicates included.
+pub const MAX_DATA_TYPES: usize = 32;
+
+type Checked<T> = Result<T, FieldViolation>;
+
+/// A required identifier.
+pub fn id<T>(
+    field: &'static str,
+    value: &str,
+    parse: fn(&str) -> Result<T, InvalidId>,
+) -> Checked<T> {
+    if value.is_empty() {
+        return Err(FieldViolation::new(field, "is required"));
+    }
+    parse(value).map_err(|err| FieldViolation::new(field, err.to_string()))
+}
+
+/// An optional identifier: empty means absent.
+pub fn optional_id<T>(
+    field: &'static str,
+    value: &str,
+    parse: fn(&str) -> Result<T, InvalidId>,
+) -> Checked<Option<T>> {
+    if value.is_empty() {
+        Ok(None)
+    } else {
+        id(field, value, parse).map(Some)
+    }
+}
+
+/// An optional free-text field of at most `max` characters without control
+/// characters (line breaks and tabs are allowed); empty means absent.
+fn optional_text(field: &'static str, value: &str, max: usize) -> Checked<Option<String>> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if value.chars().count() > max {
+        return Err(FieldViolation::new(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(FieldViolation::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(Some(value.to_owned()))
+}
+
+/// The optional `request_id` of a mutating call.
+pub fn request_id(value: &str) -> Checked<Option<String>> {
+    optional_text("request_id", value, MAX_REQUEST_ID_CHARS)
+}
+
+/// The optional deactivation `reason`.
+pub fn reason(value: &str) -> Checked<Option<String>> {
+    optional_text("reason", value, MAX_REASON_CHARS)
+}
+
+/// The optional `etag` of a transition.
+pub fn etag(value: &str) -> Checked<Option<String>> {
+    if value.len() > MAX_ETAG_LEN {
+        return Err(FieldViolation::new(
+            "etag",
+            format!("must be at most {MAX_ETAG_LEN} characters"),
+        ));
+    }
+    Ok((!value.is_empty()).then(|| value.to_owned()))
+}
+
+/// `page_size`: 0 is the default, large values are clamped.
+pub fn page_size(value: i32) -> Checked<PageSize> {
+    PageSize::from_request(value).map_err(|err| FieldViolation::new("page_size", err.to_string()))
+}
+
+/// `page_token`: empty means the first page. Its contents are checked by the
+/// service, which alone knows what it was issued for.
+pub fn page_token(value: &str) -> Checked<Option<&str>> {
+    Ok((!value.is_empty()).then_some(value))
+}
+
+/// `data_types`: at least one, each a known non-UNSPECIFIED value.
+pub fn data_types(values: &[i32]) -> Checked<DataTypes> {
+    const FIELD: &str = "data_types";
+    if values.len() > MAX_DATA_TYPES {
+        return Err(FieldViolation::new(
+            FIELD,
+            format!("must have at most {MAX_DATA_TYPES} entries"),
+        ));
+    }
+    let types = values
+        .iter()
+        .map(|&value| {
+            proto::DataType::try_from(value)
+                .ok()
+                .and_then(convert::data_type)
+                .ok_or_else(|| {
+                    FieldViolation::new(
+                        FIELD,
+                        format!("{value} is not a data type (UNSPECIFIED is not allowed)"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    DataTypes::new(types).map_err(|err| FieldViolation::new(FIELD, err.to_string()))
+}
+
+/// A role filter: UNSPECIFIED means either role.
+pub fn role_filter(value: i32) -> Checked<Option<crate::domain::Role>> {
+    proto::ConnectionRole::try_from(value)
+        .map(convert::role)
+        .map_err(|_| FieldViolation::new("role", format!("{value} is not a connection role")))
+}
+
+/// A state filter: UNSPECIFIED means any state.
+pub fn state_filter(value: i32) -> Checked<Option<crate::domain::ConnectionState>> {
+    proto::ConnectionState::try_from(value)
+        .map(convert::state)
+        .map_err(|_| FieldViolation::new("state", format!("{value} is not a connection state")))
+}
+
+/// Combines checks: all values, or every violation found.
+pub trait AllOk {
+    /// The checked values.
+    type Output;
+    /// The values if every check passed, else `InvalidArgument` listing all
+    /// violations.
+    fn all_ok(self) -> Result<Self::Output, ServiceError>;
+}
+
+macro_rules! impl_all_ok {
+    ($($name:ident),+) => {
+        impl<$($name),+> AllOk for ($(Checked<$name>,)+) {
+            type Output = ($($name,)+);
+
+            #[allow(non_snake_case)]
+            fn all_ok(self) -> Result<Self::Output, ServiceError> {
+                let ($($name,)+) = self;
+                match ($($name,)+) {
+                    ($(Ok($name),)+) => Ok(($($name,)+)),
+                    ($($name,)+) => {
+                        let mut violations = Vec::new();
+                        $(if let Err(v) = $name {
+                            violations.push(v);
+                        })+
+                        Err(ServiceError::InvalidArgument(violations))
+                    }
+                }
+            }
+        }
+    };
+}
+
+impl_all_ok!(A);
+impl_all_ok!(A, B);
+impl_all_ok!(A, B, C);
+impl_all_ok!(A, B, C, D);
+impl_all_ok!(A, B, C, D, E);
+impl_all_ok!(A, B, C, D, E, F);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{ConnectionId, DataType};
+
+    #[test]
+    fn all_ok_reports_every_violation() {
+        let result = (
+            id("connection_id", "nope", ConnectionId::parse),
+            reason(&"x".repeat(MAX_REASON_CHARS + 1)),
+            etag("fine"),
+        )
+            .all_ok();
+        let Err(ServiceError::InvalidArgument(violations)) = result else {
+            panic!("expected InvalidArgument");
+        };
+        let fields: Vec<_> = violations.iter().map(|v| v.field).collect();
+        assert_eq!(fields, ["connection_id", "reason"]);
+    }
+
+    #[test]
+    fn required_id_must_be_present_and_well_formed() {
+        assert_eq!(
+            id("connection_id", "", ConnectionId::parse)
+                .unwrap_err()
+                .description,
+            "is required"
+        );
+        assert!(
+            id(
+                "connection_id",
+                "0190f3c4-7a2b-7c3d-8e4f-5a6b7c8d9e0f",
+                ConnectionId::parse
+            )
+            .is_ok()
+        );
+        assert_eq!(optional_id("x", "", ConnectionId::parse), Ok(None));
+    }
+
+    #[test]
+    fn reason_and_request_id_are_bounded_in_characters() {
+        assert!(reason(&"é".repeat(MAX_REASON_CHARS)).is_ok());
+        assert!(reason(&"é".repeat(MAX_REASON_CHARS + 1)).is_err());
+        assert!(request_id(&"r".repeat(MAX_REQUEST_ID_CHARS)).is_ok());
+        assert!(request_id(&"r".repeat(MAX_REQUEST_ID_CHARS + 1)).is_err());
+        assert!(reason("line one\nline two").is_ok());
+        assert!(reason("bell\u{7}").is_err());
+        assert_eq!(reason(""), Ok(None));
+    }
+
+    #[test]
+    fn data_types_reject_unspecified_unknown_and_empty() {
+        assert_eq!(
+            data_types(&[4, 1, 4]).unwrap().as_slice(),
+            &[DataType::Inquiry, DataType::Transaction]
+        );
+        assert!(data_types(&[]).is_err());
+        assert!(data_types(&[0]).is_err());
+        assert!(data_types(&[1, 99]).is_err());
+        assert!(data_types(&[1; MAX_DATA_TYPES + 1]).is_err());
+    }
+
+    #[test]
+    fn filters_accept_unspecified_and_reject_unknown_values() {
+        assert_eq!(role_filter(0), Ok(None));
+        assert!(role_filter(1).unwrap().is_some());
+        assert!(role_filter(9).is_err());
+        assert_eq!(state_filter(0), Ok(None));
+        assert!(state_filter(-1).is_err());
+    }
+
+    #[test]
+    fn negative_page_size_is_refused() {
+        assert!(page_size(-1).is_err());
+        assert_eq!(page_size(0).unwrap().get(), 50);
+    }
+}

@@ -1,0 +1,17 @@
+//! The `connections` service: one-directional data-sharing agreements between
+//! organizations, served over gRPC.
+//!
+//! Layers, outermost first: [`grpc`] adapters (authenticate, validate, convert)
+//! call the [`service`] layer (ownership, transitions, transactions), which uses
+//! the pure [`domain`] types and rules and persists through [`entity`].
+
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod entity;
+pub mod error;
+pub mod grpc;
+pub mod proto;
+pub mod service;
+pub mod startup;
+pub mod telemetry;

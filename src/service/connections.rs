@@ -1,0 +1,476 @@
+//! Connections: creation, reads, listing and state transitions.
+//!
+//! Every query is scoped to the caller: a connection the caller is not a party
+//! to is simply not found. Every change is one transaction holding a guarded
+//! update (`WHERE id = ? AND version = ?`) and the event that records it.
+
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, SqlErr,
+};
+use tracing::instrument;
+
+use super::{Page, PageTokens, now, time_of};
+use crate::{
+    db,
+    domain::{
+        Action, ConnectionEvent, ConnectionId, ConnectionRecord, ConnectionState, DataTypes,
+        EventType, OrganizationId, PageSize, Parties, Role, TransitionError, transition,
+    },
+    entity::{connection, connection_event, organization},
+    error::ServiceError,
+};
+
+/// The connections business layer.
+#[derive(Debug, Clone)]
+pub struct Connections {
+    db: DatabaseConnection,
+    tokens: PageTokens,
+}
+
+/// What CreateConnection asks for, already validated.
+#[derive(Debug, Clone)]
+pub struct NewConnection {
+    /// The organization to share with.
+    pub destination: OrganizationId,
+    /// What to share.
+    pub data_types: DataTypes,
+}
+
+/// A state change, already validated.
+#[derive(Debug, Clone)]
+pub struct TransitionRequest {
+    /// The connection.
+    pub id: ConnectionId,
+    /// What to do.
+    pub action: Action,
+    /// If given, the change happens only if the connection still has this etag.
+    pub etag: Option<String>,
+    /// Deactivation reason.
+    pub reason: Option<String>,
+}
+
+/// ListConnections filters; `None` means "any".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Outbound (source) or inbound (destination) only.
+    pub role: Option<Role>,
+    /// Only this state.
+    pub state: Option<ConnectionState>,
+    /// Only connections with this other organization.
+    pub counterparty: Option<OrganizationId>,
+}
+
+impl Connections {
+    /// The business layer over `db`, signing page tokens with `tokens`.
+    pub fn new(db: DatabaseConnection, tokens: PageTokens) -> Self {
+        Self { db, tokens }
+    }
+
+    /// Creates a PENDING connection from `caller` to `new.destination`.
+    #[instrument(skip_all, fields(caller = %caller, destination = %new.destination))]
+    pub async fn create(
+        &self,
+        caller: OrganizationId,
+        new: NewConnection,
+    ) -> Result<ConnectionRecord, ServiceError> {
+        if new.destination == caller {
+            return Err(ServiceError::SelfConnection);
+        }
+        let txn = db::begin_write(&self.db).await?;
+        if organization::Entity::find_by_id(new.destination.uuid())
+            .one(&txn)
+            .await?
+            .is_none()
+        {
+            return Err(ServiceError::OrganizationNotFound);
+        }
+        if let Some(existing) = find_pair(&txn, caller, new.destination).await? {
+            return Err(ServiceError::ConnectionAlreadyExists {
+                connection_id: existing,
+            });
+        }
+
+        let id = ConnectionId::generate();
+        let created = time_of(id.uuid());
+        let record = ConnectionRecord {
+            id,
+            parties: Parties {
+                source: caller,
+                destination: new.destination,
+            },
+            state: ConnectionState::Pending,
+            data_types: new.data_types,
+            version: 1,
+            create_time: created,
+            update_time: created,
+            activate_time: None,
+            deactivate_time: None,
+            deactivated_by: None,
+            deactivation_reason: None,
+        };
+        let inserted = connection::Entity::insert(active_model(&record))
+            .exec_without_returning(&txn)
+            .await;
+        if let Err(err) = inserted {
+            if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
+                // A concurrent create of the same pair committed first.
+                drop(txn);
+                return match find_pair(&self.db, caller, new.destination).await? {
+                    Some(connection_id) => {
+                        Err(ServiceError::ConnectionAlreadyExists { connection_id })
+                    }
+                    None => Err(ServiceError::ConcurrentModification),
+                };
+            }
+            return Err(err.into());
+        }
+        insert_event(
+            &txn,
+            &record,
+            EventType::Created,
+            None,
+            caller,
+            Role::Source,
+            None,
+        )
+        .await?;
+        txn.commit().await?;
+        tracing::info!(connection_id = %record.id, "connection created");
+        Ok(record)
+    }
+
+    /// The connection `id`, if `caller` is a party to it.
+    #[instrument(skip_all, fields(caller = %caller, connection_id = %id))]
+    pub async fn get(
+        &self,
+        caller: OrganizationId,
+        id: ConnectionId,
+    ) -> Result<ConnectionRecord, ServiceError> {
+        record_from(secure_find(&self.db, caller, id).await?)
+    }
+
+    /// The caller's connections matching `filter`, newest first.
+    #[instrument(skip_all, fields(caller = %caller))]
+    pub async fn list(
+        &self,
+        caller: OrganizationId,
+        filter: ListFilter,
+        page_size: PageSize,
+        page_token: Option<&str>,
+    ) -> Result<Page<ConnectionRecord>, ServiceError> {
+        let scope = list_scope(caller, &filter);
+        let after = match page_token {
+            Some(token) => {
+                let cursor = self.tokens.verify(&scope, token)?;
+                let uuid =
+                    uuid::Uuid::from_slice(&cursor).map_err(|_| ServiceError::InvalidPageToken)?;
+                Some(uuid)
+            }
+            None => None,
+        };
+
+        // One keyset query per side, each cut at one row past the page: the
+        // newest `page_size + 1` of their union are the newest overall.
+        let fetch = u64::from(page_size.get()) + 1;
+        let side = |role| {
+            let (own, other) = match role {
+                Role::Source => (
+                    connection::Column::SourceOrganizationId,
+                    connection::Column::DestinationOrganizationId,
+                ),
+                Role::Destination => (
+                    connection::Column::DestinationOrganizationId,
+                    connection::Column::SourceOrganizationId,
+                ),
+            };
+            let mut query = connection::Entity::find().filter(own.eq(caller.uuid()));
+            if let Some(counterparty) = filter.counterparty {
+                query = query.filter(other.eq(counterparty.uuid()));
+            }
+            if let Some(state) = filter.state {
+                query = query.filter(connection::Column::State.eq(state.as_str()));
+            }
+            if let Some(after) = after {
+                query = query.filter(connection::Column::Id.lt(after));
+            }
+            query
+                .order_by_desc(connection::Column::Id)
+                .limit(fetch)
+                .all(&self.db)
+        };
+        let mut rows = match filter.role {
+            Some(role) => side(role).await?,
+            None => {
+                let (mut outbound, inbound) =
+                    tokio::try_join!(side(Role::Source), side(Role::Destination))?;
+                outbound.extend(inbound);
+                outbound.sort_unstable_by_key(|row| std::cmp::Reverse(row.id));
+                outbound
+            }
+        };
+
+        let has_more = rows.len() > page_size.as_usize();
+        rows.truncate(page_size.as_usize());
+        let next_page_token = match rows.last() {
+            Some(last) if has_more => Some(self.tokens.issue(&scope, last.id.as_bytes())),
+            _ => None,
+        };
+        let items = rows
+            .into_iter()
+            .map(record_from)
+            .collect::<Result<_, _>>()?;
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+
+    /// Activates, deactivates or reactivates a connection.
+    #[instrument(skip_all, fields(caller = %caller, connection_id = %request.id, action = ?request.action))]
+    pub async fn transition(
+        &self,
+        caller: OrganizationId,
+        request: TransitionRequest,
+    ) -> Result<ConnectionRecord, ServiceError> {
+        let txn = db::begin_write(&self.db).await?;
+        let current = record_from(secure_find(&txn, caller, request.id).await?)?;
+        let role = current.parties.role_of(caller);
+        let etag_matches = request
+            .etag
+            .as_deref()
+            .is_none_or(|etag| etag == current.etag());
+        let next = transition(current.state, request.action, role, etag_matches)
+            .map_err(|err| transition_error(err, request.action))?;
+        let role = role.expect("transition() refuses non-parties");
+
+        let changed = now();
+        let mut updated = current.clone();
+        updated.state = next;
+        updated.version = current.version + 1;
+        updated.update_time = changed;
+        let mut reason = None;
+        match request.action {
+            Action::Activate => updated.activate_time = Some(changed),
+            Action::Deactivate => {
+                reason = request.reason.filter(|r| !r.is_empty());
+                updated.deactivate_time = Some(changed);
+                updated.deactivated_by = Some(role);
+                updated.deactivation_reason = reason.clone();
+            }
+            Action::Reactivate => {}
+        }
+
+        // The guard: applies only if nobody changed the row since we read it.
+        let result = connection::Entity::update_many()
+            .set(active_model(&updated))
+            .filter(connection::Column::Id.eq(current.id.uuid()))
+            .filter(connection::Column::Version.eq(current.version))
+            .exec(&txn)
+            .await?;
+        if result.rows_affected != 1 {
+            return Err(ServiceError::ConcurrentModification);
+        }
+        insert_event(
+            &txn,
+            &updated,
+            request.action.event_type(),
+            Some(current.state),
+            caller,
+            role,
+            reason,
+        )
+        .await?;
+        txn.commit().await?;
+        tracing::info!(from = %current.state, to = %next, "connection changed");
+        Ok(updated)
+    }
+
+    /// The history of a connection the caller is a party to, oldest first.
+    #[instrument(skip_all, fields(caller = %caller, connection_id = %id))]
+    pub async fn list_events(
+        &self,
+        caller: OrganizationId,
+        id: ConnectionId,
+        page_size: PageSize,
+        page_token: Option<&str>,
+    ) -> Result<Page<ConnectionEvent>, ServiceError> {
+        let scope = format!("ListConnectionEvents|{caller}|{id}");
+        let after = match page_token {
+            Some(token) => {
+                let cursor = self.tokens.verify(&scope, token)?;
+                let bytes: [u8; 8] = cursor
+                    .try_into()
+                    .map_err(|_| ServiceError::InvalidPageToken)?;
+                i64::from_be_bytes(bytes)
+            }
+            None => 0,
+        };
+        secure_find(&self.db, caller, id).await?;
+        let mut rows = connection_event::Entity::find()
+            .filter(connection_event::Column::ConnectionId.eq(id.uuid()))
+            .filter(connection_event::Column::Sequence.gt(after))
+            .order_by_asc(connection_event::Column::Sequence)
+            .limit(u64::from(page_size.get()) + 1)
+            .all(&self.db)
+            .await?;
+        let has_more = rows.len() > page_size.as_usize();
+        rows.truncate(page_size.as_usize());
+        let next_page_token = match rows.last() {
+            Some(last) if has_more => Some(self.tokens.issue(&scope, &last.sequence.to_be_bytes())),
+            _ => None,
+        };
+        let items = rows.into_iter().map(event_from).collect::<Result<_, _>>()?;
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+}
+
+/// The scope a ListConnections page token is bound to.
+fn list_scope(caller: OrganizationId, filter: &ListFilter) -> String {
+    let role = filter.role.map_or("*", Role::as_str);
+    let state = filter.state.map_or("*", ConnectionState::as_str);
+    let counterparty = filter
+        .counterparty
+        .map_or_else(|| "*".to_owned(), |id| id.to_string());
+    format!("ListConnections|{caller}|{role}|{state}|{counterparty}")
+}
+
+fn transition_error(err: TransitionError, action: Action) -> ServiceError {
+    match err {
+        TransitionError::NotAParty => ServiceError::ConnectionNotFound,
+        TransitionError::WrongRole {
+            required: Role::Source,
+        } => ServiceError::CallerNotSource,
+        TransitionError::WrongRole {
+            required: Role::Destination,
+        } => ServiceError::CallerNotDestination,
+        TransitionError::InvalidState { current } => {
+            ServiceError::InvalidStateTransition { action, current }
+        }
+        TransitionError::EtagMismatch => ServiceError::EtagMismatch,
+    }
+}
+
+/// Loads a connection only if `caller` is one of its parties.
+async fn secure_find(
+    conn: &impl ConnectionTrait,
+    caller: OrganizationId,
+    id: ConnectionId,
+) -> Result<connection::Model, ServiceError> {
+    connection::Entity::find_by_id(id.uuid())
+        .filter(
+            Condition::any()
+                .add(connection::Column::SourceOrganizationId.eq(caller.uuid()))
+                .add(connection::Column::DestinationOrganizationId.eq(caller.uuid())),
+        )
+        .one(conn)
+        .await?
+        .ok_or(ServiceError::ConnectionNotFound)
+}
+
+/// The ID of the connection from `source` to `destination`, if there is one.
+async fn find_pair(
+    conn: &impl ConnectionTrait,
+    source: OrganizationId,
+    destination: OrganizationId,
+) -> Result<Option<ConnectionId>, ServiceError> {
+    let id: Option<uuid::Uuid> = connection::Entity::find()
+        .select_only()
+        .column(connection::Column::Id)
+        .filter(connection::Column::SourceOrganizationId.eq(source.uuid()))
+        .filter(connection::Column::DestinationOrganizationId.eq(destination.uuid()))
+        .into_tuple()
+        .one(conn)
+        .await?;
+    Ok(id.map(ConnectionId::from))
+}
+
+async fn insert_event(
+    conn: &impl ConnectionTrait,
+    record: &ConnectionRecord,
+    event_type: EventType,
+    from_state: Option<ConnectionState>,
+    actor: OrganizationId,
+    actor_role: Role,
+    reason: Option<String>,
+) -> Result<(), ServiceError> {
+    let id = uuid::Uuid::now_v7();
+    let event = connection_event::ActiveModel {
+        id: Set(id),
+        connection_id: Set(record.id.uuid()),
+        sequence: Set(record.version),
+        event_type: Set(event_type.as_str().to_owned()),
+        from_state: Set(from_state.map(|s| s.as_str().to_owned())),
+        to_state: Set(record.state.as_str().to_owned()),
+        actor_organization_id: Set(actor.uuid()),
+        actor_role: Set(actor_role.as_str().to_owned()),
+        reason: Set(reason),
+        create_time: Set(record.update_time),
+    };
+    connection_event::Entity::insert(event)
+        .exec_without_returning(conn)
+        .await?;
+    Ok(())
+}
+
+fn active_model(record: &ConnectionRecord) -> connection::ActiveModel {
+    connection::ActiveModel {
+        id: Set(record.id.uuid()),
+        source_organization_id: Set(record.parties.source.uuid()),
+        destination_organization_id: Set(record.parties.destination.uuid()),
+        state: Set(record.state.as_str().to_owned()),
+        data_types: Set(record.data_types.to_storage()),
+        version: Set(record.version),
+        create_time: Set(record.create_time),
+        update_time: Set(record.update_time),
+        activate_time: Set(record.activate_time),
+        deactivate_time: Set(record.deactivate_time),
+        deactivated_by: Set(record.deactivated_by.map(|r| r.as_str().to_owned())),
+        deactivation_reason: Set(record.deactivation_reason.clone()),
+    }
+}
+
+fn record_from(model: connection::Model) -> Result<ConnectionRecord, ServiceError> {
+    Ok(ConnectionRecord {
+        id: model.id.into(),
+        parties: Parties {
+            source: model.source_organization_id.into(),
+            destination: model.destination_organization_id.into(),
+        },
+        state: model.state.parse().map_err(ServiceError::internal)?,
+        data_types: DataTypes::from_storage(&model.data_types).map_err(ServiceError::internal)?,
+        version: model.version,
+        create_time: model.create_time,
+        update_time: model.update_time,
+        activate_time: model.activate_time,
+        deactivate_time: model.deactivate_time,
+        deactivated_by: model
+            .deactivated_by
+            .map(|r| r.parse())
+            .transpose()
+            .map_err(ServiceError::internal)?,
+        deactivation_reason: model.deactivation_reason,
+    })
+}
+
+fn event_from(model: connection_event::Model) -> Result<ConnectionEvent, ServiceError> {
+    Ok(ConnectionEvent {
+        id: model.id,
+        connection_id: model.connection_id.into(),
+        sequence: model.sequence,
+        event_type: model.event_type.parse().map_err(ServiceError::internal)?,
+        from_state: model
+            .from_state
+            .map(|s| s.parse())
+            .transpose()
+            .map_err(ServiceError::internal)?,
+        to_state: model.to_state.parse().map_err(ServiceError::internal)?,
+        actor_organization_id: model.actor_organization_id.into(),
+        actor_role: model.actor_role.parse().map_err(ServiceError::internal)?,
+        reason: model.reason,
+        create_time: model.create_time,
+    })
+}

@@ -1,0 +1,49 @@
+//! Business rules and persistence: ownership, transitions, transactions.
+
+pub mod api_keys;
+pub mod connections;
+pub mod organizations;
+pub mod page_token;
+pub mod secrets;
+
+pub use api_keys::ApiKeys;
+pub use connections::{Connections, ListFilter, NewConnection, TransitionRequest};
+pub use organizations::Organizations;
+pub use page_token::PageTokens;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use uuid::Uuid;
+
+/// One page of a list call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page<T> {
+    /// The items, in the list's order.
+    pub items: Vec<T>,
+    /// Token for the next page; `None` on the last page.
+    pub next_page_token: Option<String>,
+}
+
+/// The current time at the precision both databases store (microseconds), so
+/// a value returned right after a write equals the value read back later.
+pub(crate) fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// The creation time embedded in a UUIDv7 (millisecond precision). Records use
+/// it as their `create_time`, so "newest first by ID" and "newest first by
+/// creation time" are the same order.
+pub(crate) fn time_of(id: Uuid) -> DateTime<Utc> {
+    id.get_timestamp()
+        .and_then(|ts| {
+            let (secs, nanos) = ts.to_unix();
+            DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos)
+        })
+        .unwrap_or_else(now)
+}
+
+/// `N` bytes from the operating system's secure random source.
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    bytes
+}

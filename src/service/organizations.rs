@@ -1,0 +1,98 @@
+//! Organizations.
+
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect,
+};
+use tracing::instrument;
+
+use super::{Page, PageTokens, time_of};
+use crate::{
+    domain::{DisplayName, Organization, OrganizationId, PageSize},
+    entity::organization,
+    error::ServiceError,
+};
+
+/// The organizations business layer.
+#[derive(Debug, Clone)]
+pub struct Organizations {
+    db: DatabaseConnection,
+    tokens: PageTokens,
+}
+
+impl Organizations {
+    /// The business layer over `db`, signing page tokens with `tokens`.
+    pub fn new(db: DatabaseConnection, tokens: PageTokens) -> Self {
+        Self { db, tokens }
+    }
+
+    /// One organization.
+    #[instrument(skip(self))]
+    pub async fn get(&self, id: OrganizationId) -> Result<Organization, ServiceError> {
+        organization::Entity::find_by_id(id.uuid())
+            .one(&self.db)
+            .await?
+            .map(organization_from)
+            .ok_or(ServiceError::OrganizationNotFound)
+    }
+
+    /// Creates an organization.
+    #[instrument(skip(self))]
+    pub async fn create(&self, display_name: DisplayName) -> Result<Organization, ServiceError> {
+        let id = OrganizationId::generate();
+        let org = Organization {
+            id,
+            display_name: display_name.as_str().to_owned(),
+            create_time: time_of(id.uuid()),
+        };
+        organization::Entity::insert(organization::ActiveModel {
+            id: Set(org.id.uuid()),
+            display_name: Set(org.display_name.clone()),
+            create_time: Set(org.create_time),
+        })
+        .exec_without_returning(&self.db)
+        .await?;
+        tracing::info!(organization_id = %org.id, "organization created");
+        Ok(org)
+    }
+
+    /// All organizations, oldest first.
+    #[instrument(skip(self))]
+    pub async fn list(
+        &self,
+        page_size: PageSize,
+        page_token: Option<&str>,
+    ) -> Result<Page<Organization>, ServiceError> {
+        const SCOPE: &str = "ListOrganizations";
+        let mut query = organization::Entity::find();
+        if let Some(token) = page_token {
+            let cursor = self.tokens.verify(SCOPE, token)?;
+            let after =
+                uuid::Uuid::from_slice(&cursor).map_err(|_| ServiceError::InvalidPageToken)?;
+            query = query.filter(organization::Column::Id.gt(after));
+        }
+        let mut rows = query
+            .order_by_asc(organization::Column::Id)
+            .limit(u64::from(page_size.get()) + 1)
+            .all(&self.db)
+            .await?;
+        let has_more = rows.len() > page_size.as_usize();
+        rows.truncate(page_size.as_usize());
+        let next_page_token = match rows.last() {
+            Some(last) if has_more => Some(self.tokens.issue(SCOPE, last.id.as_bytes())),
+            _ => None,
+        };
+        Ok(Page {
+            items: rows.into_iter().map(organization_from).collect(),
+            next_page_token,
+        })
+    }
+}
+
+fn organization_from(model: organization::Model) -> Organization {
+    Organization {
+        id: model.id.into(),
+        display_name: model.display_name,
+        create_time: model.create_time,
+    }
+}

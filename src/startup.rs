@@ -1,0 +1,291 @@
+//! Server assembly, shared by `main` and the integration tests so the tests
+//! exercise the production wiring.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use migration::{Migrator, MigratorTrait};
+use sea_orm::{DatabaseConnection, DbErr};
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    server::NamedService,
+    transport::{Server, server::TcpIncoming},
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    db::{self, DbSettings},
+    grpc::{AdminApi, AdminToken, Authenticator, ConnectionApi, OrganizationApi},
+    proto::{
+        self, admin_service_server::AdminServiceServer,
+        connection_service_server::ConnectionServiceServer,
+        organization_service_server::OrganizationServiceServer,
+    },
+    service::{ApiKeys, Connections, Organizations, PageTokens, secrets},
+};
+
+/// Largest request message accepted, in bytes. Every valid request is far smaller.
+pub const MAX_DECODING_MESSAGE_SIZE: usize = 64 * 1024;
+/// Largest response message sent, in bytes (a page of 500 connections fits).
+pub const MAX_ENCODING_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+/// Largest header list (metadata) accepted per request, in bytes.
+pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+/// Concurrent calls allowed on one HTTP/2 connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Calls running longer than this fail with CANCELLED (server-side deadline).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the server needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address to bind; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Database to use.
+    pub database: DbSettings,
+    /// AdminService token; `None` refuses every admin call.
+    pub admin_token: Option<SecretString>,
+    /// How often the database is probed for the health service.
+    pub health_check_interval: Duration,
+}
+
+/// Why the server could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// Connecting to, or migrating, the database failed.
+    #[error("database: {0}")]
+    Database(#[from] DbErr),
+    /// Binding the listen address failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Building the reflection service failed.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A server bound to its port, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    db: DatabaseConnection,
+    tokens: PageTokens,
+    admin_token: AdminToken,
+    health_check_interval: Duration,
+}
+
+/// Connects to the database and applies pending migrations.
+pub async fn connect_and_migrate(settings: &DbSettings) -> Result<DatabaseConnection, DbErr> {
+    let db = db::connect(settings).await?;
+    Migrator::up(&db, None).await?;
+    Ok(db)
+}
+
+impl Application {
+    /// Connects, migrates and binds the listen address.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let db = connect_and_migrate(&settings.database).await?;
+        let tokens = PageTokens::new(secrets::shared_key(&db, PageTokens::SECRET_NAME).await?);
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| StartupError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+        Ok(Self {
+            listener,
+            local_addr,
+            db,
+            tokens,
+            admin_token: AdminToken::new(settings.admin_token.as_ref()),
+            health_check_interval: settings.health_check_interval,
+        })
+    }
+
+    /// The bound address (with the real port when port 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The server's database pool (shared with the server, not a copy).
+    pub fn database(&self) -> DatabaseConnection {
+        self.db.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting calls, lets the
+    /// calls in flight finish, and closes the database pool.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), StartupError> {
+        let Self {
+            listener,
+            local_addr,
+            db,
+            tokens,
+            admin_token,
+            health_check_interval,
+        } = self;
+
+        let keys = ApiKeys::new(db.clone());
+        let auth = Authenticator::new(keys.clone());
+        let connections = Connections::new(db.clone(), tokens.clone());
+        let organizations = Organizations::new(db.clone(), tokens);
+
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let connection_service =
+            ConnectionServiceServer::new(ConnectionApi::new(auth.clone(), connections))
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_ENCODING_MESSAGE_SIZE);
+        let organization_service =
+            OrganizationServiceServer::new(OrganizationApi::new(auth, organizations.clone()))
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_ENCODING_MESSAGE_SIZE);
+        let admin_service =
+            AdminServiceServer::new(AdminApi::new(admin_token.clone(), organizations, keys))
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_ENCODING_MESSAGE_SIZE);
+
+        let stop_background = CancellationToken::new();
+        let health_task = tokio::spawn(monitor_database(
+            db.clone(),
+            health_reporter.clone(),
+            health_check_interval,
+            stop_background.clone(),
+        ));
+
+        let router = Server::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .http2_keepalive_interval(Some(Duration::from_secs(60)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path(), caller = tracing::field::Empty))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(connection_service)
+            .add_service(organization_service)
+            .add_service(admin_service);
+
+        tracing::info!(
+            %local_addr,
+            database = db::backend_name(&db),
+            admin_service = if admin_token.is_configured() { "enabled" } else { "disabled" },
+            "serving gRPC"
+        );
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let reporter = health_reporter.clone();
+        let result = router
+            .serve_with_incoming_shutdown(incoming, async move {
+                shutdown.await;
+                tracing::info!("shutting down: finishing calls in flight");
+                set_all(&reporter, ServingStatus::NotServing).await;
+            })
+            .await;
+
+        stop_background.cancel();
+        let _ = health_task.await;
+        db.close().await?;
+        tracing::info!("stopped");
+        result.map_err(Into::into)
+    }
+}
+
+/// The services whose health is reported, besides the whole server ("").
+const HEALTH_SERVICES: [&str; 4] = [
+    "",
+    <ConnectionServiceServer<ConnectionApi> as NamedService>::NAME,
+    <OrganizationServiceServer<OrganizationApi> as NamedService>::NAME,
+    <AdminServiceServer<AdminApi> as NamedService>::NAME,
+];
+
+async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
+    for service in HEALTH_SERVICES {
+        reporter.set_service_status(service, status).await;
+    }
+}
+
+/// Reports SERVING while the database answers and NOT_SERVING while it does not.
+async fn monitor_database(
+    db: DatabaseConnection,
+    reporter: HealthReporter,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let probe_timeout = interval.max(Duration::from_secs(1));
+    let mut serving = None;
+    loop {
+        let reachable = matches!(
+            tokio::time::timeout(probe_timeout, db.ping()).await,
+            Ok(Ok(()))
+        );
+        if serving != Some(reachable) {
+            if reachable {
+                tracing::info!("database reachable: serving");
+            } else {
+                tracing::warn!("database unreachable: not serving");
+            }
+            let status = if reachable {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            set_all(&reporter, status).await;
+            serving = Some(reachable);
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received SIGINT"),
+        () = terminate => tracing::info!("received SIGTERM"),
+    }
+}

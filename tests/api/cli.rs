@@ -1,0 +1,158 @@
+//! The `connections` binary: admin commands, `serve`, and SIGTERM.
+
+use std::{
+    net::TcpListener,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use connections::proto::{
+    GetOrganizationRequest, organization_service_client::OrganizationServiceClient,
+};
+use serde_json::Value;
+use tonic::transport::Channel;
+
+use crate::helpers::Bearer;
+
+const BIN: &str = env!("CARGO_BIN_EXE_connections");
+
+/// A database URL for one test: a fresh SQLite file (the CLI is backend-agnostic).
+fn database_url() -> (String, std::path::PathBuf) {
+    let path = std::env::temp_dir().join(format!("connections-cli-{}.db", uuid::Uuid::now_v7()));
+    (format!("sqlite://{}?mode=rwc", path.display()), path)
+}
+
+fn run(url: &str, args: &[&str]) -> Vec<Value> {
+    let output = Command::new(BIN)
+        .args(args)
+        .env("CONNECTIONS_DATABASE_URL", url)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run connections");
+    assert!(
+        output.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("one JSON object per line"))
+        .collect()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn operators_bootstrap_with_admin_commands_then_serve_and_stop_on_sigterm() {
+    let (url, path) = database_url();
+
+    let org = &run(&url, &["admin", "create-org", "--name", "Acme Bank"])[0];
+    assert_eq!(org["display_name"], "Acme Bank");
+    let org_id = org["id"].as_str().unwrap().to_owned();
+    run(&url, &["admin", "create-org", "--name", "Beta Lending"]);
+    let orgs = run(&url, &["admin", "list-orgs"]);
+    assert_eq!(orgs.len(), 2);
+    assert_eq!(orgs[0]["id"], org_id.as_str());
+
+    let key = &run(
+        &url,
+        &["admin", "create-key", "--org", &org_id, "--name", "ci"],
+    )[0];
+    assert_eq!(key["organization_id"], org_id.as_str());
+    let secret = key["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("cnx_"));
+
+    let port = free_port();
+    let mut server = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-format",
+            "json",
+        ])
+        .env("CONNECTIONS_DATABASE_URL", &url)
+        .env("CONNECTIONS_ADMIN_TOKEN", "cli-test-token")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start server");
+
+    let mut channel = None;
+    for _ in 0..100 {
+        if let Ok(c) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            channel = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let channel = channel.expect("server listens");
+    let own = OrganizationServiceClient::with_interceptor(channel, Bearer::new(&secret))
+        .get_organization(GetOrganizationRequest::default())
+        .await
+        .expect("call with the key made by the CLI")
+        .into_inner()
+        .organization
+        .unwrap();
+    assert_eq!(own.id, org_id);
+
+    let revoked = &run(
+        &url,
+        &["admin", "revoke-key", "--key", key["id"].as_str().unwrap()],
+    )[0];
+    assert!(revoked["revoke_time"].is_string());
+
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = tokio::task::spawn_blocking(move || {
+        let _ = server.wait();
+        server.wait_with_output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(output.status.success(), "exit status {:?}", output.status);
+    let logs = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        logs.lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('{')),
+        "JSON logs: {logs}"
+    );
+    assert!(
+        !logs.contains("cli-test-token"),
+        "the admin token was logged"
+    );
+    assert!(!logs.contains(&secret), "an API key was logged");
+
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.clone().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+#[test]
+fn admin_commands_reject_malformed_input_with_a_message() {
+    let (url, _path) = database_url();
+    let output = Command::new(BIN)
+        .args(["admin", "create-key", "--org", "not-a-uuid"])
+        .env("CONNECTIONS_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--org"));
+}

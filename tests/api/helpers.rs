@@ -1,0 +1,348 @@
+//! `spawn_app()` and friends.
+
+use std::{net::SocketAddr, path::PathBuf, sync::LazyLock, time::Duration};
+
+use connections::{
+    config::LogFormat,
+    db::DbSettings,
+    proto::{
+        self, CreateApiKeyRequest, CreateConnectionRequest, CreateOrganizationRequest,
+        admin_service_client::AdminServiceClient,
+        connection_service_client::ConnectionServiceClient,
+        organization_service_client::OrganizationServiceClient,
+    },
+    startup::{Application, Settings, StartupError},
+    telemetry,
+};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use secrecy::SecretString;
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{
+    Code, Request, Status,
+    metadata::MetadataValue,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+use tonic_types::StatusExt;
+use uuid::Uuid;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    if std::env::var_os("TEST_LOG").is_some() {
+        telemetry::init_subscriber(telemetry::get_subscriber(
+            LogFormat::Pretty,
+            "info",
+            std::io::stdout,
+        ));
+    }
+});
+
+/// Adds `authorization: Bearer <secret>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+
+impl Bearer {
+    pub fn new(secret: &str) -> Self {
+        Self(Some(
+            format!("Bearer {secret}").parse().expect("ASCII secret"),
+        ))
+    }
+
+    pub fn none() -> Self {
+        Self(None)
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type Connections = ConnectionServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Organizations = OrganizationServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Admin = AdminServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// An organization with an API key.
+#[derive(Debug, Clone)]
+pub struct TestOrg {
+    pub id: String,
+    pub key: String,
+}
+
+/// A database made for one test and removed after it.
+enum TestDatabase {
+    Sqlite(PathBuf),
+    Postgres { admin_url: String, name: String },
+}
+
+impl TestDatabase {
+    async fn create() -> (Self, String) {
+        match std::env::var("TEST_DATABASE_URL") {
+            Ok(admin_url) if !admin_url.is_empty() => {
+                let name = format!("connections_test_{}", Uuid::now_v7().simple());
+                let admin = Database::connect(&admin_url)
+                    .await
+                    .expect("TEST_DATABASE_URL reachable");
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+                    .await
+                    .expect("create test database");
+                admin.close().await.ok();
+                let url = with_database_name(&admin_url, &name);
+                (Self::Postgres { admin_url, name }, url)
+            }
+            _ => {
+                let path =
+                    std::env::temp_dir().join(format!("connections-test-{}.db", Uuid::now_v7()));
+                let url = format!("sqlite://{}?mode=rwc", path.display());
+                (Self::Sqlite(path), url)
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        match self {
+            Self::Sqlite(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut file = path.clone().into_os_string();
+                    file.push(suffix);
+                    let _ = std::fs::remove_file(file);
+                }
+            }
+            Self::Postgres { admin_url, name } => {
+                let (admin_url, name) = (admin_url.clone(), name.clone());
+                // Drop runs inside the test's runtime: use a thread with its own.
+                let _ = std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    runtime.block_on(async {
+                        if let Ok(admin) = Database::connect(&admin_url).await {
+                            let _ = admin
+                                .execute_unprepared(&format!(
+                                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                                ))
+                                .await;
+                            let _ = admin.close().await;
+                        }
+                    });
+                })
+                .join();
+            }
+        }
+    }
+}
+
+/// `postgres://u@h:5432/db?x=y` with `db` replaced by `name`.
+fn with_database_name(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let prefix = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    format!("{prefix}/{name}{query}")
+}
+
+/// A running server and what the tests need to talk to it.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub channel: Channel,
+    /// The server's own pool: closing it simulates a database outage.
+    pub server_db: DatabaseConnection,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), StartupError>>>,
+    _database: TestDatabase,
+}
+
+/// Options for [`spawn_app_with`].
+pub struct AppOptions {
+    pub admin_token: Option<&'static str>,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            admin_token: Some(ADMIN_TOKEN),
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AppOptions::default()).await
+}
+
+pub async fn spawn_app_with(options: AppOptions) -> TestApp {
+    LazyLock::force(&TRACING);
+    let (database, url) = TestDatabase::create().await;
+    let app = Application::build(Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database: DbSettings {
+            url,
+            max_connections: 8,
+        },
+        admin_token: options
+            .admin_token
+            .map(|t| SecretString::from(t.to_owned())),
+        health_check_interval: Duration::from_millis(100),
+    })
+    .await
+    .expect("application builds");
+    let addr = app.local_addr();
+    let server_db = app.database();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    // The listener is already bound: connecting needs no retry loop.
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to test server");
+    TestApp {
+        addr,
+        channel,
+        server_db,
+        shutdown: Some(tx),
+        server: Some(server),
+        _database: database,
+    }
+}
+
+impl TestApp {
+    pub fn connections(&self, org: &TestOrg) -> Connections {
+        ConnectionServiceClient::with_interceptor(self.channel.clone(), Bearer::new(&org.key))
+    }
+
+    pub fn connections_with(&self, bearer: Bearer) -> Connections {
+        ConnectionServiceClient::with_interceptor(self.channel.clone(), bearer)
+    }
+
+    pub fn organizations(&self, org: &TestOrg) -> Organizations {
+        OrganizationServiceClient::with_interceptor(self.channel.clone(), Bearer::new(&org.key))
+    }
+
+    pub fn admin(&self) -> Admin {
+        self.admin_with(Bearer::new(ADMIN_TOKEN))
+    }
+
+    pub fn admin_with(&self, bearer: Bearer) -> Admin {
+        AdminServiceClient::with_interceptor(self.channel.clone(), bearer)
+    }
+
+    /// A new organization with one API key.
+    pub async fn new_org(&self, name: &str) -> TestOrg {
+        let mut admin = self.admin();
+        let org = admin
+            .create_organization(CreateOrganizationRequest {
+                display_name: name.to_owned(),
+            })
+            .await
+            .expect("create organization")
+            .into_inner()
+            .organization
+            .unwrap();
+        let key = admin
+            .create_api_key(CreateApiKeyRequest {
+                organization_id: org.id.clone(),
+                display_name: "tests".to_owned(),
+            })
+            .await
+            .expect("create API key")
+            .into_inner();
+        TestOrg {
+            id: org.id,
+            key: key.secret,
+        }
+    }
+
+    /// Creates a connection from `source` to `destination` sharing inquiries.
+    pub async fn connect(&self, source: &TestOrg, destination: &TestOrg) -> proto::Connection {
+        self.connections(source)
+            .create_connection(CreateConnectionRequest {
+                destination_organization_id: destination.id.clone(),
+                data_types: vec![proto::DataType::Inquiry as i32],
+                request_id: String::new(),
+            })
+            .await
+            .expect("create connection")
+            .into_inner()
+            .connection
+            .unwrap()
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server stops cleanly");
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Asserts the status code and the ErrorInfo reason (and domain).
+#[track_caller]
+pub fn assert_error(status: &Status, code: Code, reason: &str) {
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.domain, "connections.v1");
+    assert_eq!(info.reason, format!("ERROR_REASON_{reason}"), "{status:?}");
+}
+
+/// The fields named in the BadRequest detail.
+pub fn violated_fields(status: &Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|br| br.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+/// A well-formed ID that names nothing.
+pub fn unknown_id() -> String {
+    Uuid::now_v7().to_string()
+}
+
+#[test]
+fn database_name_is_replaced_in_urls() {
+    assert_eq!(
+        with_database_name("postgres://u@h:5432/postgres", "x"),
+        "postgres://u@h:5432/x"
+    );
+    assert_eq!(
+        with_database_name("postgres://u@h/postgres?sslmode=disable", "x"),
+        "postgres://u@h/x?sslmode=disable"
+    );
+    assert_eq!(
+        with_database_name("postgres://u@h", "x"),
+        "postgres://u@h/x"
+    );
+}

@@ -1,0 +1,15 @@
+//! Integration tests: the production server wiring on 127.0.0.1:0, driven by
+//! real tonic clients. SQLite by default; PostgreSQL when `TEST_DATABASE_URL`
+//! is set (each test gets a database of its own).
+
+mod admin;
+mod auth;
+mod cli;
+mod create_connection;
+mod helpers;
+mod lifecycle;
+mod listing;
+mod organizations;
+mod ownership;
+mod standard_services;
+mod transitions;
