@@ -145,14 +145,15 @@ impl Application {
         let organizations = Organizations::new(db.clone(), tokens);
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        // The google.rpc types are included so tools can decode error details.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
 
         let connection_service =
             ConnectionServiceServer::new(ConnectionApi::new(auth.clone(), connections))
@@ -167,6 +168,12 @@ impl Application {
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_ENCODING_MESSAGE_SIZE);
 
+        // Report real health before the first call can ask for it.
+        set_all(
+            &health_reporter,
+            serving_status(probe(&db, health_check_interval).await),
+        )
+        .await;
         let stop_background = CancellationToken::new();
         let health_task = tokio::spawn(monitor_database(
             db.clone(),
@@ -213,17 +220,32 @@ impl Application {
     }
 }
 
-/// The services whose health is reported, besides the whole server ("").
+/// The services whose health is reported. The whole server ("") comes last,
+/// so once it reports a status, every service reports the same.
 const HEALTH_SERVICES: [&str; 4] = [
-    "",
     <ConnectionServiceServer<ConnectionApi> as NamedService>::NAME,
     <OrganizationServiceServer<OrganizationApi> as NamedService>::NAME,
     <AdminServiceServer<AdminApi> as NamedService>::NAME,
+    "",
 ];
 
 async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
     for service in HEALTH_SERVICES {
         reporter.set_service_status(service, status).await;
+    }
+}
+
+/// Whether the database answers within `timeout` (at least a second).
+async fn probe(db: &DatabaseConnection, timeout: Duration) -> bool {
+    let timeout = timeout.max(Duration::from_secs(1));
+    matches!(tokio::time::timeout(timeout, db.ping()).await, Ok(Ok(())))
+}
+
+fn serving_status(reachable: bool) -> ServingStatus {
+    if reachable {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
     }
 }
 
@@ -234,25 +256,16 @@ async fn monitor_database(
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let probe_timeout = interval.max(Duration::from_secs(1));
     let mut serving = None;
     loop {
-        let reachable = matches!(
-            tokio::time::timeout(probe_timeout, db.ping()).await,
-            Ok(Ok(()))
-        );
+        let reachable = probe(&db, interval).await;
         if serving != Some(reachable) {
             if reachable {
                 tracing::info!("database reachable: serving");
             } else {
                 tracing::warn!("database unreachable: not serving");
             }
-            let status = if reachable {
-                ServingStatus::Serving
-            } else {
-                ServingStatus::NotServing
-            };
-            set_all(&reporter, status).await;
+            set_all(&reporter, serving_status(reachable)).await;
             serving = Some(reachable);
         }
         tokio::select! {

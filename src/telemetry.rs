@@ -1,5 +1,7 @@
 //! Logging and tracing setup.
 
+use std::io::IsTerminal;
+
 use tracing::Subscriber;
 use tracing_subscriber::{EnvFilter, Registry, fmt::MakeWriter, layer::SubscriberExt};
 
@@ -26,6 +28,7 @@ where
             registry.with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(sink)
+                    .with_ansi(std::io::stderr().is_terminal())
                     .with_target(false),
             ),
         ),

@@ -74,6 +74,30 @@ impl MigrationTrait for Migration {
                     .col(Connections::Id)
                     .to_owned(),
             )
+            .await?;
+        // The same with a state filter, so a page costs the same however rare
+        // the state is.
+        manager
+            .create_index(
+                Index::create()
+                    .name("ix_connections_source_state_id")
+                    .table(Connections::Table)
+                    .col(Connections::SourceOrganizationId)
+                    .col(Connections::State)
+                    .col(Connections::Id)
+                    .to_owned(),
+            )
+            .await?;
+        manager
+            .create_index(
+                Index::create()
+                    .name("ix_connections_destination_state_id")
+                    .table(Connections::Table)
+                    .col(Connections::DestinationOrganizationId)
+                    .col(Connections::State)
+                    .col(Connections::Id)
+                    .to_owned(),
+            )
             .await
     }
 

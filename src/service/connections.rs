@@ -128,11 +128,13 @@ impl Connections {
         insert_event(
             &txn,
             &record,
-            EventType::Created,
-            None,
-            caller,
-            Role::Source,
-            None,
+            EventDraft {
+                event_type: EventType::Created,
+                from_state: None,
+                actor: caller,
+                actor_role: Role::Source,
+                reason: None,
+            },
         )
         .await?;
         txn.commit().await?;
@@ -261,24 +263,17 @@ impl Connections {
             Action::Reactivate => {}
         }
 
-        // The guard: applies only if nobody changed the row since we read it.
-        let result = connection::Entity::update_many()
-            .set(active_model(&updated))
-            .filter(connection::Column::Id.eq(current.id.uuid()))
-            .filter(connection::Column::Version.eq(current.version))
-            .exec(&txn)
-            .await?;
-        if result.rows_affected != 1 {
-            return Err(ServiceError::ConcurrentModification);
-        }
-        insert_event(
+        save_transition(
             &txn,
+            &current,
             &updated,
-            request.action.event_type(),
-            Some(current.state),
-            caller,
-            role,
-            reason,
+            EventDraft {
+                event_type: request.action.event_type(),
+                from_state: Some(current.state),
+                actor: caller,
+                actor_role: role,
+                reason,
+            },
         )
         .await?;
         txn.commit().await?;
@@ -388,29 +383,57 @@ async fn find_pair(
     Ok(id.map(ConnectionId::from))
 }
 
-async fn insert_event(
-    conn: &impl ConnectionTrait,
-    record: &ConnectionRecord,
+/// The event that records a change, before it is numbered and stored.
+struct EventDraft {
     event_type: EventType,
     from_state: Option<ConnectionState>,
     actor: OrganizationId,
     actor_role: Role,
     reason: Option<String>,
+}
+
+/// Writes `updated` over `previous` and records the event, in the caller's
+/// transaction. The update is guarded by `previous.version`: if anyone changed
+/// the row since it was read, nothing is written and the result is
+/// `ConcurrentModification`.
+async fn save_transition(
+    conn: &impl ConnectionTrait,
+    previous: &ConnectionRecord,
+    updated: &ConnectionRecord,
+    event: EventDraft,
+) -> Result<(), ServiceError> {
+    let result = connection::Entity::update_many()
+        .set(active_model(updated))
+        .filter(connection::Column::Id.eq(previous.id.uuid()))
+        .filter(connection::Column::Version.eq(previous.version))
+        .exec(conn)
+        .await?;
+    if result.rows_affected != 1 {
+        return Err(ServiceError::ConcurrentModification);
+    }
+    insert_event(conn, updated, event).await
+}
+
+/// Appends the event numbered `record.version` to the record's history.
+async fn insert_event(
+    conn: &impl ConnectionTrait,
+    record: &ConnectionRecord,
+    event: EventDraft,
 ) -> Result<(), ServiceError> {
     let id = uuid::Uuid::now_v7();
-    let event = connection_event::ActiveModel {
+    let row = connection_event::ActiveModel {
         id: Set(id),
         connection_id: Set(record.id.uuid()),
         sequence: Set(record.version),
-        event_type: Set(event_type.as_str().to_owned()),
-        from_state: Set(from_state.map(|s| s.as_str().to_owned())),
+        event_type: Set(event.event_type.as_str().to_owned()),
+        from_state: Set(event.from_state.map(|s| s.as_str().to_owned())),
         to_state: Set(record.state.as_str().to_owned()),
-        actor_organization_id: Set(actor.uuid()),
-        actor_role: Set(actor_role.as_str().to_owned()),
-        reason: Set(reason),
+        actor_organization_id: Set(event.actor.uuid()),
+        actor_role: Set(event.actor_role.as_str().to_owned()),
+        reason: Set(event.reason),
         create_time: Set(record.update_time),
     };
-    connection_event::Entity::insert(event)
+    connection_event::Entity::insert(row)
         .exec_without_returning(conn)
         .await?;
     Ok(())
@@ -473,4 +496,81 @@ fn event_from(model: connection_event::Model) -> Result<ConnectionEvent, Service
         reason: model.reason,
         create_time: model.create_time,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        db::{DbSettings, connect},
+        domain::{DataType, DisplayName},
+        service::Organizations,
+    };
+    use migration::{Migrator, MigratorTrait};
+
+    async fn setup() -> (Connections, OrganizationId, OrganizationId) {
+        let db = connect(&DbSettings::new("sqlite::memory:")).await.unwrap();
+        Migrator::up(&db, None).await.unwrap();
+        let tokens = PageTokens::new([1; 32]);
+        let orgs = Organizations::new(db.clone(), tokens.clone());
+        let source = orgs.create(DisplayName::parse("S").unwrap()).await.unwrap();
+        let destination = orgs.create(DisplayName::parse("D").unwrap()).await.unwrap();
+        (Connections::new(db, tokens), source.id, destination.id)
+    }
+
+    #[tokio::test]
+    async fn a_guarded_update_from_a_stale_read_writes_nothing() {
+        let (connections, source, destination) = setup().await;
+        let stale = connections
+            .create(
+                source,
+                NewConnection {
+                    destination,
+                    data_types: DataTypes::new([DataType::Inquiry]).unwrap(),
+                },
+            )
+            .await
+            .unwrap();
+        // Another writer changes the connection after our read.
+        let activated = connections
+            .transition(
+                destination,
+                TransitionRequest {
+                    id: stale.id,
+                    action: Action::Activate,
+                    etag: None,
+                    reason: None,
+                },
+            )
+            .await
+            .unwrap();
+
+        // Our write, based on the stale read, loses the race.
+        let mut deactivated = stale.clone();
+        deactivated.state = ConnectionState::Inactive;
+        deactivated.version = stale.version + 1;
+        let txn = db::begin_write(&connections.db).await.unwrap();
+        let result = save_transition(
+            &txn,
+            &stale,
+            &deactivated,
+            EventDraft {
+                event_type: EventType::Deactivated,
+                from_state: Some(stale.state),
+                actor: source,
+                actor_role: Role::Source,
+                reason: None,
+            },
+        )
+        .await;
+        assert!(matches!(result, Err(ServiceError::ConcurrentModification)));
+        drop(txn);
+
+        assert_eq!(connections.get(source, stale.id).await.unwrap(), activated);
+        let events = connections
+            .list_events(source, stale.id, PageSize::from_request(0).unwrap(), None)
+            .await
+            .unwrap();
+        assert_eq!(events.items.len(), 2);
+    }
 }

@@ -285,6 +285,84 @@ impl TestApp {
             .unwrap()
     }
 
+    /// ActivateConnection as `org`, optionally conditional on `etag`.
+    pub async fn activate(
+        &self,
+        org: &TestOrg,
+        id: &str,
+        etag: &str,
+    ) -> Result<proto::Connection, Status> {
+        self.connections(org)
+            .activate_connection(proto::ActivateConnectionRequest {
+                connection_id: id.to_owned(),
+                etag: etag.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().connection.unwrap())
+    }
+
+    /// DeactivateConnection as `org`, optionally conditional on `etag`.
+    pub async fn deactivate(
+        &self,
+        org: &TestOrg,
+        id: &str,
+        etag: &str,
+    ) -> Result<proto::Connection, Status> {
+        self.connections(org)
+            .deactivate_connection(proto::DeactivateConnectionRequest {
+                connection_id: id.to_owned(),
+                etag: etag.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().connection.unwrap())
+    }
+
+    /// ReactivateConnection as `org`, optionally conditional on `etag`.
+    pub async fn reactivate(
+        &self,
+        org: &TestOrg,
+        id: &str,
+        etag: &str,
+    ) -> Result<proto::Connection, Status> {
+        self.connections(org)
+            .reactivate_connection(proto::ReactivateConnectionRequest {
+                connection_id: id.to_owned(),
+                etag: etag.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().connection.unwrap())
+    }
+
+    /// GetConnection as `org`, which must succeed.
+    pub async fn get(&self, org: &TestOrg, id: &str) -> proto::Connection {
+        self.connections(org)
+            .get_connection(proto::GetConnectionRequest {
+                connection_id: id.to_owned(),
+            })
+            .await
+            .expect("get connection")
+            .into_inner()
+            .connection
+            .unwrap()
+    }
+
+    /// The first page (up to 500) of a connection's history, as `org`.
+    pub async fn events(&self, org: &TestOrg, id: &str) -> Vec<proto::ConnectionEvent> {
+        self.connections(org)
+            .list_connection_events(proto::ListConnectionEventsRequest {
+                connection_id: id.to_owned(),
+                page_size: 500,
+                page_token: String::new(),
+            })
+            .await
+            .expect("list events")
+            .into_inner()
+            .events
+    }
+
     /// Stops the server gracefully and waits for it.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {

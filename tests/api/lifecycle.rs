@@ -1,7 +1,6 @@
 use connections::proto::{
-    ActivateConnectionRequest, ConnectionEventType as Event, ConnectionRole,
-    ConnectionState as State, DeactivateConnectionRequest, GetConnectionRequest,
-    ListConnectionEventsRequest, ReactivateConnectionRequest,
+    ConnectionEventType as Event, ConnectionRole, ConnectionState as State,
+    DeactivateConnectionRequest, ListConnectionEventsRequest,
 };
 
 use crate::helpers::spawn_app;
@@ -12,7 +11,6 @@ async fn full_lifecycle_create_activate_deactivate_reactivate_activate() {
     let source = app.new_org("Source Bank").await;
     let destination = app.new_org("Destination Lender").await;
     let mut as_source = app.connections(&source);
-    let mut as_destination = app.connections(&destination);
 
     let created = app.connect(&source, &destination).await;
     assert_eq!(created.state(), State::Pending);
@@ -23,16 +21,9 @@ async fn full_lifecycle_create_activate_deactivate_reactivate_activate() {
     assert_eq!(created.create_time, created.update_time);
     let id = created.id.clone();
 
-    let activated = as_destination
-        .activate_connection(ActivateConnectionRequest {
-            connection_id: id.clone(),
-            etag: created.etag.clone(),
-            ..Default::default()
-        })
+    let activated = app
+        .activate(&destination, &id, &created.etag)
         .await
-        .unwrap()
-        .into_inner()
-        .connection
         .unwrap();
     assert_eq!(activated.state(), State::Active);
     assert!(activated.activate_time.is_some());
@@ -54,45 +45,20 @@ async fn full_lifecycle_create_activate_deactivate_reactivate_activate() {
     assert_eq!(deactivated.deactivation_reason, "contract ended");
     assert!(deactivated.deactivate_time.is_some());
 
-    let reactivated = as_source
-        .reactivate_connection(ReactivateConnectionRequest {
-            connection_id: id.clone(),
-            etag: deactivated.etag.clone(),
-            ..Default::default()
-        })
+    let reactivated = app
+        .reactivate(&source, &id, &deactivated.etag)
         .await
-        .unwrap()
-        .into_inner()
-        .connection
         .unwrap();
     assert_eq!(reactivated.state(), State::Pending);
     // The last deactivation stays on record.
     assert_eq!(reactivated.deactivated_by(), ConnectionRole::Source);
 
-    let active_again = as_destination
-        .activate_connection(ActivateConnectionRequest {
-            connection_id: id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .connection
-        .unwrap();
+    let active_again = app.activate(&destination, &id, "").await.unwrap();
     assert_eq!(active_again.state(), State::Active);
 
     // Both parties read the same connection as the last response.
-    for client in [&mut as_source, &mut as_destination] {
-        let read = client
-            .get_connection(GetConnectionRequest {
-                connection_id: id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .connection
-            .unwrap();
-        assert_eq!(read, active_again);
+    for org in [&source, &destination] {
+        assert_eq!(app.get(org, &id).await, active_again);
     }
 
     let events = as_source

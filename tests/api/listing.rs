@@ -347,27 +347,12 @@ async fn events_page_oldest_first_and_tokens_are_bound_to_the_connection() {
     let destination = app.new_org("D").await;
     let id = app.connect(&source, &destination).await.id;
     let other = app.connect(&destination, &source).await.id;
-    let (mut s, mut d) = (app.connections(&source), app.connections(&destination));
     for _ in 0..3 {
-        d.activate_connection(ActivateConnectionRequest {
-            connection_id: id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        s.deactivate_connection(DeactivateConnectionRequest {
-            connection_id: id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        s.reactivate_connection(connections::proto::ReactivateConnectionRequest {
-            connection_id: id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        app.activate(&destination, &id, "").await.unwrap();
+        app.deactivate(&source, &id, "").await.unwrap();
+        app.reactivate(&source, &id, "").await.unwrap();
     }
+    let (mut s, mut d) = (app.connections(&source), app.connections(&destination));
     // 1 creation + 9 transitions, read 4 at a time by the destination.
     let mut sequences = Vec::new();
     let mut token = String::new();

@@ -1,12 +1,11 @@
 //! Three organizations: a source, a destination and an outsider.
 
 use connections::proto::{
-    ActivateConnectionRequest, ConnectionState, DeactivateConnectionRequest, GetConnectionRequest,
-    ListConnectionEventsRequest, ListConnectionsRequest, ReactivateConnectionRequest,
+    ConnectionState, GetConnectionRequest, ListConnectionEventsRequest, ListConnectionsRequest,
 };
 use tonic::Code;
 
-use crate::helpers::{Connections, TestApp, TestOrg, assert_error, spawn_app, unknown_id};
+use crate::helpers::{TestApp, TestOrg, assert_error, spawn_app, unknown_id};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Who {
@@ -23,44 +22,17 @@ enum Call {
 }
 
 async fn call(
-    client: &mut Connections,
+    app: &TestApp,
+    org: &TestOrg,
     call: Call,
     id: &str,
 ) -> Result<ConnectionState, tonic::Status> {
-    let id = id.to_owned();
     let connection = match call {
-        Call::Activate => {
-            client
-                .activate_connection(ActivateConnectionRequest {
-                    connection_id: id,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner()
-                .connection
-        }
-        Call::Deactivate => {
-            client
-                .deactivate_connection(DeactivateConnectionRequest {
-                    connection_id: id,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner()
-                .connection
-        }
-        Call::Reactivate => {
-            client
-                .reactivate_connection(ReactivateConnectionRequest {
-                    connection_id: id,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner()
-                .connection
-        }
+        Call::Activate => app.activate(org, id, "").await?,
+        Call::Deactivate => app.deactivate(org, id, "").await?,
+        Call::Reactivate => app.reactivate(org, id, "").await?,
     };
-    Ok(connection.unwrap().state())
+    Ok(connection.state())
 }
 
 /// Brings a fresh connection into `state` through the API.
@@ -71,14 +43,13 @@ async fn connection_in(
     state: ConnectionState,
 ) -> String {
     let id = app.connect(source, destination).await.id;
-    let (mut s, mut d) = (app.connections(source), app.connections(destination));
     match state {
         ConnectionState::Pending => {}
         ConnectionState::Active => {
-            call(&mut d, Call::Activate, &id).await.unwrap();
+            call(app, destination, Call::Activate, &id).await.unwrap();
         }
         ConnectionState::Inactive => {
-            call(&mut s, Call::Deactivate, &id).await.unwrap();
+            call(app, source, Call::Deactivate, &id).await.unwrap();
         }
         ConnectionState::Unspecified => unreachable!(),
     }
@@ -128,7 +99,7 @@ async fn every_call_by_every_party_in_every_state_matches_the_spec() {
                     Who::Destination => &destination,
                     Who::Outsider => &outsider,
                 };
-                let got = call(&mut app.connections(caller), c, &id).await;
+                let got = call(&app, caller, c, &id).await;
                 let expected = if who == Who::Outsider {
                     Err((Code::NotFound, "CONNECTION_NOT_FOUND"))
                 } else {
@@ -177,7 +148,7 @@ async fn an_outsider_sees_not_found_exactly_as_for_an_id_that_does_not_exist() {
             .unwrap_err();
         let mut statuses = vec![get, events];
         for c in [Call::Activate, Call::Deactivate, Call::Reactivate] {
-            statuses.push(call(&mut as_outsider, c, &target).await.unwrap_err());
+            statuses.push(call(&app, &outsider, c, &target).await.unwrap_err());
         }
         for status in statuses {
             assert_error(&status, Code::NotFound, "CONNECTION_NOT_FOUND");

@@ -1,84 +1,8 @@
-use connections::proto::{
-    ActivateConnectionRequest, Connection, ConnectionState, DeactivateConnectionRequest,
-    GetConnectionRequest, ListConnectionEventsRequest, ReactivateConnectionRequest,
-};
+use connections::proto::{ActivateConnectionRequest, ConnectionState, DeactivateConnectionRequest};
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{TestApp, TestOrg, assert_error, spawn_app, violated_fields};
-
-async fn activate(
-    app: &TestApp,
-    org: &TestOrg,
-    id: &str,
-    etag: &str,
-) -> Result<Connection, tonic::Status> {
-    app.connections(org)
-        .activate_connection(ActivateConnectionRequest {
-            connection_id: id.to_owned(),
-            etag: etag.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner().connection.unwrap())
-}
-
-async fn deactivate(
-    app: &TestApp,
-    org: &TestOrg,
-    id: &str,
-    etag: &str,
-) -> Result<Connection, tonic::Status> {
-    app.connections(org)
-        .deactivate_connection(DeactivateConnectionRequest {
-            connection_id: id.to_owned(),
-            etag: etag.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner().connection.unwrap())
-}
-
-async fn reactivate(
-    app: &TestApp,
-    org: &TestOrg,
-    id: &str,
-    etag: &str,
-) -> Result<Connection, tonic::Status> {
-    app.connections(org)
-        .reactivate_connection(ReactivateConnectionRequest {
-            connection_id: id.to_owned(),
-            etag: etag.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .map(|r| r.into_inner().connection.unwrap())
-}
-
-async fn get(app: &TestApp, org: &TestOrg, id: &str) -> Connection {
-    app.connections(org)
-        .get_connection(GetConnectionRequest {
-            connection_id: id.to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .connection
-        .unwrap()
-}
-
-async fn event_count(app: &TestApp, org: &TestOrg, id: &str) -> usize {
-    app.connections(org)
-        .list_connection_events(ListConnectionEventsRequest {
-            connection_id: id.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .events
-        .len()
-}
+use crate::helpers::{assert_error, spawn_app, violated_fields};
 
 fn current_state(status: &tonic::Status) -> String {
     status
@@ -92,11 +16,9 @@ async fn source_cannot_activate_permission_denied_caller_not_destination() {
     let app = spawn_app().await;
     let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
     let connection = app.connect(&source, &destination).await;
-    let status = activate(&app, &source, &connection.id, "")
-        .await
-        .unwrap_err();
+    let status = app.activate(&source, &connection.id, "").await.unwrap_err();
     assert_error(&status, Code::PermissionDenied, "CALLER_NOT_DESTINATION");
-    assert_eq!(get(&app, &source, &connection.id).await, connection);
+    assert_eq!(app.get(&source, &connection.id).await, connection);
 }
 
 #[tokio::test]
@@ -104,10 +26,11 @@ async fn destination_cannot_reactivate_permission_denied_caller_not_source() {
     let app = spawn_app().await;
     let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
     let connection = app.connect(&source, &destination).await;
-    deactivate(&app, &destination, &connection.id, "")
+    app.deactivate(&destination, &connection.id, "")
         .await
         .unwrap();
-    let status = reactivate(&app, &destination, &connection.id, "")
+    let status = app
+        .reactivate(&destination, &connection.id, "")
         .await
         .unwrap_err();
     assert_error(&status, Code::PermissionDenied, "CALLER_NOT_SOURCE");
@@ -118,7 +41,8 @@ async fn either_party_can_deactivate() {
     let app = spawn_app().await;
     let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
     let connection = app.connect(&source, &destination).await;
-    let by_destination = deactivate(&app, &destination, &connection.id, "")
+    let by_destination = app
+        .deactivate(&destination, &connection.id, "")
         .await
         .unwrap();
     assert_eq!(by_destination.state(), ConnectionState::Inactive);
@@ -126,11 +50,11 @@ async fn either_party_can_deactivate() {
         by_destination.deactivated_by(),
         connections::proto::ConnectionRole::Destination
     );
-    reactivate(&app, &source, &connection.id, "").await.unwrap();
-    activate(&app, &destination, &connection.id, "")
+    app.reactivate(&source, &connection.id, "").await.unwrap();
+    app.activate(&destination, &connection.id, "")
         .await
         .unwrap();
-    let by_source = deactivate(&app, &source, &connection.id, "").await.unwrap();
+    let by_source = app.deactivate(&source, &connection.id, "").await.unwrap();
     assert_eq!(
         by_source.deactivated_by(),
         connections::proto::ConnectionRole::Source
@@ -145,7 +69,7 @@ async fn transitions_the_state_does_not_allow_are_failed_precondition_with_curre
     let id = connection.id.as_str();
 
     // PENDING: reactivate is not allowed.
-    let status = reactivate(&app, &source, id, "").await.unwrap_err();
+    let status = app.reactivate(&source, id, "").await.unwrap_err();
     assert_error(
         &status,
         Code::FailedPrecondition,
@@ -154,31 +78,31 @@ async fn transitions_the_state_does_not_allow_are_failed_precondition_with_curre
     assert_eq!(current_state(&status), "CONNECTION_STATE_PENDING");
 
     // ACTIVE: activating again is not allowed.
-    activate(&app, &destination, id, "").await.unwrap();
-    let status = activate(&app, &destination, id, "").await.unwrap_err();
+    app.activate(&destination, id, "").await.unwrap();
+    let status = app.activate(&destination, id, "").await.unwrap_err();
     assert_error(
         &status,
         Code::FailedPrecondition,
         "INVALID_STATE_TRANSITION",
     );
     assert_eq!(current_state(&status), "CONNECTION_STATE_ACTIVE");
-    let status = reactivate(&app, &source, id, "").await.unwrap_err();
+    let status = app.reactivate(&source, id, "").await.unwrap_err();
     assert_eq!(current_state(&status), "CONNECTION_STATE_ACTIVE");
 
     // INACTIVE: neither activate nor deactivate.
-    deactivate(&app, &source, id, "").await.unwrap();
-    let status = activate(&app, &destination, id, "").await.unwrap_err();
+    app.deactivate(&source, id, "").await.unwrap();
+    let status = app.activate(&destination, id, "").await.unwrap_err();
     assert_error(
         &status,
         Code::FailedPrecondition,
         "INVALID_STATE_TRANSITION",
     );
     assert_eq!(current_state(&status), "CONNECTION_STATE_INACTIVE");
-    let status = deactivate(&app, &destination, id, "").await.unwrap_err();
+    let status = app.deactivate(&destination, id, "").await.unwrap_err();
     assert_eq!(current_state(&status), "CONNECTION_STATE_INACTIVE");
 
     // Refusals append nothing: created, activated, deactivated.
-    assert_eq!(event_count(&app, &source, id).await, 3);
+    assert_eq!(app.events(&source, id).await.len(), 3);
 }
 
 #[tokio::test]
@@ -186,17 +110,20 @@ async fn wrong_role_is_reported_before_state_and_state_before_etag() {
     let app = spawn_app().await;
     let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
     let connection = app.connect(&source, &destination).await;
-    let active = activate(&app, &destination, &connection.id, "")
+    let active = app
+        .activate(&destination, &connection.id, "")
         .await
         .unwrap();
 
     // Source activating an ACTIVE connection with a stale etag: role first.
-    let status = activate(&app, &source, &active.id, &connection.etag)
+    let status = app
+        .activate(&source, &active.id, &connection.etag)
         .await
         .unwrap_err();
     assert_error(&status, Code::PermissionDenied, "CALLER_NOT_DESTINATION");
     // Destination doing the same: state before etag.
-    let status = activate(&app, &destination, &active.id, &connection.etag)
+    let status = app
+        .activate(&destination, &active.id, &connection.etag)
         .await
         .unwrap_err();
     assert_error(
@@ -211,22 +138,26 @@ async fn stale_etag_is_aborted_and_changes_nothing() {
     let app = spawn_app().await;
     let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
     let created = app.connect(&source, &destination).await;
-    let active = activate(&app, &destination, &created.id, &created.etag)
+    let active = app
+        .activate(&destination, &created.id, &created.etag)
         .await
         .unwrap();
 
-    let status = deactivate(&app, &source, &created.id, &created.etag)
+    let status = app
+        .deactivate(&source, &created.id, &created.etag)
         .await
         .unwrap_err();
     assert_error(&status, Code::Aborted, "ETAG_MISMATCH");
-    let status = deactivate(&app, &source, &created.id, "garbage")
+    let status = app
+        .deactivate(&source, &created.id, "garbage")
         .await
         .unwrap_err();
     assert_error(&status, Code::Aborted, "ETAG_MISMATCH");
-    assert_eq!(get(&app, &source, &created.id).await, active);
-    assert_eq!(event_count(&app, &source, &created.id).await, 2);
+    assert_eq!(app.get(&source, &created.id).await, active);
+    assert_eq!(app.events(&source, &created.id).await.len(), 2);
 
-    let inactive = deactivate(&app, &source, &created.id, &active.etag)
+    let inactive = app
+        .deactivate(&source, &created.id, &active.etag)
         .await
         .unwrap();
     assert_eq!(inactive.state(), ConnectionState::Inactive);
@@ -269,7 +200,7 @@ async fn malformed_connection_id_is_invalid_argument() {
     let app = spawn_app().await;
     let source = app.new_org("S").await;
     for id in ["", "nope", "0190f3c47a2b7c3d8e4f5a6b7c8d9e0f"] {
-        let status = activate(&app, &source, id, "").await.unwrap_err();
+        let status = app.activate(&source, id, "").await.unwrap_err();
         assert_error(&status, Code::InvalidArgument, "INVALID_ARGUMENT");
         assert_eq!(violated_fields(&status), ["connection_id"]);
     }
@@ -303,5 +234,5 @@ async fn concurrent_activations_apply_once() {
         }
     }
     assert_eq!(successes, 1);
-    assert_eq!(event_count(&app, &source, &connection.id).await, 2);
+    assert_eq!(app.events(&source, &connection.id).await.len(), 2);
 }
