@@ -54,51 +54,34 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
-        // Keyset pagination, newest (highest UUIDv7) first, for each side.
-        manager
-            .create_index(
-                Index::create()
-                    .name("ix_connections_source_id")
-                    .table(Connections::Table)
-                    .col(Connections::SourceOrganizationId)
-                    .col(Connections::Id)
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .create_index(
-                Index::create()
-                    .name("ix_connections_destination_id")
-                    .table(Connections::Table)
-                    .col(Connections::DestinationOrganizationId)
-                    .col(Connections::Id)
-                    .to_owned(),
-            )
-            .await?;
-        // The same with a state filter, so a page costs the same however rare
-        // the state is.
-        manager
-            .create_index(
-                Index::create()
-                    .name("ix_connections_source_state_id")
-                    .table(Connections::Table)
-                    .col(Connections::SourceOrganizationId)
-                    .col(Connections::State)
-                    .col(Connections::Id)
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .create_index(
-                Index::create()
-                    .name("ix_connections_destination_state_id")
-                    .table(Connections::Table)
-                    .col(Connections::DestinationOrganizationId)
-                    .col(Connections::State)
-                    .col(Connections::Id)
-                    .to_owned(),
-            )
-            .await
+        // Keyset pagination, newest (highest UUIDv7) first, for each side;
+        // with a state filter too, so a page costs the same however rare the
+        // state is.
+        use Connections::{DestinationOrganizationId, Id, SourceOrganizationId, State};
+        let indexes: [(&str, &[Connections]); 4] = [
+            ("ix_connections_source_id", &[SourceOrganizationId, Id]),
+            (
+                "ix_connections_destination_id",
+                &[DestinationOrganizationId, Id],
+            ),
+            (
+                "ix_connections_source_state_id",
+                &[SourceOrganizationId, State, Id],
+            ),
+            (
+                "ix_connections_destination_state_id",
+                &[DestinationOrganizationId, State, Id],
+            ),
+        ];
+        for (name, columns) in indexes {
+            let mut index = Index::create();
+            index.name(name).table(Connections::Table);
+            for column in columns {
+                index.col(*column);
+            }
+            manager.create_index(index).await?;
+        }
+        Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -108,7 +91,7 @@ impl MigrationTrait for Migration {
     }
 }
 
-#[derive(DeriveIden)]
+#[derive(DeriveIden, Clone, Copy)]
 pub enum Connections {
     Table,
     Id,
