@@ -1,6 +1,6 @@
 //! The `connections` command: serve, migrate, and operator commands.
 
-use std::{process::ExitCode, time::Duration};
+use std::process::ExitCode;
 
 use clap::Parser;
 use connections::{
@@ -57,10 +57,8 @@ fn db_settings(args: &DatabaseArgs) -> DbSettings {
 
 async fn serve(args: ServeArgs) -> Result<(), Error> {
     let app = Application::build(Settings {
-        listen: args.listen,
-        database: db_settings(&args.database),
         admin_token: args.admin_token,
-        health_check_interval: Duration::from_secs(1),
+        ..Settings::new(args.listen, db_settings(&args.database))
     })
     .await?;
     app.run_until_stopped(startup::shutdown_signal()).await?;

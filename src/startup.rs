@@ -22,7 +22,7 @@ use crate::{
         connection_service_server::ConnectionServiceServer,
         organization_service_server::OrganizationServiceServer,
     },
-    service::{ApiKeys, Connections, Organizations, PageTokens, secrets},
+    service::{ApiKeys, Connections, Organizations, PageTokens, idempotency, secrets},
 };
 
 /// Largest request message accepted, in bytes. Every valid request is far smaller.
@@ -47,6 +47,24 @@ pub struct Settings {
     pub admin_token: Option<SecretString>,
     /// How often the database is probed for the health service.
     pub health_check_interval: Duration,
+    /// How long request_id records are kept (SPEC: at least 24 hours).
+    pub request_id_retention: Duration,
+    /// How often expired request_id records are deleted.
+    pub request_id_sweep_interval: Duration,
+}
+
+impl Settings {
+    /// Production settings for `listen` and `database`.
+    pub fn new(listen: SocketAddr, database: DbSettings) -> Self {
+        Self {
+            listen,
+            database,
+            admin_token: None,
+            health_check_interval: Duration::from_secs(1),
+            request_id_retention: idempotency::RETENTION,
+            request_id_sweep_interval: Duration::from_secs(10 * 60),
+        }
+    }
 }
 
 /// Why the server could not start or stopped abnormally.
@@ -79,6 +97,8 @@ pub struct Application {
     tokens: PageTokens,
     admin_token: AdminToken,
     health_check_interval: Duration,
+    request_id_retention: Duration,
+    request_id_sweep_interval: Duration,
 }
 
 /// Connects to the database and applies pending migrations.
@@ -111,6 +131,8 @@ impl Application {
             tokens,
             admin_token: AdminToken::new(settings.admin_token.as_ref()),
             health_check_interval: settings.health_check_interval,
+            request_id_retention: settings.request_id_retention,
+            request_id_sweep_interval: settings.request_id_sweep_interval,
         })
     }
 
@@ -137,6 +159,8 @@ impl Application {
             tokens,
             admin_token,
             health_check_interval,
+            request_id_retention,
+            request_id_sweep_interval,
         } = self;
 
         let keys = ApiKeys::new(db.clone());
@@ -175,12 +199,20 @@ impl Application {
         )
         .await;
         let stop_background = CancellationToken::new();
-        let health_task = tokio::spawn(monitor_database(
-            db.clone(),
-            health_reporter.clone(),
-            health_check_interval,
-            stop_background.clone(),
-        ));
+        let background = [
+            tokio::spawn(monitor_database(
+                db.clone(),
+                health_reporter.clone(),
+                health_check_interval,
+                stop_background.clone(),
+            )),
+            tokio::spawn(sweep_request_ids(
+                db.clone(),
+                request_id_retention,
+                request_id_sweep_interval,
+                stop_background.clone(),
+            )),
+        ];
 
         let router = Server::builder()
             .timeout(REQUEST_TIMEOUT)
@@ -213,7 +245,9 @@ impl Application {
             .await;
 
         stop_background.cancel();
-        let _ = health_task.await;
+        for task in background {
+            let _ = task.await;
+        }
         db.close().await?;
         tracing::info!("stopped");
         result.map_err(Into::into)
@@ -271,6 +305,29 @@ async fn monitor_database(
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Deletes request_id records older than `retention`, every `interval`,
+/// until `stop` is cancelled.
+async fn sweep_request_ids(
+    db: DatabaseConnection,
+    retention: Duration,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            () = stop.cancelled() => return,
+        }
+        let cutoff = chrono::Utc::now() - retention;
+        match idempotency::delete_expired(&db, cutoff).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "expired request_id records deleted"),
+            Err(err) => tracing::warn!(error = %err, "cannot delete expired request_id records"),
         }
     }
 }

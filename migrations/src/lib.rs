@@ -10,6 +10,7 @@ mod m20261128_000002_create_api_keys;
 mod m20261128_000003_create_connections;
 mod m20261128_000004_create_connection_events;
 mod m20261128_000005_create_server_secrets;
+mod m20261128_000006_create_idempotency_records;
 
 /// Applies the service's migrations in order.
 pub struct Migrator;
@@ -23,6 +24,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000003_create_connections::Migration),
             Box::new(m20261128_000004_create_connection_events::Migration),
             Box::new(m20261128_000005_create_server_secrets::Migration),
+            Box::new(m20261128_000006_create_idempotency_records::Migration),
         ]
     }
 }

@@ -3,12 +3,14 @@
 use std::{fmt, str::FromStr};
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::ids::{ConnectionId, OrganizationId};
 
 /// The lifecycle state of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ConnectionState {
     /// Created (or reactivated) by the source; waiting for the destination.
     Pending,
@@ -68,7 +70,8 @@ named_enum!(
 );
 
 /// The part an organization plays in a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Role {
     /// Created the connection; shares its data.
     Source,
@@ -102,6 +105,15 @@ pub enum Action {
 impl Action {
     /// Every action, for exhaustive tests.
     pub const ALL: [Self; 3] = [Self::Activate, Self::Deactivate, Self::Reactivate];
+
+    /// The name of the RPC that takes this action.
+    pub fn method(self) -> &'static str {
+        match self {
+            Self::Activate => "ActivateConnection",
+            Self::Deactivate => "DeactivateConnection",
+            Self::Reactivate => "ReactivateConnection",
+        }
+    }
 
     /// The event this action appends to the history when it succeeds.
     pub fn event_type(self) -> EventType {
@@ -214,7 +226,8 @@ pub fn transition(
 }
 
 /// A type of data the source shares. Ordered as in the API enum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum DataType {
     /// Identity inquiries.
     Inquiry,
@@ -245,13 +258,28 @@ named_enum!(
 );
 
 /// A non-empty set of data types, kept sorted and without duplicates.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<DataType>", into = "Vec<DataType>")]
 pub struct DataTypes(Vec<DataType>);
 
 /// An empty list of data types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("at least one data type is required")]
 pub struct NoDataTypes;
+
+impl TryFrom<Vec<DataType>> for DataTypes {
+    type Error = NoDataTypes;
+
+    fn try_from(types: Vec<DataType>) -> Result<Self, Self::Error> {
+        Self::new(types)
+    }
+}
+
+impl From<DataTypes> for Vec<DataType> {
+    fn from(types: DataTypes) -> Self {
+        types.0
+    }
+}
 
 impl DataTypes {
     /// Collapses duplicates and sorts; fails if there are none.
@@ -291,7 +319,7 @@ impl DataTypes {
 }
 
 /// The two organizations of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Parties {
     /// The organization that created the connection.
     pub source: OrganizationId,
@@ -313,7 +341,7 @@ impl Parties {
 }
 
 /// A connection as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnectionRecord {
     /// Identifier.
     pub id: ConnectionId,

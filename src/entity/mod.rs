@@ -3,5 +3,6 @@
 pub mod api_key;
 pub mod connection;
 pub mod connection_event;
+pub mod idempotency_record;
 pub mod organization;
 pub mod server_secret;

@@ -38,7 +38,7 @@ impl ConnectionApi {
     ) -> Result<proto::Connection, Status> {
         let caller = self.auth.organization(request.metadata()).await?;
         let fields = request.into_inner();
-        let (id, etag, _request_id, reason) = (
+        let (id, etag, request_id, reason) = (
             validate::id("connection_id", &fields.connection_id, ConnectionId::parse),
             validate::etag(&fields.etag),
             validate::request_id(&fields.request_id),
@@ -54,6 +54,7 @@ impl ConnectionApi {
                     action: fields.action,
                     etag,
                     reason,
+                    request_id,
                 },
             )
             .await?;
@@ -78,7 +79,7 @@ impl ConnectionService for ConnectionApi {
     ) -> Result<Response<CreateConnectionResponse>, Status> {
         let caller = self.auth.organization(request.metadata()).await?;
         let request = request.into_inner();
-        let (destination, data_types, _request_id) = (
+        let (destination, data_types, request_id) = (
             validate::id(
                 "destination_organization_id",
                 &request.destination_organization_id,
@@ -95,6 +96,7 @@ impl ConnectionService for ConnectionApi {
                 NewConnection {
                     destination,
                     data_types,
+                    request_id,
                 },
             )
             .await?;

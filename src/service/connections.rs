@@ -5,12 +5,16 @@
 //! update (`WHERE id = ? AND version = ?`) and the event that records it.
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection,
+    DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
 };
 use tracing::instrument;
 
-use super::{Page, PageTokens, now, time_of};
+use super::{
+    Page, PageTokens,
+    idempotency::{self, Claim, IdempotencyKey},
+    now, time_of,
+};
 use crate::{
     db,
     domain::{
@@ -35,6 +39,8 @@ pub struct NewConnection {
     pub destination: OrganizationId,
     /// What to share.
     pub data_types: DataTypes,
+    /// Makes the call safe to retry.
+    pub request_id: Option<String>,
 }
 
 /// A state change, already validated.
@@ -48,6 +54,8 @@ pub struct TransitionRequest {
     pub etag: Option<String>,
     /// Deactivation reason.
     pub reason: Option<String>,
+    /// Makes the call safe to retry.
+    pub request_id: Option<String>,
 }
 
 /// ListConnections filters; `None` means "any".
@@ -77,7 +85,21 @@ impl Connections {
         if new.destination == caller {
             return Err(ServiceError::SelfConnection);
         }
-        let txn = db::begin_write(&self.db).await?;
+        let key = new.request_id.clone().map(|request_id| {
+            IdempotencyKey::new(
+                caller,
+                "CreateConnection",
+                request_id,
+                &[
+                    new.destination.uuid().as_bytes(),
+                    new.data_types.to_storage().as_bytes(),
+                ],
+            )
+        });
+        let txn = match self.begin(key.as_ref()).await? {
+            Begun::Fresh(txn) => txn,
+            Begun::Done(record) => return Ok(record),
+        };
         if organization::Entity::find_by_id(new.destination.uuid())
             .one(&txn)
             .await?
@@ -137,7 +159,7 @@ impl Connections {
             },
         )
         .await?;
-        txn.commit().await?;
+        commit(txn, key.as_ref(), &record).await?;
         tracing::info!(connection_id = %record.id, "connection created");
         Ok(record)
     }
@@ -235,7 +257,22 @@ impl Connections {
         caller: OrganizationId,
         request: TransitionRequest,
     ) -> Result<ConnectionRecord, ServiceError> {
-        let txn = db::begin_write(&self.db).await?;
+        let key = request.request_id.clone().map(|request_id| {
+            IdempotencyKey::new(
+                caller,
+                request.action.method(),
+                request_id,
+                &[
+                    request.id.uuid().as_bytes(),
+                    request.etag.as_deref().unwrap_or_default().as_bytes(),
+                    request.reason.as_deref().unwrap_or_default().as_bytes(),
+                ],
+            )
+        });
+        let txn = match self.begin(key.as_ref()).await? {
+            Begun::Fresh(txn) => txn,
+            Begun::Done(record) => return Ok(record),
+        };
         let current = record_from(secure_find(&txn, caller, request.id).await?)?;
         let role = current.parties.role_of(caller);
         let etag_matches = request
@@ -276,7 +313,7 @@ impl Connections {
             },
         )
         .await?;
-        txn.commit().await?;
+        commit(txn, key.as_ref(), &updated).await?;
         tracing::info!(from = %current.state, to = %next, "connection changed");
         Ok(updated)
     }
@@ -321,6 +358,48 @@ impl Connections {
             next_page_token,
         })
     }
+}
+
+/// A write transaction, or the recorded result of an earlier call.
+enum Begun {
+    /// Execute the call in this transaction.
+    Fresh(DatabaseTransaction),
+    /// A call with the same request_id succeeded before: this is its result.
+    Done(ConnectionRecord),
+}
+
+impl Connections {
+    /// Begins a write transaction and, for a call with a request_id, claims
+    /// it, or returns the result recorded by an earlier call.
+    async fn begin(&self, key: Option<&IdempotencyKey>) -> Result<Begun, ServiceError> {
+        let txn = db::begin_write(&self.db).await?;
+        let Some(key) = key else {
+            return Ok(Begun::Fresh(txn));
+        };
+        match idempotency::claim(&txn, key).await? {
+            Claim::Fresh => Ok(Begun::Fresh(txn)),
+            Claim::Replay(record) => Ok(Begun::Done(record)),
+            Claim::Raced => {
+                txn.rollback().await?;
+                idempotency::replay_committed(&self.db, key)
+                    .await
+                    .map(Begun::Done)
+            }
+        }
+    }
+}
+
+/// Records the result for the call's request_id, if any, and commits.
+async fn commit(
+    txn: DatabaseTransaction,
+    key: Option<&IdempotencyKey>,
+    record: &ConnectionRecord,
+) -> Result<(), ServiceError> {
+    if let Some(key) = key {
+        idempotency::complete(&txn, key, record).await?;
+    }
+    txn.commit().await?;
+    Ok(())
 }
 
 /// The scope a ListConnections page token is bound to.
@@ -527,6 +606,7 @@ mod tests {
                 NewConnection {
                     destination,
                     data_types: DataTypes::new([DataType::Inquiry]).unwrap(),
+                    request_id: None,
                 },
             )
             .await
@@ -540,6 +620,7 @@ mod tests {
                     action: Action::Activate,
                     etag: None,
                     reason: None,
+                    request_id: None,
                 },
             )
             .await

@@ -2,6 +2,7 @@
 
 pub mod api_keys;
 pub mod connections;
+pub mod idempotency;
 pub mod organizations;
 pub mod page_token;
 pub mod secrets;

@@ -10,7 +10,11 @@ use crate::helpers::{
 
 #[tokio::test]
 async fn without_a_configured_admin_token_every_admin_call_is_refused() {
-    let app = spawn_app_with(AppOptions { admin_token: None }).await;
+    let app = spawn_app_with(AppOptions {
+        admin_token: None,
+        ..AppOptions::default()
+    })
+    .await;
     for bearer in [Bearer::none(), Bearer::new(""), Bearer::new("anything")] {
         let status = app
             .admin_with(bearer)

@@ -171,12 +171,16 @@ pub struct TestApp {
 /// Options for [`spawn_app_with`].
 pub struct AppOptions {
     pub admin_token: Option<&'static str>,
+    pub request_id_retention: Duration,
+    pub request_id_sweep_interval: Duration,
 }
 
 impl Default for AppOptions {
     fn default() -> Self {
         Self {
             admin_token: Some(ADMIN_TOKEN),
+            request_id_retention: Duration::from_secs(24 * 60 * 60),
+            request_id_sweep_interval: Duration::from_secs(60 * 60),
         }
     }
 }
@@ -198,6 +202,8 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
             .admin_token
             .map(|t| SecretString::from(t.to_owned())),
         health_check_interval: Duration::from_millis(100),
+        request_id_retention: options.request_id_retention,
+        request_id_sweep_interval: options.request_id_sweep_interval,
     })
     .await
     .expect("application builds");

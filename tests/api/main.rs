@@ -11,5 +11,6 @@ mod lifecycle;
 mod listing;
 mod organizations;
 mod ownership;
+mod retries;
 mod standard_services;
 mod transitions;

@@ -1,0 +1,187 @@
+//! Exactly-once retries keyed by the caller's `request_id` (SPEC section 4).
+//!
+//! A mutating call with a request_id first *claims* the key (caller
+//! organization, method, request_id) inside its write transaction, by
+//! inserting a record that the same transaction completes with the call's
+//! result. So the record exists exactly when the change does:
+//!
+//! - a retry after the commit finds the record and gets the recorded result,
+//!   without executing anything;
+//! - a concurrent duplicate blocks on the claim (PostgreSQL: the primary key;
+//!   SQLite: the write lock) until the first call ends, then replays its result
+//!   (or, if the first call failed and wrote nothing, executes itself);
+//! - the same request_id with different parameters is `RequestIdReused`.
+//!
+//! Only successful calls are recorded: a call that failed changed nothing, and
+//! its retry is evaluated afresh.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, SqlErr,
+};
+use serde::{Serialize, de::DeserializeOwned};
+use sha2::{Digest, Sha256};
+
+use super::now;
+use crate::{domain::OrganizationId, entity::idempotency_record, error::ServiceError};
+
+/// How long records are kept at least.
+pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
+/// The key of one mutating call and a digest of its parameters.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    organization: OrganizationId,
+    method: &'static str,
+    request_id: String,
+    fingerprint: [u8; 32],
+}
+
+impl IdempotencyKey {
+    /// The key of `method` called by `organization` with `request_id`;
+    /// `parameters` are the call's (validated) inputs, in a fixed order.
+    pub fn new(
+        organization: OrganizationId,
+        method: &'static str,
+        request_id: String,
+        parameters: &[&[u8]],
+    ) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(method.as_bytes());
+        for parameter in parameters {
+            // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+            hasher.update((parameter.len() as u64).to_be_bytes());
+            hasher.update(parameter);
+        }
+        Self {
+            organization,
+            method,
+            request_id,
+            fingerprint: hasher.finalize().into(),
+        }
+    }
+
+    fn find(&self) -> sea_orm::Select<idempotency_record::Entity> {
+        idempotency_record::Entity::find_by_id((
+            self.organization.uuid(),
+            self.method.to_owned(),
+            self.request_id.clone(),
+        ))
+    }
+
+    /// The recorded result, if `record` was made by a call with our parameters.
+    fn replay<T: DeserializeOwned>(
+        &self,
+        record: idempotency_record::Model,
+    ) -> Result<T, ServiceError> {
+        if record.request_sha256 != self.fingerprint {
+            return Err(ServiceError::RequestIdReused);
+        }
+        serde_json::from_str(&record.response).map_err(ServiceError::internal)
+    }
+}
+
+/// The outcome of claiming a key.
+#[derive(Debug)]
+pub enum Claim<T> {
+    /// The key is ours: execute the call, then [`complete`] it.
+    Fresh,
+    /// An earlier call with this key succeeded: return its result.
+    Replay(T),
+    /// A concurrent call claimed the key first and committed. Roll back, then
+    /// [`replay_committed`].
+    Raced,
+}
+
+/// Claims `key` inside the write transaction `txn`.
+pub async fn claim<T: DeserializeOwned>(
+    txn: &impl ConnectionTrait,
+    key: &IdempotencyKey,
+) -> Result<Claim<T>, ServiceError> {
+    if let Some(record) = key.find().one(txn).await? {
+        return key.replay(record).map(Claim::Replay);
+    }
+    let placeholder = idempotency_record::ActiveModel {
+        organization_id: Set(key.organization.uuid()),
+        method: Set(key.method.to_owned()),
+        request_id: Set(key.request_id.clone()),
+        request_sha256: Set(key.fingerprint.to_vec()),
+        response: Set(String::new()),
+        create_time: Set(now()),
+    };
+    match idempotency_record::Entity::insert(placeholder)
+        .exec_without_returning(txn)
+        .await
+    {
+        Ok(_) => Ok(Claim::Fresh),
+        Err(err) if is_unique_violation(&err) => Ok(Claim::Raced),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Records `result` as the outcome of the call that claimed `key`, in the
+/// same transaction as the change.
+pub async fn complete<T: Serialize>(
+    txn: &impl ConnectionTrait,
+    key: &IdempotencyKey,
+    result: &T,
+) -> Result<(), ServiceError> {
+    let response = serde_json::to_string(result).map_err(ServiceError::internal)?;
+    idempotency_record::Entity::update_many()
+        .col_expr(idempotency_record::Column::Response, response.into())
+        .filter(idempotency_record::Column::OrganizationId.eq(key.organization.uuid()))
+        .filter(idempotency_record::Column::Method.eq(key.method))
+        .filter(idempotency_record::Column::RequestId.eq(key.request_id.as_str()))
+        .exec(txn)
+        .await?;
+    Ok(())
+}
+
+/// After [`Claim::Raced`]: the result of the call that won, read outside the
+/// failed transaction.
+pub async fn replay_committed<T: DeserializeOwned>(
+    db: &impl ConnectionTrait,
+    key: &IdempotencyKey,
+) -> Result<T, ServiceError> {
+    match key.find().one(db).await? {
+        Some(record) => key.replay(record),
+        // The winner was rolled back after all: the caller may simply retry.
+        None => Err(ServiceError::ConcurrentModification),
+    }
+}
+
+/// Deletes records created before `cutoff`; returns how many.
+pub async fn delete_expired(
+    db: &impl ConnectionTrait,
+    cutoff: DateTime<Utc>,
+) -> Result<u64, DbErr> {
+    let result = idempotency_record::Entity::delete_many()
+        .filter(idempotency_record::Column::CreateTime.lt(cutoff))
+        .exec(db)
+        .await?;
+    Ok(result.rows_affected)
+}
+
+fn is_unique_violation(err: &DbErr) -> bool {
+    matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_differ_with_parameters_and_their_boundaries() {
+        let org = OrganizationId::generate();
+        let key = |parameters: &[&[u8]]| {
+            IdempotencyKey::new(org, "ActivateConnection", "r".into(), parameters).fingerprint
+        };
+        assert_eq!(key(&[b"ab", b"c"]), key(&[b"ab", b"c"]));
+        assert_ne!(key(&[b"ab", b"c"]), key(&[b"a", b"bc"]));
+        assert_ne!(key(&[b"ab"]), key(&[b"ab", b""]));
+        assert_ne!(
+            IdempotencyKey::new(org, "ActivateConnection", "r".into(), &[]).fingerprint,
+            IdempotencyKey::new(org, "ReactivateConnection", "r".into(), &[]).fingerprint
+        );
+    }
+}

@@ -1,0 +1,290 @@
+//! Exactly-once retries with `request_id` (SPEC section 4).
+
+use std::time::Duration;
+
+use connections::proto::{
+    ActivateConnectionRequest, ConnectionState, CreateConnectionRequest, DataType,
+    DeactivateConnectionRequest, ListConnectionsRequest,
+};
+use prost::Message;
+use tonic::Code;
+
+use crate::helpers::{AppOptions, TestApp, TestOrg, assert_error, spawn_app, spawn_app_with};
+
+fn create_request(
+    destination: &TestOrg,
+    data_type: DataType,
+    request_id: &str,
+) -> CreateConnectionRequest {
+    CreateConnectionRequest {
+        destination_organization_id: destination.id.clone(),
+        data_types: vec![data_type as i32],
+        request_id: request_id.to_owned(),
+    }
+}
+
+fn activate_request(id: &str, request_id: &str) -> ActivateConnectionRequest {
+    ActivateConnectionRequest {
+        connection_id: id.to_owned(),
+        etag: String::new(),
+        request_id: request_id.to_owned(),
+    }
+}
+
+async fn connection_count(app: &TestApp, org: &TestOrg) -> usize {
+    app.connections(org)
+        .list_connections(ListConnectionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .connections
+        .len()
+}
+
+#[tokio::test]
+async fn a_retried_create_returns_the_first_response_byte_for_byte_and_creates_nothing() {
+    let app = spawn_app().await;
+    let (a, b) = (app.new_org("A").await, app.new_org("B").await);
+    let mut client = app.connections(&a);
+    let request = create_request(&b, DataType::Account, "create-1");
+    let first = client
+        .create_connection(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let retry = client
+        .create_connection(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retry.encode_to_vec(), first.encode_to_vec());
+    assert_eq!(connection_count(&app, &a).await, 1);
+    let id = first.connection.unwrap().id;
+    assert_eq!(app.events(&a, &id).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_retried_transition_returns_the_first_response_even_after_later_changes() {
+    let app = spawn_app().await;
+    let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
+    let id = app.connect(&source, &destination).await.id;
+    let mut client = app.connections(&destination);
+    let first = client
+        .activate_connection(activate_request(&id, "activate-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    app.deactivate(&source, &id, "").await.unwrap();
+
+    let retry = client
+        .activate_connection(activate_request(&id, "activate-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retry.encode_to_vec(), first.encode_to_vec());
+    assert_eq!(retry.connection.unwrap().state(), ConnectionState::Active);
+    // Created, activated, deactivated: the retry appended nothing.
+    assert_eq!(app.events(&source, &id).await.len(), 3);
+    assert_eq!(
+        app.get(&source, &id).await.state(),
+        ConnectionState::Inactive
+    );
+}
+
+#[tokio::test]
+async fn the_same_request_id_with_different_parameters_is_request_id_reused() {
+    let app = spawn_app().await;
+    let (a, b, c) = (
+        app.new_org("A").await,
+        app.new_org("B").await,
+        app.new_org("C").await,
+    );
+    let mut client = app.connections(&a);
+    client
+        .create_connection(create_request(&b, DataType::Account, "r-1"))
+        .await
+        .unwrap();
+    for different in [
+        create_request(&b, DataType::Inquiry, "r-1"),
+        create_request(&c, DataType::Account, "r-1"),
+    ] {
+        let status = client.create_connection(different).await.unwrap_err();
+        assert_error(&status, Code::InvalidArgument, "REQUEST_ID_REUSED");
+    }
+    assert_eq!(connection_count(&app, &a).await, 1);
+
+    let id = app.connect(&b, &a).await.id;
+    client
+        .deactivate_connection(DeactivateConnectionRequest {
+            connection_id: id.clone(),
+            reason: "first".into(),
+            request_id: "d-1".into(),
+            etag: String::new(),
+        })
+        .await
+        .unwrap();
+    let status = client
+        .deactivate_connection(DeactivateConnectionRequest {
+            connection_id: id,
+            reason: "second".into(),
+            request_id: "d-1".into(),
+            etag: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::InvalidArgument, "REQUEST_ID_REUSED");
+}
+
+#[tokio::test]
+async fn request_ids_are_scoped_to_the_caller_and_the_method() {
+    let app = spawn_app().await;
+    let (a, b, c) = (
+        app.new_org("A").await,
+        app.new_org("B").await,
+        app.new_org("C").await,
+    );
+    // The same request_id from two organizations: two connections.
+    app.connections(&a)
+        .create_connection(create_request(&c, DataType::Account, "shared"))
+        .await
+        .unwrap();
+    app.connections(&b)
+        .create_connection(create_request(&c, DataType::Account, "shared"))
+        .await
+        .unwrap();
+    assert_eq!(connection_count(&app, &c).await, 2);
+
+    // The same request_id on two methods: both execute.
+    let id = app.connect(&a, &b).await.id;
+    let mut client = app.connections(&b);
+    client
+        .activate_connection(activate_request(&id, "same"))
+        .await
+        .unwrap();
+    let deactivated = client
+        .deactivate_connection(DeactivateConnectionRequest {
+            connection_id: id.clone(),
+            request_id: "same".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .connection
+        .unwrap();
+    assert_eq!(deactivated.state(), ConnectionState::Inactive);
+}
+
+#[tokio::test]
+async fn a_failed_call_records_nothing_so_its_retry_is_evaluated_afresh() {
+    let app = spawn_app().await;
+    let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
+    let id = app.connect(&source, &destination).await.id;
+    app.deactivate(&source, &id, "").await.unwrap();
+    let mut client = app.connections(&destination);
+    let status = client
+        .activate_connection(activate_request(&id, "a-1"))
+        .await
+        .unwrap_err();
+    assert_error(
+        &status,
+        Code::FailedPrecondition,
+        "INVALID_STATE_TRANSITION",
+    );
+
+    app.reactivate(&source, &id, "").await.unwrap();
+    let activated = client
+        .activate_connection(activate_request(&id, "a-1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .connection
+        .unwrap();
+    assert_eq!(activated.state(), ConnectionState::Active);
+}
+
+#[tokio::test]
+async fn of_concurrent_duplicates_exactly_one_executes() {
+    let app = spawn_app().await;
+    let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
+
+    let creates = (0..16).map(|_| {
+        let mut client = app.connections(&source);
+        let request = create_request(&destination, DataType::Inquiry, "c-race");
+        tokio::spawn(async move { client.create_connection(request).await })
+    });
+    let mut responses = Vec::new();
+    for result in futures::future::join_all(creates).await {
+        match result.unwrap() {
+            Ok(response) => responses.push(response.into_inner().encode_to_vec()),
+            Err(status) => assert_error(&status, Code::Aborted, "CONCURRENT_MODIFICATION"),
+        }
+    }
+    assert!(!responses.is_empty());
+    assert!(responses.iter().all(|r| *r == responses[0]));
+    assert_eq!(connection_count(&app, &source).await, 1);
+
+    let id = app
+        .connections(&source)
+        .list_connections(ListConnectionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .connections[0]
+        .id
+        .clone();
+    let activations = (0..16).map(|_| {
+        let mut client = app.connections(&destination);
+        let request = activate_request(&id, "a-race");
+        tokio::spawn(async move { client.activate_connection(request).await })
+    });
+    let mut responses = Vec::new();
+    for result in futures::future::join_all(activations).await {
+        match result.unwrap() {
+            Ok(response) => responses.push(response.into_inner().encode_to_vec()),
+            Err(status) => assert_error(&status, Code::Aborted, "CONCURRENT_MODIFICATION"),
+        }
+    }
+    assert!(!responses.is_empty());
+    assert!(responses.iter().all(|r| *r == responses[0]));
+    assert_eq!(app.events(&source, &id).await.len(), 2);
+}
+
+#[tokio::test]
+async fn expired_request_ids_are_swept_and_the_sweep_stops_on_shutdown() {
+    let app = spawn_app_with(AppOptions {
+        request_id_retention: Duration::ZERO,
+        request_id_sweep_interval: Duration::from_millis(50),
+        ..AppOptions::default()
+    })
+    .await;
+    let (a, b, c) = (
+        app.new_org("A").await,
+        app.new_org("B").await,
+        app.new_org("C").await,
+    );
+    let mut client = app.connections(&a);
+    client
+        .create_connection(create_request(&b, DataType::Account, "short-lived"))
+        .await
+        .unwrap();
+    // Once the record is swept, the request_id is free for other parameters.
+    let mut reused = true;
+    for _ in 0..100 {
+        match client
+            .create_connection(create_request(&c, DataType::Account, "short-lived"))
+            .await
+        {
+            Ok(_) => {
+                reused = false;
+                break;
+            }
+            Err(status) => {
+                assert_error(&status, Code::InvalidArgument, "REQUEST_ID_REUSED");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert!(!reused, "the record was never swept");
+    app.stop().await;
+}
