@@ -1,6 +1,11 @@
 //! `spawn_app()` and friends.
 
-use std::{net::SocketAddr, path::PathBuf, sync::LazyLock, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use connections::{
     config::LogFormat,
@@ -82,10 +87,19 @@ enum TestDatabase {
     Postgres { admin_url: String, name: String },
 }
 
+/// The PostgreSQL server to test against, if `TEST_DATABASE_URL` names one.
+pub fn postgres_url() -> Option<String> {
+    std::env::var("TEST_DATABASE_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+}
+
 impl TestDatabase {
-    async fn create() -> (Self, String) {
-        match std::env::var("TEST_DATABASE_URL") {
-            Ok(admin_url) if !admin_url.is_empty() => {
+    /// A fresh database: PostgreSQL when `TEST_DATABASE_URL` is set (unless
+    /// `sqlite` is asked for), else a SQLite file.
+    async fn create(sqlite: bool) -> (Self, String) {
+        match postgres_url().filter(|_| !sqlite) {
+            Some(admin_url) => {
                 let name = format!("connections_test_{}", Uuid::now_v7().simple());
                 let admin = Database::connect(&admin_url)
                     .await
@@ -98,7 +112,7 @@ impl TestDatabase {
                 let url = with_database_name(&admin_url, &name);
                 (Self::Postgres { admin_url, name }, url)
             }
-            _ => {
+            None => {
                 let path =
                     std::env::temp_dir().join(format!("connections-test-{}.db", Uuid::now_v7()));
                 let url = format!("sqlite://{}?mode=rwc", path.display());
@@ -165,7 +179,7 @@ pub struct TestApp {
     pub server_db: DatabaseConnection,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), StartupError>>>,
-    _database: TestDatabase,
+    _database: Arc<TestDatabase>,
 }
 
 /// Options for [`spawn_app_with`].
@@ -173,6 +187,10 @@ pub struct AppOptions {
     pub admin_token: Option<&'static str>,
     pub request_id_retention: Duration,
     pub request_id_sweep_interval: Duration,
+    /// Use SQLite even when `TEST_DATABASE_URL` is set.
+    pub sqlite: bool,
+    /// Server pool size.
+    pub max_connections: u32,
 }
 
 impl Default for AppOptions {
@@ -181,6 +199,8 @@ impl Default for AppOptions {
             admin_token: Some(ADMIN_TOKEN),
             request_id_retention: Duration::from_secs(24 * 60 * 60),
             request_id_sweep_interval: Duration::from_secs(60 * 60),
+            sqlite: false,
+            max_connections: 8,
         }
     }
 }
@@ -190,13 +210,28 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(options: AppOptions) -> TestApp {
+    let (database, url) = TestDatabase::create(options.sqlite).await;
+    start(Arc::new(database), url, &options).await
+}
+
+/// `count` servers sharing one database, as replicas do in production.
+pub async fn spawn_replicas(count: usize, options: AppOptions) -> Vec<TestApp> {
+    let (database, url) = TestDatabase::create(options.sqlite).await;
+    let database = Arc::new(database);
+    let mut apps = Vec::with_capacity(count);
+    for _ in 0..count {
+        apps.push(start(database.clone(), url.clone(), &options).await);
+    }
+    apps
+}
+
+async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -> TestApp {
     LazyLock::force(&TRACING);
-    let (database, url) = TestDatabase::create().await;
     let app = Application::build(Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         database: DbSettings {
             url,
-            max_connections: 8,
+            max_connections: options.max_connections,
         },
         admin_token: options
             .admin_token

@@ -5,6 +5,7 @@
 mod admin;
 mod auth;
 mod cli;
+mod concurrency;
 mod create_connection;
 mod helpers;
 mod lifecycle;

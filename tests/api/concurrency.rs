@@ -1,0 +1,367 @@
+//! Races across replicas and writers: many clients, two servers, one database.
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use connections::proto::connection_service_client::ConnectionServiceClient;
+use connections::proto::{
+    ActivateConnectionRequest, Connection, ConnectionEventType as Event, ConnectionRole,
+    ConnectionState as State, CreateConnectionRequest, DataType, DeactivateConnectionRequest,
+    ListApiKeysRequest, ListConnectionsRequest, ReactivateConnectionRequest, RevokeApiKeyRequest,
+};
+use tonic::{Code, Status, transport::Channel};
+
+use crate::helpers::{AppOptions, Bearer, TestOrg, assert_error, spawn_app_with, spawn_replicas};
+
+/// A small deterministic PRNG (xorshift64*), so a failing run can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    Activate,
+    Deactivate,
+    Reactivate,
+}
+
+async fn transition(
+    channel: &Channel,
+    org: &TestOrg,
+    action: Action,
+    id: &str,
+    request_id: &str,
+) -> Result<Connection, Status> {
+    let mut client =
+        ConnectionServiceClient::with_interceptor(channel.clone(), Bearer::new(&org.key));
+    let (connection_id, request_id) = (id.to_owned(), request_id.to_owned());
+    let connection = match action {
+        Action::Activate => {
+            {
+                client
+                    .activate_connection(ActivateConnectionRequest {
+                        connection_id,
+                        request_id,
+                        etag: String::new(),
+                    })
+                    .await?
+            }
+            .into_inner()
+            .connection
+        }
+        Action::Deactivate => {
+            {
+                client
+                    .deactivate_connection(DeactivateConnectionRequest {
+                        connection_id,
+                        request_id,
+                        ..Default::default()
+                    })
+                    .await?
+            }
+            .into_inner()
+            .connection
+        }
+        Action::Reactivate => {
+            {
+                client
+                    .reactivate_connection(ReactivateConnectionRequest {
+                        connection_id,
+                        request_id,
+                        etag: String::new(),
+                    })
+                    .await?
+            }
+            .into_inner()
+            .connection
+        }
+    };
+    Ok(connection.unwrap())
+}
+
+/// What one client saw.
+#[derive(Default)]
+struct Tally {
+    calls: usize,
+    /// Acknowledged transitions: (connection, request_id or a unique tag).
+    acknowledged: HashSet<(String, String)>,
+    codes: HashMap<Code, usize>,
+}
+
+/// The allowed steps of SPEC section 2: (event, from, to, actor role).
+fn allowed(event: Event, from: State, to: State, role: ConnectionRole) -> bool {
+    use ConnectionRole::{Destination, Source};
+    matches!(
+        (event, from, to, role),
+        (Event::Created, State::Unspecified, State::Pending, Source)
+            | (Event::Activated, State::Pending, State::Active, Destination)
+            | (
+                Event::Deactivated,
+                State::Pending | State::Active,
+                State::Inactive,
+                _
+            )
+            | (Event::Reactivated, State::Inactive, State::Pending, Source)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_transitions_from_many_clients_on_two_replicas_keep_every_history_consistent() {
+    const CLIENTS: usize = 16;
+    const CALLS_PER_CLIENT: usize = 150;
+
+    let replicas = spawn_replicas(
+        2,
+        AppOptions {
+            max_connections: 12,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let orgs = [
+        replicas[0].new_org("A").await,
+        replicas[1].new_org("B").await,
+        replicas[0].new_org("C").await,
+    ];
+    let pairs = [(0, 1), (1, 0), (0, 2), (2, 1), (1, 2)];
+    let mut connections = Vec::new();
+    for (source, destination) in pairs {
+        let connection = replicas[source % 2]
+            .connect(&orgs[source], &orgs[destination])
+            .await;
+        connections.push(connection.id);
+    }
+
+    let channels: Vec<Channel> = replicas.iter().map(|r| r.channel.clone()).collect();
+    let tasks = (0..CLIENTS).map(|client| {
+        let channels = channels.clone();
+        let orgs = orgs.clone();
+        let connections = connections.clone();
+        tokio::spawn(async move {
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (client as u64 + 1) * 0x1000_0001);
+            let mut tally = Tally::default();
+            for call in 0..CALLS_PER_CLIENT {
+                let id = &connections[rng.below(connections.len())];
+                let org = &orgs[rng.below(orgs.len())];
+                let action =
+                    [Action::Activate, Action::Deactivate, Action::Reactivate][rng.below(3)];
+                // A third of the calls carry a request_id and are sent up to
+                // three times, to either replica, as a client retrying would.
+                let (request_id, attempts) = if rng.below(3) == 0 {
+                    (format!("c{client}-{call}"), 1 + rng.below(3))
+                } else {
+                    (String::new(), 1)
+                };
+                let mut first: Option<Result<Connection, Code>> = None;
+                for _ in 0..attempts {
+                    let channel = &channels[rng.below(channels.len())];
+                    tally.calls += 1;
+                    let result = transition(channel, org, action, id, &request_id).await;
+                    let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
+                    *tally.codes.entry(code).or_default() += 1;
+                    assert!(
+                        !matches!(code, Code::Internal | Code::Unknown),
+                        "{result:?}"
+                    );
+                    if let Ok(connection) = &result {
+                        let tag = if request_id.is_empty() {
+                            format!("untagged-{client}-{call}")
+                        } else {
+                            request_id.clone()
+                        };
+                        tally.acknowledged.insert((id.clone(), tag));
+                        // A retry of an acknowledged call replays it exactly.
+                        if let Some(Ok(earlier)) = &first {
+                            assert_eq!(connection, earlier, "replayed response differs");
+                        }
+                    }
+                    if first.as_ref().is_none_or(|f| f.is_err()) {
+                        first = Some(result.map_err(|s| s.code()));
+                    }
+                }
+            }
+            tally
+        })
+    });
+    let tallies = futures::future::join_all(tasks).await;
+
+    let mut acknowledged: HashMap<String, usize> = HashMap::new();
+    let mut codes: HashMap<Code, usize> = HashMap::new();
+    let mut calls = 0;
+    for tally in tallies {
+        let tally = tally.expect("client task");
+        calls += tally.calls;
+        for (id, _) in tally.acknowledged {
+            *acknowledged.entry(id).or_default() += 1;
+        }
+        for (code, n) in tally.codes {
+            *codes.entry(code).or_default() += n;
+        }
+    }
+    assert!(calls >= CLIENTS * CALLS_PER_CLIENT);
+
+    let mut events_checked = 0;
+    for (i, id) in connections.iter().enumerate() {
+        let (source, destination) = pairs[i];
+        let app = &replicas[i % 2];
+        let events = app.events(&orgs[source], id).await;
+        events_checked += events.len();
+        let mut state = State::Unspecified;
+        for (n, event) in events.iter().enumerate() {
+            assert_eq!(event.sequence, n as i64 + 1, "gap in the history of {id}");
+            assert_eq!(event.from_state(), state, "{id} event {}", event.sequence);
+            assert!(
+                allowed(
+                    event.r#type(),
+                    event.from_state(),
+                    event.to_state(),
+                    event.actor_role()
+                ),
+                "{id}: disallowed step {event:?}"
+            );
+            let actor = if event.actor_role() == ConnectionRole::Source {
+                &orgs[source]
+            } else {
+                &orgs[destination]
+            };
+            assert_eq!(event.actor_organization_id, actor.id);
+            state = event.to_state();
+        }
+        assert_eq!(app.get(&orgs[destination], id).await.state(), state);
+        assert_eq!(
+            events.len() - 1,
+            acknowledged.get(id).copied().unwrap_or_default(),
+            "transitions of {id} differ from acknowledged distinct requests"
+        );
+    }
+    // Both kinds of outcome must have happened, or the test proved little.
+    assert!(
+        codes.get(&Code::Ok).copied().unwrap_or_default() > 100,
+        "{codes:?}"
+    );
+    assert!(codes.len() > 2, "{codes:?}");
+    println!("race: {calls} calls, {events_checked} events checked, outcomes {codes:?}");
+}
+
+#[tokio::test]
+async fn two_dozen_concurrent_creates_of_one_pair_across_replicas_give_one_connection() {
+    let replicas = spawn_replicas(2, AppOptions::default()).await;
+    let source = replicas[0].new_org("S").await;
+    let destination = replicas[1].new_org("D").await;
+    let calls = (0..24).map(|i| {
+        let mut client = replicas[i % 2].connections(&source);
+        let request = CreateConnectionRequest {
+            destination_organization_id: destination.id.clone(),
+            data_types: vec![DataType::Transaction as i32],
+            request_id: String::new(),
+        };
+        async move { client.create_connection(request).await }
+    });
+    let results = futures::future::join_all(calls).await;
+    let created: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+    assert_eq!(created.len(), 1);
+    for result in &results {
+        if let Err(status) = result {
+            assert_error(status, Code::AlreadyExists, "CONNECTION_ALREADY_EXISTS");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_key_revoked_on_one_replica_stops_working_on_the_other_within_five_seconds() {
+    let replicas = spawn_replicas(2, AppOptions::default()).await;
+    let org = replicas[0].new_org("A").await;
+    let mut on_other = replicas[1].connections(&org);
+    on_other
+        .list_connections(ListConnectionsRequest::default())
+        .await
+        .expect("the key works on both replicas");
+
+    let mut admin = replicas[0].admin();
+    let key = admin
+        .list_api_keys(ListApiKeysRequest {
+            organization_id: org.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .api_keys
+        .remove(0);
+    admin
+        .revoke_api_key(RevokeApiKeyRequest { api_key_id: key.id })
+        .await
+        .unwrap();
+    let revoked_at = tokio::time::Instant::now();
+
+    loop {
+        match on_other
+            .list_connections(ListConnectionsRequest::default())
+            .await
+        {
+            Err(status) => {
+                assert_error(&status, Code::Unauthenticated, "API_KEY_INVALID");
+                break;
+            }
+            Ok(_) => {
+                assert!(
+                    revoked_at.elapsed() < Duration::from_secs(5),
+                    "revoked key still accepted after 5 s"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn thirty_two_concurrent_writers_on_sqlite_never_see_busy_or_internal_errors() {
+    const WRITERS: usize = 32;
+    let app = spawn_app_with(AppOptions {
+        sqlite: true,
+        ..AppOptions::default()
+    })
+    .await;
+    let hub = app.new_org("Hub").await;
+    let mut partners = Vec::new();
+    for i in 0..WRITERS {
+        partners.push(app.new_org(&format!("Partner {i}")).await);
+    }
+    let writers = partners.iter().map(|partner| {
+        let (app, hub) = (&app, &hub);
+        async move {
+            // Each writer creates its connection, then drives it around the
+            // state machine: a dozen write transactions per writer.
+            let id = app.connect(partner, hub).await.id;
+            for _ in 0..3 {
+                app.activate(hub, &id, "").await?;
+                app.deactivate(partner, &id, "").await?;
+                app.reactivate(partner, &id, "").await?;
+            }
+            app.activate(hub, &id, "").await?;
+            Ok::<_, Status>(id)
+        }
+    });
+    let results = futures::future::join_all(writers).await;
+    for result in &results {
+        if let Err(status) = result {
+            panic!("a writer failed: {status:?}");
+        }
+    }
+    for id in results.into_iter().map(Result::unwrap) {
+        assert_eq!(app.get(&hub, &id).await.state(), State::Active);
+        assert_eq!(app.events(&hub, &id).await.len(), 11);
+    }
+}
