@@ -151,7 +151,7 @@ async fn random_transitions_from_many_clients_on_two_replicas_keep_every_history
         let orgs = orgs.clone();
         let connections = connections.clone();
         tokio::spawn(async move {
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (client as u64 + 1) * 0x1000_0001);
+            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((client as u64 + 1) * 0x1000_0001));
             let mut tally = Tally::default();
             for call in 0..CALLS_PER_CLIENT {
                 let id = &connections[rng.below(connections.len())];
