@@ -82,7 +82,7 @@ pub struct TestOrg {
 }
 
 /// A database made for one test and removed after it.
-enum TestDatabase {
+pub enum TestDatabase {
     Sqlite(PathBuf),
     Postgres { admin_url: String, name: String },
 }
@@ -97,7 +97,7 @@ pub fn postgres_url() -> Option<String> {
 impl TestDatabase {
     /// A fresh database: PostgreSQL when `TEST_DATABASE_URL` is set (unless
     /// `sqlite` is asked for), else a SQLite file.
-    async fn create(sqlite: bool) -> (Self, String) {
+    pub async fn create(sqlite: bool) -> (Self, String) {
         match postgres_url().filter(|_| !sqlite) {
             Some(admin_url) => {
                 let name = format!("connections_test_{}", Uuid::now_v7().simple());
@@ -157,6 +157,36 @@ impl Drop for TestDatabase {
     }
 }
 
+/// The host and port of the `TEST_DATABASE_URL` server.
+pub fn postgres_address() -> Option<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    let url = postgres_url()?;
+    let rest = &url[url.find("://")? + 3..];
+    let authority = rest.split(['/', '?']).next()?;
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    let host_port = if host_port.contains(':') {
+        host_port.to_owned()
+    } else {
+        format!("{host_port}:5432")
+    };
+    host_port.to_socket_addrs().ok()?.next()
+}
+
+/// `url` with its `host:port` replaced by `address`.
+fn with_address(url: &str, address: SocketAddr) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let end = url[start..]
+        .find(['/', '?'])
+        .map_or(url.len(), |i| start + i);
+    let authority = &url[start..end];
+    let user = authority.rsplit_once('@').map(|(user, _)| user);
+    let authority = match user {
+        Some(user) => format!("{user}@{address}"),
+        None => address.to_string(),
+    };
+    format!("{}{authority}{}", &url[..start], &url[end..])
+}
+
 /// `postgres://u@h:5432/db?x=y` with `db` replaced by `name`.
 fn with_database_name(url: &str, name: &str) -> String {
     let (base, query) = match url.split_once('?') {
@@ -191,6 +221,8 @@ pub struct AppOptions {
     pub sqlite: bool,
     /// Server pool size.
     pub max_connections: u32,
+    /// Reach PostgreSQL through this address (e.g. a fault-injecting proxy).
+    pub database_address: Option<SocketAddr>,
 }
 
 impl Default for AppOptions {
@@ -201,6 +233,7 @@ impl Default for AppOptions {
             request_id_sweep_interval: Duration::from_secs(60 * 60),
             sqlite: false,
             max_connections: 8,
+            database_address: None,
         }
     }
 }
@@ -227,6 +260,10 @@ pub async fn spawn_replicas(count: usize, options: AppOptions) -> Vec<TestApp> {
 
 async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -> TestApp {
     LazyLock::force(&TRACING);
+    let url = match options.database_address {
+        Some(address) => with_address(&url, address),
+        None => url,
+    };
     let app = Application::build(Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         database: DbSettings {
@@ -463,5 +500,13 @@ fn database_name_is_replaced_in_urls() {
     assert_eq!(
         with_database_name("postgres://u@h", "x"),
         "postgres://u@h/x"
+    );
+    assert_eq!(
+        with_address("postgres://u@h:5432/db?x=y", "127.0.0.1:7".parse().unwrap()),
+        "postgres://u@127.0.0.1:7/db?x=y"
+    );
+    assert_eq!(
+        with_address("postgres://h/db", "127.0.0.1:7".parse().unwrap()),
+        "postgres://127.0.0.1:7/db"
     );
 }

@@ -11,6 +11,7 @@ mod helpers;
 mod lifecycle;
 mod listing;
 mod organizations;
+mod outage;
 mod ownership;
 mod retries;
 mod standard_services;

@@ -1,0 +1,270 @@
+//! Database outages under load (PostgreSQL only): the service answers
+//! UNAVAILABLE (never INTERNAL, never a hang), health says NOT_SERVING, and it
+//! recovers by itself when the database is back.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use connections::proto::{GetConnectionRequest, ListConnectionsRequest};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    task::JoinSet,
+    time::Instant,
+};
+use tonic::{Code, Request};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use crate::helpers::{AppOptions, TestApp, TestOrg, postgres_address, spawn_app_with};
+
+/// A TCP proxy in front of PostgreSQL that can cut every connection and
+/// refuse new ones, as a crashed or unreachable database would.
+struct Proxy {
+    address: SocketAddr,
+    up: Arc<AtomicBool>,
+    connections: Arc<Mutex<JoinSet<()>>>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let up = Arc::new(AtomicBool::new(true));
+        let connections = Arc::new(Mutex::new(JoinSet::new()));
+        let (accept_up, accept_connections) = (up.clone(), connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !accept_up.load(Ordering::SeqCst) {
+                    drop(client); // refused: the peer sees the connection closed
+                    continue;
+                }
+                accept_connections.lock().unwrap().spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        Self {
+            address,
+            up,
+            connections,
+        }
+    }
+
+    /// Cuts every open connection and refuses new ones.
+    fn down(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.connections.lock().unwrap().abort_all();
+    }
+
+    fn up(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn health(app: &TestApp) -> Option<ServingStatus> {
+    let mut request = Request::new(HealthCheckRequest::default());
+    request.set_timeout(Duration::from_secs(1));
+    HealthClient::new(app.channel.clone())
+        .check(request)
+        .await
+        .ok()
+        .map(|r| r.into_inner().status())
+}
+
+/// Clients calling reads and writes with a 2-second deadline until stopped;
+/// returns every (time, status code) seen.
+fn start_load(
+    app: &TestApp,
+    source: &TestOrg,
+    destination: &TestOrg,
+    connection: &str,
+    stop: Arc<AtomicBool>,
+) -> JoinSet<Vec<(Instant, Code)>> {
+    let mut clients = JoinSet::new();
+    for client in 0..8 {
+        let mut api = app.connections(if client % 2 == 0 { source } else { destination });
+        let (connection, stop) = (connection.to_owned(), stop.clone());
+        clients.spawn(async move {
+            let mut seen = Vec::new();
+            let mut call = 0u32;
+            while !stop.load(Ordering::SeqCst) && call < 10_000 {
+                call += 1;
+                let result = if call.is_multiple_of(2) {
+                    let mut request = Request::new(GetConnectionRequest {
+                        connection_id: connection.clone(),
+                    });
+                    request.set_timeout(Duration::from_secs(2));
+                    api.get_connection(request).await.map(|_| ())
+                } else {
+                    let mut request = Request::new(ListConnectionsRequest::default());
+                    request.set_timeout(Duration::from_secs(2));
+                    api.list_connections(request).await.map(|_| ())
+                };
+                let code = result.map_or_else(|status| status.code(), |()| Code::Ok);
+                seen.push((Instant::now(), code));
+                if code != Code::Ok {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            seen
+        });
+    }
+    clients
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn during_a_database_outage_calls_are_unavailable_and_the_service_recovers_by_itself() {
+    let Some(target) = postgres_address() else {
+        eprintln!("skipping: TEST_DATABASE_URL is not set (this test needs PostgreSQL)");
+        return;
+    };
+    let proxy = Proxy::start(target).await;
+    let app = spawn_app_with(AppOptions {
+        database_address: Some(proxy.address),
+        ..AppOptions::default()
+    })
+    .await;
+    let source = app.new_org("S").await;
+    let destination = app.new_org("D").await;
+    let connection = app.connect(&source, &destination).await.id;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(&app, &source, &destination, &connection, stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    proxy.down();
+    let outage_start = Instant::now();
+    let mut not_serving_seen = false;
+    while outage_start.elapsed() < Duration::from_secs(4) {
+        not_serving_seen |= health(&app).await == Some(ServingStatus::NotServing);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        not_serving_seen,
+        "health never reported NOT_SERVING during the outage"
+    );
+
+    proxy.up();
+    let back = Instant::now();
+    let recovered = loop {
+        let mut request = Request::new(GetConnectionRequest {
+            connection_id: connection.clone(),
+        });
+        request.set_timeout(Duration::from_secs(2));
+        if app
+            .connections(&source)
+            .get_connection(request)
+            .await
+            .is_ok()
+        {
+            break back.elapsed();
+        }
+        assert!(back.elapsed() < Duration::from_secs(10), "no recovery");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+
+    let mut codes: HashMap<Code, usize> = HashMap::new();
+    let mut during_outage: HashMap<Code, usize> = HashMap::new();
+    for seen in load.join_all().await {
+        for (at, code) in seen {
+            *codes.entry(code).or_default() += 1;
+            // Calls that began well inside the outage window.
+            if at > outage_start + Duration::from_millis(2_100) && at < back {
+                *during_outage.entry(code).or_default() += 1;
+            }
+        }
+    }
+    for code in codes.keys() {
+        assert!(
+            matches!(code, Code::Ok | Code::Unavailable | Code::DeadlineExceeded),
+            "unexpected {code:?}: {codes:?}"
+        );
+    }
+    assert!(
+        !during_outage.is_empty() && !during_outage.contains_key(&Code::Ok),
+        "{during_outage:?}"
+    );
+    assert!(
+        recovered < Duration::from_secs(5),
+        "first success {recovered:?} after the database came back"
+    );
+    let health_back = Instant::now();
+    while health(&app).await != Some(ServingStatus::Serving) {
+        assert!(health_back.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "outage: outcomes {codes:?}; first success {recovered:?} after the database came back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn terminated_database_sessions_under_load_never_surface_as_internal_errors() {
+    if postgres_address().is_none() {
+        eprintln!("skipping: TEST_DATABASE_URL is not set (this test needs PostgreSQL)");
+        return;
+    }
+    let app = spawn_app_with(AppOptions::default()).await;
+    let source = app.new_org("S").await;
+    let destination = app.new_org("D").await;
+    let connection = app.connect(&source, &destination).await.id;
+    let database: String = app
+        .server_db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT current_database()",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index(0)
+        .unwrap();
+    let admin = sea_orm::Database::connect(crate::helpers::postgres_url().unwrap())
+        .await
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = start_load(&app, &source, &destination, &connection, stop.clone());
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        admin
+            .execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = $1 AND pid <> pg_backend_pid()",
+                [database.clone().into()],
+            ))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut codes: HashMap<Code, usize> = HashMap::new();
+    for seen in load.join_all().await {
+        for (_, code) in seen {
+            *codes.entry(code).or_default() += 1;
+        }
+    }
+    for code in codes.keys() {
+        assert!(
+            matches!(code, Code::Ok | Code::Unavailable),
+            "unexpected {code:?}: {codes:?}"
+        );
+    }
+    // And it still works.
+    assert_eq!(app.get(&source, &connection).await.id, connection);
+    admin.close().await.ok();
+}
