@@ -33,8 +33,8 @@ impl DbSettings {
     }
 }
 
-/// Opens a connection pool. SQLite connections use WAL, a busy timeout and
-/// foreign keys; an in-memory SQLite database gets a single connection, since
+/// Opens a connection pool. SQLite connections use WAL with full fsync (a
+/// committed write survives a power loss), a busy timeout and foreign keys; an in-memory SQLite database gets a single connection, since
 /// each connection would otherwise see a database of its own.
 pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(settings.url.clone());
@@ -52,7 +52,7 @@ pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, DbErr>
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(|opts| {
             opts.journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-                .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+                .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
                 .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 .foreign_keys(true)
         });

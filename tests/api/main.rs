@@ -6,6 +6,7 @@ mod admin;
 mod auth;
 mod cli;
 mod concurrency;
+mod crash;
 mod create_connection;
 mod helpers;
 mod lifecycle;
