@@ -1,6 +1,6 @@
 //! Command line and environment (SPEC section 6).
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::SecretString;
@@ -66,6 +66,32 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "CONNECTIONS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
+
+    /// Origin allowed to call the API from a browser over gRPC-Web (repeatable;
+    /// the environment variable takes a comma-separated list). None by default.
+    #[arg(
+        long = "cors-allow-origin",
+        env = "CONNECTIONS_CORS_ALLOW_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub cors_allow_origins: Vec<String>,
+
+    /// TLS certificate chain (PEM). With --tls-key, the server speaks only TLS.
+    #[arg(long, env = "CONNECTIONS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM).
+    #[arg(long, env = "CONNECTIONS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificate(s) (PEM) for mutual TLS: clients must present a
+    /// certificate signed by one of them.
+    #[arg(long, env = "CONNECTIONS_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Address for Prometheus metrics (GET /metrics); off by default.
+    #[arg(long, env = "CONNECTIONS_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 fn parse_secret(value: &str) -> Result<SecretString, String> {
@@ -139,6 +165,27 @@ mod tests {
         };
         assert_eq!(args.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(args.log_format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn origins_repeat_and_tls_needs_a_key() {
+        let cli = Cli::try_parse_from([
+            "connections",
+            "serve",
+            "--cors-allow-origin",
+            "https://a.example",
+            "--cors-allow-origin",
+            "https://b.example",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        assert_eq!(
+            args.cors_allow_origins,
+            ["https://a.example", "https://b.example"]
+        );
+        assert!(Cli::try_parse_from(["connections", "serve", "--tls-cert", "c.pem"]).is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use connections::{
     db::DbSettings,
     domain::{ApiKeyId, DisplayName, OrganizationId, PageSize},
     service::{ApiKeys, Organizations, PageTokens, secrets},
-    startup::{self, Application, Settings},
+    startup::{self, Application, Settings, TlsSettings},
     telemetry,
 };
 use serde_json::json;
@@ -56,13 +56,27 @@ fn db_settings(args: &DatabaseArgs) -> DbSettings {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Error> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsSettings {
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+            client_ca_pem: args.tls_client_ca.as_deref().map(read).transpose()?,
+        }),
+        _ => None,
+    };
     let app = Application::build(Settings {
         admin_token: args.admin_token,
+        cors_allow_origins: args.cors_allow_origins,
+        tls,
         ..Settings::new(args.listen, db_settings(&args.database))
     })
     .await?;
     app.run_until_stopped(startup::shutdown_signal()).await?;
     Ok(())
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()).into())
 }
 
 async fn migrate(args: DatabaseArgs) -> Result<(), Error> {

@@ -10,9 +10,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{
     server::NamedService,
-    transport::{Server, server::TcpIncoming},
+    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
     db::{self, DbSettings},
@@ -51,6 +52,69 @@ pub struct Settings {
     pub request_id_retention: Duration,
     /// How often expired request_id records are deleted.
     pub request_id_sweep_interval: Duration,
+    /// Origins allowed to call over gRPC-Web from a browser.
+    pub cors_allow_origins: Vec<String>,
+    /// Serve TLS (and optionally require client certificates).
+    pub tls: Option<TlsSettings>,
+}
+
+/// PEM-encoded TLS material.
+#[derive(Clone)]
+pub struct TlsSettings {
+    /// The server's certificate chain.
+    pub cert_pem: Vec<u8>,
+    /// The server's private key.
+    pub key_pem: Vec<u8>,
+    /// CA certificate(s) that client certificates must chain to (mutual TLS).
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("mutual", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsSettings {
+    fn server_config(&self) -> ServerTlsConfig {
+        let config =
+            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
+        match &self.client_ca_pem {
+            Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+            None => config,
+        }
+    }
+}
+
+/// Headers a browser may send and read in gRPC-Web calls.
+const GRPC_WEB_REQUEST_HEADERS: [&str; 5] = [
+    "authorization",
+    "content-type",
+    "grpc-timeout",
+    "x-grpc-web",
+    "x-user-agent",
+];
+const GRPC_WEB_RESPONSE_HEADERS: [&str; 3] =
+    ["grpc-status", "grpc-message", "grpc-status-details-bin"];
+
+/// CORS for gRPC-Web: only the configured origins get CORS headers.
+fn cors_layer(origins: &[String]) -> Result<CorsLayer, StartupError> {
+    let origins = origins
+        .iter()
+        .map(|origin| {
+            origin
+                .parse()
+                .map_err(|_| StartupError::InvalidOrigin(origin.clone()))
+        })
+        .collect::<Result<Vec<http::HeaderValue>, _>>()?;
+    Ok(CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([http::Method::POST, http::Method::OPTIONS])
+        .allow_headers(GRPC_WEB_REQUEST_HEADERS.map(http::HeaderName::from_static))
+        .expose_headers(GRPC_WEB_RESPONSE_HEADERS.map(http::HeaderName::from_static))
+        .max_age(Duration::from_secs(24 * 60 * 60)))
 }
 
 impl Settings {
@@ -63,6 +127,8 @@ impl Settings {
             health_check_interval: Duration::from_secs(1),
             request_id_retention: idempotency::RETENTION,
             request_id_sweep_interval: Duration::from_secs(10 * 60),
+            cors_allow_origins: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -87,6 +153,12 @@ pub enum StartupError {
     /// Building the reflection service failed.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// A CORS origin is not a valid header value.
+    #[error("invalid CORS origin {0:?}")]
+    InvalidOrigin(String),
+    /// The TLS certificate, key or client CA cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// A server bound to its port, ready to run.
@@ -99,6 +171,9 @@ pub struct Application {
     health_check_interval: Duration,
     request_id_retention: Duration,
     request_id_sweep_interval: Duration,
+    cors: CorsLayer,
+    tls: Option<ServerTlsConfig>,
+    tls_mode: &'static str,
 }
 
 /// Connects to the database and applies pending migrations.
@@ -111,6 +186,19 @@ pub async fn connect_and_migrate(settings: &DbSettings) -> Result<DatabaseConnec
 impl Application {
     /// Connects, migrates and binds the listen address.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let cors = cors_layer(&settings.cors_allow_origins)?;
+        let tls = settings.tls.as_ref().map(TlsSettings::server_config);
+        let tls_mode = match &settings.tls {
+            None => "off",
+            Some(tls) if tls.client_ca_pem.is_some() => "mutual",
+            Some(_) => "on",
+        };
+        if let Some(tls) = &tls {
+            // Fails here, before anything starts, on unusable PEM files.
+            Server::builder()
+                .tls_config(tls.clone())
+                .map_err(|err| StartupError::Tls(error_chain(&err)))?;
+        }
         let db = connect_and_migrate(&settings.database).await?;
         let tokens = PageTokens::new(secrets::shared_key(&db, PageTokens::SECRET_NAME).await?);
         let listener =
@@ -133,6 +221,9 @@ impl Application {
             health_check_interval: settings.health_check_interval,
             request_id_retention: settings.request_id_retention,
             request_id_sweep_interval: settings.request_id_sweep_interval,
+            cors,
+            tls,
+            tls_mode,
         })
     }
 
@@ -161,6 +252,9 @@ impl Application {
             health_check_interval,
             request_id_retention,
             request_id_sweep_interval,
+            cors,
+            tls,
+            tls_mode,
         } = self;
 
         let keys = ApiKeys::new(db.clone());
@@ -214,7 +308,15 @@ impl Application {
             )),
         ];
 
-        let router = Server::builder()
+        let mut server = Server::builder();
+        if let Some(tls) = tls {
+            server = server.tls_config(tls)?;
+        }
+        let router = server
+            // HTTP/1.1 is accepted for gRPC-Web; plain gRPC needs HTTP/2.
+            .accept_http1(true)
+            .layer(cors)
+            .layer(tonic_web::GrpcWebLayer::new())
             .timeout(REQUEST_TIMEOUT)
             .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
@@ -231,6 +333,7 @@ impl Application {
         tracing::info!(
             %local_addr,
             database = db::backend_name(&db),
+            tls = tls_mode,
             admin_service = if admin_token.is_configured() { "enabled" } else { "disabled" },
             "serving gRPC"
         );
@@ -252,6 +355,18 @@ impl Application {
         tracing::info!("stopped");
         result.map_err(Into::into)
     }
+}
+
+/// An error and its sources, for messages.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }
 
 /// The services whose health is reported. The whole server ("") comes last,

@@ -223,6 +223,9 @@ pub struct AppOptions {
     pub max_connections: u32,
     /// Reach PostgreSQL through this address (e.g. a fault-injecting proxy).
     pub database_address: Option<SocketAddr>,
+    pub cors_allow_origins: Vec<String>,
+    /// Serve TLS; the test then builds its own channel.
+    pub tls: Option<connections::startup::TlsSettings>,
 }
 
 impl Default for AppOptions {
@@ -234,6 +237,8 @@ impl Default for AppOptions {
             sqlite: false,
             max_connections: 8,
             database_address: None,
+            cors_allow_origins: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -276,6 +281,8 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
         health_check_interval: Duration::from_millis(100),
         request_id_retention: options.request_id_retention,
         request_id_sweep_interval: options.request_id_sweep_interval,
+        cors_allow_origins: options.cors_allow_origins.clone(),
+        tls: options.tls.clone(),
     })
     .await
     .expect("application builds");
@@ -285,12 +292,14 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
     }));
-    // The listener is already bound: connecting needs no retry loop.
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect to test server");
+    // The listener is already bound: connecting needs no retry loop. A TLS
+    // server gets a channel that connects on first use; its tests make their own.
+    let endpoint = Channel::from_shared(format!("http://{addr}")).unwrap();
+    let channel = if options.tls.is_some() {
+        endpoint.connect_lazy()
+    } else {
+        endpoint.connect().await.expect("connect to test server")
+    };
     TestApp {
         addr,
         channel,

@@ -17,3 +17,4 @@ mod ownership;
 mod retries;
 mod standard_services;
 mod transitions;
+mod transports;

@@ -1,0 +1,209 @@
+//! gRPC-Web with CORS, and TLS with and without client certificates.
+
+use connections::{
+    proto::{GetOrganizationRequest, organization_service_client::OrganizationServiceClient},
+    startup::TlsSettings,
+};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use tonic::{
+    Request,
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
+};
+
+use crate::helpers::{AppOptions, TestApp, TestOrg, spawn_app, spawn_app_with};
+
+fn get_own_organization(org: &TestOrg) -> Request<GetOrganizationRequest> {
+    let mut request = Request::new(GetOrganizationRequest::default());
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", org.key).parse().unwrap(),
+    );
+    request
+}
+
+#[tokio::test]
+async fn grpc_web_calls_work_over_http_1_1() {
+    let app = spawn_app().await;
+    let org = app.new_org("Browser Co").await;
+    let http1 = Client::builder(TokioExecutor::new()).build_http();
+    let grpc_web = tower::ServiceBuilder::new()
+        .layer(tonic_web::GrpcWebClientLayer::new())
+        .service(http1);
+    let mut client = OrganizationServiceClient::with_origin(
+        grpc_web,
+        format!("http://{}", app.addr).parse().unwrap(),
+    );
+    let own = client
+        .get_organization(get_own_organization(&org))
+        .await
+        .expect("gRPC-Web call")
+        .into_inner()
+        .organization
+        .unwrap();
+    assert_eq!(own.id, org.id);
+}
+
+/// A CORS preflight from `origin`; returns the allowed origin, if any.
+async fn preflight(app: &TestApp, origin: &str) -> Option<String> {
+    let request = http::Request::builder()
+        .method("OPTIONS")
+        .uri(format!(
+            "http://{}/connections.v1.OrganizationService/GetOrganization",
+            app.addr
+        ))
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type,x-grpc-web",
+        )
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let response = Client::builder(TokioExecutor::new())
+        .build_http()
+        .request(request)
+        .await
+        .unwrap();
+    let allowed = response
+        .headers()
+        .get("access-control-allow-origin")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let _ = response.into_body().collect().await;
+    allowed
+}
+
+#[tokio::test]
+async fn cors_allows_only_the_configured_origins() {
+    let app = spawn_app_with(AppOptions {
+        cors_allow_origins: vec!["https://dashboard.example".into()],
+        ..AppOptions::default()
+    })
+    .await;
+    assert_eq!(
+        preflight(&app, "https://dashboard.example")
+            .await
+            .as_deref(),
+        Some("https://dashboard.example")
+    );
+    assert_eq!(preflight(&app, "https://evil.example").await, None);
+
+    let default = spawn_app().await;
+    assert_eq!(preflight(&default, "https://dashboard.example").await, None);
+}
+
+/// A CA, a server certificate for localhost signed by it, and a client
+/// certificate signed by it.
+struct Pki {
+    ca_pem: String,
+    server: (String, String),
+    client: (String, String),
+}
+
+fn pki() -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |names: Vec<String>| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    Pki {
+        ca_pem: ca.pem(),
+        server: leaf(vec!["localhost".into()]),
+        client: leaf(vec!["partner-client".into()]),
+    }
+}
+
+async fn tls_app(pki: &Pki, mutual: bool) -> TestApp {
+    spawn_app_with(AppOptions {
+        tls: Some(TlsSettings {
+            cert_pem: pki.server.0.clone().into_bytes(),
+            key_pem: pki.server.1.clone().into_bytes(),
+            client_ca_pem: mutual.then(|| pki.ca_pem.clone().into_bytes()),
+        }),
+        ..AppOptions::default()
+    })
+    .await
+}
+
+/// A TLS channel trusting `ca_pem`, optionally presenting a client certificate.
+async fn tls_channel(
+    app: &TestApp,
+    ca_pem: &str,
+    client: Option<&(String, String)>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name("localhost");
+    if let Some((cert, key)) = client {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Channel::from_shared(format!("https://localhost:{}", app.addr.port()))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+async fn create_org_over(channel: Channel) -> Result<(), tonic::Status> {
+    let mut admin = connections::proto::admin_service_client::AdminServiceClient::new(channel);
+    let mut request = Request::new(connections::proto::CreateOrganizationRequest {
+        display_name: "Over TLS".into(),
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", crate::helpers::ADMIN_TOKEN)
+            .parse()
+            .unwrap(),
+    );
+    admin.create_organization(request).await.map(|_| ())
+}
+
+#[tokio::test]
+async fn with_tls_calls_succeed_over_tls_and_plaintext_is_refused() {
+    let pki = pki();
+    let app = tls_app(&pki, false).await;
+    let channel = tls_channel(&app, &pki.ca_pem, None)
+        .await
+        .expect("TLS handshake");
+    create_org_over(channel).await.expect("call over TLS");
+
+    let plaintext = Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect()
+        .await;
+    match plaintext {
+        Err(_) => {}
+        Ok(channel) => assert!(create_org_over(channel).await.is_err()),
+    }
+}
+
+#[tokio::test]
+async fn with_mutual_tls_a_client_without_the_right_certificate_is_refused() {
+    let pki = pki();
+    let other = self::pki();
+    let app = tls_app(&pki, true).await;
+
+    let with_cert = tls_channel(&app, &pki.ca_pem, Some(&pki.client))
+        .await
+        .expect("handshake with a client certificate");
+    create_org_over(with_cert).await.expect("call with mTLS");
+
+    for client in [None, Some(&other.client)] {
+        let refused = match tls_channel(&app, &pki.ca_pem, client).await {
+            Err(_) => true,
+            Ok(channel) => create_org_over(channel).await.is_err(),
+        };
+        assert!(
+            refused,
+            "client certificate {:?} accepted",
+            client.map(|_| "from another CA")
+        );
+    }
+}
