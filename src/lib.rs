@@ -11,6 +11,7 @@ pub mod domain;
 pub mod entity;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod proto;
 pub mod service;
 pub mod startup;

@@ -68,6 +68,7 @@ async fn serve(args: ServeArgs) -> Result<(), Error> {
         admin_token: args.admin_token,
         cors_allow_origins: args.cors_allow_origins,
         tls,
+        metrics_listen: args.metrics_listen,
         ..Settings::new(args.listen, db_settings(&args.database))
     })
     .await?;

@@ -1,7 +1,7 @@
 //! Server assembly, shared by `main` and the integration tests so the tests
 //! exercise the production wiring.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{DatabaseConnection, DbErr};
@@ -18,6 +18,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::{
     db::{self, DbSettings},
     grpc::{AdminApi, AdminToken, Authenticator, ConnectionApi, OrganizationApi},
+    metrics::{self, Metrics, MetricsLayer},
     proto::{
         self, admin_service_server::AdminServiceServer,
         connection_service_server::ConnectionServiceServer,
@@ -56,6 +57,8 @@ pub struct Settings {
     pub cors_allow_origins: Vec<String>,
     /// Serve TLS (and optionally require client certificates).
     pub tls: Option<TlsSettings>,
+    /// Serve Prometheus metrics on this address.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// PEM-encoded TLS material.
@@ -129,6 +132,7 @@ impl Settings {
             request_id_sweep_interval: Duration::from_secs(10 * 60),
             cors_allow_origins: Vec::new(),
             tls: None,
+            metrics_listen: None,
         }
     }
 }
@@ -174,6 +178,7 @@ pub struct Application {
     cors: CorsLayer,
     tls: Option<ServerTlsConfig>,
     tls_mode: &'static str,
+    metrics_listener: Option<TcpListener>,
 }
 
 /// Connects to the database and applies pending migrations.
@@ -212,6 +217,14 @@ impl Application {
             addr: settings.listen,
             source,
         })?;
+        let metrics_listener = match settings.metrics_listen {
+            Some(addr) => Some(
+                metrics::bind(addr)
+                    .await
+                    .map_err(|source| StartupError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener,
             local_addr,
@@ -224,12 +237,20 @@ impl Application {
             cors,
             tls,
             tls_mode,
+            metrics_listener,
         })
     }
 
     /// The bound address (with the real port when port 0 was asked for).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The bound metrics address, if metrics are enabled.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|listener| listener.local_addr().ok())
     }
 
     /// The server's database pool (shared with the server, not a copy).
@@ -255,6 +276,7 @@ impl Application {
             cors,
             tls,
             tls_mode,
+            metrics_listener,
         } = self;
 
         let keys = ApiKeys::new(db.clone());
@@ -293,7 +315,10 @@ impl Application {
         )
         .await;
         let stop_background = CancellationToken::new();
-        let background = [
+        let metrics = metrics_listener
+            .as_ref()
+            .map(|_| Arc::new(Metrics::new(db.clone())));
+        let mut background = vec![
             tokio::spawn(monitor_database(
                 db.clone(),
                 health_reporter.clone(),
@@ -307,6 +332,14 @@ impl Application {
                 stop_background.clone(),
             )),
         ];
+        if let (Some(listener), Some(metrics)) = (metrics_listener, metrics.clone()) {
+            let stop = stop_background.clone();
+            background.push(tokio::spawn(async move {
+                if let Err(err) = metrics::serve(listener, metrics, stop).await {
+                    tracing::error!(error = %err, "metrics endpoint failed");
+                }
+            }));
+        }
 
         let mut server = Server::builder();
         if let Some(tls) = tls {
@@ -316,6 +349,7 @@ impl Application {
             // HTTP/1.1 is accepted for gRPC-Web; plain gRPC needs HTTP/2.
             .accept_http1(true)
             .layer(cors)
+            .layer(MetricsLayer::new(metrics))
             .layer(tonic_web::GrpcWebLayer::new())
             .timeout(REQUEST_TIMEOUT)
             .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)

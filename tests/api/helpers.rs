@@ -204,6 +204,7 @@ fn with_database_name(url: &str, name: &str) -> String {
 /// A running server and what the tests need to talk to it.
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
     pub channel: Channel,
     /// The server's own pool: closing it simulates a database outage.
     pub server_db: DatabaseConnection,
@@ -226,6 +227,8 @@ pub struct AppOptions {
     pub cors_allow_origins: Vec<String>,
     /// Serve TLS; the test then builds its own channel.
     pub tls: Option<connections::startup::TlsSettings>,
+    /// Serve metrics on a free port (see `TestApp::metrics_addr`).
+    pub metrics: bool,
 }
 
 impl Default for AppOptions {
@@ -239,6 +242,7 @@ impl Default for AppOptions {
             database_address: None,
             cors_allow_origins: Vec::new(),
             tls: None,
+            metrics: false,
         }
     }
 }
@@ -283,10 +287,12 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
         request_id_sweep_interval: options.request_id_sweep_interval,
         cors_allow_origins: options.cors_allow_origins.clone(),
         tls: options.tls.clone(),
+        metrics_listen: options.metrics.then(|| "127.0.0.1:0".parse().unwrap()),
     })
     .await
     .expect("application builds");
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     let server_db = app.database();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
@@ -302,6 +308,7 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
     };
     TestApp {
         addr,
+        metrics_addr,
         channel,
         server_db,
         shutdown: Some(tx),

@@ -11,6 +11,7 @@ mod create_connection;
 mod helpers;
 mod lifecycle;
 mod listing;
+mod metrics;
 mod organizations;
 mod outage;
 mod ownership;

@@ -1,0 +1,318 @@
+//! Prometheus metrics, served in the text format on their own address.
+//!
+//! - `grpc_server_handled_total{method, code}`: calls by method and status code;
+//! - `grpc_server_handling_seconds{method}`: latency histogram by method;
+//! - `db_pool_connections{state="idle"|"in_use"}`: the database pool;
+//! - `connections{state}`: connections by state (counted when scraped).
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+use sea_orm::{
+    DatabaseConnection, DbBackend, EntityTrait, QuerySelect,
+    sea_query::{Expr, ExprTrait},
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{domain::ConnectionState, entity::connection};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    method: String,
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabels {
+    method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+/// The service's metrics.
+pub struct Metrics {
+    registry: Registry,
+    calls: Family<CallLabels, Counter>,
+    latency: Family<MethodLabels, Histogram>,
+    pool: Family<StateLabels, Gauge>,
+    connections: Family<StateLabels, Gauge>,
+    db: DatabaseConnection,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics { .. }")
+    }
+}
+
+impl Metrics {
+    /// Metrics for a server using `db`.
+    pub fn new(db: DatabaseConnection) -> Self {
+        let mut registry = Registry::default();
+        let calls = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "grpc_server_handled",
+            "gRPC calls completed, by method and status code",
+            calls.clone(),
+        );
+        let latency = Family::<MethodLabels, Histogram>::new_with_constructor(|| {
+            // 0.25 ms to ~16 s.
+            Histogram::new(exponential_buckets(0.000_25, 2.0, 17))
+        });
+        registry.register(
+            "grpc_server_handling_seconds",
+            "Time to handle a gRPC call, by method",
+            latency.clone(),
+        );
+        let pool = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "db_pool_connections",
+            "Database pool connections, idle or in use",
+            pool.clone(),
+        );
+        let connections = Family::<StateLabels, Gauge>::default();
+        registry.register("connections", "Connections by state", connections.clone());
+        Self {
+            registry,
+            calls,
+            latency,
+            pool,
+            connections,
+            db,
+        }
+    }
+
+    fn record(&self, method: &str, code: tonic::Code, elapsed: std::time::Duration) {
+        self.calls
+            .get_or_create(&CallLabels {
+                method: method.to_owned(),
+                code: format!("{code:?}"),
+            })
+            .inc();
+        self.latency
+            .get_or_create(&MethodLabels {
+                method: method.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Refreshes the gauges from the database and renders every metric.
+    pub async fn render(&self) -> Result<String, sea_orm::DbErr> {
+        let (size, idle) = pool_usage(&self.db);
+        self.pool
+            .get_or_create(&state_label("idle"))
+            .set(i64::from(idle));
+        self.pool
+            .get_or_create(&state_label("in_use"))
+            .set(i64::from(size.saturating_sub(idle)));
+
+        let counts: Vec<(String, i64)> = connection::Entity::find()
+            .select_only()
+            .column(connection::Column::State)
+            .column_as(Expr::col(connection::Column::Id).count(), "count")
+            .group_by(connection::Column::State)
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        for state in ConnectionState::ALL {
+            let count = counts
+                .iter()
+                .find(|(name, _)| name == state.as_str())
+                .map_or(0, |(_, count)| *count);
+            self.connections
+                .get_or_create(&state_label(state.as_str()))
+                .set(count);
+        }
+
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        Ok(text)
+    }
+}
+
+fn state_label(state: &str) -> StateLabels {
+    StateLabels {
+        state: state.to_owned(),
+    }
+}
+
+/// (connections in the pool, idle ones).
+fn pool_usage(db: &DatabaseConnection) -> (u32, u32) {
+    match db.get_database_backend() {
+        DbBackend::Postgres => {
+            let pool = db.get_postgres_connection_pool();
+            (
+                pool.size(),
+                u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+            )
+        }
+        DbBackend::Sqlite => {
+            let pool = db.get_sqlite_connection_pool();
+            (
+                pool.size(),
+                u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+            )
+        }
+        _ => (0, 0),
+    }
+}
+
+/// The method label of a request path: known gRPC methods by name, anything
+/// else as `unknown`, so hostile paths cannot grow the label set.
+fn method_label(path: &str) -> &str {
+    const KNOWN: [&str; 3] = ["/connections.v1.", "/grpc.health.v1.", "/grpc.reflection."];
+    if path.len() <= 128 && KNOWN.iter().any(|prefix| path.starts_with(prefix)) {
+        path
+    } else {
+        "unknown"
+    }
+}
+
+/// A tower layer that records every call in [`Metrics`] (when enabled).
+#[derive(Clone, Debug, Default)]
+pub struct MetricsLayer {
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl MetricsLayer {
+    /// Records into `metrics`; `None` records nothing.
+    pub fn new(metrics: Option<Arc<Metrics>>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> tower::Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// See [`MetricsLayer`].
+#[derive(Clone, Debug)]
+pub struct MetricsService<S> {
+    inner: S,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for MetricsService<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let Some(metrics) = self.metrics.clone() else {
+            return Box::pin(self.inner.call(request));
+        };
+        let method = method_label(request.uri().path()).to_owned();
+        let started = Instant::now();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            // Unary calls that fail carry grpc-status in the headers
+            // (trailers-only); successful ones send it as 0 in the trailers.
+            let code = match &response {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or(tonic::Code::Ok, tonic::Code::from_i32),
+                Err(_) => tonic::Code::Unknown,
+            };
+            metrics.record(&method, code, started.elapsed());
+            response
+        })
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `stop` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    async fn scrape(
+        axum::extract::State(metrics): axum::extract::State<Arc<Metrics>>,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        match metrics.render().await {
+            Ok(text) => (
+                [(
+                    http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                text,
+            )
+                .into_response(),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot collect metrics");
+                http::StatusCode::SERVICE_UNAVAILABLE.into_response()
+            }
+        }
+    }
+    let router = axum::Router::new()
+        .route("/metrics", axum::routing::get(scrape))
+        .with_state(metrics);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+}
+
+/// Binds the metrics address (so a bad address fails at startup).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_known_methods_become_labels() {
+        assert_eq!(
+            method_label("/connections.v1.ConnectionService/GetConnection"),
+            "/connections.v1.ConnectionService/GetConnection"
+        );
+        assert_eq!(
+            method_label("/grpc.health.v1.Health/Check"),
+            "/grpc.health.v1.Health/Check"
+        );
+        assert_eq!(method_label("/evil/../x"), "unknown");
+        assert_eq!(
+            method_label(&format!("/connections.v1.{}", "x".repeat(200))),
+            "unknown"
+        );
+    }
+}
