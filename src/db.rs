@@ -15,12 +15,34 @@ pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Pool settings.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DbSettings {
     /// `sqlite://PATH?mode=rwc`, `sqlite::memory:` or `postgres://...`.
     pub url: String,
     /// Upper bound on pooled connections.
     pub max_connections: u32,
+}
+
+impl std::fmt::Debug for DbSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbSettings")
+            .field("url", &redact(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// `url` without its user information (which may hold a password).
+pub fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return "<database url>".to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***@{}", &url[..scheme_end], &rest[at + 1..]),
+        None => url.to_owned(),
+    }
 }
 
 impl DbSettings {
@@ -56,7 +78,19 @@ pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, DbErr>
                 .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 .foreign_keys(true)
         });
-    Database::connect(options).await
+    Database::connect(options).await.map_err(|err| {
+        // Driver errors may quote the whole URL, password included.
+        let message = err.to_string();
+        if message.contains(&settings.url) || message.contains('@') {
+            DbErr::Custom(format!(
+                "cannot connect to {}: {}",
+                redact(&settings.url),
+                message.replace(&settings.url, &redact(&settings.url))
+            ))
+        } else {
+            err
+        }
+    })
 }
 
 /// Begins a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`:
@@ -81,5 +115,31 @@ pub fn backend_name(db: &DatabaseConnection) -> &'static str {
         DbBackend::Postgres => "postgres",
         DbBackend::MySql => "mysql",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db.internal:5432/connections"),
+            "postgres://***@db.internal:5432/connections"
+        );
+        assert_eq!(
+            redact("sqlite://connections.db?mode=rwc"),
+            "sqlite://connections.db?mode=rwc"
+        );
+        assert!(!format!("{:?}", DbSettings::new("postgres://u:pw@h/db")).contains("pw"));
+    }
+
+    #[tokio::test]
+    async fn connection_errors_do_not_quote_the_password() {
+        let err = connect(&DbSettings::new("postgress://user:s3cret@127.0.0.1:1/db"))
+            .await
+            .unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 }

@@ -195,11 +195,19 @@ fn classify_sqlx(err: &sqlx::Error) -> DbFailure {
 /// PostgreSQL reports SQLSTATE codes.
 fn classify_postgres_code(code: &str) -> DbFailure {
     match code {
-        // serialization_failure, deadlock_detected
-        "40001" | "40P01" => DbFailure::Conflict,
+        // serialization_failure, deadlock_detected, lock_not_available
+        "40001" | "40P01" | "55P03" => DbFailure::Conflict,
+        // query_canceled (statement timeout, cancelled backend) and
+        // read_only_sql_transaction (a standby after a failover)
+        "57014" | "25006" => DbFailure::Unavailable,
         // connection exceptions, insufficient resources (e.g. too many
-        // connections), operator intervention (shutdown, cannot connect now)
-        _ if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") => {
+        // connections), operator intervention (shutdown, cannot connect now),
+        // system errors (I/O)
+        _ if code.starts_with("08")
+            || code.starts_with("53")
+            || code.starts_with("57P")
+            || code.starts_with("58") =>
+        {
             DbFailure::Unavailable
         }
         _ => DbFailure::Other,
@@ -210,10 +218,14 @@ fn classify_postgres_code(code: &str) -> DbFailure {
 fn classify_sqlite_code(code: &str) -> DbFailure {
     const SQLITE_BUSY: i64 = 5;
     const SQLITE_LOCKED: i64 = 6;
+    const SQLITE_READONLY: i64 = 8;
+    const SQLITE_IOERR: i64 = 10;
+    const SQLITE_FULL: i64 = 13;
     const SQLITE_CANTOPEN: i64 = 14;
     match code.parse::<i64>() {
         Ok(extended) => match extended & 0xff {
-            SQLITE_BUSY | SQLITE_LOCKED | SQLITE_CANTOPEN => DbFailure::Unavailable,
+            SQLITE_BUSY | SQLITE_LOCKED | SQLITE_READONLY | SQLITE_IOERR | SQLITE_FULL
+            | SQLITE_CANTOPEN => DbFailure::Unavailable,
             _ => DbFailure::Other,
         },
         Err(_) => DbFailure::Other,
@@ -383,10 +395,42 @@ mod tests {
     }
 
     #[test]
+    fn postgres_codes_map_to_what_the_caller_can_do() {
+        for (code, expected) in [
+            ("40001", DbFailure::Conflict),
+            ("40P01", DbFailure::Conflict),
+            ("55P03", DbFailure::Conflict),
+            ("08006", DbFailure::Unavailable),
+            ("53300", DbFailure::Unavailable),
+            ("57P01", DbFailure::Unavailable),
+            ("57014", DbFailure::Unavailable),
+            ("25006", DbFailure::Unavailable),
+            ("58030", DbFailure::Unavailable),
+            ("23505", DbFailure::Other),
+            ("42P01", DbFailure::Other),
+        ] {
+            assert_eq!(classify_postgres_code(code), expected, "{code}");
+        }
+    }
+
+    #[test]
+    fn lost_connections_are_unavailable() {
+        let io = sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        let err = DbErr::Exec(RuntimeErr::SqlxError(std::sync::Arc::new(io)));
+        assert_eq!(classify(&err), DbFailure::Unavailable);
+        assert_eq!(
+            classify(&DbErr::Conn(RuntimeErr::Internal("gone".into()))),
+            DbFailure::Unavailable
+        );
+    }
+
+    #[test]
     fn sqlite_busy_and_locked_codes_are_unavailable() {
         assert_eq!(classify_sqlite_code("5"), DbFailure::Unavailable);
         assert_eq!(classify_sqlite_code("517"), DbFailure::Unavailable); // BUSY_SNAPSHOT
         assert_eq!(classify_sqlite_code("6"), DbFailure::Unavailable);
         assert_eq!(classify_sqlite_code("2067"), DbFailure::Other); // CONSTRAINT_UNIQUE
+        assert_eq!(classify_sqlite_code("778"), DbFailure::Unavailable); // IOERR_WRITE
+        assert_eq!(classify_sqlite_code("13"), DbFailure::Unavailable); // FULL
     }
 }

@@ -56,6 +56,7 @@ fn db_settings(args: &DatabaseArgs) -> DbSettings {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Error> {
+    let shutdown = startup::shutdown_signal()?;
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(TlsSettings {
             cert_pem: read(cert)?,
@@ -72,7 +73,7 @@ async fn serve(args: ServeArgs) -> Result<(), Error> {
         ..Settings::new(args.listen, db_settings(&args.database))
     })
     .await?;
-    app.run_until_stopped(startup::shutdown_signal()).await?;
+    app.run_until_stopped(shutdown).await?;
     Ok(())
 }
 

@@ -176,15 +176,36 @@ fn pool_usage(db: &DatabaseConnection) -> (u32, u32) {
     }
 }
 
-/// The method label of a request path: known gRPC methods by name, anything
-/// else as `unknown`, so hostile paths cannot grow the label set.
-fn method_label(path: &str) -> &str {
-    const KNOWN: [&str; 3] = ["/connections.v1.", "/grpc.health.v1.", "/grpc.reflection."];
-    if path.len() <= 128 && KNOWN.iter().any(|prefix| path.starts_with(prefix)) {
-        path
-    } else {
-        "unknown"
-    }
+/// Every method the server serves. Only these become `method` labels.
+const METHODS: [&str; 18] = [
+    "/connections.v1.ConnectionService/CreateConnection",
+    "/connections.v1.ConnectionService/GetConnection",
+    "/connections.v1.ConnectionService/ListConnections",
+    "/connections.v1.ConnectionService/ActivateConnection",
+    "/connections.v1.ConnectionService/DeactivateConnection",
+    "/connections.v1.ConnectionService/ReactivateConnection",
+    "/connections.v1.ConnectionService/ListConnectionEvents",
+    "/connections.v1.OrganizationService/GetOrganization",
+    "/connections.v1.AdminService/CreateOrganization",
+    "/connections.v1.AdminService/ListOrganizations",
+    "/connections.v1.AdminService/CreateApiKey",
+    "/connections.v1.AdminService/ListApiKeys",
+    "/connections.v1.AdminService/RevokeApiKey",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    "unknown",
+];
+
+/// The method label of a request path: a served method by name, anything
+/// else `unknown`, so callers cannot grow the label set.
+fn method_label(path: &str) -> &'static str {
+    METHODS
+        .iter()
+        .find(|method| **method == path)
+        .copied()
+        .unwrap_or("unknown")
 }
 
 /// A tower layer that records every call in [`Metrics`] (when enabled).
@@ -298,6 +319,21 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_served_method_has_a_label() {
+        use prost::Message;
+        let set =
+            prost_types::FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap();
+        for file in set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                    assert_eq!(method_label(&path), path, "add {path} to METHODS");
+                }
+            }
+        }
+    }
 
     #[test]
     fn only_known_methods_become_labels() {

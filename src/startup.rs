@@ -179,6 +179,9 @@ pub struct Application {
     tls: Option<ServerTlsConfig>,
     tls_mode: &'static str,
     metrics_listener: Option<TcpListener>,
+    /// A pool of its own for health probes, so a busy request pool does not
+    /// make the server report NOT_SERVING.
+    health_db: DatabaseConnection,
 }
 
 /// Connects to the database and applies pending migrations.
@@ -205,6 +208,11 @@ impl Application {
                 .map_err(|err| StartupError::Tls(error_chain(&err)))?;
         }
         let db = connect_and_migrate(&settings.database).await?;
+        let health_db = db::connect(&DbSettings {
+            max_connections: 1,
+            ..settings.database.clone()
+        })
+        .await?;
         let tokens = PageTokens::new(secrets::shared_key(&db, PageTokens::SECRET_NAME).await?);
         let listener =
             TcpListener::bind(settings.listen)
@@ -238,6 +246,7 @@ impl Application {
             tls,
             tls_mode,
             metrics_listener,
+            health_db,
         })
     }
 
@@ -251,6 +260,11 @@ impl Application {
         self.metrics_listener
             .as_ref()
             .and_then(|listener| listener.local_addr().ok())
+    }
+
+    /// The pool the health probes use (shared with the server, not a copy).
+    pub fn health_database(&self) -> DatabaseConnection {
+        self.health_db.clone()
     }
 
     /// The server's database pool (shared with the server, not a copy).
@@ -277,6 +291,7 @@ impl Application {
             tls,
             tls_mode,
             metrics_listener,
+            health_db,
         } = self;
 
         let keys = ApiKeys::new(db.clone());
@@ -311,7 +326,7 @@ impl Application {
         // Report real health before the first call can ask for it.
         set_all(
             &health_reporter,
-            serving_status(probe(&db, health_check_interval).await),
+            serving_status(probe(&health_db, health_check_interval).await),
         )
         .await;
         let stop_background = CancellationToken::new();
@@ -320,7 +335,7 @@ impl Application {
             .map(|_| Arc::new(Metrics::new(db.clone())));
         let mut background = vec![
             tokio::spawn(monitor_database(
-                db.clone(),
+                health_db.clone(),
                 health_reporter.clone(),
                 health_check_interval,
                 stop_background.clone(),
@@ -386,6 +401,7 @@ impl Application {
             let _ = task.await;
         }
         db.close().await?;
+        health_db.close().await?;
         tracing::info!("stopped");
         result.map_err(Into::into)
     }
@@ -481,30 +497,27 @@ async fn sweep_request_ids(
     }
 }
 
-/// Completes on SIGINT (Ctrl-C) or, on Unix, SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(err) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %err, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
+/// A future that completes on SIGINT or SIGTERM. The handlers are installed
+/// now, so a signal that arrives while the server is still starting (e.g.
+/// migrating) also leads to a clean stop instead of killing the process.
+#[cfg(unix)]
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("received SIGINT"),
+            _ = terminate.recv() => tracing::info!("received SIGTERM"),
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(err) => {
-                tracing::error!(error = %err, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("received SIGINT"),
-        () = terminate => tracing::info!("received SIGTERM"),
-    }
+    })
+}
+
+/// A future that completes on Ctrl-C.
+#[cfg(not(unix))]
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("received Ctrl-C");
+    })
 }

@@ -33,6 +33,7 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
+                    .if_not_exists()
                     .name("ux_api_keys_secret_sha256")
                     .table(ApiKeys::Table)
                     .col(ApiKeys::SecretSha256)
@@ -43,6 +44,7 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
+                    .if_not_exists()
                     .name("ix_api_keys_organization_id")
                     .table(ApiKeys::Table)
                     .col(ApiKeys::OrganizationId)

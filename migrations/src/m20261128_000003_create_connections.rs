@@ -46,6 +46,7 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
+                    .if_not_exists()
                     .name("ux_connections_source_destination")
                     .table(Connections::Table)
                     .col(Connections::SourceOrganizationId)
@@ -75,7 +76,7 @@ impl MigrationTrait for Migration {
         ];
         for (name, columns) in indexes {
             let mut index = Index::create();
-            index.name(name).table(Connections::Table);
+            index.if_not_exists().name(name).table(Connections::Table);
             for column in columns {
                 index.col(*column);
             }

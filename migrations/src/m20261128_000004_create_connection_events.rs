@@ -36,6 +36,7 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
+                    .if_not_exists()
                     .name("ux_connection_events_connection_sequence")
                     .table(ConnectionEvents::Table)
                     .col(ConnectionEvents::ConnectionId)

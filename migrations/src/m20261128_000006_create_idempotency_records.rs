@@ -34,6 +34,7 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
+                    .if_not_exists()
                     .name("ix_idempotency_records_create_time")
                     .table(IdempotencyRecords::Table)
                     .col(IdempotencyRecords::CreateTime)

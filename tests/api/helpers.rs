@@ -208,6 +208,8 @@ pub struct TestApp {
     pub channel: Channel,
     /// The server's own pool: closing it simulates a database outage.
     pub server_db: DatabaseConnection,
+    /// The pool of the server's health probes.
+    pub server_health_db: DatabaseConnection,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), StartupError>>>,
     _database: Arc<TestDatabase>,
@@ -294,6 +296,7 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
     let addr = app.local_addr();
     let metrics_addr = app.metrics_addr();
     let server_db = app.database();
+    let server_health_db = app.health_database();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
@@ -311,6 +314,7 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
         metrics_addr,
         channel,
         server_db,
+        server_health_db,
         shutdown: Some(tx),
         server: Some(server),
         _database: database,

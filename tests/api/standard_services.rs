@@ -54,8 +54,9 @@ async fn when_the_database_is_unreachable_health_is_not_serving_and_calls_are_un
     let org = app.new_org("A").await;
     wait_for_health(&app, ServingStatus::Serving).await;
 
-    // Closing the server's pool makes every database call fail as in an outage.
+    // Closing the server's pools makes every database call fail as in an outage.
     app.server_db.clone().close().await.unwrap();
+    app.server_health_db.clone().close().await.unwrap();
 
     wait_for_health(&app, ServingStatus::NotServing).await;
     let status = app
