@@ -1,0 +1,263 @@
+//! The load generator: closed loop (a fixed number of callers, each sending
+//! its next call when the previous one returns) for peak throughput, and open
+//! loop (calls sent on a fixed schedule, whatever the server does) for latency
+//! at a given rate. Open-loop latency is measured from when a call was due, not
+//! from when it was sent, so a stalled server cannot hide its queueing delay.
+
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+
+/// What one call returns: `Ok` or the reason it failed ("UNAVAILABLE",
+/// "bad response: ...").
+pub type CallResult = Result<(), String>;
+
+/// One call, given its sequence number.
+pub type Call = Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = CallResult> + Send>> + Send + Sync>;
+
+/// Wraps an async closure as a [`Call`].
+pub fn call<F, Fut>(f: F) -> Call
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = CallResult> + Send + 'static,
+{
+    Arc::new(move |i| Box::pin(f(i)))
+}
+
+/// The failure reason of a gRPC status: its code name.
+pub fn code_of(status: &tonic::Status) -> String {
+    format!("{:?}", status.code())
+}
+
+/// How long to load, and for how long before measuring.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// Calls completing in this period are not counted.
+    pub warmup: Duration,
+    /// The measured period.
+    pub duration: Duration,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Successful calls completed in the measured window.
+    pub ok: u64,
+    /// Failed calls by reason (in the window or not: any failure fails the run).
+    pub errors: BTreeMap<String, u64>,
+    /// Latency of successful calls, in microseconds.
+    pub latency: Histogram<u64>,
+    /// The measured window.
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    fn new(elapsed: Duration) -> Self {
+        Self {
+            ok: 0,
+            errors: BTreeMap::new(),
+            latency: new_histogram(),
+            elapsed,
+        }
+    }
+
+    fn merge(&mut self, other: Outcome) {
+        self.ok += other.ok;
+        for (reason, n) in other.errors {
+            *self.errors.entry(reason).or_default() += n;
+        }
+        self.latency.add(&other.latency).expect("same bounds");
+    }
+
+    /// Successful calls per second.
+    pub fn throughput(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Latency at quantile `q` (0..=1), in milliseconds.
+    pub fn latency_ms(&self, q: f64) -> f64 {
+        self.latency.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 µs to 60 s, 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+/// Runs `concurrency` callers back to back for the window; returns what
+/// completed inside the measured part.
+pub async fn closed_loop(call: Call, concurrency: usize, window: Window) -> Outcome {
+    let start = Instant::now() + window.warmup;
+    let end = start + window.duration;
+    let next = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let call = call.clone();
+            let next = next.clone();
+            tokio::spawn(async move {
+                let mut outcome = Outcome::new(window.duration);
+                loop {
+                    let sent = Instant::now();
+                    if sent >= end {
+                        break;
+                    }
+                    let result = call(next.fetch_add(1, Ordering::Relaxed)).await;
+                    let done = Instant::now();
+                    match result {
+                        Ok(()) if sent >= start && done <= end => {
+                            outcome.ok += 1;
+                            outcome.latency.saturating_record(micros(done - sent));
+                        }
+                        Ok(()) => {}
+                        Err(reason) => *outcome.errors.entry(reason).or_default() += 1,
+                    }
+                }
+                outcome
+            })
+        })
+        .collect();
+    let mut total = Outcome::new(window.duration);
+    for worker in workers {
+        total.merge(worker.await.expect("load worker panicked"));
+    }
+    total
+}
+
+/// Most calls allowed in flight in open loop; more means the server has
+/// fallen behind the schedule for good, and the excess counts as failed.
+const MAX_IN_FLIGHT: usize = 20_000;
+
+/// Sends `rate` calls per second on a fixed schedule for the window.
+pub async fn open_loop(call: Call, rate: f64, window: Window) -> Outcome {
+    let begin = Instant::now();
+    let start = begin + window.warmup;
+    let end = start + window.duration;
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1.0));
+    let shared = Arc::new(Mutex::new(Outcome::new(window.duration)));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut k: u32 = 0;
+    loop {
+        let due = begin + interval * k;
+        if due >= end {
+            break;
+        }
+        if due > Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
+        k += 1;
+        if in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
+            *shared
+                .lock()
+                .unwrap()
+                .errors
+                .entry("fell behind schedule".to_owned())
+                .or_default() += 1;
+            continue;
+        }
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        let (call, shared, in_flight) = (call.clone(), shared.clone(), in_flight.clone());
+        tasks.spawn(async move {
+            let result = call(u64::from(k)).await;
+            let done = Instant::now();
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            let mut outcome = shared.lock().unwrap();
+            match result {
+                Ok(()) if due >= start && done <= end => {
+                    outcome.ok += 1;
+                    outcome.latency.saturating_record(micros(done - due));
+                }
+                // Due in the window but finished after it: still counted,
+                // since leaving it out would hide the slowest calls.
+                Ok(()) if due >= start => {
+                    outcome.latency.saturating_record(micros(done - due));
+                }
+                Ok(()) => {}
+                Err(reason) => *outcome.errors.entry(reason).or_default() += 1,
+            }
+        });
+        // Reap finished tasks so the set stays small.
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    Arc::try_unwrap(shared)
+        .expect("all calls finished")
+        .into_inner()
+        .unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(ms: u64) -> Window {
+        Window {
+            warmup: Duration::from_millis(20),
+            duration: Duration::from_millis(ms),
+        }
+    }
+
+    #[tokio::test]
+    async fn closed_loop_counts_successes_and_failures_by_reason() {
+        let outcome = closed_loop(
+            call(|i| async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                if i % 10 == 0 {
+                    Err("NotFound".to_owned())
+                } else {
+                    Ok(())
+                }
+            }),
+            4,
+            window(200),
+        )
+        .await;
+        assert!(outcome.ok > 100, "{outcome:?}");
+        assert!(outcome.errors["NotFound"] > 10, "{outcome:?}");
+        assert!(outcome.latency_ms(0.5) >= 1.0);
+    }
+
+    #[tokio::test]
+    async fn open_loop_keeps_to_the_schedule() {
+        let outcome = open_loop(call(|_| async { Ok(()) }), 1000.0, window(300)).await;
+        // 300 calls due in the window; allow for timer granularity.
+        assert!((250..=320).contains(&outcome.ok), "{outcome:?}");
+        assert!(outcome.errors.is_empty(), "{outcome:?}");
+    }
+
+    #[tokio::test]
+    async fn open_loop_latency_includes_time_spent_behind_schedule() {
+        // A server that handles one call at a time, 5 ms each, offered 400/s:
+        // calls queue up, and the latency must show it.
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
+        let outcome = open_loop(
+            call(move |_| {
+                let gate = gate.clone();
+                async move {
+                    let _one_at_a_time = gate.lock().await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    Ok(())
+                }
+            }),
+            400.0,
+            window(300),
+        )
+        .await;
+        assert!(outcome.latency_ms(0.99) > 50.0, "{outcome:?}");
+    }
+}

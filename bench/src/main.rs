@@ -1,0 +1,526 @@
+//! Benchmarks the connections service, side by side with its ceilings: a bare
+//! tonic server (the transport) and pgbench running the service's own SQL (the
+//! database), with one load generator at one concurrency, in one run.
+
+mod hello;
+mod load;
+mod pgbench;
+mod process;
+mod report;
+mod seed;
+mod sql;
+mod workload;
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use connections::db::{DbSettings, connect};
+use sea_orm::{ConnectionTrait, DbBackend};
+use tokio::process::Command;
+
+use crate::{
+    load::{Window, closed_loop, open_loop},
+    process::{Server, free_address},
+    report::{Line, Report},
+    seed::{Bulk, Caller},
+    workload::{PoolEntry, Target},
+};
+
+/// Benchmarks the connections service against its transport and database ceilings.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Internal>,
+    #[command(flatten)]
+    options: Options,
+}
+
+#[derive(Debug, Subcommand)]
+enum Internal {
+    /// Serves the hello-world baseline (started by the benchmark itself).
+    #[command(hide = true)]
+    HelloServer {
+        #[arg(long)]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct Options {
+    /// A quick run with small data that checks the harness works; its numbers
+    /// mean nothing.
+    #[arg(long)]
+    smoke: bool,
+    /// Seconds measured per line.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Seconds of load before measuring, per line.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Calls in flight (closed loop), and pgbench clients.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// HTTP/2 connections the load generator spreads its calls over.
+    #[arg(long, default_value_t = 4)]
+    channels: usize,
+    /// Open-loop rate, as a fraction of the closed-loop peak.
+    #[arg(long, default_value_t = 0.7)]
+    load_fraction: f64,
+    /// Connections for the "large" organization.
+    #[arg(long, default_value_t = 1_000_000)]
+    large: u64,
+    /// Connections for the "small" organization.
+    #[arg(long, default_value_t = 10_000)]
+    small: u64,
+    /// A PostgreSQL server URL; the benchmark creates (and drops) a database
+    /// `connections_bench` on it.
+    #[arg(
+        long,
+        env = "BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    postgres_url: String,
+    /// Skip PostgreSQL (and pgbench).
+    #[arg(long)]
+    no_postgres: bool,
+    /// Skip SQLite.
+    #[arg(long)]
+    no_sqlite: bool,
+    /// The server binary (default: `connections` next to this program).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Where to write the results as JSON.
+    #[arg(long, default_value = "target/bench/results.json")]
+    output: PathBuf,
+}
+
+impl Options {
+    fn window(&self) -> Window {
+        Window {
+            warmup: Duration::from_secs_f64(self.warmup),
+            duration: Duration::from_secs_f64(self.duration),
+        }
+    }
+
+    /// Organizations on each side of the write pool (their product is the
+    /// number of connections cycled).
+    fn pool_side(&self) -> usize {
+        if self.smoke { 6 } else { 48 }
+    }
+}
+
+const ADMIN_TOKEN: &str = "bench-admin-token";
+/// Whether the service looks up the caller's API key on every call, so the
+/// pgbench scripts must too.
+const AUTHENTICATES_EVERY_CALL: bool = true;
+const BENCH_DATABASE: &str = "connections_bench";
+
+fn main() -> anyhow::Result<()> {
+    let mut cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Some(Internal::HelloServer { listen }) => runtime.block_on(hello::serve(listen)),
+        None => {
+            if cli.options.smoke {
+                let o = &mut cli.options;
+                (o.duration, o.warmup, o.large, o.small) = (0.5, 0.2, 20_000, 2_000);
+            }
+            runtime.block_on(run(cli.options))
+        }
+    }
+}
+
+async fn run(options: Options) -> anyhow::Result<()> {
+    let work = std::env::temp_dir().join(format!("connections-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let server_bin = match &options.server_bin {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("connections"),
+    };
+    anyhow::ensure!(
+        server_bin.exists(),
+        "no server binary at {server_bin:?}: build it (bench/run.sh does) or pass --server-bin"
+    );
+    let mut report = Report::new(&options.concurrency, options.smoke);
+    eprintln!(
+        "benchmark: concurrency {}, {} HTTP/2 connections, {} s per line after {} s warm-up",
+        options.concurrency, options.channels, options.duration, options.warmup
+    );
+
+    let result = async {
+        baseline(&options, &work, &mut report).await?;
+        if !options.no_postgres {
+            postgres(&options, &server_bin, &work, &mut report).await?;
+        }
+        if !options.no_sqlite {
+            let url = format!("sqlite://{}?mode=rwc", work.join("bench.db").display());
+            backend(
+                &options,
+                &server_bin,
+                &work,
+                &url,
+                DbBackend::Sqlite,
+                &mut report,
+            )
+            .await?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&work);
+    result?;
+
+    report.compute_ratios();
+    report.print();
+    if let Some(dir) = options.output.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&options.output, report.json()?)?;
+    eprintln!("results written to {}", options.output.display());
+    anyhow::ensure!(
+        report.all_ok(),
+        "some lines had failed calls (see the errors column)"
+    );
+    Ok(())
+}
+
+/// The bare tonic server, loaded exactly like the service.
+async fn baseline(options: &Options, work: &Path, report: &mut Report) -> anyhow::Result<()> {
+    let address = free_address()?;
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .arg("hello-server")
+        .arg("--listen")
+        .arg(address.to_string());
+    let server = Server::start("hello server", command, address, &work.join("hello.log")).await?;
+    let target = Target::connect(&server.url(), options.channels).await?;
+    let key = workload::bearer(&format!("cnx_{}", "x".repeat(43)));
+    let outcome = closed_loop(
+        workload::hello(target, key),
+        options.concurrency,
+        options.window(),
+    )
+    .await;
+    report.add(Line::closed(
+        "hello (bare tonic)",
+        "none",
+        &outcome,
+        options.concurrency,
+    ));
+    report.memory("hello (bare tonic)", server.peak_rss_mib());
+    server.stop().await
+}
+
+/// The PostgreSQL lines, with pgbench beside them.
+async fn postgres(
+    options: &Options,
+    server_bin: &Path,
+    work: &Path,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let admin = connect(&DbSettings::new(options.postgres_url.clone()))
+        .await
+        .context("connecting to PostgreSQL (pass --postgres-url, or --no-postgres)")?;
+    admin
+        .execute_unprepared(&format!(
+            "DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)"
+        ))
+        .await?;
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {BENCH_DATABASE}"))
+        .await?;
+    let url = with_database(&options.postgres_url, BENCH_DATABASE);
+    let result = backend(options, server_bin, work, &url, DbBackend::Postgres, report).await;
+    admin
+        .execute_unprepared(&format!(
+            "DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)"
+        ))
+        .await?;
+    result
+}
+
+/// `url` with its database name replaced by `database`.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{base}/{database}?{query}"),
+        None => format!("{base}/{database}"),
+    }
+}
+
+/// Every line for one backend.
+async fn backend(
+    options: &Options,
+    server_bin: &Path,
+    work: &Path,
+    url: &str,
+    backend: DbBackend,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let name = match backend {
+        DbBackend::Postgres => "postgres",
+        _ => "sqlite",
+    };
+    let address = free_address()?;
+    let mut command = Command::new(server_bin);
+    command
+        .arg("serve")
+        .arg("--listen")
+        .arg(address.to_string())
+        .arg("--database-url")
+        .arg(url)
+        .arg("--log-format")
+        .arg("json")
+        .env("CONNECTIONS_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env_remove("RUST_LOG");
+    let log = work.join(format!("server-{name}.log"));
+    let server = Server::start(&format!("server ({name})"), command, address, &log).await?;
+    let target = Target::connect(&server.url(), options.channels).await?;
+    let db = connect(&DbSettings::new(url.to_owned())).await?;
+
+    eprintln!(
+        "{name}: seeding {} + {} connections",
+        options.small, options.large
+    );
+    let channel = target.channel(0);
+    let small = seed::caller(channel.clone(), ADMIN_TOKEN, "Small").await?;
+    let large = seed::caller(channel.clone(), ADMIN_TOKEN, "Large").await?;
+    let creator = seed::caller(channel.clone(), ADMIN_TOKEN, "Creator").await?;
+    let bulk = Bulk {
+        organizations: options.large.max(options.small),
+        small_count: options.small,
+        large_count: options.large,
+    };
+    seed::bulk(&db, bulk, &small, &large).await?;
+    let pool = write_pool(&target, options).await?;
+    let small_ids: Arc<Vec<String>> =
+        Arc::new((1..=options.small).map(seed::connection_id).collect());
+    let window = options.window();
+    let c = options.concurrency;
+
+    // Reads.
+    eprintln!("{name}: GetConnection");
+    let get = workload::get(target.clone(), small.key.clone(), small_ids.clone());
+    let peak = closed_loop(get.clone(), c, window).await;
+    report.add(Line::closed("GetConnection", name, &peak, c));
+    if backend == DbBackend::Postgres {
+        let script = sql::get_script(work, AUTHENTICATES_EVERY_CALL, options.small)?;
+        let run = pgbench::run(url, &script, &sql::defines(&small), c, window.duration).await?;
+        report.add(Line::pgbench("pgbench: GetConnection's SQL", run, c));
+    }
+    let rate = peak.throughput() * options.load_fraction;
+    let at_rate = open_loop(get, rate, window).await;
+    report.add(Line::open("GetConnection", name, &at_rate, rate));
+
+    eprintln!("{name}: ListConnections");
+    for (owner, rows, label) in [
+        (&small, options.small, "small"),
+        (&large, options.large, "large"),
+    ] {
+        let first = workload::list(target.clone(), owner.key.clone(), 50, String::new());
+        let outcome = closed_loop(first, c, window).await;
+        report.add(Line::closed(
+            &format!("ListConnections first page, {rows} rows ({label})"),
+            name,
+            &outcome,
+            c,
+        ));
+        let token = deep_token(&target, owner, rows / 2).await?;
+        let deep = workload::list(target.clone(), owner.key.clone(), 50, token);
+        let outcome = closed_loop(deep, c, window).await;
+        report.add(Line::closed(
+            &format!(
+                "ListConnections page at row {}, {rows} rows ({label})",
+                rows / 2
+            ),
+            name,
+            &outcome,
+            c,
+        ));
+    }
+
+    // Writes.
+    eprintln!("{name}: Activate/Deactivate/Reactivate cycles");
+    let cycles = workload::cycles(target.clone(), pool);
+    let peak = closed_loop(cycles.clone(), c, window).await;
+    report.add(Line::closed(
+        "Activate/Deactivate/Reactivate",
+        name,
+        &peak,
+        c,
+    ));
+    if backend == DbBackend::Postgres {
+        let script = sql::transition_script(
+            work,
+            AUTHENTICATES_EVERY_CALL,
+            options.small,
+            options.large,
+            c,
+        )?;
+        let run = pgbench::run(url, &script, &sql::defines(&large), c, window.duration).await?;
+        check_pgbench_transitions(&db, &large).await?;
+        report.add(Line::pgbench("pgbench: a transition's transaction", run, c));
+    }
+    let rate = peak.throughput() * options.load_fraction;
+    let at_rate = open_loop(cycles, rate, window).await;
+    report.add(Line::open(
+        "Activate/Deactivate/Reactivate",
+        name,
+        &at_rate,
+        rate,
+    ));
+
+    eprintln!("{name}: CreateConnection");
+    let create = workload::create(
+        target.clone(),
+        creator.key.clone(),
+        bulk.organizations,
+        |n| seed::organization_id(n + 1),
+    );
+    let outcome = closed_loop(create, c, window).await;
+    report.add(Line::closed("CreateConnection", name, &outcome, c));
+
+    report.memory(&format!("server ({name})"), server.peak_rss_mib());
+    db.close().await?;
+    server.stop().await
+}
+
+/// Checks that every pgbench transition changed its row and recorded its
+/// event (a guarded update that matched no row would not fail by itself).
+async fn check_pgbench_transitions(
+    db: &sea_orm::DatabaseConnection,
+    large: &Caller,
+) -> anyhow::Result<()> {
+    let count = |sql: String| async move {
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(DbBackend::Postgres, sql))
+            .await?
+            .context("no row")?;
+        anyhow::Ok(row.try_get_by_index::<i64>(0)?)
+    };
+    let changes = count(format!(
+        "SELECT coalesce(sum(version - 1), 0)::bigint FROM connections \
+         WHERE source_organization_id = '{}'",
+        large.id
+    ))
+    .await?;
+    let events = count(format!(
+        "SELECT count(*) FROM connection_events e JOIN connections c ON c.id = e.connection_id \
+         WHERE c.source_organization_id = '{}'",
+        large.id
+    ))
+    .await?;
+    anyhow::ensure!(
+        changes > 0 && changes == events,
+        "pgbench transitions: {changes} version changes but {events} events"
+    );
+    Ok(())
+}
+
+/// Makes the write pool through the API: every source with every destination.
+async fn write_pool(target: &Target, options: &Options) -> anyhow::Result<Vec<PoolEntry>> {
+    let side = options.pool_side();
+    let mut sources = Vec::with_capacity(side);
+    let mut destinations = Vec::with_capacity(side);
+    let channel = target.channel(0);
+    for i in 0..side {
+        sources
+            .push(seed::caller(channel.clone(), ADMIN_TOKEN, &format!("Writer source {i}")).await?);
+        destinations.push(
+            seed::caller(
+                channel.clone(),
+                ADMIN_TOKEN,
+                &format!("Writer destination {i}"),
+            )
+            .await?,
+        );
+    }
+    let mut pool = Vec::with_capacity(side * side);
+    for source in &sources {
+        let mut batch = tokio::task::JoinSet::new();
+        for (i, destination) in destinations.iter().enumerate() {
+            let mut client = target.connections(i as u64);
+            let (source, destination): (Caller, Caller) = (source.clone(), destination.clone());
+            batch.spawn(async move {
+                let request = workload::authorized(
+                    connections::proto::CreateConnectionRequest {
+                        destination_organization_id: destination.id.clone(),
+                        data_types: vec![connections::proto::DataType::Transaction.into()],
+                        request_id: String::new(),
+                    },
+                    &source.key,
+                );
+                let created = client.create_connection(request).await?.into_inner();
+                let id = created.connection.map(|c| c.id).unwrap_or_default();
+                anyhow::Ok(PoolEntry {
+                    id,
+                    source: source.key,
+                    destination: destination.key,
+                })
+            });
+        }
+        while let Some(entry) = batch.join_next().await {
+            pool.push(entry??);
+        }
+    }
+    Ok(pool)
+}
+
+/// The token of the page that starts about `depth` rows into `owner`'s list,
+/// reached by following tokens with pages of 500.
+async fn deep_token(target: &Target, owner: &Caller, depth: u64) -> anyhow::Result<String> {
+    let mut client = target.connections(0);
+    let mut token = String::new();
+    let mut seen = 0;
+    while seen < depth {
+        let page = client
+            .list_connections(workload::authorized(
+                connections::proto::ListConnectionsRequest {
+                    page_size: 500,
+                    page_token: token.clone(),
+                    ..Default::default()
+                },
+                &owner.key,
+            ))
+            .await?
+            .into_inner();
+        seen += page.connections.len() as u64;
+        anyhow::ensure!(!page.next_page_token.is_empty(), "list ended at row {seen}");
+        token = page.next_page_token;
+    }
+    Ok(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_name_is_replaced() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "b"),
+            "postgres://postgres@127.0.0.1:5432/b"
+        );
+        assert_eq!(
+            with_database("postgres://u:p@h/db?sslmode=disable", "b"),
+            "postgres://u:p@h/b?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://h", "b"), "postgres://h/b");
+    }
+}

@@ -1,0 +1,289 @@
+//! The results: a table on standard output, the same as JSON, and the ratios
+//! that matter (ours / baseline), each with its target.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::{load::Outcome, pgbench};
+
+/// One measured line.
+#[derive(Debug, Clone, Serialize)]
+pub struct Line {
+    /// What was called.
+    pub name: String,
+    /// "postgres", "sqlite" or "none".
+    pub backend: String,
+    /// "closed" (peak), "open" (fixed rate) or "pgbench".
+    pub mode: &'static str,
+    /// Calls in flight (closed loop, pgbench clients).
+    pub concurrency: Option<usize>,
+    /// Offered calls per second (open loop).
+    pub offered_rate: Option<f64>,
+    /// Successful calls (or pgbench transactions) per second.
+    pub throughput: f64,
+    /// Median latency, ms (pgbench: mean).
+    pub p50_ms: f64,
+    /// 99th percentile latency, ms (pgbench: not measured).
+    pub p99_ms: Option<f64>,
+    /// Failed calls by reason.
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl Line {
+    fn from_outcome(
+        name: &str,
+        backend: &str,
+        mode: &'static str,
+        outcome: &Outcome,
+        concurrency: Option<usize>,
+        offered_rate: Option<f64>,
+    ) -> Self {
+        Self {
+            name: name.to_owned(),
+            backend: backend.to_owned(),
+            mode,
+            concurrency,
+            offered_rate,
+            throughput: outcome.throughput(),
+            p50_ms: outcome.latency_ms(0.5),
+            p99_ms: Some(outcome.latency_ms(0.99)),
+            errors: outcome.errors.clone(),
+        }
+    }
+
+    /// A closed-loop (peak throughput) line.
+    pub fn closed(name: &str, backend: &str, outcome: &Outcome, concurrency: usize) -> Self {
+        Self::from_outcome(name, backend, "closed", outcome, Some(concurrency), None)
+    }
+
+    /// An open-loop (fixed rate) line.
+    pub fn open(name: &str, backend: &str, outcome: &Outcome, rate: f64) -> Self {
+        Self::from_outcome(name, backend, "open", outcome, None, Some(rate))
+    }
+
+    /// A pgbench line.
+    pub fn pgbench(name: &str, run: pgbench::Run, clients: usize) -> Self {
+        let mut errors = BTreeMap::new();
+        if run.failed > 0 {
+            errors.insert("failed transactions".to_owned(), run.failed);
+        }
+        Self {
+            name: name.to_owned(),
+            backend: "postgres".to_owned(),
+            mode: "pgbench",
+            concurrency: Some(clients),
+            offered_rate: None,
+            throughput: run.tps,
+            p50_ms: run.latency_ms,
+            p99_ms: None,
+            errors,
+        }
+    }
+
+    fn key(&self) -> (&str, &str, &str) {
+        (&self.name, &self.backend, self.mode)
+    }
+}
+
+/// A ratio of two lines, with its target.
+#[derive(Debug, Clone, Serialize)]
+pub struct Ratio {
+    /// What it compares.
+    pub name: String,
+    /// The value.
+    pub value: f64,
+    /// At least (`higher_is_better`) or at most this is the target.
+    pub target: Option<f64>,
+    /// Whether bigger is better.
+    pub higher_is_better: bool,
+    /// Whether the target is met.
+    pub met: Option<bool>,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Closed-loop calls in flight.
+    pub concurrency: usize,
+    /// A smoke run: the numbers mean nothing.
+    pub smoke: bool,
+    /// CPU cores the machine has.
+    pub cpus: usize,
+    /// Every line, in the order run.
+    pub lines: Vec<Line>,
+    /// Peak resident memory of each server process, MiB.
+    pub peak_rss_mib: BTreeMap<String, f64>,
+    /// Ours / baseline.
+    pub ratios: Vec<Ratio>,
+}
+
+impl Report {
+    /// An empty report.
+    pub fn new(concurrency: &usize, smoke: bool) -> Self {
+        Self {
+            concurrency: *concurrency,
+            smoke,
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            lines: Vec::new(),
+            peak_rss_mib: BTreeMap::new(),
+            ratios: Vec::new(),
+        }
+    }
+
+    /// Adds a line and prints it at once (so a long run shows progress).
+    pub fn add(&mut self, line: Line) {
+        eprintln!("  {}", row(&line));
+        self.lines.push(line);
+    }
+
+    /// Records a server's peak RSS.
+    pub fn memory(&mut self, server: &str, mib: Option<f64>) {
+        if let Some(mib) = mib {
+            self.peak_rss_mib.insert(server.to_owned(), mib);
+        }
+    }
+
+    fn find(&self, name: &str, backend: &str, mode: &str) -> Option<&Line> {
+        self.lines.iter().find(|l| l.key() == (name, backend, mode))
+    }
+
+    /// Whether no line had a failed call.
+    pub fn all_ok(&self) -> bool {
+        self.lines.iter().all(|l| l.errors.is_empty())
+    }
+
+    /// Computes the ratios from the lines present (call before printing).
+    pub fn compute_ratios(&mut self) {
+        let mut ratios = Vec::new();
+        let mut push = |name: String, value: Option<f64>, target: Option<f64>, higher: bool| {
+            if let Some(value) = value.filter(|v| v.is_finite()) {
+                ratios.push(Ratio {
+                    name,
+                    value,
+                    target,
+                    higher_is_better: higher,
+                    met: target.map(|t| if higher { value >= t } else { value <= t }),
+                });
+            }
+        };
+        let throughput = |name: &str, backend: &str, mode: &str| {
+            self.find(name, backend, mode).map(|l| l.throughput)
+        };
+        let div = |a: Option<f64>, b: Option<f64>| Some(a? / b?);
+        let hello = throughput("hello (bare tonic)", "none", "closed");
+        for backend in ["postgres", "sqlite"] {
+            let get = throughput("GetConnection", backend, "closed");
+            push(
+                format!("GetConnection ({backend}) / bare tonic"),
+                div(get, hello),
+                None,
+                true,
+            );
+        }
+        push(
+            "GetConnection (postgres) / pgbench on its SQL".to_owned(),
+            div(
+                throughput("GetConnection", "postgres", "closed"),
+                throughput("pgbench: GetConnection's SQL", "postgres", "pgbench"),
+            ),
+            Some(0.5),
+            true,
+        );
+        push(
+            "transitions (postgres) / pgbench on their transaction".to_owned(),
+            div(
+                throughput("Activate/Deactivate/Reactivate", "postgres", "closed"),
+                throughput("pgbench: a transition's transaction", "postgres", "pgbench"),
+            ),
+            Some(0.5),
+            true,
+        );
+        for backend in ["postgres", "sqlite"] {
+            let lists: Vec<&Line> = self
+                .lines
+                .iter()
+                .filter(|l| l.backend == backend && l.name.starts_with("ListConnections"))
+                .collect();
+            // Lines come in order: small first, small deep, large first, large deep.
+            if let [small_first, small_deep, large_first, large_deep] = lists[..] {
+                push(
+                    format!("ListConnections first page latency, large / small ({backend})"),
+                    Some(large_first.p50_ms / small_first.p50_ms),
+                    Some(1.5),
+                    false,
+                );
+                push(
+                    format!("ListConnections deep page latency, large / small ({backend})"),
+                    Some(large_deep.p50_ms / small_deep.p50_ms),
+                    Some(1.5),
+                    false,
+                );
+            }
+            for name in ["GetConnection", "Activate/Deactivate/Reactivate"] {
+                if let Some(open) = self.find(name, backend, "open") {
+                    push(
+                        format!("{name} ({backend}) p99 / p50 at the open-loop rate"),
+                        open.p99_ms.map(|p99| p99 / open.p50_ms),
+                        Some(5.0),
+                        false,
+                    );
+                }
+            }
+        }
+        self.ratios = ratios;
+    }
+
+    /// Prints the table and the ratios.
+    pub fn print(&self) {
+        println!(
+            "\n{:<58} {:<9} {:>10} {:>9} {:>9}  errors",
+            "line (closed: peak; open: fixed rate)", "backend", "calls/s", "p50 ms", "p99 ms"
+        );
+        for line in &self.lines {
+            println!("{}", row(line));
+        }
+        println!("\npeak RSS");
+        for (server, mib) in &self.peak_rss_mib {
+            println!("  {server:<30} {mib:>8.1} MiB");
+        }
+        println!("\nratios (ours / baseline)");
+        for ratio in &self.ratios {
+            let target = match (ratio.target, ratio.met) {
+                (Some(t), Some(met)) => format!(
+                    "target {} {t}: {}",
+                    if ratio.higher_is_better { ">=" } else { "<=" },
+                    if met { "met" } else { "NOT MET" }
+                ),
+                _ => String::new(),
+            };
+            println!("  {:<70} {:>7.2}  {target}", ratio.name, ratio.value);
+        }
+    }
+
+    /// The report as pretty JSON.
+    pub fn json(&self) -> serde_json::Result<String> {
+        serde_json::to_string_pretty(self)
+    }
+}
+
+fn row(line: &Line) -> String {
+    let name = match (line.mode, line.offered_rate) {
+        ("open", Some(rate)) => format!("{} @ {rate:.0}/s", line.name),
+        _ => line.name.clone(),
+    };
+    let errors = if line.errors.is_empty() {
+        "0".to_owned()
+    } else {
+        line.errors
+            .iter()
+            .map(|(reason, n)| format!("{reason}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let p99 = line.p99_ms.map_or("-".to_owned(), |p| format!("{p:.2}"));
+    format!(
+        "{name:<58} {:<9} {:>10.0} {:>9.2} {p99:>9}  {errors}",
+        line.backend, line.throughput, line.p50_ms
+    )
+}

@@ -1,0 +1,285 @@
+//! The calls each benchmark line makes, and the check of every response.
+
+use std::{
+    collections::VecDeque,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use connections::proto::{
+    ActivateConnectionRequest, Connection, ConnectionState, CreateConnectionRequest, DataType,
+    DeactivateConnectionRequest, GetConnectionRequest, ListConnectionsRequest,
+    ReactivateConnectionRequest, connection_service_client::ConnectionServiceClient,
+};
+use tonic::{
+    Request,
+    metadata::AsciiMetadataValue,
+    transport::{Channel, Endpoint},
+};
+
+use crate::{
+    hello::proto::{SayHelloRequest, hello_service_client::HelloServiceClient},
+    load::{Call, call, code_of},
+};
+
+/// Several HTTP/2 connections to one server; calls are spread over them.
+#[derive(Clone)]
+pub struct Target {
+    channels: Arc<Vec<Channel>>,
+}
+
+impl Target {
+    /// Opens `connections` HTTP/2 connections to `url`.
+    pub async fn connect(url: &str, connections: usize) -> anyhow::Result<Self> {
+        let mut channels = Vec::with_capacity(connections);
+        for _ in 0..connections.max(1) {
+            let channel = Endpoint::from_shared(url.to_owned())?
+                .tcp_nodelay(true)
+                .connect()
+                .await?;
+            channels.push(channel);
+        }
+        Ok(Self {
+            channels: Arc::new(channels),
+        })
+    }
+
+    /// The channel for call `i`.
+    pub fn channel(&self, i: u64) -> Channel {
+        self.channels[(i % self.channels.len() as u64) as usize].clone()
+    }
+
+    /// A ConnectionService client for call `i`.
+    pub fn connections(&self, i: u64) -> ConnectionServiceClient<Channel> {
+        ConnectionServiceClient::new(self.channel(i))
+    }
+}
+
+/// `authorization: Bearer <secret>`.
+pub fn bearer(secret: &str) -> AsciiMetadataValue {
+    format!("Bearer {secret}")
+        .parse()
+        .expect("API keys are ASCII")
+}
+
+/// `message` with the caller's credential attached.
+pub fn authorized<T>(message: T, key: &AsciiMetadataValue) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert("authorization", key.clone());
+    request
+}
+
+/// Spreads call numbers over `0..len` in a fixed pseudo-random order.
+pub fn scatter(i: u64, len: usize) -> usize {
+    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17) as usize % len
+}
+
+fn bad(what: impl std::fmt::Display) -> String {
+    format!("bad response: {what}")
+}
+
+/// SayHello on the baseline server (with the same credential metadata the
+/// service's calls carry, so requests are the same size on the wire).
+pub fn hello(target: Target, key: AsciiMetadataValue) -> Call {
+    call(move |i| {
+        let mut client = HelloServiceClient::new(target.channel(i));
+        let key = key.clone();
+        async move {
+            let request = authorized(
+                SayHelloRequest {
+                    name: "bench".to_owned(),
+                },
+                &key,
+            );
+            let reply = client.say_hello(request).await.map_err(|s| code_of(&s))?;
+            if reply.into_inner().message != "Hello, bench!" {
+                return Err(bad("greeting"));
+            }
+            Ok(())
+        }
+    })
+}
+
+/// GetConnection of a random one of `ids`, checking the ID that comes back.
+pub fn get(target: Target, key: AsciiMetadataValue, ids: Arc<Vec<String>>) -> Call {
+    call(move |i| {
+        let mut client = target.connections(i);
+        let key = key.clone();
+        let id = ids[scatter(i, ids.len())].clone();
+        async move {
+            let request = authorized(
+                GetConnectionRequest {
+                    connection_id: id.clone(),
+                },
+                &key,
+            );
+            let reply = client
+                .get_connection(request)
+                .await
+                .map_err(|s| code_of(&s))?;
+            match reply.into_inner().connection {
+                Some(connection) if connection.id == id => Ok(()),
+                _ => Err(bad("another connection")),
+            }
+        }
+    })
+}
+
+/// One ListConnections page of `page_size`, from `page_token` (empty: the
+/// first page), checking it is full and newest first.
+pub fn list(target: Target, key: AsciiMetadataValue, page_size: i32, page_token: String) -> Call {
+    call(move |i| {
+        let mut client = target.connections(i);
+        let key = key.clone();
+        let page_token = page_token.clone();
+        async move {
+            let request = authorized(
+                ListConnectionsRequest {
+                    page_size,
+                    page_token,
+                    ..Default::default()
+                },
+                &key,
+            );
+            let page = client
+                .list_connections(request)
+                .await
+                .map_err(|s| code_of(&s))?
+                .into_inner();
+            if page.connections.len() != page_size as usize || page.next_page_token.is_empty() {
+                return Err(bad(format!("{} connections", page.connections.len())));
+            }
+            if !page.connections.windows(2).all(|w| w[0].id > w[1].id) {
+                return Err(bad("not newest first"));
+            }
+            Ok(())
+        }
+    })
+}
+
+/// A connection in the write pool and the parties' credentials.
+#[derive(Debug, Clone)]
+pub struct PoolEntry {
+    /// The connection, PENDING when the pool is made.
+    pub id: String,
+    /// The source organization's credential.
+    pub source: AsciiMetadataValue,
+    /// The destination organization's credential.
+    pub destination: AsciiMetadataValue,
+}
+
+/// Connections no call is working on, each with the step it takes next.
+type Idle = Mutex<VecDeque<(PoolEntry, u8)>>;
+
+/// Activate (by the destination), Deactivate (by the destination, with a
+/// reason), Reactivate (by the source), round and round, over many
+/// connections. Each call takes a connection nobody is changing, so the calls
+/// never race each other; every response must show the expected new state.
+pub fn cycles(target: Target, pool: Vec<PoolEntry>) -> Call {
+    let idle: Arc<Idle> = Arc::new(Mutex::new(pool.into_iter().map(|e| (e, 0)).collect()));
+    call(move |i| {
+        let mut client = target.connections(i);
+        let idle = idle.clone();
+        async move {
+            let Some((entry, step)) = idle.lock().unwrap().pop_front() else {
+                return Err("write pool exhausted".to_owned());
+            };
+            let id = entry.id.clone();
+            let result = match step {
+                0 => client
+                    .activate_connection(authorized(
+                        ActivateConnectionRequest {
+                            connection_id: id,
+                            ..Default::default()
+                        },
+                        &entry.destination,
+                    ))
+                    .await
+                    .map(|r| (r.into_inner().connection, ConnectionState::Active)),
+                1 => client
+                    .deactivate_connection(authorized(
+                        DeactivateConnectionRequest {
+                            connection_id: id,
+                            reason: "paused by the benchmark".to_owned(),
+                            ..Default::default()
+                        },
+                        &entry.destination,
+                    ))
+                    .await
+                    .map(|r| (r.into_inner().connection, ConnectionState::Inactive)),
+                _ => client
+                    .reactivate_connection(authorized(
+                        ReactivateConnectionRequest {
+                            connection_id: id,
+                            ..Default::default()
+                        },
+                        &entry.source,
+                    ))
+                    .await
+                    .map(|r| (r.into_inner().connection, ConnectionState::Pending)),
+            };
+            let outcome = match result {
+                Ok((Some(connection), expected)) if connection.state() == expected => Ok(()),
+                Ok(_) => Err(bad("unexpected state")),
+                Err(status) => Err(code_of(&status)),
+            };
+            let next = if outcome.is_ok() {
+                (step + 1) % 3
+            } else {
+                step
+            };
+            idle.lock().unwrap().push_back((entry, next));
+            outcome
+        }
+    })
+}
+
+/// CreateConnection from one organization to a new destination each call,
+/// `destination(n)` for n = 0, 1, 2, ...
+pub fn create(
+    target: Target,
+    key: AsciiMetadataValue,
+    destinations: u64,
+    destination: fn(u64) -> String,
+) -> Call {
+    let next = Arc::new(AtomicU64::new(0));
+    call(move |i| {
+        let mut client = target.connections(i);
+        let key = key.clone();
+        let n = next.fetch_add(1, Ordering::Relaxed);
+        async move {
+            if n >= destinations {
+                return Err("ran out of destination organizations".to_owned());
+            }
+            let destination = destination(n);
+            let request = authorized(
+                CreateConnectionRequest {
+                    destination_organization_id: destination.clone(),
+                    data_types: vec![DataType::Inquiry.into(), DataType::Account.into()],
+                    request_id: String::new(),
+                },
+                &key,
+            );
+            let created = client
+                .create_connection(request)
+                .await
+                .map_err(|s| code_of(&s))?
+                .into_inner()
+                .connection;
+            match created {
+                Some(Connection {
+                    destination_organization_id,
+                    state,
+                    ..
+                }) if destination_organization_id == destination
+                    && state == ConnectionState::Pending as i32 =>
+                {
+                    Ok(())
+                }
+                _ => Err(bad("unexpected connection")),
+            }
+        }
+    })
+}
