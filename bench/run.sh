@@ -3,5 +3,5 @@
 # benchmark; arguments are passed on (see `bench/run.sh --help`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --bin connections --bin bench
+cargo build --release -p connections -p bench
 exec target/release/bench "$@"

@@ -2,8 +2,16 @@
 //!
 //! A key is `cnx_` followed by 256 random bits in base64url. Only its SHA-256
 //! digest is stored; the secret is returned once, at creation.
+//!
+//! Keys that verified are remembered (by digest) for [`VERIFIED_KEY_TTL`], so
+//! a busy caller does not cost a database query per call. A key revoked
+//! through this process stops working at once; one revoked elsewhere (another
+//! replica, the CLI) within that TTL, inside the 5 seconds SPEC allows.
+
+use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use moka::sync::Cache;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
     QuerySelect,
@@ -26,16 +34,38 @@ const DISPLAY_PREFIX_LEN: usize = 12;
 /// Longer presented secrets are refused without hashing.
 pub const MAX_SECRET_LEN: usize = 128;
 
-/// The API keys business layer.
-#[derive(Debug, Clone)]
+/// How long a verified key is trusted before the database is asked again;
+/// the longest a key revoked on another replica keeps working there.
+pub const VERIFIED_KEY_TTL: Duration = Duration::from_secs(2);
+/// Most verified keys remembered; beyond it the least used are forgotten.
+const VERIFIED_KEY_CAPACITY: u64 = 100_000;
+
+/// The API keys business layer. Clones share one cache of verified keys.
+#[derive(Clone)]
 pub struct ApiKeys {
     db: DatabaseConnection,
+    /// Digest of a verified secret -> its organization.
+    verified: Cache<[u8; 32], OrganizationId>,
+}
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeys")
+            .field("verified_keys", &self.verified.entry_count())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ApiKeys {
     /// The business layer over `db`.
     pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+        Self {
+            db,
+            verified: Cache::builder()
+                .max_capacity(VERIFIED_KEY_CAPACITY)
+                .time_to_live(VERIFIED_KEY_TTL)
+                .build(),
+        }
     }
 
     /// Creates a key for `organization_id`; returns it with its secret, which
@@ -108,11 +138,14 @@ impl ApiKeys {
             .filter(api_key::Column::RevokeTime.is_null())
             .exec(&self.db)
             .await?;
-        let key = api_key::Entity::find_by_id(id.uuid())
+        let model = api_key::Entity::find_by_id(id.uuid())
             .one(&self.db)
             .await?
-            .map(api_key_from)
             .ok_or(ServiceError::ApiKeyNotFound)?;
+        if let Ok(digest) = <[u8; 32]>::try_from(model.secret_sha256.as_slice()) {
+            self.verified.invalidate(&digest);
+        }
+        let key = api_key_from(model);
         tracing::info!(api_key_id = %key.id, "API key revoked");
         Ok(key)
     }
@@ -124,6 +157,11 @@ impl ApiKeys {
             return Err(ServiceError::ApiKeyInvalid);
         }
         let presented = digest(secret);
+        // Looking up a digest reveals nothing usable about the secret (finding
+        // a preimage of SHA-256 is infeasible), so this needs no constant time.
+        if let Some(organization) = self.verified.get(&presented) {
+            return Ok(organization);
+        }
         let found: Option<(uuid::Uuid, Vec<u8>)> = api_key::Entity::find()
             .select_only()
             .column(api_key::Column::OrganizationId)
@@ -137,7 +175,9 @@ impl ApiKeys {
             // The lookup is by digest; the constant-time comparison makes the
             // final decision independent of where the bytes differ.
             Some((organization_id, stored)) if bool::from(stored.ct_eq(&presented)) => {
-                Ok(organization_id.into())
+                let organization = OrganizationId::from(organization_id);
+                self.verified.insert(presented, organization);
+                Ok(organization)
             }
             _ => Err(ServiceError::ApiKeyInvalid),
         }

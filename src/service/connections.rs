@@ -208,12 +208,24 @@ impl Connections {
                     connection::Column::SourceOrganizationId,
                 ),
             };
-            let mut query = connection::Entity::find().filter(own.eq(caller.uuid()));
+            let mut query = connection::Entity::find();
+            query = match filter.state {
+                Some(state) => query
+                    .filter(own.eq(caller.uuid()))
+                    .filter(connection::Column::State.eq(state.as_str())),
+                // `own BETWEEN caller AND caller` rather than `own = caller`,
+                // ordered by (own, id): with an equality PostgreSQL drops
+                // `own` from the ordering and, for an organization holding
+                // most rows, walks the primary key backwards past every newer
+                // row of everyone else. This form can only be served in
+                // order by the (own, id) index, so a page costs the same at
+                // any table size.
+                None => query
+                    .filter(own.between(caller.uuid(), caller.uuid()))
+                    .order_by_desc(own),
+            };
             if let Some(counterparty) = filter.counterparty {
                 query = query.filter(other.eq(counterparty.uuid()));
-            }
-            if let Some(state) = filter.state {
-                query = query.filter(connection::Column::State.eq(state.as_str()));
             }
             if let Some(after) = after {
                 query = query.filter(connection::Column::Id.lt(after));
