@@ -236,6 +236,9 @@ impl Report {
 
     /// Prints the table and the ratios.
     pub fn print(&self) {
+        if self.smoke {
+            println!("\nsmoke run: small data, short lines; the numbers mean nothing");
+        }
         println!(
             "\n{:<58} {:<9} {:>10} {:>9} {:>9}  errors",
             "line (closed: peak; open: fixed rate)", "backend", "calls/s", "p50 ms", "p99 ms"
