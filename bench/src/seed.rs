@@ -154,8 +154,23 @@ pub async fn bulk(
         ))
         .await?;
     }
-    if backend == DbBackend::Postgres {
-        db.execute_unprepared("ANALYZE").await?;
+    settle(db).await
+}
+
+/// Leaves the database as a long-running one would be after a bulk load:
+/// statistics current, no vacuum or checkpoint of the load still to come
+/// during the measurements.
+pub async fn settle(db: &DatabaseConnection) -> anyhow::Result<()> {
+    if db.get_database_backend() == DbBackend::Postgres {
+        db.execute_unprepared("VACUUM ANALYZE").await?;
+        // Needs superuser or pg_checkpoint; without it, the load's pages are
+        // written by the next timed checkpoint instead.
+        if let Err(err) = db.execute_unprepared("CHECKPOINT").await {
+            eprintln!("note: CHECKPOINT refused ({err}); measurements may include it");
+        }
+    } else {
+        db.execute_unprepared("PRAGMA wal_checkpoint(TRUNCATE)")
+            .await?;
     }
     Ok(())
 }

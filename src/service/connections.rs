@@ -5,8 +5,8 @@
 //! update (`WHERE id = ? AND version = ?`) and the event that records it.
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection,
-    DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, SqlErr,
 };
 use tracing::instrument;
 
@@ -101,13 +101,13 @@ impl Connections {
             Begun::Done(record) => return Ok(record),
         };
         if organization::Entity::find_by_id(new.destination.uuid())
-            .one(&txn)
+            .one(&*txn)
             .await?
             .is_none()
         {
             return Err(ServiceError::OrganizationNotFound);
         }
-        if let Some(existing) = find_pair(&txn, caller, new.destination).await? {
+        if let Some(existing) = find_pair(&*txn, caller, new.destination).await? {
             return Err(ServiceError::ConnectionAlreadyExists {
                 connection_id: existing,
             });
@@ -132,7 +132,7 @@ impl Connections {
             deactivation_reason: None,
         };
         let inserted = connection::Entity::insert(active_model(&record))
-            .exec_without_returning(&txn)
+            .exec_without_returning(&*txn)
             .await;
         if let Err(err) = inserted {
             if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
@@ -148,7 +148,7 @@ impl Connections {
             return Err(err.into());
         }
         insert_event(
-            &txn,
+            &*txn,
             &record,
             EventDraft {
                 event_type: EventType::Created,
@@ -208,32 +208,23 @@ impl Connections {
                     connection::Column::SourceOrganizationId,
                 ),
             };
-            let mut query = connection::Entity::find();
-            query = match filter.state {
-                Some(state) => query
-                    .filter(own.eq(caller.uuid()))
-                    .filter(connection::Column::State.eq(state.as_str())),
-                // `own BETWEEN caller AND caller` rather than `own = caller`,
-                // ordered by (own, id): with an equality PostgreSQL drops
-                // `own` from the ordering and, for an organization holding
-                // most rows, walks the primary key backwards past every newer
-                // row of everyone else. This form can only be served in
-                // order by the (own, id) index, so a page costs the same at
-                // any table size.
-                None => query
-                    .filter(own.between(caller.uuid(), caller.uuid()))
-                    .order_by_desc(own),
+            let query = match filter.counterparty {
+                // At most one row: the unique (source, destination) index.
+                Some(counterparty) => {
+                    let mut query = connection::Entity::find()
+                        .filter(own.eq(caller.uuid()))
+                        .filter(other.eq(counterparty.uuid()));
+                    if let Some(state) = filter.state {
+                        query = query.filter(connection::Column::State.eq(state.as_str()));
+                    }
+                    if let Some(after) = after {
+                        query = query.filter(connection::Column::Id.lt(after));
+                    }
+                    query.order_by_desc(connection::Column::Id)
+                }
+                None => keyset_page(own, caller, filter.state, after),
             };
-            if let Some(counterparty) = filter.counterparty {
-                query = query.filter(other.eq(counterparty.uuid()));
-            }
-            if let Some(after) = after {
-                query = query.filter(connection::Column::Id.lt(after));
-            }
-            query
-                .order_by_desc(connection::Column::Id)
-                .limit(fetch)
-                .all(&self.db)
+            query.limit(fetch).all(&self.db)
         };
         let mut rows = match filter.role {
             Some(role) => side(role).await?,
@@ -285,7 +276,7 @@ impl Connections {
             Begun::Fresh(txn) => txn,
             Begun::Done(record) => return Ok(record),
         };
-        let current = record_from(secure_find(&txn, caller, request.id).await?)?;
+        let current = record_from(secure_find(&*txn, caller, request.id).await?)?;
         let role = current.parties.role_of(caller);
         let etag_matches = request
             .etag
@@ -313,7 +304,7 @@ impl Connections {
         }
 
         save_transition(
-            &txn,
+            &*txn,
             &current,
             &updated,
             EventDraft {
@@ -375,7 +366,7 @@ impl Connections {
 /// A write transaction, or the recorded result of an earlier call.
 enum Begun {
     /// Execute the call in this transaction.
-    Fresh(DatabaseTransaction),
+    Fresh(db::WriteTransaction),
     /// A call with the same request_id succeeded before: this is its result.
     Done(ConnectionRecord),
 }
@@ -388,7 +379,7 @@ impl Connections {
         let Some(key) = key else {
             return Ok(Begun::Fresh(txn));
         };
-        match idempotency::claim(&txn, key).await? {
+        match idempotency::claim(&*txn, key).await? {
             Claim::Fresh => Ok(Begun::Fresh(txn)),
             Claim::Replay(record) => Ok(Begun::Done(record)),
             Claim::Raced => {
@@ -403,12 +394,12 @@ impl Connections {
 
 /// Records the result for the call's request_id, if any, and commits.
 async fn commit(
-    txn: DatabaseTransaction,
+    txn: db::WriteTransaction,
     key: Option<&IdempotencyKey>,
     record: &ConnectionRecord,
 ) -> Result<(), ServiceError> {
     if let Some(key) = key {
-        idempotency::complete(&txn, key, record).await?;
+        idempotency::complete(&*txn, key, record).await?;
     }
     txn.commit().await?;
     Ok(())
@@ -438,6 +429,47 @@ fn transition_error(err: TransitionError, action: Action) -> ServiceError {
         }
         TransitionError::EtagMismatch => ServiceError::EtagMismatch,
     }
+}
+
+/// The caller's connections on one side, newest first, after the cursor.
+///
+/// The page is a range of the (party, id) or (party, state, id) index, written
+/// as row comparisons: `(party[, state], id) < (caller[, state], cursor)` and
+/// `>= (caller[, state], nil)`, ordered by the same columns. With a plain
+/// `party = caller AND id < cursor` the planners may instead walk the primary
+/// key (PostgreSQL does for an organization holding most rows, passing every
+/// newer row of everyone else; SQLite bounds only the party and skips down to
+/// the cursor), which makes a page cost grow with the table. This form can
+/// only be read in order from the index, so a page costs the same at any size
+/// and depth.
+fn keyset_page(
+    party: connection::Column,
+    caller: OrganizationId,
+    state: Option<ConnectionState>,
+    after: Option<uuid::Uuid>,
+) -> sea_orm::Select<connection::Entity> {
+    use sea_orm::sea_query::{Expr, ExprTrait, SimpleExpr};
+
+    let mut columns = vec![party];
+    let mut values: Vec<SimpleExpr> = vec![Expr::value(caller.uuid())];
+    if let Some(state) = state {
+        columns.push(connection::Column::State);
+        values.push(Expr::value(state.as_str()));
+    }
+    columns.push(connection::Column::Id);
+    let key = || Expr::tuple(columns.iter().map(|c| Expr::col((connection::Entity, *c))));
+    let bound = |id: uuid::Uuid| {
+        let mut bound = values.clone();
+        bound.push(Expr::value(id));
+        Expr::tuple(bound)
+    };
+    let mut query = connection::Entity::find()
+        .filter(key().lt(bound(after.unwrap_or(uuid::Uuid::max()))))
+        .filter(key().gte(bound(uuid::Uuid::nil())));
+    for column in &columns {
+        query = query.order_by_desc(*column);
+    }
+    query
 }
 
 /// Loads a connection only if `caller` is one of its parties.
@@ -644,7 +676,7 @@ mod tests {
         deactivated.version = stale.version + 1;
         let txn = db::begin_write(&connections.db).await.unwrap();
         let result = save_transition(
-            &txn,
+            &*txn,
             &stale,
             &deactivated,
             EventDraft {
