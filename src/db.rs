@@ -18,6 +18,9 @@ pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// reported unavailable.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A pooled connection idle this long is pinged before it is handed out.
+pub const IDLE_BEFORE_PING: Duration = Duration::from_secs(10);
+
 /// Pool settings.
 #[derive(Clone)]
 pub struct DbSettings {
@@ -75,6 +78,11 @@ pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, DbErr>
         .connect_timeout(ACQUIRE_TIMEOUT)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .idle_timeout(Duration::from_secs(300))
+        // Ping a pooled connection before use only if it sat idle long enough
+        // to have been dropped by the server or a proxy; pinging on every
+        // acquire added a database round trip to every call. A connection
+        // that broke anyway fails its call as UNAVAILABLE and is discarded.
+        .test_before_acquire_if_idle_for(IDLE_BEFORE_PING)
         .sqlx_logging(false)
         .map_sqlx_sqlite_opts(|opts| {
             opts.journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)

@@ -304,7 +304,7 @@ async fn backend(
     let large = seed::caller(channel.clone(), ADMIN_TOKEN, "Large").await?;
     let creator = seed::caller(channel.clone(), ADMIN_TOKEN, "Creator").await?;
     let bulk = Bulk {
-        organizations: options.large.max(options.small),
+        organizations: options.large.max(options.small).max(100_000),
         small_count: options.small,
         large_count: options.large,
     };
