@@ -2,6 +2,7 @@
 //! tonic server (the transport) and pgbench running the service's own SQL (the
 //! database), with one load generator at one concurrency, in one run.
 
+mod cpu;
 mod hello;
 mod load;
 mod pgbench;
@@ -12,6 +13,7 @@ mod sql;
 mod workload;
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
@@ -205,18 +207,19 @@ async fn baseline(options: &Options, work: &Path, report: &mut Report) -> anyhow
     let server = Server::start("hello server", command, address, &work.join("hello.log")).await?;
     let target = Target::connect(&server.url(), options.channels).await?;
     let key = workload::bearer(&format!("cnx_{}", "x".repeat(43)));
-    let outcome = closed_loop(
-        workload::hello(target, key),
+    let (outcome, cpu) = closed(
+        workload::hello(target.clone(), key.clone()),
         options.concurrency,
         options.window(),
+        server.pid(),
     )
     .await;
-    report.add(Line::closed(
-        "hello (bare tonic)",
-        "none",
-        &outcome,
-        options.concurrency,
-    ));
+    report.add(
+        Line::closed("hello (bare tonic)", "none", &outcome, options.concurrency).with_cpu(cpu),
+    );
+    let rate = outcome.throughput() * options.load_fraction;
+    let at_rate = open_loop(workload::hello(target, key), rate, options.window()).await;
+    report.add(Line::open("hello (bare tonic)", "none", &at_rate, rate));
     report.memory("hello (bare tonic)", server.peak_rss_mib());
     server.stop().await
 }
@@ -314,16 +317,17 @@ async fn backend(
         Arc::new((1..=options.small).map(seed::connection_id).collect());
     let window = options.window();
     let c = options.concurrency;
+    let pid = server.pid();
 
     // Reads.
     eprintln!("{name}: GetConnection");
     let get = workload::get(target.clone(), small.key.clone(), small_ids.clone());
-    let peak = closed_loop(get.clone(), c, window).await;
-    report.add(Line::closed("GetConnection", name, &peak, c));
+    let (peak, cpu) = closed(get.clone(), c, window, pid).await;
+    report.add(Line::closed("GetConnection", name, &peak, c).with_cpu(cpu));
     if backend == DbBackend::Postgres {
         let script = sql::get_script(work, AUTHENTICATES_EVERY_CALL, options.small)?;
-        let run = pgbench::run(url, &script, &sql::defines(&small), c, window.duration).await?;
-        report.add(Line::pgbench("pgbench: GetConnection's SQL", run, c));
+        let (run, cpu) = pgbench(url, &script, &sql::defines(&small), c, window).await?;
+        report.add(Line::pgbench("pgbench: GetConnection's SQL", run, c).with_cpu(cpu));
     }
     let rate = peak.throughput() * options.load_fraction;
     let at_rate = open_loop(get, rate, window).await;
@@ -335,37 +339,38 @@ async fn backend(
         (&large, options.large, "large"),
     ] {
         let first = workload::list(target.clone(), owner.key.clone(), 50, String::new());
-        let outcome = closed_loop(first, c, window).await;
-        report.add(Line::closed(
-            &format!("ListConnections first page, {rows} rows ({label})"),
-            name,
-            &outcome,
-            c,
-        ));
+        let (outcome, cpu) = closed(first, c, window, pid).await;
+        report.add(
+            Line::closed(
+                &format!("ListConnections first page, {rows} rows ({label})"),
+                name,
+                &outcome,
+                c,
+            )
+            .with_cpu(cpu),
+        );
         let token = deep_token(&target, owner, rows / 2).await?;
         let deep = workload::list(target.clone(), owner.key.clone(), 50, token);
-        let outcome = closed_loop(deep, c, window).await;
-        report.add(Line::closed(
-            &format!(
-                "ListConnections page at row {}, {rows} rows ({label})",
-                rows / 2
-            ),
-            name,
-            &outcome,
-            c,
-        ));
+        let (outcome, cpu) = closed(deep, c, window, pid).await;
+        report.add(
+            Line::closed(
+                &format!(
+                    "ListConnections page at row {}, {rows} rows ({label})",
+                    rows / 2
+                ),
+                name,
+                &outcome,
+                c,
+            )
+            .with_cpu(cpu),
+        );
     }
 
     // Writes.
     eprintln!("{name}: Activate/Deactivate/Reactivate cycles");
     let cycles = workload::cycles(target.clone(), pool);
-    let peak = closed_loop(cycles.clone(), c, window).await;
-    report.add(Line::closed(
-        "Activate/Deactivate/Reactivate",
-        name,
-        &peak,
-        c,
-    ));
+    let (peak, cpu) = closed(cycles.clone(), c, window, pid).await;
+    report.add(Line::closed("Activate/Deactivate/Reactivate", name, &peak, c).with_cpu(cpu));
     if backend == DbBackend::Postgres {
         let script = sql::transition_script(
             work,
@@ -374,9 +379,9 @@ async fn backend(
             options.large,
             c,
         )?;
-        let run = pgbench::run(url, &script, &sql::defines(&large), c, window.duration).await?;
+        let (run, cpu) = pgbench(url, &script, &sql::defines(&large), c, window).await?;
         check_pgbench_transitions(&db, &large).await?;
-        report.add(Line::pgbench("pgbench: a transition's transaction", run, c));
+        report.add(Line::pgbench("pgbench: a transition's transaction", run, c).with_cpu(cpu));
     }
     let rate = peak.throughput() * options.load_fraction;
     let at_rate = open_loop(cycles, rate, window).await;
@@ -394,8 +399,8 @@ async fn backend(
         bulk.organizations,
         |n| seed::organization_id(n + 1),
     );
-    let outcome = closed_loop(create, c, window).await;
-    report.add(Line::closed("CreateConnection", name, &outcome, c));
+    let (outcome, cpu) = closed(create, c, window, pid).await;
+    report.add(Line::closed("CreateConnection", name, &outcome, c).with_cpu(cpu));
 
     report.memory(&format!("server ({name})"), server.peak_rss_mib());
     db.close().await?;
@@ -432,6 +437,35 @@ async fn check_pgbench_transitions(
         "pgbench transitions: {changes} version changes but {events} events"
     );
     Ok(())
+}
+
+/// Runs a closed-loop line; returns it with the CPU each party spent per call.
+async fn closed(
+    call: load::Call,
+    concurrency: usize,
+    window: Window,
+    server: Option<u32>,
+) -> (load::Outcome, BTreeMap<String, f64>) {
+    let before = cpu::sample(server);
+    let outcome = closed_loop(call, concurrency, window).await;
+    let after = cpu::sample(server);
+    let calls = outcome.throughput() * cpu::elapsed(&before, &after);
+    (outcome, cpu::per_call(&before, &after, calls))
+}
+
+/// Runs a pgbench line; returns it with the CPU each party spent per transaction.
+async fn pgbench(
+    url: &str,
+    script: &Path,
+    defines: &[(String, String)],
+    clients: usize,
+    window: Window,
+) -> anyhow::Result<(pgbench::Run, BTreeMap<String, f64>)> {
+    let before = cpu::sample(None);
+    let run = pgbench::run(url, script, defines, clients, window.duration).await?;
+    let after = cpu::sample(None);
+    let transactions = run.tps * cpu::elapsed(&before, &after);
+    Ok((run, cpu::per_call(&before, &after, transactions)))
 }
 
 /// Makes the write pool through the API: every source with every destination.

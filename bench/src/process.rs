@@ -58,6 +58,11 @@ impl Server {
         bail!("{name} did not listen on {address} within 30 s; see {log:?}")
     }
 
+    /// The process ID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// `http://address`, for clients.
     pub fn url(&self) -> String {
         format!("http://{}", self.address)

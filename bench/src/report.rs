@@ -28,6 +28,8 @@ pub struct Line {
     pub p99_ms: Option<f64>,
     /// Failed calls by reason.
     pub errors: BTreeMap<String, u64>,
+    /// CPU microseconds per call, by party (closed loop and pgbench lines).
+    pub cpu_us_per_call: BTreeMap<String, f64>,
 }
 
 impl Line {
@@ -49,7 +51,14 @@ impl Line {
             p50_ms: outcome.latency_ms(0.5),
             p99_ms: Some(outcome.latency_ms(0.99)),
             errors: outcome.errors.clone(),
+            cpu_us_per_call: BTreeMap::new(),
         }
+    }
+
+    /// The line with its CPU cost per call.
+    pub fn with_cpu(mut self, cpu_us_per_call: BTreeMap<String, f64>) -> Self {
+        self.cpu_us_per_call = cpu_us_per_call;
+        self
     }
 
     /// A closed-loop (peak throughput) line.
@@ -78,6 +87,7 @@ impl Line {
             p50_ms: run.latency_ms,
             p99_ms: None,
             errors,
+            cpu_us_per_call: BTreeMap::new(),
         }
     }
 
@@ -199,6 +209,15 @@ impl Report {
             Some(0.5),
             true,
         );
+        if let Some(open) = self.find("hello (bare tonic)", "none", "open") {
+            push(
+                "hello (bare tonic) p99 / p50 at the open-loop rate (the generator's own tail)"
+                    .to_owned(),
+                open.p99_ms.map(|p99| p99 / open.p50_ms),
+                None,
+                false,
+            );
+        }
         for backend in ["postgres", "sqlite"] {
             let lists: Vec<&Line> = self
                 .lines
@@ -240,8 +259,13 @@ impl Report {
             println!("\nsmoke run: small data, short lines; the numbers mean nothing");
         }
         println!(
-            "\n{:<58} {:<9} {:>10} {:>9} {:>9}  errors",
-            "line (closed: peak; open: fixed rate)", "backend", "calls/s", "p50 ms", "p99 ms"
+            "\n{:<58} {:<9} {:>10} {:>9} {:>9}  {:<24} errors",
+            "line (closed: peak; open: fixed rate)",
+            "backend",
+            "calls/s",
+            "p50 ms",
+            "p99 ms",
+            "CPU us/call gen/srv/db"
         );
         for line in &self.lines {
             println!("{}", row(line));
@@ -285,8 +309,23 @@ fn row(line: &Line) -> String {
             .join(", ")
     };
     let p99 = line.p99_ms.map_or("-".to_owned(), |p| format!("{p:.2}"));
+    let cpu = if line.cpu_us_per_call.is_empty() {
+        "-".to_owned()
+    } else {
+        let party = |name: &str| {
+            line.cpu_us_per_call
+                .get(name)
+                .map_or("-".to_owned(), |us| format!("{us:.0}"))
+        };
+        let generator = if line.mode == "pgbench" {
+            party("pgbench")
+        } else {
+            party("load generator")
+        };
+        format!("{generator}/{}/{}", party("server"), party("postgres"))
+    };
     format!(
-        "{name:<58} {:<9} {:>10.0} {:>9.2} {p99:>9}  {errors}",
+        "{name:<58} {:<9} {:>10.0} {:>9.2} {p99:>9}  {cpu:<24} {errors}",
         line.backend, line.throughput, line.p50_ms
     )
 }
