@@ -182,6 +182,65 @@ async fn role_state_and_counterparty_filters_combine() {
     );
 }
 
+#[tokio::test]
+async fn filtered_pages_of_two_busy_organizations_never_mix_repeat_or_skip() {
+    let app = spawn_app().await;
+    let (hub, _, created) = hub_with_connections(&app).await;
+    // A second hub with the same pattern of connections and states, so the
+    // two hubs' rows sit side by side in every (party[, state], id) index.
+    let (other_hub, _, other_created) = hub_with_connections(&app).await;
+    for (owner, ids) in [(&hub, &created), (&other_hub, &other_created)] {
+        for (i, id) in ids.iter().enumerate() {
+            // Activate every third connection the owner is the destination of.
+            let outbound = i % 2 == 0 || i >= 10;
+            if !outbound && i % 3 == 0 {
+                app.activate(owner, id, "").await.unwrap();
+            }
+        }
+    }
+    let active = |ids: &[String]| -> Vec<String> {
+        ids.iter()
+            .enumerate()
+            .rev()
+            .filter(|(i, _)| !(i % 2 == 0 || *i >= 10) && i % 3 == 0)
+            .map(|(_, id)| id.clone())
+            .collect()
+    };
+    let pending = |ids: &[String]| -> Vec<String> {
+        ids.iter()
+            .enumerate()
+            .rev()
+            .filter(|(i, _)| (i % 2 == 0 || *i >= 10) || i % 3 != 0)
+            .map(|(_, id)| id.clone())
+            .collect()
+    };
+    for (owner, ids) in [(&hub, &created), (&other_hub, &other_created)] {
+        for page_size in [1, 2, 5] {
+            let request = |state: ConnectionState| ListConnectionsRequest {
+                state: state as i32,
+                page_size,
+                ..Default::default()
+            };
+            assert_eq!(
+                list_all(&app, owner, request(ConnectionState::Active)).await,
+                active(ids),
+                "active, page_size {page_size}"
+            );
+            assert_eq!(
+                list_all(&app, owner, request(ConnectionState::Pending)).await,
+                pending(ids),
+                "pending, page_size {page_size}"
+            );
+            let everything = ListConnectionsRequest {
+                page_size,
+                ..Default::default()
+            };
+            let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+            assert_eq!(list_all(&app, owner, everything).await, newest_first);
+        }
+    }
+}
+
 async fn first_page(
     app: &TestApp,
     org: &TestOrg,
