@@ -30,7 +30,7 @@ use sea_orm::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{domain::ConnectionState, entity::connection};
+use crate::{db::Reader, domain::ConnectionState, entity::connection};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -56,6 +56,7 @@ pub struct Metrics {
     pool: Family<StateLabels, Gauge>,
     connections: Family<StateLabels, Gauge>,
     db: DatabaseConnection,
+    reader: Reader,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -65,8 +66,8 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Metrics for a server using `db`.
-    pub fn new(db: DatabaseConnection) -> Self {
+    /// Metrics for a server using `db`, and `reader` for reads.
+    pub fn new(db: DatabaseConnection, reader: Reader) -> Self {
         let mut registry = Registry::default();
         let calls = Family::<CallLabels, Counter>::default();
         registry.register(
@@ -98,6 +99,7 @@ impl Metrics {
             pool,
             connections,
             db,
+            reader,
         }
     }
 
@@ -118,12 +120,13 @@ impl Metrics {
     /// Refreshes the gauges from the database and renders every metric.
     pub async fn render(&self) -> Result<String, sea_orm::DbErr> {
         let (size, idle) = pool_usage(&self.db);
-        self.pool
-            .get_or_create(&state_label("idle"))
-            .set(i64::from(idle));
+        let (read_size, read_idle) = self.reader.own_pool_usage();
+        let size = i64::from(size).saturating_add(i64::try_from(read_size).unwrap_or(i64::MAX));
+        let idle = i64::from(idle).saturating_add(i64::try_from(read_idle).unwrap_or(i64::MAX));
+        self.pool.get_or_create(&state_label("idle")).set(idle);
         self.pool
             .get_or_create(&state_label("in_use"))
-            .set(i64::from(size.saturating_sub(idle)));
+            .set(size.saturating_sub(idle));
 
         let counts: Vec<(String, i64)> = connection::Entity::find()
             .select_only()

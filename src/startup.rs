@@ -170,6 +170,8 @@ pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     db: DatabaseConnection,
+    /// Reads of connections outside transactions.
+    reader: db::Reader,
     tokens: PageTokens,
     admin_token: AdminToken,
     health_check_interval: Duration,
@@ -208,6 +210,7 @@ impl Application {
                 .map_err(|err| StartupError::Tls(error_chain(&err)))?;
         }
         let db = connect_and_migrate(&settings.database).await?;
+        let reader = db::Reader::new(&db, &settings.database)?;
         let health_db = db::connect(&DbSettings {
             max_connections: 1,
             ..settings.database.clone()
@@ -237,6 +240,7 @@ impl Application {
             listener,
             local_addr,
             db,
+            reader,
             tokens,
             admin_token: AdminToken::new(settings.admin_token.as_ref()),
             health_check_interval: settings.health_check_interval,
@@ -282,6 +286,7 @@ impl Application {
             listener,
             local_addr,
             db,
+            reader,
             tokens,
             admin_token,
             health_check_interval,
@@ -296,7 +301,7 @@ impl Application {
 
         let keys = ApiKeys::new(db.clone());
         let auth = Authenticator::new(keys.clone());
-        let connections = Connections::new(db.clone(), tokens.clone());
+        let connections = Connections::new(db.clone(), reader.clone(), tokens.clone());
         let organizations = Organizations::new(db.clone(), tokens);
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -332,7 +337,7 @@ impl Application {
         let stop_background = CancellationToken::new();
         let metrics = metrics_listener
             .as_ref()
-            .map(|_| Arc::new(Metrics::new(db.clone())));
+            .map(|_| Arc::new(Metrics::new(db.clone(), reader.clone())));
         let mut background = vec![
             tokio::spawn(monitor_database(
                 health_db.clone(),
@@ -400,6 +405,7 @@ impl Application {
         for task in background {
             let _ = task.await;
         }
+        reader.close().await;
         db.close().await?;
         health_db.close().await?;
         tracing::info!("stopped");

@@ -29,6 +29,8 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Connections {
     db: DatabaseConnection,
+    /// Reads outside transactions.
+    reader: db::Reader,
     tokens: PageTokens,
 }
 
@@ -70,9 +72,10 @@ pub struct ListFilter {
 }
 
 impl Connections {
-    /// The business layer over `db`, signing page tokens with `tokens`.
-    pub fn new(db: DatabaseConnection, tokens: PageTokens) -> Self {
-        Self { db, tokens }
+    /// The business layer over `db`, reading through `reader` outside
+    /// transactions and signing page tokens with `tokens`.
+    pub fn new(db: DatabaseConnection, reader: db::Reader, tokens: PageTokens) -> Self {
+        Self { db, reader, tokens }
     }
 
     /// Creates a PENDING connection from `caller` to `new.destination`.
@@ -171,7 +174,7 @@ impl Connections {
         caller: OrganizationId,
         id: ConnectionId,
     ) -> Result<ConnectionRecord, ServiceError> {
-        record_from(secure_find(&self.db, caller, id).await?)
+        record_from(secure_find(&self.reader, caller, id).await?)
     }
 
     /// The caller's connections matching `filter`, newest first.
@@ -224,7 +227,7 @@ impl Connections {
                 }
                 None => keyset_page(own, caller, filter.state, after),
             };
-            query.limit(fetch).all(&self.db)
+            query.limit(fetch).all(&self.reader)
         };
         let mut rows = match filter.role {
             Some(role) => side(role).await?,
@@ -341,13 +344,13 @@ impl Connections {
             }
             None => 0,
         };
-        secure_find(&self.db, caller, id).await?;
+        secure_find(&self.reader, caller, id).await?;
         let mut rows = connection_event::Entity::find()
             .filter(connection_event::Column::ConnectionId.eq(id.uuid()))
             .filter(connection_event::Column::Sequence.gt(after))
             .order_by_asc(connection_event::Column::Sequence)
             .limit(u64::from(page_size.get()) + 1)
-            .all(&self.db)
+            .all(&self.reader)
             .await?;
         let has_more = rows.len() > page_size.as_usize();
         rows.truncate(page_size.as_usize());
@@ -638,7 +641,11 @@ mod tests {
         let orgs = Organizations::new(db.clone(), tokens.clone());
         let source = orgs.create(DisplayName::parse("S").unwrap()).await.unwrap();
         let destination = orgs.create(DisplayName::parse("D").unwrap()).await.unwrap();
-        (Connections::new(db, tokens), source.id, destination.id)
+        (
+            Connections::new(db.clone(), db.into(), tokens),
+            source.id,
+            destination.id,
+        )
     }
 
     #[tokio::test]

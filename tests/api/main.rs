@@ -17,6 +17,7 @@ mod model;
 mod organizations;
 mod outage;
 mod ownership;
+mod read_pool;
 mod retries;
 mod standard_services;
 mod transitions;

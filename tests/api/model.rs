@@ -747,7 +747,7 @@ impl Harness {
             orgs.push(org.id);
         }
         Self {
-            service: Connections::new(db, tokens),
+            service: Connections::new(db.clone(), db.into(), tokens),
             orgs: orgs.try_into().unwrap(),
             unknown_org: OrganizationId::generate(),
             unknown_conn: ConnectionId::generate(),

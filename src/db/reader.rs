@@ -1,0 +1,275 @@
+//! Reads outside transactions, and on PostgreSQL a pool of their own for them.
+
+use std::{str::FromStr, sync::Arc, time::Duration};
+
+use deadpool::managed::{
+    self, Metrics, Pool, PoolError, RecycleError, RecycleResult, Timeouts, WeakPool,
+};
+use sea_orm::{
+    ConnAcquireErr, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, ExecResult, QueryResult,
+    RuntimeErr, Statement,
+    sqlx::{
+        self, ConnectOptions as _, Connection as _, Postgres,
+        postgres::{PgConnectOptions, PgConnection},
+        query::Query,
+    },
+};
+use sea_query_sqlx::SqlxValues;
+
+use super::{ACQUIRE_TIMEOUT, DbSettings, IDLE_BEFORE_PING};
+
+/// Idle read connections are closed after this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Where reads outside transactions go. It is a SeaORM connection like any
+/// other ([`ConnectionTrait`]), so queries are built and run the same way.
+#[derive(Debug, Clone)]
+pub enum Reader {
+    /// The pool that writes use too (SQLite).
+    Shared(DatabaseConnection),
+    /// PostgreSQL: a pool of its own, see [`PgReadPool`].
+    Postgres(PgReadPool),
+}
+
+impl Reader {
+    /// Reads for `db`: on PostgreSQL a [`PgReadPool`] of `settings`' size,
+    /// otherwise `db` itself.
+    pub fn new(db: &DatabaseConnection, settings: &DbSettings) -> Result<Self, DbErr> {
+        match db.get_database_backend() {
+            DbBackend::Postgres => Ok(Self::Postgres(PgReadPool::new(settings)?)),
+            _ => Ok(Self::Shared(db.clone())),
+        }
+    }
+
+    /// `(open, idle)` connections of its own pool; none when it shares one.
+    pub fn own_pool_usage(&self) -> (usize, usize) {
+        match self {
+            Self::Shared(_) => (0, 0),
+            Self::Postgres(pool) => {
+                let status = pool.pool.status();
+                (status.size, status.available)
+            }
+        }
+    }
+
+    /// Closes its own pool, if it has one.
+    pub async fn close(&self) {
+        if let Self::Postgres(pool) = self {
+            pool.close().await;
+        }
+    }
+}
+
+impl From<DatabaseConnection> for Reader {
+    fn from(db: DatabaseConnection) -> Self {
+        Self::Shared(db)
+    }
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for Reader {
+    fn get_database_backend(&self) -> DbBackend {
+        match self {
+            Self::Shared(db) => db.get_database_backend(),
+            Self::Postgres(_) => DbBackend::Postgres,
+        }
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        match self {
+            Self::Shared(db) => db.execute_raw(stmt).await,
+            Self::Postgres(pool) => pool.execute(stmt).await,
+        }
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        match self {
+            Self::Shared(db) => db.execute_unprepared(sql).await,
+            Self::Postgres(pool) => {
+                pool.execute(Statement::from_string(DbBackend::Postgres, sql))
+                    .await
+            }
+        }
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        match self {
+            Self::Shared(db) => db.query_one_raw(stmt).await,
+            Self::Postgres(pool) => pool.query_one(stmt).await,
+        }
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        match self {
+            Self::Shared(db) => db.query_all_raw(stmt).await,
+            Self::Postgres(pool) => pool.query_all(stmt).await,
+        }
+    }
+}
+
+/// A pool of PostgreSQL connections for single statements.
+///
+/// sqlx's pool spends a database round trip on every connection handed back
+/// to it, to find one left in the middle of a query by a cancelled call (see
+/// BENCHMARKS.md: it was a third of a GetConnection's round trips). This pool
+/// marks a connection while a statement runs instead: one handed back still
+/// marked is closed and replaced, never reused. A connection idle for
+/// [`IDLE_BEFORE_PING`] is pinged before it is used, and closed after
+/// [`IDLE_TIMEOUT`].
+#[derive(Clone)]
+pub struct PgReadPool {
+    pool: Pool<PgManager>,
+}
+
+impl std::fmt::Debug for PgReadPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgReadPool")
+            .field("status", &self.pool.status())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgReadPool {
+    /// A pool of up to `settings.max_connections` connections to
+    /// `settings.url`; connections open on first use.
+    pub fn new(settings: &DbSettings) -> Result<Self, DbErr> {
+        let options = PgConnectOptions::from_str(&settings.url)
+            .map_err(|err| DbErr::Conn(RuntimeErr::SqlxError(Arc::new(err))))?
+            .disable_statement_logging();
+        let size = usize::try_from(settings.max_connections.max(1)).unwrap_or(usize::MAX);
+        let pool = Pool::builder(PgManager { options })
+            .max_size(size)
+            .timeouts(Timeouts {
+                wait: Some(ACQUIRE_TIMEOUT),
+                create: Some(ACQUIRE_TIMEOUT),
+                recycle: Some(ACQUIRE_TIMEOUT),
+            })
+            .runtime(deadpool::Runtime::Tokio1)
+            .build()
+            .map_err(|err| DbErr::Custom(format!("read pool: {err}")))?;
+        tokio::spawn(close_idle(pool.weak()));
+        Ok(Self { pool })
+    }
+
+    async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        let mut conn = self.get().await?;
+        conn.unfinished = true;
+        let row = query(stmt).fetch_optional(&mut conn.conn).await;
+        Ok(conn.finished(row)?.map(QueryResult::from))
+    }
+
+    async fn query_all(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        let mut conn = self.get().await?;
+        conn.unfinished = true;
+        let rows = query(stmt).fetch_all(&mut conn.conn).await;
+        Ok(conn
+            .finished(rows)?
+            .into_iter()
+            .map(QueryResult::from)
+            .collect())
+    }
+
+    async fn execute(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        let mut conn = self.get().await?;
+        conn.unfinished = true;
+        let done = query(stmt).execute(&mut conn.conn).await;
+        Ok(conn.finished(done)?.into())
+    }
+
+    async fn get(&self) -> Result<managed::Object<PgManager>, DbErr> {
+        self.pool.get().await.map_err(|err| match err {
+            PoolError::Timeout(_) => DbErr::ConnectionAcquire(ConnAcquireErr::Timeout),
+            PoolError::Closed => DbErr::ConnectionAcquire(ConnAcquireErr::ConnectionClosed),
+            PoolError::Backend(err) => DbErr::Conn(RuntimeErr::SqlxError(Arc::new(err))),
+            PoolError::NoRuntimeSpecified | PoolError::PostCreateHook(_) => {
+                DbErr::Custom(format!("read pool: {err}"))
+            }
+        })
+    }
+
+    /// Stops handing out connections and closes the idle ones politely.
+    async fn close(&self) {
+        self.pool.close();
+        for conn in self.pool.retain(|_, _| false).removed {
+            let _ = conn.conn.close().await;
+        }
+    }
+}
+
+/// Every minute, closes the connections idle for [`IDLE_TIMEOUT`]; ends with
+/// the pool.
+async fn close_idle(pool: WeakPool<PgManager>) {
+    let mut tick = tokio::time::interval(IDLE_TIMEOUT / 5);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        if pool.is_closed() {
+            return;
+        }
+        for conn in pool
+            .retain(|_, metrics| metrics.last_used() < IDLE_TIMEOUT)
+            .removed
+        {
+            let _ = conn.conn.close().await;
+        }
+    }
+}
+
+fn query(stmt: Statement) -> Query<'static, Postgres, SqlxValues> {
+    let values = stmt.values.unwrap_or(sea_orm::Values(Vec::new()));
+    sqlx::query_with(sqlx::AssertSqlSafe(stmt.sql), SqlxValues(values))
+}
+
+/// Opens and checks the pool's connections.
+struct PgManager {
+    options: PgConnectOptions,
+}
+
+/// A pooled connection, and whether a statement on it may not have finished.
+struct PgReadConnection {
+    conn: PgConnection,
+    unfinished: bool,
+}
+
+impl PgReadConnection {
+    /// Clears the mark set before a statement, if the statement succeeded.
+    /// A statement that was cancelled (the call's future dropped) or failed
+    /// may have left the connection mid-protocol or broken: it stays marked
+    /// and is not reused.
+    fn finished<T>(&mut self, result: Result<T, sqlx::Error>) -> Result<T, DbErr> {
+        match result {
+            Ok(value) => {
+                self.unfinished = false;
+                Ok(value)
+            }
+            Err(err) => Err(DbErr::Query(RuntimeErr::SqlxError(Arc::new(err)))),
+        }
+    }
+}
+
+impl managed::Manager for PgManager {
+    type Type = PgReadConnection;
+    type Error = sqlx::Error;
+
+    async fn create(&self) -> Result<PgReadConnection, sqlx::Error> {
+        Ok(PgReadConnection {
+            conn: PgConnection::connect_with(&self.options).await?,
+            unfinished: false,
+        })
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut PgReadConnection,
+        metrics: &Metrics,
+    ) -> RecycleResult<sqlx::Error> {
+        if conn.unfinished {
+            return Err(RecycleError::message("a statement on it did not finish"));
+        }
+        if metrics.last_used() >= IDLE_BEFORE_PING {
+            conn.conn.ping().await?;
+        }
+        Ok(())
+    }
+}

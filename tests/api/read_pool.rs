@@ -1,0 +1,64 @@
+//! The PostgreSQL pool for reads: connections are reused without a round trip
+//! in between, and one left mid-statement by a cancelled call is never reused.
+
+use std::time::Duration;
+
+use connections::db::{DbSettings, PgReadPool, Reader};
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+use crate::helpers::{TestDatabase, postgres_url};
+
+async fn backend_pid(reader: &Reader) -> i32 {
+    let row = reader
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT pg_backend_pid() AS pid",
+        ))
+        .await
+        .expect("query")
+        .expect("one row");
+    row.try_get("", "pid").expect("pid")
+}
+
+#[tokio::test]
+async fn a_read_cancelled_mid_statement_never_hands_its_connection_to_the_next_read() {
+    if postgres_url().is_none() {
+        eprintln!("skipped: the read pool is PostgreSQL's; set TEST_DATABASE_URL");
+        return;
+    }
+    let (_database, url) = TestDatabase::create(false).await;
+    let reader = Reader::Postgres(
+        PgReadPool::new(&DbSettings {
+            url,
+            max_connections: 1,
+        })
+        .expect("pool"),
+    );
+
+    let first = backend_pid(&reader).await;
+    assert_eq!(
+        backend_pid(&reader).await,
+        first,
+        "a finished read's connection is reused"
+    );
+
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(200),
+        reader.query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT pg_sleep(30)",
+        )),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the sleep was cut short");
+
+    // The only pooled connection is still waiting on pg_sleep: the next read
+    // must get a fresh one, not that one.
+    let after = tokio::time::timeout(Duration::from_secs(10), backend_pid(&reader))
+        .await
+        .expect("the next read does not wait for the cancelled statement");
+    assert_ne!(after, first);
+    assert_eq!(backend_pid(&reader).await, after);
+
+    reader.close().await;
+}
