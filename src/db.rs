@@ -6,8 +6,8 @@ use std::{
 };
 
 use sea_orm::{
-    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
-    SqliteTransactionMode, TransactionOptions, TransactionTrait, sqlx,
+    ConnAcquireErr, ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait, sqlx,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -15,7 +15,8 @@ mod reader;
 
 pub use reader::{PgReadPool, Reader};
 
-/// How long a SQLite writer waits for the write lock before giving up.
+/// How long a SQLite writer waits for its turn in the process, and then for
+/// the database's write lock (other processes), before giving up.
 pub const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a call waits for a pooled connection before the database is
@@ -157,9 +158,8 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTransaction, Db
             let turn =
                 tokio::time::timeout(SQLITE_BUSY_TIMEOUT, SQLITE_WRITE_GATE.clone().lock_owned())
                     .await
-                    .map_err(|_| {
-                        DbErr::Custom("timed out waiting for the SQLite write lock".to_owned())
-                    })?;
+                    // Like a pool timeout: the database is too busy, retry later.
+                    .map_err(|_| DbErr::ConnectionAcquire(ConnAcquireErr::Timeout))?;
             (Some(SqliteTransactionMode::Immediate), Some(turn))
         }
         _ => (None, None),
@@ -198,6 +198,19 @@ mod tests {
             "sqlite://connections.db?mode=rwc"
         );
         assert!(!format!("{:?}", DbSettings::new("postgres://u:pw@h/db")).contains("pw"));
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_writer_that_never_gets_its_turn_reports_the_database_unavailable() {
+        let db = connect(&DbSettings::new("sqlite::memory:")).await.unwrap();
+        let _held = SQLITE_WRITE_GATE.clone().lock_owned().await;
+        tokio::time::pause();
+        let err = begin_write(&db).await.err().expect("no turn");
+        assert_eq!(
+            crate::error::classify(&err),
+            crate::error::DbFailure::Unavailable,
+            "{err}"
+        );
     }
 
     #[tokio::test]
