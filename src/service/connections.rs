@@ -437,14 +437,19 @@ fn transition_error(err: TransitionError, action: Action) -> ServiceError {
 /// The caller's connections on one side, newest first, after the cursor.
 ///
 /// The page is a range of the (party, id) or (party, state, id) index, written
-/// as row comparisons: `(party[, state], id) < (caller[, state], cursor)` and
-/// `>= (caller[, state], nil)`, ordered by the same columns. With a plain
-/// `party = caller AND id < cursor` the planners may instead walk the primary
-/// key (PostgreSQL does for an organization holding most rows, passing every
-/// newer row of everyone else; SQLite bounds only the party and skips down to
-/// the cursor), which makes a page cost grow with the table. This form can
-/// only be read in order from the index, so a page costs the same at any size
-/// and depth.
+/// so that both ends of the range bound the index scan:
+/// - no state: `(party, id) < (caller, cursor) AND (party, id) >= (caller, nil)`;
+/// - a state: `party = caller AND (state, id) < (state, cursor) AND
+///   (state, id) >= (state, nil)`;
+///
+/// ordered by the index's columns, descending. With a plain `party = caller
+/// AND id < cursor` the planners may instead walk the primary key (PostgreSQL
+/// does for an organization holding most rows, passing every newer row of
+/// everyone else; SQLite bounds only the party and skips down to the cursor).
+/// PostgreSQL ends a scan only on the first column of a row comparison, so the
+/// state, when there is one, leads its own comparison: a scan for a rare state
+/// stops at that state's last entry instead of reading the party's others. A
+/// page costs the same at any size and depth.
 fn keyset_page(
     party: connection::Column,
     caller: OrganizationId,
@@ -453,26 +458,29 @@ fn keyset_page(
 ) -> sea_orm::Select<connection::Entity> {
     use sea_orm::sea_query::{Expr, ExprTrait, SimpleExpr};
 
-    let mut columns = vec![party];
-    let mut values: Vec<SimpleExpr> = vec![Expr::value(caller.uuid())];
-    if let Some(state) = state {
-        columns.push(connection::Column::State);
-        values.push(Expr::value(state.as_str()));
-    }
-    columns.push(connection::Column::Id);
-    let key = || Expr::tuple(columns.iter().map(|c| Expr::col((connection::Entity, *c))));
-    let bound = |id: uuid::Uuid| {
-        let mut bound = values.clone();
-        bound.push(Expr::value(id));
-        Expr::tuple(bound)
+    let mut query = connection::Entity::find();
+    let (leading, prefix): (connection::Column, SimpleExpr) = match state {
+        Some(state) => {
+            query = query.filter(party.eq(caller.uuid()));
+            (connection::Column::State, Expr::value(state.as_str()))
+        }
+        None => (party, Expr::value(caller.uuid())),
     };
-    let mut query = connection::Entity::find()
+    let key = || {
+        Expr::tuple([
+            Expr::col((connection::Entity, leading)),
+            Expr::col((connection::Entity, connection::Column::Id)),
+        ])
+    };
+    let bound = |id: uuid::Uuid| Expr::tuple([prefix.clone(), Expr::value(id)]);
+    query = query
         .filter(key().lt(bound(after.unwrap_or(uuid::Uuid::max()))))
         .filter(key().gte(bound(uuid::Uuid::nil())));
-    for column in &columns {
-        query = query.order_by_desc(*column);
+    query = query.order_by_desc(party);
+    if state.is_some() {
+        query = query.order_by_desc(connection::Column::State);
     }
-    query
+    query.order_by_desc(connection::Column::Id)
 }
 
 /// Loads a connection only if `caller` is one of its parties.
