@@ -15,9 +15,9 @@ use serde_json::json;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-/// mimalloc instead of the system allocator: a call allocates and frees many
-/// small buffers across threads, where glibc's malloc spent about 15% of the
-/// server's CPU (see BENCHMARKS.md).
+/// mimalloc (its long-standing v2 line) instead of the system allocator: a
+/// call allocates and frees many small buffers across threads, where glibc's
+/// malloc spent about 15% of the server's CPU (see BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
