@@ -22,7 +22,10 @@ use std::{
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use connections::db::{DbSettings, connect};
+use connections::{
+    db::{DbSettings, connect},
+    proto::ConnectionState,
+};
 use sea_orm::{ConnectionTrait, DbBackend};
 use tokio::process::Command;
 
@@ -357,6 +360,26 @@ async fn backend(
                 &format!(
                     "ListConnections page at row {}, {rows} rows ({label})",
                     rows / 2
+                ),
+                name,
+                &outcome,
+                c,
+            )
+            .with_cpu(cpu),
+        );
+        let pending = workload::list_in_state(
+            target.clone(),
+            owner.key.clone(),
+            50,
+            ConnectionState::Pending,
+            usize::try_from(seed::PENDING_PER_ORGANIZATION)?,
+        );
+        let (outcome, cpu) = closed(pending, c, window, pid).await;
+        report.add(
+            Line::closed(
+                &format!(
+                    "ListConnections PENDING only ({} of them), {rows} rows ({label})",
+                    seed::PENDING_PER_ORGANIZATION
                 ),
                 name,
                 &outcome,

@@ -219,25 +219,26 @@ impl Report {
             );
         }
         for backend in ["postgres", "sqlite"] {
-            let lists: Vec<&Line> = self
-                .lines
-                .iter()
-                .filter(|l| l.backend == backend && l.name.starts_with("ListConnections"))
-                .collect();
-            // Lines come in order: small first, small deep, large first, large deep.
-            if let [small_first, small_deep, large_first, large_deep] = lists[..] {
-                push(
-                    format!("ListConnections first page latency, large / small ({backend})"),
-                    Some(large_first.p50_ms / small_first.p50_ms),
-                    Some(1.5),
-                    false,
-                );
-                push(
-                    format!("ListConnections deep page latency, large / small ({backend})"),
-                    Some(large_deep.p50_ms / small_deep.p50_ms),
-                    Some(1.5),
-                    false,
-                );
+            for (kind, what) in [
+                ("ListConnections first page", "first page"),
+                ("ListConnections page at row", "deep page"),
+                ("ListConnections PENDING only", "PENDING-only page"),
+            ] {
+                let line = |label: &str| {
+                    self.lines.iter().find(|l| {
+                        l.backend == backend
+                            && l.name.starts_with(kind)
+                            && l.name.ends_with(&format!("({label})"))
+                    })
+                };
+                if let (Some(small), Some(large)) = (line("small"), line("large")) {
+                    push(
+                        format!("ListConnections {what} latency, large / small ({backend})"),
+                        Some(large.p50_ms / small.p50_ms),
+                        Some(1.5),
+                        false,
+                    );
+                }
             }
             for name in ["GetConnection", "Activate/Deactivate/Reactivate"] {
                 if let Some(open) = self.find(name, backend, "open") {

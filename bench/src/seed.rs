@@ -98,6 +98,9 @@ pub struct Bulk {
     pub large_count: u64,
 }
 
+/// Bulk connections of each organization that are PENDING; the rest are ACTIVE.
+pub const PENDING_PER_ORGANIZATION: u64 = 10;
+
 /// Inserts the bulk rows for the organizations `small` and `large`.
 pub async fn bulk(
     db: &DatabaseConnection,
@@ -143,10 +146,16 @@ pub async fn bulk(
         (small, 0, bulk.small_count),
         (large, bulk.small_count, bulk.large_count),
     ] {
+        // PENDING_PER_ORGANIZATION rows spread through the range, the rest
+        // ACTIVE: a PENDING-only list finds a short page among many rows.
+        let every = (count / PENDING_PER_ORGANIZATION).max(1);
         db.execute_unprepared(&format!(
             "INSERT INTO connections (id, source_organization_id, destination_organization_id, \
-             state, data_types, version, create_time, update_time) \
-             SELECT {}, {}, {}, 'PENDING', 'INQUIRY,ACCOUNT', 1, {now}, {now} FROM ({}) AS bulk",
+             state, data_types, version, create_time, update_time, activate_time) \
+             SELECT {}, {}, {}, \
+             CASE WHEN n % {every} = 0 THEN 'PENDING' ELSE 'ACTIVE' END, \
+             'INQUIRY,ACCOUNT', 1, {now}, {now}, \
+             CASE WHEN n % {every} = 0 THEN NULL ELSE {now} END FROM ({}) AS bulk",
             connection(&format!("n + {offset}")),
             uuid(&owner.id),
             organization("n"),

@@ -130,6 +130,29 @@ pub fn get(target: Target, key: AsciiMetadataValue, ids: Arc<Vec<String>>) -> Ca
 /// One ListConnections page of `page_size`, from `page_token` (empty: the
 /// first page), checking it is full and newest first.
 pub fn list(target: Target, key: AsciiMetadataValue, page_size: i32, page_token: String) -> Call {
+    list_filtered(target, key, page_size, page_token, None)
+}
+
+/// One ListConnections page of `page_size` of the connections in `state`:
+/// checks it holds exactly `count` connections, newest first, and that a next
+/// page is offered only when more connections remain.
+pub fn list_in_state(
+    target: Target,
+    key: AsciiMetadataValue,
+    page_size: i32,
+    state: ConnectionState,
+    count: usize,
+) -> Call {
+    list_filtered(target, key, page_size, String::new(), Some((state, count)))
+}
+
+fn list_filtered(
+    target: Target,
+    key: AsciiMetadataValue,
+    page_size: i32,
+    page_token: String,
+    state: Option<(ConnectionState, usize)>,
+) -> Call {
     call(move |i| {
         let mut client = target.connections(i);
         let key = key.clone();
@@ -139,6 +162,7 @@ pub fn list(target: Target, key: AsciiMetadataValue, page_size: i32, page_token:
                 ListConnectionsRequest {
                     page_size,
                     page_token,
+                    state: state.map_or(0, |(state, _)| state as i32),
                     ..Default::default()
                 },
                 &key,
@@ -148,8 +172,26 @@ pub fn list(target: Target, key: AsciiMetadataValue, page_size: i32, page_token:
                 .await
                 .map_err(|s| code_of(&s))?
                 .into_inner();
-            if page.connections.len() != page_size as usize || page.next_page_token.is_empty() {
-                return Err(bad(format!("{} connections", page.connections.len())));
+            // Without a state, the organizations have many pages.
+            let (expected, more) = match state {
+                Some((_, count)) => (count.min(page_size as usize), count > page_size as usize),
+                None => (page_size as usize, true),
+            };
+            if page.connections.len() != expected || page.next_page_token.is_empty() == more {
+                return Err(bad(format!(
+                    "{} connections, next page token {}",
+                    page.connections.len(),
+                    if page.next_page_token.is_empty() {
+                        "absent"
+                    } else {
+                        "present"
+                    }
+                )));
+            }
+            if let Some((state, _)) = state
+                && page.connections.iter().any(|c| c.state != state as i32)
+            {
+                return Err(bad("a connection in another state"));
             }
             if !page.connections.windows(2).all(|w| w[0].id > w[1].id) {
                 return Err(bad("not newest first"));
