@@ -111,7 +111,7 @@ impl ConnectionTrait for Reader {
 ///
 /// sqlx's pool spends a database round trip on every connection handed back
 /// to it, to find one left in the middle of a query by a cancelled call (see
-/// BENCHMARKS.md: it was a third of a GetConnection's round trips). This pool
+/// BENCHMARKS.md: it was one of a GetConnection's two round trips). This pool
 /// marks a connection while a statement runs instead: one handed back still
 /// marked is closed and replaced, never reused. A connection idle for
 /// [`IDLE_BEFORE_PING`] is pinged before it is used, and closed after
@@ -187,12 +187,13 @@ impl PgReadPool {
         })
     }
 
-    /// Stops handing out connections and closes the idle ones politely.
+    /// Closes the idle connections politely (closing the pool would just drop
+    /// them), then stops handing out connections.
     async fn close(&self) {
-        self.pool.close();
         for conn in self.pool.retain(|_, _| false).removed {
             let _ = conn.conn.close().await;
         }
+        self.pool.close();
     }
 }
 
