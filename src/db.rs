@@ -26,6 +26,9 @@ pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A pooled connection idle this long is pinged before it is handed out.
 pub const IDLE_BEFORE_PING: Duration = Duration::from_secs(10);
 
+/// A pooled connection idle this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Pool settings.
 #[derive(Clone)]
 pub struct DbSettings {
@@ -82,7 +85,7 @@ pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, DbErr>
         .min_connections(0)
         .connect_timeout(ACQUIRE_TIMEOUT)
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .idle_timeout(Duration::from_secs(300))
+        .idle_timeout(IDLE_TIMEOUT)
         // Ping a pooled connection before use only if it sat idle long enough
         // to have been dropped by the server or a proxy; pinging on every
         // acquire added a database round trip to every call. A connection

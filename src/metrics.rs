@@ -119,10 +119,7 @@ impl Metrics {
 
     /// Refreshes the gauges from the database and renders every metric.
     pub async fn render(&self) -> Result<String, sea_orm::DbErr> {
-        let (size, idle) = pool_usage(&self.db);
-        let (read_size, read_idle) = self.reader.own_pool_usage();
-        let size = i64::from(size).saturating_add(i64::try_from(read_size).unwrap_or(i64::MAX));
-        let idle = i64::from(idle).saturating_add(i64::try_from(read_idle).unwrap_or(i64::MAX));
+        let (size, idle) = pool_usage(&self.db, &self.reader);
         self.pool.get_or_create(&state_label("idle")).set(idle);
         self.pool
             .get_or_create(&state_label("in_use"))
@@ -158,25 +155,25 @@ fn state_label(state: &str) -> StateLabels {
     }
 }
 
-/// (connections in the pool, idle ones).
-fn pool_usage(db: &DatabaseConnection) -> (u32, u32) {
-    match db.get_database_backend() {
+/// (connections in the pools, idle ones): the main pool and the read pool.
+fn pool_usage(db: &DatabaseConnection, reader: &Reader) -> (i64, i64) {
+    let (size, idle) = match db.get_database_backend() {
         DbBackend::Postgres => {
             let pool = db.get_postgres_connection_pool();
-            (
-                pool.size(),
-                u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
-            )
+            (pool.size() as usize, pool.num_idle())
         }
         DbBackend::Sqlite => {
             let pool = db.get_sqlite_connection_pool();
-            (
-                pool.size(),
-                u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
-            )
+            (pool.size() as usize, pool.num_idle())
         }
         _ => (0, 0),
-    }
+    };
+    let (read_size, read_idle) = reader.own_pool_usage();
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    (
+        count(size.saturating_add(read_size)),
+        count(idle.saturating_add(read_idle)),
+    )
 }
 
 /// Every method the server serves. Only these become `method` labels.

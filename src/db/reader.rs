@@ -1,6 +1,6 @@
 //! Reads outside transactions, and on PostgreSQL a pool of their own for them.
 
-use std::{str::FromStr, sync::Arc, time::Duration};
+use std::{str::FromStr, sync::Arc};
 
 use deadpool::managed::{
     self, Metrics, Pool, PoolError, RecycleError, RecycleResult, Timeouts, WeakPool,
@@ -16,10 +16,7 @@ use sea_orm::{
 };
 use sea_query_sqlx::SqlxValues;
 
-use super::{ACQUIRE_TIMEOUT, DbSettings, IDLE_BEFORE_PING};
-
-/// Idle read connections are closed after this long.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+use super::{ACQUIRE_TIMEOUT, DbSettings, IDLE_BEFORE_PING, IDLE_TIMEOUT};
 
 /// Where reads outside transactions go. It is a SeaORM connection like any
 /// other ([`ConnectionTrait`]), so queries are built and run the same way.
