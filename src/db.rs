@@ -7,7 +7,7 @@ use std::{
 
 use sea_orm::{
     ConnAcquireErr, ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait, sqlx,
+    DbErr, RuntimeErr, SqliteTransactionMode, TransactionOptions, TransactionTrait, sqlx,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -98,7 +98,19 @@ pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, DbErr>
                 .busy_timeout(SQLITE_BUSY_TIMEOUT)
                 .foreign_keys(true)
         });
-    Database::connect(options).await.map_err(|err| {
+    // Opening a SQLite database that another pool or process is setting up
+    // (switching it to WAL, or recovering its log) can fail at once with
+    // SQLITE_BUSY, without waiting for the busy timeout: try again until the
+    // timeout has passed.
+    let deadline = tokio::time::Instant::now() + SQLITE_BUSY_TIMEOUT;
+    let mut connected = Database::connect(options.clone()).await;
+    while matches!(&connected, Err(err) if is_sqlite_busy(err))
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        connected = Database::connect(options.clone()).await;
+    }
+    connected.map_err(|err| {
         // Driver errors may quote the whole URL, password included.
         let message = err.to_string();
         if message.contains(&settings.url) || message.contains('@') {
@@ -111,6 +123,23 @@ pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, DbErr>
             err
         }
     })
+}
+
+/// Whether `err` is SQLite's "database is busy" (or "locked") on connecting.
+fn is_sqlite_busy(err: &DbErr) -> bool {
+    const SQLITE_BUSY: i64 = 5;
+    const SQLITE_LOCKED: i64 = 6;
+    let DbErr::Conn(RuntimeErr::SqlxError(err)) = err else {
+        return false;
+    };
+    let sqlx::Error::Database(db) = err.as_ref() else {
+        return false;
+    };
+    db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+        && db
+            .code()
+            .and_then(|code| code.parse::<i64>().ok())
+            .is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
 }
 
 /// Write transactions of this process on SQLite take turns here. SQLite

@@ -4,7 +4,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use migration::{Migrator, MigratorTrait};
-use sea_orm::{DatabaseConnection, DbErr};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -186,11 +186,30 @@ pub struct Application {
     health_db: DatabaseConnection,
 }
 
-/// Connects to the database and applies pending migrations.
+/// Connects to the database and applies pending migrations (see [`migrate`]).
 pub async fn connect_and_migrate(settings: &DbSettings) -> Result<DatabaseConnection, DbErr> {
     let db = db::connect(settings).await?;
-    Migrator::up(&db, None).await?;
+    migrate(&db).await?;
     Ok(db)
+}
+
+/// The PostgreSQL advisory lock held while migrating ("cnx-migr" in ASCII).
+const MIGRATION_LOCK: i64 = 0x636e_782d_6d69_6772;
+
+/// Applies pending migrations in one write transaction, so that replicas
+/// started together take turns: on PostgreSQL the transaction first takes an
+/// advisory lock (released when it ends, or when its session dies), on SQLite
+/// it holds the write lock from the start. The first replica applies every
+/// pending migration, or none if one fails; the others then find nothing left
+/// to do.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    let txn = db::begin_write(db).await?;
+    if db.get_database_backend() == DbBackend::Postgres {
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+            .await?;
+    }
+    Migrator::up(&*txn, None).await?;
+    txn.commit().await
 }
 
 impl Application {

@@ -258,15 +258,13 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     start(Arc::new(database), url, &options).await
 }
 
-/// `count` servers sharing one database, as replicas do in production.
+/// `count` servers sharing one new database, as replicas do in production;
+/// they start at the same moment, so they migrate it together.
 pub async fn spawn_replicas(count: usize, options: AppOptions) -> Vec<TestApp> {
     let (database, url) = TestDatabase::create(options.sqlite).await;
     let database = Arc::new(database);
-    let mut apps = Vec::with_capacity(count);
-    for _ in 0..count {
-        apps.push(start(database.clone(), url.clone(), &options).await);
-    }
-    apps
+    futures::future::join_all((0..count).map(|_| start(database.clone(), url.clone(), &options)))
+        .await
 }
 
 async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -> TestApp {

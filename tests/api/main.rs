@@ -13,6 +13,7 @@ mod hostile_input;
 mod lifecycle;
 mod listing;
 mod metrics;
+mod migrations;
 mod model;
 mod organizations;
 mod outage;
