@@ -1,6 +1,6 @@
 //! Reads outside transactions, and on PostgreSQL a pool of their own for them.
 
-use std::{str::FromStr, sync::Arc};
+use std::{future::Future, pin::Pin, str::FromStr, sync::Arc};
 
 use deadpool::managed::{
     self, Metrics, Pool, PoolError, RecycleError, RecycleResult, Timeouts, WeakPool,
@@ -116,6 +116,8 @@ impl ConnectionTrait for Reader {
 #[derive(Clone)]
 pub struct PgReadPool {
     pool: Pool<PgManager>,
+    /// The most connections it holds.
+    size: usize,
 }
 
 impl std::fmt::Debug for PgReadPool {
@@ -145,32 +147,63 @@ impl PgReadPool {
             .build()
             .map_err(|err| DbErr::Custom(format!("read pool: {err}")))?;
         tokio::spawn(close_idle(pool.weak()));
-        Ok(Self { pool })
+        Ok(Self { pool, size })
     }
 
     async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
-        let mut conn = self.get().await?;
-        conn.unfinished = true;
-        let row = query(stmt).fetch_optional(&mut conn.conn).await;
-        Ok(conn.finished(row)?.map(QueryResult::from))
+        let row = self
+            .run(stmt, |conn, stmt| {
+                Box::pin(query(stmt).fetch_optional(conn))
+            })
+            .await?;
+        Ok(row.map(QueryResult::from))
     }
 
     async fn query_all(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        let mut conn = self.get().await?;
-        conn.unfinished = true;
-        let rows = query(stmt).fetch_all(&mut conn.conn).await;
-        Ok(conn
-            .finished(rows)?
-            .into_iter()
-            .map(QueryResult::from)
-            .collect())
+        let rows = self
+            .run(stmt, |conn, stmt| Box::pin(query(stmt).fetch_all(conn)))
+            .await?;
+        Ok(rows.into_iter().map(QueryResult::from).collect())
     }
 
     async fn execute(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
-        let mut conn = self.get().await?;
-        conn.unfinished = true;
-        let done = query(stmt).execute(&mut conn.conn).await;
-        Ok(conn.finished(done)?.into())
+        let done = self
+            .run(stmt, |conn, stmt| Box::pin(query(stmt).execute(conn)))
+            .await?;
+        Ok(done.into())
+    }
+
+    /// Runs `stmt` on a pooled connection, marked while it runs. A connection
+    /// that had been used before and turns out to have been closed by the
+    /// database (a restart, a failover, an administrator) is dropped, and the
+    /// statement runs again on another: these are single statements outside
+    /// transactions, reads, safe to repeat. A new connection is not retried,
+    /// and there are at most as many retries as the pool holds connections.
+    async fn run<T>(
+        &self,
+        stmt: Statement,
+        statement: impl for<'c> Fn(&'c mut PgConnection, Statement) -> Pending<'c, T>,
+    ) -> Result<T, DbErr> {
+        let mut retries = self.size;
+        loop {
+            let mut conn = self.get().await?;
+            conn.unfinished = true;
+            match statement(&mut conn.conn, stmt.clone()).await {
+                Ok(value) => {
+                    conn.unfinished = false;
+                    return Ok(value);
+                }
+                Err(err)
+                    if retries > 0
+                        && managed::Object::metrics(&conn).recycle_count > 0
+                        && closed_by_database(&err) =>
+                {
+                    retries -= 1;
+                    drop(managed::Object::take(conn));
+                }
+                Err(err) => return Err(DbErr::Query(RuntimeErr::SqlxError(Arc::new(err)))),
+            }
+        }
     }
 
     async fn get(&self) -> Result<managed::Object<PgManager>, DbErr> {
@@ -214,6 +247,9 @@ async fn close_idle(pool: WeakPool<PgManager>) {
     }
 }
 
+/// A statement running on a borrowed connection.
+type Pending<'c, T> = Pin<Box<dyn Future<Output = sqlx::Result<T>> + Send + 'c>>;
+
 fn query(stmt: Statement) -> Query<'static, Postgres, SqlxValues> {
     let values = stmt.values.unwrap_or(sea_orm::Values(Vec::new()));
     sqlx::query_with(sqlx::AssertSqlSafe(stmt.sql), SqlxValues(values))
@@ -230,19 +266,16 @@ struct PgReadConnection {
     unfinished: bool,
 }
 
-impl PgReadConnection {
-    /// Clears the mark set before a statement, if the statement succeeded.
-    /// A statement that was cancelled (the call's future dropped) or failed
-    /// may have left the connection mid-protocol or broken: it stays marked
-    /// and is not reused.
-    fn finished<T>(&mut self, result: Result<T, sqlx::Error>) -> Result<T, DbErr> {
-        match result {
-            Ok(value) => {
-                self.unfinished = false;
-                Ok(value)
-            }
-            Err(err) => Err(DbErr::Query(RuntimeErr::SqlxError(Arc::new(err)))),
-        }
+/// Whether `err` says the connection was closed under the statement, before
+/// it could run: the database went away or ended the session.
+fn closed_by_database(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // admin_shutdown, crash_shutdown, connection_exception (08...)
+            code == "57P01" || code == "57P02" || code.starts_with("08")
+        }),
+        _ => false,
     }
 }
 

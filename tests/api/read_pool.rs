@@ -62,3 +62,65 @@ async fn a_read_cancelled_mid_statement_never_hands_its_connection_to_the_next_r
 
     reader.close().await;
 }
+
+/// After a database restart or failover, every pooled connection is dead, and
+/// the pool only learns so by using it. A read is safe to run again: it is
+/// retried on another connection instead of failing the call.
+#[tokio::test]
+async fn reads_on_connections_the_database_closed_are_retried_on_fresh_ones() {
+    if postgres_url().is_none() {
+        eprintln!("skipped: the read pool is PostgreSQL's; set TEST_DATABASE_URL");
+        return;
+    }
+    let (_database, url) = TestDatabase::create(false).await;
+    let reader = Reader::Postgres(
+        PgReadPool::new(&DbSettings {
+            url: url.clone(),
+            max_connections: 4,
+        })
+        .expect("pool"),
+    );
+    // Open all four: four reads at once, each holding its connection a while.
+    let held = futures::future::join_all((0..4).map(|_| {
+        reader.query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT pg_backend_pid() AS pid, pg_sleep(0.2)",
+        ))
+    }))
+    .await;
+    let pooled: Vec<i32> = held
+        .into_iter()
+        .map(|row| {
+            row.expect("query")
+                .expect("row")
+                .try_get("", "pid")
+                .expect("pid")
+        })
+        .collect();
+
+    let admin = sea_orm::Database::connect(&url).await.expect("connect");
+    let terminated = admin
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE pid IN ({})",
+                pooled
+                    .iter()
+                    .map(i32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        ))
+        .await
+        .expect("terminate");
+    assert_eq!(terminated.len(), 4);
+    admin.close().await.ok();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    for _ in 0..4 {
+        let pid = backend_pid(&reader).await;
+        assert!(!pooled.contains(&pid), "a terminated session answered");
+    }
+    reader.close().await;
+}
