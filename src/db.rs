@@ -142,6 +142,29 @@ fn is_sqlite_busy(err: &DbErr) -> bool {
             .is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
 }
 
+/// Whether `err` says the database closed the connection under a statement
+/// (a restart, a failover, an administrator), so the statement did not run.
+fn closed_by_database(err: &DbErr) -> bool {
+    match err {
+        DbErr::Conn(RuntimeErr::SqlxError(err))
+        | DbErr::Exec(RuntimeErr::SqlxError(err))
+        | DbErr::Query(RuntimeErr::SqlxError(err)) => connection_closed(err),
+        _ => false,
+    }
+}
+
+/// The sqlx errors of a connection the database has closed: I/O, or
+/// PostgreSQL's admin_shutdown, crash_shutdown and connection exceptions.
+fn connection_closed(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code == "57P01" || code == "57P02" || code.starts_with("08")),
+        _ => false,
+    }
+}
+
 /// Write transactions of this process on SQLite take turns here. SQLite
 /// allows one writer at a time; without the gate, waiting writers sleep in
 /// SQLite's busy handler (in steps of up to 100 ms) and the lock sits idle
@@ -185,23 +208,36 @@ impl WriteTransaction {
 /// read-then-write transaction never fails to upgrade its lock midway; and it
 /// first waits for this process's write turn.
 pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTransaction, DbErr> {
-    let (sqlite_transaction_mode, turn) = match db.get_database_backend() {
+    let (sqlite_transaction_mode, turn, mut retries) = match db.get_database_backend() {
         DbBackend::Sqlite => {
             let turn =
                 tokio::time::timeout(SQLITE_BUSY_TIMEOUT, SQLITE_WRITE_GATE.clone().lock_owned())
                     .await
                     // Like a pool timeout: the database is too busy, retry later.
                     .map_err(|_| DbErr::ConnectionAcquire(ConnAcquireErr::Timeout))?;
-            (Some(SqliteTransactionMode::Immediate), Some(turn))
+            (Some(SqliteTransactionMode::Immediate), Some(turn), 0)
         }
-        _ => (None, None),
+        DbBackend::Postgres => {
+            let pool = db.get_postgres_connection_pool();
+            (None, None, pool.options().get_max_connections())
+        }
+        _ => (None, None, 0),
     };
-    let txn = db
-        .begin_with_options(TransactionOptions {
-            sqlite_transaction_mode,
-            ..TransactionOptions::default()
-        })
-        .await?;
+    // After a restart or failover of the database, pooled connections are
+    // closed, and `BEGIN` is the first statement to find out. Nothing has
+    // been written yet: begin again, on another connection.
+    let txn = loop {
+        let begun = db
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode,
+                ..TransactionOptions::default()
+            })
+            .await;
+        match begun {
+            Err(err) if retries > 0 && closed_by_database(&err) => retries -= 1,
+            begun => break begun?,
+        }
+    };
     Ok(WriteTransaction { txn, _turn: turn })
 }
 

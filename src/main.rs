@@ -105,8 +105,8 @@ fn rfc3339(time: chrono::DateTime<chrono::Utc>) -> String {
 async fn admin(args: AdminArgs) -> Result<(), Error> {
     let db = startup::connect_and_migrate(&db_settings(&args.database)).await?;
     let tokens = PageTokens::new(secrets::shared_key(&db, PageTokens::SECRET_NAME).await?);
-    let organizations = Organizations::new(db.clone(), tokens);
-    let keys = ApiKeys::new(db.clone());
+    let organizations = Organizations::new(db.clone(), db.clone().into(), tokens);
+    let keys = ApiKeys::new(db.clone(), db.clone().into());
     let organization_json = |org: connections::domain::Organization| {
         json!({
             "id": org.id.to_string(),

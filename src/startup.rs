@@ -295,6 +295,11 @@ impl Application {
         self.db.clone()
     }
 
+    /// Where the server reads outside transactions (shared, not a copy).
+    pub fn reader(&self) -> db::Reader {
+        self.reader.clone()
+    }
+
     /// Serves until `shutdown` completes, then stops accepting calls, lets the
     /// calls in flight finish, and closes the database pool.
     pub async fn run_until_stopped(
@@ -318,10 +323,10 @@ impl Application {
             health_db,
         } = self;
 
-        let keys = ApiKeys::new(db.clone());
+        let keys = ApiKeys::new(db.clone(), reader.clone());
         let auth = Authenticator::new(keys.clone());
         let connections = Connections::new(db.clone(), reader.clone(), tokens.clone());
-        let organizations = Organizations::new(db.clone(), tokens);
+        let organizations = Organizations::new(db.clone(), reader.clone(), tokens);
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         // The google.rpc types are included so tools can decode error details.

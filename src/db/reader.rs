@@ -16,7 +16,7 @@ use sea_orm::{
 };
 use sea_query_sqlx::SqlxValues;
 
-use super::{ACQUIRE_TIMEOUT, DbSettings, IDLE_BEFORE_PING, IDLE_TIMEOUT};
+use super::{ACQUIRE_TIMEOUT, DbSettings, IDLE_BEFORE_PING, IDLE_TIMEOUT, connection_closed};
 
 /// Where reads outside transactions go. It is a SeaORM connection like any
 /// other ([`ConnectionTrait`]), so queries are built and run the same way.
@@ -112,7 +112,8 @@ impl ConnectionTrait for Reader {
 /// marks a connection while a statement runs instead: one handed back still
 /// marked is closed and replaced, never reused. A connection idle for
 /// [`IDLE_BEFORE_PING`] is pinged before it is used, and closed after
-/// [`IDLE_TIMEOUT`].
+/// [`IDLE_TIMEOUT`]. A query that finds its connection closed by the database
+/// runs again on another.
 #[derive(Clone)]
 pub struct PgReadPool {
     pool: Pool<PgManager>,
@@ -152,7 +153,7 @@ impl PgReadPool {
 
     async fn query_one(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
         let row = self
-            .run(stmt, |conn, stmt| {
+            .run(stmt, self.size, |conn, stmt| {
                 Box::pin(query(stmt).fetch_optional(conn))
             })
             .await?;
@@ -161,14 +162,18 @@ impl PgReadPool {
 
     async fn query_all(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
         let rows = self
-            .run(stmt, |conn, stmt| Box::pin(query(stmt).fetch_all(conn)))
+            .run(stmt, self.size, |conn, stmt| {
+                Box::pin(query(stmt).fetch_all(conn))
+            })
             .await?;
         Ok(rows.into_iter().map(QueryResult::from).collect())
     }
 
+    /// Never repeated: unlike a query, the statement may write, and a
+    /// connection lost under it leaves unknown whether it did.
     async fn execute(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
         let done = self
-            .run(stmt, |conn, stmt| Box::pin(query(stmt).execute(conn)))
+            .run(stmt, 0, |conn, stmt| Box::pin(query(stmt).execute(conn)))
             .await?;
         Ok(done.into())
     }
@@ -176,15 +181,14 @@ impl PgReadPool {
     /// Runs `stmt` on a pooled connection, marked while it runs. A connection
     /// that had been used before and turns out to have been closed by the
     /// database (a restart, a failover, an administrator) is dropped, and the
-    /// statement runs again on another: these are single statements outside
-    /// transactions, reads, safe to repeat. A new connection is not retried,
-    /// and there are at most as many retries as the pool holds connections.
+    /// statement runs again on another, up to `retries` times: for queries,
+    /// which are safe to repeat. A new connection is not retried.
     async fn run<T>(
         &self,
         stmt: Statement,
+        mut retries: usize,
         statement: impl for<'c> Fn(&'c mut PgConnection, Statement) -> Pending<'c, T>,
     ) -> Result<T, DbErr> {
-        let mut retries = self.size;
         loop {
             let mut conn = self.get().await?;
             conn.unfinished = true;
@@ -196,7 +200,7 @@ impl PgReadPool {
                 Err(err)
                     if retries > 0
                         && managed::Object::metrics(&conn).recycle_count > 0
-                        && closed_by_database(&err) =>
+                        && connection_closed(&err) =>
                 {
                     retries -= 1;
                     drop(managed::Object::take(conn));
@@ -264,19 +268,6 @@ struct PgManager {
 struct PgReadConnection {
     conn: PgConnection,
     unfinished: bool,
-}
-
-/// Whether `err` says the connection was closed under the statement, before
-/// it could run: the database went away or ended the session.
-fn closed_by_database(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Io(_) => true,
-        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            // admin_shutdown, crash_shutdown, connection_exception (08...)
-            code == "57P01" || code == "57P02" || code.starts_with("08")
-        }),
-        _ => false,
-    }
 }
 
 impl managed::Manager for PgManager {

@@ -29,6 +29,7 @@ use tracing::instrument;
 
 use super::{now, random_bytes, time_of};
 use crate::{
+    db::Reader,
     domain::{ApiKey, ApiKeyId, OrganizationId},
     entity::{api_key, organization},
     error::ServiceError,
@@ -51,6 +52,8 @@ const VERIFIED_KEY_CAPACITY: u64 = 100_000;
 #[derive(Clone)]
 pub struct ApiKeys {
     db: DatabaseConnection,
+    /// Reads outside transactions.
+    reader: Reader,
     /// Digest of a verified secret -> its organization.
     verified: Cache<[u8; 32], OrganizationId>,
     /// Revocations through this process so far: a lookup that overlapped one
@@ -67,10 +70,11 @@ impl std::fmt::Debug for ApiKeys {
 }
 
 impl ApiKeys {
-    /// The business layer over `db`.
-    pub fn new(db: DatabaseConnection) -> Self {
+    /// The business layer over `db`, reading through `reader`.
+    pub fn new(db: DatabaseConnection, reader: Reader) -> Self {
         Self {
             db,
+            reader,
             verified: Cache::builder()
                 .max_capacity(VERIFIED_KEY_CAPACITY)
                 .time_to_live(VERIFIED_KEY_TTL)
@@ -135,7 +139,7 @@ impl ApiKeys {
         let rows = api_key::Entity::find()
             .filter(api_key::Column::OrganizationId.eq(organization_id.uuid()))
             .order_by_asc(api_key::Column::Id)
-            .all(&self.db)
+            .all(&self.reader)
             .await?;
         Ok(rows.into_iter().map(api_key_from).collect())
     }
@@ -186,7 +190,7 @@ impl ApiKeys {
             .filter(api_key::Column::SecretSha256.eq(presented.to_vec()))
             .filter(api_key::Column::RevokeTime.is_null())
             .into_tuple()
-            .one(&self.db)
+            .one(&self.reader)
             .await?;
         match found {
             // The lookup is by digest; the constant-time comparison makes the

@@ -141,7 +141,7 @@ impl Connections {
             if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
                 // A concurrent create of the same pair committed first.
                 drop(txn);
-                return match find_pair(&self.db, caller, new.destination).await? {
+                return match find_pair(&self.reader, caller, new.destination).await? {
                     Some(connection_id) => {
                         Err(ServiceError::ConnectionAlreadyExists { connection_id })
                     }
@@ -387,7 +387,7 @@ impl Connections {
             Claim::Replay(record) => Ok(Begun::Done(record)),
             Claim::Raced => {
                 txn.rollback().await?;
-                idempotency::replay_committed(&self.db, key)
+                idempotency::replay_committed(&self.reader, key)
                     .await
                     .map(Begun::Done)
             }
@@ -646,7 +646,7 @@ mod tests {
         let db = connect(&DbSettings::new("sqlite::memory:")).await.unwrap();
         Migrator::up(&db, None).await.unwrap();
         let tokens = PageTokens::new([1; 32]);
-        let orgs = Organizations::new(db.clone(), tokens.clone());
+        let orgs = Organizations::new(db.clone(), db.clone().into(), tokens.clone());
         let source = orgs.create(DisplayName::parse("S").unwrap()).await.unwrap();
         let destination = orgs.create(DisplayName::parse("D").unwrap()).await.unwrap();
         (

@@ -8,6 +8,7 @@ use tracing::instrument;
 
 use super::{Page, PageTokens, time_of};
 use crate::{
+    db::Reader,
     domain::{DisplayName, Organization, OrganizationId, PageSize},
     entity::organization,
     error::ServiceError,
@@ -17,20 +18,23 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Organizations {
     db: DatabaseConnection,
+    /// Reads outside transactions.
+    reader: Reader,
     tokens: PageTokens,
 }
 
 impl Organizations {
-    /// The business layer over `db`, signing page tokens with `tokens`.
-    pub fn new(db: DatabaseConnection, tokens: PageTokens) -> Self {
-        Self { db, tokens }
+    /// The business layer over `db`, reading through `reader` and signing
+    /// page tokens with `tokens`.
+    pub fn new(db: DatabaseConnection, reader: Reader, tokens: PageTokens) -> Self {
+        Self { db, reader, tokens }
     }
 
     /// One organization.
     #[instrument(skip(self))]
     pub async fn get(&self, id: OrganizationId) -> Result<Organization, ServiceError> {
         organization::Entity::find_by_id(id.uuid())
-            .one(&self.db)
+            .one(&self.reader)
             .await?
             .map(organization_from)
             .ok_or(ServiceError::OrganizationNotFound)
@@ -74,7 +78,7 @@ impl Organizations {
         let mut rows = query
             .order_by_asc(organization::Column::Id)
             .limit(u64::from(page_size.get()) + 1)
-            .all(&self.db)
+            .all(&self.reader)
             .await?;
         let has_more = rows.len() > page_size.as_usize();
         rows.truncate(page_size.as_usize());

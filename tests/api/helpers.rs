@@ -9,7 +9,7 @@ use std::{
 
 use connections::{
     config::LogFormat,
-    db::DbSettings,
+    db::{DbSettings, Reader},
     proto::{
         self, CreateApiKeyRequest, CreateConnectionRequest, CreateOrganizationRequest,
         admin_service_client::AdminServiceClient,
@@ -210,6 +210,9 @@ pub struct TestApp {
     pub server_db: DatabaseConnection,
     /// The pool of the server's health probes.
     pub server_health_db: DatabaseConnection,
+    /// Where the server reads outside transactions (on PostgreSQL, a pool of
+    /// its own).
+    pub server_reader: Reader,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), StartupError>>>,
     _database: Arc<TestDatabase>,
@@ -295,6 +298,7 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
     let metrics_addr = app.metrics_addr();
     let server_db = app.database();
     let server_health_db = app.health_database();
+    let server_reader = app.reader();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
@@ -313,6 +317,7 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
         channel,
         server_db,
         server_health_db,
+        server_reader,
         shutdown: Some(tx),
         server: Some(server),
         _database: database,

@@ -737,7 +737,7 @@ impl Harness {
             .expect("in-memory SQLite");
         Migrator::up(&db, None).await.expect("migrations");
         let tokens = PageTokens::new([7; 32]);
-        let organizations = Organizations::new(db.clone(), tokens.clone());
+        let organizations = Organizations::new(db.clone(), db.clone().into(), tokens.clone());
         let mut orgs = Vec::new();
         for name in ["player 0", "player 1", "player 2", "canary"] {
             let org = organizations

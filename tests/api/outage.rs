@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use connections::proto::{GetConnectionRequest, ListConnectionsRequest};
+use connections::proto::{GetConnectionRequest, GetOrganizationRequest, ListConnectionsRequest};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -221,17 +221,7 @@ async fn terminated_database_sessions_under_load_never_surface_as_internal_error
     let source = app.new_org("S").await;
     let destination = app.new_org("D").await;
     let connection = app.connect(&source, &destination).await.id;
-    let database: String = app
-        .server_db
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT current_database()",
-        ))
-        .await
-        .unwrap()
-        .unwrap()
-        .try_get_by_index(0)
-        .unwrap();
+    let database = current_database(&app).await;
     let admin = sea_orm::Database::connect(crate::helpers::postgres_url().unwrap())
         .await
         .unwrap();
@@ -267,4 +257,82 @@ async fn terminated_database_sessions_under_load_never_surface_as_internal_error
     // And it still works.
     assert_eq!(app.get(&source, &connection).await.id, connection);
     admin.close().await.ok();
+}
+
+/// A database restart or failover closes every pooled session; the server
+/// only finds out by using them. The calls that do must not fail for it:
+/// reads run again on another connection, writes begin again on another.
+/// (Single-statement writes outside transactions, the AdminService's, are
+/// not repeated: they fail with UNAVAILABLE, for the caller to retry.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_after_the_database_closed_every_pooled_session_succeed() {
+    if postgres_address().is_none() {
+        eprintln!("skipping: TEST_DATABASE_URL is not set (this test needs PostgreSQL)");
+        return;
+    }
+    let app = spawn_app_with(AppOptions::default()).await;
+    let source = app.new_org("S").await;
+    let mut pairs = Vec::new();
+    for i in 0..4 {
+        let destination = app.new_org(&format!("D{i}")).await;
+        let id = app.connect(&source, &destination).await.id;
+        pairs.push((destination, id));
+    }
+    // Open several connections in both pools: calls at the same time.
+    let busy = futures::future::join_all(pairs.iter().map(|(destination, id)| async {
+        app.activate(destination, id, "").await.expect("activate");
+        futures::future::join_all((0..4).map(|_| app.get(&source, id))).await;
+    }));
+    busy.await;
+    // A key not used yet, so not remembered: its first call looks it up.
+    let late = app.new_org("late").await;
+
+    let admin = sea_orm::Database::connect(crate::helpers::postgres_url().unwrap())
+        .await
+        .unwrap();
+    let database = current_database(&app).await;
+    let terminated = admin
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+            [database.into()],
+        ))
+        .await
+        .unwrap();
+    assert!(terminated.len() >= 4, "{} sessions", terminated.len());
+    admin.close().await.ok();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let me = app
+        .organizations(&late)
+        .get_organization(GetOrganizationRequest {
+            organization_id: late.id.clone(),
+        })
+        .await
+        .expect("the first call of a key not remembered yet");
+    assert_eq!(me.into_inner().organization.unwrap().id, late.id);
+    for (destination, id) in &pairs {
+        let deactivated = app
+            .deactivate(destination, id, "")
+            .await
+            .expect("deactivate");
+        assert_eq!(app.get(&source, id).await.etag, deactivated.etag);
+        app.reactivate(&source, id, "").await.expect("reactivate");
+        assert_eq!(app.events(&source, id).await.len(), 4);
+    }
+}
+
+/// The name of the server's database.
+async fn current_database(app: &TestApp) -> String {
+    app.server_db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT current_database()",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index(0)
+        .unwrap()
 }

@@ -1,5 +1,6 @@
 //! The PostgreSQL pool for reads: connections are reused without a round trip
-//! in between, and one left mid-statement by a cancelled call is never reused.
+//! in between, one left mid-statement by a cancelled call is never reused, and
+//! one the database has closed costs a retry, not an error.
 
 use std::time::Duration;
 
@@ -20,6 +21,16 @@ async fn backend_pid(reader: &Reader) -> i32 {
     row.try_get("", "pid").expect("pid")
 }
 
+fn read_pool(url: String, max_connections: u32) -> Reader {
+    Reader::Postgres(
+        PgReadPool::new(&DbSettings {
+            url,
+            max_connections,
+        })
+        .expect("pool"),
+    )
+}
+
 #[tokio::test]
 async fn a_read_cancelled_mid_statement_never_hands_its_connection_to_the_next_read() {
     if postgres_url().is_none() {
@@ -27,13 +38,7 @@ async fn a_read_cancelled_mid_statement_never_hands_its_connection_to_the_next_r
         return;
     }
     let (_database, url) = TestDatabase::create(false).await;
-    let reader = Reader::Postgres(
-        PgReadPool::new(&DbSettings {
-            url,
-            max_connections: 1,
-        })
-        .expect("pool"),
-    );
+    let reader = read_pool(url, 1);
 
     let first = backend_pid(&reader).await;
     assert_eq!(
@@ -73,13 +78,7 @@ async fn reads_on_connections_the_database_closed_are_retried_on_fresh_ones() {
         return;
     }
     let (_database, url) = TestDatabase::create(false).await;
-    let reader = Reader::Postgres(
-        PgReadPool::new(&DbSettings {
-            url: url.clone(),
-            max_connections: 4,
-        })
-        .expect("pool"),
-    );
+    let reader = read_pool(url.clone(), 4);
     // Open all four: four reads at once, each holding its connection a while.
     let held = futures::future::join_all((0..4).map(|_| {
         reader.query_one_raw(Statement::from_string(

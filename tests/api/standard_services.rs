@@ -57,6 +57,7 @@ async fn when_the_database_is_unreachable_health_is_not_serving_and_calls_are_un
     // Closing the server's pools makes every database call fail as in an outage.
     app.server_db.clone().close().await.unwrap();
     app.server_health_db.clone().close().await.unwrap();
+    app.server_reader.close().await;
 
     wait_for_health(&app, ServingStatus::NotServing).await;
     let status = app
