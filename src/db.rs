@@ -7,9 +7,11 @@ use std::{
 
 use sea_orm::{
     ConnAcquireErr, ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, RuntimeErr, SqliteTransactionMode, TransactionOptions, TransactionTrait, sqlx,
+    DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait, sqlx,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use crate::error;
 
 mod reader;
 
@@ -104,7 +106,7 @@ pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, DbErr>
     // timeout has passed.
     let deadline = tokio::time::Instant::now() + SQLITE_BUSY_TIMEOUT;
     let mut connected = Database::connect(options.clone()).await;
-    while matches!(&connected, Err(err) if is_sqlite_busy(err))
+    while matches!(&connected, Err(err) if error::sqlite_busy(err))
         && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -123,46 +125,6 @@ pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, DbErr>
             err
         }
     })
-}
-
-/// Whether `err` is SQLite's "database is busy" (or "locked") on connecting.
-fn is_sqlite_busy(err: &DbErr) -> bool {
-    const SQLITE_BUSY: i64 = 5;
-    const SQLITE_LOCKED: i64 = 6;
-    let DbErr::Conn(RuntimeErr::SqlxError(err)) = err else {
-        return false;
-    };
-    let sqlx::Error::Database(db) = err.as_ref() else {
-        return false;
-    };
-    db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
-        && db
-            .code()
-            .and_then(|code| code.parse::<i64>().ok())
-            .is_some_and(|code| matches!(code & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
-}
-
-/// Whether `err` says the database closed the connection under a statement
-/// (a restart, a failover, an administrator), so the statement did not run.
-fn closed_by_database(err: &DbErr) -> bool {
-    match err {
-        DbErr::Conn(RuntimeErr::SqlxError(err))
-        | DbErr::Exec(RuntimeErr::SqlxError(err))
-        | DbErr::Query(RuntimeErr::SqlxError(err)) => connection_closed(err),
-        _ => false,
-    }
-}
-
-/// The sqlx errors of a connection the database has closed: I/O, or
-/// PostgreSQL's admin_shutdown, crash_shutdown and connection exceptions.
-fn connection_closed(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Io(_) => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code| code == "57P01" || code == "57P02" || code.starts_with("08")),
-        _ => false,
-    }
 }
 
 /// Write transactions of this process on SQLite take turns here. SQLite
@@ -234,7 +196,7 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTransaction, Db
             })
             .await;
         match begun {
-            Err(err) if retries > 0 && closed_by_database(&err) => retries -= 1,
+            Err(err) if retries > 0 && error::closed_by_database(&err) => retries -= 1,
             begun => break begun?,
         }
     };

@@ -181,13 +181,12 @@ fn classify_sqlx(err: &sqlx::Error) -> DbFailure {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => DbFailure::Unavailable,
-        sqlx::Error::Database(db) => match db.code() {
-            Some(code) if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() => {
-                classify_sqlite_code(&code)
-            }
-            Some(code) => classify_postgres_code(&code),
-            None => DbFailure::Other,
-        },
+        sqlx::Error::Database(db) if is_sqlite(db.as_ref()) => db
+            .code()
+            .map_or(DbFailure::Other, |code| classify_sqlite_code(&code)),
+        sqlx::Error::Database(db) => db
+            .code()
+            .map_or(DbFailure::Other, |code| classify_postgres_code(&code)),
         _ => DbFailure::Other,
     }
 }
@@ -214,22 +213,75 @@ fn classify_postgres_code(code: &str) -> DbFailure {
     }
 }
 
-/// SQLite reports (extended) result codes as decimal strings.
+const SQLITE_BUSY: i64 = 5;
+const SQLITE_LOCKED: i64 = 6;
+const SQLITE_READONLY: i64 = 8;
+const SQLITE_IOERR: i64 = 10;
+const SQLITE_FULL: i64 = 13;
+const SQLITE_CANTOPEN: i64 = 14;
+
+fn is_sqlite(err: &dyn sqlx::error::DatabaseError) -> bool {
+    err.try_downcast_ref::<sqlx::sqlite::SqliteError>()
+        .is_some()
+}
+
+/// SQLite reports (extended) result codes as decimal strings; the primary
+/// code is the low byte.
+fn sqlite_primary_code(code: &str) -> Option<i64> {
+    code.parse::<i64>().ok().map(|extended| extended & 0xff)
+}
+
 fn classify_sqlite_code(code: &str) -> DbFailure {
-    const SQLITE_BUSY: i64 = 5;
-    const SQLITE_LOCKED: i64 = 6;
-    const SQLITE_READONLY: i64 = 8;
-    const SQLITE_IOERR: i64 = 10;
-    const SQLITE_FULL: i64 = 13;
-    const SQLITE_CANTOPEN: i64 = 14;
-    match code.parse::<i64>() {
-        Ok(extended) => match extended & 0xff {
+    match sqlite_primary_code(code) {
+        Some(
             SQLITE_BUSY | SQLITE_LOCKED | SQLITE_READONLY | SQLITE_IOERR | SQLITE_FULL
-            | SQLITE_CANTOPEN => DbFailure::Unavailable,
-            _ => DbFailure::Other,
-        },
-        Err(_) => DbFailure::Other,
+            | SQLITE_CANTOPEN,
+        ) => DbFailure::Unavailable,
+        _ => DbFailure::Other,
     }
+}
+
+/// The driver's error inside `err`, if it has one.
+fn sqlx_error(err: &DbErr) -> Option<&sqlx::Error> {
+    match err {
+        DbErr::Conn(RuntimeErr::SqlxError(err))
+        | DbErr::Exec(RuntimeErr::SqlxError(err))
+        | DbErr::Query(RuntimeErr::SqlxError(err)) => Some(err),
+        _ => None,
+    }
+}
+
+/// Whether SQLite answered "busy" or "locked": another connection holds the
+/// lock it needed.
+pub fn sqlite_busy(err: &DbErr) -> bool {
+    let Some(sqlx::Error::Database(db)) = sqlx_error(err) else {
+        return false;
+    };
+    is_sqlite(db.as_ref())
+        && db
+            .code()
+            .and_then(|code| sqlite_primary_code(&code))
+            .is_some_and(|code| matches!(code, SQLITE_BUSY | SQLITE_LOCKED))
+}
+
+/// Whether the connection was closed under a statement (a database restart, a
+/// failover, an administrator): I/O errors, and PostgreSQL's admin_shutdown,
+/// crash_shutdown and connection exceptions. Whether the statement ran is
+/// then unknown: only one that cannot have written (a query, a `BEGIN`) is
+/// safe to run again.
+pub fn connection_closed(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code| code == "57P01" || code == "57P02" || code.starts_with("08")),
+        _ => false,
+    }
+}
+
+/// [`connection_closed`], for an error SeaORM returned.
+pub fn closed_by_database(err: &DbErr) -> bool {
+    sqlx_error(err).is_some_and(connection_closed)
 }
 
 impl From<ServiceError> for Status {

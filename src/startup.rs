@@ -170,7 +170,7 @@ pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     db: DatabaseConnection,
-    /// Reads of connections outside transactions.
+    /// Reads outside transactions.
     reader: db::Reader,
     tokens: PageTokens,
     admin_token: AdminToken,

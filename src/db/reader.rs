@@ -16,7 +16,8 @@ use sea_orm::{
 };
 use sea_query_sqlx::SqlxValues;
 
-use super::{ACQUIRE_TIMEOUT, DbSettings, IDLE_BEFORE_PING, IDLE_TIMEOUT, connection_closed};
+use super::{ACQUIRE_TIMEOUT, DbSettings, IDLE_BEFORE_PING, IDLE_TIMEOUT};
+use crate::error::connection_closed;
 
 /// Where reads outside transactions go. It is a SeaORM connection like any
 /// other ([`ConnectionTrait`]), so queries are built and run the same way.

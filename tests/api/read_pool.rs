@@ -21,24 +21,29 @@ async fn backend_pid(reader: &Reader) -> i32 {
     row.try_get("", "pid").expect("pid")
 }
 
-fn read_pool(url: String, max_connections: u32) -> Reader {
-    Reader::Postgres(
+/// A read pool of `max_connections` on a database of its own, and the
+/// database's URL; `None` (the test skips) without PostgreSQL.
+async fn read_pool(max_connections: u32) -> Option<(TestDatabase, String, Reader)> {
+    if postgres_url().is_none() {
+        eprintln!("skipped: the read pool is PostgreSQL's; set TEST_DATABASE_URL");
+        return None;
+    }
+    let (database, url) = TestDatabase::create(false).await;
+    let reader = Reader::Postgres(
         PgReadPool::new(&DbSettings {
-            url,
+            url: url.clone(),
             max_connections,
         })
         .expect("pool"),
-    )
+    );
+    Some((database, url, reader))
 }
 
 #[tokio::test]
 async fn a_read_cancelled_mid_statement_never_hands_its_connection_to_the_next_read() {
-    if postgres_url().is_none() {
-        eprintln!("skipped: the read pool is PostgreSQL's; set TEST_DATABASE_URL");
+    let Some((_database, _, reader)) = read_pool(1).await else {
         return;
-    }
-    let (_database, url) = TestDatabase::create(false).await;
-    let reader = read_pool(url, 1);
+    };
 
     let first = backend_pid(&reader).await;
     assert_eq!(
@@ -73,12 +78,9 @@ async fn a_read_cancelled_mid_statement_never_hands_its_connection_to_the_next_r
 /// retried on another connection instead of failing the call.
 #[tokio::test]
 async fn reads_on_connections_the_database_closed_are_retried_on_fresh_ones() {
-    if postgres_url().is_none() {
-        eprintln!("skipped: the read pool is PostgreSQL's; set TEST_DATABASE_URL");
+    let Some((_database, url, reader)) = read_pool(4).await else {
         return;
-    }
-    let (_database, url) = TestDatabase::create(false).await;
-    let reader = read_pool(url.clone(), 4);
+    };
     // Open all four: four reads at once, each holding its connection a while.
     let held = futures::future::join_all((0..4).map(|_| {
         reader.query_one_raw(Statement::from_string(
