@@ -5,6 +5,7 @@
 //! call the [`service`] layer (ownership, transitions, transactions), which uses
 //! the pure [`domain`] types and rules and persists through [`entity`].
 
+pub mod background;
 pub mod config;
 pub mod db;
 pub mod domain;

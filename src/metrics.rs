@@ -3,7 +3,10 @@
 //! - `grpc_server_handled_total{method, code}`: calls by method and status code;
 //! - `grpc_server_handling_seconds{method}`: latency histogram by method;
 //! - `db_pool_connections{state="idle"|"in_use"}`: the database pool;
-//! - `connections{state}`: connections by state (counted when scraped).
+//! - `connections{state}`: connections by state (counted when scraped);
+//! - `request_id_replays_total{path="recorded"|"after_race"}`: calls answered
+//!   with the recorded result of an earlier call with the same request_id,
+//!   found at once or after waiting for a concurrent duplicate to commit.
 
 use std::{
     future::Future,
@@ -30,7 +33,9 @@ use sea_orm::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{db::Reader, domain::ConnectionState, entity::connection};
+use crate::{
+    db::Reader, domain::ConnectionState, entity::connection, service::idempotency::ReplayCounts,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -66,8 +71,9 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    /// Metrics for a server using `db`, and `reader` for reads.
-    pub fn new(db: DatabaseConnection, reader: Reader) -> Self {
+    /// Metrics for a server using `db`, and `reader` for reads, whose
+    /// connections layer counts its replays in `replays`.
+    pub fn new(db: DatabaseConnection, reader: Reader, replays: &ReplayCounts) -> Self {
         let mut registry = Registry::default();
         let calls = Family::<CallLabels, Counter>::default();
         registry.register(
@@ -92,6 +98,11 @@ impl Metrics {
         );
         let connections = Family::<StateLabels, Gauge>::default();
         registry.register("connections", "Connections by state", connections.clone());
+        registry.register(
+            "request_id_replays",
+            "Calls answered with the recorded result of an earlier call with the same request_id",
+            replays.family(),
+        );
         Self {
             registry,
             calls,

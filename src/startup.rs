@@ -8,14 +8,12 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::{
-    server::NamedService,
-    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
-};
-use tonic_health::{ServingStatus, server::HealthReporter};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
+use tonic_health::ServingStatus;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
+    background::{self, Activity},
     db::{self, DbSettings},
     grpc::{AdminApi, AdminToken, Authenticator, ConnectionApi, OrganizationApi},
     metrics::{self, Metrics, MetricsLayer},
@@ -184,6 +182,8 @@ pub struct Application {
     /// A pool of its own for health probes, so a busy request pool does not
     /// make the server report NOT_SERVING.
     health_db: DatabaseConnection,
+    /// What the request_id sweeper has done.
+    sweeper: Arc<Activity>,
 }
 
 /// Connects to the database and applies pending migrations (see [`migrate`]).
@@ -270,7 +270,13 @@ impl Application {
             tls_mode,
             metrics_listener,
             health_db,
+            sweeper: Arc::default(),
         })
+    }
+
+    /// What the request_id sweeper has done (shared with it, not a copy).
+    pub fn request_id_sweeper(&self) -> Arc<Activity> {
+        self.sweeper.clone()
     }
 
     /// The bound address (with the real port when port 0 was asked for).
@@ -321,11 +327,13 @@ impl Application {
             tls_mode,
             metrics_listener,
             health_db,
+            sweeper,
         } = self;
 
         let keys = ApiKeys::new(db.clone(), reader.clone());
         let auth = Authenticator::new(keys.clone());
         let connections = Connections::new(db.clone(), reader.clone(), tokens.clone());
+        let replays = connections.replays().clone();
         let organizations = Organizations::new(db.clone(), reader.clone(), tokens);
 
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -353,26 +361,27 @@ impl Application {
                 .max_encoding_message_size(MAX_ENCODING_MESSAGE_SIZE);
 
         // Report real health before the first call can ask for it.
-        set_all(
+        background::set_all(
             &health_reporter,
-            serving_status(probe(&health_db, health_check_interval).await),
+            background::serving_status(background::probe(&health_db, health_check_interval).await),
         )
         .await;
         let stop_background = CancellationToken::new();
         let metrics = metrics_listener
             .as_ref()
-            .map(|_| Arc::new(Metrics::new(db.clone(), reader.clone())));
+            .map(|_| Arc::new(Metrics::new(db.clone(), reader.clone(), &replays)));
         let mut background = vec![
-            tokio::spawn(monitor_database(
+            tokio::spawn(background::monitor_database(
                 health_db.clone(),
                 health_reporter.clone(),
                 health_check_interval,
                 stop_background.clone(),
             )),
-            tokio::spawn(sweep_request_ids(
+            tokio::spawn(background::sweep_request_ids(
                 db.clone(),
                 request_id_retention,
                 request_id_sweep_interval,
+                sweeper,
                 stop_background.clone(),
             )),
         ];
@@ -421,7 +430,7 @@ impl Application {
             .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.await;
                 tracing::info!("shutting down: finishing calls in flight");
-                set_all(&reporter, ServingStatus::NotServing).await;
+                background::set_all(&reporter, ServingStatus::NotServing).await;
             })
             .await;
 
@@ -447,84 +456,6 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     message
-}
-
-/// The services whose health is reported. The whole server ("") comes last,
-/// so once it reports a status, every service reports the same.
-const HEALTH_SERVICES: [&str; 4] = [
-    <ConnectionServiceServer<ConnectionApi> as NamedService>::NAME,
-    <OrganizationServiceServer<OrganizationApi> as NamedService>::NAME,
-    <AdminServiceServer<AdminApi> as NamedService>::NAME,
-    "",
-];
-
-async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
-    for service in HEALTH_SERVICES {
-        reporter.set_service_status(service, status).await;
-    }
-}
-
-/// Whether the database answers within `timeout` (at least a second).
-async fn probe(db: &DatabaseConnection, timeout: Duration) -> bool {
-    let timeout = timeout.max(Duration::from_secs(1));
-    matches!(tokio::time::timeout(timeout, db.ping()).await, Ok(Ok(())))
-}
-
-fn serving_status(reachable: bool) -> ServingStatus {
-    if reachable {
-        ServingStatus::Serving
-    } else {
-        ServingStatus::NotServing
-    }
-}
-
-/// Reports SERVING while the database answers and NOT_SERVING while it does not.
-async fn monitor_database(
-    db: DatabaseConnection,
-    reporter: HealthReporter,
-    interval: Duration,
-    stop: CancellationToken,
-) {
-    let mut serving = None;
-    loop {
-        let reachable = probe(&db, interval).await;
-        if serving != Some(reachable) {
-            if reachable {
-                tracing::info!("database reachable: serving");
-            } else {
-                tracing::warn!("database unreachable: not serving");
-            }
-            set_all(&reporter, serving_status(reachable)).await;
-            serving = Some(reachable);
-        }
-        tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            () = stop.cancelled() => return,
-        }
-    }
-}
-
-/// Deletes request_id records older than `retention`, every `interval`,
-/// until `stop` is cancelled.
-async fn sweep_request_ids(
-    db: DatabaseConnection,
-    retention: Duration,
-    interval: Duration,
-    stop: CancellationToken,
-) {
-    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            () = stop.cancelled() => return,
-        }
-        let cutoff = chrono::Utc::now() - retention;
-        match idempotency::delete_expired(&db, cutoff).await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::info!(deleted, "expired request_id records deleted"),
-            Err(err) => tracing::warn!(error = %err, "cannot delete expired request_id records"),
-        }
-    }
 }
 
 /// A future that completes on SIGINT or SIGTERM. The handlers are installed

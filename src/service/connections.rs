@@ -32,6 +32,7 @@ pub struct Connections {
     /// Reads outside transactions.
     reader: db::Reader,
     tokens: PageTokens,
+    replays: idempotency::ReplayCounts,
 }
 
 /// What CreateConnection asks for, already validated.
@@ -75,7 +76,17 @@ impl Connections {
     /// The business layer over `db`, reading through `reader` outside
     /// transactions and signing page tokens with `tokens`.
     pub fn new(db: DatabaseConnection, reader: db::Reader, tokens: PageTokens) -> Self {
-        Self { db, reader, tokens }
+        Self {
+            db,
+            reader,
+            tokens,
+            replays: idempotency::ReplayCounts::default(),
+        }
+    }
+
+    /// How often calls were answered with a recorded result (for metrics).
+    pub fn replays(&self) -> &idempotency::ReplayCounts {
+        &self.replays
     }
 
     /// Creates a PENDING connection from `caller` to `new.destination`.
@@ -384,12 +395,15 @@ impl Connections {
         };
         match idempotency::claim(&*txn, key).await? {
             Claim::Fresh => Ok(Begun::Fresh(txn)),
-            Claim::Replay(record) => Ok(Begun::Done(record)),
+            Claim::Replay(record) => {
+                self.replays.recorded();
+                Ok(Begun::Done(record))
+            }
             Claim::Raced => {
                 txn.rollback().await?;
-                idempotency::replay_committed(&self.reader, key)
-                    .await
-                    .map(Begun::Done)
+                let record = idempotency::replay_committed(&self.reader, key).await?;
+                self.replays.after_race();
+                Ok(Begun::Done(record))
             }
         }
     }

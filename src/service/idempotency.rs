@@ -16,6 +16,10 @@
 //! its retry is evaluated afresh.
 
 use chrono::{DateTime, Utc};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family},
+};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, SqlErr,
 };
@@ -27,6 +31,49 @@ use crate::{domain::OrganizationId, entity::idempotency_record, error::ServiceEr
 
 /// How long records are kept at least.
 pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
+/// How often calls were answered with an earlier call's recorded result, by
+/// `path`: `recorded` (a retry found the record of a committed call) or
+/// `after_race` (a concurrent duplicate waited for the first call to commit,
+/// [`Claim::Raced`], then returned its result).
+#[derive(Debug, Clone)]
+pub struct ReplayCounts(Family<ReplayPath, Counter>);
+
+/// The label of [`ReplayCounts`].
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplayPath {
+    path: &'static str,
+}
+
+const RECORDED: ReplayPath = ReplayPath { path: "recorded" };
+const AFTER_RACE: ReplayPath = ReplayPath { path: "after_race" };
+
+impl Default for ReplayCounts {
+    fn default() -> Self {
+        let family = Family::default();
+        for path in [&RECORDED, &AFTER_RACE] {
+            drop(family.get_or_create(path));
+        }
+        Self(family)
+    }
+}
+
+impl ReplayCounts {
+    /// A retry found the record of a committed call.
+    pub fn recorded(&self) {
+        self.0.get_or_create(&RECORDED).inc();
+    }
+
+    /// A concurrent duplicate returned the result of the call that won.
+    pub fn after_race(&self) {
+        self.0.get_or_create(&AFTER_RACE).inc();
+    }
+
+    /// The counters, for a metrics registry (shared, not a copy).
+    pub fn family(&self) -> Family<ReplayPath, Counter> {
+        self.0.clone()
+    }
+}
 
 /// The key of one mutating call and a digest of its parameters.
 #[derive(Debug, Clone)]

@@ -3,112 +3,25 @@
 
 use std::{
     collections::HashMap,
-    net::TcpListener,
-    process::{Child, Command, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     time::Duration,
 };
 
 use connections::proto::{
-    ActivateConnectionRequest, Connection, DeactivateConnectionRequest, ListConnectionsRequest,
-    ReactivateConnectionRequest, connection_service_client::ConnectionServiceClient,
+    ActivateConnectionRequest, Connection, ConnectionEvent, ConnectionEventType as Event,
+    ConnectionRole, ConnectionState as State, DeactivateConnectionRequest,
+    ListConnectionEventsRequest, ListConnectionsRequest, ReactivateConnectionRequest,
 };
-use serde_json::Value;
-use tonic::{Status, transport::Channel};
+use sea_orm::{ConnectionTrait, TransactionTrait};
+use tonic::{Code, Status, transport::Channel};
 
-use crate::helpers::{Bearer, TestDatabase, TestOrg};
-
-const BIN: &str = env!("CARGO_BIN_EXE_connections");
-
-fn admin(url: &str, args: &[&str]) -> Value {
-    let output = Command::new(BIN)
-        .args(["admin"])
-        .args(args)
-        .env("CONNECTIONS_DATABASE_URL", url)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run connections admin");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("JSON")
-}
-
-fn new_org(url: &str, name: &str) -> TestOrg {
-    let org = admin(url, &["create-org", "--name", name]);
-    let id = org["id"].as_str().unwrap().to_owned();
-    let key = admin(url, &["create-key", "--org", &id]);
-    TestOrg {
-        id,
-        key: key["secret"].as_str().unwrap().to_owned(),
-    }
-}
-
-type Client =
-    ConnectionServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
-
-fn client(channel: &Channel, org: &TestOrg) -> Client {
-    ConnectionServiceClient::with_interceptor(channel.clone(), Bearer::new(&org.key))
-}
-
-/// A `connections serve` process and a channel to it.
-struct Server {
-    child: Child,
-    channel: Channel,
-}
-
-impl Server {
-    async fn start(url: &str) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        #[allow(clippy::zombie_processes)] // waited for in `wait`
-        let child = Command::new(BIN)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
-            .env("CONNECTIONS_DATABASE_URL", url)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start server");
-        for _ in 0..200 {
-            if let Ok(channel) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-                .unwrap()
-                .connect()
-                .await
-            {
-                return Self { child, channel };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("server did not start");
-    }
-
-    fn client(&self, org: &TestOrg) -> Client {
-        client(&self.channel, org)
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    async fn wait(mut self) -> std::process::ExitStatus {
-        tokio::task::spawn_blocking(move || self.child.wait().unwrap())
-            .await
-            .unwrap()
-    }
-}
+use crate::{
+    helpers::{TestDatabase, TestOrg},
+    process::{Server, client, new_org},
+};
 
 #[derive(Debug, Clone, Copy)]
 enum Step {
@@ -166,6 +79,29 @@ async fn step(
         }
     };
     Ok(response.unwrap())
+}
+
+/// A connection's whole history, through every page.
+async fn all_events(server: &Server, org: &TestOrg, id: &str) -> Vec<ConnectionEvent> {
+    let mut events = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = server
+            .client(org)
+            .list_connection_events(ListConnectionEventsRequest {
+                connection_id: id.to_owned(),
+                page_size: 100,
+                page_token,
+            })
+            .await
+            .expect("list events")
+            .into_inner();
+        events.extend(page.events);
+        if page.next_page_token.is_empty() {
+            return events;
+        }
+        page_token = page.next_page_token;
+    }
 }
 
 /// A request sent before a crash: acknowledged with this response, or not.
@@ -228,7 +164,8 @@ async fn after_kill_9_every_acknowledged_write_is_there_and_retries_execute_at_m
             tokio::spawn(async move {
                 let mut log = Vec::new();
                 // Each connection is ACTIVE at the start of a round (see below).
-                for (n, s) in CYCLE.iter().cycle().take(300).enumerate() {
+                // The kill ends the loop long before its bound.
+                for (n, s) in CYCLE.iter().cycle().take(100_000).enumerate() {
                     let request_id = format!("round{round}-writer{w}-{n}");
                     let result = step(&channel, &source, &destination, *s, &id, &request_id).await;
                     let acknowledged = result.as_ref().ok().cloned();
@@ -258,6 +195,16 @@ async fn after_kill_9_every_acknowledged_write_is_there_and_retries_execute_at_m
             sent.extend(writer.await.unwrap());
         }
         server.wait().await;
+        // The kill must have cut calls off, or this round tested nothing.
+        let round_prefix = format!("round{round}-");
+        let unacknowledged = sent
+            .iter()
+            .filter(|s| s.request_id.starts_with(&round_prefix) && s.acknowledged.is_none())
+            .count();
+        assert!(
+            unacknowledged > 0,
+            "round {round}: no write was in flight at the kill"
+        );
 
         // Restart; finish each connection's interrupted cycle with the same
         // request_ids, so every connection is ACTIVE again for the next round.
@@ -339,23 +286,37 @@ async fn after_kill_9_every_acknowledged_write_is_there_and_retries_execute_at_m
             acknowledged += 1;
         }
     }
-    // And each connection's history is one creation, one activation, then
-    // exactly three transitions per completed cycle: nothing ran twice.
+    // And each connection's whole history is one creation, one activation,
+    // then complete cycles, each step by the party that may take it: nothing
+    // ran twice and nothing is missing.
     let mut per_connection: HashMap<usize, usize> = HashMap::new();
     for (w, id) in connections.iter().enumerate() {
-        let events = server
-            .client(&source)
-            .list_connection_events(connections::proto::ListConnectionEventsRequest {
-                connection_id: id.clone(),
-                page_size: 500,
-                page_token: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .events;
+        let events = all_events(&server, &source, id).await;
+        assert!(events.len() >= 2, "connection {w}: {events:?}");
         for (n, event) in events.iter().enumerate() {
-            assert_eq!(event.sequence, n as i64 + 1);
+            assert_eq!(event.sequence, n as i64 + 1, "connection {w}");
+            let expected = match n {
+                0 => (Event::Created, State::Unspecified, State::Pending),
+                1 => (Event::Activated, State::Pending, State::Active),
+                _ => match CYCLE[(n - 2) % 3] {
+                    Step::Deactivate => (Event::Deactivated, State::Active, State::Inactive),
+                    Step::Reactivate => (Event::Reactivated, State::Inactive, State::Pending),
+                    Step::Activate => (Event::Activated, State::Pending, State::Active),
+                },
+            };
+            assert_eq!(
+                (event.r#type(), event.from_state(), event.to_state()),
+                expected,
+                "connection {w}, event {}",
+                event.sequence
+            );
+            let (role, actor) = if event.r#type() == Event::Activated {
+                (ConnectionRole::Destination, &destinations[w].id)
+            } else {
+                (ConnectionRole::Source, &source.id)
+            };
+            assert_eq!(event.actor_role(), role, "connection {w}, {event:?}");
+            assert_eq!(&event.actor_organization_id, actor);
         }
         assert_eq!((events.len() - 2) % 3, 0, "an incomplete or doubled cycle");
         per_connection.insert(w, events.len());
@@ -378,6 +339,30 @@ async fn after_kill_9_every_acknowledged_write_is_there_and_retries_execute_at_m
         "crash: {ROUNDS} kill -9 rounds, {} requests sent, {acknowledged} acknowledged, events per connection {per_connection:?}",
         sent.len()
     );
+}
+
+/// UNAVAILABLE for a call the server refused, or that the client's own
+/// transport refused to send on a connection the server is closing (tonic
+/// reports that as CANCELLED with a transport error as its source); any other
+/// status's own code.
+fn refused(status: &Status) -> Code {
+    let from_transport = std::error::Error::source(status)
+        .is_some_and(|source| source.is::<tonic::transport::Error>());
+    match status.code() {
+        Code::Cancelled if from_transport => Code::Unavailable,
+        code => code,
+    }
+}
+
+/// What one writer saw around the signal.
+#[derive(Default)]
+struct Outcomes {
+    /// Calls started before the signal, and acknowledged.
+    acknowledged_before: usize,
+    /// Calls started before the signal that failed, with their statuses.
+    failed_before: Vec<Status>,
+    /// Calls started after the signal, by status code (see [`refused`]).
+    after: HashMap<Code, usize>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -406,55 +391,124 @@ async fn sigterm_lets_calls_in_flight_complete_and_exits_zero() {
         destinations.push(destination);
     }
 
-    // Writers drive their connections around the state machine until the
-    // server goes away, counting the transitions acknowledged to them.
+    // Writers drive their connections around the state machine until a call
+    // fails, sorting each call by whether it started before the signal.
+    let signalled = Arc::new(AtomicBool::new(false));
+    let in_flight = Arc::new(AtomicUsize::new(0));
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let (channel, source) = (server.channel.clone(), source.clone());
             let (destination, id) = (destinations[w].clone(), ids[w].clone());
+            let (signalled, in_flight) = (signalled.clone(), in_flight.clone());
             tokio::spawn(async move {
-                let mut acknowledged = 0;
+                let mut seen = Outcomes::default();
                 for s in [Step::Activate, Step::Deactivate, Step::Reactivate]
                     .iter()
                     .cycle()
-                    .take(3_000)
+                    .take(30_000)
                 {
-                    match step(&channel, &source, &destination, *s, &id, "").await {
-                        Ok(_) => acknowledged += 1,
-                        Err(_) => break,
+                    let after = signalled.load(Ordering::SeqCst);
+                    in_flight.fetch_add(1, Ordering::SeqCst);
+                    let result = step(&channel, &source, &destination, *s, &id, "").await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    match (after, result) {
+                        (false, Ok(_)) => seen.acknowledged_before += 1,
+                        (false, Err(status)) => seen.failed_before.push(status),
+                        (true, result) => {
+                            let code = result.map_or_else(|s| refused(&s), |_| Code::Ok);
+                            *seen.after.entry(code).or_default() += 1;
+                        }
+                    }
+                    if after {
+                        break;
                     }
                 }
-                acknowledged
+                seen
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Hold every writer's next call inside the server: lock the connections
+    // in the database (on SQLite, the write lock), and wait until each writer
+    // has a call out. The server's busy timeout (5 s) outlasts the hold.
+    let locker = sea_orm::Database::connect(&url).await.unwrap();
+    let lock = locker.begin().await.unwrap();
+    lock.execute_unprepared("UPDATE connections SET version = version")
+        .await
+        .unwrap();
+    let waiting = tokio::time::Instant::now();
+    while in_flight.load(Ordering::SeqCst) < WRITERS {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(5),
+            "writers never all had a call out"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Each call is on the wire well within this.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    signalled.store(true, Ordering::SeqCst);
     server.signal("-TERM");
+    // Calls started now, after the signal, from a new connection and on the
+    // writers' own (whose next calls start after the signal too).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let late = tokio::spawn({
+        let (channel, source, id) = (server.channel.clone(), source.clone(), ids[0].clone());
+        async move {
+            let mut codes: HashMap<Code, usize> = HashMap::new();
+            for _ in 0..4 {
+                let result = client(&channel, &source)
+                    .get_connection(connections::proto::GetConnectionRequest {
+                        connection_id: id.clone(),
+                    })
+                    .await;
+                *codes
+                    .entry(result.map_or_else(|s| refused(&s), |_| Code::Ok))
+                    .or_default() += 1;
+            }
+            codes
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lock.commit().await.unwrap();
+    locker.close().await.unwrap();
+
     let status = server.wait().await;
     assert!(status.success(), "exit status {status:?}");
 
     // A call cut off mid-way would have changed the connection without its
     // caller hearing of it: every change must have been acknowledged.
     let server = Server::start(&url).await;
-    let mut total = 0;
+    let (mut before, mut after): (usize, HashMap<Code, usize>) = (0, late.await.unwrap());
     for (w, writer) in writers.into_iter().enumerate() {
-        let acknowledged = writer.await.unwrap();
-        let events = server
-            .client(&source)
-            .list_connection_events(connections::proto::ListConnectionEventsRequest {
-                connection_id: ids[w].clone(),
-                page_size: 500,
-                page_token: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .events;
-        assert!(events.len() < 500, "raise the page size");
-        assert_eq!(events.len() - 1, acknowledged, "connection {w}");
-        total += acknowledged;
+        let seen = writer.await.unwrap();
+        assert!(
+            seen.failed_before.is_empty(),
+            "writer {w}: calls started before the signal failed: {:?}",
+            seen.failed_before
+        );
+        let events = all_events(&server, &source, &ids[w]).await;
+        assert_eq!(
+            events.len() - 1,
+            seen.acknowledged_before + seen.after.get(&Code::Ok).copied().unwrap_or_default(),
+            "connection {w}"
+        );
+        before += seen.acknowledged_before;
+        for (code, n) in seen.after {
+            *after.entry(code).or_default() += n;
+        }
     }
-    assert!(total > WRITERS, "too few calls before the signal: {total}");
+    // Every call held in flight over the signal completed, and more before it.
+    assert!(
+        before > WRITERS,
+        "too few calls before the signal: {before}"
+    );
+    assert!(
+        after.values().sum::<usize>() >= WRITERS && after.keys().all(|c| *c == Code::Unavailable),
+        "calls started after the signal: {after:?}"
+    );
     server.signal("-TERM");
     assert!(server.wait().await.success());
+    println!("sigterm: {before} calls acknowledged before the signal; after it {after:?}");
 }

@@ -8,6 +8,7 @@ use std::{
 };
 
 use connections::{
+    background::Activity,
     config::LogFormat,
     db::{DbSettings, Reader},
     proto::{
@@ -19,7 +20,7 @@ use connections::{
     startup::{Application, Settings, StartupError},
     telemetry,
 };
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, sqlx::postgres::PgConnectOptions};
 use secrecy::SecretString;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{
@@ -157,19 +158,26 @@ impl Drop for TestDatabase {
     }
 }
 
-/// The host and port of the `TEST_DATABASE_URL` server.
-pub fn postgres_address() -> Option<SocketAddr> {
-    use std::net::ToSocketAddrs;
-    let url = postgres_url()?;
-    let rest = &url[url.find("://")? + 3..];
-    let authority = rest.split(['/', '?']).next()?;
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
-    let host_port = if host_port.contains(':') {
-        host_port.to_owned()
-    } else {
-        format!("{host_port}:5432")
-    };
-    host_port.to_socket_addrs().ok()?.next()
+/// The `TEST_DATABASE_URL` server, for a PostgreSQL-only test (marked
+/// `#[ignore = ...]`, run with `--include-ignored` on the PostgreSQL pass):
+/// its URL and address. Panics, failing the test, when there is none to use.
+#[track_caller]
+pub fn require_postgres() -> (String, SocketAddr) {
+    let url = postgres_url().expect("this test needs PostgreSQL: set TEST_DATABASE_URL");
+    let address = postgres_address(&url)
+        .unwrap_or_else(|err| panic!("cannot resolve the host of TEST_DATABASE_URL: {err}"));
+    (url, address)
+}
+
+/// The host and port of the PostgreSQL server `url` names.
+fn postgres_address(url: &str) -> Result<SocketAddr, String> {
+    use std::{net::ToSocketAddrs, str::FromStr};
+    let options = PgConnectOptions::from_str(url).map_err(|err| err.to_string())?;
+    (options.get_host(), options.get_port())
+        .to_socket_addrs()
+        .map_err(|err| err.to_string())?
+        .next()
+        .ok_or_else(|| format!("{} has no address", options.get_host()))
 }
 
 /// `url` with its `host:port` replaced by `address`.
@@ -213,8 +221,12 @@ pub struct TestApp {
     /// Where the server reads outside transactions (on PostgreSQL, a pool of
     /// its own).
     pub server_reader: Reader,
+    /// What the server's request_id sweeper has done.
+    pub sweeper: Arc<Activity>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), StartupError>>>,
+    /// The URL of the server's database, to reach it from the test.
+    pub database_url: String,
     _database: Arc<TestDatabase>,
 }
 
@@ -272,6 +284,7 @@ pub async fn spawn_replicas(count: usize, options: AppOptions) -> Vec<TestApp> {
 
 async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -> TestApp {
     LazyLock::force(&TRACING);
+    let database_url = url.clone();
     let url = match options.database_address {
         Some(address) => with_address(&url, address),
         None => url,
@@ -299,6 +312,7 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
     let server_db = app.database();
     let server_health_db = app.health_database();
     let server_reader = app.reader();
+    let sweeper = app.request_id_sweeper();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
@@ -318,8 +332,10 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
         server_db,
         server_health_db,
         server_reader,
+        sweeper,
         shutdown: Some(tx),
         server: Some(server),
+        database_url,
         _database: database,
     }
 }
@@ -464,6 +480,21 @@ impl TestApp {
             .events
     }
 
+    /// The Prometheus text the metrics endpoint serves (metrics must be on).
+    pub async fn metrics_text(&self) -> String {
+        use http_body_util::{BodyExt, Empty};
+        use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+        let addr = self.metrics_addr.expect("metrics enabled");
+        let response = Client::builder(TokioExecutor::new())
+            .build_http::<Empty<bytes::Bytes>>()
+            .get(format!("http://{addr}/metrics").parse().unwrap())
+            .await
+            .expect("scrape");
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
     /// Stops the server gracefully and waits for it.
     pub async fn stop(mut self) {
         if let Some(tx) = self.shutdown.take() {
@@ -503,6 +534,16 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
         .get_details_bad_request()
         .map(|br| br.field_violations.into_iter().map(|v| v.field).collect())
         .unwrap_or_default()
+}
+
+/// The value of the Prometheus sample named exactly `series` (name and labels).
+pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().unwrap())
+        })
 }
 
 /// A well-formed ID that names nothing.

@@ -24,7 +24,7 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::helpers::{AppOptions, TestApp, TestOrg, postgres_address, spawn_app_with};
+use crate::helpers::{AppOptions, TestApp, TestOrg, require_postgres, spawn_app_with};
 
 /// A TCP proxy in front of PostgreSQL that can cut every connection and
 /// refuse new ones, as a crashed or unreachable database would.
@@ -124,11 +124,9 @@ fn start_load(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and pass --include-ignored"]
 async fn during_a_database_outage_calls_are_unavailable_and_the_service_recovers_by_itself() {
-    let Some(target) = postgres_address() else {
-        eprintln!("skipping: TEST_DATABASE_URL is not set (this test needs PostgreSQL)");
-        return;
-    };
+    let (_, target) = require_postgres();
     let proxy = Proxy::start(target).await;
     let app = spawn_app_with(AppOptions {
         database_address: Some(proxy.address),
@@ -212,40 +210,59 @@ async fn during_a_database_outage_calls_are_unavailable_and_the_service_recovers
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and pass --include-ignored"]
 async fn terminated_database_sessions_under_load_never_surface_as_internal_errors() {
-    if postgres_address().is_none() {
-        eprintln!("skipping: TEST_DATABASE_URL is not set (this test needs PostgreSQL)");
-        return;
-    }
+    let (admin_url, _) = require_postgres();
     let app = spawn_app_with(AppOptions::default()).await;
     let source = app.new_org("S").await;
     let destination = app.new_org("D").await;
     let connection = app.connect(&source, &destination).await.id;
     let database = current_database(&app).await;
-    let admin = sea_orm::Database::connect(crate::helpers::postgres_url().unwrap())
-        .await
-        .unwrap();
+    let admin = sea_orm::Database::connect(admin_url).await.unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
     let load = start_load(&app, &source, &destination, &connection, stop.clone());
-    for _ in 0..5 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        admin
-            .execute_raw(Statement::from_sql_and_values(
+    // Terminate every session of the server at least five times, and until a
+    // termination has cut a session in the middle of a call (running a
+    // statement, or inside a transaction) at least once.
+    let (mut terminations, mut mid_call) = (0, 0);
+    let window_start = Instant::now();
+    while terminations < 5 || (mid_call == 0 && terminations < 200) {
+        tokio::time::sleep(Duration::from_millis(if terminations < 5 {
+            200
+        } else {
+            20
+        }))
+        .await;
+        let cut = admin
+            .query_all_raw(Statement::from_sql_and_values(
                 DbBackend::Postgres,
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                "SELECT state, pg_terminate_backend(pid) FROM pg_stat_activity \
                  WHERE datname = $1 AND pid <> pg_backend_pid()",
                 [database.clone().into()],
             ))
             .await
             .unwrap();
+        terminations += 1;
+        mid_call += cut
+            .iter()
+            .filter(|row| {
+                let state: Option<String> = row.try_get_by_index(0).unwrap();
+                matches!(state.as_deref(), Some("active" | "idle in transaction"))
+            })
+            .count();
     }
+    let window_end = Instant::now();
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::SeqCst);
     let mut codes: HashMap<Code, usize> = HashMap::new();
+    let mut in_window = 0;
     for seen in load.join_all().await {
-        for (_, code) in seen {
+        for (at, code) in seen {
             *codes.entry(code).or_default() += 1;
+            if at > window_start && at < window_end {
+                in_window += 1;
+            }
         }
     }
     for code in codes.keys() {
@@ -254,6 +271,20 @@ async fn terminated_database_sessions_under_load_never_surface_as_internal_error
             "unexpected {code:?}: {codes:?}"
         );
     }
+    // The test proves something only if calls ran while sessions were cut,
+    // and a cut hit a session in the middle of a call.
+    assert!(
+        mid_call > 0,
+        "no termination hit a session mid-call in {terminations} tries"
+    );
+    assert!(
+        in_window >= 100 && codes.get(&Code::Ok).copied().unwrap_or_default() >= 100,
+        "too little load while sessions were cut: {in_window} calls, {codes:?}"
+    );
+    println!(
+        "terminated sessions: {terminations} rounds, {mid_call} sessions cut mid-call, \
+         {in_window} calls meanwhile, outcomes {codes:?}"
+    );
     // And it still works.
     assert_eq!(app.get(&source, &connection).await.id, connection);
     admin.close().await.ok();
@@ -265,11 +296,9 @@ async fn terminated_database_sessions_under_load_never_surface_as_internal_error
 /// (Single-statement writes outside transactions, the AdminService's, are
 /// not repeated: they fail with UNAVAILABLE, for the caller to retry.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and pass --include-ignored"]
 async fn calls_after_the_database_closed_every_pooled_session_succeed() {
-    if postgres_address().is_none() {
-        eprintln!("skipping: TEST_DATABASE_URL is not set (this test needs PostgreSQL)");
-        return;
-    }
+    let (admin_url, _) = require_postgres();
     let app = spawn_app_with(AppOptions::default()).await;
     let source = app.new_org("S").await;
     let mut pairs = Vec::new();
@@ -287,9 +316,7 @@ async fn calls_after_the_database_closed_every_pooled_session_succeed() {
     // A key not used yet, so not remembered: its first call looks it up.
     let late = app.new_org("late").await;
 
-    let admin = sea_orm::Database::connect(crate::helpers::postgres_url().unwrap())
-        .await
-        .unwrap();
+    let admin = sea_orm::Database::connect(admin_url).await.unwrap();
     let database = current_database(&app).await;
     let terminated = admin
         .query_all_raw(Statement::from_sql_and_values(

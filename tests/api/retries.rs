@@ -7,9 +7,13 @@ use connections::proto::{
     DeactivateConnectionRequest, ListConnectionsRequest,
 };
 use prost::Message;
+use sea_orm::{ConnectionTrait, Database, DbBackend, TransactionTrait};
 use tonic::Code;
 
-use crate::helpers::{AppOptions, TestApp, TestOrg, assert_error, spawn_app, spawn_app_with};
+use crate::helpers::{
+    AppOptions, TestApp, TestOrg, assert_error, metric_sample, postgres_url, spawn_app,
+    spawn_app_with,
+};
 
 fn create_request(
     destination: &TestOrg,
@@ -203,25 +207,51 @@ async fn a_failed_call_records_nothing_so_its_retry_is_evaluated_afresh() {
     assert_eq!(activated.state(), ConnectionState::Active);
 }
 
-#[tokio::test]
-async fn of_concurrent_duplicates_exactly_one_executes() {
-    let app = spawn_app().await;
-    let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
-
-    let creates = (0..16).map(|_| {
-        let mut client = app.connections(&source);
-        let request = create_request(&destination, DataType::Inquiry, "c-race");
-        tokio::spawn(async move { client.create_connection(request).await })
-    });
-    let mut responses = Vec::new();
-    for result in futures::future::join_all(creates).await {
+/// Sends `count` copies of one call at once; returns the responses of those
+/// that succeeded (encoded) and the requests of those that lost the race.
+/// A loser may only be told to retry (ABORTED, CONCURRENT_MODIFICATION).
+async fn race<F, Fut, R>(count: usize, call: F) -> (Vec<Vec<u8>>, usize)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>> + Send + 'static,
+    R: Message + Send + 'static,
+{
+    let calls = (0..count).map(|_| tokio::spawn(call()));
+    let (mut responses, mut losers) = (Vec::new(), 0);
+    for result in futures::future::join_all(calls).await {
         match result.unwrap() {
             Ok(response) => responses.push(response.into_inner().encode_to_vec()),
-            Err(status) => assert_error(&status, Code::Aborted, "CONCURRENT_MODIFICATION"),
+            Err(status) => {
+                assert_error(&status, Code::Aborted, "CONCURRENT_MODIFICATION");
+                losers += 1;
+            }
         }
     }
+    (responses, losers)
+}
+
+#[tokio::test]
+async fn of_concurrent_duplicates_exactly_one_executes() {
+    let app = spawn_app_with(AppOptions {
+        metrics: true,
+        ..AppOptions::default()
+    })
+    .await;
+    let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
+
+    let create = || {
+        let mut client = app.connections(&source);
+        let request = create_request(&destination, DataType::Inquiry, "c-race");
+        async move { client.create_connection(request).await }
+    };
+    let (responses, losers) = race(16, create).await;
     assert!(!responses.is_empty());
     assert!(responses.iter().all(|r| *r == responses[0]));
+    // Once the winner has committed, each loser's retry gets its response.
+    for _ in 0..losers {
+        let retry = create().await.unwrap().into_inner().encode_to_vec();
+        assert_eq!(retry, responses[0]);
+    }
     assert_eq!(connection_count(&app, &source).await, 1);
 
     let id = app
@@ -233,21 +263,35 @@ async fn of_concurrent_duplicates_exactly_one_executes() {
         .connections[0]
         .id
         .clone();
-    let activations = (0..16).map(|_| {
+    let activate = || {
         let mut client = app.connections(&destination);
         let request = activate_request(&id, "a-race");
-        tokio::spawn(async move { client.activate_connection(request).await })
-    });
-    let mut responses = Vec::new();
-    for result in futures::future::join_all(activations).await {
-        match result.unwrap() {
-            Ok(response) => responses.push(response.into_inner().encode_to_vec()),
-            Err(status) => assert_error(&status, Code::Aborted, "CONCURRENT_MODIFICATION"),
-        }
-    }
+        async move { client.activate_connection(request).await }
+    };
+    let (responses, losers) = race(16, activate).await;
     assert!(!responses.is_empty());
     assert!(responses.iter().all(|r| *r == responses[0]));
+    for _ in 0..losers {
+        let retry = activate().await.unwrap().into_inner().encode_to_vec();
+        assert_eq!(retry, responses[0]);
+    }
     assert_eq!(app.events(&source, &id).await.len(), 2);
+
+    // On PostgreSQL duplicates really run at once: those that wait for the
+    // winner's commit must answer with its result, not just give up. (On
+    // SQLite this process's writers take turns, so duplicates come after the
+    // winner and find its record.)
+    let text = app.metrics_text().await;
+    let after_race =
+        metric_sample(&text, r#"request_id_replays_total{path="after_race"}"#).unwrap();
+    let recorded = metric_sample(&text, r#"request_id_replays_total{path="recorded"}"#).unwrap();
+    println!("replays: {after_race} after a race, {recorded} of a record");
+    assert!(after_race + recorded >= 30.0, "{text}");
+    if postgres_url().is_some() {
+        assert!(after_race > 0.0, "no duplicate was answered after a race");
+    } else {
+        assert_eq!(after_race, 0.0);
+    }
 }
 
 #[tokio::test]
@@ -286,5 +330,46 @@ async fn expired_request_ids_are_swept_and_the_sweep_stops_on_shutdown() {
         }
     }
     assert!(!reused, "the record was never swept");
-    app.stop().await;
+    let sweeper = app.sweeper.clone();
+    assert!(sweeper.is_running() && sweeper.rounds() > 0);
+
+    // Hold a sweep in the middle of its DELETE with a lock on the table, so
+    // the server, stopped now, must wait for it.
+    let locker = Database::connect(&app.database_url).await.unwrap();
+    let lock = locker.begin().await.unwrap();
+    lock.execute_unprepared(match locker.get_database_backend() {
+        DbBackend::Postgres => "LOCK TABLE idempotency_records IN SHARE MODE",
+        _ => "UPDATE idempotency_records SET response = response",
+    })
+    .await
+    .unwrap();
+    let mut rounds = sweeper.rounds();
+    let mut still_since = tokio::time::Instant::now();
+    while still_since.elapsed() < Duration::from_millis(300) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if sweeper.rounds() != rounds {
+            rounds = sweeper.rounds();
+            still_since = tokio::time::Instant::now();
+        }
+    }
+    let stopping = tokio::spawn(app.stop());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !stopping.is_finished(),
+        "the server stopped while its sweep was still running"
+    );
+    assert!(sweeper.is_running());
+    lock.commit().await.unwrap();
+    locker.close().await.unwrap();
+
+    // Then it stops, with the server: a sweep that ignored the stop would
+    // hold the server up, and one left behind would still run.
+    tokio::time::timeout(Duration::from_secs(10), stopping)
+        .await
+        .expect("the server stops within 10 s")
+        .unwrap();
+    assert!(!sweeper.is_running(), "the sweep outlived the server");
+    let rounds = sweeper.rounds();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_eq!(sweeper.rounds(), rounds, "the sweep ran after the stop");
 }

@@ -1,0 +1,144 @@
+//! The real binary in processes of its own: `connections serve` and
+//! `connections admin`, on a database the test made.
+
+use std::{
+    net::TcpListener,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use connections::proto::connection_service_client::ConnectionServiceClient;
+use serde_json::Value;
+use tonic::transport::Channel;
+
+use crate::helpers::{Bearer, TestOrg};
+
+/// The `connections` binary cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_connections");
+
+/// Runs `connections admin ARGS` on the database at `url`; it must succeed.
+/// Returns the JSON it printed.
+pub fn admin(url: &str, args: &[&str]) -> Value {
+    let lines = admin_lines(url, args);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    lines.into_iter().next().unwrap()
+}
+
+/// Runs `connections admin ARGS` on the database at `url`; it must succeed.
+/// Returns each line it printed, as JSON.
+pub fn admin_lines(url: &str, args: &[&str]) -> Vec<Value> {
+    let output = Command::new(BIN)
+        .args(["admin"])
+        .args(args)
+        .env("CONNECTIONS_DATABASE_URL", url)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run connections admin");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("UTF-8")
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect()
+}
+
+/// A new organization with one API key, made with `connections admin`.
+pub fn new_org(url: &str, name: &str) -> TestOrg {
+    let org = admin(url, &["create-org", "--name", name]);
+    let id = org["id"].as_str().unwrap().to_owned();
+    let key = admin(url, &["create-key", "--org", &id]);
+    TestOrg {
+        id,
+        key: key["secret"].as_str().unwrap().to_owned(),
+    }
+}
+
+/// A ConnectionService client that sends an API key.
+pub type Client =
+    ConnectionServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
+
+/// A client on `channel` calling as `org`.
+pub fn client(channel: &Channel, org: &TestOrg) -> Client {
+    ConnectionServiceClient::with_interceptor(channel.clone(), Bearer::new(&org.key))
+}
+
+/// A `connections serve` process and a channel to it. Dropped before it was
+/// waited for (a failed test), the process is killed.
+pub struct Server {
+    child: Option<Child>,
+    /// A channel to the server.
+    pub channel: Channel,
+}
+
+impl Server {
+    /// Starts `connections serve` on a free port, on the database at `url`.
+    pub async fn start(url: &str) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        #[allow(clippy::zombie_processes)] // waited for in `wait` or on drop
+        let child = Command::new(BIN)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("CONNECTIONS_DATABASE_URL", url)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start server");
+        for _ in 0..200 {
+            if let Ok(channel) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+                .unwrap()
+                .connect()
+                .await
+            {
+                return Self {
+                    child: Some(child),
+                    channel,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server did not start");
+    }
+
+    /// A client calling as `org`.
+    pub fn client(&self, org: &TestOrg) -> Client {
+        client(&self.channel, org)
+    }
+
+    /// Sends `signal` (e.g. `-TERM`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
