@@ -34,7 +34,8 @@
 //! since they share the generator). To replay a failure, run
 //! `cargo test --test api model::` again (with the same `TEST_DATABASE_URL`,
 //! if it failed on PostgreSQL); commit the line to keep the case as a
-//! regression test. `PROPTEST_CASES=N` runs N new cases instead of the default.
+//! regression test. `PROPTEST_CASES=N` runs N new cases instead of the default
+//! (`PROPTEST_CASES=0`: only the saved seeds).
 
 mod grpc_layer;
 mod harness;
@@ -68,6 +69,8 @@ fn config(cases: u32) -> Config {
             "proptest-regressions",
         ))),
         source_file: Some(file!()),
+        // Shrink a replayed seed too, even when no new cases run.
+        max_shrink_iters: 1024,
         ..default
     }
 }

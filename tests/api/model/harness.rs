@@ -10,7 +10,8 @@ use uuid::Uuid;
 use super::{
     operations::{CANARY, Caller, Destination, EtagChoice, ORGS, Op, PLAYERS, Target, Tweak},
     reference::{
-        Effect, Failure, Model, ModelConn, ModelEvent, Outcome, Refusal, SPEC_TABLE, UNKNOWN, View,
+        Effect, Failure, Model, ModelConn, ModelEvent, Outcome, Refusal, RidKey, SPEC_TABLE,
+        UNKNOWN, View,
     },
 };
 
@@ -170,7 +171,7 @@ struct Harness<'a, L: Layer> {
     unknown_conn: String,
     model: Model,
     /// The layer's first response for each recorded request_id.
-    first_responses: HashMap<super::reference::RidKey, L::Record>,
+    first_responses: HashMap<RidKey, L::Record>,
     /// Every create and transition sent so far, for retries.
     calls: Vec<Call>,
 }
