@@ -204,7 +204,7 @@ fn newly_created(
         destination_organization_id: destination.id.clone(),
         state: ConnectionState::Pending as i32,
         data_types: data_types.iter().map(|t| *t as i32).collect(),
-        create_time: created.clone(),
+        create_time: created,
         update_time: created,
         activate_time: None,
         deactivate_time: None,
@@ -227,7 +227,7 @@ fn created_event(event_id: &str, connection: &Connection, source: &TestOrg) -> C
         actor_organization_id: source.id.clone(),
         actor_role: ConnectionRole::Source as i32,
         reason: String::new(),
-        create_time: connection.create_time.clone(),
+        create_time: connection.create_time,
     }
 }
 
