@@ -199,13 +199,24 @@ mod tests {
         assert_eq!(fields, ["connection_id", "reason"]);
     }
 
+    /// The violation `field` with `description`, as a check reports it.
+    fn violation<T>(field: &'static str, description: &str) -> Checked<T> {
+        Err(FieldViolation::new(field, description))
+    }
+
     #[test]
     fn required_id_must_be_present_and_well_formed() {
         assert_eq!(
-            id("connection_id", "", ConnectionId::parse)
-                .unwrap_err()
-                .description,
-            "is required"
+            id("connection_id", "", ConnectionId::parse),
+            violation("connection_id", "is required")
+        );
+        assert_eq!(
+            id("connection_id", "nope", ConnectionId::parse),
+            violation(
+                "connection_id",
+                "must be a UUID in canonical hyphenated form, e.g. \
+                 0190f3c4-7a2b-7c3d-8e4f-5a6b7c8d9e0f"
+            )
         );
         assert!(
             id(
@@ -216,17 +227,49 @@ mod tests {
             .is_ok()
         );
         assert_eq!(optional_id("x", "", ConnectionId::parse), Ok(None));
+        assert_eq!(
+            optional_id("counterparty_organization_id", "nope", ConnectionId::parse)
+                .unwrap_err()
+                .field,
+            "counterparty_organization_id"
+        );
     }
 
     #[test]
     fn reason_and_request_id_are_bounded_in_characters() {
         assert!(reason(&"é".repeat(MAX_REASON_CHARS)).is_ok());
-        assert!(reason(&"é".repeat(MAX_REASON_CHARS + 1)).is_err());
+        assert_eq!(
+            reason(&"é".repeat(MAX_REASON_CHARS + 1)),
+            violation("reason", "must be at most 500 characters")
+        );
         assert!(request_id(&"r".repeat(MAX_REQUEST_ID_CHARS)).is_ok());
-        assert!(request_id(&"r".repeat(MAX_REQUEST_ID_CHARS + 1)).is_err());
+        assert_eq!(
+            request_id(&"r".repeat(MAX_REQUEST_ID_CHARS + 1)),
+            violation("request_id", "must be at most 255 characters")
+        );
         assert!(reason("line one\nline two").is_ok());
-        assert!(reason("bell\u{7}").is_err());
+        assert_eq!(
+            reason("bell\u{7}"),
+            violation("reason", "must not contain control characters")
+        );
+        assert_eq!(
+            request_id("nul\u{0}"),
+            violation("request_id", "must not contain control characters")
+        );
         assert_eq!(reason(""), Ok(None));
+    }
+
+    #[test]
+    fn etag_is_bounded_in_length() {
+        assert_eq!(etag(""), Ok(None));
+        assert_eq!(
+            etag(&"e".repeat(MAX_ETAG_LEN)),
+            Ok(Some("e".repeat(MAX_ETAG_LEN)))
+        );
+        assert_eq!(
+            etag(&"e".repeat(MAX_ETAG_LEN + 1)),
+            violation("etag", "must be at most 64 characters")
+        );
     }
 
     #[test]
@@ -235,24 +278,87 @@ mod tests {
             data_types(&[4, 1, 4]).unwrap().as_slice(),
             &[DataType::Inquiry, DataType::Transaction]
         );
-        assert!(data_types(&[]).is_err());
-        assert!(data_types(&[0]).is_err());
-        assert!(data_types(&[1, 99]).is_err());
-        assert!(data_types(&[1; MAX_DATA_TYPES + 1]).is_err());
+        assert_eq!(
+            data_types(&[]),
+            violation("data_types", "at least one data type is required")
+        );
+        assert_eq!(
+            data_types(&[0]),
+            violation(
+                "data_types",
+                "0 is not a data type (UNSPECIFIED is not allowed)"
+            )
+        );
+        assert_eq!(
+            data_types(&[1, 99]),
+            violation(
+                "data_types",
+                "99 is not a data type (UNSPECIFIED is not allowed)"
+            )
+        );
+        assert_eq!(
+            data_types(&[1; MAX_DATA_TYPES + 1]),
+            violation("data_types", "must have at most 32 entries")
+        );
     }
 
     #[test]
     fn filters_accept_unspecified_and_reject_unknown_values() {
         assert_eq!(role_filter(0), Ok(None));
         assert!(role_filter(1).unwrap().is_some());
-        assert!(role_filter(9).is_err());
+        assert_eq!(
+            role_filter(9),
+            violation("role", "9 is not a connection role")
+        );
         assert_eq!(state_filter(0), Ok(None));
-        assert!(state_filter(-1).is_err());
+        assert_eq!(
+            state_filter(-1),
+            violation("state", "-1 is not a connection state")
+        );
     }
 
     #[test]
     fn negative_page_size_is_refused() {
-        assert!(page_size(-1).is_err());
+        assert_eq!(
+            page_size(-1),
+            violation("page_size", "must not be negative")
+        );
         assert_eq!(page_size(0).unwrap().get(), 50);
+    }
+
+    #[test]
+    fn violations_reach_the_caller_as_invalid_argument_naming_each_field() {
+        use tonic_types::StatusExt;
+        let err = (
+            role_filter(9),
+            page_size(-1),
+            etag(&"e".repeat(MAX_ETAG_LEN + 1)),
+        )
+            .all_ok()
+            .unwrap_err();
+        let status = tonic::Status::from(err);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            status.get_details_error_info().expect("ErrorInfo").reason,
+            "ERROR_REASON_INVALID_ARGUMENT"
+        );
+        let violations: Vec<(String, String)> = status
+            .get_details_bad_request()
+            .expect("BadRequest")
+            .field_violations
+            .into_iter()
+            .map(|v| (v.field, v.description))
+            .collect();
+        assert_eq!(
+            violations,
+            [
+                ("role".to_owned(), "9 is not a connection role".to_owned()),
+                ("page_size".to_owned(), "must not be negative".to_owned()),
+                (
+                    "etag".to_owned(),
+                    "must be at most 64 characters".to_owned()
+                ),
+            ]
+        );
     }
 }

@@ -82,10 +82,36 @@ impl PageTokens {
 
 #[cfg(test)]
 mod tests {
+    use tonic::{Code, Status};
+    use tonic_types::StatusExt;
+
     use super::*;
 
     fn tokens() -> PageTokens {
         PageTokens::new([7; 32])
+    }
+
+    /// Asserts that `result` is the refusal of a page token, and that the
+    /// caller is told so: INVALID_ARGUMENT, reason INVALID_PAGE_TOKEN, naming
+    /// the `page_token` field.
+    #[track_caller]
+    fn assert_invalid_page_token(result: Result<Vec<u8>, ServiceError>, what: &str) {
+        let err = match result {
+            Err(err @ ServiceError::InvalidPageToken) => err,
+            other => panic!("{what}: expected InvalidPageToken, got {other:?}"),
+        };
+        let status = Status::from(err);
+        assert_eq!(status.code(), Code::InvalidArgument, "{what}");
+        let info = status.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "ERROR_REASON_INVALID_PAGE_TOKEN", "{what}");
+        let fields: Vec<String> = status
+            .get_details_bad_request()
+            .expect("BadRequest")
+            .field_violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(fields, ["page_token"], "{what}");
     }
 
     #[test]
@@ -97,14 +123,11 @@ mod tests {
     #[test]
     fn refuses_another_scope_or_key() {
         let token = tokens().issue("scope-a", b"cursor");
-        assert!(matches!(
-            tokens().verify("scope-b", &token),
-            Err(ServiceError::InvalidPageToken)
-        ));
-        assert!(matches!(
+        assert_invalid_page_token(tokens().verify("scope-b", &token), "another scope");
+        assert_invalid_page_token(
             PageTokens::new([8; 32]).verify("scope-a", &token),
-            Err(ServiceError::InvalidPageToken)
-        ));
+            "another key",
+        );
     }
 
     #[test]
@@ -115,14 +138,23 @@ mod tests {
             let mut altered = raw.clone();
             altered[i] ^= 0x01;
             let altered = URL_SAFE_NO_PAD.encode(altered);
-            assert!(tokens().verify("scope", &altered).is_err(), "byte {i}");
+            assert_invalid_page_token(tokens().verify("scope", &altered), &format!("byte {i}"));
         }
     }
 
     #[test]
     fn refuses_garbage_and_oversized_tokens() {
-        for bad in ["", "!!!", "AAAA", &"A".repeat(MAX_PAGE_TOKEN_LEN + 1)] {
-            assert!(tokens().verify("scope", bad).is_err(), "{bad:?}");
+        let oversized = "A".repeat(MAX_PAGE_TOKEN_LEN + 1);
+        let padded = format!("{}=", tokens().issue("scope", b"cursor"));
+        for (what, bad) in [
+            ("empty: no version and no tag", ""),
+            ("not base64url", "!!!"),
+            ("standard base64's alphabet", "ab+/"),
+            ("too short for a version and a tag", "AAAA"),
+            ("a valid token with padding", padded.as_str()),
+            ("longer than the maximum", oversized.as_str()),
+        ] {
+            assert_invalid_page_token(tokens().verify("scope", bad), what);
         }
     }
 }

@@ -1,10 +1,14 @@
-use connections::proto::{
-    ConnectionState, CreateConnectionRequest, DataType, ListConnectionEventsRequest,
+use connections::{
+    domain::{ConnectionId, connection::etag},
+    proto::{
+        Connection, ConnectionEvent, ConnectionEventType, ConnectionRole, ConnectionState,
+        CreateConnectionRequest, DataType, ListConnectionEventsRequest,
+    },
 };
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{assert_error, spawn_app, unknown_id, violated_fields};
+use crate::helpers::{TestOrg, assert_error, spawn_app, unknown_id, violated_fields};
 
 fn request(destination: &str, data_types: &[DataType]) -> CreateConnectionRequest {
     CreateConnectionRequest {
@@ -172,20 +176,119 @@ async fn malformed_create_requests_are_invalid_argument_with_field_violations() 
     }
 }
 
+/// The creation time a connection's UUIDv7 records (its `create_time`).
+fn time_in_id(id: &str) -> prost_types::Timestamp {
+    let (seconds, nanos) = uuid::Uuid::parse_str(id)
+        .unwrap()
+        .get_timestamp()
+        .expect("a UUIDv7")
+        .to_unix();
+    prost_types::Timestamp {
+        seconds: seconds.try_into().unwrap(),
+        nanos: nanos.try_into().unwrap(),
+    }
+}
+
+/// Every field of a connection `source` has just created to `destination`
+/// (`id` is the one the server chose): nothing but its creation is recorded.
+fn newly_created(
+    id: &str,
+    source: &TestOrg,
+    destination: &TestOrg,
+    data_types: &[DataType],
+) -> Connection {
+    let created = Some(time_in_id(id));
+    Connection {
+        id: id.to_owned(),
+        source_organization_id: source.id.clone(),
+        destination_organization_id: destination.id.clone(),
+        state: ConnectionState::Pending as i32,
+        data_types: data_types.iter().map(|t| *t as i32).collect(),
+        create_time: created,
+        update_time: created,
+        activate_time: None,
+        deactivate_time: None,
+        deactivated_by: ConnectionRole::Unspecified as i32,
+        deactivation_reason: String::new(),
+        etag: etag(ConnectionId::parse(id).unwrap(), 1),
+    }
+}
+
+/// Every field of the one event a new connection's history holds (`event_id`
+/// is the one the server chose).
+fn created_event(event_id: &str, connection: &Connection, source: &TestOrg) -> ConnectionEvent {
+    ConnectionEvent {
+        id: event_id.to_owned(),
+        connection_id: connection.id.clone(),
+        sequence: 1,
+        r#type: ConnectionEventType::Created as i32,
+        from_state: ConnectionState::Unspecified as i32,
+        to_state: ConnectionState::Pending as i32,
+        actor_organization_id: source.id.clone(),
+        actor_role: ConnectionRole::Source as i32,
+        reason: String::new(),
+        create_time: connection.create_time,
+    }
+}
+
+/// A create with a request_id stores and returns exactly what a create
+/// without one does, and a retry of it returns the same record byte for byte
+/// and leaves the record and its history as they were.
 #[tokio::test]
 async fn a_request_id_is_accepted_and_changes_nothing_else() {
     let app = spawn_app().await;
-    let (a, b) = (app.new_org("A").await, app.new_org("B").await);
-    let connection = app
-        .connections(&a)
-        .create_connection(CreateConnectionRequest {
-            request_id: uuid::Uuid::now_v7().to_string(),
-            ..request(&b.id, &[DataType::Account])
-        })
+    let (a, b, c) = (
+        app.new_org("A").await,
+        app.new_org("B").await,
+        app.new_org("C").await,
+    );
+    let mut client = app.connections(&a);
+    let asked = [DataType::Account, DataType::Inquiry];
+    let stored = [DataType::Inquiry, DataType::Account];
+
+    // Without a request_id, for comparison.
+    let plain = client
+        .create_connection(request(&c.id, &asked))
+        .await
+        .unwrap()
+        .into_inner()
+        .connection
+        .unwrap();
+    assert_eq!(plain, newly_created(&plain.id, &a, &c, &stored));
+
+    let with_request_id = CreateConnectionRequest {
+        request_id: uuid::Uuid::now_v7().to_string(),
+        ..request(&b.id, &asked)
+    };
+    let connection = client
+        .create_connection(with_request_id.clone())
         .await
         .unwrap()
         .into_inner()
         .connection
         .unwrap();
     assert_eq!(connection.state(), ConnectionState::Pending);
+    assert_eq!(connection, newly_created(&connection.id, &a, &b, &stored));
+
+    for (created, destination) in [(&plain, &c), (&connection, &b)] {
+        assert_eq!(app.get(&a, &created.id).await, *created);
+        assert_eq!(app.get(destination, &created.id).await, *created);
+        let history = app.events(&a, &created.id).await;
+        assert_eq!(history.len(), 1, "{history:?}");
+        uuid::Uuid::parse_str(&history[0].id).expect("event ID is a UUID");
+        assert_eq!(history, [created_event(&history[0].id, created, &a)]);
+    }
+
+    // A retry: the same response, and nothing changes.
+    let history = app.events(&a, &connection.id).await;
+    let retried = client
+        .create_connection(with_request_id)
+        .await
+        .unwrap()
+        .into_inner()
+        .connection
+        .unwrap();
+    assert_eq!(retried, connection);
+    assert_eq!(app.get(&a, &connection.id).await, connection);
+    assert_eq!(app.events(&a, &connection.id).await, history);
 }

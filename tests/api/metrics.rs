@@ -1,10 +1,14 @@
 //! The Prometheus endpoint.
 
-use connections::proto::{GetConnectionRequest, GetOrganizationRequest};
+use connections::proto::{CreateOrganizationRequest, GetConnectionRequest, GetOrganizationRequest};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 
-use crate::helpers::{AppOptions, TestApp, spawn_app, spawn_app_with, unknown_id};
+use tonic::Code;
+
+use crate::helpers::{
+    AppOptions, TestApp, assert_error, spawn_app, spawn_app_with, unknown_id, violated_fields,
+};
 
 async fn scrape(app: &TestApp) -> String {
     let addr = app.metrics_addr.expect("metrics enabled");
@@ -33,6 +37,17 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         })
 }
 
+/// `grpc_server_handled_total` for `method` and `code` (e.g. `"NotFound"`).
+fn handled(text: &str, method: &str, code: &str) -> Option<f64> {
+    sample(
+        text,
+        &format!(r#"grpc_server_handled_total{{method="{method}",code="{code}"}}"#),
+    )
+}
+
+/// Every count differs from every other one it could be confused with: a
+/// metric that swapped two states, two codes or two methods would report a
+/// wrong number rather than the same one under another label.
 #[tokio::test]
 async fn metrics_count_calls_by_method_and_code_and_connections_by_state() {
     let app = spawn_app_with(AppOptions {
@@ -40,7 +55,20 @@ async fn metrics_count_calls_by_method_and_code_and_connections_by_state() {
         ..AppOptions::default()
     })
     .await;
-    let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
+    let source = app.new_org("S").await;
+    let mut destinations = Vec::new();
+    for name in ["D1", "D2", "D3", "D4", "D5", "D6"] {
+        destinations.push(app.new_org(name).await);
+    }
+    // One more organization, without a key: 8 CreateOrganization, 7 CreateApiKey.
+    app.admin()
+        .create_organization(CreateOrganizationRequest {
+            display_name: "no key".to_owned(),
+        })
+        .await
+        .unwrap();
+
+    // GetOrganization: 3 OK.
     let mut organizations = app.organizations(&source);
     for _ in 0..3 {
         organizations
@@ -48,62 +76,87 @@ async fn metrics_count_calls_by_method_and_code_and_connections_by_state() {
             .await
             .unwrap();
     }
+
+    // CreateConnection: 6 OK. ActivateConnection: 4 OK, then 1
+    // DeactivateConnection: 3 ACTIVE, 2 PENDING, 1 INACTIVE.
+    let mut ids = Vec::new();
+    for destination in &destinations {
+        ids.push(app.connect(&source, destination).await.id);
+    }
+    for (destination, id) in destinations.iter().zip(&ids).take(4) {
+        app.activate(destination, id, "").await.unwrap();
+    }
+    app.deactivate(&source, &ids[3], "").await.unwrap();
+
+    // GetConnection: 4 OK, 2 NOT_FOUND, 1 INVALID_ARGUMENT.
     let mut connections = app.connections(&source);
-    for _ in 0..2 {
+    for id in &ids[..4] {
         connections
+            .get_connection(GetConnectionRequest {
+                connection_id: id.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    for _ in 0..2 {
+        let status = connections
             .get_connection(GetConnectionRequest {
                 connection_id: unknown_id(),
             })
             .await
             .unwrap_err();
+        assert_error(&status, Code::NotFound, "CONNECTION_NOT_FOUND");
     }
-    let id = app.connect(&source, &destination).await.id;
-    app.activate(&destination, &id, "").await.unwrap();
-    let other = app.new_org("O").await;
-    app.connect(&source, &other).await;
+    let status = connections
+        .get_connection(GetConnectionRequest {
+            connection_id: "nope".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert_eq!(violated_fields(&status), ["connection_id"]);
 
     let text = scrape(&app).await;
+    let service = "/connections.v1.ConnectionService";
     let get_org = "/connections.v1.OrganizationService/GetOrganization";
-    let get_connection = "/connections.v1.ConnectionService/GetConnection";
-    assert_eq!(
-        sample(
-            &text,
-            &format!(r#"grpc_server_handled_total{{method="{get_org}",code="Ok"}}"#)
-        ),
-        Some(3.0),
-        "{text}"
-    );
-    assert_eq!(
-        sample(
-            &text,
-            &format!(r#"grpc_server_handled_total{{method="{get_connection}",code="NotFound"}}"#)
-        ),
-        Some(2.0),
-        "{text}"
-    );
-    assert_eq!(
-        sample(
-            &text,
-            &format!(r#"grpc_server_handling_seconds_count{{method="{get_org}"}}"#)
-        ),
-        Some(3.0),
-        "{text}"
-    );
-    assert_eq!(
-        sample(&text, r#"connections{state="ACTIVE"}"#),
-        Some(1.0),
-        "{text}"
-    );
-    assert_eq!(
-        sample(&text, r#"connections{state="PENDING"}"#),
-        Some(1.0),
-        "{text}"
-    );
-    assert_eq!(
-        sample(&text, r#"connections{state="INACTIVE"}"#),
-        Some(0.0),
-        "{text}"
-    );
+    let get_connection = &format!("{service}/GetConnection");
+    for (method, code, count) in [
+        (get_org, "Ok", 3.0),
+        (get_connection, "Ok", 4.0),
+        (get_connection, "NotFound", 2.0),
+        (get_connection, "InvalidArgument", 1.0),
+        (&format!("{service}/CreateConnection"), "Ok", 6.0),
+        (&format!("{service}/ActivateConnection"), "Ok", 4.0),
+        (&format!("{service}/DeactivateConnection"), "Ok", 1.0),
+        ("/connections.v1.AdminService/CreateOrganization", "Ok", 8.0),
+        ("/connections.v1.AdminService/CreateApiKey", "Ok", 7.0),
+    ] {
+        assert_eq!(
+            handled(&text, method, code),
+            Some(count),
+            "{method} {code}: {text}"
+        );
+    }
+    // No call ended with a code it did not end with.
+    assert_eq!(handled(&text, get_org, "NotFound"), None, "{text}");
+    assert_eq!(handled(&text, get_connection, "Internal"), None, "{text}");
+    for (method, count) in [(get_org, 3.0), (get_connection, 7.0)] {
+        assert_eq!(
+            sample(
+                &text,
+                &format!(r#"grpc_server_handling_seconds_count{{method="{method}"}}"#)
+            ),
+            Some(count),
+            "{method}: {text}"
+        );
+    }
+    for (state, count) in [("ACTIVE", 3.0), ("PENDING", 2.0), ("INACTIVE", 1.0)] {
+        assert_eq!(
+            sample(&text, &format!(r#"connections{{state="{state}"}}"#)),
+            Some(count),
+            "{state}: {text}"
+        );
+    }
     assert!(
         sample(&text, r#"db_pool_connections{state="idle"}"#).is_some(),
         "{text}"

@@ -1,13 +1,33 @@
 use std::time::Duration;
 
-use connections::proto::ListConnectionsRequest;
+use connections::{
+    db::DbSettings,
+    entity::{connection, connection_event},
+    proto::{
+        ActivateConnectionRequest, ConnectionState, CreateApiKeyRequest, CreateConnectionRequest,
+        CreateOrganizationRequest, DataType, ListConnectionsRequest,
+        admin_service_client::AdminServiceClient,
+        connection_service_client::ConnectionServiceClient,
+    },
+    startup::{Application, Settings},
+};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, SqliteTransactionMode, Statement,
+    TransactionOptions, TransactionTrait,
+};
+use secrecy::SecretString;
+use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
-use tonic::Code;
+use tonic::{Code, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+use uuid::Uuid;
 
-use crate::helpers::{TestApp, assert_error, spawn_app};
+use crate::helpers::{
+    ADMIN_TOKEN, Bearer, Connections, TestApp, TestDatabase, TestOrg, assert_error, spawn_app,
+};
 
 async fn health(app: &TestApp, service: &str) -> ServingStatus {
     HealthClient::new(app.channel.clone())
@@ -150,10 +170,212 @@ async fn reflection_v1alpha_lists_every_service() {
     );
 }
 
+/// An organization with an API key, made through `channel`'s AdminService.
+async fn new_org(channel: &Channel, name: &str) -> TestOrg {
+    let mut admin = AdminServiceClient::with_interceptor(channel.clone(), Bearer::new(ADMIN_TOKEN));
+    let org = admin
+        .create_organization(CreateOrganizationRequest {
+            display_name: name.to_owned(),
+        })
+        .await
+        .expect("create organization")
+        .into_inner()
+        .organization
+        .unwrap();
+    let key = admin
+        .create_api_key(CreateApiKeyRequest {
+            organization_id: org.id.clone(),
+            display_name: "tests".to_owned(),
+        })
+        .await
+        .expect("create API key")
+        .into_inner();
+    TestOrg {
+        id: org.id,
+        key: key.secret,
+    }
+}
+
+/// A ConnectionService client for `org` on `channel`.
+fn connections_on(channel: &Channel, org: &TestOrg) -> Connections {
+    ConnectionServiceClient::with_interceptor(channel.clone(), Bearer::new(&org.key))
+}
+
+/// Takes the lock on connection `id` that ActivateConnection needs, in a
+/// transaction of `db` (not the server's): on SQLite the database's write
+/// lock, on PostgreSQL the connection's row. Ending the transaction releases it.
+async fn lock_connection(db: &DatabaseConnection, id: &str) -> DatabaseTransaction {
+    match db.get_database_backend() {
+        DbBackend::Sqlite => db
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            })
+            .await
+            .expect("take the write lock"),
+        _ => {
+            let txn = db.begin().await.expect("begin");
+            connection::Entity::find_by_id(Uuid::parse_str(id).unwrap())
+                .lock_exclusive()
+                .one(&txn)
+                .await
+                .expect("lock the row")
+                .expect("the connection exists");
+            txn
+        }
+    }
+}
+
+/// Returns once a statement of the database `db` is connected to waits for a
+/// lock. PostgreSQL shows waiting statements; SQLite does not, so there a
+/// short pause lets the call reach the lock.
+async fn wait_until_a_statement_waits_for_a_lock(db: &DatabaseConnection) {
+    if db.get_database_backend() == DbBackend::Sqlite {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        return;
+    }
+    for _ in 0..400 {
+        let row = db
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT count(*) AS waiting FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            ))
+            .await
+            .expect("read pg_stat_activity")
+            .expect("one row");
+        if row.try_get::<i64>("", "waiting").expect("count") > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no statement ever waited for the lock");
+}
+
+/// A graceful stop lets a call already in flight finish, with its change
+/// committed; a call made after the stop is refused UNAVAILABLE and changes
+/// nothing; the server then stops cleanly.
+///
+/// The call is held in flight by a lock the test takes in the database
+/// through a connection of its own. The test creates the database itself
+/// (rather than through `spawn_app`) so that it can open that connection and
+/// still read the database after the server, and its pools, are gone.
 #[tokio::test]
-async fn graceful_stop_finishes_and_refuses_new_connections() {
-    let app = spawn_app().await;
-    let addr = app.addr;
-    app.stop().await;
+async fn graceful_stop_completes_calls_in_flight_and_refuses_new_ones() {
+    let (_database, url) = TestDatabase::create(false).await;
+    let app = Application::build(Settings {
+        admin_token: Some(SecretString::from(ADMIN_TOKEN.to_owned())),
+        ..Settings::new("127.0.0.1:0".parse().unwrap(), DbSettings::new(url.clone()))
+    })
+    .await
+    .expect("application builds");
+    let addr = app.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let mut server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    let (source, destination, other) = (
+        new_org(&channel, "S").await,
+        new_org(&channel, "D").await,
+        new_org(&channel, "O").await,
+    );
+    let create = |destination: &TestOrg| CreateConnectionRequest {
+        destination_organization_id: destination.id.clone(),
+        data_types: vec![DataType::Inquiry as i32],
+        request_id: String::new(),
+    };
+    let pending = connections_on(&channel, &source)
+        .create_connection(create(&destination))
+        .await
+        .expect("create connection")
+        .into_inner()
+        .connection
+        .unwrap();
+
+    let own = Database::connect(&url).await.expect("own connection");
+    let lock = lock_connection(&own, &pending.id).await;
+    let mut in_flight = {
+        let mut client = connections_on(&channel, &destination);
+        let id = pending.id.clone();
+        tokio::spawn(async move {
+            client
+                .activate_connection(ActivateConnectionRequest {
+                    connection_id: id,
+                    ..Default::default()
+                })
+                .await
+        })
+    };
+    wait_until_a_statement_waits_for_a_lock(&own).await;
+    assert!(
+        !in_flight.is_finished(),
+        "the call did not wait for the lock"
+    );
+
+    stop.send(()).expect("server running");
+    // The listener closes as the stop begins; wait for it (bounded).
+    let mut refused = false;
+    for _ in 0..200 {
+        match tokio::net::TcpStream::connect(addr).await {
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {
+                refused = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    assert!(refused, "the server kept accepting connections");
+    let late = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    let status = connections_on(&late, &source)
+        .create_connection(create(&other))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        !server.is_finished(),
+        "the server stopped with a call in flight"
+    );
+
+    lock.rollback().await.expect("release the lock");
+    let activated = tokio::time::timeout(Duration::from_secs(30), &mut in_flight)
+        .await
+        .expect("the call in flight finishes")
+        .unwrap()
+        .expect("the call in flight succeeds")
+        .into_inner()
+        .connection
+        .unwrap();
+    assert_eq!(activated.state(), ConnectionState::Active);
+    tokio::time::timeout(Duration::from_secs(30), &mut server)
+        .await
+        .expect("the server stops")
+        .expect("server task")
+        .expect("server stops cleanly");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+
+    // What the database holds once the server is gone: the activation and
+    // its event, and nothing from the refused call.
+    let stored = connection::Entity::find_by_id(Uuid::parse_str(&pending.id).unwrap())
+        .one(&own)
+        .await
+        .unwrap()
+        .expect("the connection is stored");
+    assert_eq!(stored.state, "ACTIVE");
+    assert_eq!(stored.version, 2);
+    let events = connection_event::Entity::find()
+        .filter(connection_event::Column::ConnectionId.eq(stored.id))
+        .count(&own)
+        .await
+        .unwrap();
+    assert_eq!(events, 2, "created and activated");
+    let connections = connection::Entity::find().count(&own).await.unwrap();
+    assert_eq!(connections, 1, "the call after the stop created nothing");
+    own.close().await.unwrap();
 }

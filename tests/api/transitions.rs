@@ -87,6 +87,11 @@ async fn transitions_the_state_does_not_allow_are_failed_precondition_with_curre
     );
     assert_eq!(current_state(&status), "CONNECTION_STATE_ACTIVE");
     let status = app.reactivate(&source, id, "").await.unwrap_err();
+    assert_error(
+        &status,
+        Code::FailedPrecondition,
+        "INVALID_STATE_TRANSITION",
+    );
     assert_eq!(current_state(&status), "CONNECTION_STATE_ACTIVE");
 
     // INACTIVE: neither activate nor deactivate.
@@ -99,6 +104,11 @@ async fn transitions_the_state_does_not_allow_are_failed_precondition_with_curre
     );
     assert_eq!(current_state(&status), "CONNECTION_STATE_INACTIVE");
     let status = app.deactivate(&destination, id, "").await.unwrap_err();
+    assert_error(
+        &status,
+        Code::FailedPrecondition,
+        "INVALID_STATE_TRANSITION",
+    );
     assert_eq!(current_state(&status), "CONNECTION_STATE_INACTIVE");
 
     // Refusals append nothing: created, activated, deactivated.
@@ -226,11 +236,22 @@ async fn concurrent_activations_apply_once() {
     let mut successes = 0;
     for result in futures::future::join_all(calls).await {
         match result.unwrap() {
-            Ok(_) => successes += 1,
-            Err(status) => assert!(
-                matches!(status.code(), Code::FailedPrecondition | Code::Aborted),
-                "{status:?}"
-            ),
+            Ok(activated) => {
+                let activated = activated.into_inner().connection.unwrap();
+                assert_eq!(activated.state(), ConnectionState::Active);
+                successes += 1;
+            }
+            // Read after the winner committed: the state forbids it.
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                assert_error(
+                    &status,
+                    Code::FailedPrecondition,
+                    "INVALID_STATE_TRANSITION",
+                );
+                assert_eq!(current_state(&status), "CONNECTION_STATE_ACTIVE");
+            }
+            // Read before the winner committed: its guarded update lost.
+            Err(status) => assert_error(&status, Code::Aborted, "CONCURRENT_MODIFICATION"),
         }
     }
     assert_eq!(successes, 1);
