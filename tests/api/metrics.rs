@@ -1,45 +1,15 @@
 //! The Prometheus endpoint.
 
 use connections::proto::{CreateOrganizationRequest, GetConnectionRequest, GetOrganizationRequest};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
-
 use tonic::Code;
 
 use crate::helpers::{
-    AppOptions, TestApp, assert_error, spawn_app, spawn_app_with, unknown_id, violated_fields,
+    AppOptions, assert_error, metric_sample, spawn_app, spawn_app_with, unknown_id, violated_fields,
 };
-
-async fn scrape(app: &TestApp) -> String {
-    let addr = app.metrics_addr.expect("metrics enabled");
-    let response = Client::builder(TokioExecutor::new())
-        .build_http::<Empty<bytes::Bytes>>()
-        .get(format!("http://{addr}/metrics").parse().unwrap())
-        .await
-        .expect("scrape");
-    assert_eq!(response.status(), 200);
-    let content_type = response.headers()["content-type"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert!(content_type.starts_with("text/plain"), "{content_type}");
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8(body.to_vec()).unwrap()
-}
-
-/// The value of the sample named exactly `series` (name and labels).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().unwrap())
-        })
-}
 
 /// `grpc_server_handled_total` for `method` and `code` (e.g. `"NotFound"`).
 fn handled(text: &str, method: &str, code: &str) -> Option<f64> {
-    sample(
+    metric_sample(
         text,
         &format!(r#"grpc_server_handled_total{{method="{method}",code="{code}"}}"#),
     )
@@ -116,7 +86,7 @@ async fn metrics_count_calls_by_method_and_code_and_connections_by_state() {
     assert_error(&status, Code::InvalidArgument, "INVALID_ARGUMENT");
     assert_eq!(violated_fields(&status), ["connection_id"]);
 
-    let text = scrape(&app).await;
+    let text = app.metrics_text().await;
     let service = "/connections.v1.ConnectionService";
     let get_org = "/connections.v1.OrganizationService/GetOrganization";
     let get_connection = &format!("{service}/GetConnection");
@@ -142,7 +112,7 @@ async fn metrics_count_calls_by_method_and_code_and_connections_by_state() {
     assert_eq!(handled(&text, get_connection, "Internal"), None, "{text}");
     for (method, count) in [(get_org, 3.0), (get_connection, 7.0)] {
         assert_eq!(
-            sample(
+            metric_sample(
                 &text,
                 &format!(r#"grpc_server_handling_seconds_count{{method="{method}"}}"#)
             ),
@@ -152,17 +122,17 @@ async fn metrics_count_calls_by_method_and_code_and_connections_by_state() {
     }
     for (state, count) in [("ACTIVE", 3.0), ("PENDING", 2.0), ("INACTIVE", 1.0)] {
         assert_eq!(
-            sample(&text, &format!(r#"connections{{state="{state}"}}"#)),
+            metric_sample(&text, &format!(r#"connections{{state="{state}"}}"#)),
             Some(count),
             "{state}: {text}"
         );
     }
     assert!(
-        sample(&text, r#"db_pool_connections{state="idle"}"#).is_some(),
+        metric_sample(&text, r#"db_pool_connections{state="idle"}"#).is_some(),
         "{text}"
     );
     assert!(
-        sample(&text, r#"db_pool_connections{state="in_use"}"#).is_some(),
+        metric_sample(&text, r#"db_pool_connections{state="in_use"}"#).is_some(),
         "{text}"
     );
 }
