@@ -49,10 +49,13 @@ pub struct Window {
 }
 
 /// What a run measured.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Outcome {
     /// Successful calls completed in the measured window.
     pub ok: u64,
+    /// Successful calls due in the measured window that finished after it
+    /// (open loop only): their latency is recorded, but they are not in `ok`.
+    pub late: u64,
     /// Failed calls by reason (in the window or not: any failure fails the run).
     pub errors: BTreeMap<String, u64>,
     /// Latency of successful calls, in microseconds.
@@ -61,10 +64,25 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
+/// The counts and a few quantiles, not the whole histogram.
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outcome")
+            .field("ok", &self.ok)
+            .field("late", &self.late)
+            .field("errors", &self.errors)
+            .field("p50_ms", &self.latency_ms(0.5))
+            .field("p99_ms", &self.latency_ms(0.99))
+            .field("elapsed", &self.elapsed)
+            .finish()
+    }
+}
+
 impl Outcome {
     fn new(elapsed: Duration) -> Self {
         Self {
             ok: 0,
+            late: 0,
             errors: BTreeMap::new(),
             latency: new_histogram(),
             elapsed,
@@ -73,10 +91,18 @@ impl Outcome {
 
     fn merge(&mut self, other: Outcome) {
         self.ok += other.ok;
+        self.late += other.late;
         for (reason, n) in other.errors {
             *self.errors.entry(reason).or_default() += n;
         }
         self.latency.add(&other.latency).expect("same bounds");
+    }
+
+    /// Successful calls measured: those completed in the window, and in open
+    /// loop those due in it that finished after it. Zero means the line
+    /// measured nothing.
+    pub fn measured(&self) -> u64 {
+        self.ok + self.late
     }
 
     /// Successful calls per second.
@@ -143,6 +169,11 @@ pub async fn closed_loop(call: Call, concurrency: usize, window: Window) -> Outc
 const MAX_IN_FLIGHT: usize = 20_000;
 
 /// Sends `rate` calls per second on a fixed schedule for the window.
+///
+/// Call `i` (numbered from 0, warm-up included) is due `i / rate` seconds
+/// after the start and is never sent before it is due; every call due before
+/// the window ends is sent, however late the generator is, and each one due
+/// in the window is counted in [`Outcome::ok`] or [`Outcome::late`].
 pub async fn open_loop(call: Call, rate: f64, window: Window) -> Outcome {
     let begin = Instant::now();
     let start = begin + window.warmup;
@@ -160,6 +191,7 @@ pub async fn open_loop(call: Call, rate: f64, window: Window) -> Outcome {
         if due > Instant::now() {
             tokio::time::sleep_until(due).await;
         }
+        let sequence = u64::from(k);
         k += 1;
         if in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
             *shared
@@ -173,7 +205,7 @@ pub async fn open_loop(call: Call, rate: f64, window: Window) -> Outcome {
         in_flight.fetch_add(1, Ordering::Relaxed);
         let (call, shared, in_flight) = (call.clone(), shared.clone(), in_flight.clone());
         tasks.spawn(async move {
-            let result = call(u64::from(k)).await;
+            let result = call(sequence).await;
             let done = Instant::now();
             in_flight.fetch_sub(1, Ordering::Relaxed);
             let mut outcome = shared.lock().unwrap();
@@ -185,6 +217,7 @@ pub async fn open_loop(call: Call, rate: f64, window: Window) -> Outcome {
                 // Due in the window but finished after it: still counted,
                 // since leaving it out would hide the slowest calls.
                 Ok(()) if due >= start => {
+                    outcome.late += 1;
                     outcome.latency.saturating_record(micros(done - due));
                 }
                 Ok(()) => {}
@@ -212,15 +245,42 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    /// One call as the test saw it.
+    #[derive(Debug, Clone, Copy)]
+    struct Made {
+        number: u64,
+        sent: Instant,
+        done: Instant,
+        ok: bool,
+    }
+
+    /// On tokio's paused clock, which moves only when every task waits: a
+    /// loaded machine makes the test slower, but cannot change what it counts.
+    #[tokio::test(start_paused = true)]
     async fn closed_loop_counts_successes_and_failures_by_reason() {
+        let made = Arc::new(Mutex::new(Vec::new()));
+        let begin = Instant::now();
         let outcome = closed_loop(
-            call(|i| async move {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-                if i % 10 == 0 {
-                    Err("NotFound".to_owned())
-                } else {
-                    Ok(())
+            call({
+                let made = made.clone();
+                move |i| {
+                    let made = made.clone();
+                    async move {
+                        let sent = Instant::now();
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        let ok = i % 10 != 0;
+                        made.lock().unwrap().push(Made {
+                            number: i,
+                            sent,
+                            done: Instant::now(),
+                            ok,
+                        });
+                        if ok {
+                            Ok(())
+                        } else {
+                            Err("NotFound".to_owned())
+                        }
+                    }
                 }
             }),
             4,
@@ -230,14 +290,75 @@ mod tests {
         assert!(outcome.ok > 100, "{outcome:?}");
         assert!(outcome.errors["NotFound"] > 10, "{outcome:?}");
         assert!(outcome.latency_ms(0.5) >= 1.0);
+
+        let mut made = made.lock().unwrap().clone();
+        made.sort_by_key(|m| m.number);
+        let numbers: Vec<u64> = made.iter().map(|m| m.number).collect();
+        assert_eq!(numbers, (0..made.len() as u64).collect::<Vec<_>>());
+        // Every failure counts, in the window or not; a success counts only
+        // when it was sent and finished inside the window.
+        let failed = made.iter().filter(|m| !m.ok).count() as u64;
+        assert_eq!(
+            outcome.errors,
+            BTreeMap::from([("NotFound".to_owned(), failed)])
+        );
+        let (start, end) = (
+            begin + Duration::from_millis(20),
+            begin + Duration::from_millis(220),
+        );
+        let in_window = made
+            .iter()
+            .filter(|m| m.ok && m.sent >= start && m.done <= end)
+            .count() as u64;
+        assert_eq!(outcome.ok, in_window, "{outcome:?}");
+        assert!(
+            made.iter().any(|m| m.ok && m.sent < start),
+            "some successes fall in the warm-up and are left out"
+        );
+        assert_eq!(outcome.latency.len(), outcome.ok);
+        assert_eq!(outcome.late, 0, "closed loop has no late calls");
     }
 
     #[tokio::test]
     async fn open_loop_keeps_to_the_schedule() {
-        let outcome = open_loop(call(|_| async { Ok(()) }), 1000.0, window(300)).await;
-        // 300 calls due in the window; allow for timer granularity.
-        assert!((250..=320).contains(&outcome.ok), "{outcome:?}");
+        // Every call records when it was sent; the calls themselves are
+        // instant. How late a loaded machine runs the generator changes when
+        // calls go out, not which calls go out, so the counts are exact.
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let before = Instant::now();
+        let outcome = open_loop(
+            call({
+                let sent = sent.clone();
+                move |i| {
+                    sent.lock().unwrap().push((i, Instant::now()));
+                    async { Ok(()) }
+                }
+            }),
+            1000.0,
+            window(300),
+        )
+        .await;
+        // 1 ms apart: 20 calls due in the warm-up, then 300 due in the
+        // window, each either on time or late.
+        assert_eq!(outcome.ok + outcome.late, 300, "{outcome:?}");
+        assert_eq!(outcome.measured(), 300, "{outcome:?}");
+        assert!(outcome.ok <= 300, "{outcome:?}");
         assert!(outcome.errors.is_empty(), "{outcome:?}");
+        let mut sent = sent.lock().unwrap().clone();
+        sent.sort_by_key(|&(i, _)| i);
+        let numbers: Vec<u64> = sent.iter().map(|&(i, _)| i).collect();
+        assert_eq!(numbers, (0..320).collect::<Vec<_>>(), "each call once");
+        // No call leaves before it is due (due times count from when
+        // open_loop started, which is no earlier than `before`).
+        let interval = Duration::from_secs_f64(1.0 / 1000.0);
+        for &(i, at) in &sent {
+            let due = interval * u32::try_from(i).unwrap();
+            assert!(
+                at.duration_since(before) >= due,
+                "call {i} sent {:?} after the start, before it was due at {due:?}",
+                at.duration_since(before)
+            );
+        }
     }
 
     #[tokio::test]

@@ -192,9 +192,15 @@ async fn run(options: Options) -> anyhow::Result<()> {
     }
     std::fs::write(&options.output, report.json()?)?;
     eprintln!("results written to {}", options.output.display());
+    let problems = report.problems();
+    for problem in &problems {
+        eprintln!("line failed: {problem}");
+    }
     anyhow::ensure!(
-        report.all_ok(),
-        "some lines had failed calls (see the errors column)"
+        problems.is_empty(),
+        "{} line(s) failed: {}",
+        problems.len(),
+        problems.join("; ")
     );
     Ok(())
 }

@@ -16,6 +16,8 @@ pub struct Run {
     pub latency_ms: f64,
     /// Failed transactions.
     pub failed: u64,
+    /// Transactions completed.
+    pub transactions: u64,
 }
 
 /// Runs `script`, with `defines` as its variables, on `clients` connections
@@ -61,16 +63,21 @@ fn parse(report: &str) -> anyhow::Result<Run> {
             .lines()
             .find_map(|line| line.trim().strip_prefix(label))
             .and_then(|rest| rest.split_whitespace().next())
+            // "100000/100000" when pgbench runs a fixed number of transactions.
+            .and_then(|n| n.split('/').next())
             .and_then(|n| n.parse().ok())
     };
     let tps = number_after("tps = ").context("no tps in pgbench's report")?;
     let latency_ms =
         number_after("latency average = ").context("no latency in pgbench's report")?;
     let failed = number_after("number of failed transactions: ").unwrap_or(0.0) as u64;
+    let transactions = number_after("number of transactions actually processed: ")
+        .context("no transaction count in pgbench's report")? as u64;
     Ok(Run {
         tps,
         latency_ms,
         failed,
+        transactions,
     })
 }
 
@@ -99,7 +106,8 @@ tps = 20000.123456 (without initial connection time)
             Run {
                 tps: 20000.123456,
                 latency_ms: 1.6,
-                failed: 3
+                failed: 3,
+                transactions: 100000,
             }
         );
         assert!(parse("nothing").is_err());

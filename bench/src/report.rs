@@ -22,6 +22,9 @@ pub struct Line {
     pub offered_rate: Option<f64>,
     /// Successful calls (or pgbench transactions) per second.
     pub throughput: f64,
+    /// Successful calls measured (open loop: also those due in the window
+    /// that finished after it), or pgbench transactions. Zero fails the run.
+    pub successful_calls: u64,
     /// Median latency, ms (pgbench: mean).
     pub p50_ms: f64,
     /// 99th percentile latency, ms (pgbench: not measured).
@@ -48,6 +51,7 @@ impl Line {
             concurrency,
             offered_rate,
             throughput: outcome.throughput(),
+            successful_calls: outcome.measured(),
             p50_ms: outcome.latency_ms(0.5),
             p99_ms: Some(outcome.latency_ms(0.99)),
             errors: outcome.errors.clone(),
@@ -84,6 +88,7 @@ impl Line {
             concurrency: Some(clients),
             offered_rate: None,
             throughput: run.tps,
+            successful_calls: run.transactions,
             p50_ms: run.latency_ms,
             p99_ms: None,
             errors,
@@ -158,9 +163,23 @@ impl Report {
         self.lines.iter().find(|l| l.key() == (name, backend, mode))
     }
 
-    /// Whether no line had a failed call.
-    pub fn all_ok(&self) -> bool {
-        self.lines.iter().all(|l| l.errors.is_empty())
+    /// What fails the run, one entry per line at fault: a line with failed
+    /// calls, or with no successful call (it measured nothing). Empty when
+    /// every line is sound.
+    pub fn problems(&self) -> Vec<String> {
+        self.lines
+            .iter()
+            .filter_map(|line| {
+                let what = format!("{} ({}, {})", line.name, line.backend, line.mode);
+                if !line.errors.is_empty() {
+                    Some(format!("{what}: failed calls: {}", errors(line)))
+                } else if line.successful_calls == 0 {
+                    Some(format!("{what}: no successful call"))
+                } else {
+                    None
+                }
+            })
+            .collect()
     }
 
     /// Computes the ratios from the lines present (call before printing).
@@ -295,19 +314,26 @@ impl Report {
     }
 }
 
+/// A line's failed calls, by reason.
+fn errors(line: &Line) -> String {
+    line.errors
+        .iter()
+        .map(|(reason, n)| format!("{reason}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn row(line: &Line) -> String {
     let name = match (line.mode, line.offered_rate) {
         ("open", Some(rate)) => format!("{} @ {rate:.0}/s", line.name),
         _ => line.name.clone(),
     };
-    let errors = if line.errors.is_empty() {
-        "0".to_owned()
+    let errors = if !line.errors.is_empty() {
+        errors(line)
+    } else if line.successful_calls == 0 {
+        "0, and NO SUCCESSFUL CALL".to_owned()
     } else {
-        line.errors
-            .iter()
-            .map(|(reason, n)| format!("{reason}: {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        "0".to_owned()
     };
     let p99 = line.p99_ms.map_or("-".to_owned(), |p| format!("{p:.2}"));
     let cpu = if line.cpu_us_per_call.is_empty() {
@@ -329,4 +355,44 @@ fn row(line: &Line) -> String {
         "{name:<58} {:<9} {:>10.0} {:>9.2} {p99:>9}  {cpu:<24} {errors}",
         line.backend, line.throughput, line.p50_ms
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(name: &str, successful_calls: u64, errors: &[(&str, u64)]) -> Line {
+        Line {
+            name: name.to_owned(),
+            backend: "sqlite".to_owned(),
+            mode: "closed",
+            concurrency: Some(4),
+            offered_rate: None,
+            throughput: successful_calls as f64,
+            p50_ms: 1.0,
+            p99_ms: Some(2.0),
+            successful_calls,
+            errors: errors.iter().map(|&(r, n)| (r.to_owned(), n)).collect(),
+            cpu_us_per_call: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn lines_with_failed_calls_or_no_successful_call_fail_the_run() {
+        let mut report = Report::new(&4, true);
+        report.add(line("GetConnection", 120, &[]));
+        assert!(report.problems().is_empty());
+        report.add(line("ListConnections", 0, &[]));
+        report.add(line("CreateConnection", 50, &[("Unavailable", 2)]));
+        report.add(line("Activate", 0, &[("Internal", 1)]));
+        assert_eq!(
+            report.problems(),
+            [
+                "ListConnections (sqlite, closed): no successful call",
+                "CreateConnection (sqlite, closed): failed calls: Unavailable: 2",
+                "Activate (sqlite, closed): failed calls: Internal: 1",
+            ]
+        );
+        assert!(row(&report.lines[1]).ends_with("NO SUCCESSFUL CALL"));
+    }
 }
