@@ -59,6 +59,8 @@ pub struct ApiKeys {
     /// Revocations through this process so far: a lookup that overlapped one
     /// does not leave its key remembered.
     revocations: Arc<AtomicU64>,
+    /// Presented secrets looked up in the database so far.
+    lookups: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for ApiKeys {
@@ -80,7 +82,14 @@ impl ApiKeys {
                 .time_to_live(VERIFIED_KEY_TTL)
                 .build(),
             revocations: Arc::new(AtomicU64::new(0)),
+            lookups: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// How many presented secrets were looked up in the database so far:
+    /// malformed ones and recently verified ones cost none.
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(Ordering::SeqCst)
     }
 
     /// Creates a key for `organization_id`; returns it with its secret, which
@@ -183,6 +192,7 @@ impl ApiKeys {
             return Ok(organization);
         }
         let revocations = self.revocations.load(Ordering::SeqCst);
+        self.lookups.fetch_add(1, Ordering::SeqCst);
         let found: Option<(uuid::Uuid, Vec<u8>)> = api_key::Entity::find()
             .select_only()
             .column(api_key::Column::OrganizationId)
@@ -225,5 +235,86 @@ fn api_key_from(model: api_key::Model) -> ApiKey {
         prefix: model.prefix,
         create_time: model.create_time,
         revoke_time: model.revoke_time,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        db::{DbSettings, connect},
+        domain::DisplayName,
+        service::{Organizations, PageTokens},
+    };
+    use migration::{Migrator, MigratorTrait};
+
+    /// API keys over a new database, and a key of a new organization.
+    async fn setup() -> (ApiKeys, OrganizationId, String) {
+        let db = connect(&DbSettings::new("sqlite::memory:")).await.unwrap();
+        Migrator::up(&db, None).await.unwrap();
+        let organizations =
+            Organizations::new(db.clone(), db.clone().into(), PageTokens::new([1; 32]));
+        let org = organizations
+            .create(DisplayName::parse("O").unwrap())
+            .await
+            .unwrap();
+        let keys = ApiKeys::new(db.clone(), db.into());
+        let (_, secret) = keys.create(org.id, "k".to_owned()).await.unwrap();
+        (keys, org.id, secret)
+    }
+
+    #[tokio::test]
+    async fn a_verified_key_is_remembered_and_not_looked_up_again() {
+        let (keys, org, secret) = setup().await;
+        assert_eq!(keys.authenticate(&secret).await.unwrap(), org);
+        assert_eq!(keys.authenticate(&secret).await.unwrap(), org);
+        assert_eq!(keys.lookups(), 1);
+    }
+
+    #[tokio::test]
+    async fn secrets_that_cannot_be_keys_are_refused_without_a_lookup() {
+        let (keys, _, secret) = setup().await;
+        let too_long = format!(
+            "{SECRET_PREFIX}{}",
+            "a".repeat(MAX_SECRET_LEN + 1 - SECRET_PREFIX.len())
+        );
+        let longest = format!(
+            "{SECRET_PREFIX}{}",
+            "a".repeat(MAX_SECRET_LEN - SECRET_PREFIX.len())
+        );
+        for presented in [
+            "",
+            "cnx",
+            "key_abc",
+            &secret[SECRET_PREFIX.len()..],
+            &too_long,
+        ] {
+            assert!(
+                matches!(
+                    keys.authenticate(presented).await,
+                    Err(ServiceError::ApiKeyInvalid)
+                ),
+                "{presented:?}"
+            );
+            assert_eq!(keys.lookups(), 0, "{presented:?} was looked up");
+        }
+        // The longest secret accepted for a lookup is looked up (and unknown).
+        assert!(matches!(
+            keys.authenticate(&longest).await,
+            Err(ServiceError::ApiKeyInvalid)
+        ));
+        assert_eq!(keys.lookups(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_revoked_key_is_refused_at_once() {
+        let (keys, org, secret) = setup().await;
+        assert_eq!(keys.authenticate(&secret).await.unwrap(), org);
+        let key = keys.list(org).await.unwrap().remove(0);
+        keys.revoke(key.id).await.unwrap();
+        assert!(matches!(
+            keys.authenticate(&secret).await,
+            Err(ServiceError::ApiKeyInvalid)
+        ));
     }
 }
