@@ -458,3 +458,70 @@ async fn events_page_oldest_first_and_tokens_are_bound_to_the_connection() {
         .unwrap_err();
     assert_error(&status, Code::InvalidArgument, "INVALID_PAGE_TOKEN");
 }
+
+#[tokio::test]
+async fn a_page_that_ends_exactly_at_the_last_item_has_no_next_page_token() {
+    let app = spawn_app().await;
+    let (hub, _, ids) = hub_with_connections(&app).await;
+    // 12 connections in pages of 6, and in one page of 12: the page that
+    // holds the last one says there is no more.
+    for (role, count) in [
+        (ConnectionRole::Unspecified, 12),
+        (ConnectionRole::Source, 7),
+        (ConnectionRole::Destination, 5),
+    ] {
+        let whole = first_page(
+            &app,
+            &hub,
+            ListConnectionsRequest {
+                role: role as i32,
+                page_size: count,
+                ..Default::default()
+            },
+        )
+        .await;
+        assert_eq!(whole.connections.len(), count as usize, "{role:?}");
+        assert!(
+            whole.next_page_token.is_empty(),
+            "{role:?}: a token past the end"
+        );
+    }
+    let first = first_page(
+        &app,
+        &hub,
+        ListConnectionsRequest {
+            page_size: 6,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(!first.next_page_token.is_empty());
+    let second = first_page(
+        &app,
+        &hub,
+        ListConnectionsRequest {
+            page_size: 6,
+            page_token: first.next_page_token,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(second.connections.len(), 6);
+    assert!(second.next_page_token.is_empty(), "a token past the end");
+
+    // A history of one event (CREATED), in pages of one.
+    let id = &ids[0];
+    assert_eq!(app.events(&hub, id).await.len(), 1);
+    let page = app
+        .connections(&hub)
+        .list_connection_events(ListConnectionEventsRequest {
+            connection_id: id.clone(),
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.events.len(), 1);
+    assert!(page.next_page_token.is_empty(), "a token past the end");
+}
