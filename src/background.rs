@@ -33,7 +33,7 @@ pub struct Activity {
 }
 
 impl Activity {
-    /// Whether the task is running now.
+    /// Whether the task is running now (false until it first runs).
     pub fn is_running(&self) -> bool {
         self.running.load(Ordering::SeqCst)
     }

@@ -177,7 +177,18 @@ async fn random_transitions_from_many_clients_on_two_replicas_keep_every_history
                 for attempt in 0..attempts {
                     let channel = &channels[rng.below(channels.len())];
                     tally.calls += 1;
-                    let result = transition(channel, org, action, id, &request_id).await;
+                    let mut result = transition(channel, org, action, id, &request_id).await;
+                    // A database too busy to answer says so (UNAVAILABLE):
+                    // send again, as a client would, until it answers.
+                    for _ in 0..20 {
+                        match &result {
+                            Err(status) if status.code() == Code::Unavailable => {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                result = transition(channel, org, action, id, &request_id).await;
+                            }
+                            _ => break,
+                        }
+                    }
                     let code = result.as_ref().map_or_else(Status::code, |_| Code::Ok);
                     *tally.codes.entry(code).or_default() += 1;
                     assert!(

@@ -11,9 +11,9 @@ use std::{
 };
 
 use connections::proto::{
-    ActivateConnectionRequest, Connection, ConnectionEvent, ConnectionEventType as Event,
-    ConnectionRole, ConnectionState as State, DeactivateConnectionRequest,
-    ListConnectionEventsRequest, ListConnectionsRequest, ReactivateConnectionRequest,
+    ActivateConnectionRequest, Connection, ConnectionEventType as Event, ConnectionRole,
+    ConnectionState as State, DeactivateConnectionRequest, ListConnectionsRequest,
+    ReactivateConnectionRequest,
 };
 use sea_orm::{ConnectionTrait, TransactionTrait};
 use tonic::{Code, Status, transport::Channel};
@@ -81,29 +81,6 @@ async fn step(
     Ok(response.unwrap())
 }
 
-/// A connection's whole history, through every page.
-async fn all_events(server: &Server, org: &TestOrg, id: &str) -> Vec<ConnectionEvent> {
-    let mut events = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = server
-            .client(org)
-            .list_connection_events(ListConnectionEventsRequest {
-                connection_id: id.to_owned(),
-                page_size: 100,
-                page_token,
-            })
-            .await
-            .expect("list events")
-            .into_inner();
-        events.extend(page.events);
-        if page.next_page_token.is_empty() {
-            return events;
-        }
-        page_token = page.next_page_token;
-    }
-}
-
 /// A request sent before a crash: acknowledged with this response, or not.
 struct Sent {
     connection: usize,
@@ -157,8 +134,10 @@ async fn after_kill_9_every_acknowledged_write_is_there_and_retries_execute_at_m
     for round in 0..ROUNDS {
         let server = Server::start(&url).await;
         let crashed = Arc::new(AtomicBool::new(false));
+        let in_flight = Arc::new(AtomicUsize::new(0));
         let writers = (0..WRITERS).map(|w| {
             let (channel, crashed) = (server.channel.clone(), crashed.clone());
+            let in_flight = in_flight.clone();
             let (source, destination) = (source.clone(), destinations[w].clone());
             let id = connections[w].clone();
             tokio::spawn(async move {
@@ -167,7 +146,9 @@ async fn after_kill_9_every_acknowledged_write_is_there_and_retries_execute_at_m
                 // The kill ends the loop long before its bound.
                 for (n, s) in CYCLE.iter().cycle().take(100_000).enumerate() {
                     let request_id = format!("round{round}-writer{w}-{n}");
+                    in_flight.fetch_add(1, Ordering::SeqCst);
                     let result = step(&channel, &source, &destination, *s, &id, &request_id).await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
                     let acknowledged = result.as_ref().ok().cloned();
                     let stop = result.is_err();
                     log.push(Sent {
@@ -190,19 +171,15 @@ async fn after_kill_9_every_acknowledged_write_is_there_and_retries_execute_at_m
         let writers: Vec<_> = writers.collect();
         tokio::time::sleep(Duration::from_millis(300 + 100 * round as u64)).await;
         crashed.store(true, Ordering::SeqCst);
+        let in_flight_at_kill = in_flight.load(Ordering::SeqCst);
         server.signal("-KILL");
         for writer in writers {
             sent.extend(writer.await.unwrap());
         }
         server.wait().await;
         // The kill must have cut calls off, or this round tested nothing.
-        let round_prefix = format!("round{round}-");
-        let unacknowledged = sent
-            .iter()
-            .filter(|s| s.request_id.starts_with(&round_prefix) && s.acknowledged.is_none())
-            .count();
         assert!(
-            unacknowledged > 0,
+            in_flight_at_kill > 0,
             "round {round}: no write was in flight at the kill"
         );
 
@@ -291,7 +268,7 @@ async fn after_kill_9_every_acknowledged_write_is_there_and_retries_execute_at_m
     // ran twice and nothing is missing.
     let mut per_connection: HashMap<usize, usize> = HashMap::new();
     for (w, id) in connections.iter().enumerate() {
-        let events = all_events(&server, &source, id).await;
+        let events = server.events(&source, id).await;
         assert!(events.len() >= 2, "connection {w}: {events:?}");
         for (n, event) in events.iter().enumerate() {
             assert_eq!(event.sequence, n as i64 + 1, "connection {w}");
@@ -431,7 +408,8 @@ async fn sigterm_lets_calls_in_flight_complete_and_exits_zero() {
 
     // Hold every writer's next call inside the server: lock the connections
     // in the database (on SQLite, the write lock), and wait until each writer
-    // has a call out. The server's busy timeout (5 s) outlasts the hold.
+    // has a call out. The server's busy timeout (5 s) outlasts the hold (at
+    // most 2 s of waiting and 0.9 s of sleeps).
     let locker = sea_orm::Database::connect(&url).await.unwrap();
     let lock = locker.begin().await.unwrap();
     lock.execute_unprepared("UPDATE connections SET version = version")
@@ -440,7 +418,7 @@ async fn sigterm_lets_calls_in_flight_complete_and_exits_zero() {
     let waiting = tokio::time::Instant::now();
     while in_flight.load(Ordering::SeqCst) < WRITERS {
         assert!(
-            waiting.elapsed() < Duration::from_secs(5),
+            waiting.elapsed() < Duration::from_secs(2),
             "writers never all had a call out"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -450,8 +428,8 @@ async fn sigterm_lets_calls_in_flight_complete_and_exits_zero() {
 
     signalled.store(true, Ordering::SeqCst);
     server.signal("-TERM");
-    // Calls started now, after the signal, from a new connection and on the
-    // writers' own (whose next calls start after the signal too).
+    // Calls started now, after the signal: more on the same channel, besides
+    // the writers' next calls.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let late = tokio::spawn({
         let (channel, source, id) = (server.channel.clone(), source.clone(), ids[0].clone());
@@ -488,7 +466,7 @@ async fn sigterm_lets_calls_in_flight_complete_and_exits_zero() {
             "writer {w}: calls started before the signal failed: {:?}",
             seen.failed_before
         );
-        let events = all_events(&server, &source, &ids[w]).await;
+        let events = server.events(&source, &ids[w]).await;
         assert_eq!(
             events.len() - 1,
             seen.acknowledged_before + seen.after.get(&Code::Ok).copied().unwrap_or_default(),

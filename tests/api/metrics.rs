@@ -58,9 +58,9 @@ async fn metrics_count_calls_by_method_and_code_and_connections_by_state() {
     }
     app.deactivate(&source, &ids[3], "").await.unwrap();
 
-    // GetConnection: 4 OK, 2 NOT_FOUND, 1 INVALID_ARGUMENT.
+    // GetConnection: 5 OK, 2 NOT_FOUND, 1 INVALID_ARGUMENT.
     let mut connections = app.connections(&source);
-    for id in &ids[..4] {
+    for id in &ids[..5] {
         connections
             .get_connection(GetConnectionRequest {
                 connection_id: id.clone(),
@@ -92,7 +92,7 @@ async fn metrics_count_calls_by_method_and_code_and_connections_by_state() {
     let get_connection = &format!("{service}/GetConnection");
     for (method, code, count) in [
         (get_org, "Ok", 3.0),
-        (get_connection, "Ok", 4.0),
+        (get_connection, "Ok", 5.0),
         (get_connection, "NotFound", 2.0),
         (get_connection, "InvalidArgument", 1.0),
         (&format!("{service}/CreateConnection"), "Ok", 6.0),
@@ -110,7 +110,7 @@ async fn metrics_count_calls_by_method_and_code_and_connections_by_state() {
     // No call ended with a code it did not end with.
     assert_eq!(handled(&text, get_org, "NotFound"), None, "{text}");
     assert_eq!(handled(&text, get_connection, "Internal"), None, "{text}");
-    for (method, count) in [(get_org, 3.0), (get_connection, 7.0)] {
+    for (method, count) in [(get_org, 3.0), (get_connection, 8.0)] {
         assert_eq!(
             metric_sample(
                 &text,

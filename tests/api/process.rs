@@ -7,7 +7,10 @@ use std::{
     time::Duration,
 };
 
-use connections::proto::connection_service_client::ConnectionServiceClient;
+use connections::proto::{
+    ConnectionEvent, ListConnectionEventsRequest,
+    connection_service_client::ConnectionServiceClient,
+};
 use serde_json::Value;
 use tonic::transport::Channel;
 
@@ -83,7 +86,7 @@ impl Server {
             .unwrap()
             .port();
         #[allow(clippy::zombie_processes)] // waited for in `wait` or on drop
-        let child = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .env("CONNECTIONS_DATABASE_URL", url)
             .env_remove("RUST_LOG")
@@ -102,14 +105,42 @@ impl Server {
                     channel,
                 };
             }
+            if let Some(status) = child.try_wait().expect("poll the server") {
+                panic!("the server exited at start: {status}");
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("server did not start");
     }
 
     /// A client calling as `org`.
     pub fn client(&self, org: &TestOrg) -> Client {
         client(&self.channel, org)
+    }
+
+    /// A connection's whole history, through every page, as `org`.
+    pub async fn events(&self, org: &TestOrg, id: &str) -> Vec<ConnectionEvent> {
+        let mut events = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .client(org)
+                .list_connection_events(ListConnectionEventsRequest {
+                    connection_id: id.to_owned(),
+                    page_size: 100,
+                    page_token,
+                })
+                .await
+                .expect("list events")
+                .into_inner();
+            events.extend(page.events);
+            if page.next_page_token.is_empty() {
+                return events;
+            }
+            page_token = page.next_page_token;
+        }
     }
 
     /// Sends `signal` (e.g. `-TERM`) to the process.
@@ -125,12 +156,20 @@ impl Server {
         self.child.as_ref().expect("running").id()
     }
 
-    /// Waits for the process to exit.
+    /// Waits for the process to exit; fails (killing it) after 30 s.
     pub async fn wait(mut self) -> std::process::ExitStatus {
+        let pid = self.pid();
         let mut child = self.child.take().expect("running");
-        tokio::task::spawn_blocking(move || child.wait().unwrap())
-            .await
-            .unwrap()
+        let exited = tokio::task::spawn_blocking(move || child.wait().unwrap());
+        match tokio::time::timeout(Duration::from_secs(30), exited).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                panic!("the server did not exit within 30 s");
+            }
+        }
     }
 }
 
