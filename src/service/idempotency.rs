@@ -218,6 +218,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn records_are_kept_at_least_24_hours() {
+        // SPEC section 4; production settings use this retention.
+        assert!(RETENTION >= std::time::Duration::from_secs(24 * 60 * 60));
+        assert!(RETENTION <= std::time::Duration::from_secs(48 * 60 * 60));
+    }
+
+    #[test]
     fn fingerprints_differ_with_parameters_and_their_boundaries() {
         let org = OrganizationId::generate();
         let key = |parameters: &[&[u8]]| {
