@@ -361,6 +361,38 @@ mod tests {
         }
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn open_loop_sends_each_call_when_it_is_due() {
+        // On tokio's paused clock time moves only when every task waits, so
+        // an on-time generator sends call i exactly i intervals after it
+        // starts: a burst, a stall or a drift shows as a wrong send time.
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let before = Instant::now();
+        let outcome = open_loop(
+            call({
+                let sent = sent.clone();
+                move |i| {
+                    sent.lock().unwrap().push((i, Instant::now()));
+                    async { Ok(()) }
+                }
+            }),
+            1000.0,
+            window(300),
+        )
+        .await;
+        assert_eq!((outcome.ok, outcome.late), (300, 0), "{outcome:?}");
+        let sent = sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 320);
+        let interval = Duration::from_millis(1);
+        for (i, at) in sent {
+            assert_eq!(
+                at.duration_since(before),
+                interval * u32::try_from(i).unwrap(),
+                "call {i}"
+            );
+        }
+    }
+
     #[tokio::test]
     async fn open_loop_latency_includes_time_spent_behind_schedule() {
         // A server that handles one call at a time, 5 ms each, offered 400/s:
