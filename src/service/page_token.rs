@@ -157,4 +157,30 @@ mod tests {
             assert_invalid_page_token(tokens().verify("scope", bad), what);
         }
     }
+
+    #[test]
+    fn tokens_up_to_the_maximum_length_are_read_and_longer_ones_refused() {
+        // 256 characters of base64url are 192 bytes: version, cursor, tag.
+        let longest = tokens().issue("scope", &[9; 192 - 1 - TAG_LEN]);
+        assert_eq!(longest.len(), MAX_PAGE_TOKEN_LEN);
+        assert_eq!(
+            tokens().verify("scope", &longest).unwrap(),
+            [9; 192 - 1 - TAG_LEN]
+        );
+        // A token we issued, but longer than the maximum, is refused unread.
+        let too_long = tokens().issue("scope", &[9; 192 - TAG_LEN]);
+        assert!(too_long.len() > MAX_PAGE_TOKEN_LEN);
+        assert_invalid_page_token(tokens().verify("scope", &too_long), "too long");
+    }
+
+    #[test]
+    fn an_empty_cursor_round_trips_and_a_token_shorter_than_a_tag_is_refused() {
+        let empty = tokens().issue("scope", b"");
+        assert_eq!(tokens().verify("scope", &empty).unwrap(), b"");
+        // The version byte, then less than a whole tag.
+        let mut short = vec![TOKEN_VERSION];
+        short.extend_from_slice(&[0; TAG_LEN - 1]);
+        let short = URL_SAFE_NO_PAD.encode(short);
+        assert_invalid_page_token(tokens().verify("scope", &short), "shorter than a tag");
+    }
 }
