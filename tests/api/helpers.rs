@@ -363,28 +363,7 @@ impl TestApp {
 
     /// A new organization with one API key.
     pub async fn new_org(&self, name: &str) -> TestOrg {
-        let mut admin = self.admin();
-        let org = admin
-            .create_organization(CreateOrganizationRequest {
-                display_name: name.to_owned(),
-            })
-            .await
-            .expect("create organization")
-            .into_inner()
-            .organization
-            .unwrap();
-        let key = admin
-            .create_api_key(CreateApiKeyRequest {
-                organization_id: org.id.clone(),
-                display_name: "tests".to_owned(),
-            })
-            .await
-            .expect("create API key")
-            .into_inner();
-        TestOrg {
-            id: org.id,
-            key: key.secret,
-        }
+        new_org_on(&self.channel, name).await
     }
 
     /// Creates a connection from `source` to `destination` sharing inquiries.
@@ -516,6 +495,33 @@ impl Drop for TestApp {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+/// A new organization with one API key, made through the AdminService of
+/// the server at the other end of `channel` (with the tests' admin token).
+pub async fn new_org_on(channel: &Channel, name: &str) -> TestOrg {
+    let mut admin = AdminServiceClient::with_interceptor(channel.clone(), Bearer::new(ADMIN_TOKEN));
+    let org = admin
+        .create_organization(CreateOrganizationRequest {
+            display_name: name.to_owned(),
+        })
+        .await
+        .expect("create organization")
+        .into_inner()
+        .organization
+        .unwrap();
+    let key = admin
+        .create_api_key(CreateApiKeyRequest {
+            organization_id: org.id.clone(),
+            display_name: "tests".to_owned(),
+        })
+        .await
+        .expect("create API key")
+        .into_inner();
+    TestOrg {
+        id: org.id,
+        key: key.secret,
     }
 }
 

@@ -4,10 +4,8 @@ use connections::{
     db::DbSettings,
     entity::{connection, connection_event},
     proto::{
-        ActivateConnectionRequest, ConnectionState, CreateApiKeyRequest, CreateConnectionRequest,
-        CreateOrganizationRequest, DataType, ListConnectionsRequest,
-        admin_service_client::AdminServiceClient,
-        connection_service_client::ConnectionServiceClient,
+        ActivateConnectionRequest, ConnectionState, CreateConnectionRequest, DataType,
+        ListConnectionsRequest, connection_service_client::ConnectionServiceClient,
     },
     startup::{Application, Settings},
 };
@@ -26,7 +24,8 @@ use tonic_health::pb::{
 use uuid::Uuid;
 
 use crate::helpers::{
-    ADMIN_TOKEN, Bearer, Connections, TestApp, TestDatabase, TestOrg, assert_error, spawn_app,
+    ADMIN_TOKEN, Bearer, Connections, TestApp, TestDatabase, TestOrg, assert_error, new_org_on,
+    spawn_app,
 };
 
 async fn health(app: &TestApp, service: &str) -> ServingStatus {
@@ -170,32 +169,6 @@ async fn reflection_v1alpha_lists_every_service() {
     );
 }
 
-/// An organization with an API key, made through `channel`'s AdminService.
-async fn new_org(channel: &Channel, name: &str) -> TestOrg {
-    let mut admin = AdminServiceClient::with_interceptor(channel.clone(), Bearer::new(ADMIN_TOKEN));
-    let org = admin
-        .create_organization(CreateOrganizationRequest {
-            display_name: name.to_owned(),
-        })
-        .await
-        .expect("create organization")
-        .into_inner()
-        .organization
-        .unwrap();
-    let key = admin
-        .create_api_key(CreateApiKeyRequest {
-            organization_id: org.id.clone(),
-            display_name: "tests".to_owned(),
-        })
-        .await
-        .expect("create API key")
-        .into_inner();
-    TestOrg {
-        id: org.id,
-        key: key.secret,
-    }
-}
-
 /// A ConnectionService client for `org` on `channel`.
 fn connections_on(channel: &Channel, org: &TestOrg) -> Connections {
     ConnectionServiceClient::with_interceptor(channel.clone(), Bearer::new(&org.key))
@@ -280,9 +253,9 @@ async fn graceful_stop_completes_calls_in_flight_and_refuses_new_ones() {
         .await
         .expect("connect");
     let (source, destination, other) = (
-        new_org(&channel, "S").await,
-        new_org(&channel, "D").await,
-        new_org(&channel, "O").await,
+        new_org_on(&channel, "S").await,
+        new_org_on(&channel, "D").await,
+        new_org_on(&channel, "O").await,
     );
     let create = |destination: &TestOrg| CreateConnectionRequest {
         destination_organization_id: destination.id.clone(),
