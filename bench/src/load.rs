@@ -319,11 +319,9 @@ mod tests {
         assert_eq!(outcome.late, 0, "closed loop has no late calls");
     }
 
-    #[tokio::test]
-    async fn open_loop_keeps_to_the_schedule() {
-        // Every call records when it was sent; the calls themselves are
-        // instant. How late a loaded machine runs the generator changes when
-        // calls go out, not which calls go out, so the counts are exact.
+    /// An open loop of instant calls at 1000/s for 300 ms (after 20 ms of
+    /// warm-up): when it started, its outcome, and when each call was sent.
+    async fn record_open_loop() -> (Instant, Outcome, Vec<(u64, Instant)>) {
         let sent = Arc::new(Mutex::new(Vec::new()));
         let before = Instant::now();
         let outcome = open_loop(
@@ -338,13 +336,23 @@ mod tests {
             window(300),
         )
         .await;
+        let sent = sent.lock().unwrap().clone();
+        (before, outcome, sent)
+    }
+
+    #[tokio::test]
+    async fn open_loop_keeps_to_the_schedule() {
+        // Every call records when it was sent; the calls themselves are
+        // instant. How late a loaded machine runs the generator changes when
+        // calls go out, not which calls go out, so the counts are exact.
+        let (before, outcome, sent) = record_open_loop().await;
         // 1 ms apart: 20 calls due in the warm-up, then 300 due in the
         // window, each either on time or late.
         assert_eq!(outcome.ok + outcome.late, 300, "{outcome:?}");
         assert_eq!(outcome.measured(), 300, "{outcome:?}");
         assert!(outcome.ok <= 300, "{outcome:?}");
         assert!(outcome.errors.is_empty(), "{outcome:?}");
-        let mut sent = sent.lock().unwrap().clone();
+        let mut sent = sent;
         sent.sort_by_key(|&(i, _)| i);
         let numbers: Vec<u64> = sent.iter().map(|&(i, _)| i).collect();
         assert_eq!(numbers, (0..320).collect::<Vec<_>>(), "each call once");
@@ -366,22 +374,8 @@ mod tests {
         // On tokio's paused clock time moves only when every task waits, so
         // an on-time generator sends call i exactly i intervals after it
         // starts: a burst, a stall or a drift shows as a wrong send time.
-        let sent = Arc::new(Mutex::new(Vec::new()));
-        let before = Instant::now();
-        let outcome = open_loop(
-            call({
-                let sent = sent.clone();
-                move |i| {
-                    sent.lock().unwrap().push((i, Instant::now()));
-                    async { Ok(()) }
-                }
-            }),
-            1000.0,
-            window(300),
-        )
-        .await;
+        let (before, outcome, sent) = record_open_loop().await;
         assert_eq!((outcome.ok, outcome.late), (300, 0), "{outcome:?}");
-        let sent = sent.lock().unwrap().clone();
         assert_eq!(sent.len(), 320);
         let interval = Duration::from_millis(1);
         for (i, at) in sent {
