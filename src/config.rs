@@ -1,6 +1,6 @@
 //! Command line and environment (SPEC section 6).
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::SecretString;
@@ -23,40 +23,25 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Apply pending migrations, then serve gRPC until SIGINT or SIGTERM.
-    Serve(ServeArgs),
+    Serve(Settings),
     /// Apply pending migrations and exit.
-    Migrate(DatabaseArgs),
+    Migrate(DatabaseSettings),
     /// Manage organizations and API keys directly in the database (no server needed).
     Admin(AdminArgs),
 }
 
-/// Where the data lives.
+/// Everything the server runs with: `connections serve` builds it from its
+/// options and the environment, and the tests build the same (see
+/// [`Settings::from_environment`]) and change a few fields.
 #[derive(Debug, Clone, Args)]
-pub struct DatabaseArgs {
-    /// Database URL: sqlite://PATH?mode=rwc or postgres://USER@HOST/DB.
-    #[arg(
-        long,
-        env = "CONNECTIONS_DATABASE_URL",
-        default_value = DEFAULT_DATABASE_URL,
-        hide_env_values = true
-    )]
-    pub database_url: String,
-
-    /// Most database connections in the pool.
-    #[arg(long, env = "CONNECTIONS_DB_MAX_CONNECTIONS", default_value_t = 16)]
-    pub db_max_connections: u32,
-}
-
-/// `connections serve`.
-#[derive(Debug, Clone, Args)]
-pub struct ServeArgs {
+pub struct Settings {
     /// Address to listen on.
     #[arg(long, env = "CONNECTIONS_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
     /// Database settings.
     #[command(flatten)]
-    pub database: DatabaseArgs,
+    pub database: DatabaseSettings,
 
     /// Token for AdminService (prefer the environment variable: arguments are
     /// visible to other local users). Without it, AdminService refuses every call.
@@ -76,23 +61,146 @@ pub struct ServeArgs {
     )]
     pub cors_allow_origins: Vec<String>,
 
-    /// TLS certificate chain (PEM). With --tls-key, the server speaks only TLS.
-    #[arg(long, env = "CONNECTIONS_TLS_CERT", requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-
-    /// TLS private key (PEM).
-    #[arg(long, env = "CONNECTIONS_TLS_KEY", requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-
-    /// CA certificate(s) (PEM) for mutual TLS: clients must present a
-    /// certificate signed by one of them.
-    #[arg(long, env = "CONNECTIONS_TLS_CLIENT_CA", requires = "tls_cert")]
-    pub tls_client_ca: Option<PathBuf>,
+    /// TLS settings.
+    #[command(flatten)]
+    pub tls: TlsSettings,
 
     /// Address for Prometheus metrics (GET /metrics); off by default.
     #[arg(long, env = "CONNECTIONS_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// Work besides answering calls (not options: fixed in production,
+    /// shortened by tests).
+    #[arg(skip)]
+    pub background: BackgroundSettings,
 }
+
+impl Settings {
+    /// The settings of `connections serve` given no options: the defaults,
+    /// overridden by the `CONNECTIONS_*` environment variables.
+    pub fn from_environment() -> Self {
+        /// `Settings` alone, as a command line.
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        Only::parse_from(["connections"]).settings
+    }
+}
+
+/// Where the data lives.
+#[derive(Clone, Args)]
+pub struct DatabaseSettings {
+    /// Database URL: sqlite://PATH?mode=rwc or postgres://USER@HOST/DB.
+    #[arg(
+        id = "database_url",
+        long = "database-url",
+        env = "CONNECTIONS_DATABASE_URL",
+        default_value = DEFAULT_DATABASE_URL,
+        hide_env_values = true
+    )]
+    pub url: String,
+
+    /// Most database connections in the pool.
+    #[arg(
+        id = "db_max_connections",
+        long = "db-max-connections",
+        env = "CONNECTIONS_DB_MAX_CONNECTIONS",
+        default_value_t = 16
+    )]
+    pub max_connections: u32,
+}
+
+impl DatabaseSettings {
+    /// Settings for `url` with the default pool size.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            max_connections: 16,
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseSettings")
+            .field("url", &redact(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// `url` without its password (and user name), for messages and logs.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() || !parsed.username().is_empty() => {
+            // Neither fails on a URL that has a user name.
+            let _ = parsed.set_password(None);
+            let _ = parsed.set_username("***");
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "<database url>".to_owned(),
+    }
+}
+
+/// TLS: the server's certificate and key, and for mutual TLS the CAs that
+/// client certificates must chain to. All PEM files.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsSettings {
+    /// TLS certificate chain (PEM). With --tls-key, the server speaks only TLS.
+    #[arg(
+        id = "tls_cert",
+        long = "tls-cert",
+        env = "CONNECTIONS_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub cert: Option<PathBuf>,
+
+    /// TLS private key (PEM).
+    #[arg(
+        id = "tls_key",
+        long = "tls-key",
+        env = "CONNECTIONS_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub key: Option<PathBuf>,
+
+    /// CA certificate(s) (PEM) for mutual TLS: clients must present a
+    /// certificate signed by one of them.
+    #[arg(
+        id = "tls_client_ca",
+        long = "tls-client-ca",
+        env = "CONNECTIONS_TLS_CLIENT_CA",
+        requires = "tls_cert"
+    )]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// How often the server's background tasks run.
+#[derive(Debug, Clone)]
+pub struct BackgroundSettings {
+    /// How often the database is probed for the health service.
+    pub health_check_interval: Duration,
+    /// How long request_id records are kept (SPEC: at least 24 hours).
+    pub request_id_retention: Duration,
+    /// How often expired request_id records are deleted.
+    pub request_id_sweep_interval: Duration,
+}
+
+impl Default for BackgroundSettings {
+    fn default() -> Self {
+        Self {
+            health_check_interval: Duration::from_secs(1),
+            request_id_retention: REQUEST_ID_RETENTION,
+            request_id_sweep_interval: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// How long request_id records are kept at least (SPEC section 4).
+pub const REQUEST_ID_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
 fn parse_secret(value: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(value.to_owned()))
@@ -112,7 +220,7 @@ pub enum LogFormat {
 pub struct AdminArgs {
     /// Database settings.
     #[command(flatten)]
-    pub database: DatabaseArgs,
+    pub database: DatabaseSettings,
 
     /// The operation.
     #[command(subcommand)]
@@ -186,6 +294,31 @@ mod tests {
             ["https://a.example", "https://b.example"]
         );
         assert!(Cli::try_parse_from(["connections", "serve", "--tls-cert", "c.pem"]).is_err());
+    }
+
+    #[test]
+    fn settings_without_options_are_the_defaults() {
+        let settings = Settings::from_environment();
+        assert_eq!(settings.listen.to_string(), DEFAULT_LISTEN);
+        // SPEC section 4: request_id records are kept at least 24 hours.
+        let retention = settings.background.request_id_retention;
+        assert_eq!(retention, REQUEST_ID_RETENTION);
+        assert!(retention >= Duration::from_secs(24 * 60 * 60));
+        assert!(retention <= Duration::from_secs(48 * 60 * 60));
+    }
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db.internal:5432/connections"),
+            "postgres://***@db.internal:5432/connections"
+        );
+        assert_eq!(
+            redact("sqlite://connections.db?mode=rwc"),
+            "sqlite://connections.db?mode=rwc"
+        );
+        assert!(!redact("postgres://app:p%40ss@h/db").contains("ss"));
+        assert!(!format!("{:?}", DatabaseSettings::new("postgres://u:pw@h/db")).contains("pw"));
     }
 
     #[test]

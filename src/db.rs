@@ -5,14 +5,16 @@ use std::{
     time::Duration,
 };
 
+use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnAcquireErr, ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    ConnAcquireErr, ConnectionTrait, ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
     DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait, sqlx,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use crate::error;
+use crate::config::{DatabaseSettings, redact};
 
+pub mod error;
 mod reader;
 
 pub use reader::{PgReadPool, Reader};
@@ -31,51 +33,10 @@ pub const IDLE_BEFORE_PING: Duration = Duration::from_secs(10);
 /// A pooled connection idle this long is closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Pool settings.
-#[derive(Clone)]
-pub struct DbSettings {
-    /// `sqlite://PATH?mode=rwc`, `sqlite::memory:` or `postgres://...`.
-    pub url: String,
-    /// Upper bound on pooled connections.
-    pub max_connections: u32,
-}
-
-impl std::fmt::Debug for DbSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DbSettings")
-            .field("url", &redact(&self.url))
-            .field("max_connections", &self.max_connections)
-            .finish()
-    }
-}
-
-/// `url` without its user information (which may hold a password).
-pub fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return "<database url>".to_owned();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{}***@{}", &url[..scheme_end], &rest[at + 1..]),
-        None => url.to_owned(),
-    }
-}
-
-impl DbSettings {
-    /// Settings for `url` with the default pool size.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            max_connections: 16,
-        }
-    }
-}
-
 /// Opens a connection pool. SQLite connections use WAL with full fsync (a
 /// committed write survives a power loss), a busy timeout and foreign keys; an in-memory SQLite database gets a single connection, since
 /// each connection would otherwise see a database of its own.
-pub async fn connect(settings: &DbSettings) -> Result<DatabaseConnection, DbErr> {
+pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(settings.url.clone());
     let in_memory = settings.url.contains(":memory:") || settings.url.contains("mode=memory");
     options
@@ -203,6 +164,32 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTransaction, Db
     Ok(WriteTransaction { txn, _turn: turn })
 }
 
+/// Connects to the database and applies pending migrations (see [`migrate`]).
+pub async fn connect_and_migrate(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
+    let db = connect(settings).await?;
+    migrate(&db).await?;
+    Ok(db)
+}
+
+/// The PostgreSQL advisory lock held while migrating ("cnx-migr" in ASCII).
+const MIGRATION_LOCK: i64 = 0x636e_782d_6d69_6772;
+
+/// Applies pending migrations in one write transaction, so that replicas
+/// started together take turns: on PostgreSQL the transaction first takes an
+/// advisory lock (released when it ends, or when its session dies), on SQLite
+/// it holds the write lock from the start. The first replica applies every
+/// pending migration, or none if one fails; the others then find nothing left
+/// to do.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+    let txn = begin_write(db).await?;
+    if db.get_database_backend() == DbBackend::Postgres {
+        txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
+            .await?;
+    }
+    Migrator::up(&*txn, None).await?;
+    txn.commit().await
+}
+
 /// A short name of the backend, for logs (never the URL: it may hold a password).
 pub fn backend_name(db: &DatabaseConnection) -> &'static str {
     match db.get_database_backend() {
@@ -217,35 +204,22 @@ pub fn backend_name(db: &DatabaseConnection) -> &'static str {
 mod tests {
     use super::*;
 
-    #[test]
-    fn urls_lose_their_credentials() {
-        assert_eq!(
-            redact("postgres://app:s3cret@db.internal:5432/connections"),
-            "postgres://***@db.internal:5432/connections"
-        );
-        assert_eq!(
-            redact("sqlite://connections.db?mode=rwc"),
-            "sqlite://connections.db?mode=rwc"
-        );
-        assert!(!format!("{:?}", DbSettings::new("postgres://u:pw@h/db")).contains("pw"));
-    }
-
     #[tokio::test]
     async fn a_sqlite_writer_that_never_gets_its_turn_reports_the_database_unavailable() {
-        let db = connect(&DbSettings::new("sqlite::memory:")).await.unwrap();
+        let db = connect(&DatabaseSettings::new("sqlite::memory:")).await.unwrap();
         let _held = SQLITE_WRITE_GATE.clone().lock_owned().await;
         tokio::time::pause();
         let err = begin_write(&db).await.err().expect("no turn");
         assert_eq!(
-            crate::error::classify(&err),
-            crate::error::DbFailure::Unavailable,
+            error::classify(&err),
+            error::DbFailure::Unavailable,
             "{err}"
         );
     }
 
     #[tokio::test]
     async fn connection_errors_do_not_quote_the_password() {
-        let err = connect(&DbSettings::new("postgress://user:s3cret@127.0.0.1:1/db"))
+        let err = connect(&DatabaseSettings::new("postgress://user:s3cret@127.0.0.1:1/db"))
             .await
             .unwrap_err();
         assert!(!err.to_string().contains("s3cret"), "{err}");

@@ -10,7 +10,6 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod entity;
-pub mod error;
 pub mod grpc;
 pub mod metrics;
 pub mod proto;

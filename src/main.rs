@@ -4,11 +4,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use connections::{
-    config::{AdminArgs, AdminCommand, Cli, Command, DatabaseArgs, LogFormat, ServeArgs},
-    db::DbSettings,
+    config::{AdminArgs, AdminCommand, Cli, Command, DatabaseSettings, LogFormat, Settings},
+    db,
     domain::{ApiKeyId, DisplayName, OrganizationId, PageSize},
     service::{ApiKeys, Organizations, PageTokens, secrets},
-    startup::{self, Application, Settings, TlsSettings},
+    startup::Application,
     telemetry,
 };
 use serde_json::json;
@@ -54,41 +54,40 @@ async fn main() -> ExitCode {
     }
 }
 
-fn db_settings(args: &DatabaseArgs) -> DbSettings {
-    DbSettings {
-        url: args.database_url.clone(),
-        max_connections: args.db_max_connections,
-    }
-}
-
-async fn serve(args: ServeArgs) -> Result<(), Error> {
-    let shutdown = startup::shutdown_signal()?;
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(TlsSettings {
-            cert_pem: read(cert)?,
-            key_pem: read(key)?,
-            client_ca_pem: args.tls_client_ca.as_deref().map(read).transpose()?,
-        }),
-        _ => None,
-    };
-    let app = Application::build(Settings {
-        admin_token: args.admin_token,
-        cors_allow_origins: args.cors_allow_origins,
-        tls,
-        metrics_listen: args.metrics_listen,
-        ..Settings::new(args.listen, db_settings(&args.database))
-    })
-    .await?;
+async fn serve(settings: Settings) -> Result<(), Error> {
+    let shutdown = shutdown_signal()?;
+    let app = Application::build(settings).await?;
     app.run_until_stopped(shutdown).await?;
     Ok(())
 }
 
-fn read(path: &std::path::Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|err| format!("cannot read {}: {err}", path.display()).into())
+/// A future that completes on SIGINT or SIGTERM. The handlers are installed
+/// now, so a signal that arrives while the server is still starting (e.g.
+/// migrating) also leads to a clean stop instead of killing the process.
+#[cfg(unix)]
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("received SIGINT"),
+            _ = terminate.recv() => tracing::info!("received SIGTERM"),
+        }
+    })
 }
 
-async fn migrate(args: DatabaseArgs) -> Result<(), Error> {
-    let db = startup::connect_and_migrate(&db_settings(&args)).await?;
+/// A future that completes on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'static> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("received Ctrl-C");
+    })
+}
+
+async fn migrate(settings: DatabaseSettings) -> Result<(), Error> {
+    let db = db::connect_and_migrate(&settings).await?;
     db.close().await?;
     tracing::info!("migrations applied");
     Ok(())
@@ -103,7 +102,7 @@ fn rfc3339(time: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 async fn admin(args: AdminArgs) -> Result<(), Error> {
-    let db = startup::connect_and_migrate(&db_settings(&args.database)).await?;
+    let db = db::connect_and_migrate(&args.database).await?;
     let tokens = PageTokens::new(secrets::shared_key(&db, PageTokens::SECRET_NAME).await?);
     let organizations = Organizations::new(db.clone(), db.clone().into(), tokens);
     let keys = ApiKeys::new(db.clone(), db.clone().into());

@@ -10,7 +10,6 @@
 
 use std::{
     future::Future,
-    net::SocketAddr,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -320,11 +319,6 @@ pub async fn serve(
     axum::serve(listener, router)
         .with_graceful_shutdown(stop.cancelled_owned())
         .await
-}
-
-/// Binds the metrics address (so a bad address fails at startup).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
 }
 
 #[cfg(test)]

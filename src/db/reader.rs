@@ -16,8 +16,9 @@ use sea_orm::{
 };
 use sea_query_sqlx::SqlxValues;
 
-use super::{ACQUIRE_TIMEOUT, DbSettings, IDLE_BEFORE_PING, IDLE_TIMEOUT};
-use crate::error::connection_closed;
+use super::{ACQUIRE_TIMEOUT, IDLE_BEFORE_PING, IDLE_TIMEOUT};
+use crate::config::DatabaseSettings;
+use super::error::connection_closed;
 
 /// Where reads outside transactions go. It is a SeaORM connection like any
 /// other ([`ConnectionTrait`]), so queries are built and run the same way.
@@ -32,7 +33,7 @@ pub enum Reader {
 impl Reader {
     /// Reads for `db`: on PostgreSQL a [`PgReadPool`] of `settings`' size,
     /// otherwise `db` itself.
-    pub fn new(db: &DatabaseConnection, settings: &DbSettings) -> Result<Self, DbErr> {
+    pub fn new(db: &DatabaseConnection, settings: &DatabaseSettings) -> Result<Self, DbErr> {
         match db.get_database_backend() {
             DbBackend::Postgres => Ok(Self::Postgres(PgReadPool::new(settings)?)),
             _ => Ok(Self::Shared(db.clone())),
@@ -133,7 +134,7 @@ impl std::fmt::Debug for PgReadPool {
 impl PgReadPool {
     /// A pool of up to `settings.max_connections` connections to
     /// `settings.url`; connections open on first use.
-    pub fn new(settings: &DbSettings) -> Result<Self, DbErr> {
+    pub fn new(settings: &DatabaseSettings) -> Result<Self, DbErr> {
         let options = PgConnectOptions::from_str(&settings.url)
             .map_err(|err| DbErr::Conn(RuntimeErr::SqlxError(Arc::new(err))))?
             .disable_statement_logging();

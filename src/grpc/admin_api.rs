@@ -8,14 +8,13 @@ use super::{
 };
 use crate::{
     domain::{ApiKeyId, DisplayName, OrganizationId},
-    error::FieldViolation,
     proto::{
         CreateApiKeyRequest, CreateApiKeyResponse, CreateOrganizationRequest,
         CreateOrganizationResponse, ListApiKeysRequest, ListApiKeysResponse,
         ListOrganizationsRequest, ListOrganizationsResponse, RevokeApiKeyRequest,
         RevokeApiKeyResponse, admin_service_server::AdminService,
     },
-    service::{ApiKeys, Organizations},
+    service::{ApiKeys, FieldViolation, Organizations},
 };
 
 /// The gRPC adapter for operators, guarded by the admin token.

@@ -6,8 +6,7 @@ use tonic::metadata::MetadataMap;
 
 use crate::{
     domain::OrganizationId,
-    error::ServiceError,
-    service::{ApiKeys, api_keys::digest},
+    service::{ApiKeys, ServiceError, api_keys::digest},
 };
 
 /// Longest `authorization` value examined; longer ones are refused unread.

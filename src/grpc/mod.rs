@@ -7,6 +7,8 @@ pub mod auth;
 pub mod connection_api;
 pub mod convert;
 pub mod organization_api;
+pub mod server;
+pub mod status;
 pub mod validate;
 
 pub use admin_api::AdminApi;

@@ -3,9 +3,9 @@
 
 use crate::{
     domain::{DataTypes, PageSize, ids::InvalidId},
-    error::{FieldViolation, ServiceError},
     grpc::convert,
     proto,
+    service::{FieldViolation, ServiceError},
 };
 
 /// Longest `request_id`, in characters.

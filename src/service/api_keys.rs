@@ -27,12 +27,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::instrument;
 
-use super::{now, random_bytes, time_of};
+use super::{ServiceError, now, random_bytes, time_of};
 use crate::{
     db::Reader,
     domain::{ApiKey, ApiKeyId, OrganizationId},
     entity::{api_key, organization},
-    error::ServiceError,
 };
 
 /// Every secret starts with this, so a leaked key is easy to recognise.
@@ -242,7 +241,8 @@ fn api_key_from(model: api_key::Model) -> ApiKey {
 mod tests {
     use super::*;
     use crate::{
-        db::{DbSettings, connect},
+        config::DatabaseSettings,
+        db::connect,
         domain::DisplayName,
         service::{Organizations, PageTokens},
     };
@@ -250,7 +250,7 @@ mod tests {
 
     /// API keys over a new database, and a key of a new organization.
     async fn setup() -> (ApiKeys, OrganizationId, String) {
-        let db = connect(&DbSettings::new("sqlite::memory:")).await.unwrap();
+        let db = connect(&DatabaseSettings::new("sqlite::memory:")).await.unwrap();
         Migrator::up(&db, None).await.unwrap();
         let organizations =
             Organizations::new(db.clone(), db.clone().into(), PageTokens::new([1; 32]));

@@ -6,12 +6,12 @@
 
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 use tracing::instrument;
 
 use super::{
-    Page, PageTokens,
+    Page, PageTokens, ServiceError,
     idempotency::{self, Claim, IdempotencyKey},
     now, time_of,
 };
@@ -22,7 +22,6 @@ use crate::{
         EventType, OrganizationId, PageSize, Parties, Role, TransitionError, transition,
     },
     entity::{connection, connection_event, organization},
-    error::ServiceError,
 };
 
 /// The connections business layer.
@@ -149,7 +148,7 @@ impl Connections {
             .exec_without_returning(&*txn)
             .await;
         if let Err(err) = inserted {
-            if matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_))) {
+            if db::error::unique_violation(&err) {
                 // A concurrent create of the same pair committed first.
                 drop(txn);
                 return match find_pair(&self.reader, caller, new.destination).await? {
@@ -650,14 +649,15 @@ fn event_from(model: connection_event::Model) -> Result<ConnectionEvent, Service
 mod tests {
     use super::*;
     use crate::{
-        db::{DbSettings, connect},
+        config::DatabaseSettings,
+        db::connect,
         domain::{DataType, DisplayName},
         service::Organizations,
     };
     use migration::{Migrator, MigratorTrait};
 
     async fn setup() -> (Connections, OrganizationId, OrganizationId) {
-        let db = connect(&DbSettings::new("sqlite::memory:")).await.unwrap();
+        let db = connect(&DatabaseSettings::new("sqlite::memory:")).await.unwrap();
         Migrator::up(&db, None).await.unwrap();
         let tokens = PageTokens::new([1; 32]);
         let orgs = Organizations::new(db.clone(), db.clone().into(), tokens.clone());

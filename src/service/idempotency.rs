@@ -21,16 +21,14 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family},
 };
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, SqlErr,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter,
 };
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 
 use super::now;
-use crate::{domain::OrganizationId, entity::idempotency_record, error::ServiceError};
-
-/// How long records are kept at least.
-pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+use super::ServiceError;
+use crate::{db::error::unique_violation, domain::OrganizationId, entity::idempotency_record};
 
 /// How often calls were answered with an earlier call's recorded result, by
 /// `path`: `recorded` (a retry found the record of a committed call) or
@@ -161,7 +159,7 @@ pub async fn claim<T: DeserializeOwned>(
         .await
     {
         Ok(_) => Ok(Claim::Fresh),
-        Err(err) if is_unique_violation(&err) => Ok(Claim::Raced),
+        Err(err) if unique_violation(&err) => Ok(Claim::Raced),
         Err(err) => Err(err.into()),
     }
 }
@@ -209,20 +207,9 @@ pub async fn delete_expired(
     Ok(result.rows_affected)
 }
 
-fn is_unique_violation(err: &DbErr) -> bool {
-    matches!(err.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn records_are_kept_at_least_24_hours() {
-        // SPEC section 4; production settings use this retention.
-        assert!(RETENTION >= std::time::Duration::from_secs(24 * 60 * 60));
-        assert!(RETENTION <= std::time::Duration::from_secs(48 * 60 * 60));
-    }
 
     #[test]
     fn fingerprints_differ_with_parameters_and_their_boundaries() {

@@ -2,12 +2,14 @@
 
 pub mod api_keys;
 pub mod connections;
+pub mod error;
 pub mod idempotency;
 pub mod organizations;
 pub mod page_token;
 pub mod secrets;
 
 pub use api_keys::ApiKeys;
+pub use error::{FieldViolation, ServiceError};
 pub use connections::{Connections, ListFilter, NewConnection, TransitionRequest};
 pub use organizations::Organizations;
 pub use page_token::PageTokens;

@@ -6,12 +6,11 @@ use sea_orm::{
 };
 use tracing::instrument;
 
-use super::{Page, PageTokens, time_of};
+use super::{Page, PageTokens, ServiceError, time_of};
 use crate::{
     db::Reader,
     domain::{DisplayName, Organization, OrganizationId, PageSize},
     entity::organization,
-    error::ServiceError,
 };
 
 /// The organizations business layer.

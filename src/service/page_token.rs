@@ -10,7 +10,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::error::ServiceError;
+use super::ServiceError;
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -1,0 +1,248 @@
+//! The gRPC server: every service registered in one place ([`register`]), and
+//! the transport they are served on ([`Transport`]: TLS, CORS for gRPC-Web,
+//! limits).
+
+use std::{future::Future, path::Path, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tonic::{
+    server::NamedService,
+    service::Routes,
+    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
+};
+use tonic_health::server::HealthReporter;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use super::{AdminApi, AdminToken, Authenticator, ConnectionApi, OrganizationApi};
+use crate::{
+    config::{Settings, TlsSettings},
+    metrics::{Metrics, MetricsLayer},
+    proto::{
+        self, admin_service_server::AdminServiceServer,
+        connection_service_server::ConnectionServiceServer,
+        organization_service_server::OrganizationServiceServer,
+    },
+    service::{ApiKeys, Connections, Organizations},
+};
+
+/// Largest request message accepted, in bytes. Every valid request is far smaller.
+pub const MAX_DECODING_MESSAGE_SIZE: usize = 64 * 1024;
+/// Largest response message sent, in bytes (a page of 500 connections fits).
+pub const MAX_ENCODING_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
+/// Largest header list (metadata) accepted per request, in bytes.
+pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+/// Concurrent calls allowed on one HTTP/2 connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Calls running longer than this fail with CANCELLED (server-side deadline).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The business layers behind the gRPC services.
+#[derive(Debug, Clone)]
+pub struct Services {
+    /// Connections: ConnectionService.
+    pub connections: Connections,
+    /// Organizations: OrganizationService and AdminService.
+    pub organizations: Organizations,
+    /// API keys: AdminService, and every caller's authentication.
+    pub api_keys: ApiKeys,
+    /// AdminService's credential.
+    pub admin_token: AdminToken,
+}
+
+/// The services whose health is reported. The whole server ("") comes last,
+/// so once it reports a status, every service reports the same.
+pub const HEALTH_SERVICES: [&str; 4] = [
+    <ConnectionServiceServer<ConnectionApi> as NamedService>::NAME,
+    <OrganizationServiceServer<OrganizationApi> as NamedService>::NAME,
+    <AdminServiceServer<AdminApi> as NamedService>::NAME,
+    "",
+];
+
+/// Every service the server offers: the API, health and reflection (v1 and
+/// v1alpha, with the google.rpc types so tools can decode error details).
+/// Returns them with the reporter that sets their health.
+pub fn register(
+    services: Services,
+) -> Result<(Routes, HealthReporter), tonic_reflection::server::Error> {
+    let Services {
+        connections,
+        organizations,
+        api_keys,
+        admin_token,
+    } = services;
+    let auth = Authenticator::new(api_keys.clone());
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    };
+    let routes = Routes::new(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .add_service(
+            ConnectionServiceServer::new(ConnectionApi::new(auth.clone(), connections))
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_ENCODING_MESSAGE_SIZE),
+        )
+        .add_service(
+            OrganizationServiceServer::new(OrganizationApi::new(auth, organizations.clone()))
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_ENCODING_MESSAGE_SIZE),
+        )
+        .add_service(
+            AdminServiceServer::new(AdminApi::new(admin_token, organizations, api_keys))
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_ENCODING_MESSAGE_SIZE),
+        );
+    Ok((routes, health_reporter))
+}
+
+/// Why the transport settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// A CORS origin is not a valid header value.
+    #[error("invalid CORS origin {0:?}")]
+    InvalidOrigin(String),
+    /// A TLS file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TLS certificate, key or client CA cannot be used.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// How the server is reached: TLS (or not) and CORS, checked before anything
+/// starts.
+#[derive(Debug, Clone)]
+pub struct Transport {
+    tls: Option<ServerTlsConfig>,
+    mutual_tls: bool,
+    cors: CorsLayer,
+}
+
+impl Transport {
+    /// Reads and checks the TLS files and the CORS origins of `settings`.
+    pub fn new(settings: &Settings) -> Result<Self, TransportError> {
+        let cors = cors_layer(&settings.cors_allow_origins)?;
+        let tls = tls_config(&settings.tls)?;
+        if let Some(tls) = &tls {
+            // Fails here, before anything starts, on unusable PEM files.
+            Server::builder()
+                .tls_config(tls.clone())
+                .map_err(|err| TransportError::Tls(error_chain(&err)))?;
+        }
+        Ok(Self {
+            tls,
+            mutual_tls: settings.tls.client_ca.is_some(),
+            cors,
+        })
+    }
+
+    /// "off", "on" or "mutual", for logs.
+    pub fn tls_mode(&self) -> &'static str {
+        match (&self.tls, self.mutual_tls) {
+            (None, _) => "off",
+            (Some(_), false) => "on",
+            (Some(_), true) => "mutual",
+        }
+    }
+
+    /// Serves `routes` on `listener`, recording calls in `metrics`, until
+    /// `shutdown` completes; then stops accepting calls and lets the calls in
+    /// flight finish.
+    pub async fn serve(
+        self,
+        routes: Routes,
+        metrics: Option<Arc<Metrics>>,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), tonic::transport::Error> {
+        let mut server = Server::builder();
+        if let Some(tls) = self.tls {
+            server = server.tls_config(tls)?;
+        }
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        server
+            // HTTP/1.1 is accepted for gRPC-Web; plain gRPC needs HTTP/2.
+            .accept_http1(true)
+            .layer(self.cors)
+            .layer(MetricsLayer::new(metrics))
+            .layer(tonic_web::GrpcWebLayer::new())
+            .timeout(REQUEST_TIMEOUT)
+            .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .http2_keepalive_interval(Some(Duration::from_secs(60)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path(), caller = tracing::field::Empty))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+    }
+}
+
+/// The server's TLS configuration, read from the PEM files of `settings`.
+fn tls_config(settings: &TlsSettings) -> Result<Option<ServerTlsConfig>, TransportError> {
+    let (Some(cert), Some(key)) = (&settings.cert, &settings.key) else {
+        return Ok(None);
+    };
+    let config = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    Ok(Some(match &settings.client_ca {
+        Some(ca) => config.client_ca_root(Certificate::from_pem(read(ca)?)),
+        None => config,
+    }))
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TransportError> {
+    std::fs::read(path).map_err(|source| TransportError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// Headers a browser may send and read in gRPC-Web calls.
+const GRPC_WEB_REQUEST_HEADERS: [&str; 5] = [
+    "authorization",
+    "content-type",
+    "grpc-timeout",
+    "x-grpc-web",
+    "x-user-agent",
+];
+const GRPC_WEB_RESPONSE_HEADERS: [&str; 3] =
+    ["grpc-status", "grpc-message", "grpc-status-details-bin"];
+
+/// CORS for gRPC-Web: only the configured origins get CORS headers.
+fn cors_layer(origins: &[String]) -> Result<CorsLayer, TransportError> {
+    let origins = origins
+        .iter()
+        .map(|origin| {
+            origin
+                .parse()
+                .map_err(|_| TransportError::InvalidOrigin(origin.clone()))
+        })
+        .collect::<Result<Vec<http::HeaderValue>, _>>()?;
+    Ok(CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([http::Method::POST, http::Method::OPTIONS])
+        .allow_headers(GRPC_WEB_REQUEST_HEADERS.map(http::HeaderName::from_static))
+        .expose_headers(GRPC_WEB_RESPONSE_HEADERS.map(http::HeaderName::from_static))
+        .max_age(Duration::from_secs(24 * 60 * 60)))
+}
+
+/// An error and its sources, for messages.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}

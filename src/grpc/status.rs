@@ -1,0 +1,182 @@
+//! The one mapping from a service error to a gRPC status.
+//!
+//! Every status carries a `google.rpc.ErrorInfo` (domain `connections.v1`,
+//! reason = an `ErrorReason` name); malformed fields also carry a
+//! `google.rpc.BadRequest`. Messages are for people and never contain SQL or
+//! other internals: those are logged here, once, instead.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{
+    proto::{self, ERROR_DOMAIN, ErrorReason},
+    service::{FieldViolation, ServiceError},
+};
+
+impl From<ServiceError> for Status {
+    fn from(err: ServiceError) -> Self {
+        use ServiceError as E;
+        let mut metadata = HashMap::new();
+        let mut violations: Vec<FieldViolation> = Vec::new();
+        let (code, reason) = match &err {
+            E::ApiKeyMissing => (Code::Unauthenticated, ErrorReason::ApiKeyMissing),
+            E::ApiKeyInvalid => (Code::Unauthenticated, ErrorReason::ApiKeyInvalid),
+            E::AdminTokenInvalid => (Code::Unauthenticated, ErrorReason::AdminTokenInvalid),
+            E::InvalidArgument(fields) => {
+                violations.extend(fields.iter().cloned());
+                (Code::InvalidArgument, ErrorReason::InvalidArgument)
+            }
+            E::SelfConnection => {
+                violations.push(FieldViolation::new(
+                    "destination_organization_id",
+                    "must not be the caller's own organization",
+                ));
+                (Code::InvalidArgument, ErrorReason::SelfConnection)
+            }
+            E::RequestIdReused => {
+                violations.push(FieldViolation::new(
+                    "request_id",
+                    "already used with different parameters",
+                ));
+                (Code::InvalidArgument, ErrorReason::RequestIdReused)
+            }
+            E::InvalidPageToken => {
+                violations.push(FieldViolation::new(
+                    "page_token",
+                    "not a token issued for this caller and these filters",
+                ));
+                (Code::InvalidArgument, ErrorReason::InvalidPageToken)
+            }
+            E::ConnectionNotFound => (Code::NotFound, ErrorReason::ConnectionNotFound),
+            E::OrganizationNotFound => (Code::NotFound, ErrorReason::OrganizationNotFound),
+            E::ApiKeyNotFound => (Code::NotFound, ErrorReason::ApiKeyNotFound),
+            E::ConnectionAlreadyExists { connection_id } => {
+                metadata.insert("connection_id".to_owned(), connection_id.to_string());
+                (Code::AlreadyExists, ErrorReason::ConnectionAlreadyExists)
+            }
+            E::CallerNotSource => (Code::PermissionDenied, ErrorReason::CallerNotSource),
+            E::CallerNotDestination => (Code::PermissionDenied, ErrorReason::CallerNotDestination),
+            E::InvalidStateTransition { current, .. } => {
+                metadata.insert(
+                    "current_state".to_owned(),
+                    proto::ConnectionState::from(*current)
+                        .as_str_name()
+                        .to_owned(),
+                );
+                (
+                    Code::FailedPrecondition,
+                    ErrorReason::InvalidStateTransition,
+                )
+            }
+            E::EtagMismatch => (Code::Aborted, ErrorReason::EtagMismatch),
+            E::ConcurrentModification => (Code::Aborted, ErrorReason::ConcurrentModification),
+            E::DatabaseUnavailable(_) => (Code::Unavailable, ErrorReason::DatabaseUnavailable),
+            E::Internal(_) => (Code::Internal, ErrorReason::Internal),
+        };
+
+        match code {
+            Code::Internal => tracing::error!(error = ?err, "internal error"),
+            Code::Unavailable => tracing::warn!(error = ?err, "database unavailable"),
+            _ => tracing::debug!(reason = reason.as_str_name(), message = %err, "request refused"),
+        }
+
+        let mut details =
+            ErrorDetails::with_error_info(reason.as_str_name(), ERROR_DOMAIN, metadata);
+        for violation in violations {
+            details.add_bad_request_violation(violation.field, violation.description);
+        }
+        Status::with_error_details(code, err.to_string(), details)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Action, ConnectionId, ConnectionState};
+    use sea_orm::DbErr;
+
+    fn error_info(status: &Status) -> tonic_types::ErrorInfo {
+        status.get_details_error_info().expect("ErrorInfo detail")
+    }
+
+    #[test]
+    fn every_status_carries_error_info_in_the_service_domain() {
+        let status = Status::from(ServiceError::ConnectionNotFound);
+        assert_eq!(status.code(), Code::NotFound);
+        let info = error_info(&status);
+        assert_eq!(info.reason, "ERROR_REASON_CONNECTION_NOT_FOUND");
+        assert_eq!(info.domain, "connections.v1");
+    }
+
+    #[test]
+    fn already_exists_names_the_existing_connection() {
+        let id = ConnectionId::generate();
+        let status = Status::from(ServiceError::ConnectionAlreadyExists { connection_id: id });
+        assert_eq!(status.code(), Code::AlreadyExists);
+        assert_eq!(
+            error_info(&status).metadata.get("connection_id"),
+            Some(&id.to_string())
+        );
+    }
+
+    #[test]
+    fn invalid_transition_reports_the_current_state() {
+        let status = Status::from(ServiceError::InvalidStateTransition {
+            action: Action::Activate,
+            current: ConnectionState::Active,
+        });
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert_eq!(
+            error_info(&status)
+                .metadata
+                .get("current_state")
+                .map(String::as_str),
+            Some("CONNECTION_STATE_ACTIVE")
+        );
+        assert_eq!(
+            status.message(),
+            "cannot activate a connection that is active"
+        );
+    }
+
+    #[test]
+    fn invalid_argument_lists_field_violations() {
+        let status = Status::from(ServiceError::InvalidArgument(vec![
+            FieldViolation::new("connection_id", "must be a UUID"),
+            FieldViolation::new("reason", "too long"),
+        ]));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let bad_request = status.get_details_bad_request().expect("BadRequest");
+        let fields: Vec<&str> = bad_request
+            .field_violations
+            .iter()
+            .map(|v| v.field.as_str())
+            .collect();
+        assert_eq!(fields, ["connection_id", "reason"]);
+    }
+
+    #[test]
+    fn database_errors_never_leak_their_text() {
+        let status = Status::from(ServiceError::from(DbErr::Custom(
+            "SELECT secret FROM table".into(),
+        )));
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(status.message(), "internal error");
+        assert_eq!(error_info(&status).reason, "ERROR_REASON_INTERNAL");
+    }
+
+    #[test]
+    fn unreachable_database_is_unavailable() {
+        let err = DbErr::ConnectionAcquire(sea_orm::ConnAcquireErr::Timeout);
+        let status = Status::from(ServiceError::from(err));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            error_info(&status).reason,
+            "ERROR_REASON_DATABASE_UNAVAILABLE"
+        );
+        assert!(!status.message().contains("pool"));
+    }
+
+}

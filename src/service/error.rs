@@ -1,0 +1,145 @@
+//! The service layer's error type: everything that can go wrong in a call,
+//! in the terms of the API's rules. It knows neither gRPC nor protobuf; the
+//! adapters map it to a status (`grpc::status`).
+
+use sea_orm::DbErr;
+
+use crate::{
+    db::error::{DbFailure, classify},
+    domain::{Action, ConnectionId, ConnectionState},
+};
+
+/// One malformed field of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The field's name in the request, e.g. `connection_id`.
+    pub field: &'static str,
+    /// What is wrong with it, for people.
+    pub description: String,
+}
+
+impl FieldViolation {
+    /// A violation of `field`.
+    pub fn new(field: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            field,
+            description: description.into(),
+        }
+    }
+}
+
+/// Everything that can go wrong in a call, as the service layer reports it.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// No `authorization` metadata.
+    #[error("missing credentials: send the metadata \"authorization: Bearer <API key>\"")]
+    ApiKeyMissing,
+    /// Unknown, malformed or revoked API key.
+    #[error("the API key is not valid")]
+    ApiKeyInvalid,
+    /// Admin token missing, wrong, or none configured.
+    #[error("the admin token is missing or not valid")]
+    AdminTokenInvalid,
+    /// One or more malformed fields.
+    #[error("invalid request: {}", describe(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    /// The destination is the caller itself.
+    #[error("a connection from an organization to itself is not allowed")]
+    SelfConnection,
+    /// The request_id was used before with other parameters.
+    #[error("request_id was already used with different parameters")]
+    RequestIdReused,
+    /// Malformed, altered, or issued for another caller or other filters.
+    #[error("the page token is not valid for this request")]
+    InvalidPageToken,
+    /// No such connection, or the caller is not a party to it.
+    #[error("connection not found")]
+    ConnectionNotFound,
+    /// No such organization.
+    #[error("organization not found")]
+    OrganizationNotFound,
+    /// No such API key.
+    #[error("API key not found")]
+    ApiKeyNotFound,
+    /// The caller already has a connection to this destination.
+    #[error("a connection to this destination already exists: {connection_id}")]
+    ConnectionAlreadyExists {
+        /// The existing connection.
+        connection_id: ConnectionId,
+    },
+    /// Only the source may take this action.
+    #[error("only the source organization of the connection may do this")]
+    CallerNotSource,
+    /// Only the destination may take this action.
+    #[error("only the destination organization of the connection may do this")]
+    CallerNotDestination,
+    /// The connection's state does not allow the action.
+    #[error("cannot {} a connection that is {}", action_verb(*.action), .current.as_str().to_lowercase())]
+    InvalidStateTransition {
+        /// The requested action.
+        action: Action,
+        /// The connection's state.
+        current: ConnectionState,
+    },
+    /// The given etag is not the connection's current one.
+    #[error(
+        "the connection has changed since it was read (etag mismatch); read it again and retry"
+    )]
+    EtagMismatch,
+    /// A concurrent change won the race.
+    #[error("the connection was changed concurrently; read it again and retry")]
+    ConcurrentModification,
+    /// The database cannot be reached.
+    #[error("the database is unavailable; retry with backoff")]
+    DatabaseUnavailable(#[source] DbErr),
+    /// Anything else: a bug, or data the service cannot read.
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+fn describe(violations: &[FieldViolation]) -> String {
+    let parts: Vec<String> = violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect();
+    parts.join("; ")
+}
+
+fn action_verb(action: Action) -> &'static str {
+    match action {
+        Action::Activate => "activate",
+        Action::Deactivate => "deactivate",
+        Action::Reactivate => "reactivate",
+    }
+}
+
+impl ServiceError {
+    /// An internal error from anything printable.
+    pub fn internal(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Internal(error.into())
+    }
+
+    /// A single malformed field.
+    pub fn invalid_field(field: &'static str, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+}
+
+impl From<DbErr> for ServiceError {
+    fn from(err: DbErr) -> Self {
+        match classify(&err) {
+            DbFailure::Unavailable => Self::DatabaseUnavailable(err),
+            DbFailure::Conflict => Self::ConcurrentModification,
+            DbFailure::Other => Self::Internal(Box::new(err)),
+        }
+    }
+}
+
+impl From<sea_orm::TransactionError<ServiceError>> for ServiceError {
+    fn from(err: sea_orm::TransactionError<ServiceError>) -> Self {
+        match err {
+            sea_orm::TransactionError::Connection(db) => db.into(),
+            sea_orm::TransactionError::Transaction(inner) => inner,
+        }
+    }
+}
