@@ -7,8 +7,9 @@ use std::{
 
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnAcquireErr, ConnectionTrait, ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, SqliteTransactionMode, TransactionOptions, TransactionTrait, sqlx,
+    ConnAcquireErr, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DatabaseTransaction, DbBackend, DbErr, SqliteTransactionMode, TransactionOptions,
+    TransactionTrait, sqlx,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -206,7 +207,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_sqlite_writer_that_never_gets_its_turn_reports_the_database_unavailable() {
-        let db = connect(&DatabaseSettings::new("sqlite::memory:")).await.unwrap();
+        let db = connect(&DatabaseSettings::new("sqlite::memory:"))
+            .await
+            .unwrap();
         let _held = SQLITE_WRITE_GATE.clone().lock_owned().await;
         tokio::time::pause();
         let err = begin_write(&db).await.err().expect("no turn");
@@ -219,9 +222,11 @@ mod tests {
 
     #[tokio::test]
     async fn connection_errors_do_not_quote_the_password() {
-        let err = connect(&DatabaseSettings::new("postgress://user:s3cret@127.0.0.1:1/db"))
-            .await
-            .unwrap_err();
+        let err = connect(&DatabaseSettings::new(
+            "postgress://user:s3cret@127.0.0.1:1/db",
+        ))
+        .await
+        .unwrap_err();
         assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 }

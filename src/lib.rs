@@ -15,4 +15,5 @@ pub mod metrics;
 pub mod proto;
 pub mod service;
 pub mod startup;
+pub mod store;
 pub mod telemetry;

@@ -33,7 +33,10 @@ use sea_orm::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    db::Reader, domain::ConnectionState, entity::connection, service::idempotency::ReplayCounts,
+    db::Reader,
+    domain::{ConnectionState, Named, VariantArray},
+    entity::connection,
+    service::idempotency::ReplayCounts,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -143,7 +146,7 @@ impl Metrics {
             .into_tuple()
             .all(&self.db)
             .await?;
-        for state in ConnectionState::ALL {
+        for state in ConnectionState::VARIANTS {
             let count = counts
                 .iter()
                 .find(|(name, _)| name == state.as_str())

@@ -16,9 +16,9 @@ use sea_orm::{
 };
 use sea_query_sqlx::SqlxValues;
 
+use super::error::connection_closed;
 use super::{ACQUIRE_TIMEOUT, IDLE_BEFORE_PING, IDLE_TIMEOUT};
 use crate::config::DatabaseSettings;
-use super::error::connection_closed;
 
 /// Where reads outside transactions go. It is a SeaORM connection like any
 /// other ([`ConnectionTrait`]), so queries are built and run the same way.

@@ -1,16 +1,34 @@
 //! Connections, their states and the transition table (SPEC section 2).
 
-use std::{fmt, str::FromStr};
+use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::ids::{ConnectionId, OrganizationId};
+use super::{
+    Named,
+    ids::{ConnectionId, OrganizationId},
+};
 
-/// The lifecycle state of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// The lifecycle state of a connection. Its stored (and logged) name is the
+/// variant's name in SCREAMING_SNAKE_CASE, e.g. `PENDING`.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum ConnectionState {
     /// Created (or reactivated) by the source; waiting for the destination.
     Pending,
@@ -20,58 +38,24 @@ pub enum ConnectionState {
     Inactive,
 }
 
-impl ConnectionState {
-    /// Every state, for exhaustive tests and documentation.
-    pub const ALL: [Self; 3] = [Self::Pending, Self::Active, Self::Inactive];
-
-    /// The stored (and logged) name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "PENDING",
-            Self::Active => "ACTIVE",
-            Self::Inactive => "INACTIVE",
-        }
-    }
-}
-
-/// A stored value that is not one of the expected names.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown {kind} {value:?}")]
-pub struct UnknownName {
-    kind: &'static str,
-    value: String,
-}
-
-macro_rules! named_enum {
-    ($ty:ty, $kind:literal, [$($variant:ident),+]) => {
-        impl FromStr for $ty {
-            type Err = UnknownName;
-
-            fn from_str(s: &str) -> Result<Self, Self::Err> {
-                $(if s == <$ty>::$variant.as_str() {
-                    return Ok(<$ty>::$variant);
-                })+
-                Err(UnknownName { kind: $kind, value: s.to_owned() })
-            }
-        }
-
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-named_enum!(
-    ConnectionState,
-    "connection state",
-    [Pending, Active, Inactive]
-);
-
-/// The part an organization plays in a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// The part an organization plays in a connection (stored as `SOURCE`,
+/// `DESTINATION`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum Role {
     /// Created the connection; shares its data.
     Source,
@@ -79,20 +63,20 @@ pub enum Role {
     Destination,
 }
 
-impl Role {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Source => "SOURCE",
-            Self::Destination => "DESTINATION",
-        }
-    }
-}
-
-named_enum!(Role, "connection role", [Source, Destination]);
-
-/// A state change requested through the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A state change requested through the API; displayed as a verb
+/// (`activate`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::Display,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum Action {
     /// PENDING -> ACTIVE, by the destination.
     Activate,
@@ -103,18 +87,6 @@ pub enum Action {
 }
 
 impl Action {
-    /// Every action, for exhaustive tests.
-    pub const ALL: [Self; 3] = [Self::Activate, Self::Deactivate, Self::Reactivate];
-
-    /// The name of the RPC that takes this action.
-    pub fn method(self) -> &'static str {
-        match self {
-            Self::Activate => "ActivateConnection",
-            Self::Deactivate => "DeactivateConnection",
-            Self::Reactivate => "ReactivateConnection",
-        }
-    }
-
     /// The event this action appends to the history when it succeeds.
     pub fn event_type(self) -> EventType {
         match self {
@@ -125,8 +97,20 @@ impl Action {
     }
 }
 
-/// The kind of an entry in a connection's history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// The kind of an entry in a connection's history (stored as `CREATED`, ...).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum EventType {
     /// The source created the connection.
     Created,
@@ -137,24 +121,6 @@ pub enum EventType {
     /// The source reactivated it.
     Reactivated,
 }
-
-impl EventType {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "CREATED",
-            Self::Activated => "ACTIVATED",
-            Self::Deactivated => "DEACTIVATED",
-            Self::Reactivated => "REACTIVATED",
-        }
-    }
-}
-
-named_enum!(
-    EventType,
-    "event type",
-    [Created, Activated, Deactivated, Reactivated]
-);
 
 /// Why a transition is refused. The variants are in the order the checks run
 /// (SPEC section 2): the first failing check decides the error.
@@ -225,9 +191,141 @@ pub fn transition(
     Ok(next)
 }
 
-/// A type of data the source shares. Ordered as in the API enum.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// A state change asked of a connection: what, by whom, when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// What to do.
+    pub action: Action,
+    /// The organization asking.
+    pub caller: OrganizationId,
+    /// If given, the change applies only to the version with this etag.
+    pub etag: Option<String>,
+    /// Why, for a deactivation (other actions ignore it; empty means none).
+    pub reason: Option<String>,
+    /// When the change happens.
+    pub at: DateTime<Utc>,
+}
+
+/// An entry for a connection's history, before it is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// The connection it belongs to.
+    pub connection_id: ConnectionId,
+    /// Equals the version of the connection the change produced.
+    pub sequence: i64,
+    /// What happened.
+    pub event_type: EventType,
+    /// State before; `None` for the creation.
+    pub from_state: Option<ConnectionState>,
+    /// State after.
+    pub to_state: ConnectionState,
+    /// Who did it.
+    pub actor: OrganizationId,
+    /// The actor's role in the connection.
+    pub actor_role: Role,
+    /// The reason given, if any.
+    pub reason: Option<String>,
+    /// When it happened.
+    pub create_time: DateTime<Utc>,
+}
+
+impl ConnectionRecord {
+    /// A new PENDING connection `id` between `parties`, created at the time
+    /// `id` embeds (`created`), and the event that records its creation.
+    pub fn create(
+        id: ConnectionId,
+        parties: Parties,
+        data_types: DataTypes,
+        created: DateTime<Utc>,
+    ) -> (Self, NewEvent) {
+        let record = Self {
+            id,
+            parties,
+            state: ConnectionState::Pending,
+            data_types,
+            version: 1,
+            create_time: created,
+            update_time: created,
+            activate_time: None,
+            deactivate_time: None,
+            deactivated_by: None,
+            deactivation_reason: None,
+        };
+        let event = NewEvent {
+            connection_id: id,
+            sequence: record.version,
+            event_type: EventType::Created,
+            from_state: None,
+            to_state: record.state,
+            actor: parties.source,
+            actor_role: Role::Source,
+            reason: None,
+            create_time: created,
+        };
+        (record, event)
+    }
+
+    /// Applies `change`: the checks of [`transition`], in its order, then the
+    /// next version of the connection and the event that records the change.
+    pub fn apply(&self, change: Change) -> Result<(Self, NewEvent), TransitionError> {
+        let role = self
+            .parties
+            .role_of(change.caller)
+            .ok_or(TransitionError::NotAParty)?;
+        let etag_matches = change.etag.is_none_or(|etag| etag == self.etag());
+        let state = transition(self.state, change.action, Some(role), etag_matches)?;
+
+        let at = change.at;
+        let mut next = self.clone();
+        next.state = state;
+        next.version = self.version + 1;
+        next.update_time = at;
+        let mut reason = None;
+        match change.action {
+            Action::Activate => next.activate_time = Some(at),
+            Action::Deactivate => {
+                reason = change.reason.filter(|reason| !reason.is_empty());
+                next.deactivate_time = Some(at);
+                next.deactivated_by = Some(role);
+                next.deactivation_reason.clone_from(&reason);
+            }
+            Action::Reactivate => {}
+        }
+        let event = NewEvent {
+            connection_id: self.id,
+            sequence: next.version,
+            event_type: change.action.event_type(),
+            from_state: Some(self.state),
+            to_state: state,
+            actor: change.caller,
+            actor_role: role,
+            reason,
+            create_time: at,
+        };
+        Ok((next, event))
+    }
+}
+
+/// A type of data the source shares (stored as `INQUIRY`, ...). Ordered as
+/// in the API enum.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::Display,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum DataType {
     /// Identity inquiries.
     Inquiry,
@@ -239,23 +337,13 @@ pub enum DataType {
     Transaction,
 }
 
-impl DataType {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Inquiry => "INQUIRY",
-            Self::Verification => "VERIFICATION",
-            Self::Account => "ACCOUNT",
-            Self::Transaction => "TRANSACTION",
-        }
-    }
+/// A stored value that is not one of the expected names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} {value:?}")]
+pub struct UnknownName {
+    kind: &'static str,
+    value: String,
 }
-
-named_enum!(
-    DataType,
-    "data type",
-    [Inquiry, Verification, Account, Transaction]
-);
 
 /// A non-empty set of data types, kept sorted and without duplicates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,14 +395,16 @@ impl DataTypes {
 
     /// Parses the stored form.
     pub fn from_storage(s: &str) -> Result<Self, UnknownName> {
+        let unknown = || UnknownName {
+            kind: "data types",
+            value: s.to_owned(),
+        };
         let types = s
             .split(',')
             .map(DataType::from_str)
-            .collect::<Result<Vec<_>, _>>()?;
-        Self::new(types).map_err(|_| UnknownName {
-            kind: "data types",
-            value: s.to_owned(),
-        })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| unknown())?;
+        Self::new(types).map_err(|_| unknown())
     }
 }
 
@@ -437,12 +527,14 @@ mod tests {
             .any(|(a, r, _, _)| *a == action && r.is_none_or(|r| r == role))
     }
 
+    use strum::VariantArray;
+
     #[test]
     fn every_state_action_role_and_etag_follows_the_spec_in_check_order() {
         let roles = [None, Some(Role::Source), Some(Role::Destination)];
         let mut cases = 0;
-        for state in ConnectionState::ALL {
-            for action in Action::ALL {
+        for &state in ConnectionState::VARIANTS {
+            for &action in Action::VARIANTS {
                 for role in roles {
                     for etag_matches in [true, false] {
                         cases += 1;
@@ -475,8 +567,8 @@ mod tests {
 
     #[test]
     fn non_party_is_refused_before_anything_else() {
-        for state in ConnectionState::ALL {
-            for action in Action::ALL {
+        for &state in ConnectionState::VARIANTS {
+            for &action in Action::VARIANTS {
                 assert_eq!(
                     transition(state, action, None, false),
                     Err(TransitionError::NotAParty)
@@ -548,21 +640,142 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for state in ConnectionState::ALL {
+        for &state in ConnectionState::VARIANTS {
             assert_eq!(state.as_str().parse::<ConnectionState>(), Ok(state));
         }
-        for role in [Role::Source, Role::Destination] {
-            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+        for role in Role::VARIANTS {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(*role));
         }
-        for event in [
-            EventType::Created,
-            EventType::Activated,
-            EventType::Deactivated,
-            EventType::Reactivated,
-        ] {
-            assert_eq!(event.as_str().parse::<EventType>(), Ok(event));
+        for event in EventType::VARIANTS {
+            assert_eq!(event.as_str().parse::<EventType>(), Ok(*event));
         }
+        for data_type in DataType::VARIANTS {
+            assert_eq!(data_type.as_str().parse::<DataType>(), Ok(*data_type));
+        }
+        assert_eq!(
+            ConnectionState::VARIANTS
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>(),
+            ["PENDING", "ACTIVE", "INACTIVE"]
+        );
+        assert_eq!(Action::Reactivate.to_string(), "reactivate");
         assert!("pending".parse::<ConnectionState>().is_err());
+    }
+
+    fn created() -> ConnectionRecord {
+        let id = ConnectionId::generate();
+        let parties = Parties {
+            source: OrganizationId::generate(),
+            destination: OrganizationId::generate(),
+        };
+        let types = DataTypes::new([DataType::Inquiry]).unwrap();
+        ConnectionRecord::create(id, parties, types, DateTime::UNIX_EPOCH).0
+    }
+
+    fn change(record: &ConnectionRecord, action: Action, caller: OrganizationId) -> Change {
+        Change {
+            action,
+            caller,
+            etag: None,
+            reason: Some("audit".to_owned()),
+            at: DateTime::from_timestamp(1_000, 0).unwrap(),
+        }
+        .with_etag(record)
+    }
+
+    impl Change {
+        fn with_etag(mut self, record: &ConnectionRecord) -> Self {
+            self.etag = Some(record.etag());
+            self
+        }
+    }
+
+    #[test]
+    fn creation_is_pending_version_one_recorded_as_created_by_the_source() {
+        let record = created();
+        assert_eq!(record.state, Pending);
+        assert_eq!(record.version, 1);
+        let (again, event) = ConnectionRecord::create(
+            record.id,
+            record.parties,
+            record.data_types.clone(),
+            record.create_time,
+        );
+        assert_eq!(again, record);
+        assert_eq!(event.event_type, EventType::Created);
+        assert_eq!((event.from_state, event.to_state), (None, Pending));
+        assert_eq!(
+            (event.actor, event.actor_role),
+            (record.parties.source, Role::Source)
+        );
+        assert_eq!(event.sequence, 1);
+    }
+
+    #[test]
+    fn applying_a_change_moves_the_version_times_and_history_together() {
+        let pending = created();
+        let destination = pending.parties.destination;
+        let at = DateTime::from_timestamp(1_000, 0).unwrap();
+        let (active, event) = pending
+            .apply(change(&pending, Action::Activate, destination))
+            .unwrap();
+        assert_eq!(active.state, Active);
+        assert_eq!(active.version, 2);
+        assert_eq!((active.update_time, active.activate_time), (at, Some(at)));
+        assert_eq!(
+            active.deactivation_reason, None,
+            "only deactivations keep a reason"
+        );
+        assert_eq!(
+            event,
+            NewEvent {
+                connection_id: pending.id,
+                sequence: 2,
+                event_type: EventType::Activated,
+                from_state: Some(Pending),
+                to_state: Active,
+                actor: destination,
+                actor_role: Role::Destination,
+                reason: None,
+                create_time: at,
+            }
+        );
+
+        let (inactive, event) = active
+            .apply(change(&active, Action::Deactivate, destination))
+            .unwrap();
+        assert_eq!(inactive.deactivated_by, Some(Role::Destination));
+        assert_eq!(inactive.deactivation_reason.as_deref(), Some("audit"));
+        assert_eq!(inactive.deactivate_time, Some(at));
+        assert_eq!(event.reason.as_deref(), Some("audit"));
+        assert_eq!(event.sequence, 3);
+
+        let mut without_reason = change(&inactive, Action::Reactivate, pending.parties.source);
+        without_reason.reason = None;
+        let (pending_again, _) = inactive.apply(without_reason).unwrap();
+        let mut empty_reason = change(&pending_again, Action::Deactivate, pending.parties.source);
+        empty_reason.reason = Some(String::new());
+        let (inactive_again, event) = pending_again.apply(empty_reason).unwrap();
+        assert_eq!(inactive_again.deactivation_reason, None);
+        assert_eq!(event.reason, None);
+        assert_eq!(inactive_again.deactivated_by, Some(Role::Source));
+    }
+
+    #[test]
+    fn applying_refuses_strangers_and_stale_etags() {
+        let pending = created();
+        let stranger = OrganizationId::generate();
+        assert_eq!(
+            pending.apply(change(&pending, Action::Deactivate, stranger)),
+            Err(TransitionError::NotAParty)
+        );
+        let mut stale = change(&pending, Action::Activate, pending.parties.destination);
+        stale.etag = Some(etag(pending.id, 7));
+        assert_eq!(pending.apply(stale), Err(TransitionError::EtagMismatch));
+        let mut unconditional = change(&pending, Action::Activate, pending.parties.destination);
+        unconditional.etag = None;
+        assert!(pending.apply(unconditional).is_ok());
     }
 
     #[test]

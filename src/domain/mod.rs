@@ -2,13 +2,16 @@
 
 pub mod connection;
 pub mod ids;
+pub mod names;
 pub mod organization;
 pub mod page;
 
 pub use connection::{
-    Action, ConnectionEvent, ConnectionRecord, ConnectionState, DataType, DataTypes, EventType,
-    Parties, Role, TransitionError, transition,
+    Action, Change, ConnectionEvent, ConnectionRecord, ConnectionState, DataType, DataTypes,
+    EventType, NewEvent, Parties, Role, TransitionError, transition,
 };
 pub use ids::{ApiKeyId, ConnectionId, OrganizationId};
+pub use names::Named;
 pub use organization::{ApiKey, DisplayName, Organization};
 pub use page::PageSize;
+pub use strum::VariantArray;

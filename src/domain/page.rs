@@ -34,6 +34,12 @@ impl PageSize {
     pub fn as_usize(self) -> usize {
         self.0 as usize
     }
+
+    /// How many rows a page query fetches: one more than the page, to learn
+    /// whether another page follows.
+    pub fn fetch(self) -> u64 {
+        u64::from(self.0) + 1
+    }
 }
 
 #[cfg(test)]

@@ -173,18 +173,14 @@ mod tests {
 
     #[test]
     fn enum_conversions_round_trip() {
-        for state in domain::ConnectionState::ALL {
+        use domain::VariantArray;
+        for &state in domain::ConnectionState::VARIANTS {
             assert_eq!(self::state(state.into()), Some(state));
         }
-        for role in [domain::Role::Source, domain::Role::Destination] {
+        for &role in domain::Role::VARIANTS {
             assert_eq!(self::role(role.into()), Some(role));
         }
-        for data_type in [
-            domain::DataType::Inquiry,
-            domain::DataType::Verification,
-            domain::DataType::Account,
-            domain::DataType::Transaction,
-        ] {
+        for &data_type in domain::DataType::VARIANTS {
             assert_eq!(self::data_type(data_type.into()), Some(data_type));
         }
         assert_eq!(self::state(proto::ConnectionState::Unspecified), None);

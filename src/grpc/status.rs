@@ -178,5 +178,4 @@ mod tests {
         );
         assert!(!status.message().contains("pool"));
     }
-
 }

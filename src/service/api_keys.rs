@@ -250,7 +250,9 @@ mod tests {
 
     /// API keys over a new database, and a key of a new organization.
     async fn setup() -> (ApiKeys, OrganizationId, String) {
-        let db = connect(&DatabaseSettings::new("sqlite::memory:")).await.unwrap();
+        let db = connect(&DatabaseSettings::new("sqlite::memory:"))
+            .await
+            .unwrap();
         Migrator::up(&db, None).await.unwrap();
         let organizations =
             Organizations::new(db.clone(), db.clone().into(), PageTokens::new([1; 32]));

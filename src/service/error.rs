@@ -6,7 +6,7 @@ use sea_orm::DbErr;
 
 use crate::{
     db::error::{DbFailure, classify},
-    domain::{Action, ConnectionId, ConnectionState},
+    domain::{Action, ConnectionId, ConnectionState, Named},
 };
 
 /// One malformed field of a request.
@@ -74,7 +74,7 @@ pub enum ServiceError {
     #[error("only the destination organization of the connection may do this")]
     CallerNotDestination,
     /// The connection's state does not allow the action.
-    #[error("cannot {} a connection that is {}", action_verb(*.action), .current.as_str().to_lowercase())]
+    #[error("cannot {action} a connection that is {}", .current.as_str().to_lowercase())]
     InvalidStateTransition {
         /// The requested action.
         action: Action,
@@ -103,14 +103,6 @@ fn describe(violations: &[FieldViolation]) -> String {
         .map(|v| format!("{}: {}", v.field, v.description))
         .collect();
     parts.join("; ")
-}
-
-fn action_verb(action: Action) -> &'static str {
-    match action {
-        Action::Activate => "activate",
-        Action::Deactivate => "deactivate",
-        Action::Reactivate => "reactivate",
-    }
 }
 
 impl ServiceError {

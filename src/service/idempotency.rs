@@ -20,14 +20,12 @@ use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family},
 };
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter,
-};
+use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
 use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 
-use super::now;
 use super::ServiceError;
+use super::now;
 use crate::{db::error::unique_violation, domain::OrganizationId, entity::idempotency_record};
 
 /// How often calls were answered with an earlier call's recorded result, by

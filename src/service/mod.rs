@@ -9,8 +9,8 @@ pub mod page_token;
 pub mod secrets;
 
 pub use api_keys::ApiKeys;
-pub use error::{FieldViolation, ServiceError};
 pub use connections::{Connections, ListFilter, NewConnection, TransitionRequest};
+pub use error::{FieldViolation, ServiceError};
 pub use organizations::Organizations;
 pub use page_token::PageTokens;
 

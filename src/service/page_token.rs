@@ -10,7 +10,8 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::ServiceError;
+use super::{Page, ServiceError};
+use crate::domain::PageSize;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -78,6 +79,43 @@ impl PageTokens {
             .map_err(|_| ServiceError::InvalidPageToken)?;
         Ok(cursor.to_vec())
     }
+
+    /// The cursor of `token` (`None` for the first page), verified for
+    /// `scope` and decoded by `decode`; a token that fails either is
+    /// `InvalidPageToken`.
+    pub fn cursor<C>(
+        &self,
+        scope: &str,
+        token: Option<&str>,
+        decode: impl FnOnce(&[u8]) -> Option<C>,
+    ) -> Result<Option<C>, ServiceError> {
+        token
+            .map(|token| decode(&self.verify(scope, token)?).ok_or(ServiceError::InvalidPageToken))
+            .transpose()
+    }
+
+    /// One page of `items`, which were fetched with [`PageSize::fetch`] (one
+    /// more than a page): the first `size` of them and, if there were more, a
+    /// token for the page after the last one kept, resuming at
+    /// `cursor(last)`.
+    pub fn page<T>(
+        &self,
+        scope: &str,
+        size: PageSize,
+        mut items: Vec<T>,
+        cursor: impl FnOnce(&T) -> Vec<u8>,
+    ) -> Page<T> {
+        let has_more = items.len() > size.as_usize();
+        items.truncate(size.as_usize());
+        let next_page_token = match items.last() {
+            Some(last) if has_more => Some(self.issue(scope, &cursor(last))),
+            _ => None,
+        };
+        Page {
+            items,
+            next_page_token,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -89,6 +127,28 @@ mod tests {
 
     fn tokens() -> PageTokens {
         PageTokens::new([7; 32])
+    }
+
+    #[test]
+    fn a_page_keeps_its_size_and_resumes_after_its_last_item() {
+        let size = PageSize::from_request(2).unwrap();
+        assert_eq!(size.fetch(), 3);
+        let page = tokens().page("scope", size, vec![1u8, 2, 3], |last| vec![*last]);
+        assert_eq!(page.items, [1, 2]);
+        let token = page.next_page_token.expect("more follow");
+        assert_eq!(
+            tokens()
+                .cursor("scope", Some(&token), |raw| raw.first().copied())
+                .unwrap(),
+            Some(2)
+        );
+        let last = tokens().page("scope", size, vec![1u8, 2], |last| vec![*last]);
+        assert_eq!((last.items, last.next_page_token), (vec![1, 2], None));
+        assert_eq!(tokens().cursor("scope", None, |_| Some(())).unwrap(), None);
+        assert!(matches!(
+            tokens().cursor("scope", Some(&token), |_| None::<()>),
+            Err(ServiceError::InvalidPageToken)
+        ));
     }
 
     /// Asserts that `result` is the refusal of a page token, and that the
