@@ -12,7 +12,7 @@ use crate::{
     config::{DatabaseSettings, Settings},
     db,
     grpc::{
-        AdminToken,
+        AdminToken, convert,
         server::{self, Services, Transport, TransportError},
     },
     metrics::{self, Metrics},
@@ -74,7 +74,12 @@ impl Application {
         .await?;
         let tokens = PageTokens::new(secrets::shared_key(&db, PageTokens::SECRET_NAME).await?);
         let services = Services {
-            connections: Connections::new(db.clone(), reader.clone(), tokens.clone()),
+            connections: Connections::new(
+                db.clone(),
+                reader.clone(),
+                tokens.clone(),
+                convert::encode_connection,
+            ),
             organizations: Organizations::new(db.clone(), reader.clone(), tokens),
             api_keys: ApiKeys::new(db.clone(), reader.clone()),
             admin_token: AdminToken::new(settings.admin_token.as_ref()),

@@ -11,6 +11,7 @@ mod m20261128_000003_create_connections;
 mod m20261128_000004_create_connection_events;
 mod m20261128_000005_create_server_secrets;
 mod m20261128_000006_create_idempotency_records;
+mod m20261201_000007_idempotency_responses_as_protobuf;
 
 /// Applies the service's migrations in order.
 pub struct Migrator;
@@ -25,6 +26,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000004_create_connection_events::Migration),
             Box::new(m20261128_000005_create_server_secrets::Migration),
             Box::new(m20261128_000006_create_idempotency_records::Migration),
+            Box::new(m20261201_000007_idempotency_responses_as_protobuf::Migration),
         ]
     }
 }

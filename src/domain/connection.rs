@@ -3,7 +3,6 @@
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::{
@@ -20,14 +19,11 @@ use super::{
     PartialEq,
     Eq,
     Hash,
-    Serialize,
-    Deserialize,
     strum::Display,
     strum::EnumString,
     strum::IntoStaticStr,
     strum::VariantArray,
 )]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum ConnectionState {
     /// Created (or reactivated) by the source; waiting for the destination.
@@ -47,14 +43,11 @@ pub enum ConnectionState {
     PartialEq,
     Eq,
     Hash,
-    Serialize,
-    Deserialize,
     strum::Display,
     strum::EnumString,
     strum::IntoStaticStr,
     strum::VariantArray,
 )]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum Role {
     /// Created the connection; shares its data.
@@ -317,14 +310,11 @@ impl ConnectionRecord {
     PartialOrd,
     Ord,
     Hash,
-    Serialize,
-    Deserialize,
     strum::Display,
     strum::EnumString,
     strum::IntoStaticStr,
     strum::VariantArray,
 )]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 #[strum(serialize_all = "SCREAMING_SNAKE_CASE")]
 pub enum DataType {
     /// Identity inquiries.
@@ -346,8 +336,7 @@ pub struct UnknownName {
 }
 
 /// A non-empty set of data types, kept sorted and without duplicates.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "Vec<DataType>", into = "Vec<DataType>")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataTypes(Vec<DataType>);
 
 /// An empty list of data types.
@@ -409,7 +398,7 @@ impl DataTypes {
 }
 
 /// The two organizations of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Parties {
     /// The organization that created the connection.
     pub source: OrganizationId,
@@ -431,7 +420,7 @@ impl Parties {
 }
 
 /// A connection as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionRecord {
     /// Identifier.
     pub id: ConnectionId,

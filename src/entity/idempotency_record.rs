@@ -17,8 +17,9 @@ pub struct Model {
     pub request_id: String,
     /// SHA-256 of the request's parameters.
     pub request_sha256: Vec<u8>,
-    /// The result (JSON), replayed to retries.
-    pub response: String,
+    /// The response the call returned, encoded as the API's protobuf
+    /// message; replayed to retries. Empty until the call completes.
+    pub response_proto: Vec<u8>,
     /// When the first call committed.
     pub create_time: DateTimeUtc,
 }

@@ -3,7 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use super::{
-    Authenticator,
+    Authenticator, convert,
     validate::{self, AllOk},
 };
 use crate::{
@@ -58,7 +58,7 @@ impl ConnectionApi {
                 },
             )
             .await?;
-        Ok(connection.into())
+        Ok(convert::connection(connection)?)
     }
 }
 
@@ -101,7 +101,7 @@ impl ConnectionService for ConnectionApi {
             )
             .await?;
         Ok(Response::new(CreateConnectionResponse {
-            connection: Some(connection.into()),
+            connection: Some(convert::connection(connection)?),
         }))
     }
 

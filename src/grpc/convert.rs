@@ -1,9 +1,33 @@
 //! Conversions between domain types and protobuf messages.
 
 use chrono::{DateTime, Utc};
+use prost::Message;
 use prost_types::Timestamp;
 
-use crate::{domain, proto};
+use crate::{
+    domain, proto,
+    service::{ServiceError, idempotency::Outcome},
+};
+
+/// The response message of a call that returns a connection: the record it
+/// produced now, or the message an earlier call with the same request_id
+/// returned (see [`encode_connection`]).
+pub fn connection(
+    outcome: Outcome<domain::ConnectionRecord>,
+) -> Result<proto::Connection, ServiceError> {
+    match outcome {
+        Outcome::Fresh(record) => Ok(record.into()),
+        Outcome::Replayed(encoded) => {
+            proto::Connection::decode(encoded.as_slice()).map_err(ServiceError::internal)
+        }
+    }
+}
+
+/// The message a connection is returned as, encoded: what the service
+/// records for replays of the call that produced it.
+pub fn encode_connection(record: &domain::ConnectionRecord) -> Vec<u8> {
+    proto::Connection::from(record.clone()).encode_to_vec()
+}
 
 /// A protobuf timestamp.
 pub fn timestamp(time: DateTime<Utc>) -> Timestamp {

@@ -58,6 +58,38 @@ pub const HEALTH_SERVICES: [&str; 4] = [
     "",
 ];
 
+/// The encoded descriptors of every service [`register`] serves.
+const DESCRIPTOR_SETS: [&[u8]; 4] = [
+    proto::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
+
+/// The request path of every method the server serves
+/// (`/package.Service/Method`), read from the services' descriptors.
+pub fn served_methods() -> Vec<String> {
+    use prost::Message;
+    let mut methods = Vec::new();
+    for encoded in DESCRIPTOR_SETS {
+        let set = prost_types::FileDescriptorSet::decode(encoded)
+            .expect("compiled-in descriptor sets decode");
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    methods.push(format!(
+                        "/{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+    }
+    methods
+}
+
 /// Every service the server offers: the API, health and reflection (v1 and
 /// v1alpha, with the google.rpc types so tools can decode error details).
 /// Returns them with the reporter that sets their health.

@@ -10,7 +10,7 @@ use tracing::instrument;
 
 use super::{
     Page, PageTokens, ServiceError,
-    idempotency::{self, Claim, IdempotencyKey},
+    idempotency::{self, Claim, Encode, IdempotencyKey, Outcome},
     now, time_of,
 };
 pub use crate::store::connections::ListFilter;
@@ -32,6 +32,8 @@ pub struct Connections {
     reader: db::Reader,
     tokens: PageTokens,
     replays: idempotency::ReplayCounts,
+    /// The response a call's replays return.
+    encode: Encode<ConnectionRecord>,
 }
 
 /// What CreateConnection asks for, already validated.
@@ -62,13 +64,20 @@ pub struct TransitionRequest {
 
 impl Connections {
     /// The business layer over `db`, reading through `reader` outside
-    /// transactions and signing page tokens with `tokens`.
-    pub fn new(db: DatabaseConnection, reader: db::Reader, tokens: PageTokens) -> Self {
+    /// transactions, signing page tokens with `tokens`, and recording for
+    /// retries the responses `encode` makes of its results.
+    pub fn new(
+        db: DatabaseConnection,
+        reader: db::Reader,
+        tokens: PageTokens,
+        encode: Encode<ConnectionRecord>,
+    ) -> Self {
         Self {
             db,
             reader,
             tokens,
             replays: idempotency::ReplayCounts::default(),
+            encode,
         }
     }
 
@@ -83,7 +92,7 @@ impl Connections {
         &self,
         caller: OrganizationId,
         new: NewConnection,
-    ) -> Result<ConnectionRecord, ServiceError> {
+    ) -> Result<Outcome<ConnectionRecord>, ServiceError> {
         if new.destination == caller {
             return Err(ServiceError::SelfConnection);
         }
@@ -100,7 +109,7 @@ impl Connections {
         });
         let txn = match self.begin(key.as_ref()).await? {
             Begun::Fresh(txn) => txn,
-            Begun::Done(record) => return Ok(record),
+            Begun::Done(response) => return Ok(Outcome::Replayed(response)),
         };
         if organization::Entity::find_by_id(new.destination.uuid())
             .one(&*txn)
@@ -136,9 +145,9 @@ impl Connections {
             return Err(err.into());
         }
         connection_events::append(&*txn, &event).await?;
-        commit(txn, key.as_ref(), &record).await?;
+        self.commit(txn, key.as_ref(), &record).await?;
         tracing::info!(connection_id = %record.id, "connection created");
-        Ok(record)
+        Ok(Outcome::Fresh(record))
     }
 
     /// The connection `id`, if `caller` is a party to it.
@@ -179,7 +188,7 @@ impl Connections {
         &self,
         caller: OrganizationId,
         request: TransitionRequest,
-    ) -> Result<ConnectionRecord, ServiceError> {
+    ) -> Result<Outcome<ConnectionRecord>, ServiceError> {
         let key = request.request_id.clone().map(|request_id| {
             IdempotencyKey::new(
                 caller,
@@ -194,7 +203,7 @@ impl Connections {
         });
         let txn = match self.begin(key.as_ref()).await? {
             Begun::Fresh(txn) => txn,
-            Begun::Done(record) => return Ok(record),
+            Begun::Done(response) => return Ok(Outcome::Replayed(response)),
         };
         let current = connections::secure_find(&*txn, caller, request.id)
             .await?
@@ -212,9 +221,9 @@ impl Connections {
             return Err(ServiceError::ConcurrentModification);
         }
         connection_events::append(&*txn, &event).await?;
-        commit(txn, key.as_ref(), &next).await?;
+        self.commit(txn, key.as_ref(), &next).await?;
         tracing::info!(from = %current.state, to = %next.state, "connection changed");
-        Ok(next)
+        Ok(Outcome::Fresh(next))
     }
 
     /// The history of a connection the caller is a party to, oldest first.
@@ -248,8 +257,8 @@ impl Connections {
 enum Begun {
     /// Execute the call in this transaction.
     Fresh(db::WriteTransaction),
-    /// A call with the same request_id succeeded before: this is its result.
-    Done(ConnectionRecord),
+    /// A call with the same request_id succeeded before: its response.
+    Done(Vec<u8>),
 }
 
 impl Connections {
@@ -262,31 +271,32 @@ impl Connections {
         };
         match idempotency::claim(&*txn, key).await? {
             Claim::Fresh => Ok(Begun::Fresh(txn)),
-            Claim::Replay(record) => {
+            Claim::Replay(response) => {
                 self.replays.recorded();
-                Ok(Begun::Done(record))
+                Ok(Begun::Done(response))
             }
             Claim::Raced => {
                 txn.rollback().await?;
-                let record = idempotency::replay_committed(&self.reader, key).await?;
+                let response = idempotency::replay_committed(&self.reader, key).await?;
                 self.replays.after_race();
-                Ok(Begun::Done(record))
+                Ok(Begun::Done(response))
             }
         }
     }
-}
 
-/// Records the result for the call's request_id, if any, and commits.
-async fn commit(
-    txn: db::WriteTransaction,
-    key: Option<&IdempotencyKey>,
-    record: &ConnectionRecord,
-) -> Result<(), ServiceError> {
-    if let Some(key) = key {
-        idempotency::complete(&*txn, key, record).await?;
+    /// Records the response for the call's request_id, if any, and commits.
+    async fn commit(
+        &self,
+        txn: db::WriteTransaction,
+        key: Option<&IdempotencyKey>,
+        record: &ConnectionRecord,
+    ) -> Result<(), ServiceError> {
+        if let Some(key) = key {
+            idempotency::complete(&*txn, key, (self.encode)(record)).await?;
+        }
+        txn.commit().await?;
+        Ok(())
     }
-    txn.commit().await?;
-    Ok(())
 }
 
 /// The name under which calls taking `action` record their request_ids
@@ -346,7 +356,7 @@ mod tests {
         let source = orgs.create(DisplayName::parse("S").unwrap()).await.unwrap();
         let destination = orgs.create(DisplayName::parse("D").unwrap()).await.unwrap();
         (
-            Connections::new(db.clone(), db.into(), tokens),
+            Connections::new(db.clone(), db.into(), tokens, |_| Vec::new()),
             source.id,
             destination.id,
         )
@@ -366,6 +376,9 @@ mod tests {
             )
             .await
             .unwrap();
+        let Outcome::Fresh(stale) = stale else {
+            panic!("no request_id: nothing to replay")
+        };
         // Another writer changes the connection after our read.
         let activated = service
             .transition(
@@ -380,6 +393,9 @@ mod tests {
             )
             .await
             .unwrap();
+        let Outcome::Fresh(activated) = activated else {
+            panic!("no request_id: nothing to replay")
+        };
 
         // Our write, based on the stale read, loses the race.
         let (deactivated, _) = stale

@@ -14,6 +14,10 @@
 //!
 //! Only successful calls are recorded: a call that failed changed nothing, and
 //! its retry is evaluated afresh.
+//!
+//! A record keeps the response as the API encoded it (the adapter supplies
+//! the encoding, see [`Encode`]), so a replay returns the first call's
+//! response whatever fields the service's types gain later.
 
 use chrono::{DateTime, Utc};
 use prometheus_client::{
@@ -21,7 +25,6 @@ use prometheus_client::{
     metrics::{counter::Counter, family::Family},
 };
 use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
-use serde::{Serialize, de::DeserializeOwned};
 use sha2::{Digest, Sha256};
 
 use super::ServiceError;
@@ -104,6 +107,11 @@ impl IdempotencyKey {
         }
     }
 
+    /// The digest of the call's method and parameters, as stored.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+
     fn find(&self) -> sea_orm::Select<idempotency_record::Entity> {
         idempotency_record::Entity::find_by_id((
             self.organization.uuid(),
@@ -112,35 +120,45 @@ impl IdempotencyKey {
         ))
     }
 
-    /// The recorded result, if `record` was made by a call with our parameters.
-    fn replay<T: DeserializeOwned>(
-        &self,
-        record: idempotency_record::Model,
-    ) -> Result<T, ServiceError> {
+    /// The recorded response, if `record` was made by a call with our parameters.
+    fn replay(&self, record: idempotency_record::Model) -> Result<Vec<u8>, ServiceError> {
         if record.request_sha256 != self.fingerprint {
             return Err(ServiceError::RequestIdReused);
         }
-        serde_json::from_str(&record.response).map_err(ServiceError::internal)
+        Ok(record.response_proto)
     }
+}
+
+/// Encodes a call's result as the response its replays return.
+pub type Encode<T> = fn(&T) -> Vec<u8>;
+
+/// The result of a call that may have been answered by an earlier one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome<T> {
+    /// The call ran now: its result.
+    Fresh(T),
+    /// An earlier call with the same request_id ran: the response it
+    /// returned, as encoded then.
+    Replayed(Vec<u8>),
 }
 
 /// The outcome of claiming a key.
 #[derive(Debug)]
-pub enum Claim<T> {
+pub enum Claim {
     /// The key is ours: execute the call, then [`complete`] it.
     Fresh,
-    /// An earlier call with this key succeeded: return its result.
-    Replay(T),
+    /// An earlier call with this key succeeded: return its response.
+    Replay(Vec<u8>),
     /// A concurrent call claimed the key first and committed. Roll back, then
     /// [`replay_committed`].
     Raced,
 }
 
 /// Claims `key` inside the write transaction `txn`.
-pub async fn claim<T: DeserializeOwned>(
+pub async fn claim(
     txn: &impl ConnectionTrait,
     key: &IdempotencyKey,
-) -> Result<Claim<T>, ServiceError> {
+) -> Result<Claim, ServiceError> {
     if let Some(record) = key.find().one(txn).await? {
         return key.replay(record).map(Claim::Replay);
     }
@@ -149,7 +167,7 @@ pub async fn claim<T: DeserializeOwned>(
         method: Set(key.method.to_owned()),
         request_id: Set(key.request_id.clone()),
         request_sha256: Set(key.fingerprint.to_vec()),
-        response: Set(String::new()),
+        response_proto: Set(Vec::new()),
         create_time: Set(now()),
     };
     match idempotency_record::Entity::insert(placeholder)
@@ -162,16 +180,15 @@ pub async fn claim<T: DeserializeOwned>(
     }
 }
 
-/// Records `result` as the outcome of the call that claimed `key`, in the
+/// Records `response` as the outcome of the call that claimed `key`, in the
 /// same transaction as the change.
-pub async fn complete<T: Serialize>(
+pub async fn complete(
     txn: &impl ConnectionTrait,
     key: &IdempotencyKey,
-    result: &T,
+    response: Vec<u8>,
 ) -> Result<(), ServiceError> {
-    let response = serde_json::to_string(result).map_err(ServiceError::internal)?;
     idempotency_record::Entity::update_many()
-        .col_expr(idempotency_record::Column::Response, response.into())
+        .col_expr(idempotency_record::Column::ResponseProto, response.into())
         .filter(idempotency_record::Column::OrganizationId.eq(key.organization.uuid()))
         .filter(idempotency_record::Column::Method.eq(key.method))
         .filter(idempotency_record::Column::RequestId.eq(key.request_id.as_str()))
@@ -182,10 +199,10 @@ pub async fn complete<T: Serialize>(
 
 /// After [`Claim::Raced`]: the result of the call that won, read outside the
 /// failed transaction.
-pub async fn replay_committed<T: DeserializeOwned>(
+pub async fn replay_committed(
     db: &impl ConnectionTrait,
     key: &IdempotencyKey,
-) -> Result<T, ServiceError> {
+) -> Result<Vec<u8>, ServiceError> {
     match key.find().one(db).await? {
         Some(record) => key.replay(record),
         // The winner was rolled back after all: the caller may simply retry.
