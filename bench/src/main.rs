@@ -22,10 +22,7 @@ use std::{
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use connections::{
-    db::{DbSettings, connect},
-    proto::ConnectionState,
-};
+use connections::{config::DatabaseSettings, db::connect, proto::ConnectionState};
 use sea_orm::{ConnectionTrait, DbBackend};
 use tokio::process::Command;
 
@@ -240,7 +237,7 @@ async fn postgres(
     work: &Path,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let admin = connect(&DbSettings::new(options.postgres_url.clone()))
+    let admin = connect(&DatabaseSettings::new(options.postgres_url.clone()))
         .await
         .context("connecting to PostgreSQL (pass --postgres-url, or --no-postgres)")?;
     admin
@@ -251,7 +248,7 @@ async fn postgres(
     admin
         .execute_unprepared(&format!("CREATE DATABASE {BENCH_DATABASE}"))
         .await?;
-    let url = with_database(&options.postgres_url, BENCH_DATABASE);
+    let url = with_database(&options.postgres_url, BENCH_DATABASE)?;
     let result = backend(options, server_bin, work, &url, DbBackend::Postgres, report).await;
     admin
         .execute_unprepared(&format!(
@@ -262,19 +259,10 @@ async fn postgres(
 }
 
 /// `url` with its database name replaced by `database`.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority_start..].find('/') {
-        Some(slash) => &base[..authority_start + slash],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{base}/{database}?{query}"),
-        None => format!("{base}/{database}"),
-    }
+fn with_database(url: &str, database: &str) -> anyhow::Result<String> {
+    let mut url = url::Url::parse(url).context("--postgres-url")?;
+    url.set_path(database);
+    Ok(url.into())
 }
 
 /// Every line for one backend.
@@ -305,7 +293,7 @@ async fn backend(
     let log = work.join(format!("server-{name}.log"));
     let server = Server::start(&format!("server ({name})"), command, address, &log).await?;
     let target = Target::connect(&server.url(), options.channels).await?;
-    let db = connect(&DbSettings::new(url.to_owned())).await?;
+    let db = connect(&DatabaseSettings::new(url.to_owned())).await?;
 
     eprintln!(
         "{name}: seeding {} + {} connections",
@@ -578,13 +566,16 @@ mod tests {
     #[test]
     fn database_name_is_replaced() {
         assert_eq!(
-            with_database("postgres://postgres@127.0.0.1:5432/postgres", "b"),
+            with_database("postgres://postgres@127.0.0.1:5432/postgres", "b").unwrap(),
             "postgres://postgres@127.0.0.1:5432/b"
         );
         assert_eq!(
-            with_database("postgres://u:p@h/db?sslmode=disable", "b"),
+            with_database("postgres://u:p@h/db?sslmode=disable", "b").unwrap(),
             "postgres://u:p@h/b?sslmode=disable"
         );
-        assert_eq!(with_database("postgres://h", "b"), "postgres://h/b");
+        assert_eq!(
+            with_database("postgres://h", "b").unwrap(),
+            "postgres://h/b"
+        );
     }
 }

@@ -6,22 +6,120 @@
 
 use std::path::{Path, PathBuf};
 
-use sea_orm::DbBackend;
+use connections::{
+    domain::{
+        Action, Change, ConnectionId, ConnectionRecord, DataType, DataTypes, OrganizationId,
+        Parties,
+    },
+    service::api_keys::lookup_query,
+    store::{connection_events, connections as connection_rows},
+};
+use sea_orm::{DbBackend, QuerySelect, QueryTrait, Statement};
 
 use crate::seed::{Caller, sql_connection_id};
 
-/// The columns every connection query selects, as the service writes them.
-const CONNECTION_COLUMNS: &str = r#""connections"."id", "connections"."source_organization_id", "connections"."destination_organization_id", "connections"."state", "connections"."data_types", "connections"."version", "connections"."create_time", "connections"."update_time", "connections"."activate_time", "connections"."deactivate_time", "connections"."deactivated_by", "connections"."deactivation_reason""#;
+/// `statement`, built for PostgreSQL, with its parameters `$1`, `$2`, ...
+/// replaced by `values` (pgbench variables or SQL expressions), which must be
+/// exactly as many: a statement that gains a column makes this fail instead
+/// of leaving the script behind.
+fn with_parameters(statement: Statement, values: &[&str]) -> anyhow::Result<String> {
+    let count = statement.values.as_ref().map_or(0, |values| values.0.len());
+    anyhow::ensure!(
+        count == values.len(),
+        "the statement takes {count} parameters, the script gives {}: {}",
+        values.len(),
+        statement.sql
+    );
+    let mut sql = statement.sql;
+    // From the last, so that `$1` is not taken for the start of `$12`.
+    for (i, value) in values.iter().enumerate().rev() {
+        sql = sql.replace(&format!("${}", i + 1), value);
+    }
+    Ok(sql)
+}
 
-/// `secure_find`: a connection by ID, only if the caller is a party to it.
-fn secure_find(id: &str) -> String {
-    format!(
-        r#"SELECT {CONNECTION_COLUMNS} FROM "connections" WHERE "connections"."id" = {id} AND ("connections"."source_organization_id" = :caller OR "connections"."destination_organization_id" = :caller) LIMIT :one"#
+/// `secure_find`: a connection by ID (the SQL expression `id`), only if the
+/// caller is a party to it; `LIMIT 1` as a single-row read adds it.
+fn secure_find(id: &str) -> anyhow::Result<String> {
+    let query = connection_rows::secure_find_query(
+        OrganizationId::from(uuid::Uuid::nil()),
+        ConnectionId::from(uuid::Uuid::nil()),
     )
+    .limit(1)
+    .build(DbBackend::Postgres);
+    with_parameters(query, &[id, ":caller", ":caller", ":one"])
 }
 
 /// Authentication: the organization of an unrevoked key, by its digest.
-const AUTHENTICATE: &str = r#"SELECT "api_keys"."organization_id", "api_keys"."secret_sha256" FROM "api_keys" WHERE "api_keys"."secret_sha256" = :digest AND "api_keys"."revoke_time" IS NULL LIMIT :one;"#;
+fn authenticate() -> anyhow::Result<String> {
+    let query = lookup_query(&[0; 32]).limit(1).build(DbBackend::Postgres);
+    Ok(with_parameters(query, &[":digest", ":one"])? + ";")
+}
+
+/// The guarded update and the event of an activation by the destination, of
+/// the connection read into the `c_` variables (at version `:c_version`;
+/// the new version is `:next`).
+fn activate() -> anyhow::Result<(String, String)> {
+    let parties = Parties {
+        source: OrganizationId::from(uuid::Uuid::nil()),
+        destination: OrganizationId::from(uuid::Uuid::max()),
+    };
+    let data_types = DataTypes::new([DataType::Inquiry])?;
+    let (pending, _) = ConnectionRecord::create(
+        ConnectionId::from(uuid::Uuid::nil()),
+        parties,
+        data_types,
+        sea_orm::prelude::DateTimeUtc::UNIX_EPOCH,
+    );
+    let (active, event) = pending
+        .apply(Change {
+            action: Action::Activate,
+            caller: parties.destination,
+            etag: None,
+            reason: None,
+            at: sea_orm::prelude::DateTimeUtc::UNIX_EPOCH,
+        })
+        .map_err(|err| anyhow::anyhow!("{err:?}"))?;
+    let update =
+        connection_rows::update_guarded_query(pending.version, &active).build(DbBackend::Postgres);
+    let update = with_parameters(
+        update,
+        &[
+            ":c_id",
+            ":c_source_organization_id",
+            ":c_destination_organization_id",
+            "'ACTIVE'",
+            ":c_data_types",
+            ":next",
+            ":c_create_time",
+            "now()",
+            "now()",
+            "NULL",
+            "NULL",
+            "NULL",
+            ":c_id",
+            ":c_version",
+        ],
+    )?;
+    let insert =
+        connection_events::append_query(uuid::Uuid::nil(), &event).build(DbBackend::Postgres);
+    let insert = with_parameters(
+        insert,
+        &[
+            "gen_random_uuid()",
+            ":c_id",
+            ":next",
+            "'ACTIVATED'",
+            ":c_state",
+            "'ACTIVE'",
+            ":caller",
+            "'DESTINATION'",
+            "NULL",
+            "now()",
+        ],
+    )?;
+    Ok((update, insert))
+}
 
 /// Variables every script needs, for pgbench's `--define`.
 pub fn defines(caller: &Caller) -> Vec<(String, String)> {
@@ -44,10 +142,14 @@ fn write(work: &Path, name: &str, script: &str) -> anyhow::Result<PathBuf> {
 /// GetConnection: authenticate, then one connection of the first `rows`.
 pub fn get_script(work: &Path, authenticate: bool, rows: u64) -> anyhow::Result<PathBuf> {
     let id = sql_connection_id(DbBackend::Postgres, ":n::bigint");
-    let authenticate = if authenticate { AUTHENTICATE } else { "" };
+    let authenticate = if authenticate {
+        self::authenticate()?
+    } else {
+        String::new()
+    };
     let script = format!(
         "\\set one 1\n\\set n random(1, {rows})\n{authenticate}\n{};\n",
-        secure_find(&id)
+        secure_find(&id)?
     );
     write(work, "get.sql", &script)
 }
@@ -66,7 +168,12 @@ pub fn transition_script(
 ) -> anyhow::Result<PathBuf> {
     let per_client = (rows / clients as u64).max(1);
     let id = sql_connection_id(DbBackend::Postgres, ":n::bigint");
-    let authenticate = if authenticate { AUTHENTICATE } else { "" };
+    let authenticate = if authenticate {
+        self::authenticate()?
+    } else {
+        String::new()
+    };
+    let (update, insert) = activate()?;
     let script = format!(
         r#"\set one 1
 \set n {first} + :client_id * {per_client} + random(1, {per_client})
@@ -74,11 +181,64 @@ pub fn transition_script(
 BEGIN;
 {find} \gset c_
 \set next :c_version + 1
-UPDATE "connections" SET "id" = :c_id, "source_organization_id" = :c_source_organization_id, "destination_organization_id" = :c_destination_organization_id, "state" = 'ACTIVE', "data_types" = :c_data_types, "version" = :next, "create_time" = :c_create_time, "update_time" = now(), "activate_time" = now(), "deactivate_time" = NULL, "deactivated_by" = NULL, "deactivation_reason" = NULL WHERE "connections"."id" = :c_id AND "connections"."version" = :c_version;
-INSERT INTO "connection_events" ("id", "connection_id", "sequence", "event_type", "from_state", "to_state", "actor_organization_id", "actor_role", "reason", "create_time") VALUES (gen_random_uuid(), :c_id, :next, 'ACTIVATED', :c_state, 'ACTIVE', :caller, 'DESTINATION', NULL, now());
+{update};
+{insert};
 COMMIT;
 "#,
-        find = secure_find(&id),
+        find = secure_find(&id)?,
     );
     write(work, "transition.sql", &script)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_are_built_from_the_services_own_statements() {
+        // Each statement takes exactly the parameters the script gives it; a
+        // column added to a table fails here, not silently in a benchmark.
+        let find = secure_find(":id").unwrap();
+        assert!(find.starts_with(r#"SELECT "connections"."id","#), "{find}");
+        assert!(find.ends_with(" LIMIT :one"), "{find}");
+        assert!(!find.contains('$'), "{find}");
+        let (update, insert) = activate().unwrap();
+        assert!(
+            update.starts_with(r#"UPDATE "connections" SET"#),
+            "{update}"
+        );
+        assert!(
+            update.ends_with(
+                r#"WHERE "connections"."id" = :c_id AND "connections"."version" = :c_version"#
+            ),
+            "{update}"
+        );
+        assert!(
+            insert.contains("VALUES (gen_random_uuid(), :c_id, :next, 'ACTIVATED'"),
+            "{insert}"
+        );
+        assert!(authenticate().unwrap().contains(":digest"));
+    }
+
+    #[test]
+    fn a_statement_with_more_parameters_than_the_script_gives_is_refused() {
+        let statement = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT $1, $2",
+            [1.into(), 2.into()],
+        );
+        assert!(with_parameters(statement.clone(), &[":a"]).is_err());
+        assert_eq!(
+            with_parameters(statement, &[":a", ":b"]).unwrap(),
+            "SELECT :a, :b"
+        );
+        let many = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT $1, $12",
+            (1..=12).map(sea_orm::Value::from),
+        );
+        let values: Vec<String> = (1..=12).map(|i| format!(":v{i}")).collect();
+        let values: Vec<&str> = values.iter().map(String::as_str).collect();
+        assert_eq!(with_parameters(many, &values).unwrap(), "SELECT :v1, :v12");
+    }
 }

@@ -192,12 +192,7 @@ impl ApiKeys {
         }
         let revocations = self.revocations.load(Ordering::SeqCst);
         self.lookups.fetch_add(1, Ordering::SeqCst);
-        let found: Option<(uuid::Uuid, Vec<u8>)> = api_key::Entity::find()
-            .select_only()
-            .column(api_key::Column::OrganizationId)
-            .column(api_key::Column::SecretSha256)
-            .filter(api_key::Column::SecretSha256.eq(presented.to_vec()))
-            .filter(api_key::Column::RevokeTime.is_null())
+        let found: Option<(uuid::Uuid, Vec<u8>)> = lookup_query(&presented)
             .into_tuple()
             .one(&self.reader)
             .await?;
@@ -219,6 +214,17 @@ impl ApiKeys {
             _ => Err(ServiceError::ApiKeyInvalid),
         }
     }
+}
+
+/// The query for the organization and digest of the unrevoked key whose
+/// secret has the digest `presented`.
+pub fn lookup_query(presented: &[u8; 32]) -> sea_orm::Select<api_key::Entity> {
+    api_key::Entity::find()
+        .select_only()
+        .column(api_key::Column::OrganizationId)
+        .column(api_key::Column::SecretSha256)
+        .filter(api_key::Column::SecretSha256.eq(presented.to_vec()))
+        .filter(api_key::Column::RevokeTime.is_null())
 }
 
 /// SHA-256 of a secret.
