@@ -15,5 +15,4 @@ pub mod metrics;
 pub mod proto;
 pub mod service;
 pub mod startup;
-pub mod store;
 pub mod telemetry;

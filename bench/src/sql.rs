@@ -11,8 +11,8 @@ use connections::{
         Action, Change, ConnectionId, ConnectionRecord, DataType, DataTypes, OrganizationId,
         Parties,
     },
+    entity::{connection, connection_event},
     service::api_keys::lookup_query,
-    store::{connection_events, connections as connection_rows},
 };
 use sea_orm::{DbBackend, QuerySelect, QueryTrait, Statement};
 
@@ -41,7 +41,7 @@ fn with_parameters(statement: Statement, values: &[&str]) -> anyhow::Result<Stri
 /// `secure_find`: a connection by ID (the SQL expression `id`), only if the
 /// caller is a party to it; `LIMIT 1` as a single-row read adds it.
 fn secure_find(id: &str) -> anyhow::Result<String> {
-    let query = connection_rows::secure_find_query(
+    let query = connection::secure_find_query(
         OrganizationId::from(uuid::Uuid::nil()),
         ConnectionId::from(uuid::Uuid::nil()),
     )
@@ -81,7 +81,7 @@ fn activate() -> anyhow::Result<(String, String)> {
         })
         .map_err(|err| anyhow::anyhow!("{err:?}"))?;
     let update =
-        connection_rows::update_guarded_query(pending.version, &active).build(DbBackend::Postgres);
+        connection::update_guarded_query(pending.version, &active).build(DbBackend::Postgres);
     let update = with_parameters(
         update,
         &[
@@ -102,7 +102,7 @@ fn activate() -> anyhow::Result<(String, String)> {
         ],
     )?;
     let insert =
-        connection_events::append_query(uuid::Uuid::nil(), &event).build(DbBackend::Postgres);
+        connection_event::append_query(uuid::Uuid::nil(), &event).build(DbBackend::Postgres);
     let insert = with_parameters(
         insert,
         &[

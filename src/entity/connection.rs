@@ -1,4 +1,9 @@
-//! The `connections` table.
+//! The `connections` table: its rows, the queries that read and write them,
+//! and the mapping between rows and domain records.
+//!
+//! Every read by ID is scoped to the caller ([`secure_find`]): a connection
+//! the caller is not a party to is simply not found. Every change is a write
+//! guarded by the version that was read ([`update_guarded`]).
 
 use sea_orm::entity::prelude::*;
 
@@ -38,3 +43,253 @@ pub struct Model {
 pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
+
+use sea_orm::{
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Select, UpdateMany,
+    sea_query::{Expr, ExprTrait, SimpleExpr},
+};
+use uuid::Uuid;
+
+use super::unreadable;
+use crate::domain::{
+    ConnectionId, ConnectionRecord, ConnectionState, DataTypes, Named, OrganizationId, Parties,
+    Role,
+};
+
+/// ListConnections filters; `None` means "any".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Outbound (source) or inbound (destination) only.
+    pub role: Option<Role>,
+    /// Only this state.
+    pub state: Option<ConnectionState>,
+    /// Only connections with this other organization.
+    pub counterparty: Option<OrganizationId>,
+}
+
+/// The query for connection `id`, only if `caller` is one of its parties.
+pub fn secure_find_query(caller: OrganizationId, id: ConnectionId) -> Select<Entity> {
+    Entity::find_by_id(id.uuid()).filter(
+        Condition::any()
+            .add(Column::SourceOrganizationId.eq(caller.uuid()))
+            .add(Column::DestinationOrganizationId.eq(caller.uuid())),
+    )
+}
+
+/// Connection `id`, only if `caller` is one of its parties.
+pub async fn secure_find(
+    conn: &impl ConnectionTrait,
+    caller: OrganizationId,
+    id: ConnectionId,
+) -> Result<Option<ConnectionRecord>, DbErr> {
+    secure_find_query(caller, id)
+        .one(conn)
+        .await?
+        .map(record_from)
+        .transpose()
+}
+
+/// The ID of the connection from `source` to `destination`, if there is one.
+pub async fn find_pair(
+    conn: &impl ConnectionTrait,
+    source: OrganizationId,
+    destination: OrganizationId,
+) -> Result<Option<ConnectionId>, DbErr> {
+    let id: Option<Uuid> = Entity::find()
+        .select_only()
+        .column(Column::Id)
+        .filter(Column::SourceOrganizationId.eq(source.uuid()))
+        .filter(Column::DestinationOrganizationId.eq(destination.uuid()))
+        .into_tuple()
+        .one(conn)
+        .await?;
+    Ok(id.map(ConnectionId::from))
+}
+
+/// Inserts a new connection. A connection between the same parties makes it
+/// fail with a unique violation (`db::error::unique_violation`).
+pub async fn insert(conn: &impl ConnectionTrait, record: &ConnectionRecord) -> Result<(), DbErr> {
+    Entity::insert(active_model(record))
+        .exec_without_returning(conn)
+        .await?;
+    Ok(())
+}
+
+/// The update that writes `next` over the version `previous_version`.
+pub fn update_guarded_query(previous_version: i64, next: &ConnectionRecord) -> UpdateMany<Entity> {
+    Entity::update_many()
+        .set(active_model(next))
+        .filter(Column::Id.eq(next.id.uuid()))
+        .filter(Column::Version.eq(previous_version))
+}
+
+/// Writes `next` over the stored connection if it is still at
+/// `previous_version`; false (nothing written) if anyone changed it since.
+pub async fn update_guarded(
+    conn: &impl ConnectionTrait,
+    previous_version: i64,
+    next: &ConnectionRecord,
+) -> Result<bool, DbErr> {
+    let result = update_guarded_query(previous_version, next)
+        .exec(conn)
+        .await?;
+    Ok(result.rows_affected == 1)
+}
+
+/// The caller's connections matching `filter`, newest first, after the
+/// connection `after`: at most `limit` of them.
+pub async fn list(
+    conn: &impl ConnectionTrait,
+    caller: OrganizationId,
+    filter: ListFilter,
+    after: Option<Uuid>,
+    limit: u64,
+) -> Result<Vec<ConnectionRecord>, DbErr> {
+    // One keyset query per side, each cut at `limit`: the newest `limit` of
+    // their union are the newest overall.
+    let side = |role| {
+        list_side_query(caller, role, filter, after)
+            .limit(limit)
+            .all(conn)
+    };
+    let rows = match filter.role {
+        Some(role) => side(role).await?,
+        None => {
+            let (mut outbound, inbound) =
+                tokio::try_join!(side(Role::Source), side(Role::Destination))?;
+            outbound.extend(inbound);
+            outbound.sort_unstable_by_key(|row| std::cmp::Reverse(row.id));
+            outbound.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            outbound
+        }
+    };
+    rows.into_iter().map(record_from).collect()
+}
+
+/// The caller's connections on the `role` side matching `filter`, newest
+/// first, after the cursor.
+pub fn list_side_query(
+    caller: OrganizationId,
+    role: Role,
+    filter: ListFilter,
+    after: Option<Uuid>,
+) -> Select<Entity> {
+    let (own, other) = match role {
+        Role::Source => (
+            Column::SourceOrganizationId,
+            Column::DestinationOrganizationId,
+        ),
+        Role::Destination => (
+            Column::DestinationOrganizationId,
+            Column::SourceOrganizationId,
+        ),
+    };
+    match filter.counterparty {
+        // At most one row: the unique (source, destination) index.
+        Some(counterparty) => {
+            let mut query = Entity::find()
+                .filter(own.eq(caller.uuid()))
+                .filter(other.eq(counterparty.uuid()));
+            if let Some(state) = filter.state {
+                query = query.filter(Column::State.eq(state.as_str()));
+            }
+            if let Some(after) = after {
+                query = query.filter(Column::Id.lt(after));
+            }
+            query.order_by_desc(Column::Id)
+        }
+        None => keyset_page(own, caller, filter.state, after),
+    }
+}
+
+/// The caller's connections on one side, newest first, after the cursor.
+///
+/// The page is a range of the (party, id) or (party, state, id) index, written
+/// so that both ends of the range bound the index scan:
+/// - no state: `(party, id) < (caller, cursor) AND (party, id) >= (caller, nil)`;
+/// - a state: `party = caller AND (state, id) < (state, cursor) AND
+///   (state, id) >= (state, nil)`;
+///
+/// ordered by the index's columns, descending. With a plain `party = caller
+/// AND id < cursor` the planners may instead walk the primary key (PostgreSQL
+/// does for an organization holding most rows, passing every newer row of
+/// everyone else; SQLite bounds only the party and skips down to the cursor).
+/// PostgreSQL ends a scan only on the first column of a row comparison, so the
+/// state, when there is one, leads its own comparison: a scan for a rare state
+/// stops at that state's last entry instead of reading the party's others. A
+/// page costs the same at any size and depth.
+fn keyset_page(
+    party: Column,
+    caller: OrganizationId,
+    state: Option<ConnectionState>,
+    after: Option<Uuid>,
+) -> Select<Entity> {
+    let mut query = Entity::find();
+    let (leading, prefix): (Column, SimpleExpr) = match state {
+        Some(state) => {
+            query = query.filter(party.eq(caller.uuid()));
+            (Column::State, Expr::value(state.as_str()))
+        }
+        None => (party, Expr::value(caller.uuid())),
+    };
+    let key = || {
+        Expr::tuple([
+            Expr::col((Entity, leading)),
+            Expr::col((Entity, Column::Id)),
+        ])
+    };
+    let bound = |id: Uuid| Expr::tuple([prefix.clone(), Expr::value(id)]);
+    query = query
+        .filter(key().lt(bound(after.unwrap_or(Uuid::max()))))
+        .filter(key().gte(bound(Uuid::nil())));
+    query = query.order_by_desc(party);
+    if state.is_some() {
+        query = query.order_by_desc(Column::State);
+    }
+    query.order_by_desc(Column::Id)
+}
+
+fn active_model(record: &ConnectionRecord) -> ActiveModel {
+    ActiveModel {
+        id: Set(record.id.uuid()),
+        source_organization_id: Set(record.parties.source.uuid()),
+        destination_organization_id: Set(record.parties.destination.uuid()),
+        state: Set(record.state.as_str().to_owned()),
+        data_types: Set(record.data_types.to_storage()),
+        version: Set(record.version),
+        create_time: Set(record.create_time),
+        update_time: Set(record.update_time),
+        activate_time: Set(record.activate_time),
+        deactivate_time: Set(record.deactivate_time),
+        deactivated_by: Set(record.deactivated_by.map(|r| r.as_str().to_owned())),
+        deactivation_reason: Set(record.deactivation_reason.clone()),
+    }
+}
+
+fn record_from(row: Model) -> Result<ConnectionRecord, DbErr> {
+    let id = row.id;
+    let bad = |err: &dyn std::fmt::Display| unreadable("connections", format!("{id}: {err}"));
+    Ok(ConnectionRecord {
+        id: row.id.into(),
+        parties: Parties {
+            source: row.source_organization_id.into(),
+            destination: row.destination_organization_id.into(),
+        },
+        state: row.state.parse().map_err(|err| bad(&err))?,
+        data_types: DataTypes::from_storage(&row.data_types).map_err(|err| bad(&err))?,
+        version: row.version,
+        create_time: row.create_time,
+        update_time: row.update_time,
+        activate_time: row.activate_time,
+        deactivate_time: row.deactivate_time,
+        deactivated_by: row
+            .deactivated_by
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|err| bad(&err))?,
+        deactivation_reason: row.deactivation_reason,
+    })
+}

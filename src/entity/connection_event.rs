@@ -1,4 +1,6 @@
-//! The `connection_events` table.
+//! The `connection_events` table: each connection's history, numbered 1, 2,
+//! 3, ... by the version each change produced. Its rows, the queries that
+//! read and write them, and the mapping to domain events.
 
 use sea_orm::entity::prelude::*;
 
@@ -34,3 +36,78 @@ pub struct Model {
 pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
+
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, Insert, QueryFilter,
+    QueryOrder, QuerySelect,
+};
+use uuid::Uuid;
+
+use super::unreadable;
+use crate::domain::{ConnectionEvent, ConnectionId, Named, NewEvent};
+
+/// The insert that appends `event`, stored as event `id`.
+pub fn append_query(id: Uuid, event: &NewEvent) -> Insert<ActiveModel> {
+    Entity::insert(ActiveModel {
+        id: Set(id),
+        connection_id: Set(event.connection_id.uuid()),
+        sequence: Set(event.sequence),
+        event_type: Set(event.event_type.as_str().to_owned()),
+        from_state: Set(event.from_state.map(|s| s.as_str().to_owned())),
+        to_state: Set(event.to_state.as_str().to_owned()),
+        actor_organization_id: Set(event.actor.uuid()),
+        actor_role: Set(event.actor_role.as_str().to_owned()),
+        reason: Set(event.reason.clone()),
+        create_time: Set(event.create_time),
+    })
+}
+
+/// Appends `event` to its connection's history (with a new UUIDv7).
+pub async fn append(conn: &impl ConnectionTrait, event: &NewEvent) -> Result<(), DbErr> {
+    append_query(Uuid::now_v7(), event)
+        .exec_without_returning(conn)
+        .await?;
+    Ok(())
+}
+
+/// The events of connection `id` after sequence number `after`, oldest
+/// first: at most `limit` of them.
+pub async fn list(
+    conn: &impl ConnectionTrait,
+    id: ConnectionId,
+    after: i64,
+    limit: u64,
+) -> Result<Vec<ConnectionEvent>, DbErr> {
+    Entity::find()
+        .filter(Column::ConnectionId.eq(id.uuid()))
+        .filter(Column::Sequence.gt(after))
+        .order_by_asc(Column::Sequence)
+        .limit(limit)
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(event_from)
+        .collect()
+}
+
+fn event_from(row: Model) -> Result<ConnectionEvent, DbErr> {
+    let id = row.id;
+    let bad = |err: &dyn std::fmt::Display| unreadable("connection_events", format!("{id}: {err}"));
+    Ok(ConnectionEvent {
+        id: row.id,
+        connection_id: row.connection_id.into(),
+        sequence: row.sequence,
+        event_type: row.event_type.parse().map_err(|err| bad(&err))?,
+        from_state: row
+            .from_state
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(|err| bad(&err))?,
+        to_state: row.to_state.parse().map_err(|err| bad(&err))?,
+        actor_organization_id: row.actor_organization_id.into(),
+        actor_role: row.actor_role.parse().map_err(|err| bad(&err))?,
+        reason: row.reason,
+        create_time: row.create_time,
+    })
+}

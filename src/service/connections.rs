@@ -13,15 +13,14 @@ use super::{
     idempotency::{self, Claim, Encode, IdempotencyKey, Outcome},
     now, time_of,
 };
-pub use crate::store::connections::ListFilter;
+pub use crate::entity::connection::ListFilter;
 use crate::{
     db,
     domain::{
         Action, Change, ConnectionEvent, ConnectionId, ConnectionRecord, DataTypes, Named,
         OrganizationId, PageSize, Parties, Role, TransitionError,
     },
-    entity::organization,
-    store::{connection_events, connections},
+    entity::{connection, connection_event, organization},
 };
 
 /// The connections business layer.
@@ -118,7 +117,7 @@ impl Connections {
         {
             return Err(ServiceError::OrganizationNotFound);
         }
-        if let Some(existing) = connections::find_pair(&*txn, caller, new.destination).await? {
+        if let Some(existing) = connection::find_pair(&*txn, caller, new.destination).await? {
             return Err(ServiceError::ConnectionAlreadyExists {
                 connection_id: existing,
             });
@@ -131,11 +130,11 @@ impl Connections {
         };
         let (record, event) =
             ConnectionRecord::create(id, parties, new.data_types, time_of(id.uuid()));
-        if let Err(err) = connections::insert(&*txn, &record).await {
+        if let Err(err) = connection::insert(&*txn, &record).await {
             if db::error::unique_violation(&err) {
                 // A concurrent create of the same pair committed first.
                 drop(txn);
-                return match connections::find_pair(&self.reader, caller, new.destination).await? {
+                return match connection::find_pair(&self.reader, caller, new.destination).await? {
                     Some(connection_id) => {
                         Err(ServiceError::ConnectionAlreadyExists { connection_id })
                     }
@@ -144,7 +143,7 @@ impl Connections {
             }
             return Err(err.into());
         }
-        connection_events::append(&*txn, &event).await?;
+        connection_event::append(&*txn, &event).await?;
         self.commit(txn, key.as_ref(), &record).await?;
         tracing::info!(connection_id = %record.id, "connection created");
         Ok(Outcome::Fresh(record))
@@ -157,7 +156,7 @@ impl Connections {
         caller: OrganizationId,
         id: ConnectionId,
     ) -> Result<ConnectionRecord, ServiceError> {
-        connections::secure_find(&self.reader, caller, id)
+        connection::secure_find(&self.reader, caller, id)
             .await?
             .ok_or(ServiceError::ConnectionNotFound)
     }
@@ -175,8 +174,7 @@ impl Connections {
         let after = self.tokens.cursor(&scope, page_token, |cursor| {
             uuid::Uuid::from_slice(cursor).ok()
         })?;
-        let rows =
-            connections::list(&self.reader, caller, filter, after, page_size.fetch()).await?;
+        let rows = connection::list(&self.reader, caller, filter, after, page_size.fetch()).await?;
         Ok(self.tokens.page(&scope, page_size, rows, |last| {
             last.id.uuid().as_bytes().to_vec()
         }))
@@ -205,7 +203,7 @@ impl Connections {
             Begun::Fresh(txn) => txn,
             Begun::Done(response) => return Ok(Outcome::Replayed(response)),
         };
-        let current = connections::secure_find(&*txn, caller, request.id)
+        let current = connection::secure_find(&*txn, caller, request.id)
             .await?
             .ok_or(ServiceError::ConnectionNotFound)?;
         let (next, event) = current
@@ -217,10 +215,10 @@ impl Connections {
                 at: now(),
             })
             .map_err(|err| transition_error(err, request.action))?;
-        if !connections::update_guarded(&*txn, current.version, &next).await? {
+        if !connection::update_guarded(&*txn, current.version, &next).await? {
             return Err(ServiceError::ConcurrentModification);
         }
-        connection_events::append(&*txn, &event).await?;
+        connection_event::append(&*txn, &event).await?;
         self.commit(txn, key.as_ref(), &next).await?;
         tracing::info!(from = %current.state, to = %next.state, "connection changed");
         Ok(Outcome::Fresh(next))
@@ -239,14 +237,14 @@ impl Connections {
         let after = self.tokens.cursor(&scope, page_token, |cursor| {
             Some(i64::from_be_bytes(cursor.try_into().ok()?))
         })?;
-        if connections::secure_find(&self.reader, caller, id)
+        if connection::secure_find(&self.reader, caller, id)
             .await?
             .is_none()
         {
             return Err(ServiceError::ConnectionNotFound);
         }
-        let rows = connection_events::list(&self.reader, id, after.unwrap_or(0), page_size.fetch())
-            .await?;
+        let rows =
+            connection_event::list(&self.reader, id, after.unwrap_or(0), page_size.fetch()).await?;
         Ok(self.tokens.page(&scope, page_size, rows, |last| {
             last.sequence.to_be_bytes().to_vec()
         }))
@@ -408,7 +406,7 @@ mod tests {
             })
             .unwrap();
         let txn = db::begin_write(&service.db).await.unwrap();
-        let written = connections::update_guarded(&*txn, stale.version, &deactivated)
+        let written = connection::update_guarded(&*txn, stale.version, &deactivated)
             .await
             .unwrap();
         assert!(
