@@ -158,6 +158,24 @@ mod tests {
     }
 
     #[test]
+    fn an_invalid_page_token_names_the_page_token_field() {
+        let status = Status::from(ServiceError::InvalidPageToken);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            error_info(&status).reason,
+            "ERROR_REASON_INVALID_PAGE_TOKEN"
+        );
+        let fields: Vec<String> = status
+            .get_details_bad_request()
+            .expect("BadRequest")
+            .field_violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(fields, ["page_token"]);
+    }
+
+    #[test]
     fn database_errors_never_leak_their_text() {
         let status = Status::from(ServiceError::from(DbErr::Custom(
             "SELECT secret FROM table".into(),
