@@ -14,7 +14,7 @@ use connections::proto::{
 use prost::Message;
 use tonic::{Code, Status, transport::Channel};
 
-use crate::helpers::{AppOptions, Bearer, TestOrg, assert_error, spawn_app_with, spawn_replicas};
+use crate::support::{AppOptions, Bearer, TestOrg, assert_error, spawn_app_with, spawn_replicas};
 
 /// A small deterministic PRNG (xorshift64*), so a failing run can be replayed.
 struct Rng(u64);

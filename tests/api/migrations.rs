@@ -3,7 +3,7 @@
 use migration::{Migrator, MigratorTrait};
 use sea_orm::{ConnectionTrait, Statement};
 
-use crate::helpers::{AppOptions, spawn_replicas};
+use crate::support::{AppOptions, spawn_replicas};
 
 /// A rollout starts every replica at the same moment against a database that
 /// has pending migrations: each replica must start, and each migration must

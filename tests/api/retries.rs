@@ -10,7 +10,7 @@ use prost::Message;
 use sea_orm::{ConnectionTrait, Database, DbBackend, TransactionTrait};
 use tonic::Code;
 
-use crate::helpers::{
+use crate::support::{
     AppOptions, TestApp, TestOrg, assert_error, metric_sample, postgres_url, spawn_app,
     spawn_app_with,
 };

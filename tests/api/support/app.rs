@@ -1,8 +1,11 @@
-//! `spawn_app()` and friends.
+//! The server under test: the production wiring (`Application`) on
+//! `127.0.0.1:0`, on a database of its own. `spawn_app()` is the way in.
+//!
+//! This is the one place the tests build a server; everything else goes
+//! through [`spawn_app`], [`spawn_app_with`] or [`spawn_replicas`].
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
     sync::{Arc, LazyLock},
     time::Duration,
 };
@@ -12,27 +15,24 @@ use connections::{
     config::LogFormat,
     db::{DbSettings, Reader},
     proto::{
-        self, CreateApiKeyRequest, CreateConnectionRequest, CreateOrganizationRequest,
-        admin_service_client::AdminServiceClient,
+        self, CreateConnectionRequest, admin_service_client::AdminServiceClient,
         connection_service_client::ConnectionServiceClient,
         organization_service_client::OrganizationServiceClient,
     },
-    startup::{Application, Settings, StartupError},
+    startup::{Application, Settings, StartupError, TlsSettings},
     telemetry,
 };
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, sqlx::postgres::PgConnectOptions};
+use sea_orm::DatabaseConnection;
 use secrecy::SecretString;
 use tokio::{sync::oneshot, task::JoinHandle};
-use tonic::{
-    Code, Request, Status,
-    metadata::MetadataValue,
-    service::{Interceptor, interceptor::InterceptedService},
-    transport::Channel,
-};
-use tonic_types::StatusExt;
-use uuid::Uuid;
+use tonic::{Status, transport::Channel};
 
-pub const ADMIN_TOKEN: &str = "test-admin-token";
+use super::{
+    clients::{
+        ADMIN_TOKEN, Admin, Bearer, Connections, Organizations, TestOrg, connections_on, new_org_on,
+    },
+    database::{TestDatabase, with_address},
+};
 
 static TRACING: LazyLock<()> = LazyLock::new(|| {
     if std::env::var_os("TEST_LOG").is_some() {
@@ -44,169 +44,23 @@ static TRACING: LazyLock<()> = LazyLock::new(|| {
     }
 });
 
-/// Adds `authorization: Bearer <secret>` to every call.
-#[derive(Clone)]
-pub struct Bearer(Option<MetadataValue<tonic::metadata::Ascii>>);
+/// PEM-encoded TLS material for a test server.
+pub struct Tls {
+    /// The server's certificate chain.
+    pub cert_pem: String,
+    /// The server's private key.
+    pub key_pem: String,
+    /// Require client certificates that chain to this CA (mutual TLS).
+    pub client_ca_pem: Option<String>,
+}
 
-impl Bearer {
-    pub fn new(secret: &str) -> Self {
-        Self(Some(
-            format!("Bearer {secret}").parse().expect("ASCII secret"),
-        ))
+/// The server's database settings for `url`, with a pool of
+/// `max_connections`.
+pub fn db_settings(url: &str, max_connections: u32) -> DbSettings {
+    DbSettings {
+        url: url.to_owned(),
+        max_connections,
     }
-
-    pub fn none() -> Self {
-        Self(None)
-    }
-}
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-pub type Connections = ConnectionServiceClient<InterceptedService<Channel, Bearer>>;
-pub type Organizations = OrganizationServiceClient<InterceptedService<Channel, Bearer>>;
-pub type Admin = AdminServiceClient<InterceptedService<Channel, Bearer>>;
-
-/// An organization with an API key.
-#[derive(Debug, Clone)]
-pub struct TestOrg {
-    pub id: String,
-    pub key: String,
-}
-
-/// A database made for one test and removed after it.
-pub enum TestDatabase {
-    Sqlite(PathBuf),
-    Postgres { admin_url: String, name: String },
-}
-
-/// The PostgreSQL server to test against, if `TEST_DATABASE_URL` names one.
-pub fn postgres_url() -> Option<String> {
-    std::env::var("TEST_DATABASE_URL")
-        .ok()
-        .filter(|url| !url.is_empty())
-}
-
-impl TestDatabase {
-    /// A fresh database: PostgreSQL when `TEST_DATABASE_URL` is set (unless
-    /// `sqlite` is asked for), else a SQLite file.
-    pub async fn create(sqlite: bool) -> (Self, String) {
-        match postgres_url().filter(|_| !sqlite) {
-            Some(admin_url) => {
-                let name = format!("connections_test_{}", Uuid::now_v7().simple());
-                let admin = Database::connect(&admin_url)
-                    .await
-                    .expect("TEST_DATABASE_URL reachable");
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-                    .await
-                    .expect("create test database");
-                admin.close().await.ok();
-                let url = with_database_name(&admin_url, &name);
-                (Self::Postgres { admin_url, name }, url)
-            }
-            None => {
-                let path =
-                    std::env::temp_dir().join(format!("connections-test-{}.db", Uuid::now_v7()));
-                let url = format!("sqlite://{}?mode=rwc", path.display());
-                (Self::Sqlite(path), url)
-            }
-        }
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        match self {
-            Self::Sqlite(path) => {
-                for suffix in ["", "-wal", "-shm"] {
-                    let mut file = path.clone().into_os_string();
-                    file.push(suffix);
-                    let _ = std::fs::remove_file(file);
-                }
-            }
-            Self::Postgres { admin_url, name } => {
-                let (admin_url, name) = (admin_url.clone(), name.clone());
-                // Drop runs inside the test's runtime: use a thread with its own.
-                let _ = std::thread::spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .expect("runtime");
-                    runtime.block_on(async {
-                        if let Ok(admin) = Database::connect(&admin_url).await {
-                            let _ = admin
-                                .execute_unprepared(&format!(
-                                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                                ))
-                                .await;
-                            let _ = admin.close().await;
-                        }
-                    });
-                })
-                .join();
-            }
-        }
-    }
-}
-
-/// The `TEST_DATABASE_URL` server, for a PostgreSQL-only test (marked
-/// `#[ignore = ...]`, run with `--include-ignored` on the PostgreSQL pass):
-/// its URL and address. Panics, failing the test, when there is none to use.
-#[track_caller]
-pub fn require_postgres() -> (String, SocketAddr) {
-    let url = postgres_url().expect("this test needs PostgreSQL: set TEST_DATABASE_URL");
-    let address = postgres_address(&url)
-        .unwrap_or_else(|err| panic!("cannot resolve the host of TEST_DATABASE_URL: {err}"));
-    (url, address)
-}
-
-/// The host and port of the PostgreSQL server `url` names.
-fn postgres_address(url: &str) -> Result<SocketAddr, String> {
-    use std::{net::ToSocketAddrs, str::FromStr};
-    let options = PgConnectOptions::from_str(url).map_err(|err| err.to_string())?;
-    (options.get_host(), options.get_port())
-        .to_socket_addrs()
-        .map_err(|err| err.to_string())?
-        .next()
-        .ok_or_else(|| format!("{} has no address", options.get_host()))
-}
-
-/// `url` with its `host:port` replaced by `address`.
-fn with_address(url: &str, address: SocketAddr) -> String {
-    let start = url.find("://").map_or(0, |i| i + 3);
-    let end = url[start..]
-        .find(['/', '?'])
-        .map_or(url.len(), |i| start + i);
-    let authority = &url[start..end];
-    let user = authority.rsplit_once('@').map(|(user, _)| user);
-    let authority = match user {
-        Some(user) => format!("{user}@{address}"),
-        None => address.to_string(),
-    };
-    format!("{}{authority}{}", &url[..start], &url[end..])
-}
-
-/// `postgres://u@h:5432/db?x=y` with `db` replaced by `name`.
-fn with_database_name(url: &str, name: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, format!("?{query}")),
-        None => (url, String::new()),
-    };
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let prefix = match base[scheme_end..].find('/') {
-        Some(slash) => &base[..scheme_end + slash],
-        None => base,
-    };
-    format!("{prefix}/{name}{query}")
 }
 
 /// A running server and what the tests need to talk to it.
@@ -227,7 +81,7 @@ pub struct TestApp {
     server: Option<JoinHandle<Result<(), StartupError>>>,
     /// The URL of the server's database, to reach it from the test.
     pub database_url: String,
-    _database: Arc<TestDatabase>,
+    database: Arc<TestDatabase>,
 }
 
 /// Options for [`spawn_app_with`].
@@ -243,7 +97,7 @@ pub struct AppOptions {
     pub database_address: Option<SocketAddr>,
     pub cors_allow_origins: Vec<String>,
     /// Serve TLS; the test then builds its own channel.
-    pub tls: Option<connections::startup::TlsSettings>,
+    pub tls: Option<Tls>,
     /// Serve metrics on a free port (see `TestApp::metrics_addr`).
     pub metrics: bool,
 }
@@ -291,10 +145,7 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
     };
     let app = Application::build(Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
-        database: DbSettings {
-            url,
-            max_connections: options.max_connections,
-        },
+        database: db_settings(&url, options.max_connections),
         admin_token: options
             .admin_token
             .map(|t| SecretString::from(t.to_owned())),
@@ -302,7 +153,11 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
         request_id_retention: options.request_id_retention,
         request_id_sweep_interval: options.request_id_sweep_interval,
         cors_allow_origins: options.cors_allow_origins.clone(),
-        tls: options.tls.clone(),
+        tls: options.tls.as_ref().map(|tls| TlsSettings {
+            cert_pem: tls.cert_pem.clone().into_bytes(),
+            key_pem: tls.key_pem.clone().into_bytes(),
+            client_ca_pem: tls.client_ca_pem.clone().map(String::into_bytes),
+        }),
         metrics_listen: options.metrics.then(|| "127.0.0.1:0".parse().unwrap()),
     })
     .await
@@ -336,13 +191,13 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
         shutdown: Some(tx),
         server: Some(server),
         database_url,
-        _database: database,
+        database,
     }
 }
 
 impl TestApp {
     pub fn connections(&self, org: &TestOrg) -> Connections {
-        ConnectionServiceClient::with_interceptor(self.channel.clone(), Bearer::new(&org.key))
+        connections_on(&self.channel, org)
     }
 
     pub fn connections_with(&self, bearer: Bearer) -> Connections {
@@ -477,16 +332,37 @@ impl TestApp {
     }
 
     /// Stops the server gracefully and waits for it.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
+        let (stopping, _database) = self.begin_stop();
+        stopping.finished().await;
+    }
+
+    /// Asks the server to stop gracefully and returns at once. The database
+    /// lives on as long as the caller keeps the returned handle on it.
+    pub fn begin_stop(mut self) -> (Stopping, Arc<TestDatabase>) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        if let Some(server) = self.server.take() {
-            server
-                .await
-                .expect("server task")
-                .expect("server stops cleanly");
-        }
+        let server = self.server.take().expect("the server runs");
+        (Stopping(server), self.database.clone())
+    }
+}
+
+/// A server asked to stop gracefully.
+pub struct Stopping(JoinHandle<Result<(), StartupError>>);
+
+impl Stopping {
+    /// Whether the server has stopped.
+    pub fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+
+    /// Waits for the server to stop; it must stop cleanly.
+    pub async fn finished(self) {
+        self.0
+            .await
+            .expect("server task")
+            .expect("server stops cleanly");
     }
 }
 
@@ -496,89 +372,4 @@ impl Drop for TestApp {
             let _ = tx.send(());
         }
     }
-}
-
-/// A new organization with one API key, made through the AdminService of
-/// the server at the other end of `channel` (with the tests' admin token).
-pub async fn new_org_on(channel: &Channel, name: &str) -> TestOrg {
-    let mut admin = AdminServiceClient::with_interceptor(channel.clone(), Bearer::new(ADMIN_TOKEN));
-    let org = admin
-        .create_organization(CreateOrganizationRequest {
-            display_name: name.to_owned(),
-        })
-        .await
-        .expect("create organization")
-        .into_inner()
-        .organization
-        .unwrap();
-    let key = admin
-        .create_api_key(CreateApiKeyRequest {
-            organization_id: org.id.clone(),
-            display_name: "tests".to_owned(),
-        })
-        .await
-        .expect("create API key")
-        .into_inner();
-    TestOrg {
-        id: org.id,
-        key: key.secret,
-    }
-}
-
-/// Asserts the status code and the ErrorInfo reason (and domain).
-#[track_caller]
-pub fn assert_error(status: &Status, code: Code, reason: &str) {
-    assert_eq!(status.code(), code, "unexpected status: {status:?}");
-    let info = status
-        .get_details_error_info()
-        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
-    assert_eq!(info.domain, "connections.v1");
-    assert_eq!(info.reason, format!("ERROR_REASON_{reason}"), "{status:?}");
-}
-
-/// The fields named in the BadRequest detail.
-pub fn violated_fields(status: &Status) -> Vec<String> {
-    status
-        .get_details_bad_request()
-        .map(|br| br.field_violations.into_iter().map(|v| v.field).collect())
-        .unwrap_or_default()
-}
-
-/// The value of the Prometheus sample named exactly `series` (name and labels).
-pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().unwrap())
-        })
-}
-
-/// A well-formed ID that names nothing.
-pub fn unknown_id() -> String {
-    Uuid::now_v7().to_string()
-}
-
-#[test]
-fn database_name_is_replaced_in_urls() {
-    assert_eq!(
-        with_database_name("postgres://u@h:5432/postgres", "x"),
-        "postgres://u@h:5432/x"
-    );
-    assert_eq!(
-        with_database_name("postgres://u@h/postgres?sslmode=disable", "x"),
-        "postgres://u@h/x?sslmode=disable"
-    );
-    assert_eq!(
-        with_database_name("postgres://u@h", "x"),
-        "postgres://u@h/x"
-    );
-    assert_eq!(
-        with_address("postgres://u@h:5432/db?x=y", "127.0.0.1:7".parse().unwrap()),
-        "postgres://u@127.0.0.1:7/db?x=y"
-    );
-    assert_eq!(
-        with_address("postgres://h/db", "127.0.0.1:7".parse().unwrap()),
-        "postgres://127.0.0.1:7/db"
-    );
 }
