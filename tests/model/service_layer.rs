@@ -20,7 +20,7 @@ use super::{
     harness::{Filter, Layer, Page, Seen, SeenEvent},
     reference::{Failure, Refusal},
 };
-use crate::support::TestDatabase;
+use crate::database::TestDatabase;
 
 /// The service layer on a database made for one test.
 pub struct ServiceLayer {
