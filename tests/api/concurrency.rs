@@ -112,54 +112,22 @@ fn allowed(event: Event, from: State, to: State, role: ConnectionRole) -> bool {
 #[test]
 fn allowed_steps_follow_the_domain_rules() {
     use ConnectionRole::{Destination, Source};
-    assert!(allowed(
-        Event::Created,
-        State::Unspecified,
-        State::Pending,
-        Source
-    ));
-    assert!(!allowed(
-        Event::Created,
-        State::Unspecified,
-        State::Pending,
-        Destination
-    ));
-    assert!(allowed(
-        Event::Activated,
-        State::Pending,
-        State::Active,
-        Destination
-    ));
-    assert!(!allowed(
-        Event::Activated,
-        State::Pending,
-        State::Active,
-        Source
-    ));
-    assert!(!allowed(
-        Event::Activated,
-        State::Inactive,
-        State::Active,
-        Destination
-    ));
-    assert!(allowed(
-        Event::Deactivated,
-        State::Active,
-        State::Inactive,
-        Source
-    ));
-    assert!(!allowed(
-        Event::Deactivated,
-        State::Active,
-        State::Pending,
-        Source
-    ));
-    assert!(!allowed(
-        Event::Reactivated,
-        State::Inactive,
-        State::Active,
-        Source
-    ));
+    use State::{Active, Inactive, Pending, Unspecified};
+    #[rustfmt::skip]
+    let steps = [
+        (Event::Created, Unspecified, Pending, Source, true),
+        (Event::Created, Unspecified, Pending, Destination, false),
+        (Event::Activated, Pending, Active, Destination, true),
+        (Event::Activated, Pending, Active, Source, false),
+        (Event::Activated, Inactive, Active, Destination, false),
+        (Event::Deactivated, Active, Inactive, Source, true),
+        (Event::Deactivated, Active, Pending, Source, false),
+        (Event::Reactivated, Inactive, Active, Source, false),
+    ];
+    for (event, from, to, role, expected) in steps {
+        let step = (event, from, to, role);
+        assert_eq!(allowed(event, from, to, role), expected, "{step:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

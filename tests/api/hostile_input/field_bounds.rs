@@ -57,6 +57,26 @@ fn is_identifier(field: &str) -> bool {
     field.ends_with("_id") && field != "request_id"
 }
 
+/// Asserts that every RPC of `rpcs`, called as `caller` with an otherwise
+/// valid request (see [`valid_request`]), refuses each of `values` in
+/// `field` as INVALID_ARGUMENT naming exactly that field.
+async fn assert_each_refused(
+    app: &TestApp,
+    caller: &TestOrg,
+    (organization_id, connection_id): (&str, &str),
+    rpcs: &[Rpc],
+    field: &str,
+    values: &[String],
+) {
+    for value in values {
+        for rpc in rpcs {
+            let request =
+                valid_request(rpc, organization_id, connection_id).string(rpc.number(field), value);
+            assert_refused(call(app, caller, rpc, request).await, rpc, field);
+        }
+    }
+}
+
 /// Asserts that `result` is INVALID_ARGUMENT naming exactly `field`.
 #[track_caller]
 fn assert_refused(result: Result<Vec<u8>, Status>, rpc: &Rpc, field: &str) {
@@ -69,9 +89,8 @@ fn assert_refused(result: Result<Vec<u8>, Status>, rpc: &Rpc, field: &str) {
 async fn connection_ids_must_be_36_character_uuids_everywhere() {
     let app = spawn_app().await;
     let org = app.new_org("A").await;
-    let rpcs = rpcs::taking("connection_id");
-    rpcs::assert_covers(
-        &rpcs,
+    let rpcs = rpcs::taking(
+        "connection_id",
         &[
             "GetConnection",
             "ListConnectionEvents",
@@ -139,9 +158,8 @@ async fn request_ids_are_bounded_to_255_characters_on_every_rpc_that_takes_one()
     assert_eq!(MAX_REQUEST_ID_CHARS, 255);
     let app = spawn_app().await;
     let org = app.new_org("A").await;
-    let rpcs = rpcs::taking("request_id");
-    rpcs::assert_covers(
-        &rpcs,
+    let rpcs = rpcs::taking(
+        "request_id",
         &[
             "CreateConnection",
             "ActivateConnection",
@@ -182,22 +200,17 @@ async fn etags_over_64_characters_are_invalid_argument() {
     let app = spawn_app().await;
     let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
     let connection = app.connect(&source, &destination).await;
-    let rpcs = rpcs::taking("etag");
-    rpcs::assert_covers(
-        &rpcs,
+    let rpcs = rpcs::taking(
+        "etag",
         &[
             "ActivateConnection",
             "DeactivateConnection",
             "ReactivateConnection",
         ],
     );
-    for etag in ["e".repeat(MAX_ETAG_LEN + 1), "e".repeat(10_000)] {
-        for rpc in &rpcs {
-            let request = valid_request(rpc, &destination.id, &connection.id)
-                .string(rpc.number("etag"), &etag);
-            assert_refused(call(&app, &destination, rpc, request).await, rpc, "etag");
-        }
-    }
+    let etags = ["e".repeat(MAX_ETAG_LEN + 1), "e".repeat(10_000)];
+    let ids = (destination.id.as_str(), connection.id.as_str());
+    assert_each_refused(&app, &destination, ids, &rpcs, "etag", &etags).await;
     // 64 characters pass validation and are merely not the current etag.
     let status = app
         .activate(&destination, &connection.id, &"e".repeat(MAX_ETAG_LEN))
@@ -267,9 +280,8 @@ async fn page_tokens_over_256_characters_are_refused_by_every_list() {
     let app = spawn_app().await;
     let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
     let connection = app.connect(&source, &destination).await;
-    let rpcs = rpcs::taking("page_token");
-    rpcs::assert_covers(
-        &rpcs,
+    let rpcs = rpcs::taking(
+        "page_token",
         &[
             "ListConnectionEvents",
             "ListOrganizations",
@@ -294,16 +306,16 @@ async fn display_names_are_bounded_to_200_characters() {
     assert_eq!(MAX_DISPLAY_NAME_CHARS, 200);
     let app = spawn_app().await;
     let org = app.new_org("A").await;
-    let rpcs = rpcs::taking("display_name");
-    rpcs::assert_covers(&rpcs, &["CreateOrganization", "CreateApiKey"]);
+    let rpcs = rpcs::taking("display_name", &["CreateOrganization", "CreateApiKey"]);
+    let names = ["k".repeat(MAX_DISPLAY_NAME_CHARS + 1), "k".repeat(10_000)];
+    let unknown = unknown_id();
+    let ids = (org.id.as_str(), unknown.as_str());
+    assert_each_refused(&app, &org, ids, &rpcs, "display_name", &names).await;
     for rpc in &rpcs {
-        let field = rpc.number("display_name");
-        for name in ["k".repeat(MAX_DISPLAY_NAME_CHARS + 1), "k".repeat(10_000)] {
-            let request = valid_request(rpc, &org.id, &unknown_id()).string(field, &name);
-            assert_refused(call(&app, &org, rpc, request).await, rpc, "display_name");
-        }
-        let request = valid_request(rpc, &org.id, &unknown_id())
-            .string(field, &"ü".repeat(MAX_DISPLAY_NAME_CHARS));
+        let request = valid_request(rpc, ids.0, ids.1).string(
+            rpc.number("display_name"),
+            &"ü".repeat(MAX_DISPLAY_NAME_CHARS),
+        );
         call(&app, &org, rpc, request)
             .await
             .unwrap_or_else(|status| panic!("{}: 200 characters: {status:?}", rpc.method));

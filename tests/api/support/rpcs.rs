@@ -118,30 +118,23 @@ pub fn all() -> Vec<Rpc> {
     rpcs
 }
 
-/// Every RPC whose request has a field `name`.
-pub fn taking(name: &str) -> Vec<Rpc> {
-    all()
+/// Every RPC whose request has a field `name`. They include every method in
+/// `known` (or this panics): the list derived from the descriptor set is
+/// not missing what the test knows of.
+#[track_caller]
+pub fn taking(name: &str, known: &[&str]) -> Vec<Rpc> {
+    let rpcs: Vec<Rpc> = all()
         .into_iter()
         .filter(|rpc| rpc.field(name).is_some())
-        .collect()
-}
-
-/// The method names of `rpcs`, for comparing with a known list.
-pub fn methods(rpcs: &[Rpc]) -> Vec<&str> {
-    rpcs.iter().map(|rpc| rpc.method.as_str()).collect()
-}
-
-/// Asserts that `rpcs` include every method in `known`: the list derived
-/// from the descriptor set is not missing what the test knows of.
-#[track_caller]
-pub fn assert_covers(rpcs: &[Rpc], known: &[&str]) {
-    let methods = methods(rpcs);
+        .collect();
+    let methods: Vec<&str> = rpcs.iter().map(|rpc| rpc.method.as_str()).collect();
     for method in known {
         assert!(
             methods.contains(method),
             "{method} missing from {methods:?}"
         );
     }
+    rpcs
 }
 
 /// A protobuf request built field by field. A field set twice takes the
