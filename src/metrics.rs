@@ -326,7 +326,10 @@ mod tests {
             "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
             "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         ] {
-            assert!(methods.iter().any(|m| m == served), "{served} in {methods:#?}");
+            assert!(
+                methods.iter().any(|m| m == served),
+                "{served} in {methods:#?}"
+            );
         }
         let distinct: std::collections::HashSet<_> = methods.iter().collect();
         assert_eq!(distinct.len(), methods.len(), "{methods:#?}");

@@ -4,7 +4,7 @@ use connections::proto::{
 };
 use tonic::Code;
 
-use crate::helpers::{
+use crate::support::{
     AppOptions, Bearer, assert_error, spawn_app, spawn_app_with, unknown_id, violated_fields,
 };
 

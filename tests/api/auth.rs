@@ -3,7 +3,7 @@ use connections::proto::{
 };
 use tonic::{Code, Request};
 
-use crate::helpers::{Bearer, assert_error, spawn_app};
+use crate::support::{Bearer, assert_error, spawn_app};
 
 #[tokio::test]
 async fn a_call_without_credentials_is_unauthenticated_api_key_missing() {

@@ -12,7 +12,7 @@ use connections::proto::{
 use serde_json::Value;
 use tonic::transport::Channel;
 
-use crate::helpers::Bearer;
+use crate::support::Bearer;
 
 const BIN: &str = env!("CARGO_BIN_EXE_connections");
 

@@ -5,39 +5,22 @@ use std::{
     time::Duration,
 };
 
-use connections::proto::connection_service_client::ConnectionServiceClient;
-use connections::proto::{
-    ActivateConnectionRequest, Connection, ConnectionEventType as Event, ConnectionRole,
-    ConnectionState as State, CreateConnectionRequest, DataType, DeactivateConnectionRequest,
-    ListApiKeysRequest, ListConnectionsRequest, ReactivateConnectionRequest, RevokeApiKeyRequest,
+use connections::{
+    domain::{self, Action, Role, VariantArray},
+    proto::{
+        ActivateConnectionRequest, Connection, ConnectionEventType as Event, ConnectionRole,
+        ConnectionState as State, CreateConnectionRequest, DataType, DeactivateConnectionRequest,
+        ListApiKeysRequest, ListConnectionsRequest, ReactivateConnectionRequest,
+        RevokeApiKeyRequest,
+    },
 };
 use prost::Message;
 use tonic::{Code, Status, transport::Channel};
 
-use crate::helpers::{AppOptions, Bearer, TestOrg, assert_error, spawn_app_with, spawn_replicas};
-
-/// A small deterministic PRNG (xorshift64*), so a failing run can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Action {
-    Activate,
-    Deactivate,
-    Reactivate,
-}
+use crate::support::{
+    AppOptions, TestOrg, assert_error, clients::connections_on, rng::TestRng, spawn_app_with,
+    spawn_replicas,
+};
 
 async fn transition(
     channel: &Channel,
@@ -46,8 +29,7 @@ async fn transition(
     id: &str,
     request_id: &str,
 ) -> Result<Connection, Status> {
-    let mut client =
-        ConnectionServiceClient::with_interceptor(channel.clone(), Bearer::new(&org.key));
+    let mut client = connections_on(channel, org);
     let (connection_id, request_id) = (id.to_owned(), request_id.to_owned());
     let connection = match action {
         Action::Activate => {
@@ -104,21 +86,47 @@ struct Tally {
     replays_checked: usize,
 }
 
-/// The allowed steps of SPEC section 2: (event, from, to, actor role).
+/// Whether a history may hold this step: the creation, by the source, into
+/// PENDING; or a transition the crate's own rules (`domain::transition`)
+/// allow the actor's role, with the event of its action.
 fn allowed(event: Event, from: State, to: State, role: ConnectionRole) -> bool {
+    if event == Event::Created {
+        return from == State::Unspecified
+            && to == State::Pending
+            && role == ConnectionRole::from(Role::Source);
+    }
+    Action::VARIANTS.iter().any(|&action| {
+        Event::from(action.event_type()) == event
+            && domain::ConnectionState::VARIANTS.iter().any(|&current| {
+                State::from(current) == from
+                    && Role::VARIANTS.iter().any(|&actor| {
+                        ConnectionRole::from(actor) == role
+                            && domain::transition(current, action, Some(actor), true)
+                                .is_ok_and(|next| State::from(next) == to)
+                    })
+            })
+    })
+}
+
+#[test]
+fn allowed_steps_follow_the_domain_rules() {
     use ConnectionRole::{Destination, Source};
-    matches!(
-        (event, from, to, role),
-        (Event::Created, State::Unspecified, State::Pending, Source)
-            | (Event::Activated, State::Pending, State::Active, Destination)
-            | (
-                Event::Deactivated,
-                State::Pending | State::Active,
-                State::Inactive,
-                _
-            )
-            | (Event::Reactivated, State::Inactive, State::Pending, Source)
-    )
+    use State::{Active, Inactive, Pending, Unspecified};
+    #[rustfmt::skip]
+    let steps = [
+        (Event::Created, Unspecified, Pending, Source, true),
+        (Event::Created, Unspecified, Pending, Destination, false),
+        (Event::Activated, Pending, Active, Destination, true),
+        (Event::Activated, Pending, Active, Source, false),
+        (Event::Activated, Inactive, Active, Destination, false),
+        (Event::Deactivated, Active, Inactive, Source, true),
+        (Event::Deactivated, Active, Pending, Source, false),
+        (Event::Reactivated, Inactive, Active, Source, false),
+    ];
+    for (event, from, to, role, expected) in steps {
+        let step = (event, from, to, role);
+        assert_eq!(allowed(event, from, to, role), expected, "{step:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -149,18 +157,18 @@ async fn random_transitions_from_many_clients_on_two_replicas_keep_every_history
     }
 
     let channels: Vec<Channel> = replicas.iter().map(|r| r.channel.clone()).collect();
+    let rng = TestRng::new();
     let tasks = (0..CLIENTS).map(|client| {
         let channels = channels.clone();
         let orgs = orgs.clone();
         let connections = connections.clone();
+        let mut rng = rng.fork(client as u64);
         tokio::spawn(async move {
-            let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((client as u64 + 1) * 0x1000_0001));
             let mut tally = Tally::default();
             for call in 0..CALLS_PER_CLIENT {
                 let id = &connections[rng.below(connections.len())];
                 let org = &orgs[rng.below(orgs.len())];
-                let action =
-                    [Action::Activate, Action::Deactivate, Action::Reactivate][rng.below(3)];
+                let action = Action::VARIANTS[rng.below(Action::VARIANTS.len())];
                 // A third of the calls carry a request_id and are sent up to
                 // three times, to either replica, as a client retrying would.
                 let (request_id, attempts) = if rng.below(3) == 0 {

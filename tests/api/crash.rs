@@ -18,9 +18,10 @@ use connections::proto::{
 use sea_orm::{ConnectionTrait, TransactionTrait};
 use tonic::{Code, Status, transport::Channel};
 
-use crate::{
-    helpers::{TestDatabase, TestOrg},
-    process::{Server, client, new_org},
+use crate::support::{
+    TestDatabase, TestOrg,
+    clients::connections_on,
+    process::{Server, new_org},
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -45,7 +46,7 @@ async fn step(
     let (connection_id, request_id) = (id.to_owned(), request_id.to_owned());
     let response = match step {
         Step::Deactivate => {
-            client(channel, source)
+            connections_on(channel, source)
                 .deactivate_connection(DeactivateConnectionRequest {
                     connection_id,
                     request_id,
@@ -56,7 +57,7 @@ async fn step(
                 .connection
         }
         Step::Reactivate => {
-            client(channel, source)
+            connections_on(channel, source)
                 .reactivate_connection(ReactivateConnectionRequest {
                     connection_id,
                     request_id,
@@ -67,7 +68,7 @@ async fn step(
                 .connection
         }
         Step::Activate => {
-            client(channel, destination)
+            connections_on(channel, destination)
                 .activate_connection(ActivateConnectionRequest {
                     connection_id,
                     request_id,
@@ -436,7 +437,7 @@ async fn sigterm_lets_calls_in_flight_complete_and_exits_zero() {
         async move {
             let mut codes: HashMap<Code, usize> = HashMap::new();
             for _ in 0..4 {
-                let result = client(&channel, &source)
+                let result = connections_on(&channel, &source)
                     .get_connection(connections::proto::GetConnectionRequest {
                         connection_id: id.clone(),
                     })

@@ -8,7 +8,7 @@ use connections::{
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{TestOrg, assert_error, spawn_app, unknown_id, violated_fields};
+use crate::support::{TestOrg, assert_error, spawn_app, unknown_id, violated_fields};
 
 fn request(destination: &str, data_types: &[DataType]) -> CreateConnectionRequest {
     CreateConnectionRequest {

@@ -3,7 +3,7 @@ use connections::proto::{
     DeactivateConnectionRequest, ListConnectionEventsRequest,
 };
 
-use crate::helpers::spawn_app;
+use crate::support::spawn_app;
 
 #[tokio::test]
 async fn full_lifecycle_create_activate_deactivate_reactivate_activate() {

@@ -7,7 +7,7 @@ use connections::proto::{
 };
 use tonic::Code;
 
-use crate::helpers::{TestApp, TestOrg, assert_error, spawn_app, violated_fields};
+use crate::support::{TestApp, TestOrg, assert_error, spawn_app, violated_fields};
 
 /// `hub` has 7 outbound and 5 inbound connections, created alternately.
 async fn hub_with_connections(app: &TestApp) -> (TestOrg, Vec<TestOrg>, Vec<String>) {

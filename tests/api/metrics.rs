@@ -3,7 +3,7 @@
 use connections::proto::{CreateOrganizationRequest, GetConnectionRequest, GetOrganizationRequest};
 use tonic::Code;
 
-use crate::helpers::{
+use crate::support::{
     AppOptions, assert_error, metric_sample, spawn_app, spawn_app_with, unknown_id, violated_fields,
 };
 

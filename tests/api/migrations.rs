@@ -14,7 +14,7 @@ use sea_orm::{
     sea_query::{Alias, Query},
 };
 
-use crate::helpers::{AppOptions, TestDatabase, spawn_replicas};
+use crate::support::{AppOptions, TestDatabase, spawn_replicas};
 
 /// A rollout starts every replica at the same moment against a database that
 /// has pending migrations: each replica must start, and each migration must

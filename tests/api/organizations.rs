@@ -1,7 +1,7 @@
 use connections::proto::GetOrganizationRequest;
 use tonic::Code;
 
-use crate::helpers::{assert_error, spawn_app, unknown_id, violated_fields};
+use crate::support::{assert_error, spawn_app, unknown_id, violated_fields};
 
 #[tokio::test]
 async fn an_empty_id_returns_the_callers_own_organization() {

@@ -4,9 +4,8 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -14,63 +13,15 @@ use std::{
 
 use connections::proto::{GetConnectionRequest, GetOrganizationRequest, ListConnectionsRequest};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
-use tokio::{
-    net::{TcpListener, TcpStream},
-    task::JoinSet,
-    time::Instant,
-};
+use tokio::{task::JoinSet, time::Instant};
 use tonic::{Code, Request};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::helpers::{AppOptions, TestApp, TestOrg, require_postgres, spawn_app_with};
-
-/// A TCP proxy in front of PostgreSQL that can cut every connection and
-/// refuse new ones, as a crashed or unreachable database would.
-struct Proxy {
-    address: SocketAddr,
-    up: Arc<AtomicBool>,
-    connections: Arc<Mutex<JoinSet<()>>>,
-}
-
-impl Proxy {
-    async fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let up = Arc::new(AtomicBool::new(true));
-        let connections = Arc::new(Mutex::new(JoinSet::new()));
-        let (accept_up, accept_connections) = (up.clone(), connections.clone());
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !accept_up.load(Ordering::SeqCst) {
-                    drop(client); // refused: the peer sees the connection closed
-                    continue;
-                }
-                accept_connections.lock().unwrap().spawn(async move {
-                    if let Ok(mut server) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                    }
-                });
-            }
-        });
-        Self {
-            address,
-            up,
-            connections,
-        }
-    }
-
-    /// Cuts every open connection and refuses new ones.
-    fn down(&self) {
-        self.up.store(false, Ordering::SeqCst);
-        self.connections.lock().unwrap().abort_all();
-    }
-
-    fn up(&self) {
-        self.up.store(true, Ordering::SeqCst);
-    }
-}
+use crate::support::{
+    AppOptions, TestApp, TestOrg, proxy::Proxy, require_postgres, spawn_app_with,
+};
 
 async fn health(app: &TestApp) -> Option<ServingStatus> {
     let mut request = Request::new(HealthCheckRequest::default());

@@ -5,7 +5,7 @@ use connections::proto::{
 };
 use tonic::Code;
 
-use crate::helpers::{TestApp, TestOrg, assert_error, spawn_app, unknown_id};
+use crate::support::{TestApp, TestOrg, assert_error, spawn_app, unknown_id};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Who {

@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use connections::db::{DbSettings, PgReadPool, Reader};
+use connections::db::{PgReadPool, Reader};
 use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
-use crate::helpers::{TestDatabase, require_postgres};
+use crate::support::{TestDatabase, app::db_settings, require_postgres};
 
 async fn backend_pid(reader: &Reader) -> i32 {
     let row = reader
@@ -26,13 +26,8 @@ async fn backend_pid(reader: &Reader) -> i32 {
 async fn read_pool(max_connections: u32) -> (TestDatabase, String, Reader) {
     require_postgres();
     let (database, url) = TestDatabase::create(false).await;
-    let reader = Reader::Postgres(
-        PgReadPool::new(&DbSettings {
-            url: url.clone(),
-            max_connections,
-        })
-        .expect("pool"),
-    );
+    let reader =
+        Reader::Postgres(PgReadPool::new(&db_settings(&url, max_connections)).expect("pool"));
     (database, url, reader)
 }
 

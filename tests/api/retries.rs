@@ -10,7 +10,7 @@ use prost::Message;
 use sea_orm::{ConnectionTrait, Database, DbBackend, TransactionTrait};
 use tonic::Code;
 
-use crate::helpers::{
+use crate::support::{
     AppOptions, TestApp, TestOrg, assert_error, metric_sample, postgres_url, spawn_app,
     spawn_app_with,
 };
@@ -342,7 +342,7 @@ async fn expired_request_ids_are_swept_and_the_sweep_stops_on_shutdown() {
     let lock = locker.begin().await.unwrap();
     lock.execute_unprepared(match locker.get_database_backend() {
         DbBackend::Postgres => "LOCK TABLE idempotency_records IN SHARE MODE",
-        _ => "UPDATE idempotency_records SET response = response",
+        _ => "UPDATE idempotency_records SET response_proto = response_proto",
     })
     .await
     .unwrap();

@@ -22,9 +22,10 @@ use connections::{
 };
 use tonic::{Code, Status};
 
-use crate::{
-    helpers::{Bearer, TestDatabase, TestOrg, assert_error},
-    process::{Client, Server, admin, admin_lines, new_org},
+use crate::support::{
+    Bearer, TestDatabase, TestOrg, assert_error,
+    clients::Connections,
+    process::{Server, admin, admin_lines, new_org},
 };
 
 /// How long the server waits for SQLite's lock (its busy timeout), less a
@@ -49,7 +50,12 @@ async fn whoami(server: &Server, secret: &str) -> Result<String, Status> {
 }
 
 /// Activate, deactivate, reactivate, around again, until `stop` or a failure.
-async fn drive(source: Client, destination: Client, id: String, stop: Arc<AtomicBool>) -> Writes {
+async fn drive(
+    source: Connections,
+    destination: Connections,
+    id: String,
+    stop: Arc<AtomicBool>,
+) -> Writes {
     let (mut source, mut destination) = (source, destination);
     let mut writes = Writes::default();
     let mut n = 0usize;

@@ -1,21 +1,17 @@
 use std::time::Duration;
 
 use connections::{
-    db::DbSettings,
     entity::{connection, connection_event},
     proto::{
         ActivateConnectionRequest, ConnectionState, CreateConnectionRequest, DataType,
-        ListConnectionsRequest, connection_service_client::ConnectionServiceClient,
+        ListConnectionsRequest,
     },
-    startup::{Application, Settings},
 };
 use sea_orm::{
     ColumnTrait, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
     EntityTrait, PaginatorTrait, QueryFilter, QuerySelect, SqliteTransactionMode, Statement,
     TransactionOptions, TransactionTrait,
 };
-use secrecy::SecretString;
-use tokio::sync::oneshot;
 use tokio_stream::StreamExt;
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{
@@ -23,10 +19,7 @@ use tonic_health::pb::{
 };
 use uuid::Uuid;
 
-use crate::helpers::{
-    ADMIN_TOKEN, Bearer, Connections, TestApp, TestDatabase, TestOrg, assert_error, new_org_on,
-    spawn_app,
-};
+use crate::support::{TestApp, TestOrg, assert_error, clients::connections_on, rpcs, spawn_app};
 
 async fn health(app: &TestApp, service: &str) -> ServingStatus {
     HealthClient::new(app.channel.clone())
@@ -54,11 +47,8 @@ async fn wait_for_health(app: &TestApp, want: ServingStatus) {
 async fn health_reports_serving_for_the_server_and_each_service() {
     let app = spawn_app().await;
     wait_for_health(&app, ServingStatus::Serving).await;
-    for service in [
-        "connections.v1.ConnectionService",
-        "connections.v1.OrganizationService",
-        "connections.v1.AdminService",
-    ] {
+    // Every service of the API, as its file descriptor set lists them.
+    for service in &rpcs::services() {
         assert_eq!(
             health(&app, service).await,
             ServingStatus::Serving,
@@ -120,12 +110,9 @@ async fn reflection_v1_lists_every_service() {
         panic!("expected a service list");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in [
-        "connections.v1.ConnectionService",
-        "connections.v1.OrganizationService",
-        "connections.v1.AdminService",
-        "grpc.health.v1.Health",
-    ] {
+    let mut expected = rpcs::services();
+    expected.push("grpc.health.v1.Health".to_owned());
+    for expected in &expected {
         assert!(
             names.iter().any(|n| n == expected),
             "{expected} missing from {names:?}"
@@ -167,11 +154,6 @@ async fn reflection_v1alpha_lists_every_service() {
             .iter()
             .any(|s| s.name == "connections.v1.ConnectionService")
     );
-}
-
-/// A ConnectionService client for `org` on `channel`.
-fn connections_on(channel: &Channel, org: &TestOrg) -> Connections {
-    ConnectionServiceClient::with_interceptor(channel.clone(), Bearer::new(&org.key))
 }
 
 /// Takes the lock on connection `id` that ActivateConnection needs, in a
@@ -230,32 +212,16 @@ async fn wait_until_a_statement_waits_for_a_lock(db: &DatabaseConnection) {
 /// nothing; the server then stops cleanly.
 ///
 /// The call is held in flight by a lock the test takes in the database
-/// through a connection of its own. The test creates the database itself
-/// (rather than through `spawn_app`) so that it can open that connection and
-/// still read the database after the server, and its pools, are gone.
+/// through a connection of its own. The test keeps the database after the
+/// server, and its pools, are gone, to read what it holds.
 #[tokio::test]
 async fn graceful_stop_completes_calls_in_flight_and_refuses_new_ones() {
-    let (_database, url) = TestDatabase::create(false).await;
-    let app = Application::build(Settings {
-        admin_token: Some(SecretString::from(ADMIN_TOKEN.to_owned())),
-        ..Settings::new("127.0.0.1:0".parse().unwrap(), DbSettings::new(url.clone()))
-    })
-    .await
-    .expect("application builds");
-    let addr = app.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let mut server = tokio::spawn(app.run_until_stopped(async move {
-        let _ = stopped.await;
-    }));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect");
+    let app = spawn_app().await;
+    let (addr, url, channel) = (app.addr, app.database_url.clone(), app.channel.clone());
     let (source, destination, other) = (
-        new_org_on(&channel, "S").await,
-        new_org_on(&channel, "D").await,
-        new_org_on(&channel, "O").await,
+        app.new_org("S").await,
+        app.new_org("D").await,
+        app.new_org("O").await,
     );
     let create = |destination: &TestOrg| CreateConnectionRequest {
         destination_organization_id: destination.id.clone(),
@@ -290,7 +256,7 @@ async fn graceful_stop_completes_calls_in_flight_and_refuses_new_ones() {
         "the call did not wait for the lock"
     );
 
-    stop.send(()).expect("server running");
+    let (server, _database) = app.begin_stop();
     // The listener closes as the stop begins; wait for it (bounded).
     let mut refused = false;
     for _ in 0..200 {
@@ -326,11 +292,9 @@ async fn graceful_stop_completes_calls_in_flight_and_refuses_new_ones() {
         .connection
         .unwrap();
     assert_eq!(activated.state(), ConnectionState::Active);
-    tokio::time::timeout(Duration::from_secs(30), &mut server)
+    tokio::time::timeout(Duration::from_secs(30), server.finished())
         .await
-        .expect("the server stops")
-        .expect("server task")
-        .expect("server stops cleanly");
+        .expect("the server stops");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 
     // What the database holds once the server is gone: the activation and

@@ -2,7 +2,7 @@ use connections::proto::{ActivateConnectionRequest, ConnectionState, DeactivateC
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{assert_error, spawn_app, violated_fields};
+use crate::support::{assert_error, spawn_app, violated_fields};
 
 fn current_state(status: &tonic::Status) -> String {
     status

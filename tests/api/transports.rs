@@ -1,8 +1,7 @@
 //! gRPC-Web with CORS, and TLS with and without client certificates.
 
-use connections::{
-    proto::{GetOrganizationRequest, organization_service_client::OrganizationServiceClient},
-    startup::TlsSettings,
+use connections::proto::{
+    GetOrganizationRequest, organization_service_client::OrganizationServiceClient,
 };
 use http_body_util::{BodyExt, Empty};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
@@ -12,7 +11,7 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Identity},
 };
 
-use crate::helpers::{AppOptions, TestApp, TestOrg, spawn_app, spawn_app_with};
+use crate::support::{AppOptions, TestApp, TestOrg, app::Tls, spawn_app, spawn_app_with};
 
 fn get_own_organization(org: &TestOrg) -> Request<GetOrganizationRequest> {
     let mut request = Request::new(GetOrganizationRequest::default());
@@ -122,10 +121,10 @@ fn pki() -> Pki {
 
 async fn tls_app(pki: &Pki, mutual: bool) -> TestApp {
     spawn_app_with(AppOptions {
-        tls: Some(TlsSettings {
-            cert_pem: pki.server.0.clone().into_bytes(),
-            key_pem: pki.server.1.clone().into_bytes(),
-            client_ca_pem: mutual.then(|| pki.ca_pem.clone().into_bytes()),
+        tls: Some(Tls {
+            cert_pem: pki.server.0.clone(),
+            key_pem: pki.server.1.clone(),
+            client_ca_pem: mutual.then(|| pki.ca_pem.clone()),
         }),
         ..AppOptions::default()
     })
@@ -158,7 +157,7 @@ async fn create_org_over(channel: Channel) -> Result<(), tonic::Status> {
     });
     request.metadata_mut().insert(
         "authorization",
-        format!("Bearer {}", crate::helpers::ADMIN_TOKEN)
+        format!("Bearer {}", crate::support::ADMIN_TOKEN)
             .parse()
             .unwrap(),
     );

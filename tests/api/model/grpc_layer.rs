@@ -16,7 +16,7 @@ use super::{
     harness::{Filter, Layer, Page, Seen, SeenEvent},
     reference::{Failure, Refusal},
 };
-use crate::helpers::{self, TestApp, spawn_app, violated_fields};
+use crate::support::{TestApp, clients, spawn_app, violated_fields};
 
 /// The server on a database made for one test.
 pub struct GrpcLayer {
@@ -162,16 +162,16 @@ fn connection(connection: Option<proto::Connection>) -> Result<proto::Connection
 
 impl Layer for GrpcLayer {
     type Record = proto::Connection;
-    type Caller = helpers::Connections;
+    type Caller = clients::Connections;
 
-    async fn organization(&self, name: &str) -> (String, helpers::Connections) {
+    async fn organization(&self, name: &str) -> (String, clients::Connections) {
         let org = self.app.new_org(name).await;
         (org.id.clone(), self.app.connections(&org))
     }
 
     async fn create(
         &self,
-        caller: &helpers::Connections,
+        caller: &clients::Connections,
         destination: &str,
         data_types: &[DataType],
         request_id: Option<&str>,
@@ -187,7 +187,7 @@ impl Layer for GrpcLayer {
 
     async fn transition(
         &self,
-        caller: &helpers::Connections,
+        caller: &clients::Connections,
         action: Action,
         id: &str,
         etag: Option<&str>,
@@ -238,7 +238,7 @@ impl Layer for GrpcLayer {
 
     async fn get(
         &self,
-        caller: &helpers::Connections,
+        caller: &clients::Connections,
         id: &str,
     ) -> Result<proto::Connection, Failure> {
         let response = caller
@@ -252,7 +252,7 @@ impl Layer for GrpcLayer {
 
     async fn list(
         &self,
-        caller: &helpers::Connections,
+        caller: &clients::Connections,
         filter: &Filter,
         page_size: i32,
         page_token: Option<&str>,
@@ -277,7 +277,7 @@ impl Layer for GrpcLayer {
 
     async fn list_events(
         &self,
-        caller: &helpers::Connections,
+        caller: &clients::Connections,
         id: &str,
         page_size: i32,
         page_token: Option<&str>,

@@ -7,14 +7,11 @@ use std::{
     time::Duration,
 };
 
-use connections::proto::{
-    ConnectionEvent, ListConnectionEventsRequest,
-    connection_service_client::ConnectionServiceClient,
-};
+use connections::proto::{ConnectionEvent, ListConnectionEventsRequest};
 use serde_json::Value;
 use tonic::transport::Channel;
 
-use crate::helpers::{Bearer, TestOrg};
+use super::clients::{Connections, TestOrg, connections_on};
 
 /// The `connections` binary cargo built for these tests.
 pub const BIN: &str = env!("CARGO_BIN_EXE_connections");
@@ -58,15 +55,6 @@ pub fn new_org(url: &str, name: &str) -> TestOrg {
         id,
         key: key["secret"].as_str().unwrap().to_owned(),
     }
-}
-
-/// A ConnectionService client that sends an API key.
-pub type Client =
-    ConnectionServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
-
-/// A client on `channel` calling as `org`.
-pub fn client(channel: &Channel, org: &TestOrg) -> Client {
-    ConnectionServiceClient::with_interceptor(channel.clone(), Bearer::new(&org.key))
 }
 
 /// A `connections serve` process and a channel to it. Dropped before it was
@@ -116,8 +104,8 @@ impl Server {
     }
 
     /// A client calling as `org`.
-    pub fn client(&self, org: &TestOrg) -> Client {
-        client(&self.channel, org)
+    pub fn client(&self, org: &TestOrg) -> Connections {
+        connections_on(&self.channel, org)
     }
 
     /// A connection's whole history, through every page, as `org`.

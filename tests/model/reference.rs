@@ -153,7 +153,9 @@ impl Refusal {
 
     /// The refusal an ErrorInfo reason (without its `ERROR_REASON_` prefix)
     /// names, given the metadata it came with (SPEC section 5); `None` for a
-    /// reason the model never predicts, or metadata it lacks.
+    /// reason the model never predicts, or metadata it lacks. (Only the gRPC
+    /// variant sees ErrorInfo; the service layer's binary does not use this.)
+    #[allow(dead_code)]
     pub fn from_reason(reason: &str, metadata: &HashMap<String, String>) -> Option<Self> {
         Some(match reason {
             "CONNECTION_NOT_FOUND" => Self::ConnectionNotFound,
@@ -179,7 +181,9 @@ impl Refusal {
     }
 
     /// The request fields its BadRequest detail names: field problems carry
-    /// one (SPEC section 5), other refusals none.
+    /// one (SPEC section 5), other refusals none. (Only the gRPC variant sees
+    /// BadRequest details.)
+    #[allow(dead_code)]
     pub fn fields(&self) -> Vec<&'static str> {
         match self {
             Self::SelfConnection => vec!["destination_organization_id"],

@@ -2,25 +2,29 @@
 //! the database of the pass, set up as the server sets it up.
 
 use connections::{
-    db::{DbSettings, Reader, connect},
+    config::DatabaseSettings,
+    db::{Reader, connect},
     domain::{
         Action, ConnectionId, ConnectionRecord, DataType, DataTypes, DisplayName, OrganizationId,
         PageSize,
     },
-    error::ServiceError,
+    grpc::convert::{self, encode_connection},
+    proto,
     service::{
-        Connections, ListFilter, NewConnection, Organizations, PageTokens, TransitionRequest,
+        Connections, ListFilter, NewConnection, Organizations, PageTokens, ServiceError,
+        TransitionRequest, idempotency::Outcome,
     },
 };
 use migration::{Migrator, MigratorTrait};
 use proptest::test_runner::TestCaseError;
+use prost::Message;
 use sea_orm::DatabaseConnection;
 
 use super::{
     harness::{Filter, Layer, Page, Seen, SeenEvent},
     reference::{Failure, Refusal},
 };
-use crate::helpers::TestDatabase;
+use crate::database::TestDatabase;
 
 /// The service layer on a database made for one test.
 pub struct ServiceLayer {
@@ -37,7 +41,7 @@ impl ServiceLayer {
     /// layer over it with the server's pools.
     pub async fn new() -> Self {
         let (database, url) = TestDatabase::create(false).await;
-        let settings = DbSettings {
+        let settings = DatabaseSettings {
             url,
             max_connections: 4,
         };
@@ -46,7 +50,12 @@ impl ServiceLayer {
         let reader = Reader::new(&db, &settings).expect("read pool");
         let tokens = PageTokens::new([7; 32]);
         Self {
-            connections: Connections::new(db.clone(), reader.clone(), tokens.clone()),
+            connections: Connections::new(
+                db.clone(),
+                reader.clone(),
+                tokens.clone(),
+                encode_connection,
+            ),
             organizations: Organizations::new(db.clone(), reader.clone(), tokens),
             db,
             reader,
@@ -86,6 +95,41 @@ fn failure(err: ServiceError, action: Option<Action>) -> Failure {
     Failure::refused(refusal)
 }
 
+/// A connection as the service layer returns it: the record of a call that
+/// ran, or the response recorded by an earlier call with the same request_id.
+/// Two are equal when they encode to the same response.
+#[derive(Debug, Clone)]
+pub enum Returned {
+    /// The call ran.
+    Record(ConnectionRecord),
+    /// A replay: the response the first call recorded.
+    Replayed(Vec<u8>),
+}
+
+impl Returned {
+    fn encoded(&self) -> Vec<u8> {
+        match self {
+            Self::Record(record) => encode_connection(record),
+            Self::Replayed(encoded) => encoded.clone(),
+        }
+    }
+}
+
+impl PartialEq for Returned {
+    fn eq(&self, other: &Self) -> bool {
+        self.encoded() == other.encoded()
+    }
+}
+
+impl From<Outcome<ConnectionRecord>> for Returned {
+    fn from(outcome: Outcome<ConnectionRecord>) -> Self {
+        match outcome {
+            Outcome::Fresh(record) => Self::Record(record),
+            Outcome::Replayed(encoded) => Self::Replayed(encoded),
+        }
+    }
+}
+
 /// `id` parsed, or the failure the model does not predict.
 fn parse<T>(
     id: &str,
@@ -99,7 +143,7 @@ fn page_size(value: i32) -> Result<PageSize, Failure> {
 }
 
 impl Layer for ServiceLayer {
-    type Record = ConnectionRecord;
+    type Record = Returned;
     type Caller = OrganizationId;
 
     async fn organization(&self, name: &str) -> (String, OrganizationId) {
@@ -117,7 +161,7 @@ impl Layer for ServiceLayer {
         destination: &str,
         data_types: &[DataType],
         request_id: Option<&str>,
-    ) -> Result<ConnectionRecord, Failure> {
+    ) -> Result<Returned, Failure> {
         let new = NewConnection {
             destination: parse(destination, OrganizationId::parse)?,
             data_types: DataTypes::new(data_types.iter().copied())
@@ -127,6 +171,7 @@ impl Layer for ServiceLayer {
         self.connections
             .create(*caller, new)
             .await
+            .map(Returned::from)
             .map_err(|err| failure(err, None))
     }
 
@@ -138,7 +183,7 @@ impl Layer for ServiceLayer {
         etag: Option<&str>,
         reason: Option<&str>,
         request_id: Option<&str>,
-    ) -> Result<ConnectionRecord, Failure> {
+    ) -> Result<Returned, Failure> {
         let request = TransitionRequest {
             id: parse(id, ConnectionId::parse)?,
             action,
@@ -149,14 +194,16 @@ impl Layer for ServiceLayer {
         self.connections
             .transition(*caller, request)
             .await
+            .map(Returned::from)
             .map_err(|err| failure(err, Some(action)))
     }
 
-    async fn get(&self, caller: &OrganizationId, id: &str) -> Result<ConnectionRecord, Failure> {
+    async fn get(&self, caller: &OrganizationId, id: &str) -> Result<Returned, Failure> {
         let id = parse(id, ConnectionId::parse)?;
         self.connections
             .get(*caller, id)
             .await
+            .map(Returned::Record)
             .map_err(|err| failure(err, None))
     }
 
@@ -166,7 +213,7 @@ impl Layer for ServiceLayer {
         filter: &Filter,
         page_size_: i32,
         page_token: Option<&str>,
-    ) -> Result<Page<ConnectionRecord>, Failure> {
+    ) -> Result<Page<Returned>, Failure> {
         let filter = ListFilter {
             role: filter.role,
             state: filter.state,
@@ -181,7 +228,7 @@ impl Layer for ServiceLayer {
             .await
             .map_err(|err| failure(err, None))?;
         Ok(Page {
-            items: page.items,
+            items: page.items.into_iter().map(Returned::Record).collect(),
             next_page_token: page.next_page_token,
         })
     }
@@ -218,7 +265,11 @@ impl Layer for ServiceLayer {
         })
     }
 
-    fn seen(&self, r: &ConnectionRecord) -> Result<Seen, TestCaseError> {
+    fn seen(&self, returned: &Returned) -> Result<Seen, TestCaseError> {
+        let r = match returned {
+            Returned::Record(record) => record,
+            Returned::Replayed(encoded) => return seen_response(encoded),
+        };
         Ok(Seen {
             id: r.id.to_string(),
             source: r.parties.source.to_string(),
@@ -233,4 +284,41 @@ impl Layer for ServiceLayer {
             deactivation_reason: r.deactivation_reason.clone(),
         })
     }
+}
+
+/// What a replayed response shows: the message the first call returned, as
+/// the API encoded it (a replay shows no version).
+fn seen_response(encoded: &[u8]) -> Result<Seen, TestCaseError> {
+    let fail = |what: &str| TestCaseError::fail(format!("replayed response: {what}"));
+    let c = proto::Connection::decode(encoded).map_err(|err| fail(&err.to_string()))?;
+    let state = proto::ConnectionState::try_from(c.state)
+        .ok()
+        .and_then(convert::state)
+        .ok_or_else(|| fail("state"))?;
+    let data_types = c
+        .data_types
+        .iter()
+        .map(|&t| {
+            proto::DataType::try_from(t)
+                .ok()
+                .and_then(convert::data_type)
+                .ok_or_else(|| fail("data type"))
+        })
+        .collect::<Result<_, _>>()?;
+    let deactivated_by = proto::ConnectionRole::try_from(c.deactivated_by)
+        .map(convert::role)
+        .map_err(|_| fail("role"))?;
+    Ok(Seen {
+        id: c.id,
+        source: c.source_organization_id,
+        destination: c.destination_organization_id,
+        state,
+        version: None,
+        etag: c.etag,
+        data_types,
+        ever_activated: c.activate_time.is_some(),
+        ever_deactivated: c.deactivate_time.is_some(),
+        deactivated_by,
+        deactivation_reason: (!c.deactivation_reason.is_empty()).then_some(c.deactivation_reason),
+    })
 }

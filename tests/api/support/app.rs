@@ -1,0 +1,417 @@
+//! The server under test: the production wiring (`Application`) on
+//! `127.0.0.1:0`, on a database of its own. `spawn_app()` is the way in.
+//!
+//! This is the one place the tests build a server; everything else goes
+//! through [`spawn_app`], [`spawn_app_with`] or [`spawn_replicas`].
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
+
+use connections::{
+    background::Activity,
+    config::{BackgroundSettings, DatabaseSettings, LogFormat, Settings, TlsSettings},
+    db::Reader,
+    proto::{
+        self, CreateConnectionRequest, admin_service_client::AdminServiceClient,
+        connection_service_client::ConnectionServiceClient,
+        organization_service_client::OrganizationServiceClient,
+    },
+    startup::{Application, StartupError},
+    telemetry,
+};
+use sea_orm::DatabaseConnection;
+use secrecy::SecretString;
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Status, transport::Channel};
+
+use super::{
+    clients::{
+        ADMIN_TOKEN, Admin, Bearer, Connections, Organizations, TestOrg, connections_on, new_org_on,
+    },
+    database::{TestDatabase, with_address},
+};
+
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    if std::env::var_os("TEST_LOG").is_some() {
+        telemetry::init_subscriber(telemetry::get_subscriber(
+            LogFormat::Pretty,
+            "info",
+            std::io::stdout,
+        ));
+    }
+});
+
+/// PEM-encoded TLS material for a test server.
+pub struct Tls {
+    /// The server's certificate chain.
+    pub cert_pem: String,
+    /// The server's private key.
+    pub key_pem: String,
+    /// Require client certificates that chain to this CA (mutual TLS).
+    pub client_ca_pem: Option<String>,
+}
+
+impl Tls {
+    /// The PEM files written to a directory of their own, removed when the
+    /// returned guard is dropped, and the server settings naming them.
+    fn write(&self) -> (TlsFiles, TlsSettings) {
+        let dir = std::env::temp_dir().join(format!("connections-tls-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("TLS directory");
+        let write = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).expect("TLS file");
+            path
+        };
+        let settings = TlsSettings {
+            cert: Some(write("cert.pem", &self.cert_pem)),
+            key: Some(write("key.pem", &self.key_pem)),
+            client_ca: self
+                .client_ca_pem
+                .as_deref()
+                .map(|pem| write("client-ca.pem", pem)),
+        };
+        (TlsFiles(dir), settings)
+    }
+}
+
+/// A directory of TLS files, removed on drop.
+struct TlsFiles(PathBuf);
+
+impl Drop for TlsFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The server's database settings for `url`, with a pool of
+/// `max_connections`.
+pub fn db_settings(url: &str, max_connections: u32) -> DatabaseSettings {
+    DatabaseSettings {
+        url: url.to_owned(),
+        max_connections,
+    }
+}
+
+/// A running server and what the tests need to talk to it.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub channel: Channel,
+    /// The server's own pool: closing it simulates a database outage.
+    pub server_db: DatabaseConnection,
+    /// The pool of the server's health probes.
+    pub server_health_db: DatabaseConnection,
+    /// Where the server reads outside transactions (on PostgreSQL, a pool of
+    /// its own).
+    pub server_reader: Reader,
+    /// What the server's request_id sweeper has done.
+    pub sweeper: Arc<Activity>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), StartupError>>>,
+    /// The URL of the server's database, to reach it from the test.
+    pub database_url: String,
+    database: Arc<TestDatabase>,
+    _tls_files: Option<TlsFiles>,
+}
+
+/// Options for [`spawn_app_with`].
+pub struct AppOptions {
+    pub admin_token: Option<&'static str>,
+    pub request_id_retention: Duration,
+    pub request_id_sweep_interval: Duration,
+    /// Use SQLite even when `TEST_DATABASE_URL` is set.
+    pub sqlite: bool,
+    /// Server pool size.
+    pub max_connections: u32,
+    /// Reach PostgreSQL through this address (e.g. a fault-injecting proxy).
+    pub database_address: Option<SocketAddr>,
+    pub cors_allow_origins: Vec<String>,
+    /// Serve TLS; the test then builds its own channel.
+    pub tls: Option<Tls>,
+    /// Serve metrics on a free port (see `TestApp::metrics_addr`).
+    pub metrics: bool,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            admin_token: Some(ADMIN_TOKEN),
+            request_id_retention: Duration::from_secs(24 * 60 * 60),
+            request_id_sweep_interval: Duration::from_secs(60 * 60),
+            sqlite: false,
+            max_connections: 8,
+            database_address: None,
+            cors_allow_origins: Vec::new(),
+            tls: None,
+            metrics: false,
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(AppOptions::default()).await
+}
+
+pub async fn spawn_app_with(options: AppOptions) -> TestApp {
+    let (database, url) = TestDatabase::create(options.sqlite).await;
+    start(Arc::new(database), url, &options).await
+}
+
+/// `count` servers sharing one new database, as replicas do in production;
+/// they start at the same moment, so they migrate it together.
+pub async fn spawn_replicas(count: usize, options: AppOptions) -> Vec<TestApp> {
+    let (database, url) = TestDatabase::create(options.sqlite).await;
+    let database = Arc::new(database);
+    futures::future::join_all((0..count).map(|_| start(database.clone(), url.clone(), &options)))
+        .await
+}
+
+async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -> TestApp {
+    LazyLock::force(&TRACING);
+    let database_url = url.clone();
+    let url = match options.database_address {
+        Some(address) => with_address(&url, address),
+        None => url,
+    };
+    let (tls_files, tls) = match &options.tls {
+        Some(tls) => {
+            let (files, settings) = tls.write();
+            (Some(files), settings)
+        }
+        None => (None, TlsSettings::default()),
+    };
+    // The production settings, with the few fields a test server changes.
+    let app = Application::build(Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        database: db_settings(&url, options.max_connections),
+        admin_token: options
+            .admin_token
+            .map(|t| SecretString::from(t.to_owned())),
+        cors_allow_origins: options.cors_allow_origins.clone(),
+        tls,
+        metrics_listen: options.metrics.then(|| "127.0.0.1:0".parse().unwrap()),
+        background: BackgroundSettings {
+            health_check_interval: Duration::from_millis(100),
+            request_id_retention: options.request_id_retention,
+            request_id_sweep_interval: options.request_id_sweep_interval,
+        },
+        ..Settings::from_environment()
+    })
+    .await
+    .expect("application builds");
+    let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
+    let server_db = app.database();
+    let server_health_db = app.health_database();
+    let server_reader = app.reader();
+    let sweeper = app.request_id_sweeper();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    // The listener is already bound: connecting needs no retry loop. A TLS
+    // server gets a channel that connects on first use; its tests make their own.
+    let endpoint = Channel::from_shared(format!("http://{addr}")).unwrap();
+    let channel = if options.tls.is_some() {
+        endpoint.connect_lazy()
+    } else {
+        endpoint.connect().await.expect("connect to test server")
+    };
+    TestApp {
+        addr,
+        metrics_addr,
+        channel,
+        server_db,
+        server_health_db,
+        server_reader,
+        sweeper,
+        shutdown: Some(tx),
+        server: Some(server),
+        database_url,
+        database,
+        _tls_files: tls_files,
+    }
+}
+
+impl TestApp {
+    pub fn connections(&self, org: &TestOrg) -> Connections {
+        connections_on(&self.channel, org)
+    }
+
+    pub fn connections_with(&self, bearer: Bearer) -> Connections {
+        ConnectionServiceClient::with_interceptor(self.channel.clone(), bearer)
+    }
+
+    pub fn organizations(&self, org: &TestOrg) -> Organizations {
+        OrganizationServiceClient::with_interceptor(self.channel.clone(), Bearer::new(&org.key))
+    }
+
+    pub fn admin(&self) -> Admin {
+        self.admin_with(Bearer::new(ADMIN_TOKEN))
+    }
+
+    pub fn admin_with(&self, bearer: Bearer) -> Admin {
+        AdminServiceClient::with_interceptor(self.channel.clone(), bearer)
+    }
+
+    /// A new organization with one API key.
+    pub async fn new_org(&self, name: &str) -> TestOrg {
+        new_org_on(&self.channel, name).await
+    }
+
+    /// Creates a connection from `source` to `destination` sharing inquiries.
+    pub async fn connect(&self, source: &TestOrg, destination: &TestOrg) -> proto::Connection {
+        self.connections(source)
+            .create_connection(CreateConnectionRequest {
+                destination_organization_id: destination.id.clone(),
+                data_types: vec![proto::DataType::Inquiry as i32],
+                request_id: String::new(),
+            })
+            .await
+            .expect("create connection")
+            .into_inner()
+            .connection
+            .unwrap()
+    }
+
+    /// ActivateConnection as `org`, optionally conditional on `etag`.
+    pub async fn activate(
+        &self,
+        org: &TestOrg,
+        id: &str,
+        etag: &str,
+    ) -> Result<proto::Connection, Status> {
+        self.connections(org)
+            .activate_connection(proto::ActivateConnectionRequest {
+                connection_id: id.to_owned(),
+                etag: etag.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().connection.unwrap())
+    }
+
+    /// DeactivateConnection as `org`, optionally conditional on `etag`.
+    pub async fn deactivate(
+        &self,
+        org: &TestOrg,
+        id: &str,
+        etag: &str,
+    ) -> Result<proto::Connection, Status> {
+        self.connections(org)
+            .deactivate_connection(proto::DeactivateConnectionRequest {
+                connection_id: id.to_owned(),
+                etag: etag.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().connection.unwrap())
+    }
+
+    /// ReactivateConnection as `org`, optionally conditional on `etag`.
+    pub async fn reactivate(
+        &self,
+        org: &TestOrg,
+        id: &str,
+        etag: &str,
+    ) -> Result<proto::Connection, Status> {
+        self.connections(org)
+            .reactivate_connection(proto::ReactivateConnectionRequest {
+                connection_id: id.to_owned(),
+                etag: etag.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().connection.unwrap())
+    }
+
+    /// GetConnection as `org`, which must succeed.
+    pub async fn get(&self, org: &TestOrg, id: &str) -> proto::Connection {
+        self.connections(org)
+            .get_connection(proto::GetConnectionRequest {
+                connection_id: id.to_owned(),
+            })
+            .await
+            .expect("get connection")
+            .into_inner()
+            .connection
+            .unwrap()
+    }
+
+    /// The first page (up to 500) of a connection's history, as `org`.
+    pub async fn events(&self, org: &TestOrg, id: &str) -> Vec<proto::ConnectionEvent> {
+        self.connections(org)
+            .list_connection_events(proto::ListConnectionEventsRequest {
+                connection_id: id.to_owned(),
+                page_size: 500,
+                page_token: String::new(),
+            })
+            .await
+            .expect("list events")
+            .into_inner()
+            .events
+    }
+
+    /// The Prometheus text the metrics endpoint serves (metrics must be on).
+    pub async fn metrics_text(&self) -> String {
+        use http_body_util::{BodyExt, Empty};
+        use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+        let addr = self.metrics_addr.expect("metrics enabled");
+        let response = Client::builder(TokioExecutor::new())
+            .build_http::<Empty<bytes::Bytes>>()
+            .get(format!("http://{addr}/metrics").parse().unwrap())
+            .await
+            .expect("scrape");
+        assert_eq!(response.status(), 200);
+        let content_type = response.headers()["content-type"].to_str().unwrap();
+        assert!(content_type.starts_with("text/plain"), "{content_type}");
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(self) {
+        let (stopping, _database) = self.begin_stop();
+        stopping.finished().await;
+    }
+
+    /// Asks the server to stop gracefully and returns at once. The database
+    /// lives on as long as the caller keeps the returned handle on it.
+    pub fn begin_stop(mut self) -> (Stopping, Arc<TestDatabase>) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let server = self.server.take().expect("the server runs");
+        (Stopping(server), self.database.clone())
+    }
+}
+
+/// A server asked to stop gracefully.
+pub struct Stopping(JoinHandle<Result<(), StartupError>>);
+
+impl Stopping {
+    /// Whether the server has stopped.
+    pub fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+
+    /// Waits for the server to stop; it must stop cleanly.
+    pub async fn finished(self) {
+        self.0
+            .await
+            .expect("server task")
+            .expect("server stops cleanly");
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Calling the API: credentials, clients, organizations to call as, and the
+//! assertions on what comes back.
+
+use connections::proto::{
+    CreateApiKeyRequest, CreateOrganizationRequest, admin_service_client::AdminServiceClient,
+    connection_service_client::ConnectionServiceClient,
+    organization_service_client::OrganizationServiceClient,
+};
+use tonic::{
+    Code, Request, Status,
+    metadata::{Ascii, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+use tonic_types::StatusExt;
+use uuid::Uuid;
+
+/// The AdminService token of every test server.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// Adds `authorization: Bearer <secret>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    pub fn new(secret: &str) -> Self {
+        Self(Some(
+            format!("Bearer {secret}").parse().expect("ASCII secret"),
+        ))
+    }
+
+    pub fn none() -> Self {
+        Self(None)
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type Connections = ConnectionServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Organizations = OrganizationServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Admin = AdminServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// An organization with an API key.
+#[derive(Debug, Clone)]
+pub struct TestOrg {
+    pub id: String,
+    pub key: String,
+}
+
+/// A ConnectionService client on `channel` calling as `org`.
+pub fn connections_on(channel: &Channel, org: &TestOrg) -> Connections {
+    ConnectionServiceClient::with_interceptor(channel.clone(), Bearer::new(&org.key))
+}
+
+/// A new organization with one API key, made through the AdminService of
+/// the server at the other end of `channel` (with the tests' admin token).
+pub async fn new_org_on(channel: &Channel, name: &str) -> TestOrg {
+    let mut admin = AdminServiceClient::with_interceptor(channel.clone(), Bearer::new(ADMIN_TOKEN));
+    let org = admin
+        .create_organization(CreateOrganizationRequest {
+            display_name: name.to_owned(),
+        })
+        .await
+        .expect("create organization")
+        .into_inner()
+        .organization
+        .unwrap();
+    let key = admin
+        .create_api_key(CreateApiKeyRequest {
+            organization_id: org.id.clone(),
+            display_name: "tests".to_owned(),
+        })
+        .await
+        .expect("create API key")
+        .into_inner();
+    TestOrg {
+        id: org.id,
+        key: key.secret,
+    }
+}
+
+/// Asserts the status code and the ErrorInfo reason (and domain).
+#[track_caller]
+pub fn assert_error(status: &Status, code: Code, reason: &str) {
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    let info = status
+        .get_details_error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.domain, "connections.v1");
+    assert_eq!(info.reason, format!("ERROR_REASON_{reason}"), "{status:?}");
+}
+
+/// The fields named in the BadRequest detail.
+pub fn violated_fields(status: &Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|br| br.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+/// The value of the Prometheus sample named exactly `series` (name and labels).
+pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().unwrap())
+        })
+}
+
+/// A well-formed ID that names nothing.
+pub fn unknown_id() -> String {
+    Uuid::now_v7().to_string()
+}
