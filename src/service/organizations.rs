@@ -67,28 +67,22 @@ impl Organizations {
         page_token: Option<&str>,
     ) -> Result<Page<Organization>, ServiceError> {
         const SCOPE: &str = "ListOrganizations";
+        let after = self.tokens.cursor(SCOPE, page_token, |cursor| {
+            uuid::Uuid::from_slice(cursor).ok()
+        })?;
         let mut query = organization::Entity::find();
-        if let Some(token) = page_token {
-            let cursor = self.tokens.verify(SCOPE, token)?;
-            let after =
-                uuid::Uuid::from_slice(&cursor).map_err(|_| ServiceError::InvalidPageToken)?;
+        if let Some(after) = after {
             query = query.filter(organization::Column::Id.gt(after));
         }
-        let mut rows = query
+        let rows = query
             .order_by_asc(organization::Column::Id)
-            .limit(u64::from(page_size.get()) + 1)
+            .limit(page_size.fetch())
             .all(&self.reader)
             .await?;
-        let has_more = rows.len() > page_size.as_usize();
-        rows.truncate(page_size.as_usize());
-        let next_page_token = match rows.last() {
-            Some(last) if has_more => Some(self.tokens.issue(SCOPE, last.id.as_bytes())),
-            _ => None,
-        };
-        Ok(Page {
-            items: rows.into_iter().map(organization_from).collect(),
-            next_page_token,
-        })
+        let items = rows.into_iter().map(organization_from).collect();
+        Ok(self.tokens.page(SCOPE, page_size, items, |last: &Organization| {
+            last.id.uuid().as_bytes().to_vec()
+        }))
     }
 }
 
