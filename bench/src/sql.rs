@@ -11,8 +11,7 @@ use connections::{
         Action, Change, ConnectionId, ConnectionRecord, DataType, DataTypes, OrganizationId,
         Parties,
     },
-    entity::{connection, connection_event},
-    service::api_keys::lookup_query,
+    entity::{api_key::lookup_query, connection, connection_event},
 };
 use sea_orm::{DbBackend, QuerySelect, QueryTrait, Statement};
 

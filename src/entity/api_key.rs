@@ -1,6 +1,9 @@
-//! The `api_keys` table.
+//! The `api_keys` table: its rows, the queries that read and write them, and
+//! the mapping to domain keys.
 
-use sea_orm::entity::prelude::*;
+use sea_orm::{ActiveValue::Set, QueryOrder, QuerySelect, entity::prelude::*};
+
+use crate::domain::{ApiKey, ApiKeyId, OrganizationId};
 
 /// An API key; only the SHA-256 digest of its secret is stored.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -28,3 +31,94 @@ pub struct Model {
 pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
+
+/// Inserts a new key whose secret has the digest `secret_sha256`.
+pub async fn insert(
+    conn: &impl ConnectionTrait,
+    key: &ApiKey,
+    secret_sha256: [u8; 32],
+) -> Result<(), DbErr> {
+    Entity::insert(ActiveModel {
+        id: Set(key.id.uuid()),
+        organization_id: Set(key.organization_id.uuid()),
+        display_name: Set(key.display_name.clone()),
+        prefix: Set(key.prefix.clone()),
+        secret_sha256: Set(secret_sha256.to_vec()),
+        create_time: Set(key.create_time),
+        revoke_time: Set(key.revoke_time),
+    })
+    .exec_without_returning(conn)
+    .await?;
+    Ok(())
+}
+
+/// The keys of `organization`, revoked ones included, oldest first.
+pub async fn list(
+    conn: &impl ConnectionTrait,
+    organization: OrganizationId,
+) -> Result<Vec<ApiKey>, DbErr> {
+    let rows = Entity::find()
+        .filter(Column::OrganizationId.eq(organization.uuid()))
+        .order_by_asc(Column::Id)
+        .all(conn)
+        .await?;
+    Ok(rows.into_iter().map(from_row).collect())
+}
+
+/// Marks key `id` revoked at `at`, unless it already is.
+pub async fn revoke(
+    conn: &impl ConnectionTrait,
+    id: ApiKeyId,
+    at: DateTimeUtc,
+) -> Result<(), DbErr> {
+    Entity::update_many()
+        .col_expr(Column::RevokeTime, at.into())
+        .filter(Column::Id.eq(id.uuid()))
+        .filter(Column::RevokeTime.is_null())
+        .exec(conn)
+        .await?;
+    Ok(())
+}
+
+/// Key `id` and the digest of its secret, if it exists.
+pub async fn find(
+    conn: &impl ConnectionTrait,
+    id: ApiKeyId,
+) -> Result<Option<(ApiKey, Vec<u8>)>, DbErr> {
+    Ok(Entity::find_by_id(id.uuid()).one(conn).await?.map(|row| {
+        let digest = row.secret_sha256.clone();
+        (from_row(row), digest)
+    }))
+}
+
+/// The query for the organization and digest of the unrevoked key whose
+/// secret has the digest `presented`.
+pub fn lookup_query(presented: &[u8; 32]) -> Select<Entity> {
+    Entity::find()
+        .select_only()
+        .column(Column::OrganizationId)
+        .column(Column::SecretSha256)
+        .filter(Column::SecretSha256.eq(presented.to_vec()))
+        .filter(Column::RevokeTime.is_null())
+}
+
+/// The organization and digest of the unrevoked key whose secret has the
+/// digest `presented`, if there is one.
+pub async fn lookup(
+    conn: &impl ConnectionTrait,
+    presented: &[u8; 32],
+) -> Result<Option<(OrganizationId, Vec<u8>)>, DbErr> {
+    let found: Option<(Uuid, Vec<u8>)> = lookup_query(presented).into_tuple().one(conn).await?;
+    Ok(found.map(|(organization, digest)| (organization.into(), digest)))
+}
+
+fn from_row(row: Model) -> ApiKey {
+    ApiKey {
+        id: row.id.into(),
+        organization_id: row.organization_id.into(),
+        display_name: row.display_name,
+        prefix: row.prefix,
+        create_time: row.create_time,
+        revoke_time: row.revoke_time,
+    }
+}

@@ -19,10 +19,7 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use moka::sync::Cache;
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
-};
+use sea_orm::DatabaseConnection;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::instrument;
@@ -99,11 +96,7 @@ impl ApiKeys {
         organization_id: OrganizationId,
         display_name: String,
     ) -> Result<(ApiKey, String), ServiceError> {
-        if organization::Entity::find_by_id(organization_id.uuid())
-            .one(&self.db)
-            .await?
-            .is_none()
-        {
+        if !organization::exists(&self.db, organization_id).await? {
             return Err(ServiceError::OrganizationNotFound);
         }
         let secret = format!(
@@ -119,17 +112,7 @@ impl ApiKeys {
             create_time: time_of(id.uuid()),
             revoke_time: None,
         };
-        api_key::Entity::insert(api_key::ActiveModel {
-            id: Set(key.id.uuid()),
-            organization_id: Set(organization_id.uuid()),
-            display_name: Set(key.display_name.clone()),
-            prefix: Set(key.prefix.clone()),
-            secret_sha256: Set(digest(&secret).to_vec()),
-            create_time: Set(key.create_time),
-            revoke_time: Set(None),
-        })
-        .exec_without_returning(&self.db)
-        .await?;
+        api_key::insert(&self.db, &key, digest(&secret)).await?;
         tracing::info!(api_key_id = %key.id, prefix = %key.prefix, "API key created");
         Ok((key, secret))
     }
@@ -137,43 +120,28 @@ impl ApiKeys {
     /// An organization's keys, revoked ones included, oldest first.
     #[instrument(skip(self))]
     pub async fn list(&self, organization_id: OrganizationId) -> Result<Vec<ApiKey>, ServiceError> {
-        if organization::Entity::find_by_id(organization_id.uuid())
-            .one(&self.db)
-            .await?
-            .is_none()
-        {
+        if !organization::exists(&self.db, organization_id).await? {
             return Err(ServiceError::OrganizationNotFound);
         }
-        let rows = api_key::Entity::find()
-            .filter(api_key::Column::OrganizationId.eq(organization_id.uuid()))
-            .order_by_asc(api_key::Column::Id)
-            .all(&self.reader)
-            .await?;
-        Ok(rows.into_iter().map(api_key_from).collect())
+        Ok(api_key::list(&self.reader, organization_id).await?)
     }
 
     /// Revokes a key; revoking a revoked key changes nothing.
     #[instrument(skip(self))]
     pub async fn revoke(&self, id: ApiKeyId) -> Result<ApiKey, ServiceError> {
-        api_key::Entity::update_many()
-            .col_expr(api_key::Column::RevokeTime, now().into())
-            .filter(api_key::Column::Id.eq(id.uuid()))
-            .filter(api_key::Column::RevokeTime.is_null())
-            .exec(&self.db)
-            .await?;
+        api_key::revoke(&self.db, id, now()).await?;
         self.revocations.fetch_add(1, Ordering::SeqCst);
-        let model = match api_key::Entity::find_by_id(id.uuid()).one(&self.db).await {
-            Ok(model) => model.ok_or(ServiceError::ApiKeyNotFound)?,
+        let (key, stored) = match api_key::find(&self.db, id).await {
+            Ok(found) => found.ok_or(ServiceError::ApiKeyNotFound)?,
             Err(err) => {
                 // The key may be revoked, but which digest is unknown.
                 self.verified.invalidate_all();
                 return Err(err.into());
             }
         };
-        if let Ok(digest) = <[u8; 32]>::try_from(model.secret_sha256.as_slice()) {
+        if let Ok(digest) = <[u8; 32]>::try_from(stored.as_slice()) {
             self.verified.invalidate(&digest);
         }
-        let key = api_key_from(model);
         tracing::info!(api_key_id = %key.id, "API key revoked");
         Ok(key)
     }
@@ -192,15 +160,11 @@ impl ApiKeys {
         }
         let revocations = self.revocations.load(Ordering::SeqCst);
         self.lookups.fetch_add(1, Ordering::SeqCst);
-        let found: Option<(uuid::Uuid, Vec<u8>)> = lookup_query(&presented)
-            .into_tuple()
-            .one(&self.reader)
-            .await?;
+        let found = api_key::lookup(&self.reader, &presented).await?;
         match found {
             // The lookup is by digest; the constant-time comparison makes the
             // final decision independent of where the bytes differ.
-            Some((organization_id, stored)) if bool::from(stored.ct_eq(&presented)) => {
-                let organization = OrganizationId::from(organization_id);
+            Some((organization, stored)) if bool::from(stored.ct_eq(&presented)) => {
                 self.verified.insert(presented, organization);
                 // The lookup may have read the key just before a revocation
                 // counted since it began: do not remember it past this call.
@@ -216,31 +180,9 @@ impl ApiKeys {
     }
 }
 
-/// The query for the organization and digest of the unrevoked key whose
-/// secret has the digest `presented`.
-pub fn lookup_query(presented: &[u8; 32]) -> sea_orm::Select<api_key::Entity> {
-    api_key::Entity::find()
-        .select_only()
-        .column(api_key::Column::OrganizationId)
-        .column(api_key::Column::SecretSha256)
-        .filter(api_key::Column::SecretSha256.eq(presented.to_vec()))
-        .filter(api_key::Column::RevokeTime.is_null())
-}
-
 /// SHA-256 of a secret.
 pub fn digest(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
-}
-
-fn api_key_from(model: api_key::Model) -> ApiKey {
-    ApiKey {
-        id: model.id.into(),
-        organization_id: model.organization_id.into(),
-        display_name: model.display_name,
-        prefix: model.prefix,
-        create_time: model.create_time,
-        revoke_time: model.revoke_time,
-    }
 }
 
 #[cfg(test)]

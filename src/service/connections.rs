@@ -5,7 +5,7 @@
 //! result and its event in one write transaction; the write is guarded by the
 //! version that was read.
 
-use sea_orm::{DatabaseConnection, EntityTrait};
+use sea_orm::DatabaseConnection;
 use tracing::instrument;
 
 use super::{
@@ -110,11 +110,7 @@ impl Connections {
             Begun::Fresh(txn) => txn,
             Begun::Done(response) => return Ok(Outcome::Replayed(response)),
         };
-        if organization::Entity::find_by_id(new.destination.uuid())
-            .one(&*txn)
-            .await?
-            .is_none()
-        {
+        if !organization::exists(&*txn, new.destination).await? {
             return Err(ServiceError::OrganizationNotFound);
         }
         if let Some(existing) = connection::find_pair(&*txn, caller, new.destination).await? {

@@ -1,9 +1,6 @@
 //! Organizations.
 
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect,
-};
+use sea_orm::DatabaseConnection;
 use tracing::instrument;
 
 use super::{Page, PageTokens, ServiceError, time_of};
@@ -32,10 +29,8 @@ impl Organizations {
     /// One organization.
     #[instrument(skip(self))]
     pub async fn get(&self, id: OrganizationId) -> Result<Organization, ServiceError> {
-        organization::Entity::find_by_id(id.uuid())
-            .one(&self.reader)
+        organization::find(&self.reader, id)
             .await?
-            .map(organization_from)
             .ok_or(ServiceError::OrganizationNotFound)
     }
 
@@ -48,13 +43,7 @@ impl Organizations {
             display_name: display_name.as_str().to_owned(),
             create_time: time_of(id.uuid()),
         };
-        organization::Entity::insert(organization::ActiveModel {
-            id: Set(org.id.uuid()),
-            display_name: Set(org.display_name.clone()),
-            create_time: Set(org.create_time),
-        })
-        .exec_without_returning(&self.db)
-        .await?;
+        organization::insert(&self.db, &org).await?;
         tracing::info!(organization_id = %org.id, "organization created");
         Ok(org)
     }
@@ -70,26 +59,9 @@ impl Organizations {
         let after = self.tokens.cursor(SCOPE, page_token, |cursor| {
             uuid::Uuid::from_slice(cursor).ok()
         })?;
-        let mut query = organization::Entity::find();
-        if let Some(after) = after {
-            query = query.filter(organization::Column::Id.gt(after));
-        }
-        let rows = query
-            .order_by_asc(organization::Column::Id)
-            .limit(page_size.fetch())
-            .all(&self.reader)
-            .await?;
-        let items = rows.into_iter().map(organization_from).collect();
-        Ok(self.tokens.page(SCOPE, page_size, items, |last: &Organization| {
+        let items = organization::list(&self.reader, after, page_size.fetch()).await?;
+        Ok(self.tokens.page(SCOPE, page_size, items, |last| {
             last.id.uuid().as_bytes().to_vec()
         }))
-    }
-}
-
-fn organization_from(model: organization::Model) -> Organization {
-    Organization {
-        id: model.id.into(),
-        display_name: model.display_name,
-        create_time: model.create_time,
     }
 }

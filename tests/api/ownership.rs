@@ -5,7 +5,11 @@ use connections::proto::{
 };
 use tonic::Code;
 
-use crate::support::{TestApp, TestOrg, assert_error, spawn_app, unknown_id};
+use crate::support::{
+    TestApp, TestOrg, assert_error,
+    rpcs::{self, Encoded},
+    spawn_app, unknown_id,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Who {
@@ -149,6 +153,25 @@ async fn an_outsider_sees_not_found_exactly_as_for_an_id_that_does_not_exist() {
         let mut statuses = vec![get, events];
         for c in [Call::Activate, Call::Deactivate, Call::Reactivate] {
             statuses.push(call(&app, &outsider, c, &target).await.unwrap_err());
+        }
+        // And every RPC that takes a connection_id, as the API lists them,
+        // so that a new one cannot be left out.
+        let by_id = rpcs::taking(
+            "connection_id",
+            &[
+                "GetConnection",
+                "ActivateConnection",
+                "DeactivateConnection",
+                "ReactivateConnection",
+                "ListConnectionEvents",
+            ],
+        );
+        for rpc in &by_id {
+            let request = Encoded::default().string(rpc.number("connection_id"), &target);
+            let status = rpcs::call(&app.channel, rpc, rpc.secret(&outsider), request)
+                .await
+                .expect_err(&rpc.method);
+            statuses.push(status);
         }
         for status in statuses {
             assert_error(&status, Code::NotFound, "CONNECTION_NOT_FOUND");

@@ -15,6 +15,7 @@ use connections::{
     background::Activity,
     config::{BackgroundSettings, DatabaseSettings, LogFormat, Settings, TlsSettings},
     db::Reader,
+    domain::Action,
     proto::{
         self, CreateConnectionRequest, admin_service_client::AdminServiceClient,
         connection_service_client::ConnectionServiceClient,
@@ -285,14 +286,7 @@ impl TestApp {
         id: &str,
         etag: &str,
     ) -> Result<proto::Connection, Status> {
-        self.connections(org)
-            .activate_connection(proto::ActivateConnectionRequest {
-                connection_id: id.to_owned(),
-                etag: etag.to_owned(),
-                ..Default::default()
-            })
-            .await
-            .map(|r| r.into_inner().connection.unwrap())
+        self.transition(org, Action::Activate, id, etag).await
     }
 
     /// DeactivateConnection as `org`, optionally conditional on `etag`.
@@ -302,14 +296,7 @@ impl TestApp {
         id: &str,
         etag: &str,
     ) -> Result<proto::Connection, Status> {
-        self.connections(org)
-            .deactivate_connection(proto::DeactivateConnectionRequest {
-                connection_id: id.to_owned(),
-                etag: etag.to_owned(),
-                ..Default::default()
-            })
-            .await
-            .map(|r| r.into_inner().connection.unwrap())
+        self.transition(org, Action::Deactivate, id, etag).await
     }
 
     /// ReactivateConnection as `org`, optionally conditional on `etag`.
@@ -319,14 +306,58 @@ impl TestApp {
         id: &str,
         etag: &str,
     ) -> Result<proto::Connection, Status> {
-        self.connections(org)
-            .reactivate_connection(proto::ReactivateConnectionRequest {
-                connection_id: id.to_owned(),
-                etag: etag.to_owned(),
-                ..Default::default()
-            })
-            .await
-            .map(|r| r.into_inner().connection.unwrap())
+        self.transition(org, Action::Reactivate, id, etag).await
+    }
+
+    /// The RPC that takes `action`, as `org`, optionally conditional on `etag`.
+    async fn transition(
+        &self,
+        org: &TestOrg,
+        action: Action,
+        id: &str,
+        etag: &str,
+    ) -> Result<proto::Connection, Status> {
+        let mut client = self.connections(org);
+        let (connection_id, etag) = (id.to_owned(), etag.to_owned());
+        let connection = match action {
+            Action::Activate => {
+                let request = proto::ActivateConnectionRequest {
+                    connection_id,
+                    etag,
+                    ..Default::default()
+                };
+                client
+                    .activate_connection(request)
+                    .await?
+                    .into_inner()
+                    .connection
+            }
+            Action::Deactivate => {
+                let request = proto::DeactivateConnectionRequest {
+                    connection_id,
+                    etag,
+                    ..Default::default()
+                };
+                client
+                    .deactivate_connection(request)
+                    .await?
+                    .into_inner()
+                    .connection
+            }
+            Action::Reactivate => {
+                let request = proto::ReactivateConnectionRequest {
+                    connection_id,
+                    etag,
+                    ..Default::default()
+                };
+                client
+                    .reactivate_connection(request)
+                    .await?
+                    .into_inner()
+                    .connection
+            }
+        };
+        Ok(connection.expect("the response holds the connection"))
     }
 
     /// GetConnection as `org`, which must succeed.
