@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum, builder::FalseyValueParser};
 use secrecy::SecretString;
 
 /// The embedded default database: a SQLite file in the working directory.
@@ -64,6 +64,16 @@ pub struct Settings {
     /// TLS settings.
     #[command(flatten)]
     pub tls: TlsSettings,
+
+    /// Do not serve the dashboard (the "Connect > Connections" page at `/`).
+    /// `CONNECTIONS_DASHBOARD=false` does the same.
+    #[arg(
+        long = "no-dashboard",
+        env = "CONNECTIONS_DASHBOARD",
+        action = ArgAction::SetFalse,
+        value_parser = FalseyValueParser::new(),
+    )]
+    pub dashboard: bool,
 
     /// Address for Prometheus metrics (GET /metrics); off by default.
     #[arg(long, env = "CONNECTIONS_METRICS_LISTEN")]
@@ -273,6 +283,12 @@ mod tests {
         };
         assert_eq!(args.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(args.log_format, LogFormat::Pretty);
+        assert!(args.dashboard, "the dashboard is on by default");
+        let cli = Cli::try_parse_from(["connections", "serve", "--no-dashboard"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("expected serve");
+        };
+        assert!(!args.dashboard);
     }
 
     #[test]

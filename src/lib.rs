@@ -7,6 +7,7 @@
 
 pub mod background;
 pub mod config;
+pub mod dashboard;
 pub mod db;
 pub mod domain;
 pub mod entity;

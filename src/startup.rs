@@ -158,7 +158,7 @@ impl Application {
                 self.services.connections.replays(),
             ))
         });
-        let (routes, health_reporter) = server::register(self.services)?;
+        let (routes, health_reporter) = server::register(self.services, self.settings.dashboard)?;
 
         health::report_now(
             &self.health_db,
@@ -192,6 +192,7 @@ impl Application {
             database = db::backend_name(&self.db),
             tls = self.transport.tls_mode(),
             admin_service = if admin_service { "enabled" } else { "disabled" },
+            dashboard = if self.settings.dashboard { "/" } else { "off" },
             "serving gRPC"
         );
         let result = self

@@ -19,25 +19,7 @@ if [[ ! -x $CONNECTIONS_BIN ]]; then
 fi
 CONNECTIONS_BIN=$(cd "$(dirname "$CONNECTIONS_BIN")" && pwd)/$(basename "$CONNECTIONS_BIN")
 
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-    echo "run_tests.sh: node and npm are required (Node.js 20 or later)" >&2
-    exit 1
-fi
-node_major=$(node -p 'process.versions.node.split(".")[0]')
-if (( node_major < 20 )); then
-    echo "run_tests.sh: Node.js 20 or later is required, found $(node --version)" >&2
-    exit 1
-fi
-
-# npm ci when node_modules is missing or was installed from another lockfile. Install scripts are
-# not run: buf and esbuild (under tsx) find their platform binaries without them.
-lock_hash=$(sha256sum package-lock.json | cut -d' ' -f1)
-stamp=node_modules/.installed-from-lock
-if [[ ! -f $stamp || $(cat "$stamp") != "$lock_hash" ]]; then
-    echo "==> npm ci"
-    npm ci --ignore-scripts --no-audit --no-fund
-    echo "$lock_hash" >"$stamp"
-fi
+bash ../../.ci/npm-ci-locked
 export PATH=$here/node_modules/.bin:$PATH
 
 echo "==> buf generate (protoc-gen-es $(protoc-gen-es --version | awk '{print $NF}'), buf $(buf --version))"

@@ -91,10 +91,12 @@ pub fn served_methods() -> Vec<String> {
 }
 
 /// Every service the server offers: the API, health and reflection (v1 and
-/// v1alpha, with the google.rpc types so tools can decode error details).
-/// Returns them with the reporter that sets their health.
+/// v1alpha, with the google.rpc types so tools can decode error details),
+/// and, with `dashboard`, the dashboard's page at `/`. Returns them with the
+/// reporter that sets their health.
 pub fn register(
     services: Services,
+    dashboard: bool,
 ) -> Result<(Routes, HealthReporter), tonic_reflection::server::Error> {
     let Services {
         connections,
@@ -128,7 +130,17 @@ pub fn register(
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_ENCODING_MESSAGE_SIZE),
         );
-    Ok((routes, health_reporter))
+    // gRPC-Web is translated for the services only: it answers any other
+    // HTTP/1.1 request with 400, so the page's routes are merged after it.
+    let grpc = routes
+        .into_axum_router()
+        .layer(tonic_web::GrpcWebLayer::new());
+    let routes = if dashboard {
+        grpc.merge(crate::dashboard::router())
+    } else {
+        grpc
+    };
+    Ok((Routes::from(routes), health_reporter))
 }
 
 /// Why the transport settings cannot be used.
@@ -206,7 +218,6 @@ impl Transport {
             .accept_http1(true)
             .layer(self.cors)
             .layer(MetricsLayer::new(metrics))
-            .layer(tonic_web::GrpcWebLayer::new())
             .timeout(REQUEST_TIMEOUT)
             .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)

@@ -8,6 +8,7 @@ mod cli;
 mod concurrency;
 mod crash;
 mod create_connection;
+mod dashboard;
 mod hostile_input;
 mod lifecycle;
 mod listing;

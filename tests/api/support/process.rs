@@ -63,11 +63,18 @@ pub struct Server {
     child: Option<Child>,
     /// A channel to the server.
     pub channel: Channel,
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
 }
 
 impl Server {
     /// Starts `connections serve` on a free port, on the database at `url`.
     pub async fn start(url: &str) -> Self {
+        Self::start_with(url, &[], &[]).await
+    }
+
+    /// [`Server::start`], with more options and environment variables.
+    pub async fn start_with(url: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -76,6 +83,8 @@ impl Server {
         #[allow(clippy::zombie_processes)] // waited for in `wait` or on drop
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .envs(env.iter().copied())
             .env("CONNECTIONS_DATABASE_URL", url)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
@@ -91,6 +100,7 @@ impl Server {
                 return Self {
                     child: Some(child),
                     channel,
+                    addr: ([127, 0, 0, 1], port).into(),
                 };
             }
             if let Some(status) = child.try_wait().expect("poll the server") {

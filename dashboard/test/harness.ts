@@ -1,0 +1,164 @@
+/**
+ * What the browser tests run against: the real `connections` binary (CONNECTIONS_BIN, or
+ * ../target/debug/connections) serving the embedded page over a temporary SQLite database, with
+ * organizations and keys made by `connections admin`; and Debian's Chromium (CHROMIUM_PATH, or
+ * /usr/bin/chromium) driven by playwright-core. Nothing downloads a browser. Every wait is bounded.
+ */
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { accessSync, closeSync, constants, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { createClient, type Client } from "@connectrpc/connect";
+import { createGrpcWebTransport } from "@connectrpc/connect-web";
+import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core";
+
+import { ConnectionService } from "../src/gen/connections/v1/connection_service_pb.js";
+
+/** dashboard/ */
+export const PACKAGE_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+
+export const BIN = process.env.CONNECTIONS_BIN
+  ? resolve(process.env.CONNECTIONS_BIN)
+  : resolve(PACKAGE_DIR, "../target/debug/connections");
+
+export const CHROMIUM = process.env.CHROMIUM_PATH ?? "/usr/bin/chromium";
+
+/** Where screenshots go (under the repository's target/, never committed from there). */
+export const SCREENSHOTS = resolve(PACKAGE_DIR, "../target/dashboard");
+
+export interface Org {
+  id: string;
+  keyId: string;
+  key: string;
+  name: string;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const probe = createServer();
+    probe.once("error", reject);
+    probe.listen(0, "127.0.0.1", () => {
+      const address = probe.address();
+      const port = typeof address === "object" && address ? address.port : 0;
+      probe.close(() => resolvePort(port));
+    });
+  });
+}
+
+/** `connections serve` on a free port, over a database of its own. */
+export class Server {
+  private child?: ChildProcess;
+
+  private constructor(
+    readonly tmp: string,
+    readonly env: NodeJS.ProcessEnv,
+    readonly baseUrl: string,
+  ) {}
+
+  static async start(): Promise<Server> {
+    accessSync(BIN, constants.X_OK);
+    const tmp = mkdtempSync(join(tmpdir(), "connections-dashboard-"));
+    const env: NodeJS.ProcessEnv = Object.fromEntries(
+      Object.entries(process.env).filter(([name]) => !name.startsWith("CONNECTIONS_")),
+    );
+    env.CONNECTIONS_DATABASE_URL = `sqlite://${tmp}/c.db?mode=rwc`;
+    const port = await freePort();
+    const server = new Server(tmp, env, `http://127.0.0.1:${port}`);
+    const log = openSync(join(tmp, "server.log"), "w");
+    try {
+      server.child = spawn(BIN, ["serve", "--listen", `127.0.0.1:${port}`], { env, stdio: ["ignore", log, log] });
+    } finally {
+      closeSync(log);
+    }
+    for (let i = 0; i < 150; i++) {
+      if (server.child!.exitCode !== null) throw new Error(`the server exited at start:\n${server.log()}`);
+      try {
+        if ((await fetch(`${server.baseUrl}/`)).ok) return server;
+      } catch {
+        // Not listening yet.
+      }
+      await sleep(200);
+    }
+    throw new Error(`the server did not answer within 30 s:\n${server.log()}`);
+  }
+
+  log(): string {
+    try {
+      return readFileSync(join(this.tmp, "server.log"), "utf8").slice(-4000);
+    } catch {
+      return "(no log)";
+    }
+  }
+
+  /** `connections <args>` on the server's database; its first line of output, as JSON. */
+  cli(...args: string[]): Record<string, unknown> {
+    const out = execFileSync(BIN, args, { env: this.env, encoding: "utf8", timeout: 60_000 });
+    return JSON.parse(out.split("\n")[0]!) as Record<string, unknown>;
+  }
+
+  /** A new organization with an API key. */
+  newOrg(name: string): Org {
+    const org = this.cli("admin", "create-org", "--name", name);
+    const key = this.cli("admin", "create-key", "--org", String(org.id), "--name", "dashboard tests");
+    return { id: String(org.id), keyId: String(key.id), key: String(key.secret), name };
+  }
+
+  /** ConnectionService as `org`, over gRPC-Web, to check through the API what the page did. */
+  connections(org: Org): Client<typeof ConnectionService> {
+    const transport = createGrpcWebTransport({
+      baseUrl: this.baseUrl,
+      interceptors: [
+        (next) => async (req) => {
+          req.header.set("authorization", `Bearer ${org.key}`);
+          return await next(req);
+        },
+      ],
+    });
+    return createClient(ConnectionService, transport);
+  }
+
+  async stop(): Promise<void> {
+    const child = this.child;
+    if (child && child.exitCode === null) {
+      const exited = new Promise((r) => child.once("exit", r));
+      child.kill("SIGTERM");
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([exited, new Promise((r) => (timer = setTimeout(r, 30_000)))]);
+      clearTimeout(timer);
+      if (child.exitCode === null) child.kill("SIGKILL");
+    }
+    rmSync(this.tmp, { recursive: true, force: true });
+  }
+}
+
+/** Headless Chromium, from the system's package. */
+export async function launch(): Promise<Browser> {
+  accessSync(CHROMIUM, constants.X_OK);
+  mkdirSync(SCREENSHOTS, { recursive: true });
+  return await chromium.launch({ executablePath: CHROMIUM, headless: true });
+}
+
+/** A browser context whose every request is recorded, to check that none left the origin. */
+export async function context(
+  browser: Browser,
+  server: Server,
+  viewport = { width: 1280, height: 900 },
+): Promise<{ context: BrowserContext; requests: string[] }> {
+  const context = await browser.newContext({ viewport, baseURL: server.baseUrl });
+  await context.grantPermissions(["clipboard-read", "clipboard-write"], { origin: server.baseUrl });
+  const requests: string[] = [];
+  context.on("request", (request) => requests.push(request.url()));
+  return { context, requests };
+}
+
+/** Opens the page and signs in as `org`. */
+export async function signIn(page: Page, org: Org): Promise<void> {
+  await page.goto("/");
+  await page.getByRole("textbox", { name: "API key" }).fill(org.key);
+  await page.getByRole("button", { name: "Sign in" }).click();
+  await page.getByRole("heading", { name: "Connections", exact: true }).waitFor();
+}
