@@ -196,6 +196,47 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
     assert.equal(await page.getByRole("heading", { name: "Connections", exact: true }).count(), 0);
   });
 
+  it("can be used with the keyboard alone", async () => {
+    const j = server.newOrg("Juliet Journals");
+    const k = server.newOrg("Kilo Keys");
+    const page = await newPage();
+    /** Presses Tab until the focused element is named `name`; fails after 40 presses. */
+    const tabTo = async (name: string) => {
+      for (let i = 0; i < 40; i++) {
+        await page.keyboard.press("Tab");
+        const focused = await page.evaluate(() => {
+          const el = document.activeElement as HTMLElement | null;
+          const label = el?.id ? document.querySelector(`label[for="${el.id}"]`)?.textContent : null;
+          return (label ?? el?.closest("label")?.textContent ?? el?.textContent ?? "").trim();
+        });
+        if (focused === name) return;
+      }
+      assert.fail(`Tab never reached ${name}`);
+    };
+    await page.goto("/");
+    await tabTo("API key");
+    await page.keyboard.type(j.key);
+    await page.keyboard.press("Enter");
+    await page.getByRole("heading", { name: "Connections", exact: true }).waitFor();
+    await tabTo("New connection");
+    await page.keyboard.press("Enter");
+    await tabTo("Destination organization ID");
+    await page.keyboard.type(k.id);
+    await page.getByText(`You are connecting to ${k.name}.`).waitFor();
+    await tabTo("Verifications");
+    await page.keyboard.press("Space");
+    await tabTo("Create connection");
+    await page.keyboard.press("Enter");
+    await seeState(page, "Pending");
+    await tabTo("Deactivate");
+    await page.keyboard.press("Enter");
+    await tabTo("Reason");
+    await page.keyboard.type("Typed, not clicked");
+    await page.keyboard.press("Enter");
+    await seeState(page, "Inactive");
+    await page.getByText("Reason: Typed, not clicked").waitFor();
+  });
+
   it("works at 375 px wide", async () => {
     const h = server.newOrg("Hotel Holdings");
     const i = server.newOrg("India Insights");

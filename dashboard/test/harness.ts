@@ -59,12 +59,14 @@ export class Server {
     readonly baseUrl: string,
   ) {}
 
-  static async start(): Promise<Server> {
+  /** Starts the server; `extra` adds environment variables (e.g. an admin token). */
+  static async start(extra: NodeJS.ProcessEnv = {}): Promise<Server> {
     accessSync(BIN, constants.X_OK);
     const tmp = mkdtempSync(join(tmpdir(), "connections-dashboard-"));
     const env: NodeJS.ProcessEnv = Object.fromEntries(
       Object.entries(process.env).filter(([name]) => !name.startsWith("CONNECTIONS_")),
     );
+    Object.assign(env, extra);
     env.CONNECTIONS_DATABASE_URL = `sqlite://${tmp}/c.db?mode=rwc`;
     const port = await freePort();
     const server = new Server(tmp, env, `http://127.0.0.1:${port}`);
