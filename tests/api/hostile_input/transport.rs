@@ -45,11 +45,16 @@ async fn non_http2_bytes_on_the_port_are_answered_or_dropped_and_the_server_keep
     let app = spawn_app().await;
     let org = app.new_org("A").await;
 
-    // Plain HTTP/1.1 is accepted for gRPC-Web only: tonic-web answers any
-    // other HTTP/1.1 request 400 (the server asks to close, as we did).
+    // Plain HTTP/1.1 is accepted for gRPC-Web and the dashboard's page only:
+    // tonic-web answers any other HTTP/1.1 request 400 (the server asks to
+    // close, as we did).
     let mut stream = TcpStream::connect(app.addr).await.unwrap();
     stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .write_all(
+            b"POST /connections.v1.ConnectionService/GetConnection HTTP/1.1\r\n\
+              Host: x\r\nContent-Type: application/grpc\r\nContent-Length: 0\r\n\
+              Connection: close\r\n\r\n",
+        )
         .await
         .unwrap();
     let reply = read_until_closed(&mut stream).await;
