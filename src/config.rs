@@ -52,18 +52,30 @@ pub struct Settings {
     #[arg(long, env = "CONNECTIONS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,
 
-    /// Origin allowed to call the API from a browser over gRPC-Web (repeatable;
-    /// the environment variable takes a comma-separated list). None by default.
+    /// Origin allowed to call the API from a browser over gRPC-Web, as
+    /// `scheme://host[:port]` (repeatable; the environment variable takes a
+    /// comma-separated list). None by default; `*` and `null` are refused.
     #[arg(
         long = "cors-allow-origin",
         env = "CONNECTIONS_CORS_ALLOW_ORIGIN",
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_parser = parse_origin
     )]
     pub cors_allow_origins: Vec<String>,
 
     /// TLS settings.
     #[command(flatten)]
     pub tls: TlsSettings,
+
+    /// How long a stop waits for calls in flight (after SIGTERM or SIGINT)
+    /// before it ends them: `10s`, `500ms`, `2m`.
+    #[arg(
+        long,
+        env = "CONNECTIONS_SHUTDOWN_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_duration
+    )]
+    pub shutdown_timeout: Duration,
 
     /// Do not serve the dashboard (the "Connect > Connections" page at `/`).
     /// `CONNECTIONS_DASHBOARD=false` does the same.
@@ -141,18 +153,35 @@ impl std::fmt::Debug for DatabaseSettings {
     }
 }
 
-/// `url` without its password (and user name), for messages and logs.
+/// `url` without its password (user information, or a `password` query
+/// parameter) and user name, for messages and logs.
 pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() || !parsed.username().is_empty() => {
-            // Neither fails on a URL that has a user name.
-            let _ = parsed.set_password(None);
-            let _ = parsed.set_username("***");
-            parsed.to_string()
-        }
-        Ok(_) => url.to_owned(),
-        Err(_) => "<database url>".to_owned(),
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return "<database url>".to_owned();
+    };
+    if parsed.password().is_some() || !parsed.username().is_empty() {
+        // Neither fails on a URL that has a user name.
+        let _ = parsed.set_password(None);
+        let _ = parsed.set_username("***");
     }
+    if parsed
+        .query_pairs()
+        .any(|(name, _)| name.eq_ignore_ascii_case("password"))
+    {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if name.eq_ignore_ascii_case("password") {
+                    "***".to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (name.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.into()
 }
 
 /// TLS: the server's certificate and key, and for mutual TLS the CAs that
@@ -211,6 +240,51 @@ impl Default for BackgroundSettings {
 
 /// How long request_id records are kept at least (SPEC section 4).
 pub const REQUEST_ID_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A duration: a whole number followed by `ms`, `s` or `m` (`s` if none).
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{value:?} is not a duration such as 10s, 500ms or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "" | "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number.saturating_mul(60))),
+        _ => Err(format!(
+            "{value:?} is not a duration such as 10s, 500ms or 2m"
+        )),
+    }
+}
+
+/// An origin a browser may call from: `http(s)://host[:port]`, surrounding
+/// spaces trimmed, in its serialized form. A wildcard would let any site
+/// call the API with a user's key, and `null` admits sandboxed frames and
+/// local files: both are refused, as is anything that is not an origin.
+fn parse_origin(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    match value {
+        "*" => return Err("a wildcard origin is not allowed: list each origin".to_owned()),
+        "null" => return Err("the origin null is not allowed".to_owned()),
+        _ => {}
+    }
+    let not_an_origin = || format!("{value:?} is not an origin of the form scheme://host[:port]");
+    let url = url::Url::parse(value).map_err(|_| not_an_origin())?;
+    let bare = url.username().is_empty()
+        && url.password().is_none()
+        && url.path() == "/"
+        && !value.ends_with('/')
+        && url.query().is_none()
+        && url.fragment().is_none();
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || !bare {
+        return Err(not_an_origin());
+    }
+    Ok(url.origin().ascii_serialization())
+}
 
 fn parse_secret(value: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(value.to_owned()))
@@ -334,7 +408,57 @@ mod tests {
             "sqlite://connections.db?mode=rwc"
         );
         assert!(!redact("postgres://app:p%40ss@h/db").contains("ss"));
+        let query = redact("postgres://h/db?sslmode=require&password=s3cret");
+        assert!(!query.contains("s3cret"), "{query}");
+        assert!(query.contains("sslmode=require"), "{query}");
         assert!(!format!("{:?}", DatabaseSettings::new("postgres://u:pw@h/db")).contains("pw"));
+    }
+
+    #[test]
+    fn origins_are_trimmed_and_wildcards_null_and_non_origins_refused() {
+        let parse = |value: &str| {
+            Cli::try_parse_from(["connections", "serve", "--cors-allow-origin", value]).map(|cli| {
+                let Command::Serve(args) = cli.command else {
+                    panic!("expected serve");
+                };
+                args.cors_allow_origins
+            })
+        };
+        assert_eq!(
+            parse("https://a.example, https://b.example:8443").unwrap(),
+            ["https://a.example", "https://b.example:8443"]
+        );
+        assert_eq!(parse("HTTPS://A.Example").unwrap(), ["https://a.example"]);
+        for bad in [
+            "*",
+            "null",
+            "a.example",
+            "https://a.example/",
+            "https://a.example/path",
+            "https://user@a.example",
+            "ftp://a.example",
+            "https://a.example?x=1",
+            "",
+        ] {
+            let err = parse(bad).expect_err(bad);
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+            assert_eq!(err.exit_code(), 2, "{bad}");
+        }
+    }
+
+    #[test]
+    fn durations_take_a_unit() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "s", "1h", "-1s", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            Settings::from_environment().shutdown_timeout,
+            Duration::from_secs(10)
+        );
     }
 
     #[test]

@@ -77,11 +77,11 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
     connected.map_err(|err| {
         // Driver errors may quote the whole URL, password included.
         let message = err.to_string();
-        if message.contains(&settings.url) || message.contains('@') {
+        let redacted = redact(&settings.url);
+        if message.contains(&settings.url) || message.contains('@') || redacted.contains("***") {
             DbErr::Custom(format!(
-                "cannot connect to {}: {}",
-                redact(&settings.url),
-                message.replace(&settings.url, &redact(&settings.url))
+                "cannot connect to {redacted}: {}",
+                message.replace(&settings.url, &redacted)
             ))
         } else {
             err

@@ -5,6 +5,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::{
@@ -195,14 +196,26 @@ impl Application {
             dashboard = if self.settings.dashboard { "/" } else { "off" },
             "serving gRPC"
         );
-        let result = self
+        let stopping = CancellationToken::new();
+        let serve = self
             .transport
-            .serve(routes, metrics, self.listener, async move {
-                shutdown.await;
-                tracing::info!("shutting down: finishing calls in flight");
-                health::set_all(&health_reporter, ServingStatus::NotServing).await;
-            })
-            .await;
+            .serve(routes, metrics, self.listener, stopping.clone());
+        let stop = async {
+            shutdown.await;
+            tracing::info!("shutting down: finishing calls in flight");
+            health::set_all(&health_reporter, ServingStatus::NotServing).await;
+            stopping.cancel();
+        };
+        // Serves until the stop, then until the calls in flight finish or
+        // the drain deadline passes: then the calls left are dropped.
+        let deadline = self.settings.shutdown_timeout;
+        let result = tokio::select! {
+            result = serve => result,
+            () = async { stop.await; tokio::time::sleep(deadline).await } => {
+                tracing::warn!(?deadline, "calls still in flight at the drain deadline: ending them");
+                Ok(())
+            }
+        };
 
         for task in tasks {
             task.stop().await;

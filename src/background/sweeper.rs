@@ -24,7 +24,11 @@ pub fn start(
                 () = tokio::time::sleep(interval) => {}
                 () = stop.cancelled() => return,
             }
-            let cutoff = chrono::Utc::now() - retention;
+            // A retention longer than the calendar allows deletes nothing.
+            let Some(cutoff) = chrono::Utc::now().checked_sub_signed(retention) else {
+                activity.round_done();
+                continue;
+            };
             match idempotency::delete_expired(&db, cutoff).await {
                 Ok(0) => {}
                 Ok(deleted) => tracing::info!(deleted, "expired request_id records deleted"),

@@ -6,6 +6,7 @@ pub mod admin_api;
 pub mod auth;
 pub mod connection_api;
 pub mod convert;
+pub mod drain;
 pub mod organization_api;
 pub mod server;
 pub mod status;

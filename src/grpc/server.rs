@@ -2,9 +2,10 @@
 //! the transport they are served on ([`Transport`]: TLS, CORS for gRPC-Web,
 //! limits).
 
-use std::{future::Future, path::Path, sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tonic::{
     server::NamedService,
     service::Routes,
@@ -13,7 +14,9 @@ use tonic::{
 use tonic_health::server::HealthReporter;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use super::{AdminApi, AdminToken, Authenticator, ConnectionApi, OrganizationApi};
+use super::{
+    AdminApi, AdminToken, Authenticator, ConnectionApi, OrganizationApi, drain::EndStreamsLayer,
+};
 use crate::{
     config::{Settings, TlsSettings},
     metrics::{Metrics, MetricsLayer},
@@ -199,14 +202,15 @@ impl Transport {
     }
 
     /// Serves `routes` on `listener`, recording calls in `metrics`, until
-    /// `shutdown` completes; then stops accepting calls and lets the calls in
-    /// flight finish.
+    /// `stopping` is cancelled; then stops accepting calls, ends open streams
+    /// (UNAVAILABLE, see [`drain`](super::drain)) and lets the calls in flight
+    /// finish.
     pub async fn serve(
         self,
         routes: Routes,
         metrics: Option<Arc<Metrics>>,
         listener: TcpListener,
-        shutdown: impl Future<Output = ()>,
+        stopping: CancellationToken,
     ) -> Result<(), tonic::transport::Error> {
         let mut server = Server::builder();
         if let Some(tls) = self.tls {
@@ -218,6 +222,7 @@ impl Transport {
             .accept_http1(true)
             .layer(self.cors)
             .layer(MetricsLayer::new(metrics))
+            .layer(EndStreamsLayer::new(stopping.clone()))
             .timeout(REQUEST_TIMEOUT)
             .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
@@ -225,7 +230,7 @@ impl Transport {
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path(), caller = tracing::field::Empty))
             .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, shutdown)
+            .serve_with_incoming_shutdown(incoming, stopping.cancelled_owned())
             .await
     }
 }
@@ -264,10 +269,12 @@ const GRPC_WEB_RESPONSE_HEADERS: [&str; 3] =
 fn cors_layer(origins: &[String]) -> Result<CorsLayer, TransportError> {
     let origins = origins
         .iter()
-        .map(|origin| {
-            origin
+        .map(|origin| match origin.as_str() {
+            // `AllowOrigin::list` would panic on a wildcard.
+            "*" => Err(TransportError::InvalidOrigin(origin.clone())),
+            _ => origin
                 .parse()
-                .map_err(|_| TransportError::InvalidOrigin(origin.clone()))
+                .map_err(|_| TransportError::InvalidOrigin(origin.clone())),
         })
         .collect::<Result<Vec<http::HeaderValue>, _>>()?;
     Ok(CorsLayer::new()

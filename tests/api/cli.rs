@@ -156,3 +156,39 @@ fn admin_commands_reject_malformed_input_with_a_message() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("--org"));
 }
+
+/// A CORS origin that would admit any site (`*`), sandboxed frames and local
+/// files (`null`), or that is not an origin at all, stops `serve` before it
+/// starts: a sentence and exit code 2, never a panic. A comma-separated list
+/// in the environment is trimmed.
+#[test]
+fn serve_refuses_wildcard_null_and_malformed_cors_origins_with_exit_code_2() {
+    let (url, path) = database_url();
+    for (origin, says) in [
+        ("*", "wildcard"),
+        ("null", "null"),
+        ("https://a.example/path", "not an origin"),
+    ] {
+        for from_env in [false, true] {
+            let mut command = Command::new(BIN);
+            command
+                .args(["serve", "--listen", "127.0.0.1:0"])
+                .env("CONNECTIONS_DATABASE_URL", &url)
+                .env_remove("RUST_LOG");
+            if from_env {
+                command.env(
+                    "CONNECTIONS_CORS_ALLOW_ORIGIN",
+                    format!("https://ok.example, {origin}"),
+                );
+            } else {
+                command.args(["--cors-allow-origin", origin]);
+            }
+            let output = command.output().expect("run connections");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "{origin}: {stderr}");
+            assert!(stderr.contains(says), "{origin}: {stderr}");
+            assert!(!stderr.contains("panicked"), "{origin}: {stderr}");
+        }
+    }
+    let _ = std::fs::remove_file(path);
+}

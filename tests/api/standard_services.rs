@@ -316,3 +316,88 @@ async fn graceful_stop_completes_calls_in_flight_and_refuses_new_ones() {
     assert_eq!(connections, 1, "the call after the stop created nothing");
     own.close().await.unwrap();
 }
+
+/// `future`'s output; fails the test if it takes over 10 s.
+async fn within_10s<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(10), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} within 10 s"))
+}
+
+/// A stop does not wait forever for streams: a health Watch gets NOT_SERVING
+/// and then ends with UNAVAILABLE, a reflection session the client never
+/// closes ends with UNAVAILABLE, and the server then stops. (Before, each
+/// held the stop up indefinitely.)
+#[tokio::test]
+async fn a_stop_ends_open_health_and_reflection_streams_with_unavailable() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest,
+    };
+    let app = spawn_app().await;
+    let mut watch = HealthClient::new(app.channel.clone())
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.next().await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    // A reflection session whose request stream stays open.
+    let (requests, open_requests) = tokio::sync::mpsc::channel(1);
+    requests
+        .send(ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        })
+        .await
+        .unwrap();
+    let mut reflection = ServerReflectionClient::new(app.channel.clone())
+        .server_reflection_info(tokio_stream::wrappers::ReceiverStream::new(open_requests))
+        .await
+        .unwrap()
+        .into_inner();
+    reflection.next().await.unwrap().unwrap();
+
+    let (stopping, _database) = app.begin_stop();
+    let not_serving = within_10s("NOT_SERVING", watch.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(not_serving.status(), ServingStatus::NotServing);
+    let ended = within_10s("the watch ends", watch.next()).await.unwrap();
+    assert_eq!(ended.unwrap_err().code(), Code::Unavailable);
+    let ended = within_10s("the reflection session ends", reflection.next())
+        .await
+        .unwrap();
+    assert_eq!(ended.unwrap_err().code(), Code::Unavailable);
+    within_10s("the server stops", stopping.finished()).await;
+    drop(requests);
+}
+
+/// The binary, sent SIGTERM while a health Watch is open, exits 0 without
+/// waiting for its drain deadline (it used to hang until killed).
+#[tokio::test]
+async fn sigterm_with_an_open_watch_exits_zero() {
+    let (_database, url) = crate::support::TestDatabase::create(true).await;
+    // A drain deadline longer than `wait` allows: only ending the stream can
+    // let the process exit in time.
+    let server =
+        crate::support::process::Server::start_with(&url, &["--shutdown-timeout", "60s"], &[])
+            .await;
+    let mut watch = HealthClient::new(server.channel.clone())
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    watch.next().await.unwrap().unwrap();
+    server.signal("-TERM");
+    // `wait` fails the test if the process has not exited within 30 s.
+    let status = server.wait().await;
+    assert!(status.success(), "{status}");
+    drop(watch);
+}
