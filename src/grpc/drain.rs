@@ -5,7 +5,8 @@
 //! any server stream) would hold the server up forever. [`EndStreamsLayer`]
 //! wraps every response body: once the stop begins, a body that has nothing
 //! ready to send ends at once, with the status UNAVAILABLE, so the client
-//! knows to reconnect elsewhere. What a body has ready is sent first, so a
+//! knows to reconnect elsewhere; a request stream the client keeps open ends
+//! as if the client had closed it. What a body has ready is sent first, so a
 //! unary response (ready in full when its handler returns) and a last stream
 //! message (e.g. health's NOT_SERVING) are never cut.
 
@@ -53,8 +54,9 @@ pub struct EndStreams<S> {
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for EndStreams<S>
 where
-    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S: tower::Service<http::Request<EndOnStop<ReqBody>>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
+    ReqBody: Body<Data = Bytes>,
     ResBody: Body<Data = Bytes>,
 {
     type Response = http::Response<EndOnStop<ResBody>>;
@@ -67,6 +69,14 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let stopping = self.stopping.clone();
+        // The request side of a stream ends too (as if the client had
+        // half-closed it), so that handlers reading it finish.
+        let request = request.map(|inner| EndOnStop {
+            inner,
+            stop: Box::pin(stopping.clone().cancelled_owned()),
+            trailers: false,
+            ended: false,
+        });
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
