@@ -40,6 +40,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
     let mut options = ConnectOptions::new(settings.url.clone());
     let in_memory = settings.url.contains(":memory:") || settings.url.contains("mode=memory");
+    if !in_memory {
+        create_private_sqlite_file(&settings.url);
+    }
     options
         .max_connections(if in_memory {
             1
@@ -87,6 +90,32 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
             err
         }
     })
+}
+
+/// Creates the SQLite database file of `url`, if there is none yet, readable
+/// and writable by its owner only: it holds every tenant's data and the key
+/// that signs page tokens. (SQLite gives its journal files the database
+/// file's permissions.) Anything but a SQLite file URL is left alone.
+fn create_private_sqlite_file(url: &str) {
+    use std::str::FromStr;
+    if !url.starts_with("sqlite:") {
+        return;
+    }
+    let Ok(options) = sqlx::sqlite::SqliteConnectOptions::from_str(url) else {
+        // The driver reports the malformed URL when it connects.
+        return;
+    };
+    let path = options.get_filename();
+    if path.as_os_str().is_empty() || path.exists() {
+        return;
+    }
+    let mut file = std::fs::OpenOptions::new();
+    file.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+    // Fails if another process created it first (it keeps its own), or
+    // for a reason the driver reports when it opens the file.
+    let _ = file.open(path);
 }
 
 /// Write transactions of this process on SQLite take turns here. SQLite
@@ -218,6 +247,25 @@ mod tests {
             error::DbFailure::Unavailable,
             "{err}"
         );
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_new_sqlite_database_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let path =
+            std::env::temp_dir().join(format!("connections-mode-{}.db", uuid::Uuid::now_v7()));
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let db = connect(&DatabaseSettings::new(url)).await.unwrap();
+        migrate(&db).await.unwrap();
+        db.close().await.unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.clone().into_os_string();
+            file.push(suffix);
+            let _ = std::fs::remove_file(file);
+        }
+        assert_eq!(mode, 0o600, "{mode:o}");
     }
 
     #[tokio::test]
