@@ -220,6 +220,8 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
     await page.getByRole("heading", { name: "Connections", exact: true }).waitFor();
     await tabTo("New connection");
     await page.keyboard.press("Enter");
+    // Opening a view moves the focus to its heading; Tab on from there.
+    await page.waitForFunction(() => document.activeElement?.textContent === "New connection");
     await tabTo("Destination organization ID");
     await page.keyboard.type(k.id);
     await page.getByText(`You are connecting to ${k.name}.`).waitFor();
@@ -228,6 +230,7 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
     await tabTo("Create connection");
     await page.keyboard.press("Enter");
     await seeState(page, "Pending");
+    await page.waitForFunction(() => document.activeElement?.textContent === "Connection");
     await tabTo("Deactivate");
     await page.keyboard.press("Enter");
     await tabTo("Reason");

@@ -67,14 +67,17 @@ export function ConnectionDetail({ id }: { id: string }) {
 
   if (!connection) {
     return (
+      // The same heading element as when loaded, so the focus stays on it.
       <section aria-labelledby="detail-heading">
-        <h2 id="detail-heading" tabIndex={-1}>
-          Connection
-        </h2>
-        {refusal ? <ProblemNote problem={refusal} onRetry={() => void load()} /> : <p role="status">Loading…</p>}
         <p>
           <a href="#/">Back to connections</a>
         </p>
+        <div class="heading-row">
+          <h2 id="detail-heading" tabIndex={-1}>
+            Connection
+          </h2>
+        </div>
+        {refusal ? <ProblemNote problem={refusal} onRetry={() => void load()} /> : <p role="status">Loading…</p>}
       </section>
     );
   }
