@@ -10,6 +10,9 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://connections.db?mode=rwc";
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 
+/// Shortest admin token accepted, in characters.
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
+
 /// One-directional data-sharing connections between organizations, over gRPC.
 #[derive(Debug, Parser)]
 #[command(name = "connections", version, about)]
@@ -45,7 +48,9 @@ pub struct Settings {
 
     /// Token for AdminService (prefer the environment variable: arguments are
     /// visible to other local users). Without it, AdminService refuses every call.
-    #[arg(long, env = "CONNECTIONS_ADMIN_TOKEN", hide_env_values = true, value_parser = parse_secret)]
+    /// At least 32 characters (e.g. `openssl rand -hex 32`); surrounding
+    /// whitespace is ignored.
+    #[arg(long, env = "CONNECTIONS_ADMIN_TOKEN", hide_env_values = true, value_parser = AdminTokenParser)]
     pub admin_token: Option<SecretString>,
 
     /// Log format.
@@ -286,7 +291,40 @@ fn parse_origin(value: &str) -> Result<String, String> {
     Ok(url.origin().ascii_serialization())
 }
 
-fn parse_secret(value: &str) -> Result<SecretString, String> {
+/// Parses the admin token with [`parse_admin_token`]; its errors, unlike
+/// clap's own, do not quote the value.
+#[derive(Debug, Clone, Copy)]
+struct AdminTokenParser;
+
+impl clap::builder::TypedValueParser for AdminTokenParser {
+    type Value = SecretString;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<SecretString, clap::Error> {
+        use clap::error::ErrorKind;
+        let refuse =
+            |kind, message: &str| clap::Error::raw(kind, format!("{message}\n")).with_cmd(cmd);
+        let value = value
+            .to_str()
+            .ok_or_else(|| refuse(ErrorKind::InvalidUtf8, "the admin token is not UTF-8"))?;
+        parse_admin_token(value).map_err(|message| refuse(ErrorKind::ValueValidation, &message))
+    }
+}
+
+/// The admin token, trimmed: at least [`MIN_ADMIN_TOKEN_LEN`] characters,
+/// so that it cannot be guessed online.
+fn parse_admin_token(value: &str) -> Result<SecretString, String> {
+    let value = value.trim();
+    if value.chars().count() < MIN_ADMIN_TOKEN_LEN {
+        return Err(format!(
+            "the admin token must be at least {MIN_ADMIN_TOKEN_LEN} characters \
+             (generate one with `openssl rand -hex 32`)"
+        ));
+    }
     Ok(SecretString::from(value.to_owned()))
 }
 
@@ -343,6 +381,22 @@ pub enum AdminCommand {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn admin_tokens_are_trimmed_and_need_32_characters() {
+        use secrecy::ExposeSecret;
+        let long = "a".repeat(MIN_ADMIN_TOKEN_LEN);
+        assert_eq!(
+            parse_admin_token(&format!(" {long}\n"))
+                .unwrap()
+                .expose_secret(),
+            long
+        );
+        for short in ["", "change-me", &format!(" {} ", &long[1..])] {
+            let err = parse_admin_token(short).unwrap_err();
+            assert!(err.contains("at least 32 characters"), "{short:?}: {err}");
+        }
+    }
 
     #[test]
     fn command_line_is_well_formed() {

@@ -118,7 +118,7 @@ impl Options {
     }
 }
 
-const ADMIN_TOKEN: &str = "bench-admin-token";
+const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
 /// Whether the service looks up the caller's API key on every call (so the
 /// pgbench scripts must too). It does not: verified keys are cached for 2 s,
 /// so under load the lookup is one query per key per 2 s, not per call.

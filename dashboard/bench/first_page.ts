@@ -13,7 +13,7 @@ import { DataType } from "../src/gen/connections/v1/resources_pb.js";
 import { context, launch, Server, signIn } from "../test/harness.js";
 
 const count = Number(process.argv[2] ?? 10_000);
-const ADMIN_TOKEN = "first-page-measurement";
+const ADMIN_TOKEN = "first-page-measurement-0123456789abcdef";
 
 /** Runs `task(i)` for i in 0..n, `width` at a time. */
 async function inParallel(n: number, width: number, task: (i: number) => Promise<void>): Promise<void> {

@@ -79,10 +79,12 @@ impl std::fmt::Debug for AdminToken {
 }
 
 impl AdminToken {
-    /// The configured token; `None` (or an empty token) refuses every call.
+    /// The configured token, without surrounding whitespace (as the bearer
+    /// credential it is compared with); `None` (or an empty token) refuses
+    /// every call.
     pub fn new(token: Option<&SecretString>) -> Self {
         let digest = token
-            .map(ExposeSecret::expose_secret)
+            .map(|t| t.expose_secret().trim())
             .filter(|t| !t.is_empty())
             .map(digest);
         Self { digest }
@@ -128,6 +130,12 @@ mod tests {
         let token = AdminToken::new(Some(&secret));
         assert!(token.check(&metadata(Some("Bearer s3cret-token"))).is_ok());
         assert!(token.check(&metadata(Some("bearer s3cret-token"))).is_ok());
+        let padded = AdminToken::new(Some(&SecretString::from(" s3cret-token\n")));
+        assert!(
+            padded
+                .check(&metadata(Some("Bearer  s3cret-token ")))
+                .is_ok()
+        );
         for bad in [
             None,
             Some("Bearer wrong"),

@@ -16,6 +16,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::{
     AdminApi, AdminToken, Authenticator, ConnectionApi, OrganizationApi, drain::EndStreamsLayer,
+    limits::LimitsLayer,
 };
 use crate::{
     config::{Settings, TlsSettings},
@@ -222,6 +223,7 @@ impl Transport {
             .accept_http1(true)
             .layer(self.cors)
             .layer(MetricsLayer::new(metrics))
+            .layer(LimitsLayer)
             .layer(EndStreamsLayer::new(stopping.clone()))
             .timeout(REQUEST_TIMEOUT)
             .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)

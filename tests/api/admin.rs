@@ -31,8 +31,8 @@ async fn a_wrong_or_missing_admin_token_is_unauthenticated() {
     let org = app.new_org("A").await;
     for bearer in [
         Bearer::none(),
-        Bearer::new("test-admin-token-but-longer"),
-        Bearer::new("test-admin-toke"),
+        Bearer::new("test-admin-token-0123456789abcdef-and-more"),
+        Bearer::new("test-admin-token-0123456789abcde"),
         Bearer::new(&org.key),
     ] {
         let status = app

@@ -79,7 +79,10 @@ async fn operators_bootstrap_with_admin_commands_then_serve_and_stop_on_sigterm(
             "json",
         ])
         .env("CONNECTIONS_DATABASE_URL", &url)
-        .env("CONNECTIONS_ADMIN_TOKEN", "cli-test-token")
+        .env(
+            "CONNECTIONS_ADMIN_TOKEN",
+            "cli-test-token-0123456789abcdef0123",
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -161,6 +164,30 @@ fn admin_commands_reject_malformed_input_with_a_message() {
 /// files (`null`), or that is not an origin at all, stops `serve` before it
 /// starts: a sentence and exit code 2, never a panic. A comma-separated list
 /// in the environment is trimmed.
+#[test]
+fn serve_refuses_an_admin_token_under_32_characters_with_exit_code_2() {
+    let (url, path) = database_url();
+    // 31 characters, padded with whitespace that does not count.
+    let short = format!("  {}  ", "x".repeat(31));
+    for token in ["change-me", short.as_str()] {
+        let output = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("CONNECTIONS_DATABASE_URL", &url)
+            .env("CONNECTIONS_ADMIN_TOKEN", token)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run connections");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{token:?}: {stderr}");
+        assert!(stderr.contains("at least 32 characters"), "{stderr}");
+        assert!(
+            !stderr.contains(token.trim()),
+            "the token is echoed: {stderr}"
+        );
+    }
+    let _ = std::fs::remove_file(path);
+}
+
 #[test]
 fn serve_refuses_wildcard_null_and_malformed_cors_origins_with_exit_code_2() {
     let (url, path) = database_url();

@@ -90,7 +90,7 @@ async fn malformed_grpc_length_prefixes_and_flags_are_refused() {
             "length prefix of 4 GiB",
             None,
             grpc_frame(0, u32::MAX, &id_field),
-            Code::OutOfRange,
+            Code::ResourceExhausted,
             "decoded message length too large",
         ),
         (

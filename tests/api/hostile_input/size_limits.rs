@@ -18,11 +18,11 @@ use tonic_types::StatusExt;
 
 use super::{assert_still_serving, fresh_channel};
 use crate::support::{
-    ADMIN_TOKEN, Bearer, TestOrg, assert_error, bounded, spawn_app, violated_fields,
+    ADMIN_TOKEN, Bearer, TestApp, TestOrg, assert_error, bounded, spawn_app, violated_fields,
 };
 
 #[tokio::test]
-async fn messages_over_64_kib_are_out_of_range_and_exactly_64_kib_reach_validation() {
+async fn messages_over_64_kib_are_resource_exhausted_and_exactly_64_kib_reach_validation() {
     assert_eq!(MAX_DECODING_MESSAGE_SIZE, 64 * 1024);
     assert_eq!(MAX_ENCODING_MESSAGE_SIZE, 4 * 1024 * 1024);
     let app = spawn_app().await;
@@ -54,10 +54,10 @@ async fn messages_over_64_kib_are_out_of_range_and_exactly_64_kib_reach_validati
     )
     .await
     .unwrap_err();
-    // tonic reports an over-limit message as OUT_OF_RANGE (gRPC core and
-    // grpc-go say RESOURCE_EXHAUSTED), from its codec: the application never
-    // runs, so there is no ErrorInfo. Only the 5-byte prefix is needed to refuse.
-    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    // RESOURCE_EXHAUSTED, as gRPC's status-code guide says (and gRPC core
+    // and grpc-go send), from the transport: the application never runs, so
+    // there is no ErrorInfo. Only the 5-byte prefix is needed to refuse.
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert!(
         status.message().contains("the limit is: 65536 bytes"),
         "{status:?}"
@@ -68,7 +68,7 @@ async fn messages_over_64_kib_are_out_of_range_and_exactly_64_kib_reach_validati
         .deactivate_connection(request_of_size(MAX_DECODING_MESSAGE_SIZE + 1))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
 
     // Exactly at the limit: decoded, then refused by the application.
     let status = client
@@ -212,6 +212,50 @@ async fn metadata_over_16_kib_is_refused_at_the_transport_and_under_it_is_served
         assert_eq!(header_refusal(&status), refusal, "{name}");
         assert_still_serving(&app, &org).await;
     }
+}
+
+/// A gRPC-Web GetOrganization over HTTP/1.1 as `org` with `padding` bytes
+/// of extra metadata; returns the response's status line.
+async fn grpc_web_http1_status_line(app: &TestApp, org: &TestOrg, padding: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let request = format!(
+        "POST /connections.v1.OrganizationService/GetOrganization HTTP/1.1\r\n\
+         host: x\r\ncontent-type: application/grpc-web+proto\r\n\
+         authorization: Bearer {}\r\nx-padding: {}\r\n\
+         content-length: 5\r\nconnection: close\r\n\r\n",
+        org.key,
+        "a".repeat(padding)
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    // An empty GetOrganizationRequest in a gRPC-Web frame.
+    let _ = stream.write_all(&[0, 0, 0, 0, 0]).await;
+    let mut reply = Vec::new();
+    bounded("the HTTP/1.1 reply", stream.read_to_end(&mut reply))
+        .await
+        .ok();
+    let reply = String::from_utf8_lossy(&reply);
+    reply.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn grpc_web_over_http1_is_held_to_the_same_16_kib_header_limit() {
+    let app = spawn_app().await;
+    let org = app.new_org("A").await;
+    assert_eq!(
+        grpc_web_http1_status_line(&app, &org, 15 * 1024).await,
+        "HTTP/1.1 200 OK"
+    );
+    assert_eq!(
+        grpc_web_http1_status_line(&app, &org, 17 * 1024).await,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    // Far over it (hyper alone would read up to ~400 KiB): refused the same way.
+    assert_eq!(
+        grpc_web_http1_status_line(&app, &org, 200 * 1024).await,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    assert_still_serving(&app, &org).await;
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use tonic_types::StatusExt;
 use uuid::Uuid;
 
 /// The AdminService token of every test server.
-pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
 
 /// Adds `authorization: Bearer <secret>` to every call.
 #[derive(Clone)]
