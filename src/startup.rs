@@ -127,6 +127,12 @@ impl Application {
             .and_then(|listener| listener.local_addr().ok())
     }
 
+    /// The API keys layer (shared with the server, not a copy): its
+    /// counters show what authentication cost.
+    pub fn api_keys(&self) -> ApiKeys {
+        self.services.api_keys.clone()
+    }
+
     /// The pool the health probes use (shared with the server, not a copy).
     pub fn health_database(&self) -> DatabaseConnection {
         self.health_db.clone()

@@ -87,6 +87,7 @@ const SENTENCES: Record<ErrorReason, string> = {
     "This connection changed at the same moment. Here is its current state; try again if you still want to.",
   [ErrorReason.DATABASE_UNAVAILABLE]: "The service is unavailable right now.",
   [ErrorReason.INTERNAL]: "Something went wrong on our side. Please try again later.",
+  [ErrorReason.AUTHENTICATION_THROTTLED]: "The service is busy right now. Please try again in a moment.",
 };
 
 /** The sentence and details of a failed call. */

@@ -24,6 +24,7 @@ impl From<ServiceError> for Status {
             E::ApiKeyMissing => (Code::Unauthenticated, ErrorReason::ApiKeyMissing),
             E::ApiKeyInvalid => (Code::Unauthenticated, ErrorReason::ApiKeyInvalid),
             E::AdminTokenInvalid => (Code::Unauthenticated, ErrorReason::AdminTokenInvalid),
+            E::KeyLookupsThrottled => (Code::Unavailable, ErrorReason::AuthenticationThrottled),
             E::InvalidArgument(fields) => {
                 violations.extend(fields.iter().cloned());
                 (Code::InvalidArgument, ErrorReason::InvalidArgument)

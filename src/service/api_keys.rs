@@ -8,8 +8,19 @@
 //! through this process stops working at once, even for a call whose lookup
 //! raced with the revocation; one revoked elsewhere (another replica, the CLI)
 //! within that TTL, inside the 5 seconds SPEC allows.
+//!
+//! Presented secrets cost a database lookup only when they can matter: one
+//! that cannot be a key (not `cnx_` and 43 base64url characters) is refused
+//! unread; one that matched no key is remembered as unknown for
+//! [`UNKNOWN_KEY_TTL`]; and lookups of secrets that have not verified lately
+//! are limited to [`NEW_KEY_LOOKUPS_PER_SECOND`] (a call waits up to
+//! [`NEW_KEY_LOOKUP_WAIT`] for its turn, then is refused as throttled). A
+//! flood of random well-formed keys therefore costs a bounded number of
+//! queries, and the keys of callers seen lately skip the limit, so the flood
+//! does not lock them out.
 
 use std::{
+    num::NonZeroU32,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -18,6 +29,7 @@ use std::{
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use moka::sync::Cache;
 use sea_orm::DatabaseConnection;
 use sha2::{Digest, Sha256};
@@ -35,14 +47,37 @@ use crate::{
 pub const SECRET_PREFIX: &str = "cnx_";
 /// Characters of the secret kept as the key's non-secret `prefix`.
 const DISPLAY_PREFIX_LEN: usize = 12;
-/// Longer presented secrets are refused without hashing.
-pub const MAX_SECRET_LEN: usize = 128;
+/// Characters after the prefix: 256 bits in base64url, without padding.
+const SECRET_BODY_LEN: usize = 43;
+/// The length of every secret.
+pub const SECRET_LEN: usize = SECRET_PREFIX.len() + SECRET_BODY_LEN;
 
 /// How long a verified key is trusted before the database is asked again;
 /// the longest a key revoked on another replica keeps working there.
 pub const VERIFIED_KEY_TTL: Duration = Duration::from_secs(2);
 /// Most verified keys remembered; beyond it the least used are forgotten.
 const VERIFIED_KEY_CAPACITY: u64 = 100_000;
+/// How long a key that verified keeps skipping the lookup limit.
+const KNOWN_KEY_TTL: Duration = Duration::from_secs(15 * 60);
+/// How long a well-formed secret that matched no key is refused unread.
+pub const UNKNOWN_KEY_TTL: Duration = Duration::from_secs(60);
+/// Most unknown secrets remembered.
+const UNKNOWN_KEY_CAPACITY: u64 = 100_000;
+/// Database lookups per second, per process, of secrets that have not
+/// verified lately (with as many in a burst).
+pub const NEW_KEY_LOOKUPS_PER_SECOND: u32 = 100;
+/// How long a call waits for a lookup turn before it is refused.
+pub const NEW_KEY_LOOKUP_WAIT: Duration = Duration::from_secs(1);
+
+/// Whether `secret` has the form of a key: the prefix, then 43 base64url
+/// characters.
+fn well_formed(secret: &str) -> bool {
+    secret.len() == SECRET_LEN
+        && secret.starts_with(SECRET_PREFIX)
+        && secret[SECRET_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
 
 /// The API keys business layer. Clones share one cache of verified keys.
 #[derive(Clone)]
@@ -52,6 +87,14 @@ pub struct ApiKeys {
     reader: Reader,
     /// Digest of a verified secret -> its organization.
     verified: Cache<[u8; 32], OrganizationId>,
+    /// Digests of secrets that verified lately: their lookups are not limited.
+    known: Cache<[u8; 32], ()>,
+    /// Digests of well-formed secrets that matched no key.
+    unknown: Cache<[u8; 32], ()>,
+    /// Limits lookups of the secrets in neither cache.
+    new_key_lookups: Arc<DefaultDirectRateLimiter>,
+    /// How long a call waits for a lookup turn ([`NEW_KEY_LOOKUP_WAIT`]).
+    lookup_wait: Duration,
     /// Revocations through this process so far: a lookup that overlapped one
     /// does not leave its key remembered.
     revocations: Arc<AtomicU64>,
@@ -77,13 +120,25 @@ impl ApiKeys {
                 .max_capacity(VERIFIED_KEY_CAPACITY)
                 .time_to_live(VERIFIED_KEY_TTL)
                 .build(),
+            known: Cache::builder()
+                .max_capacity(VERIFIED_KEY_CAPACITY)
+                .time_to_idle(KNOWN_KEY_TTL)
+                .build(),
+            unknown: Cache::builder()
+                .max_capacity(UNKNOWN_KEY_CAPACITY)
+                .time_to_live(UNKNOWN_KEY_TTL)
+                .build(),
+            new_key_lookups: Arc::new(RateLimiter::direct(Quota::per_second(
+                NonZeroU32::new(NEW_KEY_LOOKUPS_PER_SECOND).expect("a positive rate"),
+            ))),
+            lookup_wait: NEW_KEY_LOOKUP_WAIT,
             revocations: Arc::new(AtomicU64::new(0)),
             lookups: Arc::new(AtomicU64::new(0)),
         }
     }
 
     /// How many presented secrets were looked up in the database so far:
-    /// malformed ones and recently verified ones cost none.
+    /// malformed, recently verified and recently unknown ones cost none.
     pub fn lookups(&self) -> u64 {
         self.lookups.load(Ordering::SeqCst)
     }
@@ -147,9 +202,10 @@ impl ApiKeys {
     }
 
     /// The organization a presented secret acts for. Unknown, malformed and
-    /// revoked keys are all `ApiKeyInvalid`.
+    /// revoked keys are all `ApiKeyInvalid`; a secret that waited too long
+    /// for its lookup turn is `KeyLookupsThrottled`.
     pub async fn authenticate(&self, secret: &str) -> Result<OrganizationId, ServiceError> {
-        if secret.len() > MAX_SECRET_LEN || !secret.starts_with(SECRET_PREFIX) {
+        if !well_formed(secret) {
             return Err(ServiceError::ApiKeyInvalid);
         }
         let presented = digest(secret);
@@ -158,6 +214,14 @@ impl ApiKeys {
         if let Some(organization) = self.verified.get(&presented) {
             return Ok(organization);
         }
+        if self.unknown.contains_key(&presented) {
+            return Err(ServiceError::ApiKeyInvalid);
+        }
+        if !self.known.contains_key(&presented) {
+            tokio::time::timeout(self.lookup_wait, self.new_key_lookups.until_ready())
+                .await
+                .map_err(|_| ServiceError::KeyLookupsThrottled)?;
+        }
         let revocations = self.revocations.load(Ordering::SeqCst);
         self.lookups.fetch_add(1, Ordering::SeqCst);
         let found = api_key::lookup(&self.reader, &presented).await?;
@@ -165,6 +229,7 @@ impl ApiKeys {
             // The lookup is by digest; the constant-time comparison makes the
             // final decision independent of where the bytes differ.
             Some((organization, stored)) if bool::from(stored.ct_eq(&presented)) => {
+                self.known.insert(presented, ());
                 self.verified.insert(presented, organization);
                 // The lookup may have read the key just before a revocation
                 // counted since it began: do not remember it past this call.
@@ -175,7 +240,11 @@ impl ApiKeys {
                 }
                 Ok(organization)
             }
-            _ => Err(ServiceError::ApiKeyInvalid),
+            _ => {
+                self.known.invalidate(&presented);
+                self.unknown.insert(presented, ());
+                Err(ServiceError::ApiKeyInvalid)
+            }
         }
     }
 }
@@ -224,36 +293,77 @@ mod tests {
     #[tokio::test]
     async fn secrets_that_cannot_be_keys_are_refused_without_a_lookup() {
         let (keys, _, secret) = setup().await;
-        let too_long = format!(
-            "{SECRET_PREFIX}{}",
-            "a".repeat(MAX_SECRET_LEN + 1 - SECRET_PREFIX.len())
-        );
-        let longest = format!(
-            "{SECRET_PREFIX}{}",
-            "a".repeat(MAX_SECRET_LEN - SECRET_PREFIX.len())
-        );
+        assert!(well_formed(&secret), "{secret}");
+        let body = &secret[SECRET_PREFIX.len()..];
         for presented in [
-            "",
-            "cnx",
-            "key_abc",
-            &secret[SECRET_PREFIX.len()..],
-            &too_long,
+            String::new(),
+            "cnx".to_owned(),
+            format!("key_{body}"),
+            body.to_owned(),
+            format!("{secret}A"),
+            secret[..SECRET_LEN - 1].to_owned(),
+            format!("{}+", &secret[..SECRET_LEN - 1]),
+            format!("{}=", &secret[..SECRET_LEN - 1]),
+            format!("{}é", &secret[..SECRET_LEN - 2]),
         ] {
             assert!(
                 matches!(
-                    keys.authenticate(presented).await,
+                    keys.authenticate(&presented).await,
                     Err(ServiceError::ApiKeyInvalid)
                 ),
                 "{presented:?}"
             );
             assert_eq!(keys.lookups(), 0, "{presented:?} was looked up");
         }
-        // The longest secret accepted for a lookup is looked up (and unknown).
-        assert!(matches!(
-            keys.authenticate(&longest).await,
-            Err(ServiceError::ApiKeyInvalid)
-        ));
+    }
+
+    #[tokio::test]
+    async fn an_unknown_secret_is_looked_up_once_then_refused_from_memory() {
+        let (keys, _, _) = setup().await;
+        let unknown = format!("{SECRET_PREFIX}{}", "A".repeat(SECRET_BODY_LEN));
+        for _ in 0..5 {
+            assert!(matches!(
+                keys.authenticate(&unknown).await,
+                Err(ServiceError::ApiKeyInvalid)
+            ));
+        }
         assert_eq!(keys.lookups(), 1);
+    }
+
+    #[tokio::test]
+    async fn new_secrets_are_looked_up_at_a_limited_rate_but_known_keys_are_not() {
+        let (mut keys, org, secret) = setup().await;
+        assert_eq!(keys.authenticate(&secret).await.unwrap(), org);
+        // No waiting for a turn: refused as soon as the limit is reached.
+        keys.lookup_wait = Duration::ZERO;
+        let mut new_secrets = 0;
+        let throttled_after = loop {
+            let random = format!("{SECRET_PREFIX}{new_secrets:A>43}");
+            let lookups = keys.lookups();
+            match keys.authenticate(&random).await {
+                Err(ServiceError::ApiKeyInvalid) => new_secrets += 1,
+                Err(ServiceError::KeyLookupsThrottled) => {
+                    assert_eq!(keys.lookups(), lookups, "a refused secret was looked up");
+                    break new_secrets;
+                }
+                other => panic!("{other:?}"),
+            }
+            assert!(
+                new_secrets < 10 * NEW_KEY_LOOKUPS_PER_SECOND,
+                "never throttled"
+            );
+        };
+        // The burst, and what refilled while it was used up.
+        assert!(
+            throttled_after >= NEW_KEY_LOOKUPS_PER_SECOND,
+            "{throttled_after}"
+        );
+        // A key that verified lately is looked up again once its verification
+        // expires, whatever the limit.
+        let lookups = keys.lookups();
+        keys.verified.invalidate_all();
+        assert_eq!(keys.authenticate(&secret).await.unwrap(), org);
+        assert_eq!(keys.lookups(), lookups + 1);
     }
 
     #[tokio::test]

@@ -37,6 +37,10 @@ pub enum ServiceError {
     /// Unknown, malformed or revoked API key.
     #[error("the API key is not valid")]
     ApiKeyInvalid,
+    /// Too many API keys not seen lately were presented at once: the lookup
+    /// was not made.
+    #[error("too many unknown API keys are being presented; retry with backoff")]
+    KeyLookupsThrottled,
     /// Admin token missing, wrong, or none configured.
     #[error("the admin token is missing or not valid")]
     AdminTokenInvalid,

@@ -1,9 +1,23 @@
-use connections::proto::{
-    GetOrganizationRequest, ListApiKeysRequest, ListConnectionsRequest, RevokeApiKeyRequest,
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use connections::{
+    proto::{
+        GetConnectionRequest, GetOrganizationRequest, ListApiKeysRequest, ListConnectionsRequest,
+        RevokeApiKeyRequest, organization_service_client::OrganizationServiceClient,
+    },
+    service::api_keys::{NEW_KEY_LOOKUPS_PER_SECOND, VERIFIED_KEY_TTL},
 };
 use tonic::{Code, Request};
+use tonic_types::StatusExt;
 
-use crate::support::{Bearer, assert_error, spawn_app};
+use crate::support::{Bearer, assert_error, rng::TestRng, spawn_app};
 
 #[tokio::test]
 async fn a_call_without_credentials_is_unauthenticated_api_key_missing() {
@@ -118,4 +132,87 @@ async fn api_keys_are_long_random_and_prefixed() {
         assert_eq!(key.len(), 4 + 43);
     }
     assert_ne!(a.key, b.key);
+}
+
+#[tokio::test]
+async fn a_flood_of_random_keys_costs_a_bounded_number_of_lookups_and_locks_out_no_known_caller() {
+    let app = spawn_app().await;
+    let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
+    let connection = app.connect(&source, &destination).await;
+    let lookups_before = app.api_keys.lookups();
+    let started = Instant::now();
+
+    // 200 concurrent callers, each presenting a new well-formed random key
+    // per call, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let rng = TestRng::new();
+    let flood: Vec<_> = (0..200)
+        .map(|i| {
+            let (channel, stop, mut rng) = (app.channel.clone(), stop.clone(), rng.fork(i));
+            tokio::spawn(async move {
+                let (mut invalid, mut throttled) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("cnx_{}", URL_SAFE_NO_PAD.encode(rng.bytes(32)));
+                    let status = OrganizationServiceClient::with_interceptor(
+                        channel.clone(),
+                        Bearer::new(&key),
+                    )
+                    .get_organization(GetOrganizationRequest::default())
+                    .await
+                    .expect_err("a random key is refused");
+                    let reason = status
+                        .get_details_error_info()
+                        .map(|info| info.reason)
+                        .unwrap_or_default();
+                    match (status.code(), reason.as_str()) {
+                        (Code::Unauthenticated, "ERROR_REASON_API_KEY_INVALID") => invalid += 1,
+                        (Code::Unavailable, "ERROR_REASON_AUTHENTICATION_THROTTLED") => {
+                            throttled += 1
+                        }
+                        _ => panic!("unexpected refusal: {status:?}"),
+                    }
+                }
+                (invalid, throttled)
+            })
+        })
+        .collect();
+
+    // Meanwhile a known caller keeps working, also after its verification
+    // expired and its key had to be looked up again.
+    let mut client = app.connections(&source);
+    let mut calls = 0;
+    while started.elapsed() < VERIFIED_KEY_TTL * 2 + Duration::from_millis(500) {
+        client
+            .get_connection(GetConnectionRequest {
+                connection_id: connection.id.clone(),
+            })
+            .await
+            .expect("a known caller is served during the flood");
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut invalid, mut throttled) = (0, 0);
+    for task in flood {
+        let (i, t) = task.await.unwrap();
+        invalid += i;
+        throttled += t;
+    }
+    let elapsed = started.elapsed();
+
+    let lookups = app.api_keys.lookups() - lookups_before;
+    // The limit's burst and rate over the flood's lifetime, and one lookup
+    // of the known key per verification period.
+    let bound = u64::from(NEW_KEY_LOOKUPS_PER_SECOND) * (elapsed.as_secs() + 2)
+        + elapsed.as_secs() / VERIFIED_KEY_TTL.as_secs()
+        + 2;
+    assert!(
+        lookups <= bound,
+        "{lookups} lookups for {invalid} invalid and {throttled} throttled calls in {elapsed:?}"
+    );
+    assert!(throttled > 0, "the flood never reached the limit");
+    println!(
+        "{lookups} lookups for {invalid} invalid and {throttled} throttled calls in {elapsed:?}; {calls} known calls"
+    );
+    assert!(calls > 10, "{calls}");
 }

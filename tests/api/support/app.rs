@@ -21,6 +21,7 @@ use connections::{
         connection_service_client::ConnectionServiceClient,
         organization_service_client::OrganizationServiceClient,
     },
+    service::ApiKeys,
     startup::{Application, StartupError},
     telemetry,
 };
@@ -111,6 +112,8 @@ pub struct TestApp {
     pub server_reader: Reader,
     /// What the server's request_id sweeper has done.
     pub sweeper: Arc<Activity>,
+    /// The server's API keys layer (its lookup counter).
+    pub api_keys: ApiKeys,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), StartupError>>>,
     /// The URL of the server's database, to reach it from the test.
@@ -210,6 +213,7 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
     let server_health_db = app.health_database();
     let server_reader = app.reader();
     let sweeper = app.request_id_sweeper();
+    let api_keys = app.api_keys();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
@@ -230,6 +234,7 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
         server_health_db,
         server_reader,
         sweeper,
+        api_keys,
         shutdown: Some(tx),
         server: Some(server),
         database_url,
