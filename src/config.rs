@@ -231,6 +231,9 @@ pub struct BackgroundSettings {
     pub request_id_retention: Duration,
     /// How often expired request_id records are deleted.
     pub request_id_sweep_interval: Duration,
+    /// How long the metrics' count of connections by state is reused before
+    /// the database is asked again, however many scrapes arrive.
+    pub connection_count_interval: Duration,
 }
 
 impl Default for BackgroundSettings {
@@ -239,6 +242,7 @@ impl Default for BackgroundSettings {
             health_check_interval: Duration::from_secs(1),
             request_id_retention: REQUEST_ID_RETENTION,
             request_id_sweep_interval: Duration::from_secs(10 * 60),
+            connection_count_interval: Duration::from_secs(15),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! - `grpc_server_handled_total{method, code}`: calls by method and status code;
 //! - `grpc_server_handling_seconds{method}`: latency histogram by method;
 //! - `db_pool_connections{state="idle"|"in_use"}`: the database pool;
-//! - `connections{state}`: connections by state (counted when scraped);
+//! - `connections{state}`: connections by state, counted on the read pool at
+//!   most once per interval (15 s by default) however many scrapes arrive;
 //! - `request_id_replays_total{path="recorded"|"after_race"}`: calls answered
 //!   with the recorded result of an earlier call with the same request_id,
 //!   found at once or after waiting for a concurrent duplicate to commit.
@@ -13,7 +14,7 @@ use std::{
     pin::Pin,
     sync::{Arc, LazyLock},
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use prometheus_client::{
@@ -65,6 +66,11 @@ pub struct Metrics {
     connections: Family<StateLabels, Gauge>,
     db: DatabaseConnection,
     reader: Reader,
+    /// Connections by state as last counted, and when. Scrapes that arrive
+    /// while it is being counted wait for that count.
+    state_counts: tokio::sync::Mutex<Option<(Instant, Vec<(String, i64)>)>>,
+    /// How long a count is reused.
+    count_interval: Duration,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -75,8 +81,14 @@ impl std::fmt::Debug for Metrics {
 
 impl Metrics {
     /// Metrics for a server using `db`, and `reader` for reads, whose
-    /// connections layer counts its replays in `replays`.
-    pub fn new(db: DatabaseConnection, reader: Reader, replays: &ReplayCounts) -> Self {
+    /// connections layer counts its replays in `replays`; connections are
+    /// counted by state at most once per `count_interval`.
+    pub fn new(
+        db: DatabaseConnection,
+        reader: Reader,
+        replays: &ReplayCounts,
+        count_interval: Duration,
+    ) -> Self {
         let mut registry = Registry::default();
         let calls = Family::<CallLabels, Counter>::default();
         registry.register(
@@ -114,6 +126,8 @@ impl Metrics {
             connections,
             db,
             reader,
+            state_counts: tokio::sync::Mutex::new(None),
+            count_interval,
         }
     }
 
@@ -139,14 +153,7 @@ impl Metrics {
             .get_or_create(&state_label("in_use"))
             .set(size.saturating_sub(idle));
 
-        let counts: Vec<(String, i64)> = connection::Entity::find()
-            .select_only()
-            .column(connection::Column::State)
-            .column_as(Expr::col(connection::Column::Id).count(), "count")
-            .group_by(connection::Column::State)
-            .into_tuple()
-            .all(&self.db)
-            .await?;
+        let counts = self.connection_counts().await?;
         for state in ConnectionState::VARIANTS {
             let count = counts
                 .iter()
@@ -160,6 +167,29 @@ impl Metrics {
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         Ok(text)
+    }
+}
+
+impl Metrics {
+    /// Connections by state: the last count if it is recent enough, else a
+    /// new one from the read pool.
+    async fn connection_counts(&self) -> Result<Vec<(String, i64)>, sea_orm::DbErr> {
+        let mut last = self.state_counts.lock().await;
+        if let Some((at, counts)) = last.as_ref()
+            && at.elapsed() < self.count_interval
+        {
+            return Ok(counts.clone());
+        }
+        let counts: Vec<(String, i64)> = connection::Entity::find()
+            .select_only()
+            .column(connection::Column::State)
+            .column_as(Expr::col(connection::Column::Id).count(), "count")
+            .group_by(connection::Column::State)
+            .into_tuple()
+            .all(&self.reader)
+            .await?;
+        *last = Some((Instant::now(), counts.clone()));
+        Ok(counts)
     }
 }
 

@@ -163,6 +163,7 @@ impl Application {
                 self.db.clone(),
                 self.reader.clone(),
                 self.services.connections.replays(),
+                intervals.connection_count_interval,
             ))
         });
         let (routes, health_reporter) = server::register(self.services, self.settings.dashboard)?;

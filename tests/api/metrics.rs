@@ -1,6 +1,9 @@
 //! The Prometheus endpoint.
 
+use std::time::{Duration, Instant};
+
 use connections::proto::{CreateOrganizationRequest, GetConnectionRequest, GetOrganizationRequest};
+use futures::future::join_all;
 use tonic::Code;
 
 use crate::support::{
@@ -141,4 +144,62 @@ async fn metrics_count_calls_by_method_and_code_and_connections_by_state() {
 async fn metrics_are_off_by_default() {
     let app = spawn_app().await;
     assert!(app.metrics_addr.is_none());
+}
+
+#[tokio::test]
+async fn concurrent_scrapes_share_one_count_of_connections_per_interval_and_writes_go_on() {
+    let interval = Duration::from_secs(3);
+    let app = spawn_app_with(AppOptions {
+        metrics: true,
+        connection_count_interval: interval,
+        ..AppOptions::default()
+    })
+    .await;
+    let source = app.new_org("S").await;
+    let mut destinations = Vec::new();
+    for i in 0..6 {
+        destinations.push(app.new_org(&format!("D{i}")).await);
+    }
+    let pending = |text: &str| metric_sample(text, r#"connections{state="PENDING"}"#);
+    app.connect(&source, &destinations[0]).await;
+    let counted = Instant::now();
+    assert_eq!(pending(&app.metrics_text().await), Some(1.0));
+
+    // 20 scrapers scrape without pause while the source creates 5 more
+    // connections: every write succeeds, and every scrape that ended within
+    // the interval shows the first count, so none of them asked the database.
+    let writes_done = std::sync::atomic::AtomicBool::new(false);
+    let scraper = || async {
+        let mut seen = Vec::new();
+        while !writes_done.load(std::sync::atomic::Ordering::Relaxed) {
+            let text = app.metrics_text().await;
+            seen.push((counted.elapsed(), pending(&text)));
+        }
+        seen
+    };
+    let writer = async {
+        for destination in &destinations[1..] {
+            app.connect(&source, destination).await;
+        }
+        writes_done.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let (seen, ()) = tokio::join!(join_all((0..20).map(|_| scraper())), writer);
+    let seen: Vec<_> = seen.into_iter().flatten().collect();
+    let within: Vec<_> = seen.iter().filter(|(at, _)| *at < interval).collect();
+    assert!(
+        within.len() >= 20,
+        "{} scrapes within the interval",
+        within.len()
+    );
+    for (at, count) in &within {
+        assert_eq!(
+            *count,
+            Some(1.0),
+            "a scrape {at:?} after the count saw a new one"
+        );
+    }
+
+    // Once the interval has passed, the next scrape counts again.
+    tokio::time::sleep(interval.saturating_sub(counted.elapsed())).await;
+    assert_eq!(pending(&app.metrics_text().await), Some(6.0));
 }

@@ -138,6 +138,8 @@ pub struct AppOptions {
     pub tls: Option<Tls>,
     /// Serve metrics on a free port (see `TestApp::metrics_addr`).
     pub metrics: bool,
+    /// How long the metrics reuse a count of connections by state.
+    pub connection_count_interval: Duration,
 }
 
 impl Default for AppOptions {
@@ -152,6 +154,7 @@ impl Default for AppOptions {
             cors_allow_origins: Vec::new(),
             tls: None,
             metrics: false,
+            connection_count_interval: BackgroundSettings::default().connection_count_interval,
         }
     }
 }
@@ -202,6 +205,7 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
             health_check_interval: Duration::from_millis(100),
             request_id_retention: options.request_id_retention,
             request_id_sweep_interval: options.request_id_sweep_interval,
+            connection_count_interval: options.connection_count_interval,
         },
         ..Settings::from_environment()
     })
