@@ -26,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Apply pending migrations, then serve gRPC until SIGINT or SIGTERM.
-    Serve(Settings),
+    Serve(Box<Settings>),
     /// Apply pending migrations and exit.
     Migrate(DatabaseSettings),
     /// Manage organizations and API keys directly in the database (no server needed).

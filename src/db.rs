@@ -130,29 +130,65 @@ static SQLITE_WRITE_GATE: LazyLock<Arc<Mutex<()>>> = LazyLock::new(|| Arc::new(M
 
 /// A transaction that will write (see [`begin_write`]). Dereferences to the
 /// transaction; on SQLite it holds the process's write turn until it ends.
+///
+/// Dropped without [`commit`](Self::commit) or [`rollback`](Self::rollback)
+/// (an error returned early, a cancelled call), it is rolled back
+/// explicitly, and only then is the turn handed on: a dropped transaction
+/// alone only queues its rollback, and the next writer would find the
+/// database still locked and sleep in SQLite's busy handler.
 pub struct WriteTransaction {
-    // Declared first so it ends before the turn is handed on.
-    txn: DatabaseTransaction,
-    _turn: Option<OwnedMutexGuard<()>>,
+    txn: Option<DatabaseTransaction>,
+    turn: Option<OwnedMutexGuard<()>>,
 }
 
 impl std::ops::Deref for WriteTransaction {
     type Target = DatabaseTransaction;
 
     fn deref(&self) -> &DatabaseTransaction {
-        &self.txn
+        self.txn
+            .as_ref()
+            .expect("a transaction is present until it ends")
     }
 }
 
 impl WriteTransaction {
     /// Commits.
-    pub async fn commit(self) -> Result<(), DbErr> {
-        self.txn.commit().await
+    pub async fn commit(mut self) -> Result<(), DbErr> {
+        let txn = self
+            .txn
+            .take()
+            .expect("a transaction is present until it ends");
+        txn.commit().await
     }
 
     /// Rolls back.
-    pub async fn rollback(self) -> Result<(), DbErr> {
-        self.txn.rollback().await
+    pub async fn rollback(mut self) -> Result<(), DbErr> {
+        let txn = self
+            .txn
+            .take()
+            .expect("a transaction is present until it ends");
+        txn.rollback().await
+    }
+}
+
+impl Drop for WriteTransaction {
+    fn drop(&mut self) {
+        let (Some(txn), Some(turn)) = (self.txn.take(), self.turn.take()) else {
+            // Ended, or no turn to hand on (PostgreSQL): the transaction's own
+            // drop rolls it back.
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    if let Err(err) = txn.rollback().await {
+                        tracing::warn!(error = %err, "cannot roll back an abandoned transaction");
+                    }
+                    drop(turn);
+                });
+            }
+            Err(_) => drop(txn),
+        }
     }
 }
 
@@ -191,7 +227,10 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTransaction, Db
             begun => break begun?,
         }
     };
-    Ok(WriteTransaction { txn, _turn: turn })
+    Ok(WriteTransaction {
+        txn: Some(txn),
+        turn,
+    })
 }
 
 /// Connects to the database and applies pending migrations (see [`migrate`]).
@@ -249,22 +288,72 @@ mod tests {
         );
     }
 
+    /// A SQLite database in a new file; returns its URL and path.
+    fn temporary_sqlite_url(name: &str) -> (String, std::path::PathBuf) {
+        let path =
+            std::env::temp_dir().join(format!("connections-{name}-{}.db", uuid::Uuid::now_v7()));
+        (format!("sqlite://{}?mode=rwc", path.display()), path)
+    }
+
+    fn remove_sqlite_files(path: &std::path::Path) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.to_path_buf().into_os_string();
+            file.push(suffix);
+            let _ = std::fs::remove_file(file);
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_abandoned_sqlite_write_is_rolled_back_before_its_turn_is_handed_on() {
+        use sea_orm::sqlx::{ConnectOptions as _, sqlite::SqliteConnectOptions};
+        use std::str::FromStr;
+        let (url, path) = temporary_sqlite_url("abandoned");
+        let db = connect(&DatabaseSettings::new(url.clone())).await.unwrap();
+        db.execute_unprepared("CREATE TABLE t (x INTEGER)")
+            .await
+            .unwrap();
+        // Another connection, which never waits for the database's lock.
+        let mut probe = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .busy_timeout(Duration::ZERO)
+            .connect()
+            .await
+            .unwrap();
+        for round in 0..100 {
+            let txn = begin_write(&db).await.unwrap();
+            txn.execute_unprepared("INSERT INTO t VALUES (1)")
+                .await
+                .unwrap();
+            drop(txn);
+            // The next writer's turn: the database must be unlocked by now.
+            let turn = SQLITE_WRITE_GATE.clone().lock_owned().await;
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut probe)
+                .await
+                .unwrap_or_else(|err| panic!("round {round}: still locked: {err}"));
+            sqlx::query("ROLLBACK").execute(&mut probe).await.unwrap();
+            drop(turn);
+        }
+        let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
+            .fetch_one(&mut probe)
+            .await
+            .unwrap();
+        assert_eq!(rows, 0, "abandoned writes were not rolled back");
+        drop(probe);
+        db.close().await.unwrap();
+        remove_sqlite_files(&path);
+    }
+
     #[cfg(unix)]
     #[tokio::test]
     async fn a_new_sqlite_database_is_readable_by_its_owner_only() {
         use std::os::unix::fs::PermissionsExt;
-        let path =
-            std::env::temp_dir().join(format!("connections-mode-{}.db", uuid::Uuid::now_v7()));
-        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let (url, path) = temporary_sqlite_url("mode");
         let db = connect(&DatabaseSettings::new(url)).await.unwrap();
         migrate(&db).await.unwrap();
         db.close().await.unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        for suffix in ["", "-wal", "-shm"] {
-            let mut file = path.clone().into_os_string();
-            file.push(suffix);
-            let _ = std::fs::remove_file(file);
-        }
+        remove_sqlite_files(&path);
         assert_eq!(mode, 0o600, "{mode:o}");
     }
 

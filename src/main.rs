@@ -40,7 +40,7 @@ async fn main() -> ExitCode {
     ));
 
     let result = match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(*args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Admin(args) => admin(args).await,
     };

@@ -57,6 +57,9 @@ struct StateLabels {
     state: String,
 }
 
+/// Connections by state name.
+type StateCounts = Vec<(String, i64)>;
+
 /// The service's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -68,7 +71,7 @@ pub struct Metrics {
     reader: Reader,
     /// Connections by state as last counted, and when. Scrapes that arrive
     /// while it is being counted wait for that count.
-    state_counts: tokio::sync::Mutex<Option<(Instant, Vec<(String, i64)>)>>,
+    state_counts: tokio::sync::Mutex<Option<(Instant, StateCounts)>>,
     /// How long a count is reused.
     count_interval: Duration,
 }
@@ -173,14 +176,14 @@ impl Metrics {
 impl Metrics {
     /// Connections by state: the last count if it is recent enough, else a
     /// new one from the read pool.
-    async fn connection_counts(&self) -> Result<Vec<(String, i64)>, sea_orm::DbErr> {
+    async fn connection_counts(&self) -> Result<StateCounts, sea_orm::DbErr> {
         let mut last = self.state_counts.lock().await;
         if let Some((at, counts)) = last.as_ref()
             && at.elapsed() < self.count_interval
         {
             return Ok(counts.clone());
         }
-        let counts: Vec<(String, i64)> = connection::Entity::find()
+        let counts: StateCounts = connection::Entity::find()
             .select_only()
             .column(connection::Column::State)
             .column_as(Expr::col(connection::Column::Id).count(), "count")

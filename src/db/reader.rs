@@ -207,7 +207,12 @@ impl PgReadPool {
                     retries -= 1;
                     drop(managed::Object::take(conn));
                 }
-                Err(err) => return Err(DbErr::Query(RuntimeErr::SqlxError(Arc::new(err)))),
+                Err(err) => {
+                    // The database refused the statement and said so: it
+                    // ended, and the connection is as good as before.
+                    conn.unfinished = !refused_by_database(&err);
+                    return Err(DbErr::Query(RuntimeErr::SqlxError(Arc::new(err))));
+                }
             }
         }
     }
@@ -253,6 +258,12 @@ async fn close_idle(pool: WeakPool<PgManager>) {
     }
 }
 
+/// Whether `err` is the database's answer to a statement (a division by
+/// zero, a statement timeout), on a connection that stays usable.
+fn refused_by_database(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(_)) && !connection_closed(err)
+}
+
 /// A statement running on a borrowed connection.
 type Pending<'c, T> = Pin<Box<dyn Future<Output = sqlx::Result<T>> + Send + 'c>>;
 
@@ -295,5 +306,43 @@ impl managed::Manager for PgManager {
             conn.conn.ping().await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The server's backend process ID for the pool's next connection.
+    async fn backend_pid(pool: &PgReadPool) -> i32 {
+        let row = pool
+            .query_one(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT pg_backend_pid() AS pid",
+            ))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get("", "pid").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_statement_the_database_refuses_keeps_its_connection() {
+        let Ok(url) = std::env::var("TEST_DATABASE_URL") else {
+            return; // PostgreSQL only.
+        };
+        let pool = PgReadPool::new(&DatabaseSettings {
+            max_connections: 1,
+            ..DatabaseSettings::new(url)
+        })
+        .unwrap();
+        let pid = backend_pid(&pool).await;
+        let err = pool
+            .query_all(Statement::from_string(DbBackend::Postgres, "SELECT 1 / 0"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("division by zero"), "{err}");
+        assert_eq!(backend_pid(&pool).await, pid, "the connection was replaced");
+        pool.close().await;
     }
 }

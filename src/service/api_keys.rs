@@ -38,7 +38,7 @@ use tracing::instrument;
 
 use super::{ServiceError, now, random_bytes, time_of};
 use crate::{
-    db::Reader,
+    db::{self, Reader},
     domain::{ApiKey, ApiKeyId, OrganizationId},
     entity::{api_key, organization},
 };
@@ -151,9 +151,6 @@ impl ApiKeys {
         organization_id: OrganizationId,
         display_name: String,
     ) -> Result<(ApiKey, String), ServiceError> {
-        if !organization::exists(&self.db, organization_id).await? {
-            return Err(ServiceError::OrganizationNotFound);
-        }
         let secret = format!(
             "{SECRET_PREFIX}{}",
             URL_SAFE_NO_PAD.encode(random_bytes::<32>())
@@ -167,7 +164,12 @@ impl ApiKeys {
             create_time: time_of(id.uuid()),
             revoke_time: None,
         };
-        api_key::insert(&self.db, &key, digest(&secret)).await?;
+        let txn = db::begin_write(&self.db).await?;
+        if !organization::exists(&*txn, organization_id).await? {
+            return Err(ServiceError::OrganizationNotFound);
+        }
+        api_key::insert(&*txn, &key, digest(&secret)).await?;
+        txn.commit().await?;
         tracing::info!(api_key_id = %key.id, prefix = %key.prefix, "API key created");
         Ok((key, secret))
     }
@@ -184,11 +186,14 @@ impl ApiKeys {
     /// Revokes a key; revoking a revoked key changes nothing.
     #[instrument(skip(self))]
     pub async fn revoke(&self, id: ApiKeyId) -> Result<ApiKey, ServiceError> {
-        api_key::revoke(&self.db, id, now()).await?;
+        let txn = db::begin_write(&self.db).await?;
+        api_key::revoke(&*txn, id, now()).await?;
+        let found = api_key::find(&*txn, id).await;
+        let committed = txn.commit().await;
         self.revocations.fetch_add(1, Ordering::SeqCst);
-        let (key, stored) = match api_key::find(&self.db, id).await {
-            Ok(found) => found.ok_or(ServiceError::ApiKeyNotFound)?,
-            Err(err) => {
+        let (key, stored) = match (found, committed) {
+            (Ok(found), Ok(())) => found.ok_or(ServiceError::ApiKeyNotFound)?,
+            (Err(err), _) | (_, Err(err)) => {
                 // The key may be revoked, but which digest is unknown.
                 self.verified.invalidate_all();
                 return Err(err.into());

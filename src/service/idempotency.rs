@@ -24,12 +24,19 @@ use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family},
 };
-use sea_orm::{ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect,
+};
 use sha2::{Digest, Sha256};
 
 use super::ServiceError;
 use super::now;
-use crate::{db::error::unique_violation, domain::OrganizationId, entity::idempotency_record};
+use crate::{
+    db::{self, error::unique_violation},
+    domain::OrganizationId,
+    entity::idempotency_record,
+};
 
 /// How often calls were answered with an earlier call's recorded result, by
 /// `path`: `recorded` (a retry found the record of a committed call) or
@@ -210,21 +217,89 @@ pub async fn replay_committed(
     }
 }
 
-/// Deletes records created before `cutoff`; returns how many.
-pub async fn delete_expired(
-    db: &impl ConnectionTrait,
+/// Most records one sweep transaction deletes: a sweep of many records
+/// takes many short turns at the write lock, between other writers'.
+pub const SWEEP_BATCH: u64 = 1_000;
+
+/// Deletes the oldest records created before `cutoff`, about `limit` of them
+/// (more only if several share the last one's create time), in one write
+/// transaction; returns how many. Fewer than `limit` means none are left.
+pub async fn delete_expired_batch(
+    db: &DatabaseConnection,
     cutoff: DateTime<Utc>,
+    limit: u64,
 ) -> Result<u64, DbErr> {
-    let result = idempotency_record::Entity::delete_many()
-        .filter(idempotency_record::Column::CreateTime.lt(cutoff))
-        .exec(db)
+    use idempotency_record::{Column, Entity};
+    let txn = db::begin_write(db).await?;
+    // The create time of the `limit`-th oldest expired record, by the index.
+    let last: Option<DateTime<Utc>> = Entity::find()
+        .select_only()
+        .column(Column::CreateTime)
+        .filter(Column::CreateTime.lt(cutoff))
+        .order_by_asc(Column::CreateTime)
+        .offset(limit.saturating_sub(1))
+        .limit(1)
+        .into_tuple()
+        .one(&*txn)
         .await?;
-    Ok(result.rows_affected)
+    let mut delete = Entity::delete_many().filter(Column::CreateTime.lt(cutoff));
+    if let Some(last) = last {
+        delete = delete.filter(Column::CreateTime.lte(last));
+    }
+    let deleted = delete.exec(&*txn).await?.rows_affected;
+    txn.commit().await?;
+    Ok(deleted)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `count` records of `org` created at `at` plus i milliseconds.
+    async fn insert_records(
+        db: &DatabaseConnection,
+        org: uuid::Uuid,
+        at: DateTime<Utc>,
+        count: i64,
+    ) {
+        let records = (0..count).map(|i| idempotency_record::ActiveModel {
+            organization_id: Set(org),
+            method: Set("CreateConnection".to_owned()),
+            request_id: Set(format!("{at}-{i}")),
+            request_sha256: Set(vec![0; 32]),
+            response_proto: Set(Vec::new()),
+            create_time: Set(at + chrono::Duration::milliseconds(i)),
+        });
+        idempotency_record::Entity::insert_many(records)
+            .exec_without_returning(db)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn expired_records_are_deleted_oldest_first_in_batches_of_the_limit() {
+        use migration::{Migrator, MigratorTrait};
+        let db = db::connect(&crate::config::DatabaseSettings::new("sqlite::memory:"))
+            .await
+            .unwrap();
+        Migrator::up(&db, None).await.unwrap();
+        let org = uuid::Uuid::now_v7();
+        let cutoff = Utc::now() - chrono::Duration::hours(24);
+        insert_records(&db, org, cutoff - chrono::Duration::hours(1), 2_500).await;
+        insert_records(&db, org, cutoff + chrono::Duration::seconds(1), 10).await;
+        let mut batches = Vec::new();
+        loop {
+            let deleted = delete_expired_batch(&db, cutoff, 1_000).await.unwrap();
+            batches.push(deleted);
+            if deleted < 1_000 {
+                break;
+            }
+        }
+        assert_eq!(batches, [1_000, 1_000, 500]);
+        let left = idempotency_record::Entity::find().all(&db).await.unwrap();
+        assert_eq!(left.len(), 10);
+        assert!(left.iter().all(|record| record.create_time > cutoff));
+    }
 
     #[test]
     fn fingerprints_differ_with_parameters_and_their_boundaries() {

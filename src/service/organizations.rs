@@ -5,7 +5,7 @@ use tracing::instrument;
 
 use super::{Page, PageTokens, ServiceError, time_of};
 use crate::{
-    db::Reader,
+    db::{self, Reader},
     domain::{DisplayName, Organization, OrganizationId, PageSize},
     entity::organization,
 };
@@ -43,7 +43,9 @@ impl Organizations {
             display_name: display_name.as_str().to_owned(),
             create_time: time_of(id.uuid()),
         };
-        organization::insert(&self.db, &org).await?;
+        let txn = db::begin_write(&self.db).await?;
+        organization::insert(&*txn, &org).await?;
+        txn.commit().await?;
         tracing::info!(organization_id = %org.id, "organization created");
         Ok(org)
     }

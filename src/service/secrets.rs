@@ -3,7 +3,7 @@
 use sea_orm::{ActiveValue::Set, DatabaseConnection, DbErr, EntityTrait};
 
 use super::{now, random_bytes};
-use crate::entity::server_secret;
+use crate::{db, entity::server_secret};
 
 /// The 32-byte key called `name`, created at random by whichever replica asks
 /// first; every later caller, on any replica, gets the same key.
@@ -17,10 +17,12 @@ pub async fn shared_key(db: &DatabaseConnection, name: &str) -> Result<[u8; 32],
         create_time: Set(now()),
     };
     // If another replica won the race, its key stays and ours is discarded.
+    let txn = db::begin_write(db).await?;
     server_secret::Entity::insert(candidate)
         .on_conflict_do_nothing()
-        .exec_without_returning(db)
+        .exec_without_returning(&*txn)
         .await?;
+    txn.commit().await?;
     load(db, name)
         .await?
         .ok_or_else(|| DbErr::RecordNotFound(format!("server secret {name}")))

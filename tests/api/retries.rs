@@ -404,3 +404,84 @@ async fn expired_request_ids_are_swept_and_the_sweep_stops_on_shutdown() {
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(sweeper.rounds(), rounds, "the sweep ran after the stop");
 }
+
+#[tokio::test]
+async fn sweeping_100_000_expired_request_ids_during_writes_fails_no_write() {
+    use connections::entity::idempotency_record;
+    use sea_orm::{ActiveValue::Set, EntityTrait, PaginatorTrait};
+    const EXPIRED: i64 = 100_000;
+    let app = spawn_app_with(AppOptions {
+        request_id_retention: Duration::from_secs(60 * 60),
+        request_id_sweep_interval: Duration::from_millis(100),
+        ..AppOptions::default()
+    })
+    .await;
+    let source = app.new_org("S").await;
+    let mut connections = Vec::new();
+    for i in 0..8 {
+        let destination = app.new_org(&format!("D{i}")).await;
+        let id = app.connect(&source, &destination).await.id;
+        connections.push((destination, id));
+    }
+    let records = Database::connect(&app.database_url).await.unwrap();
+    let expired = chrono::Utc::now() - chrono::Duration::hours(2);
+    let org = uuid::Uuid::now_v7();
+    for chunk in 0..EXPIRED / 1_000 {
+        let batch = (0..1_000).map(|i| idempotency_record::ActiveModel {
+            organization_id: Set(org),
+            method: Set("CreateConnection".to_owned()),
+            request_id: Set(format!("expired-{chunk}-{i}")),
+            request_sha256: Set(vec![0; 32]),
+            response_proto: Set(Vec::new()),
+            create_time: Set(expired),
+        });
+        idempotency_record::Entity::insert_many(batch)
+            .exec_without_returning(&records)
+            .await
+            .unwrap();
+    }
+
+    // Every writer cycles its connection through activate, deactivate and
+    // reactivate until the sweep has deleted every expired record.
+    let swept = std::sync::atomic::AtomicBool::new(false);
+    let writer = |destination: &TestOrg, id: &str| {
+        let (destination, id) = (destination.clone(), id.to_owned());
+        let (app, source, swept) = (&app, &source, &swept);
+        async move {
+            let mut writes = 0;
+            while !swept.load(std::sync::atomic::Ordering::Relaxed) {
+                app.activate(&destination, &id, "").await.expect("activate");
+                app.deactivate(&destination, &id, "")
+                    .await
+                    .expect("deactivate");
+                app.reactivate(source, &id, "").await.expect("reactivate");
+                writes += 3;
+            }
+            writes
+        }
+    };
+    let watcher = async {
+        let started = tokio::time::Instant::now();
+        loop {
+            let left = idempotency_record::Entity::find()
+                .count(&records)
+                .await
+                .unwrap();
+            if left == 0 {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "{left} records left after 2 minutes"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        swept.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let (writes, ()) = tokio::join!(
+        futures::future::join_all(connections.iter().map(|(d, id)| writer(d, id))),
+        watcher
+    );
+    assert!(writes.iter().all(|w| *w > 0), "{writes:?}");
+    records.close().await.unwrap();
+}
