@@ -82,6 +82,27 @@ pub struct Settings {
     )]
     pub shutdown_timeout: Duration,
 
+    /// How long a new client connection may take to send the start of its
+    /// first request (the HTTP/2 preface) and, with TLS, to finish its
+    /// handshake, before it is closed: `10s`, `500ms`.
+    #[arg(
+        long,
+        env = "CONNECTIONS_HANDSHAKE_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_duration
+    )]
+    pub handshake_timeout: Duration,
+
+    /// Most client connections open at once; further ones wait in the
+    /// listen queue until one closes.
+    #[arg(
+        long,
+        env = "CONNECTIONS_MAX_CLIENT_CONNECTIONS",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_client_connections: u32,
+
     /// Do not serve the dashboard (the "Connect > Connections" page at `/`).
     /// `CONNECTIONS_DASHBOARD=false` does the same.
     #[arg(

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod connection_api;
 pub mod convert;
 pub mod drain;
+pub mod incoming;
 pub mod limits;
 pub mod organization_api;
 pub mod server;

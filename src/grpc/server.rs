@@ -1,6 +1,6 @@
 //! The gRPC server: every service registered in one place ([`register`]), and
 //! the transport they are served on ([`Transport`]: TLS, CORS for gRPC-Web,
-//! limits).
+//! limits, deadlines).
 
 use std::{path::Path, sync::Arc, time::Duration};
 
@@ -9,14 +9,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::{
     server::NamedService,
     service::Routes,
-    transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming},
+    transport::{Certificate, Identity, Server, ServerTlsConfig},
 };
 use tonic_health::server::HealthReporter;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::{
     AdminApi, AdminToken, Authenticator, ConnectionApi, OrganizationApi, drain::EndStreamsLayer,
-    limits::LimitsLayer,
+    incoming, limits::LimitsLayer,
 };
 use crate::{
     config::{Settings, TlsSettings},
@@ -173,13 +173,15 @@ pub struct Transport {
     tls: Option<ServerTlsConfig>,
     mutual_tls: bool,
     cors: CorsLayer,
+    handshake_timeout: Duration,
+    max_client_connections: u32,
 }
 
 impl Transport {
     /// Reads and checks the TLS files and the CORS origins of `settings`.
     pub fn new(settings: &Settings) -> Result<Self, TransportError> {
         let cors = cors_layer(&settings.cors_allow_origins)?;
-        let tls = tls_config(&settings.tls)?;
+        let tls = tls_config(&settings.tls)?.map(|tls| tls.timeout(settings.handshake_timeout));
         if let Some(tls) = &tls {
             // Fails here, before anything starts, on unusable PEM files.
             Server::builder()
@@ -190,6 +192,8 @@ impl Transport {
             tls,
             mutual_tls: settings.tls.client_ca.is_some(),
             cors,
+            handshake_timeout: settings.handshake_timeout,
+            max_client_connections: settings.max_client_connections,
         })
     }
 
@@ -202,7 +206,8 @@ impl Transport {
         }
     }
 
-    /// Serves `routes` on `listener`, recording calls in `metrics`, until
+    /// Serves `routes` on `listener` (see [`incoming`] for the connection
+    /// limit and handshake deadline), recording calls in `metrics`, until
     /// `stopping` is cancelled; then stops accepting calls, ends open streams
     /// (UNAVAILABLE, see [`drain`](super::drain)) and lets the calls in flight
     /// finish.
@@ -217,7 +222,11 @@ impl Transport {
         if let Some(tls) = self.tls {
             server = server.tls_config(tls)?;
         }
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = incoming::accept(
+            listener,
+            self.max_client_connections,
+            self.handshake_timeout,
+        );
         server
             // HTTP/1.1 is accepted for gRPC-Web; plain gRPC needs HTTP/2.
             .accept_http1(true)

@@ -1,5 +1,7 @@
 //! gRPC-Web with CORS, and TLS with and without client certificates.
 
+use std::time::Duration;
+
 use connections::proto::{
     GetOrganizationRequest, organization_service_client::OrganizationServiceClient,
 };
@@ -205,4 +207,53 @@ async fn with_mutual_tls_a_client_without_the_right_certificate_is_refused() {
             client.map(|_| "from another CA")
         );
     }
+}
+
+#[tokio::test]
+async fn stalled_tls_handshakes_are_closed_after_the_deadline_and_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Duration::from_secs(2);
+    let pki = pki();
+    let app = spawn_app_with(AppOptions {
+        handshake_timeout: deadline,
+        tls: Some(Tls {
+            cert_pem: pki.server.0.clone(),
+            key_pem: pki.server.1.clone(),
+            client_ca_pem: None,
+        }),
+        ..AppOptions::default()
+    })
+    .await;
+    // The first 40 bytes of a 512-byte TLS ClientHello record, then nothing.
+    let mut hello = vec![
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    hello.resize(40, 0x2a);
+    let opened = tokio::time::Instant::now();
+    let mut stalled = Vec::new();
+    for _ in 0..100 {
+        let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(&hello).await.unwrap();
+        stalled.push(stream);
+    }
+    // A complete handshake is served meanwhile.
+    let channel = tls_channel(&app, &pki.ca_pem, None).await.unwrap();
+    create_org_over(channel)
+        .await
+        .expect("served during the stalled handshakes");
+    assert!(opened.elapsed() < deadline, "too slow to show anything");
+    // Every stalled one is closed once the deadline has passed.
+    for stream in &mut stalled {
+        let mut buf = [0; 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a stalled handshake was never closed");
+    }
+    assert!(opened.elapsed() >= deadline, "closed before the deadline");
 }

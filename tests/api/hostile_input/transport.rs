@@ -18,10 +18,10 @@ use tonic_health::pb::{
 
 use super::{GET_CONNECTION, assert_still_serving, fresh_channel};
 use crate::support::{
-    Bearer, bounded,
+    AppOptions, Bearer, TestApp, bounded,
     http2::{self, raw_grpc_call},
     rng::TestRng,
-    spawn_app,
+    spawn_app, spawn_app_with,
 };
 
 /// Reads what the server sends until it closes the connection (bounded).
@@ -309,4 +309,59 @@ async fn a_stalled_upload_without_a_deadline_is_cancelled_after_30_seconds() {
         "{elapsed:?}"
     );
     assert_still_serving(&app, &org).await;
+}
+
+/// Opens `count` connections that each send part of the HTTP/2 preface and
+/// then nothing more.
+async fn stalled_connections(app: &TestApp, count: usize) -> Vec<TcpStream> {
+    let mut stalled = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(&http2::PREFACE[..12]).await.unwrap();
+        stalled.push(stream);
+    }
+    stalled
+}
+
+#[tokio::test]
+async fn five_hundred_stalled_handshakes_do_not_stop_a_call_and_are_closed_after_the_deadline() {
+    let deadline = Duration::from_secs(2);
+    let app = spawn_app_with(AppOptions {
+        handshake_timeout: deadline,
+        ..AppOptions::default()
+    })
+    .await;
+    let org = app.new_org("A").await;
+    let opened = tokio::time::Instant::now();
+    let mut stalled = stalled_connections(&app, 500).await;
+
+    // A normal call, on a connection of its own, is served meanwhile.
+    assert_still_serving(&app, &org).await;
+    assert!(opened.elapsed() < deadline, "too slow to show anything");
+
+    // Each stalled connection is closed once its deadline has passed.
+    futures::future::join_all(stalled.iter_mut().map(read_until_closed)).await;
+    assert!(opened.elapsed() >= deadline, "closed before the deadline");
+    assert_still_serving(&app, &org).await;
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_wait_until_one_closes() {
+    let deadline = Duration::from_secs(2);
+    let app = spawn_app_with(AppOptions {
+        handshake_timeout: deadline,
+        max_client_connections: 10,
+        ..AppOptions::default()
+    })
+    .await;
+    let org = app.new_org("A").await;
+    // The test's own channel holds one of the 10; 9 stalled ones take the rest.
+    let opened = tokio::time::Instant::now();
+    let _stalled = stalled_connections(&app, 9).await;
+    // A new connection is accepted only once the stalled ones are closed.
+    assert_still_serving(&app, &org).await;
+    assert!(
+        opened.elapsed() >= deadline - Duration::from_millis(100),
+        "a connection over the limit was served at once"
+    );
 }

@@ -140,6 +140,10 @@ pub struct AppOptions {
     pub metrics: bool,
     /// How long the metrics reuse a count of connections by state.
     pub connection_count_interval: Duration,
+    /// How long a new client connection may take to start its first request.
+    pub handshake_timeout: Duration,
+    /// Most client connections open at once.
+    pub max_client_connections: u32,
 }
 
 impl Default for AppOptions {
@@ -155,6 +159,8 @@ impl Default for AppOptions {
             tls: None,
             metrics: false,
             connection_count_interval: BackgroundSettings::default().connection_count_interval,
+            handshake_timeout: Settings::from_environment().handshake_timeout,
+            max_client_connections: Settings::from_environment().max_client_connections,
         }
     }
 }
@@ -201,6 +207,8 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
         cors_allow_origins: options.cors_allow_origins.clone(),
         tls,
         metrics_listen: options.metrics.then(|| "127.0.0.1:0".parse().unwrap()),
+        handshake_timeout: options.handshake_timeout,
+        max_client_connections: options.max_client_connections,
         background: BackgroundSettings {
             health_check_interval: Duration::from_millis(100),
             request_id_retention: options.request_id_retention,

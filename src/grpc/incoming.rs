@@ -1,0 +1,145 @@
+//! Accepting client connections: at most a configured number open at once,
+//! and each must start its first request within a deadline.
+//!
+//! A connection that stalls before its HTTP/2 preface (or, with TLS, in its
+//! handshake) would otherwise hold a file descriptor forever: hyper waits for
+//! the preface without a timeout. Once [`PREFACE_LEN`] bytes have arrived the
+//! deadline no longer applies; from then on HTTP/2 keepalive pings close
+//! peers that went away. The TLS handshake has the same deadline, in tonic's
+//! TLS acceptor.
+
+use std::{
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use futures_util::Stream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Sleep,
+};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+/// The length of the HTTP/2 client preface (`PRI * HTTP/2.0...`); any
+/// HTTP/1.1 request line with its headers is longer too.
+pub const PREFACE_LEN: usize = 24;
+
+/// How long accepting pauses after it failed (e.g. out of file descriptors).
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// The client connections on `listener`: at most `max_open` open at once
+/// (further ones wait in the listen queue), each closed if it has not sent
+/// [`PREFACE_LEN`] bytes within `handshake_timeout`.
+pub fn accept(
+    listener: TcpListener,
+    max_open: u32,
+    handshake_timeout: Duration,
+) -> impl Stream<Item = io::Result<ClientConnection>> {
+    let slots = Arc::new(Semaphore::new(max_open as usize));
+    futures_util::stream::unfold((listener, slots), move |(listener, slots)| async move {
+        let slot = slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let accepted = match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                Ok(ClientConnection {
+                    stream,
+                    received: 0,
+                    deadline: Some(Box::pin(tokio::time::sleep(handshake_timeout))),
+                    _slot: slot,
+                })
+            }
+            Err(err) => {
+                tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                Err(err)
+            }
+        };
+        Some((accepted, (listener, slots)))
+    })
+}
+
+/// An accepted client connection: holds its slot until it closes, and fails
+/// its reads once its handshake deadline passes before [`PREFACE_LEN`] bytes
+/// arrived.
+#[derive(Debug)]
+pub struct ClientConnection {
+    stream: TcpStream,
+    /// Bytes received so far, counted up to [`PREFACE_LEN`].
+    received: usize,
+    /// Until the preface's length has arrived.
+    deadline: Option<Pin<Box<Sleep>>>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl AsyncRead for ClientConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(deadline) = &mut this.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not start its first request within the handshake deadline",
+            )));
+        }
+        let filled = buf.filled().len();
+        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if this.deadline.is_some() {
+            this.received += buf.filled().len() - filled;
+            if this.received >= PREFACE_LEN {
+                this.deadline = None;
+            }
+        }
+        read
+    }
+}
+
+impl AsyncWrite for ClientConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+impl Connected for ClientConnection {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
