@@ -93,6 +93,25 @@ pub struct Settings {
     )]
     pub handshake_timeout: Duration,
 
+    /// How often an HTTP/2 connection is pinged when it sends nothing.
+    #[arg(
+        long,
+        env = "CONNECTIONS_HTTP2_KEEPALIVE_INTERVAL",
+        default_value = "60s",
+        value_parser = parse_duration
+    )]
+    pub http2_keepalive_interval: Duration,
+
+    /// How long a ping may go unanswered before the connection is closed as
+    /// dead.
+    #[arg(
+        long,
+        env = "CONNECTIONS_HTTP2_KEEPALIVE_TIMEOUT",
+        default_value = "20s",
+        value_parser = parse_duration
+    )]
+    pub http2_keepalive_timeout: Duration,
+
     /// Most client connections open at once; further ones wait in the
     /// listen queue until one closes.
     #[arg(

@@ -175,6 +175,8 @@ pub struct Transport {
     cors: CorsLayer,
     handshake_timeout: Duration,
     max_client_connections: u32,
+    /// HTTP/2 keepalive: ping interval and how long a ping may go unanswered.
+    keepalive: (Duration, Duration),
 }
 
 impl Transport {
@@ -194,6 +196,10 @@ impl Transport {
             cors,
             handshake_timeout: settings.handshake_timeout,
             max_client_connections: settings.max_client_connections,
+            keepalive: (
+                settings.http2_keepalive_interval,
+                settings.http2_keepalive_timeout,
+            ),
         })
     }
 
@@ -237,8 +243,8 @@ impl Transport {
             .timeout(REQUEST_TIMEOUT)
             .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-            .http2_keepalive_interval(Some(Duration::from_secs(60)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .http2_keepalive_interval(Some(self.keepalive.0))
+            .http2_keepalive_timeout(Some(self.keepalive.1))
             .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path(), caller = tracing::field::Empty))
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, stopping.cancelled_owned())

@@ -365,3 +365,28 @@ async fn connections_over_the_limit_wait_until_one_closes() {
         "a connection over the limit was served at once"
     );
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_disconnected() {
+    let app = spawn_app_with(AppOptions {
+        http2_keepalive: (Duration::from_secs(1), Duration::from_secs(1)),
+        ..AppOptions::default()
+    })
+    .await;
+    let org = app.new_org("A").await;
+    // A client that completes the HTTP/2 handshake and then goes silent,
+    // never acknowledging a PING.
+    let (mut stream, _) = http2::handshake(app.addr).await;
+    let silent_since = tokio::time::Instant::now();
+    let frames = http2::read_all(&mut stream).await;
+    let kinds: Vec<u8> = frames.iter().map(|f| f.kind).collect();
+    assert!(
+        kinds.contains(&http2::PING),
+        "no PING before the close: {kinds:?}"
+    );
+    assert!(
+        silent_since.elapsed() >= Duration::from_secs(1),
+        "closed before a ping could go unanswered"
+    );
+    assert_still_serving(&app, &org).await;
+}

@@ -144,6 +144,8 @@ pub struct AppOptions {
     pub handshake_timeout: Duration,
     /// Most client connections open at once.
     pub max_client_connections: u32,
+    /// HTTP/2 keepalive: ping interval and how long a ping may go unanswered.
+    pub http2_keepalive: (Duration, Duration),
 }
 
 impl Default for AppOptions {
@@ -161,6 +163,10 @@ impl Default for AppOptions {
             connection_count_interval: BackgroundSettings::default().connection_count_interval,
             handshake_timeout: Settings::from_environment().handshake_timeout,
             max_client_connections: Settings::from_environment().max_client_connections,
+            http2_keepalive: (
+                Settings::from_environment().http2_keepalive_interval,
+                Settings::from_environment().http2_keepalive_timeout,
+            ),
         }
     }
 }
@@ -209,6 +215,8 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
         metrics_listen: options.metrics.then(|| "127.0.0.1:0".parse().unwrap()),
         handshake_timeout: options.handshake_timeout,
         max_client_connections: options.max_client_connections,
+        http2_keepalive_interval: options.http2_keepalive.0,
+        http2_keepalive_timeout: options.http2_keepalive.1,
         background: BackgroundSettings {
             health_check_interval: Duration::from_millis(100),
             request_id_retention: options.request_id_retention,
