@@ -88,6 +88,7 @@ const SENTENCES: Record<ErrorReason, string> = {
   [ErrorReason.DATABASE_UNAVAILABLE]: "The service is unavailable right now.",
   [ErrorReason.INTERNAL]: "Something went wrong on our side. Please try again later.",
   [ErrorReason.AUTHENTICATION_THROTTLED]: "The service is busy right now. Please try again in a moment.",
+  [ErrorReason.INVALID_CHANGE_TOKEN]: "The page lost its place in the list of changes. Reload it.",
 };
 
 /** The sentence and details of a failed call. */

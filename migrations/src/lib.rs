@@ -12,6 +12,7 @@ mod m20261128_000004_create_connection_events;
 mod m20261128_000005_create_server_secrets;
 mod m20261128_000006_create_idempotency_records;
 mod m20261201_000007_idempotency_responses_as_protobuf;
+mod m20261201_000008_change_log;
 
 /// Applies the service's migrations in order.
 pub struct Migrator;
@@ -27,6 +28,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000005_create_server_secrets::Migration),
             Box::new(m20261128_000006_create_idempotency_records::Migration),
             Box::new(m20261201_000007_idempotency_responses_as_protobuf::Migration),
+            Box::new(m20261201_000008_change_log::Migration),
         ]
     }
 }

@@ -1,6 +1,14 @@
 //! The `connection_events` table: each connection's history, numbered 1, 2,
-//! 3, ... by the version each change produced. Its rows, the queries that
-//! read and write them, and the mapping to domain events.
+//! 3, ... by the version each change produced, and together the change log,
+//! ordered by `position`. Its rows, the queries that read and write them, and
+//! the mapping to domain events.
+//!
+//! A position names the transaction that wrote the event (see the
+//! `change_log` migration): on PostgreSQL its transaction ID, on SQLite one
+//! more than the highest position so far. The log's *horizon* is the first
+//! position that may still be written: every event below it has committed
+//! or never will, so a reader that reads up to the horizon never misses an
+//! event committed later.
 
 use sea_orm::entity::prelude::*;
 
@@ -29,6 +37,8 @@ pub struct Model {
     pub reason: Option<String>,
     /// When it happened.
     pub create_time: DateTimeUtc,
+    /// Its place in the change log (unique).
+    pub position: i64,
 }
 
 /// No relations are navigated through the ORM.
@@ -38,16 +48,16 @@ pub enum Relation {}
 impl ActiveModelBehavior for ActiveModel {}
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbErr, EntityTrait, Insert, QueryFilter,
-    QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, Insert,
+    QueryFilter, QueryOrder, QuerySelect, Statement,
 };
 use uuid::Uuid;
 
 use super::unreadable;
 use crate::domain::{ConnectionEvent, ConnectionId, Named, NewEvent};
 
-/// The insert that appends `event`, stored as event `id`.
-pub fn append_query(id: Uuid, event: &NewEvent) -> Insert<ActiveModel> {
+/// The insert that appends `event`, stored as event `id` at `position`.
+pub fn append_query(id: Uuid, event: &NewEvent, position: i64) -> Insert<ActiveModel> {
     Entity::insert(ActiveModel {
         id: Set(id),
         connection_id: Set(event.connection_id.uuid()),
@@ -59,15 +69,71 @@ pub fn append_query(id: Uuid, event: &NewEvent) -> Insert<ActiveModel> {
         actor_role: Set(event.actor_role.as_str().to_owned()),
         reason: Set(event.reason.clone()),
         create_time: Set(event.create_time),
+        position: Set(position),
     })
 }
 
-/// Appends `event` to its connection's history (with a new UUIDv7).
-pub async fn append(conn: &impl ConnectionTrait, event: &NewEvent) -> Result<(), DbErr> {
-    append_query(Uuid::now_v7(), event)
-        .exec_without_returning(conn)
+/// Appends `event` to its connection's history (with a new UUIDv7) and to
+/// the change log, inside the write transaction `txn`; returns its position.
+pub async fn append(txn: &impl ConnectionTrait, event: &NewEvent) -> Result<i64, DbErr> {
+    let position = scalar(
+        txn,
+        match txn.get_database_backend() {
+            DbBackend::Postgres => "SELECT pg_current_xact_id()::text::bigint AS value",
+            _ => "SELECT COALESCE(MAX(position), -1) + 1 AS value FROM connection_events",
+        },
+    )
+    .await?;
+    append_query(Uuid::now_v7(), event, position)
+        .exec_without_returning(txn)
         .await?;
-    Ok(())
+    Ok(position)
+}
+
+/// The change log's horizon: every event below it is committed or never
+/// will be. On PostgreSQL, the oldest transaction still running anywhere in
+/// the cluster (the snapshot's xmin); on SQLite, where writers commit in
+/// position order, one more than the highest position.
+pub async fn horizon(conn: &impl ConnectionTrait) -> Result<i64, DbErr> {
+    scalar(
+        conn,
+        match conn.get_database_backend() {
+            DbBackend::Postgres => {
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS value"
+            }
+            _ => "SELECT COALESCE(MAX(position), -1) + 1 AS value FROM connection_events",
+        },
+    )
+    .await
+}
+
+/// The change log from position `from` up to (not including) `before`, in
+/// order: at most `limit` events, each with its position. With `before` a
+/// [`horizon`] read earlier, the result never misses an event.
+pub async fn log(
+    conn: &impl ConnectionTrait,
+    from: i64,
+    before: i64,
+    limit: u64,
+) -> Result<Vec<(i64, ConnectionEvent)>, DbErr> {
+    Entity::find()
+        .filter(Column::Position.gte(from))
+        .filter(Column::Position.lt(before))
+        .order_by_asc(Column::Position)
+        .limit(limit)
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|row| Ok((row.position, event_from(row)?)))
+        .collect()
+}
+
+/// The `value` column of a query that returns one row.
+async fn scalar(conn: &impl ConnectionTrait, sql: &str) -> Result<i64, DbErr> {
+    conn.query_one_raw(Statement::from_string(conn.get_database_backend(), sql))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(sql.to_owned()))?
+        .try_get("", "value")
 }
 
 /// The events of connection `id` after sequence number `after`, oldest

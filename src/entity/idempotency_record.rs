@@ -20,6 +20,9 @@ pub struct Model {
     /// The response the call returned, encoded as the API's protobuf
     /// message; replayed to retries. Empty until the call completes.
     pub response_proto: Vec<u8>,
+    /// The change token the call returned; empty for calls recorded before
+    /// change tokens existed.
+    pub change_token: String,
     /// When the first call committed.
     pub create_time: DateTimeUtc,
 }

@@ -35,7 +35,7 @@ impl ConnectionApi {
     async fn transition(
         &self,
         request: Request<TransitionFields>,
-    ) -> Result<proto::Connection, Status> {
+    ) -> Result<(proto::Connection, String), Status> {
         let caller = self.auth.organization(request.metadata()).await?;
         let fields = request.into_inner();
         let (id, etag, request_id, reason) = (
@@ -58,7 +58,7 @@ impl ConnectionApi {
                 },
             )
             .await?;
-        Ok(convert::connection(connection)?)
+        Ok(convert::written(connection)?)
     }
 }
 
@@ -100,8 +100,10 @@ impl ConnectionService for ConnectionApi {
                 },
             )
             .await?;
+        let (connection, change_token) = convert::written(connection)?;
         Ok(Response::new(CreateConnectionResponse {
-            connection: Some(convert::connection(connection)?),
+            connection: Some(connection),
+            change_token,
         }))
     }
 
@@ -160,7 +162,7 @@ impl ConnectionService for ConnectionApi {
         &self,
         request: Request<ActivateConnectionRequest>,
     ) -> Result<Response<ActivateConnectionResponse>, Status> {
-        let connection = self
+        let (connection, change_token) = self
             .transition(request.map(|r| TransitionFields {
                 action: Action::Activate,
                 connection_id: r.connection_id,
@@ -171,6 +173,7 @@ impl ConnectionService for ConnectionApi {
             .await?;
         Ok(Response::new(ActivateConnectionResponse {
             connection: Some(connection),
+            change_token,
         }))
     }
 
@@ -178,7 +181,7 @@ impl ConnectionService for ConnectionApi {
         &self,
         request: Request<DeactivateConnectionRequest>,
     ) -> Result<Response<DeactivateConnectionResponse>, Status> {
-        let connection = self
+        let (connection, change_token) = self
             .transition(request.map(|r| TransitionFields {
                 action: Action::Deactivate,
                 connection_id: r.connection_id,
@@ -189,6 +192,7 @@ impl ConnectionService for ConnectionApi {
             .await?;
         Ok(Response::new(DeactivateConnectionResponse {
             connection: Some(connection),
+            change_token,
         }))
     }
 
@@ -196,7 +200,7 @@ impl ConnectionService for ConnectionApi {
         &self,
         request: Request<ReactivateConnectionRequest>,
     ) -> Result<Response<ReactivateConnectionResponse>, Status> {
-        let connection = self
+        let (connection, change_token) = self
             .transition(request.map(|r| TransitionFields {
                 action: Action::Reactivate,
                 connection_id: r.connection_id,
@@ -207,6 +211,7 @@ impl ConnectionService for ConnectionApi {
             .await?;
         Ok(Response::new(ReactivateConnectionResponse {
             connection: Some(connection),
+            change_token,
         }))
     }
 

@@ -6,20 +6,20 @@ use prost_types::Timestamp;
 
 use crate::{
     domain, proto,
-    service::{ServiceError, idempotency::Outcome},
+    service::{ServiceError, Written, idempotency::Outcome},
 };
 
-/// The response message of a call that returns a connection: the record it
-/// produced now, or the message an earlier call with the same request_id
-/// returned (see [`encode_connection`]).
-pub fn connection(
-    outcome: Outcome<domain::ConnectionRecord>,
-) -> Result<proto::Connection, ServiceError> {
+/// The connection and change token a write returns: what it produced now,
+/// or what an earlier call with the same request_id returned (see
+/// [`encode_connection`]).
+pub fn written(outcome: Outcome<Written>) -> Result<(proto::Connection, String), ServiceError> {
     match outcome {
-        Outcome::Fresh(record) => Ok(record.into()),
-        Outcome::Replayed(encoded) => {
-            proto::Connection::decode(encoded.as_slice()).map_err(ServiceError::internal)
-        }
+        Outcome::Fresh(written) => Ok((written.record.into(), written.change_token)),
+        Outcome::Replayed(recorded) => Ok((
+            proto::Connection::decode(recorded.response.as_slice())
+                .map_err(ServiceError::internal)?,
+            recorded.change_token,
+        )),
     }
 }
 

@@ -50,6 +50,13 @@ impl From<ServiceError> for Status {
                 ));
                 (Code::InvalidArgument, ErrorReason::InvalidPageToken)
             }
+            E::InvalidChangeToken { field } => {
+                violations.push(FieldViolation::new(
+                    field,
+                    "not a change token issued by this service",
+                ));
+                (Code::InvalidArgument, ErrorReason::InvalidChangeToken)
+            }
             E::ConnectionNotFound => (Code::NotFound, ErrorReason::ConnectionNotFound),
             E::OrganizationNotFound => (Code::NotFound, ErrorReason::OrganizationNotFound),
             E::ApiKeyNotFound => (Code::NotFound, ErrorReason::ApiKeyNotFound),

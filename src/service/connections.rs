@@ -9,8 +9,8 @@ use sea_orm::DatabaseConnection;
 use tracing::instrument;
 
 use super::{
-    Page, PageTokens, ServiceError,
-    idempotency::{self, Claim, Encode, IdempotencyKey, Outcome},
+    ChangeTokens, Page, PageTokens, ServiceError,
+    idempotency::{self, Claim, Encode, IdempotencyKey, Outcome, Recorded},
     now, time_of,
 };
 pub use crate::entity::connection::ListFilter;
@@ -30,9 +30,20 @@ pub struct Connections {
     /// Reads outside transactions.
     reader: db::Reader,
     tokens: PageTokens,
+    change_tokens: ChangeTokens,
     replays: idempotency::ReplayCounts,
     /// The response a call's replays return.
     encode: Encode<ConnectionRecord>,
+}
+
+/// A connection as a write left it, and the change token just after the
+/// write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The connection after the change.
+    pub record: ConnectionRecord,
+    /// The change log's horizon just after the change.
+    pub change_token: String,
 }
 
 /// What CreateConnection asks for, already validated.
@@ -74,6 +85,7 @@ impl Connections {
         Self {
             db,
             reader,
+            change_tokens: ChangeTokens::new(tokens.clone()),
             tokens,
             replays: idempotency::ReplayCounts::default(),
             encode,
@@ -91,7 +103,7 @@ impl Connections {
         &self,
         caller: OrganizationId,
         new: NewConnection,
-    ) -> Result<Outcome<ConnectionRecord>, ServiceError> {
+    ) -> Result<Outcome<Written>, ServiceError> {
         if new.destination == caller {
             return Err(ServiceError::SelfConnection);
         }
@@ -139,10 +151,10 @@ impl Connections {
             }
             return Err(err.into());
         }
-        connection_event::append(&*txn, &event).await?;
-        self.commit(txn, key.as_ref(), &record).await?;
-        tracing::info!(connection_id = %record.id, "connection created");
-        Ok(Outcome::Fresh(record))
+        let position = connection_event::append(&*txn, &event).await?;
+        let written = self.commit(txn, key.as_ref(), record, position).await?;
+        tracing::info!(connection_id = %written.record.id, "connection created");
+        Ok(Outcome::Fresh(written))
     }
 
     /// The connection `id`, if `caller` is a party to it.
@@ -182,7 +194,7 @@ impl Connections {
         &self,
         caller: OrganizationId,
         request: TransitionRequest,
-    ) -> Result<Outcome<ConnectionRecord>, ServiceError> {
+    ) -> Result<Outcome<Written>, ServiceError> {
         let key = request.request_id.clone().map(|request_id| {
             IdempotencyKey::new(
                 caller,
@@ -214,10 +226,10 @@ impl Connections {
         if !connection::update_guarded(&*txn, current.version, &next).await? {
             return Err(ServiceError::ConcurrentModification);
         }
-        connection_event::append(&*txn, &event).await?;
-        self.commit(txn, key.as_ref(), &next).await?;
-        tracing::info!(from = %current.state, to = %next.state, "connection changed");
-        Ok(Outcome::Fresh(next))
+        let position = connection_event::append(&*txn, &event).await?;
+        let written = self.commit(txn, key.as_ref(), next, position).await?;
+        tracing::info!(from = %current.state, to = %written.record.state, "connection changed");
+        Ok(Outcome::Fresh(written))
     }
 
     /// The history of a connection the caller is a party to, oldest first.
@@ -251,8 +263,8 @@ impl Connections {
 enum Begun {
     /// Execute the call in this transaction.
     Fresh(db::WriteTransaction),
-    /// A call with the same request_id succeeded before: its response.
-    Done(Vec<u8>),
+    /// A call with the same request_id succeeded before: what it returned.
+    Done(Recorded),
 }
 
 impl Connections {
@@ -278,18 +290,29 @@ impl Connections {
         }
     }
 
-    /// Records the response for the call's request_id, if any, and commits.
+    /// Records what the call returns for its request_id, if any, and
+    /// commits: `record` is the connection as the call left it, and
+    /// `position` that of the event it wrote.
     async fn commit(
         &self,
         txn: db::WriteTransaction,
         key: Option<&IdempotencyKey>,
-        record: &ConnectionRecord,
-    ) -> Result<(), ServiceError> {
+        record: ConnectionRecord,
+        position: i64,
+    ) -> Result<Written, ServiceError> {
+        let written = Written {
+            change_token: self.change_tokens.issue(position + 1),
+            record,
+        };
         if let Some(key) = key {
-            idempotency::complete(&*txn, key, (self.encode)(record)).await?;
+            let recorded = Recorded {
+                response: (self.encode)(&written.record),
+                change_token: written.change_token.clone(),
+            };
+            idempotency::complete(&*txn, key, recorded).await?;
         }
         txn.commit().await?;
-        Ok(())
+        Ok(written)
     }
 }
 
@@ -370,7 +393,7 @@ mod tests {
             )
             .await
             .unwrap();
-        let Outcome::Fresh(stale) = stale else {
+        let Outcome::Fresh(Written { record: stale, .. }) = stale else {
             panic!("no request_id: nothing to replay")
         };
         // Another writer changes the connection after our read.
@@ -387,7 +410,10 @@ mod tests {
             )
             .await
             .unwrap();
-        let Outcome::Fresh(activated) = activated else {
+        let Outcome::Fresh(Written {
+            record: activated, ..
+        }) = activated
+        else {
             panic!("no request_id: nothing to replay")
         };
 

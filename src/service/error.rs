@@ -56,6 +56,12 @@ pub enum ServiceError {
     /// Malformed, altered, or issued for another caller or other filters.
     #[error("the page token is not valid for this request")]
     InvalidPageToken,
+    /// A change token that was not issued by the service, or was altered.
+    #[error("{field} is not a change token issued by this service")]
+    InvalidChangeToken {
+        /// The request field it came in.
+        field: &'static str,
+    },
     /// No such connection, or the caller is not a party to it.
     #[error("connection not found")]
     ConnectionNotFound,

@@ -128,25 +128,37 @@ impl IdempotencyKey {
     }
 
     /// The recorded response, if `record` was made by a call with our parameters.
-    fn replay(&self, record: idempotency_record::Model) -> Result<Vec<u8>, ServiceError> {
+    fn replay(&self, record: idempotency_record::Model) -> Result<Recorded, ServiceError> {
         if record.request_sha256 != self.fingerprint {
             return Err(ServiceError::RequestIdReused);
         }
-        Ok(record.response_proto)
+        Ok(Recorded {
+            response: record.response_proto,
+            change_token: record.change_token,
+        })
     }
 }
 
 /// Encodes a call's result as the response its replays return.
 pub type Encode<T> = fn(&T) -> Vec<u8>;
 
+/// What a call with a request_id returned, as recorded for its replays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The response, as encoded then (see [`Encode`]).
+    pub response: Vec<u8>,
+    /// The change token it returned (empty for calls recorded before change
+    /// tokens existed).
+    pub change_token: String,
+}
+
 /// The result of a call that may have been answered by an earlier one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome<T> {
     /// The call ran now: its result.
     Fresh(T),
-    /// An earlier call with the same request_id ran: the response it
-    /// returned, as encoded then.
-    Replayed(Vec<u8>),
+    /// An earlier call with the same request_id ran: what it returned.
+    Replayed(Recorded),
 }
 
 /// The outcome of claiming a key.
@@ -155,7 +167,7 @@ pub enum Claim {
     /// The key is ours: execute the call, then [`complete`] it.
     Fresh,
     /// An earlier call with this key succeeded: return its response.
-    Replay(Vec<u8>),
+    Replay(Recorded),
     /// A concurrent call claimed the key first and committed. Roll back, then
     /// [`replay_committed`].
     Raced,
@@ -175,6 +187,7 @@ pub async fn claim(
         request_id: Set(key.request_id.clone()),
         request_sha256: Set(key.fingerprint.to_vec()),
         response_proto: Set(Vec::new()),
+        change_token: Set(String::new()),
         create_time: Set(now()),
     };
     match idempotency_record::Entity::insert(placeholder)
@@ -187,15 +200,22 @@ pub async fn claim(
     }
 }
 
-/// Records `response` as the outcome of the call that claimed `key`, in the
-/// same transaction as the change.
+/// Records what the call that claimed `key` returned, in the same
+/// transaction as the change.
 pub async fn complete(
     txn: &impl ConnectionTrait,
     key: &IdempotencyKey,
-    response: Vec<u8>,
+    recorded: Recorded,
 ) -> Result<(), ServiceError> {
     idempotency_record::Entity::update_many()
-        .col_expr(idempotency_record::Column::ResponseProto, response.into())
+        .col_expr(
+            idempotency_record::Column::ResponseProto,
+            recorded.response.into(),
+        )
+        .col_expr(
+            idempotency_record::Column::ChangeToken,
+            recorded.change_token.into(),
+        )
         .filter(idempotency_record::Column::OrganizationId.eq(key.organization.uuid()))
         .filter(idempotency_record::Column::Method.eq(key.method))
         .filter(idempotency_record::Column::RequestId.eq(key.request_id.as_str()))
@@ -209,7 +229,7 @@ pub async fn complete(
 pub async fn replay_committed(
     db: &impl ConnectionTrait,
     key: &IdempotencyKey,
-) -> Result<Vec<u8>, ServiceError> {
+) -> Result<Recorded, ServiceError> {
     match key.find().one(db).await? {
         Some(record) => key.replay(record),
         // The winner was rolled back after all: the caller may simply retry.
@@ -268,6 +288,7 @@ mod tests {
             request_id: Set(format!("{at}-{i}")),
             request_sha256: Set(vec![0; 32]),
             response_proto: Set(Vec::new()),
+            change_token: Set(String::new()),
             create_time: Set(at + chrono::Duration::milliseconds(i)),
         });
         idempotency_record::Entity::insert_many(records)

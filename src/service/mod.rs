@@ -1,6 +1,7 @@
 //! Business rules and persistence: ownership, transitions, transactions.
 
 pub mod api_keys;
+pub mod change_token;
 pub mod connections;
 pub mod error;
 pub mod idempotency;
@@ -9,7 +10,8 @@ pub mod page_token;
 pub mod secrets;
 
 pub use api_keys::ApiKeys;
-pub use connections::{Connections, ListFilter, NewConnection, TransitionRequest};
+pub use change_token::ChangeTokens;
+pub use connections::{Connections, ListFilter, NewConnection, TransitionRequest, Written};
 pub use error::{FieldViolation, ServiceError};
 pub use organizations::Organizations;
 pub use page_token::PageTokens;

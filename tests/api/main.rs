@@ -4,6 +4,7 @@
 
 mod admin;
 mod auth;
+mod change_log;
 mod cli;
 mod concurrency;
 mod crash;

@@ -162,8 +162,10 @@ async fn concurrent_scrapes_share_one_count_of_connections_per_interval_and_writ
     }
     let pending = |text: &str| metric_sample(text, r#"connections{state="PENDING"}"#);
     app.connect(&source, &destinations[0]).await;
+    // The count is taken between these two instants.
     let counted = Instant::now();
     assert_eq!(pending(&app.metrics_text().await), Some(1.0));
+    let counted_by = Instant::now();
 
     // 20 scrapers scrape without pause while the source creates 5 more
     // connections: every write succeeds, and every scrape that ended within
@@ -200,6 +202,6 @@ async fn concurrent_scrapes_share_one_count_of_connections_per_interval_and_writ
     }
 
     // Once the interval has passed, the next scrape counts again.
-    tokio::time::sleep(interval.saturating_sub(counted.elapsed())).await;
+    tokio::time::sleep(interval.saturating_sub(counted_by.elapsed())).await;
     assert_eq!(pending(&app.metrics_text().await), Some(6.0));
 }

@@ -136,10 +136,12 @@ async fn a_request_id_recorded_as_json_before_an_upgrade_replays_the_same_respon
     Migrator::up(&db, None).await.unwrap();
 
     let txn = db::begin_write(&db).await.unwrap();
-    let Claim::Replay(response) = claim(&*txn, &key).await.unwrap() else {
+    let Claim::Replay(recorded) = claim(&*txn, &key).await.unwrap() else {
         panic!("the record written before the upgrade was not found");
     };
-    assert_eq!(response, encode_connection(&record));
+    assert_eq!(recorded.response, encode_connection(&record));
+    // Recorded before change tokens existed: it replays without one.
+    assert_eq!(recorded.change_token, "");
     txn.rollback().await.unwrap();
     db.close().await.unwrap();
 }

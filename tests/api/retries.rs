@@ -433,6 +433,7 @@ async fn sweeping_100_000_expired_request_ids_during_writes_fails_no_write() {
             request_id: Set(format!("expired-{chunk}-{i}")),
             request_sha256: Set(vec![0; 32]),
             response_proto: Set(Vec::new()),
+            change_token: Set(String::new()),
             create_time: Set(expired),
         });
         idempotency_record::Entity::insert_many(batch)

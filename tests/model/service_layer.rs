@@ -12,7 +12,7 @@ use connections::{
     proto,
     service::{
         Connections, ListFilter, NewConnection, Organizations, PageTokens, ServiceError,
-        TransitionRequest, idempotency::Outcome,
+        TransitionRequest, Written, idempotency::Outcome,
     },
 };
 use migration::{Migrator, MigratorTrait};
@@ -121,11 +121,11 @@ impl PartialEq for Returned {
     }
 }
 
-impl From<Outcome<ConnectionRecord>> for Returned {
-    fn from(outcome: Outcome<ConnectionRecord>) -> Self {
+impl From<Outcome<Written>> for Returned {
+    fn from(outcome: Outcome<Written>) -> Self {
         match outcome {
-            Outcome::Fresh(record) => Self::Record(record),
-            Outcome::Replayed(encoded) => Self::Replayed(encoded),
+            Outcome::Fresh(written) => Self::Record(written.record),
+            Outcome::Replayed(recorded) => Self::Replayed(recorded.response),
         }
     }
 }
