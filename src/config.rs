@@ -112,6 +112,26 @@ pub struct Settings {
     )]
     pub http2_keepalive_timeout: Duration,
 
+    /// Most WatchConnectionEvents streams one organization may have open on
+    /// this server at once.
+    #[arg(
+        long,
+        env = "CONNECTIONS_WATCH_STREAMS_PER_ORGANIZATION",
+        default_value_t = 16,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub watch_streams_per_organization: u32,
+
+    /// Longest time between two messages of a WatchConnectionEvents stream
+    /// (a heartbeat is sent if nothing else is): `15s`.
+    #[arg(
+        long,
+        env = "CONNECTIONS_WATCH_HEARTBEAT_INTERVAL",
+        default_value = "15s",
+        value_parser = parse_duration
+    )]
+    pub watch_heartbeat_interval: Duration,
+
     /// Most client connections open at once; further ones wait in the
     /// listen queue until one closes.
     #[arg(
@@ -271,6 +291,9 @@ pub struct BackgroundSettings {
     pub request_id_retention: Duration,
     /// How often expired request_id records are deleted.
     pub request_id_sweep_interval: Duration,
+    /// How often the change log is read for changes made by other replicas
+    /// and processes (this process's own are read as they commit).
+    pub change_feed_poll_interval: Duration,
     /// How long the metrics' count of connections by state is reused before
     /// the database is asked again, however many scrapes arrive.
     pub connection_count_interval: Duration,
@@ -283,6 +306,7 @@ impl Default for BackgroundSettings {
             request_id_retention: REQUEST_ID_RETENTION,
             request_id_sweep_interval: Duration::from_secs(10 * 60),
             connection_count_interval: Duration::from_secs(15),
+            change_feed_poll_interval: Duration::from_millis(100),
         }
     }
 }

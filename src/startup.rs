@@ -17,7 +17,10 @@ use crate::{
         server::{self, Services, Transport, TransportError},
     },
     metrics::{self, Metrics},
-    service::{ApiKeys, Connections, Organizations, PageTokens, secrets},
+    service::{
+        ApiKeys, ChangeFeed, ChangeTokens, Connections, Organizations, PageTokens, WatchLimits,
+        Watches, secrets,
+    },
 };
 
 /// Why the server could not start or stopped abnormally.
@@ -60,6 +63,8 @@ pub struct Application {
     health_db: DatabaseConnection,
     /// What the request_id sweeper has done.
     sweeper: Arc<Activity>,
+    /// The change log, as this process follows it.
+    feed: ChangeFeed,
 }
 
 impl Application {
@@ -74,12 +79,24 @@ impl Application {
         })
         .await?;
         let tokens = PageTokens::new(secrets::shared_key(&db, PageTokens::SECRET_NAME).await?);
+        let feed = ChangeFeed::new(reader.clone());
+        feed.start().await?;
         let services = Services {
             connections: Connections::new(
                 db.clone(),
                 reader.clone(),
                 tokens.clone(),
                 convert::encode_connection,
+            )
+            .notifying(feed.clone()),
+            watches: Watches::new(
+                reader.clone(),
+                feed.clone(),
+                ChangeTokens::new(tokens.clone()),
+                WatchLimits {
+                    streams_per_organization: settings.watch_streams_per_organization as usize,
+                    heartbeat: settings.watch_heartbeat_interval,
+                },
             ),
             organizations: Organizations::new(db.clone(), reader.clone(), tokens),
             api_keys: ApiKeys::new(db.clone(), reader.clone()),
@@ -100,6 +117,7 @@ impl Application {
             reader,
             health_db,
             sweeper: Arc::default(),
+            feed,
         })
     }
 
@@ -186,6 +204,10 @@ impl Application {
                 intervals.request_id_sweep_interval,
                 self.sweeper,
             ),
+            {
+                let (feed, poll) = (self.feed.clone(), intervals.change_feed_poll_interval);
+                background::Task::start(move |stop| async move { feed.follow(poll, stop).await })
+            },
         ];
         if let (Some(listener), Some(metrics)) = (self.metrics_listener, metrics.clone()) {
             tasks.push(background::Task::start(|stop| async move {

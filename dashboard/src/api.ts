@@ -89,6 +89,8 @@ const SENTENCES: Record<ErrorReason, string> = {
   [ErrorReason.INTERNAL]: "Something went wrong on our side. Please try again later.",
   [ErrorReason.AUTHENTICATION_THROTTLED]: "The service is busy right now. Please try again in a moment.",
   [ErrorReason.INVALID_CHANGE_TOKEN]: "The page lost its place in the list of changes. Reload it.",
+  [ErrorReason.WATCH_LIMIT_EXCEEDED]: "Too many pages are following changes for your organization. Close some.",
+  [ErrorReason.WATCH_CONSUMER_TOO_SLOW]: "The page fell behind the list of changes. Reload it.",
 };
 
 /** The sentence and details of a failed call. */

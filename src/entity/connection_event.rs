@@ -41,20 +41,31 @@ pub struct Model {
     pub position: i64,
 }
 
-/// No relations are navigated through the ORM.
+/// The connection an event belongs to (joined by the change log's reads).
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
-pub enum Relation {}
+pub enum Relation {
+    /// The event's connection.
+    #[sea_orm(
+        belongs_to = "super::connection::Entity",
+        from = "Column::ConnectionId",
+        to = "super::connection::Column::Id"
+    )]
+    Connection,
+}
 
 impl ActiveModelBehavior for ActiveModel {}
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, Insert,
-    QueryFilter, QueryOrder, QuerySelect, Statement,
+    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait,
+    FromQueryResult, Insert, JoinType, QueryFilter, QueryOrder, QuerySelect, RelationTrait,
+    Statement,
 };
 use uuid::Uuid;
 
-use super::unreadable;
-use crate::domain::{ConnectionEvent, ConnectionId, Named, NewEvent};
+use super::{connection, unreadable};
+use crate::domain::{
+    ConnectionEvent, ConnectionId, Named, NewEvent, OrganizationId, Parties, Role,
+};
 
 /// The insert that appends `event`, stored as event `id` at `position`.
 pub fn append_query(id: Uuid, event: &NewEvent, position: i64) -> Insert<ActiveModel> {
@@ -107,6 +118,61 @@ pub async fn horizon(conn: &impl ConnectionTrait) -> Result<i64, DbErr> {
     .await
 }
 
+/// Which positions had committed when a snapshot was taken: on PostgreSQL,
+/// every transaction below `xmin`, and those below `xmax` that were not
+/// running then; on SQLite, every position below the horizon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The horizon: every position below it had ended.
+    pub xmin: i64,
+    /// Every position from here on began after the snapshot.
+    pub xmax: i64,
+    /// Positions between the two still running then.
+    pub running: Vec<i64>,
+}
+
+impl Snapshot {
+    /// Whether the event at `position` had committed when the snapshot was
+    /// taken.
+    pub fn saw(&self, position: i64) -> bool {
+        position < self.xmin || (position < self.xmax && !self.running.contains(&position))
+    }
+}
+
+/// The change log as of now (see [`Snapshot`]).
+pub async fn snapshot(conn: &impl ConnectionTrait) -> Result<Snapshot, DbErr> {
+    if conn.get_database_backend() != DbBackend::Postgres {
+        let horizon = horizon(conn).await?;
+        return Ok(Snapshot {
+            xmin: horizon,
+            xmax: horizon,
+            running: Vec::new(),
+        });
+    }
+    let sql = "SELECT pg_snapshot_xmin(s)::text::bigint AS xmin, \
+                      pg_snapshot_xmax(s)::text::bigint AS xmax, \
+                      (SELECT COALESCE(string_agg(x::text, ','), '') \
+                       FROM pg_snapshot_xip(s) AS x) AS running \
+               FROM pg_current_snapshot() AS s";
+    let row = conn
+        .query_one_raw(Statement::from_string(DbBackend::Postgres, sql))
+        .await?
+        .ok_or_else(|| DbErr::RecordNotFound(sql.to_owned()))?;
+    let running: String = row.try_get("", "running")?;
+    Ok(Snapshot {
+        xmin: row.try_get("", "xmin")?,
+        xmax: row.try_get("", "xmax")?,
+        running: running
+            .split(',')
+            .filter(|x| !x.is_empty())
+            .map(|x| {
+                x.parse()
+                    .map_err(|_| DbErr::Custom(format!("not a transaction ID: {x}")))
+            })
+            .collect::<Result<_, _>>()?,
+    })
+}
+
 /// The change log from position `from` up to (not including) `before`, in
 /// order: at most `limit` events, each with its position. With `before` a
 /// [`horizon`] read earlier, the result never misses an event.
@@ -125,6 +191,121 @@ pub async fn log(
         .await?
         .into_iter()
         .map(|row| Ok((row.position, event_from(row)?)))
+        .collect()
+}
+
+/// One entry of the change log: an event, its position, and the parties of
+/// its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Its place in the change log.
+    pub position: i64,
+    /// The event.
+    pub event: ConnectionEvent,
+    /// The connection's parties.
+    pub parties: Parties,
+}
+
+/// The events of one organization's connections, on one side or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Party {
+    /// The organization.
+    pub organization: OrganizationId,
+    /// Only the connections where it has this role; `None`: both.
+    pub role: Option<Role>,
+}
+
+impl Party {
+    /// Whether the organization takes part, in the role asked for, in a
+    /// connection between `parties`.
+    pub fn takes_part_in(&self, parties: &Parties) -> bool {
+        let source = parties.source == self.organization;
+        let destination = parties.destination == self.organization;
+        match self.role {
+            None => source || destination,
+            Some(Role::Source) => source,
+            Some(Role::Destination) => destination,
+        }
+    }
+
+    fn condition(&self) -> Condition {
+        let id = self.organization.uuid();
+        let source = connection::Column::SourceOrganizationId.eq(id);
+        let destination = connection::Column::DestinationOrganizationId.eq(id);
+        match self.role {
+            None => Condition::any().add(source).add(destination),
+            Some(Role::Source) => Condition::all().add(source),
+            Some(Role::Destination) => Condition::all().add(destination),
+        }
+    }
+}
+
+/// A change log row with its connection's parties.
+#[derive(Debug, FromQueryResult)]
+struct LogRow {
+    id: Uuid,
+    connection_id: Uuid,
+    sequence: i64,
+    event_type: String,
+    from_state: Option<String>,
+    to_state: String,
+    actor_organization_id: Uuid,
+    actor_role: String,
+    reason: Option<String>,
+    create_time: DateTimeUtc,
+    position: i64,
+    source_organization_id: Uuid,
+    destination_organization_id: Uuid,
+}
+
+/// Like [`log`], with each event's parties, and only `party`'s events if
+/// given.
+pub async fn log_entries(
+    conn: &impl ConnectionTrait,
+    from: i64,
+    before: i64,
+    limit: u64,
+    party: Option<Party>,
+) -> Result<Vec<LogEntry>, DbErr> {
+    let mut query = Entity::find()
+        .column(connection::Column::SourceOrganizationId)
+        .column(connection::Column::DestinationOrganizationId)
+        .join(JoinType::InnerJoin, Relation::Connection.def())
+        .filter(Column::Position.gte(from))
+        .filter(Column::Position.lt(before));
+    if let Some(party) = party {
+        query = query.filter(party.condition());
+    }
+    query
+        .order_by_asc(Column::Position)
+        .limit(limit)
+        .into_model::<LogRow>()
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(|row| {
+            let parties = Parties {
+                source: row.source_organization_id.into(),
+                destination: row.destination_organization_id.into(),
+            };
+            Ok(LogEntry {
+                position: row.position,
+                parties,
+                event: event_from(Model {
+                    id: row.id,
+                    connection_id: row.connection_id,
+                    sequence: row.sequence,
+                    event_type: row.event_type,
+                    from_state: row.from_state,
+                    to_state: row.to_state,
+                    actor_organization_id: row.actor_organization_id,
+                    actor_role: row.actor_role,
+                    reason: row.reason,
+                    create_time: row.create_time,
+                    position: row.position,
+                })?,
+            })
+        })
         .collect()
 }
 

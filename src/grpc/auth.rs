@@ -4,9 +4,11 @@ use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 use tonic::metadata::MetadataMap;
 
+use std::sync::Arc;
+
 use crate::{
     domain::OrganizationId,
-    service::{ApiKeys, ServiceError, api_keys::digest},
+    service::{ApiKeys, ServiceError, api_keys::digest, watch::StillAuthorized},
 };
 
 /// Longest `authorization` value examined; longer ones are refused unread.
@@ -61,6 +63,26 @@ impl Authenticator {
         let organization = self.keys.authenticate(secret).await?;
         tracing::Span::current().record("caller", tracing::field::display(organization));
         Ok(organization)
+    }
+}
+
+impl Authenticator {
+    /// The calling organization, as [`organization`](Self::organization),
+    /// and a check that its key is still valid, for streams that stay open
+    /// after the call began.
+    pub async fn organization_while_valid(
+        &self,
+        metadata: &MetadataMap,
+    ) -> Result<(OrganizationId, StillAuthorized), ServiceError> {
+        let organization = self.organization(metadata).await?;
+        let secret = bearer(metadata).map_err(|_| ServiceError::ApiKeyInvalid)?;
+        let presented = digest(secret);
+        let keys = self.keys.clone();
+        let check: StillAuthorized = Arc::new(move || {
+            let keys = keys.clone();
+            Box::pin(async move { keys.still_valid(presented, organization).await })
+        });
+        Ok((organization, check))
     }
 }
 

@@ -1,5 +1,8 @@
 //! `connections.v1.ConnectionService`.
 
+use std::pin::Pin;
+
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::{
@@ -13,10 +16,13 @@ use crate::{
         CreateConnectionResponse, DeactivateConnectionRequest, DeactivateConnectionResponse,
         GetConnectionRequest, GetConnectionResponse, ListConnectionEventsRequest,
         ListConnectionEventsResponse, ListConnectionsRequest, ListConnectionsResponse,
-        ReactivateConnectionRequest, ReactivateConnectionResponse,
-        connection_service_server::ConnectionService,
+        ReactivateConnectionRequest, ReactivateConnectionResponse, WatchConnectionEventsRequest,
+        WatchConnectionEventsResponse, connection_service_server::ConnectionService,
     },
-    service::{Connections, ListFilter, NewConnection, TransitionRequest},
+    service::{
+        Connections, ListFilter, NewConnection, TransitionRequest, WatchStart, Watches,
+        watch::Party,
+    },
 };
 
 /// The gRPC adapter over [`Connections`].
@@ -24,12 +30,17 @@ use crate::{
 pub struct ConnectionApi {
     auth: Authenticator,
     connections: Connections,
+    watches: Watches,
 }
 
 impl ConnectionApi {
-    /// Serves `connections`, identifying callers with `auth`.
-    pub fn new(auth: Authenticator, connections: Connections) -> Self {
-        Self { auth, connections }
+    /// Serves `connections` and `watches`, identifying callers with `auth`.
+    pub fn new(auth: Authenticator, connections: Connections, watches: Watches) -> Self {
+        Self {
+            auth,
+            connections,
+            watches,
+        }
     }
 
     async fn transition(
@@ -213,6 +224,39 @@ impl ConnectionService for ConnectionApi {
             connection: Some(connection),
             change_token,
         }))
+    }
+
+    type WatchConnectionEventsStream =
+        Pin<Box<dyn Stream<Item = Result<WatchConnectionEventsResponse, Status>> + Send>>;
+
+    async fn watch_connection_events(
+        &self,
+        request: Request<WatchConnectionEventsRequest>,
+    ) -> Result<Response<Self::WatchConnectionEventsStream>, Status> {
+        let (caller, still_authorized) = self
+            .auth
+            .organization_while_valid(request.metadata())
+            .await?;
+        let request = request.into_inner();
+        let role = validate::role_filter(request.role)
+            .map_err(|violation| crate::service::ServiceError::InvalidArgument(vec![violation]))?;
+        let start = match (request.after_change_token.as_str(), request.from_beginning) {
+            ("", true) => WatchStart::Beginning,
+            ("", false) => WatchStart::Now,
+            (token, _) => self.watches.start_at(token, "after_change_token")?,
+        };
+        let party = Party {
+            organization: caller,
+            role,
+        };
+        let stream = self.watches.watch(party, start, still_authorized)?;
+        Ok(Response::new(Box::pin(stream.map(|item| {
+            let item = item?;
+            Ok(WatchConnectionEventsResponse {
+                event: item.event.map(Into::into),
+                change_token: item.change_token,
+            })
+        }))))
     }
 
     async fn list_connection_events(

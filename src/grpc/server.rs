@@ -26,7 +26,7 @@ use crate::{
         connection_service_server::ConnectionServiceServer,
         organization_service_server::OrganizationServiceServer,
     },
-    service::{ApiKeys, Connections, Organizations},
+    service::{ApiKeys, Connections, Organizations, Watches},
 };
 
 /// Largest request message accepted, in bytes. Every valid request is far smaller.
@@ -45,6 +45,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Services {
     /// Connections: ConnectionService.
     pub connections: Connections,
+    /// Watches: ConnectionService's WatchConnectionEvents.
+    pub watches: Watches,
     /// Organizations: OrganizationService and AdminService.
     pub organizations: Organizations,
     /// API keys: AdminService, and every caller's authentication.
@@ -104,6 +106,7 @@ pub fn register(
 ) -> Result<(Routes, HealthReporter), tonic_reflection::server::Error> {
     let Services {
         connections,
+        watches,
         organizations,
         api_keys,
         admin_token,
@@ -120,7 +123,7 @@ pub fn register(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?)
         .add_service(
-            ConnectionServiceServer::new(ConnectionApi::new(auth.clone(), connections))
+            ConnectionServiceServer::new(ConnectionApi::new(auth.clone(), connections, watches))
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_ENCODING_MESSAGE_SIZE),
         )

@@ -57,6 +57,8 @@ impl From<ServiceError> for Status {
                 ));
                 (Code::InvalidArgument, ErrorReason::InvalidChangeToken)
             }
+            E::WatchLimitExceeded => (Code::ResourceExhausted, ErrorReason::WatchLimitExceeded),
+            E::WatchConsumerTooSlow => (Code::Aborted, ErrorReason::WatchConsumerTooSlow),
             E::ConnectionNotFound => (Code::NotFound, ErrorReason::ConnectionNotFound),
             E::OrganizationNotFound => (Code::NotFound, ErrorReason::OrganizationNotFound),
             E::ApiKeyNotFound => (Code::NotFound, ErrorReason::ApiKeyNotFound),

@@ -254,6 +254,30 @@ impl ApiKeys {
     }
 }
 
+impl ApiKeys {
+    /// Checks, in the database and ignoring every cache, that the key with
+    /// digest `presented` still exists, unrevoked, for `organization`: for
+    /// streams, which outlive any cache entry.
+    pub async fn still_valid(
+        &self,
+        presented: [u8; 32],
+        organization: OrganizationId,
+    ) -> Result<(), ServiceError> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        match api_key::lookup(&self.reader, &presented).await? {
+            Some((found, stored))
+                if found == organization && bool::from(stored.ct_eq(&presented)) =>
+            {
+                Ok(())
+            }
+            _ => {
+                self.verified.invalidate(&presented);
+                Err(ServiceError::ApiKeyInvalid)
+            }
+        }
+    }
+}
+
 /// SHA-256 of a secret.
 pub fn digest(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()

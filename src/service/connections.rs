@@ -9,7 +9,7 @@ use sea_orm::DatabaseConnection;
 use tracing::instrument;
 
 use super::{
-    ChangeTokens, Page, PageTokens, ServiceError,
+    ChangeFeed, ChangeTokens, Page, PageTokens, ServiceError,
     idempotency::{self, Claim, Encode, IdempotencyKey, Outcome, Recorded},
     now, time_of,
 };
@@ -34,6 +34,8 @@ pub struct Connections {
     replays: idempotency::ReplayCounts,
     /// The response a call's replays return.
     encode: Encode<ConnectionRecord>,
+    /// Told of every commit.
+    feed: ChangeFeed,
 }
 
 /// A connection as a write left it, and the change token just after the
@@ -84,12 +86,20 @@ impl Connections {
     ) -> Self {
         Self {
             db,
-            reader,
             change_tokens: ChangeTokens::new(tokens.clone()),
             tokens,
             replays: idempotency::ReplayCounts::default(),
             encode,
+            feed: ChangeFeed::new(reader.clone()),
+            reader,
         }
+    }
+
+    /// Tells `feed` of every commit, so that it follows this process's
+    /// writes at once.
+    pub fn notifying(mut self, feed: ChangeFeed) -> Self {
+        self.feed = feed;
+        self
     }
 
     /// How often calls were answered with a recorded result (for metrics).
@@ -312,6 +322,7 @@ impl Connections {
             idempotency::complete(&*txn, key, recorded).await?;
         }
         txn.commit().await?;
+        self.feed.committed();
         Ok(written)
     }
 }

@@ -62,6 +62,12 @@ pub enum ServiceError {
         /// The request field it came in.
         field: &'static str,
     },
+    /// The organization has as many watch streams open as it may.
+    #[error("too many WatchConnectionEvents streams are open for this organization")]
+    WatchLimitExceeded,
+    /// A watch fell further behind than its buffer.
+    #[error("the stream fell too far behind; resume with the last change_token received")]
+    WatchConsumerTooSlow,
     /// No such connection, or the caller is not a party to it.
     #[error("connection not found")]
     ConnectionNotFound,

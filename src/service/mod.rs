@@ -1,6 +1,7 @@
 //! Business rules and persistence: ownership, transitions, transactions.
 
 pub mod api_keys;
+pub mod change_feed;
 pub mod change_token;
 pub mod connections;
 pub mod error;
@@ -8,13 +9,16 @@ pub mod idempotency;
 pub mod organizations;
 pub mod page_token;
 pub mod secrets;
+pub mod watch;
 
 pub use api_keys::ApiKeys;
+pub use change_feed::ChangeFeed;
 pub use change_token::ChangeTokens;
 pub use connections::{Connections, ListFilter, NewConnection, TransitionRequest, Written};
 pub use error::{FieldViolation, ServiceError};
 pub use organizations::Organizations;
 pub use page_token::PageTokens;
+pub use watch::{WatchItem, WatchLimits, WatchStart, Watches};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use uuid::Uuid;

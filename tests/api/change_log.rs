@@ -23,6 +23,25 @@ async fn read_log(db: &DatabaseConnection) -> Vec<(i64, ConnectionId, i64)> {
         .collect()
 }
 
+/// The log once it holds at least `count` events: on PostgreSQL its
+/// horizon waits for every transaction of the cluster that began before the
+/// last write, including other tests'.
+async fn log_of_at_least(db: &DatabaseConnection, count: usize) -> Vec<(i64, ConnectionId, i64)> {
+    let started = tokio::time::Instant::now();
+    loop {
+        let log = read_log(db).await;
+        if log.len() >= count {
+            return log;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the log holds {} of {count} events",
+            log.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Activates `id` as `destination` in a transaction on `db` that is left
 /// open, with its event written.
 async fn activate_without_committing(
@@ -65,7 +84,7 @@ async fn an_event_committed_late_is_not_skipped_and_every_replica_reads_one_orde
     let (d1, d2) = (app.new_org("D1").await, app.new_org("D2").await);
     let first = app.connect(&source, &d1).await.id;
     let second = app.connect(&source, &d2).await.id;
-    let before = read_log(&app.server_db).await;
+    let before = log_of_at_least(&app.server_db, 2).await;
 
     // A writer takes its position, writes its event and holds its
     // transaction open; another commits after it.
@@ -82,14 +101,14 @@ async fn an_event_committed_late_is_not_skipped_and_every_replica_reads_one_orde
     held_pool.close().await.unwrap();
 
     // Then both, the held one first, and every replica reads the same order.
-    let after = read_log(&app.server_db).await;
+    let after = log_of_at_least(&app.server_db, 4).await;
     assert_eq!(&after[..before.len()], &before[..]);
     let new: Vec<_> = after[before.len()..]
         .iter()
         .map(|(_, id, sequence)| (id.to_string(), *sequence))
         .collect();
     assert_eq!(new, [(first.clone(), 2), (second.clone(), 2)]);
-    assert_eq!(read_log(&replicas[1].server_db).await, after);
+    assert_eq!(log_of_at_least(&replicas[1].server_db, 4).await, after);
 }
 
 #[tokio::test]
@@ -104,7 +123,7 @@ async fn the_log_holds_every_event_once_in_an_order_that_agrees_with_each_histor
         app.deactivate(&source, &id, "").await.unwrap();
         ids.push(id);
     }
-    let log = read_log(&app.server_db).await;
+    let log = log_of_at_least(&app.server_db, 9).await;
     assert_eq!(log.len(), 9);
     assert!(log.windows(2).all(|w| w[0].0 < w[1].0), "{log:?}");
     for id in &ids {
@@ -181,13 +200,13 @@ async fn events_from_before_the_change_log_come_first_oldest_first() {
     let (stopping, _database) = app.begin_stop();
     stopping.finished().await;
     let db = Database::connect(&url).await.unwrap();
-    let logged = read_log(&db).await;
+    let logged = log_of_at_least(&db, 6).await;
 
     // Undo the change log and apply it again: the events it finds are
     // numbered below zero, in the order they happened.
     Migrator::down(&db, Some(1)).await.unwrap();
     Migrator::up(&db, None).await.unwrap();
-    let renumbered = read_log(&db).await;
+    let renumbered = log_of_at_least(&db, 6).await;
     db.close().await.unwrap();
     let positions: Vec<i64> = renumbered.iter().map(|(p, _, _)| *p).collect();
     assert_eq!(positions, (-6..0).collect::<Vec<_>>());

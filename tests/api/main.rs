@@ -26,3 +26,4 @@ mod standard_services;
 mod support;
 mod transitions;
 mod transports;
+mod watch;

@@ -146,6 +146,10 @@ pub struct AppOptions {
     pub max_client_connections: u32,
     /// HTTP/2 keepalive: ping interval and how long a ping may go unanswered.
     pub http2_keepalive: (Duration, Duration),
+    /// Most WatchConnectionEvents streams per organization.
+    pub watch_streams_per_organization: u32,
+    /// Longest time between two messages of a watch.
+    pub watch_heartbeat_interval: Duration,
 }
 
 impl Default for AppOptions {
@@ -167,6 +171,9 @@ impl Default for AppOptions {
                 Settings::from_environment().http2_keepalive_interval,
                 Settings::from_environment().http2_keepalive_timeout,
             ),
+            watch_streams_per_organization: Settings::from_environment()
+                .watch_streams_per_organization,
+            watch_heartbeat_interval: Settings::from_environment().watch_heartbeat_interval,
         }
     }
 }
@@ -217,11 +224,14 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
         max_client_connections: options.max_client_connections,
         http2_keepalive_interval: options.http2_keepalive.0,
         http2_keepalive_timeout: options.http2_keepalive.1,
+        watch_streams_per_organization: options.watch_streams_per_organization,
+        watch_heartbeat_interval: options.watch_heartbeat_interval,
         background: BackgroundSettings {
             health_check_interval: Duration::from_millis(100),
             request_id_retention: options.request_id_retention,
             request_id_sweep_interval: options.request_id_sweep_interval,
             connection_count_interval: options.connection_count_interval,
+            ..BackgroundSettings::default()
         },
         ..Settings::from_environment()
     })
