@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "connections/v1/connection_service.proto",
     "connections/v1/organization_service.proto",
     "connections/v1/admin_service.proto",
+    "connections/v1/access_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

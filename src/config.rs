@@ -53,6 +53,12 @@ pub struct Settings {
     #[arg(long, env = "CONNECTIONS_ADMIN_TOKEN", hide_env_values = true, value_parser = AdminTokenParser)]
     pub admin_token: Option<SecretString>,
 
+    /// Token that may call AccessService.CheckAccess for any pair of
+    /// organizations and nothing else, for the services that move the data.
+    /// At least 32 characters; surrounding whitespace is ignored.
+    #[arg(long, env = "CONNECTIONS_ACCESS_CHECK_TOKEN", hide_env_values = true, value_parser = AdminTokenParser)]
+    pub access_check_token: Option<SecretString>,
+
     /// Log format.
     #[arg(long, env = "CONNECTIONS_LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
     pub log_format: LogFormat,

@@ -17,9 +17,10 @@ use crate::{
         server::{self, Services, Transport, TransportError},
     },
     metrics::{self, Metrics},
+    service::change_feed::Subscription,
     service::{
-        ApiKeys, ChangeFeed, ChangeTokens, Connections, Organizations, PageTokens, WatchLimits,
-        Watches, secrets,
+        Access, ApiKeys, ChangeFeed, ChangeTokens, Connections, Organizations, PageTokens,
+        WatchLimits, Watches, secrets,
     },
 };
 
@@ -43,6 +44,9 @@ pub enum StartupError {
     /// The gRPC server failed.
     #[error("server: {0}")]
     Server(#[from] tonic::transport::Error),
+    /// Building the access index failed.
+    #[error("access index: {0}")]
+    AccessIndex(String),
     /// Building the reflection service failed.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -65,6 +69,8 @@ pub struct Application {
     sweeper: Arc<Activity>,
     /// The change log, as this process follows it.
     feed: ChangeFeed,
+    /// The access index, and the feed it has yet to apply.
+    access: (Access, Option<Subscription>),
 }
 
 impl Application {
@@ -81,6 +87,11 @@ impl Application {
         let tokens = PageTokens::new(secrets::shared_key(&db, PageTokens::SECRET_NAME).await?);
         let feed = ChangeFeed::new(reader.clone());
         feed.start().await?;
+        let (access, access_feed) =
+            Access::build(reader.clone(), &feed, ChangeTokens::new(tokens.clone()))
+                .await
+                .map_err(|err| StartupError::AccessIndex(err.to_string()))?;
+        tracing::info!(connections = access.len(), "access index built");
         let services = Services {
             connections: Connections::new(
                 db.clone(),
@@ -101,6 +112,8 @@ impl Application {
             organizations: Organizations::new(db.clone(), reader.clone(), tokens),
             api_keys: ApiKeys::new(db.clone(), reader.clone()),
             admin_token: AdminToken::new(settings.admin_token.as_ref()),
+            access: access.clone(),
+            access_check_token: AdminToken::new(settings.access_check_token.as_ref()),
         };
         let listener = bind(settings.listen).await?;
         let metrics_listener = match settings.metrics_listen {
@@ -118,6 +131,7 @@ impl Application {
             health_db,
             sweeper: Arc::default(),
             feed,
+            access: (access, Some(access_feed)),
         })
     }
 
@@ -209,6 +223,13 @@ impl Application {
                 background::Task::start(move |stop| async move { feed.follow(poll, stop).await })
             },
         ];
+        let (access, access_feed) = self.access;
+        if let Some(subscription) = access_feed {
+            let feed = self.feed.clone();
+            tasks.push(background::Task::start(move |stop| async move {
+                access.follow(subscription, feed, stop).await;
+            }));
+        }
         if let (Some(listener), Some(metrics)) = (self.metrics_listener, metrics.clone()) {
             tasks.push(background::Task::start(|stop| async move {
                 if let Err(err) = metrics::serve(listener, metrics, stop).await {

@@ -91,6 +91,7 @@ const SENTENCES: Record<ErrorReason, string> = {
   [ErrorReason.INVALID_CHANGE_TOKEN]: "The page lost its place in the list of changes. Reload it.",
   [ErrorReason.WATCH_LIMIT_EXCEEDED]: "Too many pages are following changes for your organization. Close some.",
   [ErrorReason.WATCH_CONSUMER_TOO_SLOW]: "The page fell behind the list of changes. Reload it.",
+  [ErrorReason.CALLER_NOT_PARTY]: "Your organization is not part of this connection.",
 };
 
 /** The sentence and details of a failed call. */

@@ -108,6 +108,41 @@ pub async fn find_pair(
     Ok(id.map(ConnectionId::from))
 }
 
+/// The connection from `source` to `destination`, if there is one.
+pub async fn find_between(
+    conn: &impl ConnectionTrait,
+    source: OrganizationId,
+    destination: OrganizationId,
+) -> Result<Option<ConnectionRecord>, DbErr> {
+    Entity::find()
+        .filter(Column::SourceOrganizationId.eq(source.uuid()))
+        .filter(Column::DestinationOrganizationId.eq(destination.uuid()))
+        .one(conn)
+        .await?
+        .map(record_from)
+        .transpose()
+}
+
+/// Every connection with an ID after `after`, in ID order: at most `limit`.
+pub async fn all_after(
+    conn: &impl ConnectionTrait,
+    after: Option<ConnectionId>,
+    limit: u64,
+) -> Result<Vec<ConnectionRecord>, DbErr> {
+    let mut query = Entity::find();
+    if let Some(after) = after {
+        query = query.filter(Column::Id.gt(after.uuid()));
+    }
+    query
+        .order_by_asc(Column::Id)
+        .limit(limit)
+        .all(conn)
+        .await?
+        .into_iter()
+        .map(record_from)
+        .collect()
+}
+
 /// Inserts a new connection. A connection between the same parties makes it
 /// fail with a unique violation (`db::error::unique_violation`).
 pub async fn insert(conn: &impl ConnectionTrait, record: &ConnectionRecord) -> Result<(), DbErr> {

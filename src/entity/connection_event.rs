@@ -64,7 +64,7 @@ use uuid::Uuid;
 
 use super::{connection, unreadable};
 use crate::domain::{
-    ConnectionEvent, ConnectionId, Named, NewEvent, OrganizationId, Parties, Role,
+    ConnectionEvent, ConnectionId, DataTypes, Named, NewEvent, OrganizationId, Parties, Role,
 };
 
 /// The insert that appends `event`, stored as event `id` at `position`.
@@ -204,6 +204,8 @@ pub struct LogEntry {
     pub event: ConnectionEvent,
     /// The connection's parties.
     pub parties: Parties,
+    /// The connection's data types.
+    pub data_types: DataTypes,
 }
 
 /// The events of one organization's connections, on one side or both.
@@ -256,6 +258,7 @@ struct LogRow {
     position: i64,
     source_organization_id: Uuid,
     destination_organization_id: Uuid,
+    data_types: String,
 }
 
 /// Like [`log`], with each event's parties, and only `party`'s events if
@@ -270,6 +273,7 @@ pub async fn log_entries(
     let mut query = Entity::find()
         .column(connection::Column::SourceOrganizationId)
         .column(connection::Column::DestinationOrganizationId)
+        .column(connection::Column::DataTypes)
         .join(JoinType::InnerJoin, Relation::Connection.def())
         .filter(Column::Position.gte(from))
         .filter(Column::Position.lt(before));
@@ -288,9 +292,13 @@ pub async fn log_entries(
                 source: row.source_organization_id.into(),
                 destination: row.destination_organization_id.into(),
             };
+            let data_types = DataTypes::from_storage(&row.data_types).map_err(|err| {
+                unreadable("connections", format!("{}: {err}", row.connection_id))
+            })?;
             Ok(LogEntry {
                 position: row.position,
                 parties,
+                data_types,
                 event: event_from(Model {
                     id: row.id,
                     connection_id: row.connection_id,

@@ -2,6 +2,7 @@
 //! authenticate the caller, validate and convert the request, call the service
 //! layer, convert the result back. No business rules live here.
 
+pub mod access_api;
 pub mod admin_api;
 pub mod auth;
 pub mod connection_api;
@@ -14,6 +15,7 @@ pub mod server;
 pub mod status;
 pub mod validate;
 
+pub use access_api::AccessApi;
 pub use admin_api::AdminApi;
 pub use auth::{AdminToken, Authenticator};
 pub use connection_api::ConnectionApi;

@@ -15,18 +15,18 @@ use tonic_health::server::HealthReporter;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::{
-    AdminApi, AdminToken, Authenticator, ConnectionApi, OrganizationApi, drain::EndStreamsLayer,
-    incoming, limits::LimitsLayer,
+    AccessApi, AdminApi, AdminToken, Authenticator, ConnectionApi, OrganizationApi,
+    drain::EndStreamsLayer, incoming, limits::LimitsLayer,
 };
 use crate::{
     config::{Settings, TlsSettings},
     metrics::{Metrics, MetricsLayer},
     proto::{
-        self, admin_service_server::AdminServiceServer,
+        self, access_service_server::AccessServiceServer, admin_service_server::AdminServiceServer,
         connection_service_server::ConnectionServiceServer,
         organization_service_server::OrganizationServiceServer,
     },
-    service::{ApiKeys, Connections, Organizations, Watches},
+    service::{Access, ApiKeys, Connections, Organizations, Watches},
 };
 
 /// Largest request message accepted, in bytes. Every valid request is far smaller.
@@ -51,16 +51,21 @@ pub struct Services {
     pub organizations: Organizations,
     /// API keys: AdminService, and every caller's authentication.
     pub api_keys: ApiKeys,
-    /// AdminService's credential.
+    /// AdminService's credential (it may call CheckAccess too).
     pub admin_token: AdminToken,
+    /// Access checks: AccessService.
+    pub access: Access,
+    /// The credential that may call CheckAccess only.
+    pub access_check_token: AdminToken,
 }
 
 /// The services whose health is reported. The whole server ("") comes last,
 /// so once it reports a status, every service reports the same.
-pub const HEALTH_SERVICES: [&str; 4] = [
+pub const HEALTH_SERVICES: [&str; 5] = [
     <ConnectionServiceServer<ConnectionApi> as NamedService>::NAME,
     <OrganizationServiceServer<OrganizationApi> as NamedService>::NAME,
     <AdminServiceServer<AdminApi> as NamedService>::NAME,
+    <AccessServiceServer<AccessApi> as NamedService>::NAME,
     "",
 ];
 
@@ -110,6 +115,8 @@ pub fn register(
         organizations,
         api_keys,
         admin_token,
+        access,
+        access_check_token,
     } = services;
     let auth = Authenticator::new(api_keys.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -128,9 +135,22 @@ pub fn register(
                 .max_encoding_message_size(MAX_ENCODING_MESSAGE_SIZE),
         )
         .add_service(
-            OrganizationServiceServer::new(OrganizationApi::new(auth, organizations.clone()))
-                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
-                .max_encoding_message_size(MAX_ENCODING_MESSAGE_SIZE),
+            OrganizationServiceServer::new(OrganizationApi::new(
+                auth.clone(),
+                organizations.clone(),
+            ))
+            .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_ENCODING_MESSAGE_SIZE),
+        )
+        .add_service(
+            AccessServiceServer::new(AccessApi::new(
+                auth.clone(),
+                admin_token.clone(),
+                access_check_token,
+                access,
+            ))
+            .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_ENCODING_MESSAGE_SIZE),
         )
         .add_service(
             AdminServiceServer::new(AdminApi::new(admin_token, organizations, api_keys))

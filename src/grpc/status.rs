@@ -68,6 +68,7 @@ impl From<ServiceError> for Status {
             }
             E::CallerNotSource => (Code::PermissionDenied, ErrorReason::CallerNotSource),
             E::CallerNotDestination => (Code::PermissionDenied, ErrorReason::CallerNotDestination),
+            E::CallerNotParty => (Code::PermissionDenied, ErrorReason::CallerNotParty),
             E::InvalidStateTransition { current, .. } => {
                 metadata.insert(
                     "current_state".to_owned(),

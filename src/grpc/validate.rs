@@ -126,6 +126,23 @@ pub fn data_types(values: &[i32]) -> Checked<DataTypes> {
     DataTypes::new(types).map_err(|err| FieldViolation::new(FIELD, err.to_string()))
 }
 
+/// One required data type.
+pub fn data_type(field: &'static str, value: i32) -> Checked<crate::domain::DataType> {
+    proto::DataType::try_from(value)
+        .ok()
+        .and_then(convert::data_type)
+        .ok_or_else(|| FieldViolation::new(field, format!("{value} is not a data type")))
+}
+
+/// An optional change token: empty means absent. Longer ones are refused
+/// unread; the signature is checked by the service.
+pub fn change_token<'a>(field: &'static str, value: &'a str) -> Checked<Option<&'a str>> {
+    if value.len() > crate::service::page_token::MAX_PAGE_TOKEN_LEN {
+        return Err(FieldViolation::new(field, "is not a change token"));
+    }
+    Ok((!value.is_empty()).then_some(value))
+}
+
 /// A role filter: UNSPECIFIED means either role.
 pub fn role_filter(value: i32) -> Checked<Option<crate::domain::Role>> {
     proto::ConnectionRole::try_from(value)

@@ -89,6 +89,10 @@ pub enum ServiceError {
     /// Only the destination may take this action.
     #[error("only the destination organization of the connection may do this")]
     CallerNotDestination,
+    /// CheckAccess by an organization that is neither the source nor the
+    /// destination it asks about.
+    #[error("only the source or the destination may check access between them")]
+    CallerNotParty,
     /// The connection's state does not allow the action.
     #[error("cannot {action} a connection that is {}", .current.as_str().to_lowercase())]
     InvalidStateTransition {

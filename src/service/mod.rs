@@ -1,5 +1,6 @@
 //! Business rules and persistence: ownership, transitions, transactions.
 
+pub mod access;
 pub mod api_keys;
 pub mod change_feed;
 pub mod change_token;
@@ -11,6 +12,7 @@ pub mod page_token;
 pub mod secrets;
 pub mod watch;
 
+pub use access::{Access, AccessAnswer, AccessQuestion, Checker};
 pub use api_keys::ApiKeys;
 pub use change_feed::ChangeFeed;
 pub use change_token::ChangeTokens;

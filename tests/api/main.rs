@@ -2,6 +2,7 @@
 //! real tonic clients. SQLite by default; PostgreSQL when `TEST_DATABASE_URL`
 //! is set (each test gets a database of its own).
 
+mod access;
 mod admin;
 mod auth;
 mod change_log;

@@ -6,7 +6,10 @@
 use connections::{
     domain::organization::MAX_DISPLAY_NAME_CHARS,
     grpc::validate::{MAX_DATA_TYPES, MAX_ETAG_LEN, MAX_REQUEST_ID_CHARS},
-    proto::{CreateApiKeyRequest, CreateConnectionRequest, DataType, ListConnectionsRequest},
+    proto::{
+        CheckAccessRequest, CreateApiKeyRequest, CreateConnectionRequest, DataType,
+        ListConnectionsRequest,
+    },
     service::page_token::MAX_PAGE_TOKEN_LEN,
 };
 use tonic::{Code, Status};
@@ -35,6 +38,10 @@ fn valid_request(rpc: &Rpc, organization_id: &str, connection_id: &str) -> Encod
     let mut request = match rpc.method.as_str() {
         "CreateConnection" => Encoded::of(&CreateConnectionRequest {
             data_types: vec![DataType::Inquiry as i32],
+            ..Default::default()
+        }),
+        "CheckAccess" => Encoded::of(&CheckAccessRequest {
+            data_type: DataType::Inquiry as i32,
             ..Default::default()
         }),
         _ => Encoded::default(),

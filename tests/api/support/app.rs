@@ -125,6 +125,8 @@ pub struct TestApp {
 /// Options for [`spawn_app_with`].
 pub struct AppOptions {
     pub admin_token: Option<&'static str>,
+    /// The token that may call CheckAccess only.
+    pub access_check_token: Option<&'static str>,
     pub request_id_retention: Duration,
     pub request_id_sweep_interval: Duration,
     /// Use SQLite even when `TEST_DATABASE_URL` is set.
@@ -156,6 +158,7 @@ impl Default for AppOptions {
     fn default() -> Self {
         Self {
             admin_token: Some(ADMIN_TOKEN),
+            access_check_token: None,
             request_id_retention: Duration::from_secs(24 * 60 * 60),
             request_id_sweep_interval: Duration::from_secs(60 * 60),
             sqlite: false,
@@ -216,6 +219,9 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
         database: db_settings(&url, options.max_connections),
         admin_token: options
             .admin_token
+            .map(|t| SecretString::from(t.to_owned())),
+        access_check_token: options
+            .access_check_token
             .map(|t| SecretString::from(t.to_owned())),
         cors_allow_origins: options.cors_allow_origins.clone(),
         tls,

@@ -61,7 +61,7 @@ impl Rpc {
     pub fn secret<'a>(&self, org: &'a TestOrg) -> &'a str {
         match self.service.strip_prefix(PACKAGE) {
             Some(".AdminService") => ADMIN_TOKEN,
-            Some(".ConnectionService" | ".OrganizationService") => &org.key,
+            Some(".ConnectionService" | ".OrganizationService" | ".AccessService") => &org.key,
             _ => panic!("which credential calls {}? Add it here", self.service),
         }
     }

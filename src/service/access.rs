@@ -1,0 +1,343 @@
+//! CheckAccess: "may the destination receive this data type from the source
+//! now?", answered from memory.
+//!
+//! Each process keeps an index of every connection, (source, destination) ->
+//! state, data types and version, built from the database at start and kept
+//! current by following the change feed. It knows the horizon it has applied,
+//! so a check that names a change token waits (up to [`TOKEN_WAIT`]) for the
+//! index to reach it, and otherwise reads the database: an answer is never
+//! older than the token it was asked for.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use tokio::sync::{broadcast::error::RecvError, watch};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{
+    ChangeTokens, ServiceError,
+    change_feed::{ChangeFeed, Subscription},
+};
+use crate::{
+    db::Reader,
+    domain::{
+        ConnectionId, ConnectionRecord, ConnectionState, DataType, DataTypes, OrganizationId,
+        VariantArray,
+    },
+    entity::{
+        connection,
+        connection_event::{self, LogEntry},
+    },
+};
+
+/// How long a check waits for the index to reach its change token before it
+/// reads the database instead.
+pub const TOKEN_WAIT: Duration = Duration::from_secs(1);
+
+/// Connections read at once while the index is built.
+const BUILD_PAGE: u64 = 10_000;
+
+/// Who asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checker {
+    /// An organization: it may ask about connections it is named in.
+    Organization(OrganizationId),
+    /// The operator or the platform's data-moving services: any pair.
+    Operator,
+}
+
+/// What CheckAccess asks, already validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessQuestion {
+    /// The organization that would send the data.
+    pub source: OrganizationId,
+    /// The organization that would receive it.
+    pub destination: OrganizationId,
+    /// The data.
+    pub data_type: DataType,
+    /// A horizon the answer must reflect at least.
+    pub at_least: Option<i64>,
+}
+
+/// The answer to an [`AccessQuestion`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessAnswer {
+    /// The connection is ACTIVE and includes the data type.
+    pub allowed: bool,
+    /// The connection from source to destination and its state, if any.
+    pub connection: Option<(ConnectionId, ConnectionState)>,
+    /// The horizon the answer reflects.
+    pub change_token: String,
+}
+
+/// One connection, as the index keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    id: Uuid,
+    state: ConnectionState,
+    /// One bit per [`DataType`] variant.
+    data_types: u8,
+    version: i64,
+}
+
+fn bit(data_type: DataType) -> u8 {
+    let index = DataType::VARIANTS
+        .iter()
+        .position(|t| *t == data_type)
+        .expect("every data type is a variant");
+    1 << index
+}
+
+fn bits(data_types: &DataTypes) -> u8 {
+    data_types.as_slice().iter().fold(0, |all, t| all | bit(*t))
+}
+
+impl Entry {
+    fn of(record: &ConnectionRecord) -> Self {
+        Self {
+            id: record.id.uuid(),
+            state: record.state,
+            data_types: bits(&record.data_types),
+            version: record.version,
+        }
+    }
+}
+
+/// The index and the horizon it has applied.
+#[derive(Debug)]
+struct Index {
+    entries: RwLock<HashMap<(Uuid, Uuid), Entry>>,
+    horizon: watch::Sender<i64>,
+}
+
+/// The access checks business layer. Clones share one index.
+#[derive(Debug, Clone)]
+pub struct Access {
+    reader: Reader,
+    tokens: ChangeTokens,
+    index: Arc<Index>,
+}
+
+impl Access {
+    /// Builds the index from the database read through `reader`; returns it
+    /// with the feed subscription that keeps it current (see
+    /// [`follow`](Self::follow)).
+    pub async fn build(
+        reader: Reader,
+        feed: &ChangeFeed,
+        tokens: ChangeTokens,
+    ) -> Result<(Self, Subscription), ServiceError> {
+        let subscription = feed
+            .subscribe()
+            .await
+            .ok_or_else(|| ServiceError::internal("the change feed has not started"))?;
+        let access = Self {
+            reader,
+            tokens,
+            index: Arc::new(Index {
+                entries: RwLock::default(),
+                horizon: watch::Sender::new(subscription.horizon),
+            }),
+        };
+        access.load().await?;
+        Ok((access, subscription))
+    }
+
+    /// The horizon a change token names (`field`: where it came from).
+    pub fn at_least(&self, token: &str, field: &'static str) -> Result<i64, ServiceError> {
+        self.tokens.verify(token, field)
+    }
+
+    /// Connections in the index.
+    pub fn len(&self) -> usize {
+        self.index.entries.read().expect("never poisoned").len()
+    }
+
+    /// Whether the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The horizon the index has applied.
+    pub fn horizon(&self) -> i64 {
+        *self.index.horizon.borrow()
+    }
+
+    /// Reads every connection into the index. Entries it already has at the
+    /// same or a later version are kept.
+    async fn load(&self) -> Result<(), ServiceError> {
+        let mut after = None;
+        loop {
+            let page = connection::all_after(&self.reader, after, BUILD_PAGE).await?;
+            let mut entries = self.index.entries.write().expect("never poisoned");
+            for record in &page {
+                upsert(
+                    &mut entries,
+                    record.parties.source.uuid(),
+                    record.parties.destination.uuid(),
+                    Entry::of(record),
+                );
+            }
+            drop(entries);
+            match page.last() {
+                Some(last) if page.len() as u64 == BUILD_PAGE => after = Some(last.id),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Applies the feed's batches until `stop` is cancelled. If it falls
+    /// behind the feed, it reads the whole table again.
+    pub async fn follow(
+        &self,
+        mut subscription: Subscription,
+        feed: ChangeFeed,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let batch = tokio::select! {
+                () = stop.cancelled() => return,
+                batch = subscription.batches.recv() => batch,
+            };
+            match batch {
+                Ok(batch) => {
+                    self.apply(&batch.entries);
+                    self.index.horizon.send_if_modified(|horizon| {
+                        let advanced = batch.horizon > *horizon;
+                        *horizon = (*horizon).max(batch.horizon);
+                        advanced
+                    });
+                }
+                Err(RecvError::Lagged(_)) => {
+                    tracing::warn!("the access index fell behind the change feed: reloading it");
+                    loop {
+                        let Some(fresh) = feed.subscribe().await else {
+                            return;
+                        };
+                        match self.load().await {
+                            Ok(()) => {
+                                subscription = fresh;
+                                break;
+                            }
+                            Err(err) => {
+                                tracing::warn!(error = %err, "cannot reload the access index");
+                                tokio::select! {
+                                    () = stop.cancelled() => return,
+                                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
+
+    fn apply(&self, log: &[LogEntry]) {
+        let mut entries = self.index.entries.write().expect("never poisoned");
+        for entry in log {
+            let event = &entry.event;
+            upsert(
+                &mut entries,
+                entry.parties.source.uuid(),
+                entry.parties.destination.uuid(),
+                Entry {
+                    id: event.connection_id.uuid(),
+                    state: event.to_state,
+                    data_types: bits(&entry.data_types),
+                    version: event.sequence,
+                },
+            );
+        }
+    }
+
+    /// Answers `question` for `checker`.
+    pub async fn check(
+        &self,
+        checker: Checker,
+        question: AccessQuestion,
+    ) -> Result<AccessAnswer, ServiceError> {
+        if let Checker::Organization(organization) = checker
+            && organization != question.source
+            && organization != question.destination
+        {
+            return Err(ServiceError::CallerNotParty);
+        }
+        let key = (question.source.uuid(), question.destination.uuid());
+        if let Some(at_least) = question.at_least {
+            let mut horizon = self.index.horizon.subscribe();
+            let reached = tokio::time::timeout(TOKEN_WAIT, horizon.wait_for(|h| *h >= at_least))
+                .await
+                .is_ok_and(|waited| waited.is_ok());
+            if !reached {
+                return self.check_in_database(question, at_least).await;
+            }
+        }
+        let horizon = self.horizon();
+        let entry = self
+            .index
+            .entries
+            .read()
+            .expect("never poisoned")
+            .get(&key)
+            .copied();
+        Ok(self.answer(
+            question.data_type,
+            entry.map(|e| (e.id, e.state, e.data_types)),
+            horizon,
+        ))
+    }
+
+    /// Answers from the database, for a token the index has not reached.
+    async fn check_in_database(
+        &self,
+        question: AccessQuestion,
+        at_least: i64,
+    ) -> Result<AccessAnswer, ServiceError> {
+        let horizon = connection_event::horizon(&self.reader).await?;
+        let record =
+            connection::find_between(&self.reader, question.source, question.destination).await?;
+        Ok(self.answer(
+            question.data_type,
+            record.map(|r| (r.id.uuid(), r.state, bits(&r.data_types))),
+            horizon.max(at_least),
+        ))
+    }
+
+    fn answer(
+        &self,
+        data_type: DataType,
+        connection: Option<(Uuid, ConnectionState, u8)>,
+        horizon: i64,
+    ) -> AccessAnswer {
+        AccessAnswer {
+            allowed: connection.is_some_and(|(_, state, types)| {
+                state == ConnectionState::Active && types & bit(data_type) != 0
+            }),
+            connection: connection.map(|(id, state, _)| (id.into(), state)),
+            change_token: self.tokens.issue(horizon),
+        }
+    }
+}
+
+/// Keeps the newer of `entry` and what the index has for the pair.
+fn upsert(
+    entries: &mut HashMap<(Uuid, Uuid), Entry>,
+    source: Uuid,
+    destination: Uuid,
+    entry: Entry,
+) {
+    entries
+        .entry((source, destination))
+        .and_modify(|current| {
+            if entry.version > current.version {
+                *current = entry;
+            }
+        })
+        .or_insert(entry);
+}

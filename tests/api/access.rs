@@ -1,0 +1,296 @@
+//! AccessService.CheckAccess: answered from memory, never older than the
+//! change token it is given, for the parties and the operators only.
+
+use connections::domain::Action;
+use connections::proto::{
+    ActivateConnectionRequest, CheckAccessRequest, CheckAccessResponse, ConnectionState,
+    CreateConnectionRequest, CreateOrganizationRequest, DataType, DeactivateConnectionRequest,
+    ReactivateConnectionRequest, access_service_client::AccessServiceClient,
+};
+use tonic::{Code, Status};
+
+use crate::support::{
+    ADMIN_TOKEN, AppOptions, Bearer, TestApp, TestOrg, assert_error, spawn_app, spawn_app_with,
+    spawn_replicas, unknown_id,
+};
+
+const ACCESS_CHECK_TOKEN: &str = "access-check-token-0123456789abcdef";
+
+/// CheckAccess with `bearer` on `app`.
+async fn check(
+    app: &TestApp,
+    bearer: Bearer,
+    source: &str,
+    destination: &str,
+    data_type: DataType,
+    at_least: &str,
+) -> Result<CheckAccessResponse, Status> {
+    AccessServiceClient::with_interceptor(app.channel.clone(), bearer)
+        .check_access(CheckAccessRequest {
+            source_organization_id: source.to_owned(),
+            destination_organization_id: destination.to_owned(),
+            data_type: data_type.into(),
+            at_least_change_token: at_least.to_owned(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Creates a connection sharing inquiries; returns its ID and the token.
+async fn create(app: &TestApp, source: &TestOrg, destination: &TestOrg) -> (String, String) {
+    let created = app
+        .connections(source)
+        .create_connection(CreateConnectionRequest {
+            destination_organization_id: destination.id.clone(),
+            data_types: vec![DataType::Inquiry.into()],
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    (created.connection.unwrap().id, created.change_token)
+}
+
+/// Takes `action` on connection `id` as `org`; returns the change token.
+async fn transition(app: &TestApp, org: &TestOrg, action: Action, id: &str) -> String {
+    let mut client = app.connections(org);
+    let connection_id = id.to_owned();
+    let token = match action {
+        Action::Activate => client
+            .activate_connection(ActivateConnectionRequest {
+                connection_id,
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().change_token),
+        Action::Deactivate => client
+            .deactivate_connection(DeactivateConnectionRequest {
+                connection_id,
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().change_token),
+        Action::Reactivate => client
+            .reactivate_connection(ReactivateConnectionRequest {
+                connection_id,
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().change_token),
+    };
+    token.unwrap_or_else(|status| panic!("{action:?}: {status:?}"))
+}
+
+#[tokio::test]
+async fn access_is_allowed_exactly_while_the_connection_is_active_and_shares_the_type() {
+    let app = spawn_app().await;
+    let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
+    let as_destination = || Bearer::new(&destination.key);
+    let (id, created) = create(&app, &source, &destination).await;
+
+    let pending = check(
+        &app,
+        as_destination(),
+        &source.id,
+        &destination.id,
+        DataType::Inquiry,
+        &created,
+    )
+    .await
+    .unwrap();
+    assert!(!pending.allowed);
+    assert_eq!(pending.connection_id, id);
+    assert_eq!(pending.state(), ConnectionState::Pending);
+    assert!(!pending.change_token.is_empty());
+
+    let activated = transition(&app, &destination, Action::Activate, &id).await;
+    let active = check(
+        &app,
+        as_destination(),
+        &source.id,
+        &destination.id,
+        DataType::Inquiry,
+        &activated,
+    )
+    .await
+    .unwrap();
+    assert!(active.allowed);
+    assert_eq!(active.state(), ConnectionState::Active);
+    let other_type = check(
+        &app,
+        as_destination(),
+        &source.id,
+        &destination.id,
+        DataType::Account,
+        &activated,
+    )
+    .await
+    .unwrap();
+    assert!(!other_type.allowed, "a type the connection does not share");
+    let reverse = check(
+        &app,
+        as_destination(),
+        &destination.id,
+        &source.id,
+        DataType::Inquiry,
+        &activated,
+    )
+    .await
+    .unwrap();
+    assert!(!reverse.allowed, "connections are one-directional");
+    assert_eq!(reverse.connection_id, "");
+    assert_eq!(reverse.state(), ConnectionState::Unspecified);
+
+    let deactivated = transition(&app, &source, Action::Deactivate, &id).await;
+    let inactive = check(
+        &app,
+        as_destination(),
+        &source.id,
+        &destination.id,
+        DataType::Inquiry,
+        &deactivated,
+    )
+    .await
+    .unwrap();
+    assert!(!inactive.allowed);
+    assert_eq!(inactive.state(), ConnectionState::Inactive);
+}
+
+#[tokio::test]
+async fn only_the_parties_and_the_operators_may_check() {
+    let app = spawn_app_with(AppOptions {
+        access_check_token: Some(ACCESS_CHECK_TOKEN),
+        ..AppOptions::default()
+    })
+    .await;
+    let (source, destination, other) = (
+        app.new_org("S").await,
+        app.new_org("D").await,
+        app.new_org("O").await,
+    );
+    let (id, _) = create(&app, &source, &destination).await;
+    let activated = transition(&app, &destination, Action::Activate, &id).await;
+
+    for bearer in [
+        Bearer::new(&source.key),
+        Bearer::new(&destination.key),
+        Bearer::new(ADMIN_TOKEN),
+        Bearer::new(ACCESS_CHECK_TOKEN),
+    ] {
+        let answer = check(
+            &app,
+            bearer,
+            &source.id,
+            &destination.id,
+            DataType::Inquiry,
+            &activated,
+        )
+        .await
+        .unwrap();
+        assert!(answer.allowed);
+    }
+    // Another organization is refused whatever the pair: the refusal depends
+    // on the request alone.
+    for (s, d) in [(&source.id, &destination.id), (&source.id, &unknown_id())] {
+        let status = check(&app, Bearer::new(&other.key), s, d, DataType::Inquiry, "")
+            .await
+            .unwrap_err();
+        assert_error(&status, Code::PermissionDenied, "CALLER_NOT_PARTY");
+    }
+    let status = check(
+        &app,
+        Bearer::none(),
+        &source.id,
+        &destination.id,
+        DataType::Inquiry,
+        "",
+    )
+    .await
+    .unwrap_err();
+    assert_error(&status, Code::Unauthenticated, "API_KEY_MISSING");
+    // The access-check token can do nothing else.
+    let status = app
+        .admin_with(Bearer::new(ACCESS_CHECK_TOKEN))
+        .create_organization(CreateOrganizationRequest {
+            display_name: "nope".to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::Unauthenticated, "ADMIN_TOKEN_INVALID");
+}
+
+#[tokio::test]
+async fn malformed_checks_are_invalid_argument() {
+    let app = spawn_app().await;
+    let org = app.new_org("A").await;
+    let bearer = || Bearer::new(&org.key);
+    let status = check(&app, bearer(), "nope", &org.id, DataType::Inquiry, "")
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = check(
+        &app,
+        bearer(),
+        &org.id,
+        &unknown_id(),
+        DataType::Unspecified,
+        "",
+    )
+    .await
+    .unwrap_err();
+    assert_error(&status, Code::InvalidArgument, "INVALID_ARGUMENT");
+    let status = check(
+        &app,
+        bearer(),
+        &org.id,
+        &unknown_id(),
+        DataType::Inquiry,
+        "forged",
+    )
+    .await
+    .unwrap_err();
+    assert_error(&status, Code::InvalidArgument, "INVALID_CHANGE_TOKEN");
+}
+
+#[tokio::test]
+async fn with_the_token_of_a_transition_on_one_replica_the_other_is_never_stale() {
+    let replicas = spawn_replicas(2, AppOptions::default()).await;
+    let source = replicas[0].new_org("S").await;
+    let destination = replicas[0].new_org("D").await;
+    let (id, _) = create(&replicas[0], &source, &destination).await;
+    let mut checks = 0;
+    for round in 0..20 {
+        let (writer, reader) = (&replicas[round % 2], &replicas[(round + 1) % 2]);
+        let token = transition(writer, &destination, Action::Activate, &id).await;
+        for _ in 0..5 {
+            let answer = check(
+                reader,
+                Bearer::new(ADMIN_TOKEN),
+                &source.id,
+                &destination.id,
+                DataType::Inquiry,
+                &token,
+            )
+            .await
+            .unwrap();
+            assert!(answer.allowed, "round {round}: stale after activation");
+            checks += 1;
+        }
+        let token = transition(writer, &destination, Action::Deactivate, &id).await;
+        let answer = check(
+            reader,
+            Bearer::new(ADMIN_TOKEN),
+            &source.id,
+            &destination.id,
+            DataType::Inquiry,
+            &token,
+        )
+        .await
+        .unwrap();
+        assert!(!answer.allowed, "round {round}: stale after deactivation");
+        assert_eq!(answer.state(), ConnectionState::Inactive);
+        checks += 1;
+        transition(writer, &source, Action::Reactivate, &id).await;
+    }
+    assert_eq!(checks, 120);
+}
