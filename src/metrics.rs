@@ -7,12 +7,17 @@
 //!   most once per interval (15 s by default) however many scrapes arrive;
 //! - `request_id_replays_total{path="recorded"|"after_race"}`: calls answered
 //!   with the recorded result of an earlier call with the same request_id,
-//!   found at once or after waiting for a concurrent duplicate to commit.
+//!   found at once or after waiting for a concurrent duplicate to commit;
+//! - `watch_streams`, `watch_events_sent_total`: WatchConnectionEvents;
+//! - `access_index_connections`, `access_index_lag`,
+//!   `access_index_last_change_age_seconds`: the CheckAccess index, how far
+//!   (in log positions) it is behind the change log this server has read,
+//!   and how old the newest change it applied is.
 
 use std::{
     future::Future,
     pin::Pin,
-    sync::{Arc, LazyLock},
+    sync::{Arc, LazyLock, atomic::AtomicU64},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -38,7 +43,7 @@ use crate::{
     domain::{ConnectionState, Named, VariantArray},
     entity::connection,
     grpc::server::served_methods,
-    service::idempotency::ReplayCounts,
+    service::{Access, ChangeFeed, Watches, idempotency::ReplayCounts},
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -69,6 +74,11 @@ pub struct Metrics {
     connections: Family<StateLabels, Gauge>,
     db: DatabaseConnection,
     reader: Reader,
+    followers: Followers,
+    watch_streams: Gauge,
+    index_connections: Gauge,
+    index_lag: Gauge,
+    index_age: Gauge<f64, AtomicU64>,
     /// Connections by state as last counted, and when. Scrapes that arrive
     /// while it is being counted wait for that count.
     state_counts: tokio::sync::Mutex<Option<(Instant, StateCounts)>>,
@@ -90,6 +100,7 @@ impl Metrics {
         db: DatabaseConnection,
         reader: Reader,
         replays: &ReplayCounts,
+        followers: Followers,
         count_interval: Duration,
     ) -> Self {
         let mut registry = Registry::default();
@@ -121,7 +132,41 @@ impl Metrics {
             "Calls answered with the recorded result of an earlier call with the same request_id",
             replays.family(),
         );
+        let watch_streams = Gauge::default();
+        registry.register(
+            "watch_streams",
+            "Open WatchConnectionEvents streams",
+            watch_streams.clone(),
+        );
+        registry.register(
+            "watch_events_sent",
+            "Events sent on WatchConnectionEvents streams",
+            followers.watches.events_sent(),
+        );
+        let index_connections = Gauge::default();
+        registry.register(
+            "access_index_connections",
+            "Connections in the CheckAccess index",
+            index_connections.clone(),
+        );
+        let index_lag = Gauge::default();
+        registry.register(
+            "access_index_lag",
+            "Change log positions the CheckAccess index is behind what this server has read",
+            index_lag.clone(),
+        );
+        let index_age = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "access_index_last_change_age_seconds",
+            "Age of the newest change the CheckAccess index has applied",
+            index_age.clone(),
+        );
         Self {
+            followers,
+            watch_streams,
+            index_connections,
+            index_lag,
+            index_age,
             registry,
             calls,
             latency,
@@ -156,6 +201,7 @@ impl Metrics {
             .get_or_create(&state_label("in_use"))
             .set(size.saturating_sub(idle));
 
+        self.record_followers();
         let counts = self.connection_counts().await?;
         for state in ConnectionState::VARIANTS {
             let count = counts
@@ -173,7 +219,35 @@ impl Metrics {
     }
 }
 
+/// What follows the change log, for its metrics.
+#[derive(Debug, Clone)]
+pub struct Followers {
+    /// The change feed.
+    pub feed: ChangeFeed,
+    /// The watches it feeds.
+    pub watches: Watches,
+    /// The CheckAccess index it feeds.
+    pub access: Access,
+}
+
 impl Metrics {
+    fn record_followers(&self) {
+        let Followers {
+            feed,
+            watches,
+            access,
+        } = &self.followers;
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.watch_streams.set(count(watches.open_streams()));
+        self.index_connections.set(count(access.len()));
+        self.index_lag
+            .set(Ord::max(feed.head().saturating_sub(access.horizon()), 0));
+        let age = access.last_change().map_or(0.0, |at| {
+            Ord::max((chrono::Utc::now() - at).num_milliseconds(), 0) as f64 / 1000.0
+        });
+        self.index_age.set(age);
+    }
+
     /// Connections by state: the last count if it is recent enough, else a
     /// new one from the read pool.
     async fn connection_counts(&self) -> Result<StateCounts, sea_orm::DbErr> {

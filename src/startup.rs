@@ -195,6 +195,11 @@ impl Application {
                 self.db.clone(),
                 self.reader.clone(),
                 self.services.connections.replays(),
+                metrics::Followers {
+                    feed: self.feed.clone(),
+                    watches: self.services.watches.clone(),
+                    access: self.access.0.clone(),
+                },
                 intervals.connection_count_interval,
             ))
         });

@@ -10,10 +10,11 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
+use chrono::{DateTime, Utc};
 use tokio::sync::{broadcast::error::RecvError, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -112,6 +113,8 @@ impl Entry {
 struct Index {
     entries: RwLock<HashMap<(Uuid, Uuid), Entry>>,
     horizon: watch::Sender<i64>,
+    /// When the newest change applied from the feed happened.
+    last_change: Mutex<Option<DateTime<Utc>>>,
 }
 
 /// The access checks business layer. Clones share one index.
@@ -141,6 +144,7 @@ impl Access {
             index: Arc::new(Index {
                 entries: RwLock::default(),
                 horizon: watch::Sender::new(subscription.horizon),
+                last_change: Mutex::new(None),
             }),
         };
         access.load().await?;
@@ -238,7 +242,16 @@ impl Access {
         }
     }
 
+    /// When the newest change the index applied from the feed happened.
+    pub fn last_change(&self) -> Option<DateTime<Utc>> {
+        *self.index.last_change.lock().expect("never poisoned")
+    }
+
     fn apply(&self, log: &[LogEntry]) {
+        if let Some(newest) = log.iter().map(|entry| entry.event.create_time).max() {
+            let mut last = self.index.last_change.lock().expect("never poisoned");
+            *last = (*last).max(Some(newest));
+        }
         let mut entries = self.index.entries.write().expect("never poisoned");
         for entry in log {
             let event = &entry.event;

@@ -9,7 +9,13 @@
 //! database to the horizon of the last batch, then follows the batches; so it
 //! sees every event once, in log order, whichever replica it is on.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Duration,
+};
 
 use tokio::sync::{Mutex, Notify, broadcast};
 use tokio_util::sync::CancellationToken;
@@ -50,6 +56,8 @@ struct Published {
 pub struct ChangeFeed {
     reader: Reader,
     published: Arc<Mutex<Option<Published>>>,
+    /// The horizon of the last batch, for metrics.
+    head: Arc<AtomicI64>,
     wake: Arc<Notify>,
 }
 
@@ -71,8 +79,14 @@ impl ChangeFeed {
         Self {
             reader,
             published: Arc::new(Mutex::new(None)),
+            head: Arc::new(AtomicI64::new(i64::MIN)),
             wake: Arc::new(Notify::new()),
         }
+    }
+
+    /// The horizon of the log this process has read so far.
+    pub fn head(&self) -> i64 {
+        self.head.load(Ordering::Relaxed)
     }
 
     /// Tells the follower that a write of this process committed.
@@ -118,6 +132,7 @@ impl ChangeFeed {
         let Some(state) = published.as_mut() else {
             let (sender, _) = broadcast::channel(WATCH_BUFFER);
             *published = Some(Published { horizon, sender });
+            self.head.store(horizon, Ordering::Relaxed);
             return Ok(());
         };
         while state.horizon < horizon {
@@ -135,6 +150,7 @@ impl ChangeFeed {
                 entries,
             };
             state.horizon = next;
+            self.head.store(next, Ordering::Relaxed);
             // No receivers is fine: nobody is watching.
             let _ = state.sender.send(Arc::new(batch));
         }

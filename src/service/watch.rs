@@ -16,6 +16,7 @@ use std::{
     time::Duration,
 };
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{broadcast::error::RecvError, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -85,6 +86,8 @@ pub struct Watches {
     limits: WatchLimits,
     /// Open streams by organization.
     open: Arc<Mutex<HashMap<OrganizationId, usize>>>,
+    /// Events sent so far, by every stream.
+    sent: Counter,
 }
 
 impl std::fmt::Debug for Watches {
@@ -131,7 +134,22 @@ impl Watches {
             tokens,
             limits,
             open: Arc::default(),
+            sent: Counter::default(),
         }
+    }
+
+    /// Streams open now.
+    pub fn open_streams(&self) -> usize {
+        self.open
+            .lock()
+            .expect("the stream counts are never poisoned")
+            .values()
+            .sum()
+    }
+
+    /// Events sent so far, by every stream (shared, for metrics).
+    pub fn events_sent(&self) -> Counter {
+        self.sent.clone()
     }
 
     /// The horizon a change token names (`field`: where it came from).
@@ -294,7 +312,9 @@ impl Stream<'_> {
 
     /// Sends `event`, at `position`, if the client is still there.
     async fn event(&self, event: ConnectionEvent, position: i64) -> Result<(), Gone> {
-        self.send(Some(event), position + 1).await
+        self.send(Some(event), position + 1).await?;
+        self.watches.sent.inc();
+        Ok(())
     }
 
     /// Sends a message whose token names `horizon`.

@@ -205,3 +205,57 @@ async fn concurrent_scrapes_share_one_count_of_connections_per_interval_and_writ
     tokio::time::sleep(interval.saturating_sub(counted_by.elapsed())).await;
     assert_eq!(pending(&app.metrics_text().await), Some(6.0));
 }
+
+#[tokio::test]
+async fn metrics_show_open_watches_events_sent_and_the_access_index() {
+    let app = spawn_app_with(AppOptions {
+        metrics: true,
+        ..AppOptions::default()
+    })
+    .await;
+    let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
+    let id = app.connect(&source, &destination).await.id;
+    let mut stream = app
+        .connections(&source)
+        .watch_connection_events(connections::proto::WatchConnectionEventsRequest {
+            from_beginning: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    app.activate(&destination, &id, "").await.unwrap();
+    for _ in 0..2 {
+        let message = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(message.event.is_some());
+    }
+    // The index applies the activation (the check below waits for it).
+    let text = loop {
+        let text = app.metrics_text().await;
+        if metric_sample(&text, "access_index_last_change_age_seconds").is_some_and(|age| age > 0.0)
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(metric_sample(&text, "watch_streams"), Some(1.0), "{text}");
+    assert_eq!(
+        metric_sample(&text, "watch_events_sent_total"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_sample(&text, "access_index_connections"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        metric_sample(&text, "access_index_lag").is_some_and(|lag| lag >= 0.0),
+        "{text}"
+    );
+    drop(stream);
+}
