@@ -17,12 +17,15 @@
 //! [`NEW_KEY_LOOKUP_WAIT`] for its turn, then is refused as throttled). A
 //! flood of random well-formed keys therefore costs a bounded number of
 //! queries, and the keys of callers seen lately skip the limit, so the flood
-//! does not lock them out.
+//! does not lock them out. Concurrent calls presenting the same secret share one
+//! lookup, so a client that opens with hundreds of calls at once costs one
+//! query and one turn.
 
 use std::{
+    collections::HashMap,
     num::NonZeroU32,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -95,6 +98,8 @@ pub struct ApiKeys {
     new_key_lookups: Arc<DefaultDirectRateLimiter>,
     /// How long a call waits for a lookup turn ([`NEW_KEY_LOOKUP_WAIT`]).
     lookup_wait: Duration,
+    /// Lookups in flight, by digest.
+    inflight: Arc<Mutex<HashMap<[u8; 32], SharedLookup>>>,
     /// Revocations through this process so far: a lookup that overlapped one
     /// does not leave its key remembered.
     revocations: Arc<AtomicU64>,
@@ -132,6 +137,7 @@ impl ApiKeys {
                 NonZeroU32::new(NEW_KEY_LOOKUPS_PER_SECOND).expect("a positive rate"),
             ))),
             lookup_wait: NEW_KEY_LOOKUP_WAIT,
+            inflight: Arc::default(),
             revocations: Arc::new(AtomicU64::new(0)),
             lookups: Arc::new(AtomicU64::new(0)),
         }
@@ -222,14 +228,46 @@ impl ApiKeys {
         if self.unknown.contains_key(&presented) {
             return Err(ServiceError::ApiKeyInvalid);
         }
+        // Concurrent calls with the same secret share one lookup.
+        let lookup = self
+            .inflight
+            .lock()
+            .expect("the lookups in flight are never poisoned")
+            .entry(presented)
+            .or_default()
+            .clone();
+        let outcome = lookup.get_or_init(|| self.look_up(presented)).await.clone();
+        let mut inflight = self
+            .inflight
+            .lock()
+            .expect("the lookups in flight are never poisoned");
+        if inflight
+            .get(&presented)
+            .is_some_and(|current| Arc::ptr_eq(current, &lookup))
+        {
+            inflight.remove(&presented);
+        }
+        drop(inflight);
+        outcome.map_err(|failure| match failure {
+            LookupFailure::Invalid => ServiceError::ApiKeyInvalid,
+            LookupFailure::Throttled => ServiceError::KeyLookupsThrottled,
+            LookupFailure::Database(err) => err.into(),
+        })
+    }
+
+    /// Looks `presented` up in the database, within the lookup limit unless
+    /// it verified lately, and remembers what it found.
+    async fn look_up(&self, presented: [u8; 32]) -> Result<OrganizationId, LookupFailure> {
         if !self.known.contains_key(&presented) {
             tokio::time::timeout(self.lookup_wait, self.new_key_lookups.until_ready())
                 .await
-                .map_err(|_| ServiceError::KeyLookupsThrottled)?;
+                .map_err(|_| LookupFailure::Throttled)?;
         }
         let revocations = self.revocations.load(Ordering::SeqCst);
         self.lookups.fetch_add(1, Ordering::SeqCst);
-        let found = api_key::lookup(&self.reader, &presented).await?;
+        let found = api_key::lookup(&self.reader, &presented)
+            .await
+            .map_err(LookupFailure::Database)?;
         match found {
             // The lookup is by digest; the constant-time comparison makes the
             // final decision independent of where the bytes differ.
@@ -248,11 +286,25 @@ impl ApiKeys {
             _ => {
                 self.known.invalidate(&presented);
                 self.unknown.insert(presented, ());
-                Err(ServiceError::ApiKeyInvalid)
+                Err(LookupFailure::Invalid)
             }
         }
     }
 }
+
+/// Why a shared lookup did not verify a secret.
+#[derive(Debug, Clone)]
+enum LookupFailure {
+    /// No such key, or revoked.
+    Invalid,
+    /// The lookup limit was reached.
+    Throttled,
+    /// The database failed.
+    Database(sea_orm::DbErr),
+}
+
+/// A lookup in flight, shared by the calls presenting the same secret.
+type SharedLookup = Arc<tokio::sync::OnceCell<Result<OrganizationId, LookupFailure>>>;
 
 impl ApiKeys {
     /// Checks, in the database and ignoring every cache, that the key with
@@ -393,6 +445,16 @@ mod tests {
         keys.verified.invalidate_all();
         assert_eq!(keys.authenticate(&secret).await.unwrap(), org);
         assert_eq!(keys.lookups(), lookups + 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_with_a_new_key_share_one_lookup() {
+        let (keys, org, secret) = setup().await;
+        let calls = (0..300).map(|_| keys.authenticate(&secret));
+        for result in futures_util::future::join_all(calls).await {
+            assert_eq!(result.unwrap(), org);
+        }
+        assert_eq!(keys.lookups(), 1);
     }
 
     #[tokio::test]
