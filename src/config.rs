@@ -320,8 +320,8 @@ impl Default for BackgroundSettings {
 /// How long request_id records are kept at least (SPEC section 4).
 pub const REQUEST_ID_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// A duration: a whole number followed by `ms`, `s` or `m` (`s` if none).
-fn parse_duration(value: &str) -> Result<Duration, String> {
+/// A duration: a whole number followed by `ms`, `s`, `m` or `h` (`s` if none).
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
     let value = value.trim();
     let split = value
         .find(|c: char| !c.is_ascii_digit())
@@ -334,6 +334,7 @@ fn parse_duration(value: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(number)),
         "" | "s" => Ok(Duration::from_secs(number)),
         "m" => Ok(Duration::from_secs(number.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(number.saturating_mul(3600))),
         _ => Err(format!(
             "{value:?} is not a duration such as 10s, 500ms or 2m"
         )),
@@ -580,7 +581,8 @@ mod tests {
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        for bad in ["", "s", "1h", "-1s", "1.5s"] {
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        for bad in ["", "s", "1d", "-1s", "1.5s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert_eq!(

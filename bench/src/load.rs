@@ -34,9 +34,45 @@ where
     Arc::new(move |i| Box::pin(f(i)))
 }
 
-/// The failure reason of a gRPC status: its code name.
+/// The failure reason of a gRPC status: its code name, then the reason of its
+/// `google.rpc.ErrorInfo` if it carries one ("Unavailable/ERROR_REASON_...").
 pub fn code_of(status: &tonic::Status) -> String {
-    format!("{:?}", status.code())
+    match error_reason(status) {
+        Some(reason) => format!("{:?}/{reason}", status.code()),
+        None => format!("{:?}", status.code()),
+    }
+}
+
+/// The `reason` of the first `google.rpc.ErrorInfo` among a status's details.
+pub fn error_reason(status: &tonic::Status) -> Option<String> {
+    use prost::Message;
+
+    /// `google.rpc.Status`, as far as needed here.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct RpcStatus {
+        #[prost(message, repeated, tag = "3")]
+        details: Vec<Any>,
+    }
+    /// `google.protobuf.Any`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Any {
+        #[prost(string, tag = "1")]
+        type_url: String,
+        #[prost(bytes = "vec", tag = "2")]
+        value: Vec<u8>,
+    }
+    /// `google.rpc.ErrorInfo`, as far as needed here.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct ErrorInfo {
+        #[prost(string, tag = "1")]
+        reason: String,
+    }
+
+    let details = RpcStatus::decode(status.details()).ok()?.details;
+    let info = details
+        .iter()
+        .find(|any| any.type_url.ends_with("/google.rpc.ErrorInfo"))?;
+    Some(ErrorInfo::decode(info.value.as_slice()).ok()?.reason).filter(|r| !r.is_empty())
 }
 
 /// How long to load, and for how long before measuring.

@@ -9,6 +9,7 @@ mod pgbench;
 mod process;
 mod report;
 mod seed;
+mod soak;
 mod sql;
 mod workload;
 
@@ -39,13 +40,19 @@ use crate::{
 #[command(version, about)]
 struct Cli {
     #[command(subcommand)]
-    command: Option<Internal>,
+    command: Option<Commands>,
     #[command(flatten)]
     options: Options,
 }
 
+// Without a command, the benchmark runs every line.
 #[derive(Debug, Subcommand)]
-enum Internal {
+enum Commands {
+    /// Runs the service on PostgreSQL under a steady mixed load for a long
+    /// while (10 minutes by default) and prints, every minute, the calls made,
+    /// the unexpected errors, and the server's memory, file descriptors and
+    /// database pool: stability, not speed.
+    Soak(soak::SoakOptions),
     /// Serves the hello-world baseline (started by the benchmark itself).
     #[command(hide = true)]
     HelloServer {
@@ -131,7 +138,8 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     match cli.command {
-        Some(Internal::HelloServer { listen }) => runtime.block_on(hello::serve(listen)),
+        Some(Commands::HelloServer { listen }) => runtime.block_on(hello::serve(listen)),
+        Some(Commands::Soak(options)) => runtime.block_on(soak::run(options)),
         None => {
             if cli.options.smoke {
                 let o = &mut cli.options;
@@ -145,14 +153,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(options: Options) -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(format!("connections-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let server_bin = match &options.server_bin {
-        Some(path) => path.clone(),
-        None => std::env::current_exe()?.with_file_name("connections"),
-    };
-    anyhow::ensure!(
-        server_bin.exists(),
-        "no server binary at {server_bin:?}: build it (bench/run.sh does) or pass --server-bin"
-    );
+    let server_bin = server_binary(options.server_bin.as_deref())?;
     let mut report = Report::new(&options.concurrency, options.smoke);
     eprintln!(
         "benchmark: concurrency {}, {} HTTP/2 connections, {} s per line after {} s warm-up",
@@ -202,6 +203,19 @@ async fn run(options: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The server binary: `path`, or `connections` next to this program.
+fn server_binary(path: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let server_bin = match path {
+        Some(path) => path.to_owned(),
+        None => std::env::current_exe()?.with_file_name("connections"),
+    };
+    anyhow::ensure!(
+        server_bin.exists(),
+        "no server binary at {server_bin:?}: build it (bench/run.sh does) or pass --server-bin"
+    );
+    Ok(server_bin)
+}
+
 /// The bare tonic server, loaded exactly like the service.
 async fn baseline(options: &Options, work: &Path, report: &mut Report) -> anyhow::Result<()> {
     let address = free_address()?;
@@ -237,25 +251,37 @@ async fn postgres(
     work: &Path,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let admin = connect(&DatabaseSettings::new(options.postgres_url.clone()))
+    let (admin, url) = create_database(&options.postgres_url, BENCH_DATABASE)
         .await
-        .context("connecting to PostgreSQL (pass --postgres-url, or --no-postgres)")?;
-    admin
-        .execute_unprepared(&format!(
-            "DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)"
-        ))
-        .await?;
-    admin
-        .execute_unprepared(&format!("CREATE DATABASE {BENCH_DATABASE}"))
-        .await?;
-    let url = with_database(&options.postgres_url, BENCH_DATABASE)?;
+        .context("pass --postgres-url, or --no-postgres")?;
     let result = backend(options, server_bin, work, &url, DbBackend::Postgres, report).await;
-    admin
-        .execute_unprepared(&format!(
-            "DROP DATABASE IF EXISTS {BENCH_DATABASE} WITH (FORCE)"
-        ))
-        .await?;
+    drop_database(&admin, BENCH_DATABASE).await?;
     result
+}
+
+/// Creates the database `database` (dropping any left from an earlier run)
+/// on the PostgreSQL server of `postgres_url`; returns a connection to
+/// `postgres_url` to drop it with afterwards, and the new database's URL.
+async fn create_database(
+    postgres_url: &str,
+    database: &str,
+) -> anyhow::Result<(sea_orm::DatabaseConnection, String)> {
+    let admin = connect(&DatabaseSettings::new(postgres_url.to_owned()))
+        .await
+        .context("connecting to PostgreSQL")?;
+    drop_database(&admin, database).await?;
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {database}"))
+        .await?;
+    Ok((admin, with_database(postgres_url, database)?))
+}
+
+/// Drops the database `database`, if it exists, whoever is connected to it.
+async fn drop_database(admin: &sea_orm::DatabaseConnection, database: &str) -> anyhow::Result<()> {
+    admin
+        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+        .await?;
+    Ok(())
 }
 
 /// `url` with its database name replaced by `database`.
@@ -279,17 +305,7 @@ async fn backend(
         _ => "sqlite",
     };
     let address = free_address()?;
-    let mut command = Command::new(server_bin);
-    command
-        .arg("serve")
-        .arg("--listen")
-        .arg(address.to_string())
-        .arg("--database-url")
-        .arg(url)
-        .arg("--log-format")
-        .arg("json")
-        .env("CONNECTIONS_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env_remove("RUST_LOG");
+    let command = service_command(server_bin, address, url);
     let log = work.join(format!("server-{name}.log"));
     let server = Server::start(&format!("server ({name})"), command, address, &log).await?;
     let target = Target::connect(&server.url(), options.channels).await?;
@@ -309,7 +325,7 @@ async fn backend(
         large_count: options.large,
     };
     seed::bulk(&db, bulk, &small, &large).await?;
-    let pool = write_pool(&target, options).await?;
+    let pool = write_pool(&target, options.pool_side()).await?;
     let small_ids: Arc<Vec<String>> =
         Arc::new((1..=options.small).map(seed::connection_id).collect());
     let window = options.window();
@@ -424,6 +440,24 @@ async fn backend(
     server.stop().await
 }
 
+/// The command that starts the service on `address` with the database
+/// `url`, JSON logs at the default level and the AdminService enabled with
+/// [`ADMIN_TOKEN`].
+fn service_command(server_bin: &Path, address: SocketAddr, url: &str) -> Command {
+    let mut command = Command::new(server_bin);
+    command
+        .arg("serve")
+        .arg("--listen")
+        .arg(address.to_string())
+        .arg("--database-url")
+        .arg(url)
+        .arg("--log-format")
+        .arg("json")
+        .env("CONNECTIONS_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env_remove("RUST_LOG");
+    command
+}
+
 /// Checks that every pgbench transition changed its row and recorded its
 /// event (a guarded update that matched no row would not fail by itself).
 async fn check_pgbench_transitions(
@@ -485,9 +519,9 @@ async fn pgbench(
     Ok((run, cpu::per_call(&before, &after, transactions)))
 }
 
-/// Makes the write pool through the API: every source with every destination.
-async fn write_pool(target: &Target, options: &Options) -> anyhow::Result<Vec<PoolEntry>> {
-    let side = options.pool_side();
+/// Makes the write pool through the API: `side` sources, each with a
+/// connection to every one of `side` destinations.
+async fn write_pool(target: &Target, side: usize) -> anyhow::Result<Vec<PoolEntry>> {
     let mut sources = Vec::with_capacity(side);
     let mut destinations = Vec::with_capacity(side);
     let channel = target.channel(0);

@@ -15,6 +15,48 @@ pub fn free_address() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
+/// A memory field of `/proc/<pid>/status` ("VmRSS", "VmHWM"), in MiB
+/// (Linux only).
+pub fn status_mib(pid: u32, field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+/// File descriptors a process has open.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenFds {
+    /// All of them.
+    pub total: usize,
+    /// Those that are sockets.
+    pub sockets: usize,
+}
+
+/// The file descriptors process `pid` has open (Linux only).
+pub fn open_fds(pid: u32) -> Option<OpenFds> {
+    let mut fds = OpenFds {
+        total: 0,
+        sockets: 0,
+    };
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()? {
+        let Ok(entry) = entry else { continue };
+        fds.total += 1;
+        if std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+        {
+            fds.sockets += 1;
+        }
+    }
+    Some(fds)
+}
+
 /// A running server process.
 pub struct Server {
     /// Where it listens.
@@ -70,17 +112,7 @@ impl Server {
 
     /// Peak resident memory of the process so far, in MiB (Linux only).
     pub fn peak_rss_mib(&self) -> Option<f64> {
-        let pid = self.child.id()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kib / 1024.0)
+        status_mib(self.child.id()?, "VmHWM")
     }
 
     /// Asks the process to stop (SIGTERM) and waits for it; kills it if it

@@ -316,7 +316,12 @@ impl Report {
 
 /// A line's failed calls, by reason.
 fn errors(line: &Line) -> String {
-    line.errors
+    by_reason(&line.errors)
+}
+
+/// Counts by reason, as `reason: n, reason: n`.
+pub fn by_reason(counts: &BTreeMap<String, u64>) -> String {
+    counts
         .iter()
         .map(|(reason, n)| format!("{reason}: {n}"))
         .collect::<Vec<_>>()
