@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::{
-    background::{self, Activity, health, sweeper},
+    background::{self, Activity, change_feed, health, sweeper},
     config::{DatabaseSettings, Settings},
     db,
     grpc::{
@@ -69,8 +69,10 @@ pub struct Application {
     sweeper: Arc<Activity>,
     /// The change log, as this process follows it.
     feed: ChangeFeed,
-    /// The access index, and the feed it has yet to apply.
-    access: (Access, Option<Subscription>),
+    /// The access index.
+    access: Access,
+    /// The feed's batches the index has yet to apply.
+    access_feed: Subscription,
 }
 
 impl Application {
@@ -131,7 +133,8 @@ impl Application {
             health_db,
             sweeper: Arc::default(),
             feed,
-            access: (access, Some(access_feed)),
+            access,
+            access_feed,
         })
     }
 
@@ -198,7 +201,7 @@ impl Application {
                 metrics::Followers {
                     feed: self.feed.clone(),
                     watches: self.services.watches.clone(),
-                    access: self.access.0.clone(),
+                    access: self.access.clone(),
                 },
                 intervals.connection_count_interval,
             ))
@@ -223,18 +226,9 @@ impl Application {
                 intervals.request_id_sweep_interval,
                 self.sweeper,
             ),
-            {
-                let (feed, poll) = (self.feed.clone(), intervals.change_feed_poll_interval);
-                background::Task::start(move |stop| async move { feed.follow(poll, stop).await })
-            },
+            change_feed::start(self.feed.clone(), intervals.change_feed_poll_interval),
+            change_feed::start_index(self.access, self.access_feed, self.feed.clone()),
         ];
-        let (access, access_feed) = self.access;
-        if let Some(subscription) = access_feed {
-            let feed = self.feed.clone();
-            tasks.push(background::Task::start(move |stop| async move {
-                access.follow(subscription, feed, stop).await;
-            }));
-        }
         if let (Some(listener), Some(metrics)) = (self.metrics_listener, metrics.clone()) {
             tasks.push(background::Task::start(|stop| async move {
                 if let Err(err) = metrics::serve(listener, metrics, stop).await {

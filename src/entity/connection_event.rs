@@ -173,27 +173,6 @@ pub async fn snapshot(conn: &impl ConnectionTrait) -> Result<Snapshot, DbErr> {
     })
 }
 
-/// The change log from position `from` up to (not including) `before`, in
-/// order: at most `limit` events, each with its position. With `before` a
-/// [`horizon`] read earlier, the result never misses an event.
-pub async fn log(
-    conn: &impl ConnectionTrait,
-    from: i64,
-    before: i64,
-    limit: u64,
-) -> Result<Vec<(i64, ConnectionEvent)>, DbErr> {
-    Entity::find()
-        .filter(Column::Position.gte(from))
-        .filter(Column::Position.lt(before))
-        .order_by_asc(Column::Position)
-        .limit(limit)
-        .all(conn)
-        .await?
-        .into_iter()
-        .map(|row| Ok((row.position, event_from(row)?)))
-        .collect()
-}
-
 /// One entry of the change log: an event, its position, and the parties of
 /// its connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,8 +240,9 @@ struct LogRow {
     data_types: String,
 }
 
-/// Like [`log`], with each event's parties, and only `party`'s events if
-/// given.
+/// The change log from position `from` up to (not including) `before`, in
+/// order: at most `limit` entries, only `party`'s if given. With `before` a
+/// [`horizon`] read earlier, the result never misses an event.
 pub async fn log_entries(
     conn: &impl ConnectionTrait,
     from: i64,

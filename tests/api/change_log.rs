@@ -15,11 +15,17 @@ use crate::support::{AppOptions, TestOrg, require_postgres, spawn_app, spawn_rep
 /// The whole log below its horizon: (position, connection, sequence).
 async fn read_log(db: &DatabaseConnection) -> Vec<(i64, ConnectionId, i64)> {
     let horizon = connection_event::horizon(db).await.unwrap();
-    connection_event::log(db, i64::MIN, horizon, 10_000)
+    connection_event::log_entries(db, i64::MIN, horizon, 10_000, None)
         .await
         .unwrap()
         .into_iter()
-        .map(|(position, event)| (position, event.connection_id, event.sequence))
+        .map(|entry| {
+            (
+                entry.position,
+                entry.event.connection_id,
+                entry.event.sequence,
+            )
+        })
         .collect()
 }
 

@@ -156,6 +156,7 @@ pub struct AppOptions {
 
 impl Default for AppOptions {
     fn default() -> Self {
+        let server = Settings::from_environment();
         Self {
             admin_token: Some(ADMIN_TOKEN),
             access_check_token: None,
@@ -168,15 +169,14 @@ impl Default for AppOptions {
             tls: None,
             metrics: false,
             connection_count_interval: BackgroundSettings::default().connection_count_interval,
-            handshake_timeout: Settings::from_environment().handshake_timeout,
-            max_client_connections: Settings::from_environment().max_client_connections,
+            handshake_timeout: server.handshake_timeout,
+            max_client_connections: server.max_client_connections,
             http2_keepalive: (
-                Settings::from_environment().http2_keepalive_interval,
-                Settings::from_environment().http2_keepalive_timeout,
+                server.http2_keepalive_interval,
+                server.http2_keepalive_timeout,
             ),
-            watch_streams_per_organization: Settings::from_environment()
-                .watch_streams_per_organization,
-            watch_heartbeat_interval: Settings::from_environment().watch_heartbeat_interval,
+            watch_streams_per_organization: server.watch_streams_per_organization,
+            watch_heartbeat_interval: server.watch_heartbeat_interval,
         }
     }
 }
