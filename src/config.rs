@@ -138,6 +138,18 @@ pub struct Settings {
     )]
     pub watch_heartbeat_interval: Duration,
 
+    /// How many batches of the change log (each one read of it, up to 256
+    /// events) a WatchConnectionEvents stream may fall behind before it is
+    /// ended with ABORTED (`WATCH_CONSUMER_TOO_SLOW`). The batches are shared
+    /// by every stream: this bounds memory, not per stream.
+    #[arg(
+        long,
+        env = "CONNECTIONS_WATCH_BUFFER",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub watch_buffer: u32,
+
     /// Most client connections open at once; further ones wait in the
     /// listen queue until one closes.
     #[arg(

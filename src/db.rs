@@ -1,6 +1,7 @@
 //! Database connections: SQLite (the embedded default) and PostgreSQL.
 
 use std::{
+    future::Future,
     sync::{Arc, LazyLock},
     time::Duration,
 };
@@ -153,21 +154,47 @@ impl std::ops::Deref for WriteTransaction {
 
 impl WriteTransaction {
     /// Commits.
-    pub async fn commit(mut self) -> Result<(), DbErr> {
-        let txn = self
-            .txn
-            .take()
-            .expect("a transaction is present until it ends");
-        txn.commit().await
+    pub async fn commit(self) -> Result<(), DbErr> {
+        self.end(DatabaseTransaction::commit).await
     }
 
     /// Rolls back.
-    pub async fn rollback(mut self) -> Result<(), DbErr> {
+    pub async fn rollback(self) -> Result<(), DbErr> {
+        self.end(DatabaseTransaction::rollback).await
+    }
+
+    /// Ends the transaction with `end` (`COMMIT` or `ROLLBACK`), in a task of
+    /// its own that holds the write turn until the database has answered.
+    /// Cancelled midway, the statement would still reach the database, and
+    /// the driver, which counts it done only once answered, would follow it
+    /// with a `ROLLBACK` of a transaction that has already ended.
+    async fn end<F>(mut self, end: fn(DatabaseTransaction) -> F) -> Result<(), DbErr>
+    where
+        F: Future<Output = Result<(), DbErr>> + Send + 'static,
+    {
         let txn = self
             .txn
             .take()
             .expect("a transaction is present until it ends");
-        txn.rollback().await
+        let turn = self.turn.take();
+        run_to_end(async move {
+            let ended = end(txn).await;
+            drop(turn);
+            ended
+        })
+        .await
+    }
+}
+
+/// Runs `work` in a task of its own, so that it finishes even if the caller
+/// stops waiting for it (a cancelled call).
+async fn run_to_end<T: Send + 'static>(
+    work: impl Future<Output = Result<T, DbErr>> + Send + 'static,
+) -> Result<T, DbErr> {
+    match tokio::spawn(work).await {
+        Ok(done) => done,
+        Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+        Err(err) => Err(DbErr::Custom(format!("a database task stopped: {err}"))),
     }
 }
 
@@ -212,25 +239,35 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTransaction, Db
         }
         _ => (None, None, 0),
     };
-    // After a restart or failover of the database, pooled connections are
-    // closed, and `BEGIN` is the first statement to find out. Nothing has
-    // been written yet: begin again, on another connection.
-    let txn = loop {
-        let begun = db
-            .begin_with_options(TransactionOptions {
-                sqlite_transaction_mode,
-                ..TransactionOptions::default()
-            })
-            .await;
-        match begun {
-            Err(err) if retries > 0 && error::closed_by_database(&err) => retries -= 1,
-            begun => break begun?,
-        }
-    };
-    Ok(WriteTransaction {
-        txn: Some(txn),
-        turn,
+    // `BEGIN` runs in a task of its own. Cancelled midway, it would still
+    // reach the database, but the driver counts a transaction only once
+    // `BEGIN` has been answered: it would hand the connection back to the
+    // pool inside a transaction nobody knows of, and its next user's
+    // statements would run in it. Begun for a caller that has gone, the
+    // transaction is dropped, and so rolled back, by the task.
+    let db = db.clone();
+    run_to_end(async move {
+        // After a restart or failover of the database, pooled connections
+        // are closed, and `BEGIN` is the first statement to find out.
+        // Nothing has been written yet: begin again, on another connection.
+        let txn = loop {
+            let begun = db
+                .begin_with_options(TransactionOptions {
+                    sqlite_transaction_mode,
+                    ..TransactionOptions::default()
+                })
+                .await;
+            match begun {
+                Err(err) if retries > 0 && error::closed_by_database(&err) => retries -= 1,
+                begun => break begun?,
+            }
+        };
+        Ok(WriteTransaction {
+            txn: Some(txn),
+            turn,
+        })
     })
+    .await
 }
 
 /// Connects to the database and applies pending migrations (see [`migrate`]).
@@ -342,6 +379,66 @@ mod tests {
         drop(probe);
         db.close().await.unwrap();
         remove_sqlite_files(&path);
+    }
+
+    /// Whether two statements on `db` run in one transaction: they do only
+    /// if the connection was left inside one.
+    async fn left_in_a_transaction(db: &DatabaseConnection) -> bool {
+        let statement = || {
+            sea_orm::Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT pg_current_xact_id()::text AS xid",
+            )
+        };
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let row = db.query_one_raw(statement()).await.unwrap().unwrap();
+            ids.push(row.try_get::<String>("", "xid").unwrap());
+        }
+        ids[0] == ids[1]
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_cancelled_at_any_point_leaves_no_transaction_behind() {
+        let Ok(url) = std::env::var("TEST_DATABASE_URL") else {
+            return; // PostgreSQL only.
+        };
+        // One connection, so the next statement gets the cancelled write's.
+        let db = connect(&DatabaseSettings {
+            max_connections: 1,
+            ..DatabaseSettings::new(url)
+        })
+        .await
+        .unwrap();
+        let write = |db: DatabaseConnection| async move {
+            let txn = begin_write(&db).await?;
+            txn.execute_unprepared("SELECT 1").await?;
+            txn.commit().await
+        };
+        // Cancelled after a number of polls (each a step of BEGIN, the
+        // statement or COMMIT), then after a number of microseconds.
+        for polls in 1..=8 {
+            let mut pending = Box::pin(write(db.clone()));
+            for _ in 0..polls {
+                if futures::poll!(pending.as_mut()).is_ready() {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            drop(pending);
+            assert!(
+                !left_in_a_transaction(&db).await,
+                "cancelled after {polls} polls"
+            );
+        }
+        for micros in (0..3_000).step_by(20) {
+            let _ = tokio::time::timeout(Duration::from_micros(micros), write(db.clone())).await;
+            assert!(
+                !left_in_a_transaction(&db).await,
+                "cancelled after {micros} µs"
+            );
+        }
+        db.close().await.unwrap();
     }
 
     #[cfg(unix)]

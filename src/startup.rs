@@ -87,7 +87,7 @@ impl Application {
         })
         .await?;
         let tokens = PageTokens::new(secrets::shared_key(&db, PageTokens::SECRET_NAME).await?);
-        let feed = ChangeFeed::new(reader.clone());
+        let feed = ChangeFeed::with_buffer(reader.clone(), settings.watch_buffer as usize);
         feed.start().await?;
         let (access, access_feed) =
             Access::build(reader.clone(), &feed, ChangeTokens::new(tokens.clone()))
@@ -206,7 +206,9 @@ impl Application {
                 intervals.connection_count_interval,
             ))
         });
-        let (routes, health_reporter) = server::register(self.services, self.settings.dashboard)?;
+        let stopping = CancellationToken::new();
+        let (routes, health_reporter) =
+            server::register(self.services, self.settings.dashboard, &stopping)?;
 
         health::report_now(
             &self.health_db,
@@ -229,6 +231,9 @@ impl Application {
             change_feed::start(self.feed.clone(), intervals.change_feed_poll_interval),
             change_feed::start_index(self.access, self.access_feed, self.feed.clone()),
         ];
+        if let Some(options) = self.reader.postgres_options() {
+            tasks.push(change_feed::listen(self.feed.clone(), options));
+        }
         if let (Some(listener), Some(metrics)) = (self.metrics_listener, metrics.clone()) {
             tasks.push(background::Task::start(|stop| async move {
                 if let Err(err) = metrics::serve(listener, metrics, stop).await {
@@ -245,7 +250,6 @@ impl Application {
             dashboard = if self.settings.dashboard { "/" } else { "off" },
             "serving gRPC"
         );
-        let stopping = CancellationToken::new();
         let serve = self
             .transport
             .serve(routes, metrics, self.listener, stopping.clone());

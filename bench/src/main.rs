@@ -3,6 +3,7 @@
 //! database), with one load generator at one concurrency, in one run.
 
 mod cpu;
+mod freshness;
 mod hello;
 mod load;
 mod pgbench;
@@ -18,7 +19,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context;
@@ -29,8 +30,8 @@ use tokio::process::Command;
 
 use crate::{
     load::{Window, closed_loop, open_loop},
-    process::{Server, free_address},
-    report::{Line, Report},
+    process::{Server, free_address, status_mib},
+    report::{IndexBuild, Line, Report},
     seed::{Bulk, Caller},
     workload::{PoolEntry, Target},
 };
@@ -53,6 +54,11 @@ enum Commands {
     /// the unexpected errors, and the server's memory, file descriptors and
     /// database pool: stability, not speed.
     Soak(soak::SoakOptions),
+    /// Runs two servers on one PostgreSQL database with writers on both, and
+    /// measures how soon CheckAccess on one shows a transition made on the
+    /// other, that no answer is older than its change token, and what open
+    /// and stalled watches cost in memory.
+    Freshness(freshness::FreshnessOptions),
     /// Serves the hello-world baseline (started by the benchmark itself).
     #[command(hide = true)]
     HelloServer {
@@ -140,6 +146,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Some(Commands::HelloServer { listen }) => runtime.block_on(hello::serve(listen)),
         Some(Commands::Soak(options)) => runtime.block_on(soak::run(options)),
+        Some(Commands::Freshness(options)) => runtime.block_on(freshness::run(options)),
         None => {
             if cli.options.smoke {
                 let o = &mut cli.options;
@@ -325,6 +332,26 @@ async fn backend(
         large_count: options.large,
     };
     seed::bulk(&db, bulk, &small, &large).await?;
+
+    // The CheckAccess index is built from the database at start, before the
+    // server listens: start it again, so that it holds the rows just
+    // inserted, and measure that.
+    let before = server.pid().and_then(|pid| status_mib(pid, "VmRSS"));
+    server.stop().await?;
+    let address = free_address()?;
+    let command = service_command(server_bin, address, url);
+    let started = Instant::now();
+    let server = Server::start(&format!("server ({name})"), command, address, &log).await?;
+    report.index_build(
+        name,
+        IndexBuild {
+            connections: count_connections(&db).await?,
+            seconds: started.elapsed().as_secs_f64(),
+            rss_before_mib: before,
+            rss_after_mib: server.pid().and_then(|pid| status_mib(pid, "VmRSS")),
+        },
+    );
+    let target = Target::connect(&server.url(), options.channels).await?;
     let pool = write_pool(&target, options.pool_side()).await?;
     let small_ids: Arc<Vec<String>> =
         Arc::new((1..=options.small).map(seed::connection_id).collect());
@@ -345,6 +372,19 @@ async fn backend(
     let rate = peak.throughput() * options.load_fraction;
     let at_rate = open_loop(get, rate, window).await;
     report.add(Line::open("GetConnection", name, &at_rate, rate));
+
+    eprintln!("{name}: CheckAccess");
+    let check = workload::check_access(
+        target.clone(),
+        small.key.clone(),
+        small.id.clone(),
+        options.small,
+    );
+    let (peak, cpu) = closed(check.clone(), c, window, pid).await;
+    report.add(Line::closed("CheckAccess", name, &peak, c).with_cpu(cpu));
+    let rate = peak.throughput() * options.load_fraction;
+    let at_rate = open_loop(check, rate, window).await;
+    report.add(Line::open("CheckAccess", name, &at_rate, rate));
 
     eprintln!("{name}: ListConnections");
     for (owner, rows, label) in [
@@ -456,6 +496,18 @@ fn service_command(server_bin: &Path, address: SocketAddr, url: &str) -> Command
         .env("CONNECTIONS_ADMIN_TOKEN", ADMIN_TOKEN)
         .env_remove("RUST_LOG");
     command
+}
+
+/// The number of connections in the database.
+async fn count_connections(db: &sea_orm::DatabaseConnection) -> anyhow::Result<u64> {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            "SELECT count(*) AS n FROM connections",
+        ))
+        .await?
+        .context("count(*) returned no row")?;
+    Ok(u64::try_from(row.try_get::<i64>("", "n")?)?)
 }
 
 /// Checks that every pgbench transition changed its row and recorded its

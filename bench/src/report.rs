@@ -116,6 +116,33 @@ pub struct Ratio {
     pub met: Option<bool>,
 }
 
+/// The CheckAccess index, as a server built it at start.
+#[derive(Debug, Clone, Serialize)]
+pub struct IndexBuild {
+    /// Connections in the database.
+    pub connections: u64,
+    /// From starting the process to its listening: the index is built
+    /// before it listens (migrations and connecting take a few ms).
+    pub seconds: f64,
+    /// RSS of a server of the same build on the same database before the
+    /// connections were inserted, MiB.
+    pub rss_before_mib: Option<f64>,
+    /// RSS once it listens, MiB.
+    pub rss_after_mib: Option<f64>,
+}
+
+impl IndexBuild {
+    /// The RSS the index added, in MB (10^6 bytes).
+    fn rss_increase_mb(&self) -> Option<f64> {
+        Some((self.rss_after_mib? - self.rss_before_mib?) * 1_048_576.0 / 1e6)
+    }
+}
+
+/// The index at start: at most this long to build, for a million connections.
+const INDEX_BUILD_SECONDS: f64 = 10.0;
+/// The index at start: at most this much RSS, in MB, for a million connections.
+const INDEX_RSS_MB: f64 = 150.0;
+
 /// Everything one run measured.
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -129,6 +156,8 @@ pub struct Report {
     pub lines: Vec<Line>,
     /// Peak resident memory of each server process, MiB.
     pub peak_rss_mib: BTreeMap<String, f64>,
+    /// The CheckAccess index built at start, by backend.
+    pub index_builds: BTreeMap<String, IndexBuild>,
     /// Ours / baseline.
     pub ratios: Vec<Ratio>,
 }
@@ -142,6 +171,7 @@ impl Report {
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
             lines: Vec::new(),
             peak_rss_mib: BTreeMap::new(),
+            index_builds: BTreeMap::new(),
             ratios: Vec::new(),
         }
     }
@@ -157,6 +187,12 @@ impl Report {
         if let Some(mib) = mib {
             self.peak_rss_mib.insert(server.to_owned(), mib);
         }
+    }
+
+    /// Records the index a server built at start, and prints it.
+    pub fn index_build(&mut self, backend: &str, build: IndexBuild) {
+        eprintln!("  {}", index_row(backend, &build));
+        self.index_builds.insert(backend.to_owned(), build);
     }
 
     fn find(&self, name: &str, backend: &str, mode: &str) -> Option<&Line> {
@@ -209,6 +245,13 @@ impl Report {
                 None,
                 true,
             );
+            let check = throughput("CheckAccess", backend, "closed");
+            push(
+                format!("CheckAccess ({backend}) / bare tonic"),
+                div(check, hello),
+                Some(0.6),
+                true,
+            );
         }
         push(
             "GetConnection (postgres) / pgbench on its SQL".to_owned(),
@@ -259,12 +302,16 @@ impl Report {
                     );
                 }
             }
-            for name in ["GetConnection", "Activate/Deactivate/Reactivate"] {
+            for (name, most) in [
+                ("GetConnection", 5.0),
+                ("CheckAccess", 3.0),
+                ("Activate/Deactivate/Reactivate", 5.0),
+            ] {
                 if let Some(open) = self.find(name, backend, "open") {
                     push(
                         format!("{name} ({backend}) p99 / p50 at the open-loop rate"),
                         open.p99_ms.map(|p99| p99 / open.p50_ms),
-                        Some(5.0),
+                        Some(most),
                         false,
                     );
                 }
@@ -293,6 +340,10 @@ impl Report {
         println!("\npeak RSS");
         for (server, mib) in &self.peak_rss_mib {
             println!("  {server:<30} {mib:>8.1} MiB");
+        }
+        println!("\nCheckAccess index built at start");
+        for (backend, build) in &self.index_builds {
+            println!("  {}", index_row(backend, build));
         }
         println!("\nratios (ours / baseline)");
         for ratio in &self.ratios {
@@ -359,6 +410,32 @@ fn row(line: &Line) -> String {
     format!(
         "{name:<58} {:<9} {:>10.0} {:>9.2} {p99:>9}  {cpu:<24} {errors}",
         line.backend, line.throughput, line.p50_ms
+    )
+}
+
+/// One index build, with its targets (judged for a million connections or
+/// more; a smaller run only reports).
+fn index_row(backend: &str, build: &IndexBuild) -> String {
+    let judged = build.connections >= 1_000_000;
+    let verdict = |met: bool| match (judged, met) {
+        (false, _) => "",
+        (true, true) => ": met",
+        (true, false) => ": NOT MET",
+    };
+    let rss = match build.rss_increase_mb() {
+        Some(mb) => format!(
+            "RSS +{mb:.1} MB ({:.1} -> {:.1} MiB; target <= {INDEX_RSS_MB} MB{})",
+            build.rss_before_mib.unwrap_or_default(),
+            build.rss_after_mib.unwrap_or_default(),
+            verdict(mb <= INDEX_RSS_MB)
+        ),
+        None => "RSS not measured".to_owned(),
+    };
+    format!(
+        "{backend:<9} {} connections: listening after {:.2} s (target <= {INDEX_BUILD_SECONDS} s{}), {rss}",
+        build.connections,
+        build.seconds,
+        verdict(build.seconds <= INDEX_BUILD_SECONDS)
     )
 }
 

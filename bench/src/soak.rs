@@ -5,7 +5,9 @@
 //! calls in flight.
 //!
 //! The mix: GetConnection reads, ListConnections pages, transitions
-//! (activate, deactivate, reactivate, round and round), CreateConnection,
+//! (activate, deactivate, reactivate, round and round), CreateConnection
+//! (of new connections during warm-up, then of ones that exist, refused with
+//! ALREADY_EXISTS, so that the data stops growing),
 //! calls with bad API keys (random well-formed ones, a few repeated unknown
 //! ones, malformed ones), and calls the client cancels mid-flight (a very
 //! short deadline sent to the server, or the call dropped by the client).
@@ -38,7 +40,10 @@ use std::{
 use anyhow::Context;
 use connections::{
     config::parse_duration,
-    proto::{ConnectionState, GetConnectionRequest, ListConnectionsRequest},
+    proto::{
+        ConnectionState, CreateConnectionRequest, DataType, GetConnectionRequest,
+        ListConnectionsRequest,
+    },
 };
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -72,6 +77,8 @@ const MOST_CREATES_PER_SECOND: u64 = 2_000;
 const WRITE_POOL_SIDE: usize = 16;
 /// How often the database pool is sampled between rows.
 const POOL_SAMPLE_EVERY: Duration = Duration::from_secs(5);
+/// How CreateConnection of a connection that exists is refused.
+const EXISTS: &str = "AlreadyExists/ERROR_REASON_CONNECTION_ALREADY_EXISTS";
 /// How far RSS and open file descriptors may move after warm-up.
 const TOLERANCE: f64 = 0.10;
 
@@ -161,7 +168,7 @@ async fn soak(
     let server = Server::start("server (postgres)", command, address, &log).await?;
     let pid = server.pid().context("the server exited")?;
     let target = Target::connect(&server.url(), options.channels).await?;
-    let mix = Arc::new(seed_mix(&target, url, options.duration).await?);
+    let mix = Arc::new(seed_mix(&target, url, options.row_every).await?);
 
     eprintln!(
         "soak: {} calls in flight over {} HTTP/2 connections for {} s, a row every {} s",
@@ -181,6 +188,7 @@ async fn soak(
     };
     eprintln!("{}", header());
     let start = Instant::now();
+    let _ = mix.warmup_end.set(start + options.row_every);
     let (done, finished) = watch::channel(false);
     let monitor = tokio::spawn(monitor(
         watched,
@@ -343,16 +351,20 @@ struct Mix {
     /// tokens), and the PENDING-only page.
     lists: Vec<Call>,
     cycles: Call,
-    /// CreateConnection, one call per creating organization.
+    /// CreateConnection of a new connection, one call per creating
+    /// organization: during warm-up.
     creates: Vec<Call>,
     next_create: AtomicU64,
+    /// When warm-up ends, and with it the making of new connections: set when
+    /// the load starts.
+    warmup_end: std::sync::OnceLock<Instant>,
     /// Picks each call's kind and details.
     seed: u64,
     tally: Arc<Mutex<Tally>>,
 }
 
 /// Makes the organizations, keys and connections the mix uses.
-async fn seed_mix(target: &Target, url: &str, duration: Duration) -> anyhow::Result<Mix> {
+async fn seed_mix(target: &Target, url: &str, warmup: Duration) -> anyhow::Result<Mix> {
     let channel = target.channel(0);
     let reader = seed::caller(channel.clone(), ADMIN_TOKEN, "Soak reader").await?;
     eprintln!(
@@ -368,7 +380,7 @@ async fn seed_mix(target: &Target, url: &str, duration: Duration) -> anyhow::Res
     seed::bulk(&db, bulk, &reader, &reader).await?;
     db.close().await?;
 
-    let creators = 1 + (duration.as_secs() * MOST_CREATES_PER_SECOND).div_ceil(ORGANIZATIONS);
+    let creators = 1 + (warmup.as_secs() * MOST_CREATES_PER_SECOND).div_ceil(ORGANIZATIONS);
     let mut creates = Vec::new();
     for i in 0..creators {
         let creator =
@@ -419,6 +431,7 @@ async fn seed_mix(target: &Target, url: &str, duration: Duration) -> anyhow::Res
         cycles: workload::cycles(target.clone(), pool),
         creates,
         next_create: AtomicU64::new(0),
+        warmup_end: std::sync::OnceLock::new(),
         seed: std::collections::hash_map::RandomState::new().hash_one(std::process::id()),
         tally: Arc::new(Mutex::new(Tally::new())),
     })
@@ -444,7 +457,7 @@ impl Mix {
             Kind::Get => answer((self.get)(i).await),
             Kind::List => answer((self.lists[detail as usize % self.lists.len()])(i).await),
             Kind::Transition => answer((self.cycles)(i).await),
-            Kind::Create => answer(self.create()(i).await),
+            Kind::Create => answer(self.create(i).await),
             Kind::BadKey => self.bad_key(i, detail).await,
             Kind::Cancelled if detail.is_multiple_of(2) => self.dropped(i, detail >> 1).await,
             Kind::Cancelled => self.deadline(i, detail >> 1).await,
@@ -460,10 +473,34 @@ impl Mix {
         result
     }
 
-    /// The CreateConnection call of the next creating organization.
-    fn create(&self) -> &Call {
-        let n = self.next_create.fetch_add(1, Ordering::Relaxed);
-        &self.creates[(n % self.creates.len() as u64) as usize]
+    /// A CreateConnection. During warm-up, a new connection, made by the
+    /// next creating organization. After it, one the reader already has,
+    /// which must be refused with ALREADY_EXISTS: the data stops growing, so
+    /// that memory after warm-up shows leaks, not data (the CheckAccess index
+    /// keeps every connection made).
+    async fn create(&self, i: u64) -> CallResult {
+        if self
+            .warmup_end
+            .get()
+            .is_none_or(|end| Instant::now() < *end)
+        {
+            let n = self.next_create.fetch_add(1, Ordering::Relaxed);
+            return self.creates[(n % self.creates.len() as u64) as usize](i).await;
+        }
+        let n = 1 + workload::scatter(i, self.ids.len()) as u64;
+        let request = workload::authorized(
+            CreateConnectionRequest {
+                destination_organization_id: seed::organization_id(n),
+                data_types: vec![DataType::Inquiry.into()],
+                request_id: String::new(),
+            },
+            &self.reader.key,
+        );
+        match self.target.connections(i).create_connection(request).await {
+            Err(status) if load::code_of(&status) == EXISTS => Ok(()),
+            Err(status) => Err(load::code_of(&status)),
+            Ok(_) => Err("made a second connection to one destination".to_owned()),
+        }
     }
 
     /// GetConnection or a first ListConnections page with a bad key: it must
@@ -489,12 +526,12 @@ impl Mix {
     /// by the client after 0.2 to 10 ms, if it has not finished by then.
     async fn dropped(&self, i: u64, detail: u64) -> Seen {
         let call = match detail % 3 {
-            0 => &self.get,
-            1 => &self.lists[(detail >> 2) as usize % self.lists.len()],
-            _ => self.create(),
+            0 => (self.get)(i),
+            1 => self.lists[(detail >> 2) as usize % self.lists.len()](i),
+            _ => Box::pin(self.create(i)),
         };
         let patience = Duration::from_micros(200 + (detail >> 8) % 9_800);
-        match tokio::time::timeout(patience, call(i)).await {
+        match tokio::time::timeout(patience, call).await {
             Err(_) => Seen::Dropped,
             Ok(Ok(())) => Seen::Completed,
             Ok(Err(reason)) => Seen::Unexpected(reason),

@@ -100,10 +100,7 @@ fn activate() -> anyhow::Result<(String, String)> {
             ":c_version",
         ],
     )?;
-    // The server reads its transaction's ID first and then inserts it; here
-    // the insert reads it itself.
-    let insert =
-        connection_event::append_query(uuid::Uuid::nil(), &event, 0).build(DbBackend::Postgres);
+    let insert = connection_event::append_statement(DbBackend::Postgres, uuid::Uuid::nil(), &event);
     let insert = with_parameters(
         insert,
         &[
@@ -117,7 +114,6 @@ fn activate() -> anyhow::Result<(String, String)> {
             "'DESTINATION'",
             "NULL",
             "now()",
-            "pg_current_xact_id()::text::bigint",
         ],
     )?;
     Ok((update, insert))

@@ -9,9 +9,10 @@ use std::{
 };
 
 use connections::proto::{
-    ActivateConnectionRequest, Connection, ConnectionState, CreateConnectionRequest, DataType,
-    DeactivateConnectionRequest, GetConnectionRequest, ListConnectionsRequest,
-    ReactivateConnectionRequest, connection_service_client::ConnectionServiceClient,
+    ActivateConnectionRequest, CheckAccessRequest, Connection, ConnectionState,
+    CreateConnectionRequest, DataType, DeactivateConnectionRequest, GetConnectionRequest,
+    ListConnectionsRequest, ReactivateConnectionRequest,
+    access_service_client::AccessServiceClient, connection_service_client::ConnectionServiceClient,
 };
 use tonic::{
     Request,
@@ -96,6 +97,42 @@ pub fn hello(target: Target, key: AsciiMetadataValue) -> Call {
             let reply = client.say_hello(request).await.map_err(|s| code_of(&s))?;
             if reply.into_inner().message != "Hello, bench!" {
                 return Err(bad("greeting"));
+            }
+            Ok(())
+        }
+    })
+}
+
+/// CheckAccess of INQUIRY from `source` to bulk organization `n`, a random
+/// one of `1..=count` (the source has connection `n` to each, ACTIVE or
+/// PENDING, with INQUIRY): checks the connection that comes back, and that
+/// access is allowed exactly when it is ACTIVE.
+pub fn check_access(target: Target, key: AsciiMetadataValue, source: String, count: u64) -> Call {
+    call(move |i| {
+        let mut client = AccessServiceClient::new(target.channel(i));
+        let key = key.clone();
+        let n = 1 + scatter(i, usize::try_from(count).unwrap_or(usize::MAX)) as u64;
+        let request = authorized(
+            CheckAccessRequest {
+                source_organization_id: source.clone(),
+                destination_organization_id: crate::seed::organization_id(n),
+                data_type: DataType::Inquiry.into(),
+                at_least_change_token: String::new(),
+            },
+            &key,
+        );
+        async move {
+            let reply = client
+                .check_access(request)
+                .await
+                .map_err(|s| code_of(&s))?
+                .into_inner();
+            if reply.connection_id != crate::seed::connection_id(n) {
+                return Err(bad("connection"));
+            }
+            let active = reply.state == ConnectionState::Active as i32;
+            if reply.allowed != active || reply.change_token.is_empty() {
+                return Err(bad("answer"));
             }
             Ok(())
         }

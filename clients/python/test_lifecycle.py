@@ -6,10 +6,12 @@ Everything runs on 127.0.0.1, in a temporary directory, with every wait bounded.
 
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -19,17 +21,23 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from connections.v1 import access_service_pb2 as acc
+from connections.v1 import access_service_pb2_grpc as acc_grpc
 from connections.v1 import connection_service_pb2 as cs
 from connections.v1 import connection_service_pb2_grpc as cs_grpc
 from connections.v1 import organization_service_pb2 as org_pb
 from connections.v1 import organization_service_pb2_grpc as org_grpc
 from connections.v1 import resources_pb2 as res
+from resumable_watch import ResumableWatch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = os.path.abspath(
     os.environ.get("CONNECTIONS_BIN") or os.path.join(HERE, "..", "..", "target", "debug", "connections")
 )
 TIMEOUT = 10  # seconds, for every RPC and CLI call
+# Operator credentials of the shared server (CheckAccess for any pair).
+ADMIN_TOKEN = f"admin-{uuid.uuid4().hex}"
+ACCESS_CHECK_TOKEN = f"access-check-{uuid.uuid4().hex}"
 
 
 @dataclass
@@ -48,6 +56,8 @@ class Server:
     env: dict
     log_path: str
     orgs: list = field(default_factory=list)
+    args: tuple = ()
+    process: subprocess.Popen = None
 
     def cli(self, *args):
         """Runs `connections admin ...` on the server's database; returns its first JSON line."""
@@ -64,6 +74,26 @@ class Server:
     def log(self):
         with open(self.log_path, errors="replace") as f:
             return f.read()[-4000:]
+
+    def start(self):
+        """Starts `connections serve` (again, after stop(): same database and port) and waits,
+        bounded, until it answers."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen([BIN, "serve", "--listen", self.target, *self.args],
+                                            env=self.env, stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT)
+        wait_until_serving(self.process, self.target, self.orgs[0], self)
+
+    def stop(self):
+        """SIGTERM, then waits (bounded) for the exit; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            pytest.fail(f"server did not stop within 30s of SIGTERM:\n{self.log()}")
 
 
 def free_port():
@@ -90,39 +120,47 @@ def wait_until_serving(process, target, org, server, attempts=150, delay=0.2):
     pytest.fail(f"server did not answer on {target} within {attempts * delay:.0f}s:\n{server.log()}")
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
+def new_server(tmp, *args, env=None):
+    """A server over a new database in tmp, with two organizations; not started yet."""
     if not os.access(BIN, os.X_OK):
         pytest.fail(f"no connections binary at {BIN}: run `cargo build --bin connections` "
                     "in the repository root, or set CONNECTIONS_BIN")
-    tmp = tmp_path_factory.mktemp("connections")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTIONS_")}
-    env["CONNECTIONS_DATABASE_URL"] = f"sqlite://{tmp}/c.db?mode=rwc"
-    srv = Server(target=f"127.0.0.1:{free_port()}", env=env, log_path=str(tmp / "server.log"))
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTIONS_")}
+    base["CONNECTIONS_DATABASE_URL"] = f"sqlite://{tmp}/c.db?mode=rwc"
+    base.update(env or {})
+    srv = Server(target=f"127.0.0.1:{free_port()}", env=base, log_path=str(tmp / "server.log"),
+                 args=args)
     srv.orgs = [srv.new_org("Acme Bank"), srv.new_org("Beta Lending")]
+    return srv
 
-    with open(srv.log_path, "wb") as log:
-        process = subprocess.Popen([BIN, "serve", "--listen", srv.target], env=env,
-                                   stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory):
+    srv = new_server(tmp_path_factory.mktemp("connections"),
+                     env={"CONNECTIONS_ADMIN_TOKEN": ADMIN_TOKEN,
+                          "CONNECTIONS_ACCESS_CHECK_TOKEN": ACCESS_CHECK_TOKEN})
     try:
-        wait_until_serving(process, srv.target, srv.orgs[0], srv)
+        srv.start()
         yield srv
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            code = process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-            pytest.fail(f"server did not stop within 30s of SIGTERM:\n{srv.log()}")
+        code = srv.stop() if srv.process else None
     assert code == 0, f"server exited {code} after SIGTERM:\n{srv.log()}"
 
 
 @pytest.fixture
-def stub(server):
+def channel(server):
     with grpc.insecure_channel(server.target) as channel:
-        yield cs_grpc.ConnectionServiceStub(channel)
+        yield channel
+
+
+@pytest.fixture
+def stub(channel):
+    return cs_grpc.ConnectionServiceStub(channel)
+
+
+@pytest.fixture
+def access(channel):
+    return acc_grpc.AccessServiceStub(channel)
 
 
 def refusal(call):
@@ -276,3 +314,374 @@ def test_example_program(server):
     assert "PERMISSION_DENIED ERROR_REASON_CALLER_NOT_DESTINATION (connections.v1)" in out
     assert "activated by the destination: CONNECTION_STATE_ACTIVE" in out
     assert "#2 CONNECTION_EVENT_TYPE_ACTIVATED" in out
+    assert "check access DATA_TYPE_INQUIRY: allowed True (CONNECTION_STATE_ACTIVE)" in out
+    assert "check access DATA_TYPE_TRANSACTION: allowed False (CONNECTION_STATE_ACTIVE)" in out
+    assert "check access DATA_TYPE_INQUIRY: allowed False (CONNECTION_STATE_INACTIVE)" in out
+    # The watch after the create's token starts with the activation; the resumed one brings
+    # exactly the deactivation made while nobody watched.
+    watched = [line.rsplit(" of ", 1)[0] for line in out.splitlines() if line.startswith("watched ")]
+    assert watched == ["watched #2 CONNECTION_EVENT_TYPE_ACTIVATED",
+                       "watched #3 CONNECTION_EVENT_TYPE_DEACTIVATED"], out
+
+
+# --- WatchConnectionEvents with ResumableWatch, and CheckAccess -------------------------------
+
+CREATED, ACTIVATED, DEACTIVATED, REACTIVATED = (
+    res.CONNECTION_EVENT_TYPE_CREATED, res.CONNECTION_EVENT_TYPE_ACTIVATED,
+    res.CONNECTION_EVENT_TYPE_DEACTIVATED, res.CONNECTION_EVENT_TYPE_REACTIVATED)
+
+
+class Pump:
+    """Iterates a watch on a thread, one message per pull(), so that every wait is bounded."""
+
+    def __init__(self, watch):
+        self.watch = watch
+        self._asks, self._got = queue.Queue(), queue.Queue()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        messages = iter(self.watch)
+        while self._asks.get():
+            try:
+                self._got.put(("message", next(messages)))
+            except StopIteration:
+                self._got.put(("end", None))
+                return
+            except Exception as err:  # handed to the test's thread
+                self._got.put(("error", err))
+                return
+
+    def _next(self, timeout):
+        self._asks.put(True)
+        try:
+            return self._got.get(timeout=timeout)
+        except queue.Empty:
+            pytest.fail(f"no message from the watch within {timeout}s")
+
+    def pull(self, timeout=TIMEOUT):
+        kind, value = self._next(timeout)
+        if kind == "error":
+            raise value
+        assert kind == "message", "the watch ended"
+        return value
+
+    def events(self, n, timeout=TIMEOUT):
+        """The next n messages with an event (heartbeats, if yielded, are skipped)."""
+        got = []
+        while len(got) < n:
+            message = self.pull(timeout)
+            if message.HasField("event"):
+                got.append(message)
+        return got
+
+    def assert_ends(self, timeout=TIMEOUT):
+        kind, value = self._next(timeout)
+        assert kind == "end", f"expected the watch to end, got {kind}: {value}"
+
+    def stop(self):
+        self.watch.close()
+        self._asks.put(False)
+        self._thread.join(timeout=TIMEOUT)
+        assert not self._thread.is_alive(), "the watch did not stop after close()"
+
+
+def summary(messages):
+    return [(m.event.sequence, m.event.type) for m in messages]
+
+
+def lifecycle_writes(stub, conn_id, S, D, **call):
+    """Deactivate (by the source), reactivate, activate: events 3, 4 and 5 after create and
+    activate. Returns their responses' change tokens."""
+    call.setdefault("timeout", TIMEOUT)
+    return [
+        stub.DeactivateConnection(cs.DeactivateConnectionRequest(connection_id=conn_id,
+                                                                 reason="paused"),
+                                  metadata=S, **call).change_token,
+        stub.ReactivateConnection(cs.ReactivateConnectionRequest(connection_id=conn_id),
+                                  metadata=S, **call).change_token,
+        stub.ActivateConnection(cs.ActivateConnectionRequest(connection_id=conn_id),
+                                metadata=D, **call).change_token,
+    ]
+
+
+def create_and_activate(stub, source, destination, data_types=(res.DATA_TYPE_INQUIRY,), **call):
+    call.setdefault("timeout", TIMEOUT)
+    created = stub.CreateConnection(
+        cs.CreateConnectionRequest(destination_organization_id=destination.id,
+                                   data_types=list(data_types)),
+        metadata=source.auth, **call)
+    activated = stub.ActivateConnection(
+        cs.ActivateConnectionRequest(connection_id=created.connection.id),
+        metadata=destination.auth, **call)
+    assert created.change_token and activated.change_token
+    assert created.change_token != activated.change_token
+    return created, activated
+
+
+def altered(token):
+    """The token with one character in the middle changed."""
+    i = len(token) // 2
+    return token[:i] + ("A" if token[i] != "A" else "B") + token[i + 1:]
+
+
+def test_watch_from_beginning_sees_the_lifecycle_as_the_history_does(server, stub):
+    source, destination = server.new_org("Watch Source"), server.new_org("Watch Destination")
+    S, D = source.auth, destination.auth
+    created, activated = create_and_activate(stub, source, destination)
+    conn_id = created.connection.id
+
+    # Both parties watch from the beginning: the two events so far come from the database...
+    pumps = [Pump(ResumableWatch(stub, org, from_beginning=True, idle_timeout=30))
+             for org in (D, S)]
+    try:
+        got = [p.events(2) for p in pumps]
+        # ...and the next three live, as they are committed.
+        tokens = [created.change_token, activated.change_token,
+                  *lifecycle_writes(stub, conn_id, S, D)]
+        for g, p in zip(got, pumps):
+            g += p.events(3)
+
+        history = stub.ListConnectionEvents(cs.ListConnectionEventsRequest(connection_id=conn_id),
+                                            metadata=D, timeout=TIMEOUT).events
+        assert summary(got[0]) == [(1, CREATED), (2, ACTIVATED), (3, DEACTIVATED),
+                                   (4, REACTIVATED), (5, ACTIVATED)]
+        for g in got:
+            # The same events ListConnectionEvents returns, field for field, in the same order.
+            assert [m.event for m in g] == list(history)
+            # Each message's token names the place just after its event: the token its write returned.
+            assert [m.change_token for m in g] == tokens
+        assert got[0][2].event.reason == "paused"
+        assert [p.watch.last_change_token for p in pumps] == [tokens[-1]] * 2
+        assert [p.watch.resumes for p in pumps] == [0, 0]
+
+        # close() ends the iteration, without an error.
+        pumps[0].watch.close()
+        pumps[0].assert_ends()
+    finally:
+        for p in pumps:
+            p.stop()
+
+
+def test_watch_role_filter(server, stub):
+    source, destination = server.new_org("Role Source"), server.new_org("Role Destination")
+    created, _ = create_and_activate(stub, source, destination)
+    # A connection where `source` is the destination.
+    inbound, _ = create_and_activate(stub, server.new_org("Role Other"), source)
+
+    as_destination = Pump(ResumableWatch(stub, source.auth, from_beginning=True,
+                                         role=res.CONNECTION_ROLE_DESTINATION, idle_timeout=30))
+    as_source = Pump(ResumableWatch(stub, source.auth, from_beginning=True,
+                                    role=res.CONNECTION_ROLE_SOURCE, idle_timeout=30))
+    try:
+        assert [m.event.connection_id for m in as_destination.events(2)] == [inbound.connection.id] * 2
+        assert [m.event.connection_id for m in as_source.events(2)] == [created.connection.id] * 2
+    finally:
+        as_destination.stop()
+        as_source.stop()
+
+
+def test_watch_resumes_from_the_last_token_without_duplicates_or_gaps(server, stub):
+    source, destination = server.new_org("Resume Source"), server.new_org("Resume Destination")
+    S, D = source.auth, destination.auth
+    created, activated = create_and_activate(stub, source, destination)
+    conn_id = created.connection.id
+
+    # A first watch reads the two events, then stops.
+    first = Pump(ResumableWatch(stub, D, from_beginning=True, idle_timeout=30))
+    try:
+        seen = first.events(2)
+        checkpoint = first.watch.last_change_token
+    finally:
+        first.stop()
+    assert summary(seen) == [(1, CREATED), (2, ACTIVATED)]
+    assert checkpoint == activated.change_token
+
+    # Three changes while nobody watches.
+    tokens = lifecycle_writes(stub, conn_id, S, D)
+
+    # Resumed from the checkpoint: exactly those three, then what comes next, live.
+    second = Pump(ResumableWatch(stub, D, after_change_token=checkpoint, idle_timeout=30))
+    try:
+        resumed = second.events(3)
+        assert summary(resumed) == [(3, DEACTIVATED), (4, REACTIVATED), (5, ACTIVATED)]
+        assert [m.change_token for m in resumed] == tokens
+        last = stub.DeactivateConnection(cs.DeactivateConnectionRequest(connection_id=conn_id),
+                                         metadata=D, timeout=TIMEOUT)
+        following = second.pull()
+        assert summary([following]) == [(6, DEACTIVATED)]
+        assert following.change_token == last.change_token
+    finally:
+        second.stop()
+
+    history = stub.ListConnectionEvents(cs.ListConnectionEventsRequest(connection_id=conn_id),
+                                        metadata=S, timeout=TIMEOUT).events
+    assert [m.event for m in seen + resumed + [following]] == list(history)
+
+    # A write's token works as well: after the reactivation (event 4) comes event 5.
+    third = Pump(ResumableWatch(stub, S, after_change_token=tokens[1], idle_timeout=30))
+    try:
+        assert summary(third.events(2)) == [(5, ACTIVATED), (6, DEACTIVATED)]
+    finally:
+        third.stop()
+
+    # An altered token is refused, and the watch raises rather than retrying.
+    bad = ResumableWatch(stub, D, after_change_token=altered(checkpoint), idle_timeout=30)
+    code, info = refusal(lambda: next(iter(bad)))
+    assert (code, info.reason) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                   "ERROR_REASON_INVALID_CHANGE_TOKEN")
+    assert bad.resumes == 0
+
+
+def test_watch_resumes_across_a_server_restart(tmp_path):
+    srv = new_server(tmp_path, "--watch-heartbeat-interval", "1s")
+    source, destination = srv.orgs
+    S, D = source.auth, destination.auth
+    ended = []  # what ended each stream the watch resumed after
+    try:
+        srv.start()
+        with grpc.insecure_channel(srv.target) as channel:
+            stub = cs_grpc.ConnectionServiceStub(channel)
+            created, _ = create_and_activate(stub, source, destination)
+            conn_id = created.connection.id
+            watch = ResumableWatch(
+                stub, D, from_beginning=True, heartbeats=True, idle_timeout=10,
+                initial_backoff=0.1, max_backoff=1.0,
+                on_resume=lambda err, delay: ended.append(err.code() if err else None))
+            pump = Pump(watch)
+            try:
+                before = pump.events(2)
+                assert summary(before) == [(1, CREATED), (2, ACTIVATED)]
+                # Heartbeats (no event) arrive when nothing happens, each with a token.
+                heartbeat = pump.pull(timeout=5)
+                assert not heartbeat.HasField("event")
+                assert heartbeat.change_token
+                assert watch.last_change_token == heartbeat.change_token
+
+                assert srv.stop() == 0, f"server exited non-zero after SIGTERM:\n{srv.log()}"
+                srv.start()
+                # Three changes while the watch is cut off (it is not being read).
+                tokens = lifecycle_writes(stub, conn_id, S, D, wait_for_ready=True)
+
+                after = pump.events(3, timeout=30)
+                assert summary(after) == [(3, DEACTIVATED), (4, REACTIVATED), (5, ACTIVATED)]
+                assert [m.change_token for m in after] == tokens
+                assert watch.resumes >= 1
+                # Nothing else is pending: the next event is the next write.
+                last = stub.DeactivateConnection(
+                    cs.DeactivateConnectionRequest(connection_id=conn_id), metadata=S,
+                    timeout=TIMEOUT)
+                following = pump.events(1)
+                assert summary(following) == [(6, DEACTIVATED)]
+                assert following[0].change_token == last.change_token
+            finally:
+                pump.stop()
+
+            history = stub.ListConnectionEvents(
+                cs.ListConnectionEventsRequest(connection_id=conn_id), metadata=D,
+                timeout=TIMEOUT).events
+            assert [m.event for m in before + after + following] == list(history)
+
+            # A heartbeat's token resumes after it: the events before it are not sent again.
+            again = Pump(ResumableWatch(stub, D, after_change_token=heartbeat.change_token,
+                                        idle_timeout=10))
+            try:
+                assert summary(again.events(4)) == [
+                    (3, DEACTIVATED), (4, REACTIVATED), (5, ACTIVATED), (6, DEACTIVATED)]
+            finally:
+                again.stop()
+            # The server ends open streams with UNAVAILABLE when it stops.
+            assert ended[0] == grpc.StatusCode.UNAVAILABLE, ended
+    finally:
+        code = srv.stop() if srv.process else None
+    assert code == 0, f"server exited {code} after SIGTERM:\n{srv.log()}"
+
+
+def test_check_access(server, stub, access):
+    source, destination = server.new_org("Access Source"), server.new_org("Access Destination")
+    third = server.new_org("Access Outsider")
+    operator, admin = (("authorization", f"Bearer {ACCESS_CHECK_TOKEN}"),), \
+        (("authorization", f"Bearer {ADMIN_TOKEN}"),)
+    U, P, A, I = (res.CONNECTION_STATE_UNSPECIFIED, res.CONNECTION_STATE_PENDING,
+                  res.CONNECTION_STATE_ACTIVE, res.CONNECTION_STATE_INACTIVE)
+
+    def check(caller, data_type, token="", src=source.id, dst=destination.id):
+        answer = access.CheckAccess(
+            acc.CheckAccessRequest(source_organization_id=src, destination_organization_id=dst,
+                                   data_type=data_type, at_least_change_token=token),
+            metadata=caller, timeout=TIMEOUT)
+        assert answer.change_token
+        return answer.allowed, answer.connection_id, answer.state
+
+    # No connection yet.
+    assert check(source.auth, res.DATA_TYPE_INQUIRY) == (False, "", U)
+    assert check(destination.auth, res.DATA_TYPE_INQUIRY) == (False, "", U)
+
+    created = stub.CreateConnection(
+        cs.CreateConnectionRequest(destination_organization_id=destination.id,
+                                   data_types=[res.DATA_TYPE_INQUIRY, res.DATA_TYPE_ACCOUNT]),
+        metadata=source.auth, timeout=TIMEOUT)
+    conn_id = created.connection.id
+    for caller in (source.auth, destination.auth, operator, admin):
+        assert check(caller, res.DATA_TYPE_INQUIRY, created.change_token) == (False, conn_id, P)
+
+    activated = stub.ActivateConnection(cs.ActivateConnectionRequest(connection_id=conn_id),
+                                        metadata=destination.auth, timeout=TIMEOUT)
+    token = activated.change_token
+    for caller in (source.auth, destination.auth, operator, admin):
+        assert check(caller, res.DATA_TYPE_INQUIRY, token) == (True, conn_id, A)
+        assert check(caller, res.DATA_TYPE_ACCOUNT, token) == (True, conn_id, A)
+        # Data types the connection does not include.
+        assert check(caller, res.DATA_TYPE_TRANSACTION, token) == (False, conn_id, A)
+        assert check(caller, res.DATA_TYPE_VERIFICATION, token) == (False, conn_id, A)
+    # Direction matters: nothing flows from the destination to the source.
+    assert check(source.auth, res.DATA_TYPE_INQUIRY, token, src=destination.id,
+                 dst=source.id) == (False, "", U)
+
+    # Only the parties named in the request (or an operator) may ask.
+    request = acc.CheckAccessRequest(source_organization_id=source.id,
+                                     destination_organization_id=destination.id,
+                                     data_type=res.DATA_TYPE_INQUIRY)
+    code, info = refusal(lambda: access.CheckAccess(request, metadata=third.auth, timeout=TIMEOUT))
+    assert (code, info.reason) == (grpc.StatusCode.PERMISSION_DENIED,
+                                   "ERROR_REASON_CALLER_NOT_PARTY")
+    code, info = refusal(lambda: access.CheckAccess(request, timeout=TIMEOUT))
+    assert (code, info.reason) == (grpc.StatusCode.UNAUTHENTICATED, "ERROR_REASON_API_KEY_MISSING")
+    # The access-check token can call CheckAccess and nothing else.
+    code, info = refusal(lambda: stub.ListConnections(cs.ListConnectionsRequest(),
+                                                      metadata=operator, timeout=TIMEOUT))
+    assert code == grpc.StatusCode.UNAUTHENTICATED
+
+    # Malformed requests.
+    for bad, reason in [
+        (acc.CheckAccessRequest(source_organization_id=source.id,
+                                destination_organization_id=destination.id,
+                                data_type=res.DATA_TYPE_INQUIRY,
+                                at_least_change_token=altered(token)),
+         "ERROR_REASON_INVALID_CHANGE_TOKEN"),
+        (acc.CheckAccessRequest(source_organization_id=source.id,
+                                destination_organization_id=destination.id),
+         "ERROR_REASON_INVALID_ARGUMENT"),
+    ]:
+        code, info = refusal(lambda: access.CheckAccess(bad, metadata=source.auth, timeout=TIMEOUT))
+        assert (code, info.reason) == (grpc.StatusCode.INVALID_ARGUMENT, reason)
+
+    deactivated = stub.DeactivateConnection(
+        cs.DeactivateConnectionRequest(connection_id=conn_id), metadata=source.auth,
+        timeout=TIMEOUT)
+    for caller in (source.auth, destination.auth, operator):
+        assert check(caller, res.DATA_TYPE_INQUIRY, deactivated.change_token) == (False, conn_id, I)
+
+    # Never stale: right after each transition, a check with its token sees it.
+    callers = [source.auth, destination.auth, operator]
+    for round_ in range(10):
+        caller = callers[round_ % 3]
+        t = stub.ReactivateConnection(cs.ReactivateConnectionRequest(connection_id=conn_id),
+                                      metadata=source.auth, timeout=TIMEOUT).change_token
+        assert check(caller, res.DATA_TYPE_INQUIRY, t) == (False, conn_id, P), round_
+        t = stub.ActivateConnection(cs.ActivateConnectionRequest(connection_id=conn_id),
+                                    metadata=destination.auth, timeout=TIMEOUT).change_token
+        assert check(caller, res.DATA_TYPE_ACCOUNT, t) == (True, conn_id, A), round_
+        t = stub.DeactivateConnection(cs.DeactivateConnectionRequest(connection_id=conn_id),
+                                      metadata=destination.auth, timeout=TIMEOUT).change_token
+        assert check(caller, res.DATA_TYPE_ACCOUNT, t) == (False, conn_id, I), round_

@@ -88,10 +88,11 @@ const SENTENCES: Record<ErrorReason, string> = {
   [ErrorReason.DATABASE_UNAVAILABLE]: "The service is unavailable right now.",
   [ErrorReason.INTERNAL]: "Something went wrong on our side. Please try again later.",
   [ErrorReason.AUTHENTICATION_THROTTLED]: "The service is busy right now. Please try again in a moment.",
-  [ErrorReason.INVALID_CHANGE_TOKEN]: "The page lost its place in the list of changes. Reload it.",
+  [ErrorReason.INVALID_CHANGE_TOKEN]: "The page lost its place in the list of changes. It loads what it shows again.",
   [ErrorReason.WATCH_LIMIT_EXCEEDED]: "Too many pages are following changes for your organization. Close some.",
-  [ErrorReason.WATCH_CONSUMER_TOO_SLOW]: "The page fell behind the list of changes. Reload it.",
+  [ErrorReason.WATCH_CONSUMER_TOO_SLOW]: "The page fell behind the list of changes. It catches up by itself.",
   [ErrorReason.CALLER_NOT_PARTY]: "Your organization is not part of this connection.",
+  [ErrorReason.SERVER_STOPPING]: "The server is restarting. Try again in a moment.",
 };
 
 /** The sentence and details of a failed call. */

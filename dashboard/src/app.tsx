@@ -7,8 +7,10 @@ import { useCallback, useContext, useEffect, useRef, useState } from "preact/hoo
 
 import { createApi, ErrorReason, problem, session, type Api, type Problem } from "./api.js";
 import type { Organization } from "./gen/connections/v1/resources_pb.js";
+import { LiveFeed } from "./live.js";
 import { ConnectionDetail } from "./views/detail.js";
 import { ConnectionsList } from "./views/list.js";
+import { LiveStatus } from "./views/live.js";
 import { NewConnection } from "./views/new.js";
 import { ProblemNote } from "./views/problem.js";
 
@@ -18,6 +20,8 @@ export interface Session {
   me: Organization;
   /** The display name of organization `id`, looked up once per page load. */
   nameOf(id: string): Promise<string>;
+  /** The page's one stream of changes, shared by the views; closed on sign-out. */
+  live: LiveFeed;
 }
 
 const SessionContext = createContext<Session | null>(null);
@@ -96,7 +100,7 @@ export function App() {
         return name;
       };
       setRefusal(null);
-      setSignedIn({ api, me: organization, nameOf });
+      setSignedIn({ api, me: organization, nameOf, live: new LiveFeed(api) });
     } catch (err) {
       session.forget();
       const refused = problem(err);
@@ -117,6 +121,7 @@ export function App() {
 
   const signOut = () => {
     session.forget();
+    signedIn?.live.close();
     setSignedIn(null);
     go("/");
   };
@@ -214,6 +219,7 @@ function Views() {
   }, [current.view, current.view === "detail" ? current.id : ""]);
   return (
     <div ref={heading}>
+      <LiveStatus />
       {current.view === "new" ? (
         <NewConnection />
       ) : current.view === "detail" ? (

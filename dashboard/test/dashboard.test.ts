@@ -1,7 +1,8 @@
 /**
  * The dashboard in a real browser (Debian's Chromium through playwright-core), against the real
  * server binary. Selectors use roles and the accessible names of SPEC section 9: they are part of
- * the contract.
+ * the contract. The server sends a watch heartbeat every second, so that a page's stream has
+ * delivered its first message soon after it opens.
  *
  *   CONNECTIONS_BIN=../target/debug/connections node --import tsx --test test/dashboard.test.ts
  */
@@ -9,21 +10,29 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import AxeBuilder from "@axe-core/playwright";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { Browser, BrowserContext, Page } from "playwright-core";
 
 import { ConnectionState, DataType } from "../src/gen/connections/v1/resources_pb.js";
 import { context, launch, type Org, SCREENSHOTS, Server, signIn } from "./harness.js";
 
 const TIMEOUT = 120_000;
-/** Long enough for the page's polling (every 3 s) to show another party's change. */
+/** Long enough for another party's change to reach an open page over its stream. */
 const SEEN_WITHIN = 10_000;
+/** The server's heartbeat interval in these tests. */
+const HEARTBEAT = "1s";
+/** The page's interval when it polled: a window of twice this with no request shows it does not. */
+const OLD_POLL_MS = 3_000;
+/** What the page says while its stream is open. */
+const LIVE = "Live: changes appear as they happen.";
+const WATCH = "/connections.v1.ConnectionService/WatchConnectionEvents";
 
 let server: Server;
 let browser: Browser;
-const contexts: Array<{ context: BrowserContext; requests: string[] }> = [];
+const contexts: Array<{ context: BrowserContext; requests: string[]; origin: string }> = [];
 
 before(async () => {
-  server = await Server.start();
+  server = await Server.start({ CONNECTIONS_WATCH_HEARTBEAT_INTERVAL: HEARTBEAT });
   browser = await launch();
 });
 
@@ -31,17 +40,64 @@ after(async () => {
   for (const { context: c } of contexts) await c.close();
   await browser?.close();
   // No page ever talked to another origin.
-  for (const { requests } of contexts) {
-    const foreign = requests.filter((url) => !url.startsWith(`${server.baseUrl}/`) && !url.startsWith("data:"));
+  for (const { requests, origin } of contexts) {
+    const foreign = requests.filter((url) => !url.startsWith(`${origin}/`) && !url.startsWith("data:"));
     assert.deepEqual(foreign, [], "requests to another origin");
   }
   await server?.stop();
 });
 
 async function newPage(viewport?: { width: number; height: number }): Promise<Page> {
-  const opened = await context(browser, server, viewport);
-  contexts.push(opened);
-  return await opened.context.newPage();
+  return (await newRecordedPage(server, viewport)).page;
+}
+
+/** A page on `on`, with the URLs of every request its context makes. */
+async function newRecordedPage(
+  on: Server,
+  viewport?: { width: number; height: number },
+): Promise<{ page: Page; requests: string[] }> {
+  const opened = await context(browser, on, viewport);
+  contexts.push({ ...opened, origin: on.baseUrl });
+  return { page: await opened.context.newPage(), requests: opened.requests };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** How many of `requests` called the ConnectionService method `method`. */
+function calls(requests: string[], method: string): number {
+  return requests.filter((url) => url.endsWith(`/connections.v1.ConnectionService/${method}`)).length;
+}
+
+/** The page says its stream is open. */
+async function seeLive(page: Page, timeout = SEEN_WITHIN): Promise<void> {
+  await page.getByRole("status").filter({ hasText: LIVE }).waitFor({ timeout });
+}
+
+/** The entries of the detail page's history, as text. */
+async function history(page: Page): Promise<string[]> {
+  return await page.locator("ol.history li").allTextContents();
+}
+
+/**
+ * A WatchConnectionEvents stream that the test holds open as `org` (read, so it never falls
+ * behind). `ready` settles at its first message, or with its refusal.
+ */
+function holdStream(on: Server, org: Org): { ready: Promise<void>; close(): void } {
+  const controller = new AbortController();
+  let settle!: { resolve(): void; reject(err: unknown): void };
+  const ready = new Promise<void>((resolve, reject) => (settle = { resolve, reject }));
+  ready.catch(() => {});
+  void (async () => {
+    try {
+      for await (const _ of on.connections(org).watchConnectionEvents({}, { signal: controller.signal })) {
+        settle.resolve();
+      }
+      settle.reject(new Error("the stream ended"));
+    } catch (err) {
+      settle.reject(err);
+    }
+  })();
+  return { ready, close: () => controller.abort() };
 }
 
 /** axe-core finds no serious or critical violation on the page as it is now. */
@@ -169,7 +225,9 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
       .connections(e)
       .createConnection({ destinationOrganizationId: f.id, dataTypes: [DataType.VERIFICATION] });
     const page = await newPage();
-    // The page's clock stands still: it does not poll, so it keeps showing what it loaded.
+    // The page cannot follow changes (its stream is refused, and its clock stands still, so it
+    // does not try again): it keeps showing what it loaded.
+    await page.route(`**${WATCH}`, (route) => route.abort("connectionrefused"));
     await page.clock.install();
     await signIn(page, f);
     await page.goto(`/#/connections/${connection!.id}`);
@@ -257,5 +315,193 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
     await page.getByRole("button", { name: "Sign out" }).click();
     await page.getByRole("textbox", { name: "API key" }).waitFor();
     assert.equal(await page.evaluate(() => window.sessionStorage.length), 0, "signing out forgets the key");
+  });
+
+  it("shows another party's change on the list as it happens, without polling", async () => {
+    const l = server.newOrg("Lima Loans");
+    const m = server.newOrg("Mike Markets");
+    const { page, requests } = await newRecordedPage(server);
+    await signIn(page, m);
+    await page.getByRole("tab", { name: "All" }).click();
+    await page.getByText("No connections here yet.").waitFor();
+    await seeLive(page);
+    // Set on this document: a reload would lose it.
+    await page.evaluate(() => ((window as unknown as { marker: string }).marker = "not reloaded"));
+
+    // L acts through the API, not through any page.
+    const { connection } = await server
+      .connections(l)
+      .createConnection({ destinationOrganizationId: m.id, dataTypes: [DataType.INQUIRY] });
+    const row = page.locator("li.connection", { hasText: `From ${l.name}` });
+    await row.waitFor({ timeout: SEEN_WITHIN });
+    assert.match((await row.textContent())!, /Pending/);
+    await server.connections(l).deactivateConnection({ connectionId: connection!.id, reason: "Not yet" });
+    await row.locator(".state", { hasText: /^Inactive$/ }).waitFor({ timeout: SEEN_WITHIN });
+    assert.equal(await page.evaluate(() => (window as unknown as { marker?: string }).marker), "not reloaded");
+
+    // Nothing on a timer: over twice the old polling interval (while heartbeats arrive on the
+    // stream every second), the page sends no request at all.
+    await sleep(1_000);
+    const listed = calls(requests, "ListConnections");
+    const sent = requests.length;
+    await sleep(2 * OLD_POLL_MS + 1_000);
+    assert.equal(calls(requests, "ListConnections"), listed, "ListConnections was not repeated");
+    assert.deepEqual(requests.slice(sent), [], "no request while nothing changed");
+
+    // One stream for the page, whichever views it shows.
+    await page.getByRole("link", { name: `From ${l.name}` }).click();
+    await seeState(page, "Inactive");
+    await page.getByRole("link", { name: "Back to connections" }).click();
+    await page.getByRole("tab", { name: "Inbound" }).click();
+    await row.waitFor();
+    assert.equal(calls(requests, "WatchConnectionEvents"), 1, "one stream for the page");
+  });
+
+  it("appends another party's event to the open detail page as it happens", async () => {
+    const n = server.newOrg("November Notes");
+    const o = server.newOrg("Oscar Orders");
+    const { connection } = await server
+      .connections(n)
+      .createConnection({ destinationOrganizationId: o.id, dataTypes: [DataType.ACCOUNT] });
+    const id = connection!.id;
+    const { page, requests } = await newRecordedPage(server);
+    await signIn(page, o);
+    await page.goto(`/#/connections/${id}`);
+    await seeState(page, "Pending");
+    await page.locator("ol.history li").first().waitFor();
+    assert.equal((await history(page)).length, 1);
+    await seeLive(page);
+
+    await server.connections(n).deactivateConnection({ connectionId: id, reason: "Audit pending" });
+    await seeState(page, "Inactive");
+    await page.getByText("Reason: Audit pending").waitFor({ timeout: SEEN_WITHIN });
+    assert.equal((await history(page)).length, 2);
+
+    // The next event joins the history from the stream: the history is not read again.
+    await sleep(1_000);
+    const read = calls(requests, "ListConnectionEvents");
+    await server.connections(n).reactivateConnection({ connectionId: id });
+    await seeState(page, "Pending");
+    await page.locator("ol.history li").nth(2).waitFor({ timeout: SEEN_WITHIN });
+    const entries = await history(page);
+    assert.equal(entries.length, 3);
+    assert.match(entries[2]!, /reactivated it \(now Pending\)/);
+    assert.equal(calls(requests, "ListConnectionEvents"), read, "the event was appended, not read again");
+    // O's own action shows once, though it arrives both in the answer and on the stream.
+    await page.getByRole("button", { name: "Activate", exact: true }).click();
+    await seeState(page, "Active");
+    await page.locator("ol.history li").nth(3).waitFor({ timeout: SEEN_WITHIN });
+    await sleep(1_000);
+    assert.equal((await history(page)).length, 4);
+
+    // Nothing on a timer here either.
+    const sent = requests.length;
+    await sleep(2 * OLD_POLL_MS + 1_000);
+    assert.deepEqual(requests.slice(sent), [], "no request while nothing changed");
+  });
+
+  it("recovers after the server restarts, with the changes made while it was away", async () => {
+    // A server of its own, to restart without disturbing the other tests' pages.
+    const own = await Server.start({ CONNECTIONS_WATCH_HEARTBEAT_INTERVAL: HEARTBEAT });
+    try {
+      const p = own.newOrg("Papa Payments");
+      const q = own.newOrg("Quebec Quotes");
+      const { connection } = await own
+        .connections(q)
+        .createConnection({ destinationOrganizationId: p.id, dataTypes: [DataType.TRANSACTION] });
+      const id = connection!.id;
+      const { page, requests } = await newRecordedPage(own);
+      await signIn(page, p);
+      await page.goto(`/#/connections/${id}`);
+      await seeState(page, "Pending");
+      await seeLive(page);
+      await own.connections(q).deactivateConnection({ connectionId: id, reason: "Before the restart" });
+      await seeState(page, "Inactive");
+      await page.getByText("Reason: Before the restart").waitFor({ timeout: SEEN_WITHIN });
+
+      // The server stops (its stream ends) and the page cannot open another until allowed.
+      await page.route(`**${WATCH}`, (route) => route.abort("connectionrefused"));
+      await own.restart();
+      const down = page.getByRole("status").filter({ hasText: "Reconnecting…" });
+      await down.waitFor({ timeout: SEEN_WITHIN });
+      assert.match((await down.textContent())!, /Changes made since .+ may not be shown yet/);
+      const read = calls(requests, "ListConnectionEvents");
+      await own.connections(q).reactivateConnection({ connectionId: id });
+      await sleep(2_000);
+      assert.equal(
+        await page.locator(".fields .state").textContent(),
+        "Inactive",
+        "nothing else brings the change while the stream is down",
+      );
+
+      // Allowed again: the page resumes after its last change token and the missed event arrives.
+      await page.unroute(`**${WATCH}`);
+      await seeState(page, "Pending").catch(async () => {
+        // The backoff may be up to 30 s by now.
+        await page.locator(".fields .state", { hasText: /^Pending$/ }).waitFor({ timeout: 40_000 });
+      });
+      await seeLive(page);
+      assert.equal(await down.count(), 0, "no longer reconnecting");
+      const entries = await history(page);
+      assert.equal(entries.length, 3, "each event once");
+      assert.match(entries[2]!, /reactivated it/);
+      assert.equal(calls(requests, "ListConnectionEvents"), read, "resumed from its token, not from a new snapshot");
+
+      // A plain restart: the page reconnects on its own; a change made after it shows.
+      await own.restart();
+      await own.connections(q).deactivateConnection({ connectionId: id, reason: "After the restart" });
+      await page.getByText("Reason: After the restart").waitFor({ timeout: 40_000 });
+      await seeState(page, "Inactive");
+      await seeLive(page);
+      assert.equal((await history(page)).length, 4, "each event once");
+    } finally {
+      await own.stop();
+    }
+  });
+
+  it("shares the organization's stream limit, and gives its stream back on sign-out", async () => {
+    const r = server.newOrg("Romeo Rates");
+    const s = server.newOrg("Sierra Savings");
+    // The organization's 16 streams are taken.
+    const held = Array.from({ length: 16 }, () => holdStream(server, r));
+    try {
+      await Promise.all(held.map((h) => h.ready));
+      const page = await newPage();
+      await signIn(page, r);
+      await page
+        .getByRole("status")
+        .filter({ hasText: "Too many pages are following changes for your organization. Close some." })
+        .waitFor({ timeout: SEEN_WITHIN });
+
+      // One closes: the page takes its place and follows changes.
+      held.pop()!.close();
+      await seeLive(page, 40_000);
+      await page.getByRole("tab", { name: "Inbound" }).click();
+      await page.getByText("No connections here yet.").waitFor();
+      await server.connections(s).createConnection({ destinationOrganizationId: r.id, dataTypes: [DataType.INQUIRY] });
+      await page.getByRole("link", { name: `From ${s.name}` }).waitFor({ timeout: SEEN_WITHIN });
+
+      // Signing out closes the page's stream at once (well before a view-less page would let it
+      // go): its place is free again, and only its place.
+      await page.getByRole("button", { name: "Sign out" }).click();
+      let freed: ReturnType<typeof holdStream> | null = null;
+      for (let i = 0; i < 15 && !freed; i++) {
+        const attempt = holdStream(server, r);
+        try {
+          await attempt.ready;
+          freed = attempt;
+        } catch (err) {
+          assert.equal(ConnectError.from(err).code, Code.ResourceExhausted);
+          await sleep(200);
+        }
+      }
+      assert.ok(freed, "the page's stream was given back");
+      held.push(freed);
+      const extra = holdStream(server, r);
+      held.push(extra);
+      await assert.rejects(extra.ready, (err) => ConnectError.from(err).code === Code.ResourceExhausted);
+    } finally {
+      for (const h of held) h.close();
+    }
   });
 });

@@ -53,11 +53,15 @@ function freePort(): Promise<number> {
 export class Server {
   private child?: ChildProcess;
 
+  readonly baseUrl: string;
+
   private constructor(
     readonly tmp: string,
     readonly env: NodeJS.ProcessEnv,
-    readonly baseUrl: string,
-  ) {}
+    readonly port: number,
+  ) {
+    this.baseUrl = `http://127.0.0.1:${port}`;
+  }
 
   /** Starts the server; `extra` adds environment variables (e.g. an admin token). */
   static async start(extra: NodeJS.ProcessEnv = {}): Promise<Server> {
@@ -68,24 +72,44 @@ export class Server {
     );
     Object.assign(env, extra);
     env.CONNECTIONS_DATABASE_URL = `sqlite://${tmp}/c.db?mode=rwc`;
-    const port = await freePort();
-    const server = new Server(tmp, env, `http://127.0.0.1:${port}`);
-    const log = openSync(join(tmp, "server.log"), "w");
+    const server = new Server(tmp, env, await freePort());
+    await server.spawn("w");
+    return server;
+  }
+
+  /** Runs `connections serve` and waits until it answers; `flags`: "w" starts a new log, "a" appends. */
+  private async spawn(flags: "w" | "a"): Promise<void> {
+    const log = openSync(join(this.tmp, "server.log"), flags);
+    let child: ChildProcess;
     try {
-      server.child = spawn(BIN, ["serve", "--listen", `127.0.0.1:${port}`], { env, stdio: ["ignore", log, log] });
+      child = spawn(BIN, ["serve", "--listen", `127.0.0.1:${this.port}`], {
+        env: this.env,
+        stdio: ["ignore", log, log],
+      });
+      this.child = child;
     } finally {
       closeSync(log);
     }
     for (let i = 0; i < 150; i++) {
-      if (server.child!.exitCode !== null) throw new Error(`the server exited at start:\n${server.log()}`);
+      if (child.exitCode !== null) throw new Error(`the server exited at start:\n${this.log()}`);
       try {
-        if ((await fetch(`${server.baseUrl}/`)).ok) return server;
+        if ((await fetch(`${this.baseUrl}/`)).ok) return;
       } catch {
         // Not listening yet.
       }
       await sleep(200);
     }
-    throw new Error(`the server did not answer within 30 s:\n${server.log()}`);
+    throw new Error(`the server did not answer within 30 s:\n${this.log()}`);
+  }
+
+  /**
+   * Stops the server (SIGTERM, as an operator would), then starts it again on the same port and
+   * database. `meanwhile` runs while it is down.
+   */
+  async restart(meanwhile: () => Promise<void> | void = () => {}): Promise<void> {
+    await this.terminate();
+    await meanwhile();
+    await this.spawn("a");
   }
 
   log(): string {
@@ -123,16 +147,24 @@ export class Server {
     return createClient(ConnectionService, transport);
   }
 
-  async stop(): Promise<void> {
+  /** Ends the server process: SIGTERM, then SIGKILL if it has not exited within 30 s. */
+  private async terminate(): Promise<void> {
     const child = this.child;
-    if (child && child.exitCode === null) {
+    if (child && child.exitCode === null && child.signalCode === null) {
       const exited = new Promise((r) => child.once("exit", r));
       child.kill("SIGTERM");
       let timer: NodeJS.Timeout | undefined;
       await Promise.race([exited, new Promise((r) => (timer = setTimeout(r, 30_000)))]);
       clearTimeout(timer);
-      if (child.exitCode === null) child.kill("SIGKILL");
+      if (child.exitCode === null && child.signalCode === null) {
+        child.kill("SIGKILL");
+        await exited;
+      }
     }
+  }
+
+  async stop(): Promise<void> {
+    await this.terminate();
     rmSync(this.tmp, { recursive: true, force: true });
   }
 }

@@ -13,6 +13,7 @@ mod m20261128_000005_create_server_secrets;
 mod m20261128_000006_create_idempotency_records;
 mod m20261201_000007_idempotency_responses_as_protobuf;
 mod m20261201_000008_change_log;
+mod m20261201_000009_change_log_notify;
 
 /// Applies the service's migrations in order.
 pub struct Migrator;
@@ -29,6 +30,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000006_create_idempotency_records::Migration),
             Box::new(m20261201_000007_idempotency_responses_as_protobuf::Migration),
             Box::new(m20261201_000008_change_log::Migration),
+            Box::new(m20261201_000009_change_log_notify::Migration),
         ]
     }
 }

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use sea_orm::sqlx::postgres::PgConnectOptions;
+
 use super::Task;
 use crate::service::{Access, ChangeFeed, change_feed::Subscription};
 
@@ -17,4 +19,10 @@ pub fn start(feed: ChangeFeed, poll: Duration) -> Task {
 /// index `access`.
 pub fn start_index(access: Access, subscription: Subscription, feed: ChangeFeed) -> Task {
     Task::start(move |stop| async move { access.follow(subscription, feed, stop).await })
+}
+
+/// Starts listening on PostgreSQL for the change log commits of every
+/// replica, so that `feed` reads them at once.
+pub fn listen(feed: ChangeFeed, options: PgConnectOptions) -> Task {
+    Task::start(move |stop| async move { feed.listen(options, stop).await })
 }

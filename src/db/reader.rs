@@ -1,6 +1,6 @@
 //! Reads outside transactions, and on PostgreSQL a pool of their own for them.
 
-use std::{future::Future, pin::Pin, str::FromStr, sync::Arc};
+use std::{future::Future, pin::Pin, str::FromStr, sync::Arc, time::Duration};
 
 use deadpool::managed::{
     self, Metrics, Pool, PoolError, RecycleError, RecycleResult, Timeouts, WeakPool,
@@ -48,6 +48,14 @@ impl Reader {
                 let status = pool.pool.status();
                 (status.size, status.available)
             }
+        }
+    }
+
+    /// On PostgreSQL, how its connections connect.
+    pub fn postgres_options(&self) -> Option<PgConnectOptions> {
+        match self {
+            Self::Shared(_) => None,
+            Self::Postgres(pool) => Some(pool.pool.manager().options.clone()),
         }
     }
 
@@ -112,7 +120,8 @@ impl ConnectionTrait for Reader {
 /// to it, to find one left in the middle of a query by a cancelled call (see
 /// BENCHMARKS.md: it was one of a GetConnection's two round trips). This pool
 /// marks a connection while a statement runs instead: one handed back still
-/// marked is closed and replaced, never reused. A connection idle for
+/// marked (its call was cancelled) is reused only once the database has been
+/// seen to finish the statement, and is otherwise closed and replaced. A connection idle for
 /// [`IDLE_BEFORE_PING`] is pinged before it is used, and closed after
 /// [`IDLE_TIMEOUT`]. A query that finds its connection closed by the database
 /// runs again on another.
@@ -192,7 +201,8 @@ impl PgReadPool {
         statement: impl for<'c> Fn(&'c mut PgConnection, Statement) -> Pending<'c, T>,
     ) -> Result<T, DbErr> {
         loop {
-            let mut conn = self.get().await?;
+            let mut lent = Lent(Some(self.get().await?));
+            let conn = lent.0.as_mut().expect("lent until dropped");
             conn.unfinished = true;
             match statement(&mut conn.conn, stmt.clone()).await {
                 Ok(value) => {
@@ -201,10 +211,11 @@ impl PgReadPool {
                 }
                 Err(err)
                     if retries > 0
-                        && managed::Object::metrics(&conn).recycle_count > 0
+                        && managed::Object::metrics(conn).recycle_count > 0
                         && connection_closed(&err) =>
                 {
                     retries -= 1;
+                    let conn = lent.0.take().expect("lent until dropped");
                     drop(managed::Object::take(conn));
                 }
                 Err(err) => {
@@ -235,6 +246,32 @@ impl PgReadPool {
             let _ = conn.conn.close().await;
         }
         self.pool.close();
+    }
+}
+
+/// How long a connection whose statement was abandoned (a cancelled call)
+/// may take to finish it before it is closed instead of reused.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A pooled connection lent to one statement. Dropped while the statement
+/// may still be running (its call was cancelled), it goes back to the pool
+/// only once a task has seen the database finish the statement (within
+/// [`DRAIN_TIMEOUT`]); otherwise, or if that fails, the pool closes it.
+struct Lent(Option<managed::Object<PgManager>>);
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        let Some(mut conn) = self.0.take().filter(|conn| conn.unfinished) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            if let Ok(Ok(())) = tokio::time::timeout(DRAIN_TIMEOUT, conn.conn.ping()).await {
+                conn.unfinished = false;
+            }
+        });
     }
 }
 
@@ -324,6 +361,53 @@ mod tests {
             .unwrap()
             .unwrap();
         row.try_get("", "pid").unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_statement_keeps_its_connection_once_it_has_finished() {
+        let Ok(url) = std::env::var("TEST_DATABASE_URL") else {
+            return; // PostgreSQL only.
+        };
+        let pool = PgReadPool::new(&DatabaseSettings {
+            max_connections: 1,
+            ..DatabaseSettings::new(url)
+        })
+        .unwrap();
+        let pid = backend_pid(&pool).await;
+        let sleep = |seconds: f64| {
+            pool.query_all(Statement::from_string(
+                DbBackend::Postgres,
+                format!("SELECT pg_sleep({seconds})"),
+            ))
+        };
+        // Cancelled while the database runs it: the next statement waits for
+        // it to finish, on the same connection.
+        let cancelled = tokio::time::timeout(Duration::from_millis(50), sleep(0.3)).await;
+        assert!(cancelled.is_err(), "the statement was not cancelled");
+        assert_eq!(backend_pid(&pool).await, pid, "the connection was replaced");
+        // Cancelled before it was sent, and cancelled on its first poll.
+        for polls in 0..3 {
+            let mut pending = Box::pin(sleep(0.01));
+            for _ in 0..polls {
+                let _ = futures::poll!(pending.as_mut());
+            }
+            drop(pending);
+            assert_eq!(
+                backend_pid(&pool).await,
+                pid,
+                "replaced after {polls} polls"
+            );
+        }
+        // One that runs on past the drain deadline is closed, and the next
+        // statement gets a new connection.
+        let cancelled = tokio::time::timeout(Duration::from_millis(50), sleep(3.0)).await;
+        assert!(cancelled.is_err(), "the statement was not cancelled");
+        assert_ne!(
+            backend_pid(&pool).await,
+            pid,
+            "a busy connection was reused"
+        );
+        pool.close().await;
     }
 
     #[tokio::test]

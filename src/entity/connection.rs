@@ -143,6 +143,11 @@ pub async fn all_after(
         .collect()
 }
 
+/// How many connections there are.
+pub async fn count(conn: &impl ConnectionTrait) -> Result<u64, DbErr> {
+    Entity::find().count(conn).await
+}
+
 /// Inserts a new connection. A connection between the same parties makes it
 /// fail with a unique violation (`db::error::unique_violation`).
 pub async fn insert(conn: &impl ConnectionTrait, record: &ConnectionRecord) -> Result<(), DbErr> {

@@ -56,9 +56,9 @@ pub enum Relation {
 impl ActiveModelBehavior for ActiveModel {}
 
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait,
-    FromQueryResult, Insert, JoinType, QueryFilter, QueryOrder, QuerySelect, RelationTrait,
-    Statement,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult,
+    JoinType, QueryFilter, QueryOrder, QuerySelect, RelationTrait, Statement,
+    sea_query::{Expr, Query},
 };
 use uuid::Uuid;
 
@@ -67,38 +67,55 @@ use crate::domain::{
     ConnectionEvent, ConnectionId, DataTypes, Named, NewEvent, OrganizationId, Parties, Role,
 };
 
-/// The insert that appends `event`, stored as event `id` at `position`.
-pub fn append_query(id: Uuid, event: &NewEvent, position: i64) -> Insert<ActiveModel> {
-    Entity::insert(ActiveModel {
-        id: Set(id),
-        connection_id: Set(event.connection_id.uuid()),
-        sequence: Set(event.sequence),
-        event_type: Set(event.event_type.as_str().to_owned()),
-        from_state: Set(event.from_state.map(|s| s.as_str().to_owned())),
-        to_state: Set(event.to_state.as_str().to_owned()),
-        actor_organization_id: Set(event.actor.uuid()),
-        actor_role: Set(event.actor_role.as_str().to_owned()),
-        reason: Set(event.reason.clone()),
-        create_time: Set(event.create_time),
-        position: Set(position),
-    })
+/// The insert that appends `event` as event `id`, at the position of the
+/// transaction it runs in (computed by the database in the same statement),
+/// and returns that position as `position`.
+pub fn append_statement(backend: DbBackend, id: Uuid, event: &NewEvent) -> Statement {
+    let position = match backend {
+        DbBackend::Postgres => Expr::cust("pg_current_xact_id()::text::bigint"),
+        _ => Expr::cust("(SELECT COALESCE(MAX(position), -1) + 1 FROM connection_events)"),
+    };
+    let insert = Query::insert()
+        .into_table(Entity)
+        .columns([
+            Column::Id,
+            Column::ConnectionId,
+            Column::Sequence,
+            Column::EventType,
+            Column::FromState,
+            Column::ToState,
+            Column::ActorOrganizationId,
+            Column::ActorRole,
+            Column::Reason,
+            Column::CreateTime,
+            Column::Position,
+        ])
+        .values_panic([
+            id.into(),
+            event.connection_id.uuid().into(),
+            event.sequence.into(),
+            event.event_type.as_str().into(),
+            event.from_state.map(|s| s.as_str()).into(),
+            event.to_state.as_str().into(),
+            event.actor.uuid().into(),
+            event.actor_role.as_str().into(),
+            event.reason.clone().into(),
+            event.create_time.into(),
+            position,
+        ])
+        .returning_col(Column::Position)
+        .to_owned();
+    backend.build(&insert)
 }
 
 /// Appends `event` to its connection's history (with a new UUIDv7) and to
 /// the change log, inside the write transaction `txn`; returns its position.
 pub async fn append(txn: &impl ConnectionTrait, event: &NewEvent) -> Result<i64, DbErr> {
-    let position = scalar(
-        txn,
-        match txn.get_database_backend() {
-            DbBackend::Postgres => "SELECT pg_current_xact_id()::text::bigint AS value",
-            _ => "SELECT COALESCE(MAX(position), -1) + 1 AS value FROM connection_events",
-        },
-    )
-    .await?;
-    append_query(Uuid::now_v7(), event, position)
-        .exec_without_returning(txn)
-        .await?;
-    Ok(position)
+    let statement = append_statement(txn.get_database_backend(), Uuid::now_v7(), event);
+    txn.query_one_raw(statement)
+        .await?
+        .ok_or_else(|| DbErr::RecordNotInserted)?
+        .try_get("", "position")
 }
 
 /// The change log's horizon: every event below it is committed or never

@@ -17,7 +17,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue};
+use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -80,16 +80,13 @@ where
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
-            // gRPC over HTTP/2 ends with trailers; gRPC-Web carries its
-            // trailers in the body, so a cut stream there simply ends.
+            // A gRPC response ends with trailers (for gRPC-Web, the
+            // translation outside this layer writes them into the body).
             let trailers = response
                 .headers()
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|value| value.to_str().ok())
-                .is_some_and(|value| {
-                    value.starts_with("application/grpc")
-                        && !value.starts_with("application/grpc-web")
-                });
+                .is_some_and(|value| value.starts_with("application/grpc"));
             Ok(response.map(|inner| EndOnStop {
                 inner,
                 stop: Box::pin(stopping.cancelled_owned()),
@@ -124,14 +121,13 @@ impl<B: Default> Default for EndOnStop<B> {
     }
 }
 
-/// The trailers of a stream the stop ended.
+/// The trailers of a stream the stop ended: UNAVAILABLE, with the reason
+/// `ERROR_REASON_SERVER_STOPPING`.
 fn unavailable() -> HeaderMap {
+    let status = tonic::Status::from(crate::service::ServiceError::ServerStopping);
     let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", HeaderValue::from_static("14"));
-    trailers.insert(
-        "grpc-message",
-        HeaderValue::from_static("the server is shutting down; reconnect and retry"),
-    );
+    // Only fails for a message that is not a valid header value.
+    let _ = status.add_header(&mut trailers);
     trailers
 }
 

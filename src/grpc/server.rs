@@ -103,11 +103,13 @@ pub fn served_methods() -> Vec<String> {
 
 /// Every service the server offers: the API, health and reflection (v1 and
 /// v1alpha, with the google.rpc types so tools can decode error details),
-/// and, with `dashboard`, the dashboard's page at `/`. Returns them with the
+/// and, with `dashboard`, the dashboard's page at `/`. Their streams end once
+/// `stopping` is cancelled (see [`EndStreamsLayer`]). Returns them with the
 /// reporter that sets their health.
 pub fn register(
     services: Services,
     dashboard: bool,
+    stopping: &CancellationToken,
 ) -> Result<(Routes, HealthReporter), tonic_reflection::server::Error> {
     let Services {
         connections,
@@ -159,8 +161,11 @@ pub fn register(
         );
     // gRPC-Web is translated for the services only: it answers any other
     // HTTP/1.1 request with 400, so the page's routes are merged after it.
+    // Streams are ended inside the translation, so that a gRPC-Web stream
+    // gets the stop's trailers in its body as every other stream does.
     let grpc = routes
         .into_axum_router()
+        .layer(EndStreamsLayer::new(stopping.clone()))
         .layer(tonic_web::GrpcWebLayer::new());
     let routes = if dashboard {
         grpc.merge(crate::dashboard::router())
@@ -262,7 +267,6 @@ impl Transport {
             .layer(self.cors)
             .layer(MetricsLayer::new(metrics))
             .layer(LimitsLayer)
-            .layer(EndStreamsLayer::new(stopping.clone()))
             .timeout(REQUEST_TIMEOUT)
             .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)

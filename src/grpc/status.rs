@@ -59,6 +59,7 @@ impl From<ServiceError> for Status {
             }
             E::WatchLimitExceeded => (Code::ResourceExhausted, ErrorReason::WatchLimitExceeded),
             E::WatchConsumerTooSlow => (Code::Aborted, ErrorReason::WatchConsumerTooSlow),
+            E::ServerStopping => (Code::Unavailable, ErrorReason::ServerStopping),
             E::ConnectionNotFound => (Code::NotFound, ErrorReason::ConnectionNotFound),
             E::OrganizationNotFound => (Code::NotFound, ErrorReason::OrganizationNotFound),
             E::ApiKeyNotFound => (Code::NotFound, ErrorReason::ApiKeyNotFound),
@@ -87,9 +88,11 @@ impl From<ServiceError> for Status {
             E::Internal(_) => (Code::Internal, ErrorReason::Internal),
         };
 
-        match code {
-            Code::Internal => tracing::error!(error = ?err, "internal error"),
-            Code::Unavailable => tracing::warn!(error = ?err, "database unavailable"),
+        match &err {
+            E::Internal(_) => tracing::error!(error = ?err, "internal error"),
+            E::DatabaseUnavailable(_) | E::KeyLookupsThrottled => {
+                tracing::warn!(error = ?err, "unavailable");
+            }
             _ => tracing::debug!(reason = reason.as_str_name(), message = %err, "request refused"),
         }
 

@@ -75,14 +75,33 @@ pub struct AccessAnswer {
     pub change_token: String,
 }
 
-/// One connection, as the index keeps it.
+/// One connection, as the index keeps it: 24 bytes, 56 with its key, so
+/// that a million connections fit in about 120 MB (see BENCHMARKS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
     id: Uuid,
+    /// The low 32 bits of the version, compared with [`is_newer`].
+    version: u32,
     state: ConnectionState,
     /// One bit per [`DataType`] variant.
     data_types: u8,
-    version: i64,
+}
+
+const _: () = assert!(size_of::<((Uuid, Uuid), Entry)>() == 56);
+
+/// The low 32 bits of a version.
+fn low_bits(version: i64) -> u32 {
+    // Truncation is the point: see `is_newer`.
+    (version & 0xFFFF_FFFF) as u32
+}
+
+/// Whether version `a` is newer than version `b`, given their low 32 bits.
+/// Versions go up by one per event, and the two compared are never 2^31
+/// events apart (the index is at most a few events behind), so the
+/// difference modulo 2^32 tells (serial number arithmetic, RFC 1982), even
+/// after 4 billion events on one connection.
+fn is_newer(a: u32, b: u32) -> bool {
+    a.wrapping_sub(b).cast_signed() > 0
 }
 
 fn bit(data_type: DataType) -> u8 {
@@ -101,9 +120,9 @@ impl Entry {
     fn of(record: &ConnectionRecord) -> Self {
         Self {
             id: record.id.uuid(),
+            version: low_bits(record.version),
             state: record.state,
             data_types: bits(&record.data_types),
-            version: record.version,
         }
     }
 }
@@ -174,6 +193,16 @@ impl Access {
     /// Reads every connection into the index. Entries it already has at the
     /// same or a later version are kept.
     async fn load(&self) -> Result<(), ServiceError> {
+        // Room for them all at once: growing a large table on the way
+        // would hold the old table and its double at the same time.
+        let count = connection::count(&self.reader).await?;
+        {
+            let mut entries = self.index.entries.write().expect("never poisoned");
+            let missing = usize::try_from(count)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(entries.len());
+            entries.reserve(missing);
+        }
         let mut after = None;
         loop {
             let page = connection::all_after(&self.reader, after, BUILD_PAGE).await?;
@@ -261,9 +290,9 @@ impl Access {
                 entry.parties.destination.uuid(),
                 Entry {
                     id: event.connection_id.uuid(),
+                    version: low_bits(event.sequence),
                     state: event.to_state,
                     data_types: bits(&entry.data_types),
-                    version: event.sequence,
                 },
             );
         }
@@ -348,9 +377,29 @@ fn upsert(
     entries
         .entry((source, destination))
         .and_modify(|current| {
-            if entry.version > current.version {
+            if is_newer(entry.version, current.version) {
                 *current = entry;
             }
         })
         .or_insert(entry);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_is_newer_than_the_ones_before_it_across_the_32_bit_boundary() {
+        for (newer, older) in [
+            (2_i64, 1_i64),
+            (1 << 32, (1 << 32) - 1),
+            ((1 << 32) + 5, (1 << 32) - 5),
+            (3 << 32, (3 << 32) - 1_000),
+        ] {
+            let (newer, older) = (low_bits(newer), low_bits(older));
+            assert!(is_newer(newer, older), "{newer} after {older}");
+            assert!(!is_newer(older, newer), "{older} after {newer}");
+            assert!(!is_newer(newer, newer));
+        }
+    }
 }

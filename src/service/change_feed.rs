@@ -2,10 +2,13 @@
 //! reads to the watches open on it.
 //!
 //! One follower per process reads the log up to its horizon (see
-//! `entity::connection_event`) whenever a write of this process commits, and
-//! at least every poll interval for the writes of other replicas and
-//! processes. What it reads is published as a [`Batch`]: the entries from the
-//! previous horizon up to the new one. A watch first catches up from the
+//! `entity::connection_event`) whenever a write of this process commits, on
+//! PostgreSQL whenever the database notifies a commit of any replica (see
+//! the `change_log_notify` migration), and at least every poll interval. A
+//! commit names its position; while the horizon has not passed it (an older
+//! transaction is still running) the follower looks again after 1 ms, 2 ms,
+//! 4 ms, ... up to 50 ms apart. What it reads is published as a
+//! [`Batch`]: the entries from the previous horizon up to the new one. A watch first catches up from the
 //! database to the horizon of the last batch, then follows the batches; so it
 //! sees every event once, in log order, whichever replica it is on.
 
@@ -17,6 +20,7 @@ use std::{
     time::Duration,
 };
 
+use sea_orm::sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use tokio::sync::{Mutex, Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 
@@ -29,8 +33,26 @@ use crate::{
 pub const LOG_PAGE: u64 = 256;
 
 /// Batches a watch may fall behind the follower before it is ended as too
-/// slow.
+/// slow, unless configured otherwise.
 pub const WATCH_BUFFER: usize = 1024;
+
+/// The PostgreSQL channel on which every append to the change log is
+/// notified, with its position as the payload.
+pub const NOTIFY_CHANNEL: &str = "connections_change_log";
+
+/// The first wait before the follower looks again for a commit that is not
+/// below the horizon yet; it doubles up to [`RETRY_MOST`] (or the poll
+/// interval, if shorter).
+const RETRY_FIRST: Duration = Duration::from_millis(1);
+
+/// The longest wait between two looks for a commit not below the horizon
+/// yet: a long transaction elsewhere holds the horizon back, and the log is
+/// read again this often until it ends.
+const RETRY_MOST: Duration = Duration::from_millis(50);
+
+/// How long the listener waits before connecting again after losing the
+/// database.
+const LISTEN_RETRY: Duration = Duration::from_secs(1);
 
 /// The log entries between two horizons.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,7 +80,11 @@ pub struct ChangeFeed {
     published: Arc<Mutex<Option<Published>>>,
     /// The horizon of the last batch, for metrics.
     head: Arc<AtomicI64>,
+    /// The highest position known to have committed.
+    committed: Arc<AtomicI64>,
     wake: Arc<Notify>,
+    /// Batches kept for subscribers that fall behind.
+    buffer: usize,
 }
 
 /// A watch's place in the feed: the horizon to catch up to from the database,
@@ -76,10 +102,18 @@ impl ChangeFeed {
     /// A feed of the log read through `reader`; it publishes nothing until
     /// [`follow`](Self::follow) runs.
     pub fn new(reader: Reader) -> Self {
+        Self::with_buffer(reader, WATCH_BUFFER)
+    }
+
+    /// A feed that keeps `buffer` batches for subscribers that fall behind;
+    /// one further behind is lagged (a watch ends as too slow).
+    pub fn with_buffer(reader: Reader, buffer: usize) -> Self {
         Self {
+            buffer: buffer.max(1),
             reader,
             published: Arc::new(Mutex::new(None)),
             head: Arc::new(AtomicI64::new(i64::MIN)),
+            committed: Arc::new(AtomicI64::new(i64::MIN)),
             wake: Arc::new(Notify::new()),
         }
     }
@@ -89,8 +123,9 @@ impl ChangeFeed {
         self.head.load(Ordering::Relaxed)
     }
 
-    /// Tells the follower that a write of this process committed.
-    pub fn committed(&self) {
+    /// Tells the follower that an event committed at `position`.
+    pub fn committed(&self, position: i64) {
+        self.committed.fetch_max(position, Ordering::Relaxed);
         self.wake.notify_one();
     }
 
@@ -109,19 +144,69 @@ impl ChangeFeed {
         self.read_new().await
     }
 
-    /// Follows the log, waking on this process's commits and at least every
-    /// `poll`, until `stop` is cancelled.
+    /// Follows the log, waking on commits and at least every `poll`, until
+    /// `stop` is cancelled.
     pub async fn follow(&self, poll: Duration, stop: CancellationToken) {
+        let mut retry = RETRY_FIRST;
         loop {
-            if let Err(err) = self.read_new().await {
-                tracing::warn!(error = %err, "cannot read the change log");
-            }
+            let wait = match self.read_new().await {
+                // A commit the horizon has not passed yet: look again soon.
+                Ok(()) if self.head() <= self.committed.load(Ordering::Relaxed) => {
+                    let wait = retry;
+                    retry = (retry * 2).min(poll.min(RETRY_MOST));
+                    wait
+                }
+                Ok(()) => {
+                    retry = RETRY_FIRST;
+                    poll
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the change log");
+                    poll
+                }
+            };
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = self.wake.notified() => {}
-                () = tokio::time::sleep(poll) => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// Listens on PostgreSQL for the commits of every replica (see
+    /// [`NOTIFY_CHANNEL`]) and tells the follower of each, until `stop` is
+    /// cancelled. A lost connection is opened again; what was notified
+    /// meanwhile the follower reads at its next poll.
+    pub async fn listen(&self, options: PgConnectOptions, stop: CancellationToken) {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(options);
+        loop {
+            let listening = async {
+                let mut listener = PgListener::connect_with(&pool).await?;
+                listener.listen(NOTIFY_CHANNEL).await?;
+                // Commits from now on wake the follower: read once for any
+                // made while not listening.
+                self.wake.notify_one();
+                loop {
+                    let notification = listener.recv().await?;
+                    let position = notification.payload().parse().unwrap_or(i64::MIN);
+                    self.committed(position);
+                }
+            };
+            let ended: Result<(), sea_orm::sqlx::Error> = tokio::select! {
+                () = stop.cancelled() => break,
+                ended = listening => ended,
+            };
+            if let Err(err) = ended {
+                tracing::warn!(error = %err, "cannot listen for change log commits");
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(LISTEN_RETRY) => {}
+            }
+        }
+        pool.close().await;
     }
 
     /// Reads the log from the last horizon up to the current one and
@@ -130,7 +215,7 @@ impl ChangeFeed {
         let horizon = connection_event::horizon(&self.reader).await?;
         let mut published = self.published.lock().await;
         let Some(state) = published.as_mut() else {
-            let (sender, _) = broadcast::channel(WATCH_BUFFER);
+            let (sender, _) = broadcast::channel(self.buffer);
             *published = Some(Published { horizon, sender });
             self.head.store(horizon, Ordering::Relaxed);
             return Ok(());

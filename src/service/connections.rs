@@ -322,7 +322,7 @@ impl Connections {
             idempotency::complete(&*txn, key, recorded).await?;
         }
         txn.commit().await?;
-        self.feed.committed();
+        self.feed.committed(position);
         Ok(written)
     }
 }

@@ -65,6 +65,10 @@ pub enum ServiceError {
     /// The organization has as many watch streams open as it may.
     #[error("too many WatchConnectionEvents streams are open for this organization")]
     WatchLimitExceeded,
+    /// The server is stopping: open streams end so that their clients
+    /// reconnect, to another replica.
+    #[error("the server is shutting down; reconnect and retry")]
+    ServerStopping,
     /// A watch fell further behind than its buffer.
     #[error("the stream fell too far behind; resume with the last change_token received")]
     WatchConsumerTooSlow,

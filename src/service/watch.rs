@@ -4,9 +4,10 @@
 //!
 //! Every message carries the change token to resume after it: an event's is
 //! the horizon just after it, a heartbeat's the horizon the stream has
-//! reached. A stream ends with an error when its consumer falls more than
-//! [`WATCH_BUFFER`](super::change_feed::WATCH_BUFFER) batches behind, when
-//! its caller is no longer authorized, or when the server stops.
+//! reached. The first message is a heartbeat, sent once the start is fixed.
+//! A stream ends with an error when its consumer falls further behind than
+//! the feed's buffer (see [`ChangeFeed::with_buffer`]), when its caller is
+//! no longer authorized, or when the server stops.
 
 use std::{
     collections::HashMap,
@@ -239,6 +240,11 @@ impl Stream<'_> {
         };
         let new = |position: i64| before.as_ref().is_none_or(|before| !before.saw(position));
         let mut checked = tokio::time::Instant::now();
+        // The start is fixed: a first heartbeat tells the client so, with a
+        // token to resume from should the stream end before anything else.
+        if self.send(None, cursor).await.is_err() {
+            return Ok(());
+        }
 
         // Catch up from the database to where the feed takes over.
         while cursor < caught_up {
@@ -324,5 +330,128 @@ impl Stream<'_> {
             change_token: self.watches.tokens.issue(horizon),
         };
         self.sender.send(Ok(item)).await.map_err(|_| Gone)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::{
+        config::DatabaseSettings,
+        db::connect,
+        domain::{Action, DataType, DataTypes, DisplayName},
+        service::{
+            Connections, Organizations, PageTokens,
+            connections::{NewConnection, TransitionRequest, Written},
+            idempotency::Outcome,
+        },
+    };
+    use migration::{Migrator, MigratorTrait};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_watch_nobody_reads_holds_at_most_its_buffers_then_ends_as_too_slow() {
+        const BUFFER: usize = 4;
+        let db = connect(&DatabaseSettings::new("sqlite::memory:"))
+            .await
+            .unwrap();
+        Migrator::up(&db, None).await.unwrap();
+        let tokens = PageTokens::new([1; 32]);
+        let orgs = Organizations::new(db.clone(), db.clone().into(), tokens.clone());
+        let source = orgs.create(DisplayName::parse("S").unwrap()).await.unwrap();
+        let destination = orgs.create(DisplayName::parse("D").unwrap()).await.unwrap();
+        let feed = ChangeFeed::with_buffer(db.clone().into(), BUFFER);
+        feed.start().await.unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn({
+            let (feed, stop) = (feed.clone(), stop.clone());
+            async move { feed.follow(Duration::from_secs(60), stop).await }
+        });
+        let connections = Connections::new(db.clone(), db.clone().into(), tokens.clone(), |_| {
+            Vec::new()
+        })
+        .notifying(feed.clone());
+        let watches = Watches::new(
+            db.clone().into(),
+            feed.clone(),
+            ChangeTokens::new(tokens),
+            WatchLimits::default(),
+        );
+        let party = Party {
+            organization: source.id,
+            role: None,
+        };
+        let mut stream = watches
+            .watch(
+                party,
+                WatchStart::Now,
+                Arc::new(|| Box::pin(async { Ok(()) })),
+            )
+            .unwrap();
+        // The first heartbeat: the watch has started.
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(first.event, None);
+
+        // Nobody reads while writes commit, each published in a batch of its
+        // own: far more than the stream's channel and the feed's buffer hold.
+        let Outcome::Fresh(Written { record, .. }) = connections
+            .create(
+                source.id,
+                NewConnection {
+                    destination: destination.id,
+                    data_types: DataTypes::new([DataType::Inquiry]).unwrap(),
+                    request_id: None,
+                },
+            )
+            .await
+            .unwrap()
+        else {
+            panic!("no request_id: nothing to replay")
+        };
+        let steps = [
+            (destination.id, Action::Activate),
+            (source.id, Action::Deactivate),
+            (source.id, Action::Reactivate),
+        ];
+        for round in 0..20 {
+            for (caller, action) in steps {
+                let head = feed.head();
+                connections
+                    .transition(
+                        caller,
+                        TransitionRequest {
+                            id: record.id,
+                            action,
+                            etag: None,
+                            reason: None,
+                            request_id: None,
+                        },
+                    )
+                    .await
+                    .unwrap_or_else(|err| panic!("round {round}: {err}"));
+                while feed.head() == head {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+
+        // What was held: the channel's messages, then the end.
+        let mut held = 0;
+        let end = loop {
+            match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+                Ok(Some(Ok(_))) => held += 1,
+                Ok(Some(Err(err))) => break err,
+                Ok(None) => panic!("the stream ended without an error"),
+                Err(_) => panic!("the stream neither sent nor ended"),
+            }
+        };
+        assert!(matches!(end, ServiceError::WatchConsumerTooSlow), "{end}");
+        assert!(
+            held <= 16 + 1,
+            "{held} messages were held for a stalled watch"
+        );
+        stop.cancel();
     }
 }

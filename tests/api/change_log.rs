@@ -208,9 +208,10 @@ async fn events_from_before_the_change_log_come_first_oldest_first() {
     let db = Database::connect(&url).await.unwrap();
     let logged = log_of_at_least(&db, 6).await;
 
-    // Undo the change log and apply it again: the events it finds are
-    // numbered below zero, in the order they happened.
-    Migrator::down(&db, Some(1)).await.unwrap();
+    // Undo the change log (and the notification on it) and apply it again:
+    // the events it finds are numbered below zero, in the order they
+    // happened.
+    Migrator::down(&db, Some(2)).await.unwrap();
     Migrator::up(&db, None).await.unwrap();
     let renumbered = log_of_at_least(&db, 6).await;
     db.close().await.unwrap();

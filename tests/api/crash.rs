@@ -25,17 +25,17 @@ use crate::support::{
 };
 
 #[derive(Debug, Clone, Copy)]
-enum Step {
+pub enum Step {
     Deactivate,
     Reactivate,
     Activate,
 }
 
-const CYCLE: [Step; 3] = [Step::Deactivate, Step::Reactivate, Step::Activate];
+pub const CYCLE: [Step; 3] = [Step::Deactivate, Step::Reactivate, Step::Activate];
 
 /// One transition with a request_id; the source deactivates and reactivates,
 /// the destination activates.
-async fn step(
+pub async fn step(
     channel: &Channel,
     source: &TestOrg,
     destination: &TestOrg,

@@ -28,3 +28,4 @@ mod support;
 mod transitions;
 mod transports;
 mod watch;
+mod watch_guarantees;

@@ -225,13 +225,14 @@ async fn metrics_show_open_watches_events_sent_and_the_access_index() {
         .unwrap()
         .into_inner();
     app.activate(&destination, &id, "").await.unwrap();
-    for _ in 0..2 {
+    let mut events = 0;
+    while events < 2 {
         let message = tokio::time::timeout(Duration::from_secs(10), stream.message())
             .await
             .unwrap()
             .unwrap()
             .unwrap();
-        assert!(message.event.is_some());
+        events += usize::from(message.event.is_some());
     }
     // The index applies the activation (the check below waits for it).
     let text = loop {

@@ -11,7 +11,8 @@ use connections::proto::{
 use tonic::{Code, Status, Streaming};
 
 use crate::support::{
-    AppOptions, TestApp, TestOrg, assert_error, spawn_app, spawn_app_with, spawn_replicas,
+    AppOptions, TestApp, TestOrg, assert_error, require_postgres, spawn_app, spawn_app_with,
+    spawn_replicas,
 };
 
 /// How long a test waits for a message it expects.
@@ -340,7 +341,7 @@ async fn a_stop_ends_an_open_watch_with_unavailable() {
     let mut stream = watch(&app, &org, from_beginning()).await.unwrap();
     let (stopping, _database) = app.begin_stop();
     let status = end_of(&mut stream).await;
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_error(&status, Code::Unavailable, "SERVER_STOPPING");
     tokio::time::timeout(EXPECT, stopping.finished())
         .await
         .expect("the server stops with a watch open");
@@ -382,4 +383,45 @@ async fn a_watcher_that_moves_to_another_replica_with_its_token_sees_every_event
             .collect();
         assert_eq!(watched, first.events(&source, id).await, "{id}");
     }
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and pass --include-ignored"]
+async fn a_commit_on_another_replica_reaches_a_watcher_without_waiting_for_the_poll() {
+    require_postgres();
+    // Replicas that would read the log for each other's changes only every
+    // minute: only the database's notification can bring them sooner.
+    let replicas = spawn_replicas(
+        2,
+        AppOptions {
+            change_feed_poll_interval: Duration::from_secs(60),
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let (first, second) = (&replicas[0], &replicas[1]);
+    let source = first.new_org("S").await;
+    let destination = first.new_org("D").await;
+    let mut stream = watch(second, &source, WatchConnectionEventsRequest::default())
+        .await
+        .unwrap();
+    let started = tokio::time::timeout(EXPECT, stream.message())
+        .await
+        .expect("a first heartbeat")
+        .unwrap()
+        .unwrap();
+    assert_eq!(started.event, None, "the first message is a heartbeat");
+    let created = create(first, &source, &destination).await;
+    let id = created.connection.unwrap().id;
+    let (events, token) = tokio::time::timeout(Duration::from_secs(5), next_events(&mut stream, 1))
+        .await
+        .expect("the creation arrives long before the next poll");
+    assert_eq!(keys(&events), vec![(id.clone(), 1)]);
+    assert_eq!(token, created.change_token);
+    second.deactivate(&destination, &id, "").await.unwrap();
+    first.reactivate(&source, &id, "").await.unwrap();
+    let (events, _) = tokio::time::timeout(Duration::from_secs(5), next_events(&mut stream, 2))
+        .await
+        .expect("the transitions arrive long before the next poll");
+    assert_eq!(keys(&events), vec![(id.clone(), 2), (id, 3)]);
 }

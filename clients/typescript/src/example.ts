@@ -1,23 +1,30 @@
 /**
- * A partner's walk through a connection's lifecycle with the TypeScript client.
+ * A partner's walk through a connection's lifecycle with the TypeScript client. It also watches
+ * the destination's events with resume (ResumableWatch) and asks CheckAccess as a data-moving
+ * service would.
  *
  * Generate the code first (`npx buf generate`), then:
  *
  *   npx tsx src/example.ts --target http://127.0.0.1:50051 --source-key "$SRC_KEY" \
- *       --destination-key "$DST_KEY" --destination-id "$DST" [--protocol grpc|grpc-web]
+ *       --destination-key "$DST_KEY" --destination-id "$DST" [--protocol grpc|grpc-web] \
+ *       [--access-check-token "$ACCESS_CHECK_TOKEN"]
  */
 import { randomUUID } from "node:crypto";
 import { parseArgs } from "node:util";
 import { equals } from "@bufbuild/protobuf";
 
-import { Code, ConnectError, connect, enumName, errorInfo, type Protocol } from "./client.js";
-import { CreateConnectionResponseSchema } from "./gen/connections/v1/connection_service_pb.js";
+import { Code, ConnectError, ResumableWatch, connect, enumName, errorInfo, type Protocol } from "./client.js";
+import {
+  CreateConnectionResponseSchema,
+  type WatchConnectionEventsResponse,
+} from "./gen/connections/v1/connection_service_pb.js";
 import {
   ConnectionEventTypeSchema,
   ConnectionRole,
   ConnectionRoleSchema,
   ConnectionStateSchema,
   DataType,
+  DataTypeSchema,
 } from "./gen/connections/v1/resources_pb.js";
 
 const { values: args } = parseArgs({
@@ -27,15 +34,18 @@ const { values: args } = parseArgs({
     "destination-key": { type: "string" },
     "destination-id": { type: "string" },
     protocol: { type: "string", default: "grpc" },
+    "access-check-token": { type: "string" },
   },
 });
 const { target, protocol } = args;
 const sourceKey = args["source-key"];
 const destinationKey = args["destination-key"];
 const destinationId = args["destination-id"];
+const accessCheckToken = args["access-check-token"];
 if (!sourceKey || !destinationKey || !destinationId || (protocol !== "grpc" && protocol !== "grpc-web")) {
   console.error(
-    "usage: example.ts --target URL --source-key KEY --destination-key KEY --destination-id ID [--protocol grpc|grpc-web]",
+    "usage: example.ts --target URL --source-key KEY --destination-key KEY --destination-id ID " +
+      "[--protocol grpc|grpc-web] [--access-check-token TOKEN]",
   );
   process.exit(2);
 }
@@ -45,6 +55,10 @@ const state = (s: number) => enumName(ConnectionStateSchema, s);
 // One client per organization: each carries its own API key on every call.
 const source = connect({ baseUrl: target, apiKey: sourceKey, protocol: protocol as Protocol });
 const destination = connect({ baseUrl: target, apiKey: destinationKey, protocol: protocol as Protocol });
+// A data-moving service calls CheckAccess with the operator's access-check token, or with a party's key.
+const checker = accessCheckToken
+  ? connect({ baseUrl: target, apiKey: accessCheckToken, protocol: protocol as Protocol })
+  : destination;
 
 try {
   // The source creates the connection. A request_id makes the call safe to retry:
@@ -68,10 +82,28 @@ try {
     console.log(`source may not activate: ${Code[ConnectError.from(err).code]} ${info?.reason} (${info?.domain})`);
   }
 
-  conn = (
-    await destination.connections.activateConnection({ connectionId: conn.id, etag: conn.etag, requestId: randomUUID() })
-  ).connection!;
+  const activated = await destination.connections.activateConnection({
+    connectionId: conn.id,
+    etag: conn.etag,
+    requestId: randomUUID(),
+  });
+  conn = activated.connection!;
   console.log(`activated by the destination: ${state(conn.state)}`);
+
+  // On every transfer, a data-moving service asks whether the destination may receive this data
+  // type from the source now. Passing the change_token of the transition that granted (or revoked)
+  // access makes sure the answer reflects at least that transition.
+  const check = async (dataType: DataType, atLeastChangeToken: string) => {
+    const answer = await checker.access.checkAccess({
+      sourceOrganizationId: conn.sourceOrganizationId,
+      destinationOrganizationId: conn.destinationOrganizationId,
+      dataType,
+      atLeastChangeToken,
+    });
+    console.log(`check access ${enumName(DataTypeSchema, dataType)}: allowed ${answer.allowed} (${state(answer.state)})`);
+  };
+  await check(DataType.INQUIRY, activated.changeToken);
+  await check(DataType.TRANSACTION, activated.changeToken); // not shared
 
   const inbound = await destination.connections.listConnections({ role: ConnectionRole.DESTINATION });
   for (const c of inbound.connections) {
@@ -85,6 +117,33 @@ try {
         `${state(e.toState)} by ${enumName(ConnectionRoleSchema, e.actorRole)}`,
     );
   }
+
+  // Watch the destination's events with resume, starting after the create's change token: the
+  // activation comes first. ResumableWatch reconnects after an interruption from the last token
+  // it received, so nothing is missed or repeated.
+  const show = ({ event: e }: WatchConnectionEventsResponse) =>
+    console.log(`watched #${e!.sequence} ${enumName(ConnectionEventTypeSchema, e!.type)} of ${e!.connectionId}`);
+  let watch = new ResumableWatch(destination.connections, { afterChangeToken: created.changeToken, idleTimeoutMs: 30_000 });
+  for await (const message of watch) {
+    show(message);
+    if (message.event!.connectionId === conn.id) break; // ends the stream
+  }
+  const checkpoint = watch.lastChangeToken; // a real consumer saves this durably
+
+  // While nobody watches, the source deactivates the connection...
+  const deactivated = await source.connections.deactivateConnection({
+    connectionId: conn.id,
+    reason: "example over",
+    requestId: randomUUID(),
+  });
+  await check(DataType.INQUIRY, deactivated.changeToken);
+
+  // ...and a watch resumed from the checkpoint delivers exactly what happened since.
+  watch = new ResumableWatch(destination.connections, { afterChangeToken: checkpoint, idleTimeoutMs: 30_000 });
+  for await (const message of watch) {
+    show(message);
+    if (message.event!.connectionId === conn.id) break;
+  }
 } catch (err) {
   const e = ConnectError.from(err);
   console.error(`failed: ${Code[e.code]} ${errorInfo(e)?.reason ?? ""}: ${e.rawMessage}`);
@@ -92,4 +151,5 @@ try {
 } finally {
   source.close();
   destination.close();
+  if (checker !== destination) checker.close();
 }

@@ -1,7 +1,8 @@
 /**
  * Runs the real `connections` binary for the tests: bootstraps organizations and API keys with
  * `connections admin`, starts `connections serve` on a free 127.0.0.1 port over a temporary
- * SQLite database, and stops it with SIGTERM. Every wait is bounded.
+ * SQLite database, and stops it with SIGTERM; it can start again on the same database and port.
+ * Every wait is bounded.
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { accessSync, constants, closeSync, mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
@@ -56,8 +57,11 @@ export class Server {
     this.baseUrl = `http://${listen}`;
   }
 
-  /** A temporary directory and database; nothing runs yet. Fails clearly without the binary. */
-  static async prepare(): Promise<Server> {
+  /**
+   * A temporary directory and database; nothing runs yet. Fails clearly without the binary.
+   * `settings`: CONNECTIONS_* environment variables for the server (e.g. its tokens).
+   */
+  static async prepare(settings: Record<string, string> = {}): Promise<Server> {
     try {
       accessSync(BIN, constants.X_OK);
     } catch {
@@ -71,6 +75,7 @@ export class Server {
       Object.entries(process.env).filter(([k]) => !k.startsWith("CONNECTIONS_")),
     );
     env.CONNECTIONS_DATABASE_URL = `sqlite://${tmp}/c.db?mode=rwc`;
+    Object.assign(env, settings);
     return new Server(tmp, env, `127.0.0.1:${await freePort()}`);
   }
 
@@ -114,9 +119,12 @@ export class Server {
     return { id: org.id, key: key.secret, name };
   }
 
-  /** Starts `connections serve` and waits (bounded) until a real RPC with `org`'s key succeeds. */
+  /**
+   * Starts `connections serve` (again after stop(): same database and port) and waits (bounded)
+   * until a real RPC with `org`'s key succeeds.
+   */
   async start(org: Org, attempts = 150, delayMs = 200): Promise<void> {
-    const logFd = openSync(this.logPath, "w");
+    const logFd = openSync(this.logPath, "a");
     try {
       const child = spawn(BIN, ["serve", "--listen", this.listen], {
         env: this.env,

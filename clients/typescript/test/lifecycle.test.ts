@@ -4,7 +4,9 @@
  *
  * One server for the file; the same full lifecycle runs over gRPC (HTTP/2), gRPC-Web over HTTP/1.1
  * and gRPC-Web over HTTP/2, each with a (source, destination) pair of its own, since a pair can
- * hold only one connection. Everything runs on 127.0.0.1, in a temporary directory, bounded in time.
+ * hold only one connection; so do the watch (ResumableWatch) and CheckAccess tests, and, on a
+ * server of their own that they restart, the tests of a watch resuming across a restart.
+ * Everything runs on 127.0.0.1, in temporary directories, bounded in time.
  *
  *   node --import tsx --test test/lifecycle.test.ts      (run_tests.sh does this)
  */
@@ -23,13 +25,16 @@ import {
   enumName,
   errorReason,
   ErrorReason,
+  ResumableWatch,
   type ConnectionsClient,
   type ConnectOptions,
+  type WatchOptions,
 } from "../src/client.js";
 import {
   ActivateConnectionResponseSchema,
   CreateConnectionResponseSchema,
   GetConnectionResponseSchema,
+  type WatchConnectionEventsResponse,
 } from "../src/gen/connections/v1/connection_service_pb.js";
 import {
   ConnectionEventSchema,
@@ -70,6 +75,10 @@ async function refusal(call: Promise<unknown>): Promise<{ code: Code; info: Erro
   assert.fail("expected the call to be refused, but it succeeded");
 }
 
+// Operator credentials of the shared server (CheckAccess for any pair).
+const ADMIN_TOKEN = `admin-${randomUUID()}`;
+const ACCESS_CHECK_TOKEN = `access-check-${randomUUID()}`;
+
 let server: Server;
 const pairs = new Map<string, { source: Org; destination: Org }>();
 let outsider: Org;
@@ -78,7 +87,10 @@ const clients: ConnectionsClient[] = [];
 
 before(
   async () => {
-    server = await Server.prepare();
+    server = await Server.prepare({
+      CONNECTIONS_ADMIN_TOKEN: ADMIN_TOKEN,
+      CONNECTIONS_ACCESS_CHECK_TOKEN: ACCESS_CHECK_TOKEN,
+    });
     // Bootstrapped with the CLI directly on the database, before the server starts.
     for (const v of VARIANTS) {
       pairs.set(v.name, {
@@ -262,7 +274,7 @@ for (const variant of VARIANTS) {
 }
 
 describe("example program", () => {
-  it("walks a new pair through create, activate, list and history", { timeout: TEST_TIMEOUT_MS }, async () => {
+  it("walks a new pair through create, activate, CheckAccess, list, history and a resumed watch", { timeout: TEST_TIMEOUT_MS }, async () => {
     const { source, destination } = examplePair;
     const { stdout } = await promisify(execFile)(
       process.execPath,
@@ -280,6 +292,9 @@ describe("example program", () => {
         destination.id,
         "--protocol",
         "grpc-web",
+        // CheckAccess as a data-moving service: with the operator's access-check token.
+        "--access-check-token",
+        ACCESS_CHECK_TOKEN,
       ],
       { cwd: PACKAGE_DIR, timeout: TEST_TIMEOUT_MS - 5_000, encoding: "utf8" },
     );
@@ -287,5 +302,395 @@ describe("example program", () => {
     assert.match(stdout, /source may not activate: PermissionDenied ERROR_REASON_CALLER_NOT_DESTINATION \(connections\.v1\)/);
     assert.match(stdout, /activated by the destination: CONNECTION_STATE_ACTIVE/);
     assert.match(stdout, /#2 CONNECTION_EVENT_TYPE_ACTIVATED: CONNECTION_STATE_PENDING -> CONNECTION_STATE_ACTIVE by CONNECTION_ROLE_DESTINATION/);
+    assert.match(stdout, /check access DATA_TYPE_INQUIRY: allowed true \(CONNECTION_STATE_ACTIVE\)/);
+    assert.match(stdout, /check access DATA_TYPE_TRANSACTION: allowed false \(CONNECTION_STATE_ACTIVE\)/);
+    assert.match(stdout, /check access DATA_TYPE_INQUIRY: allowed false \(CONNECTION_STATE_INACTIVE\)/);
+    // The watch after the create's token starts with the activation; the resumed one brings
+    // exactly the deactivation made while nobody watched.
+    const watched = stdout
+      .split("\n")
+      .filter((line) => line.startsWith("watched "))
+      .map((line) => line.replace(/ of .*$/, ""));
+    assert.deepEqual(watched, ["watched #2 CONNECTION_EVENT_TYPE_ACTIVATED", "watched #3 CONNECTION_EVENT_TYPE_DEACTIVATED"], stdout);
   });
 });
+
+// --- WatchConnectionEvents with ResumableWatch, and CheckAccess ---------------------------------
+
+type Connections = ConnectionsClient["connections"];
+const T = ConnectionEventType;
+
+/** Reads a watch one message at a time, each wait bounded. */
+class Puller {
+  private readonly messages: AsyncIterator<WatchConnectionEventsResponse>;
+
+  constructor(readonly watch: ResumableWatch) {
+    this.messages = watch[Symbol.asyncIterator]();
+  }
+
+  async next(timeoutMs = 10_000): Promise<IteratorResult<WatchConnectionEventsResponse>> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no message from the watch within ${timeoutMs} ms`)), timeoutMs);
+    });
+    try {
+      return await Promise.race([this.messages.next(), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async pull(timeoutMs?: number): Promise<WatchConnectionEventsResponse> {
+    const result = await this.next(timeoutMs);
+    assert.ok(!result.done, "the watch ended");
+    return result.value;
+  }
+
+  /** The next n messages with an event (heartbeats, if yielded, are skipped). */
+  async events(n: number, timeoutMs?: number): Promise<WatchConnectionEventsResponse[]> {
+    const got: WatchConnectionEventsResponse[] = [];
+    while (got.length < n) {
+      const message = await this.pull(timeoutMs);
+      if (message.event) got.push(message);
+    }
+    return got;
+  }
+}
+
+const watching = (connections: Connections, options: WatchOptions) =>
+  new Puller(new ResumableWatch(connections, { idleTimeoutMs: 30_000, ...options }));
+
+const summary = (messages: WatchConnectionEventsResponse[]) =>
+  messages.map((m) => [Number(m.event!.sequence), m.event!.type]);
+
+/** Deactivate (by the source), reactivate, activate: events 3, 4, 5. Their change tokens. */
+async function lifecycleWrites(S: Connections, D: Connections, connectionId: string): Promise<string[]> {
+  return [
+    (await S.deactivateConnection({ connectionId, reason: "paused" })).changeToken,
+    (await S.reactivateConnection({ connectionId })).changeToken,
+    (await D.activateConnection({ connectionId })).changeToken,
+  ];
+}
+
+async function createAndActivate(S: Connections, D: Connections, destinationId: string, dataTypes = [DataType.INQUIRY]) {
+  const created = await S.createConnection({ destinationOrganizationId: destinationId, dataTypes });
+  const activated = await D.activateConnection({ connectionId: created.connection!.id });
+  assert.ok(created.changeToken && activated.changeToken, "writes return change tokens");
+  assert.notEqual(created.changeToken, activated.changeToken);
+  return { created, activated, connectionId: created.connection!.id };
+}
+
+/** The token with one character in the middle changed. */
+function altered(token: string): string {
+  const i = Math.floor(token.length / 2);
+  return token.slice(0, i) + (token[i] === "A" ? "B" : "A") + token.slice(i + 1);
+}
+
+for (const variant of VARIANTS) {
+  describe(`watch and CheckAccess over ${variant.name}`, () => {
+    const client = (apiKey?: string) => {
+      const c = connect({ baseUrl: server.baseUrl, apiKey, protocol: variant.protocol, httpVersion: variant.httpVersion });
+      clients.push(c);
+      return c;
+    };
+    const party = (name: string) => {
+      const org = server.newOrg(`${name} over ${variant.name}`);
+      return { org, c: client(org.key) };
+    };
+
+    it("a watch from the beginning sees the lifecycle in order, as ListConnectionEvents does", { timeout: TEST_TIMEOUT_MS }, async () => {
+      const source = party("Watch Source");
+      const destination = party("Watch Destination");
+      const S = source.c.connections, D = destination.c.connections;
+      const { created, activated, connectionId } = await createAndActivate(S, D, destination.org.id);
+
+      // Both parties watch from the beginning: the two events so far come from the database...
+      const pullers = [watching(D, { fromBeginning: true }), watching(S, { fromBeginning: true })];
+      try {
+        const got = await Promise.all(pullers.map((p) => p.events(2)));
+        // ...and the next three live, as they are committed.
+        const tokens = [created.changeToken, activated.changeToken, ...(await lifecycleWrites(S, D, connectionId))];
+        for (const [i, p] of pullers.entries()) got[i]!.push(...(await p.events(3)));
+
+        const history = (await D.listConnectionEvents({ connectionId })).events;
+        assert.deepEqual(summary(got[0]!), [
+          [1, T.CREATED],
+          [2, T.ACTIVATED],
+          [3, T.DEACTIVATED],
+          [4, T.REACTIVATED],
+          [5, T.ACTIVATED],
+        ]);
+        for (const g of got) {
+          // The same events ListConnectionEvents returns, field for field, in the same order.
+          assert.equal(g.length, history.length);
+          g.forEach((m, i) => assert.ok(equals(ConnectionEventSchema, m.event!, history[i]!), `event ${i + 1}`));
+          // Each message's token names the place just after its event: the token its write returned.
+          assert.deepEqual(g.map((m) => m.changeToken), tokens);
+        }
+        assert.equal(got[0]![2]!.event!.reason, "paused");
+        assert.deepEqual(pullers.map((p) => p.watch.lastChangeToken), [tokens.at(-1), tokens.at(-1)]);
+        assert.deepEqual(pullers.map((p) => p.watch.resumes), [0, 0]);
+
+        // close() ends the iteration, without an error.
+        pullers[0]!.watch.close();
+        assert.equal((await pullers[0]!.next()).done, true);
+      } finally {
+        for (const p of pullers) p.watch.close();
+      }
+    });
+
+    it("the role filter keeps the connections where the caller has that role", { timeout: TEST_TIMEOUT_MS }, async () => {
+      const source = party("Role Source");
+      const destination = party("Role Destination");
+      const other = party("Role Other");
+      const outbound = await createAndActivate(source.c.connections, destination.c.connections, destination.org.id);
+      const inbound = await createAndActivate(other.c.connections, source.c.connections, source.org.id);
+      const asDestination = watching(source.c.connections, { fromBeginning: true, role: ConnectionRole.DESTINATION });
+      const asSource = watching(source.c.connections, { fromBeginning: true, role: ConnectionRole.SOURCE });
+      try {
+        assert.deepEqual((await asDestination.events(2)).map((m) => m.event!.connectionId), [inbound.connectionId, inbound.connectionId]);
+        assert.deepEqual((await asSource.events(2)).map((m) => m.event!.connectionId), [outbound.connectionId, outbound.connectionId]);
+      } finally {
+        asDestination.watch.close();
+        asSource.watch.close();
+      }
+    });
+
+    it("a watch resumed from the last token repeats nothing and misses nothing", { timeout: TEST_TIMEOUT_MS }, async () => {
+      const source = party("Resume Source");
+      const destination = party("Resume Destination");
+      const S = source.c.connections, D = destination.c.connections;
+      const { activated, connectionId } = await createAndActivate(S, D, destination.org.id);
+
+      // A first watch reads the two events, then stops.
+      const first = watching(D, { fromBeginning: true });
+      let seen: WatchConnectionEventsResponse[];
+      try {
+        seen = await first.events(2);
+      } finally {
+        first.watch.close();
+      }
+      const checkpoint = first.watch.lastChangeToken;
+      assert.deepEqual(summary(seen), [[1, T.CREATED], [2, T.ACTIVATED]]);
+      assert.equal(checkpoint, activated.changeToken);
+
+      // Three changes while nobody watches.
+      const tokens = await lifecycleWrites(S, D, connectionId);
+
+      // Resumed from the checkpoint: exactly those three, then what comes next, live.
+      const second = watching(D, { afterChangeToken: checkpoint });
+      let resumed: WatchConnectionEventsResponse[], following: WatchConnectionEventsResponse;
+      try {
+        resumed = await second.events(3);
+        assert.deepEqual(summary(resumed), [[3, T.DEACTIVATED], [4, T.REACTIVATED], [5, T.ACTIVATED]]);
+        assert.deepEqual(resumed.map((m) => m.changeToken), tokens);
+        const last = await D.deactivateConnection({ connectionId });
+        following = await second.pull();
+        assert.deepEqual(summary([following]), [[6, T.DEACTIVATED]]);
+        assert.equal(following.changeToken, last.changeToken);
+      } finally {
+        second.watch.close();
+      }
+
+      const history = (await S.listConnectionEvents({ connectionId })).events;
+      const all = [...seen, ...resumed, following];
+      assert.equal(all.length, history.length);
+      all.forEach((m, i) => assert.ok(equals(ConnectionEventSchema, m.event!, history[i]!), `event ${i + 1}`));
+
+      // A write's token works as well: after the reactivation (event 4) comes event 5.
+      const third = watching(S, { afterChangeToken: tokens[1] });
+      try {
+        assert.deepEqual(summary(await third.events(2)), [[5, T.ACTIVATED], [6, T.DEACTIVATED]]);
+      } finally {
+        third.watch.close();
+      }
+
+      // An altered token is refused, and the watch throws rather than retrying.
+      const bad = new ResumableWatch(D, { afterChangeToken: altered(checkpoint) });
+      const r = await refusal(bad[Symbol.asyncIterator]().next());
+      assert.deepEqual([r.code, r.info.reason], [Code.InvalidArgument, "ERROR_REASON_INVALID_CHANGE_TOKEN"]);
+      assert.equal(bad.resumes, 0);
+    });
+
+    it("CheckAccess follows the transitions, never stale with at_least_change_token; outsiders are refused", { timeout: TEST_TIMEOUT_MS }, async () => {
+      const source = party("Access Source");
+      const destination = party("Access Destination");
+      const outsider = party("Access Outsider");
+      const operator = client(ACCESS_CHECK_TOKEN);
+      const admin = client(ADMIN_TOKEN);
+      const S = source.c.connections, D = destination.c.connections;
+      const { UNSPECIFIED: U, PENDING: P, ACTIVE: A, INACTIVE: I } = ConnectionState;
+      const check = async (
+        caller: ConnectionsClient,
+        dataType: DataType,
+        atLeastChangeToken = "",
+        [src, dst] = [source.org.id, destination.org.id],
+      ) => {
+        const answer = await caller.access.checkAccess({
+          sourceOrganizationId: src,
+          destinationOrganizationId: dst,
+          dataType,
+          atLeastChangeToken,
+        });
+        assert.ok(answer.changeToken, "the answer names the change it reflects");
+        return [answer.allowed, answer.connectionId, answer.state];
+      };
+
+      // No connection yet.
+      assert.deepEqual(await check(source.c, DataType.INQUIRY), [false, "", U]);
+      assert.deepEqual(await check(destination.c, DataType.INQUIRY), [false, "", U]);
+
+      const created = await S.createConnection({
+        destinationOrganizationId: destination.org.id,
+        dataTypes: [DataType.INQUIRY, DataType.ACCOUNT],
+      });
+      const id = created.connection!.id;
+      for (const caller of [source.c, destination.c, operator, admin]) {
+        assert.deepEqual(await check(caller, DataType.INQUIRY, created.changeToken), [false, id, P]);
+      }
+
+      const token = (await D.activateConnection({ connectionId: id })).changeToken;
+      for (const caller of [source.c, destination.c, operator, admin]) {
+        assert.deepEqual(await check(caller, DataType.INQUIRY, token), [true, id, A]);
+        assert.deepEqual(await check(caller, DataType.ACCOUNT, token), [true, id, A]);
+        // Data types the connection does not include.
+        assert.deepEqual(await check(caller, DataType.TRANSACTION, token), [false, id, A]);
+        assert.deepEqual(await check(caller, DataType.VERIFICATION, token), [false, id, A]);
+      }
+      // Direction matters: nothing flows from the destination to the source.
+      assert.deepEqual(await check(source.c, DataType.INQUIRY, token, [destination.org.id, source.org.id]), [false, "", U]);
+
+      // Only the parties named in the request (or an operator) may ask.
+      const request = { sourceOrganizationId: source.org.id, destinationOrganizationId: destination.org.id, dataType: DataType.INQUIRY };
+      let r = await refusal(outsider.c.access.checkAccess(request));
+      assert.deepEqual([r.code, r.info.reason], [Code.PermissionDenied, "ERROR_REASON_CALLER_NOT_PARTY"]);
+      assert.equal(errorReason(r.err), ErrorReason.CALLER_NOT_PARTY);
+      r = await refusal(client().access.checkAccess(request));
+      assert.deepEqual([r.code, r.info.reason], [Code.Unauthenticated, "ERROR_REASON_API_KEY_MISSING"]);
+      // The access-check token can call CheckAccess and nothing else.
+      r = await refusal(operator.connections.listConnections({}));
+      assert.equal(r.code, Code.Unauthenticated);
+
+      // Malformed requests.
+      r = await refusal(source.c.access.checkAccess({ ...request, atLeastChangeToken: altered(token) }));
+      assert.deepEqual([r.code, r.info.reason], [Code.InvalidArgument, "ERROR_REASON_INVALID_CHANGE_TOKEN"]);
+      r = await refusal(source.c.access.checkAccess({ ...request, dataType: DataType.UNSPECIFIED }));
+      assert.deepEqual([r.code, r.info.reason], [Code.InvalidArgument, "ERROR_REASON_INVALID_ARGUMENT"]);
+
+      const deactivated = await S.deactivateConnection({ connectionId: id });
+      for (const caller of [source.c, destination.c, operator]) {
+        assert.deepEqual(await check(caller, DataType.INQUIRY, deactivated.changeToken), [false, id, I]);
+      }
+
+      // Never stale: right after each transition, a check with its token sees it.
+      const callers = [source.c, destination.c, operator];
+      for (let round = 0; round < 10; round++) {
+        const caller = callers[round % 3]!;
+        let t = (await S.reactivateConnection({ connectionId: id })).changeToken;
+        assert.deepEqual(await check(caller, DataType.INQUIRY, t), [false, id, P], `round ${round}`);
+        t = (await D.activateConnection({ connectionId: id })).changeToken;
+        assert.deepEqual(await check(caller, DataType.ACCOUNT, t), [true, id, A], `round ${round}`);
+        t = (await D.deactivateConnection({ connectionId: id })).changeToken;
+        assert.deepEqual(await check(caller, DataType.ACCOUNT, t), [false, id, I], `round ${round}`);
+      }
+    });
+  });
+
+  describe(`watch across a server restart over ${variant.name}`, () => {
+    // A server of its own, since it is restarted, with a heartbeat every second.
+    let own: Server;
+    let source: Org, destination: Org;
+    before(
+      async () => {
+        own = await Server.prepare({ CONNECTIONS_WATCH_HEARTBEAT_INTERVAL: "1s" });
+        source = own.newOrg("Restart Source");
+        destination = own.newOrg("Restart Destination");
+        await own.start(source);
+      },
+      { timeout: 120_000 },
+    );
+    after(
+      async () => {
+        if (!own) return;
+        try {
+          if (!own.started) return;
+          const { code, signal } = await own.stop();
+          assert.equal(signal, null, `server was killed by ${signal}:\n${own.log()}`);
+          assert.equal(code, 0, `server exited ${code} after SIGTERM:\n${own.log()}`);
+        } finally {
+          own.cleanup();
+        }
+      },
+      { timeout: 60_000 },
+    );
+
+    it("resumes after the last token: every event once, in order, heartbeats included", { timeout: TEST_TIMEOUT_MS }, async () => {
+      const options = { baseUrl: own.baseUrl, protocol: variant.protocol, httpVersion: variant.httpVersion };
+      const sc = connect({ ...options, apiKey: source.key });
+      const dc = connect({ ...options, apiKey: destination.key });
+      clients.push(sc, dc);
+      const S = sc.connections, D = dc.connections;
+      const { connectionId } = await createAndActivate(S, D, destination.id);
+      const ended: (Code | undefined)[] = []; // what ended each stream the watch resumed after
+      const puller = watching(D, {
+        fromBeginning: true,
+        heartbeats: true,
+        idleTimeoutMs: 10_000,
+        initialBackoffMs: 100,
+        maxBackoffMs: 1_000,
+        onResume: (err) => ended.push(err?.code),
+      });
+      let beforeStop: WatchConnectionEventsResponse[], afterRestart: WatchConnectionEventsResponse[], following: WatchConnectionEventsResponse[];
+      let heartbeat: WatchConnectionEventsResponse;
+      try {
+        beforeStop = await puller.events(2);
+        assert.deepEqual(summary(beforeStop), [[1, T.CREATED], [2, T.ACTIVATED]]);
+        // Heartbeats (no event) arrive when nothing happens, each with a token.
+        heartbeat = await puller.pull(5_000);
+        assert.equal(heartbeat.event, undefined);
+        assert.ok(heartbeat.changeToken);
+        assert.equal(puller.watch.lastChangeToken, heartbeat.changeToken);
+
+        const stopped = await own.stop();
+        assert.deepEqual(stopped, { code: 0, signal: null }, own.log());
+        await own.start(source);
+        // Three changes while the watch is cut off (it is not being read).
+        const tokens = await lifecycleWrites(S, D, connectionId);
+
+        afterRestart = await puller.events(3, 30_000);
+        assert.deepEqual(summary(afterRestart), [[3, T.DEACTIVATED], [4, T.REACTIVATED], [5, T.ACTIVATED]]);
+        assert.deepEqual(afterRestart.map((m) => m.changeToken), tokens);
+        assert.ok(puller.watch.resumes >= 1);
+        // Nothing else is pending: the next event is the next write.
+        const last = await S.deactivateConnection({ connectionId });
+        following = await puller.events(1);
+        assert.deepEqual(summary(following), [[6, T.DEACTIVATED]]);
+        assert.equal(following[0]!.changeToken, last.changeToken);
+      } finally {
+        puller.watch.close();
+      }
+
+      const history = (await D.listConnectionEvents({ connectionId })).events;
+      const all = [...beforeStop, ...afterRestart, ...following];
+      assert.equal(all.length, history.length);
+      all.forEach((m, i) => assert.ok(equals(ConnectionEventSchema, m.event!, history[i]!), `event ${i + 1}`));
+
+      // A heartbeat's token resumes after it: the events before it are not sent again.
+      const again = watching(D, { afterChangeToken: heartbeat.changeToken, idleTimeoutMs: 10_000 });
+      try {
+        assert.deepEqual(summary(await again.events(4)), [
+          [3, T.DEACTIVATED],
+          [4, T.REACTIVATED],
+          [5, T.ACTIVATED],
+          [6, T.DEACTIVATED],
+        ]);
+      } finally {
+        again.watch.close();
+      }
+
+      // The server ends open streams with UNAVAILABLE when it stops (gRPC-Web included: its status
+      // travels in a trailer frame at the end of the body).
+      assert.equal(ended[0], Code.Unavailable, `what ended the stream at the stop: ${ended.map((c) => (c === undefined ? "no error" : Code[c]))}`);
+    });
+  });
+}

@@ -1,7 +1,8 @@
 /**
  * One connection: every field, its history, and the actions the caller may take now. Each action
  * is sent with the etag of the connection as shown, so a change made meanwhile by the other party
- * is never overwritten: the page says so and shows the current state.
+ * is never overwritten: the page says so and shows the current state. An event of this connection
+ * arriving on the page's stream (see ../live.ts) loads the connection again and joins the history.
  */
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 
@@ -14,7 +15,7 @@ import {
   ConnectionRole,
   ConnectionState,
 } from "../gen/connections/v1/resources_pb.js";
-import { usePolling } from "./poll.js";
+import { useCoalesced, useLive } from "./live.js";
 import { ProblemNote } from "./problem.js";
 
 type Action = "Activate" | "Deactivate" | "Reactivate";
@@ -41,29 +42,45 @@ export function ConnectionDetail({ id }: { id: string }) {
   // One request_id per intent (action, connection version, reason): a retry sends the same one.
   const intent = useRef<{ key: string; requestId: string; run: () => Promise<void> } | null>(null);
 
+  // Only the newest answer is shown: one to an earlier request may be older.
+  const latest = useRef(0);
+
   /** Loads the connection as it is now; returns it. */
   const load = useCallback(async (): Promise<Connection | null> => {
+    const mine = ++latest.current;
     try {
       const response = await api.connections.getConnection({ connectionId: id });
-      setConnection(response.connection ?? null);
-      setRefusal(null);
-      setHistoryVersion((v) => v + 1);
+      if (mine === latest.current) {
+        setConnection(response.connection ?? null);
+        setRefusal(null);
+      }
       return response.connection ?? null;
     } catch (err) {
-      setRefusal(problem(err));
+      if (mine === latest.current) setRefusal(problem(err));
       return null;
     }
   }, [api, id]);
 
+  /** Loads the connection and its history again. */
+  const refresh = useCallback(async () => {
+    setHistoryVersion((v) => v + 1);
+    await load();
+  }, [load]);
+
+  // Before the first load, so that an event delivered while it is on its way is not missed.
+  const reload = useCoalesced(load);
+  useLive({
+    onEvent: (event) => {
+      if (event.connectionId === id) reload();
+    },
+    onResync: reload,
+  });
   useEffect(() => {
     setConnection(null);
     setActionRefusal(null);
     setConfirming(false);
     void load();
   }, [load]);
-  usePolling(async () => {
-    await load();
-  });
 
   if (!connection) {
     return (
@@ -77,7 +94,7 @@ export function ConnectionDetail({ id }: { id: string }) {
             Connection
           </h2>
         </div>
-        {refusal ? <ProblemNote problem={refusal} onRetry={() => void load()} /> : <p role="status">Loading…</p>}
+        {refusal ? <ProblemNote problem={refusal} onRetry={() => void refresh()} /> : <p role="status">Loading…</p>}
       </section>
     );
   }
@@ -109,7 +126,11 @@ export function ConnectionDetail({ id }: { id: string }) {
             : action === "Deactivate"
               ? await api.connections.deactivateConnection({ ...request, reason: text })
               : await api.connections.reactivateConnection(request);
-        if (response.connection) setConnection(response.connection);
+        if (response.connection) {
+          // Newer than any load still on its way.
+          latest.current += 1;
+          setConnection(response.connection);
+        }
       };
       intent.current = { key, requestId, run };
     }
@@ -125,6 +146,7 @@ export function ConnectionDetail({ id }: { id: string }) {
       setActionRefusal(refused);
       if (CHANGED_MEANWHILE.includes(refused.reason)) {
         setConfirming(false);
+        setHistoryVersion((v) => v + 1);
         const now = await load();
         if (now && now.etag !== shown.etag) {
           setActionRefusal({ ...refused, sentence: CHANGED_SINCE_OPENED });
@@ -151,11 +173,11 @@ export function ConnectionDetail({ id }: { id: string }) {
         <h2 id="detail-heading" tabIndex={-1}>
           Connection
         </h2>
-        <button type="button" onClick={() => void load()}>
+        <button type="button" onClick={() => void refresh()}>
           Refresh
         </button>
       </div>
-      <ProblemNote problem={refusal} onRetry={() => void load()} />
+      <ProblemNote problem={refusal} onRetry={() => void refresh()} />
       <dl class="fields card">
         <dt>State</dt>
         <dd>
@@ -243,7 +265,7 @@ export function ConnectionDetail({ id }: { id: string }) {
       ) : null}
       <ProblemNote problem={actionRefusal} onRetry={retry} />
 
-      <History id={connection.id} version={historyVersion} />
+      <History key={connection.id} id={connection.id} version={historyVersion} />
     </section>
   );
 }
@@ -260,55 +282,120 @@ function Party({ id, you }: { id: string; you: boolean }) {
   );
 }
 
-/** The history, oldest first, 50 events at a time. */
+/** Events per page of the history. */
+const HISTORY_PAGE = 50;
+
+/** What the history shows: events in sequence order, and the token of the page after them. */
+interface Shown {
+  events: ConnectionEvent[];
+  next: string;
+  loaded: boolean;
+}
+
+/**
+ * The history, oldest first, 50 events at a time. An event of this connection arriving on the
+ * page's stream is appended when it is the next one after those shown (and every page is shown);
+ * one that arrives while a page is on its way is kept and appended when it arrives, unless the page
+ * has it already. `version` changes when the connection is refreshed or changed by this page.
+ */
 function History({ id, version }: { id: string; version: number }) {
   const { api } = useSession();
-  const [events, setEvents] = useState<ConnectionEvent[]>([]);
-  const [next, setNext] = useState("");
+  const [shown, setShown] = useState<Shown>({ events: [], next: "", loaded: false });
   const [refusal, setRefusal] = useState<Problem | null>(null);
+  // What is shown, for the stream's callbacks, and the request on its way with the events that
+  // arrived meanwhile.
+  const current = useRef(shown);
+  const request = useRef<{ pending: ConnectionEvent[] } | null>(null);
+
+  const show = (next: Shown) => {
+    current.current = next;
+    setShown(next);
+  };
+
+  /** Loads the first page (`more`: the page after those shown). */
+  const fetch = useCallback(
+    async (more: boolean) => {
+      const mine = { pending: [] as ConnectionEvent[] };
+      request.current = mine;
+      try {
+        const response = await api.connections.listConnectionEvents({
+          connectionId: id,
+          pageSize: HISTORY_PAGE,
+          pageToken: more ? current.current.next : "",
+        });
+        if (request.current !== mine) return;
+        request.current = null;
+        const events = more ? [...current.current.events] : [];
+        for (const event of response.events) {
+          if (events.length === 0 || event.sequence > events[events.length - 1]!.sequence) events.push(event);
+        }
+        let gap = false;
+        if (!response.nextPageToken) {
+          // Every page is shown: add what the stream delivered meanwhile and the page lacks.
+          for (const event of mine.pending) gap = !append(events, event) || gap;
+        }
+        show({ events, next: response.nextPageToken, loaded: true });
+        setRefusal(null);
+        if (gap) void fetch(false);
+      } catch (err) {
+        if (request.current !== mine) return;
+        request.current = null;
+        setRefusal(problem(err));
+      }
+    },
+    [api, id],
+  );
+
+  useLive({
+    onEvent: (event) => {
+      if (event.connectionId !== id) return;
+      if (request.current) {
+        request.current.pending.push(event);
+        return;
+      }
+      const now = current.current;
+      // Not loaded (the load failed): load now. More pages to come: the last one will have it.
+      if (!now.loaded) void fetch(false);
+      if (!now.loaded || now.next) return;
+      const events = [...now.events];
+      if (append(events, event)) show({ ...now, events });
+      else void fetch(false);
+    },
+    onResync: () => void fetch(false),
+  });
 
   useEffect(() => {
-    let live = true;
-    api.connections.listConnectionEvents({ connectionId: id, pageSize: 50 }).then(
-      (response) => {
-        if (!live) return;
-        setEvents(response.events);
-        setNext(response.nextPageToken);
-        setRefusal(null);
-      },
-      (err) => live && setRefusal(problem(err)),
-    );
-    return () => {
-      live = false;
-    };
-  }, [api, id, version]);
-
-  const more = async () => {
-    try {
-      const response = await api.connections.listConnectionEvents({ connectionId: id, pageSize: 50, pageToken: next });
-      setEvents([...events, ...response.events]);
-      setNext(response.nextPageToken);
-    } catch (err) {
-      setRefusal(problem(err));
-    }
-  };
+    void fetch(false);
+  }, [fetch, version]);
 
   return (
     <section aria-labelledby="history-heading">
       <h3 id="history-heading">History</h3>
       <ProblemNote problem={refusal} />
       <ol class="history">
-        {events.map((event) => (
+        {shown.events.map((event) => (
           <HistoryEntry key={event.id} event={event} />
         ))}
       </ol>
-      {next ? (
-        <button type="button" onClick={() => void more()}>
-          Older events
+      {shown.next ? (
+        <button type="button" onClick={() => void fetch(true)}>
+          Later events
         </button>
       ) : null}
     </section>
   );
+}
+
+/**
+ * Adds `event` to `events` (in sequence order) if it is the next one; true if it is there now
+ * (added, or shown already), false if events between are missing.
+ */
+function append(events: ConnectionEvent[], event: ConnectionEvent): boolean {
+  const last = events.length > 0 ? events[events.length - 1]!.sequence : 0n;
+  if (event.sequence <= last) return true;
+  if (event.sequence !== last + 1n) return false;
+  events.push(event);
+  return true;
 }
 
 function HistoryEntry({ event }: { event: ConnectionEvent }) {

@@ -1,11 +1,20 @@
-/** The caller's connections: Outbound, Inbound or All, filtered, newest first, a page at a time. */
+/**
+ * The caller's connections: Outbound, Inbound or All, filtered, newest first, a page at a time.
+ * The page shown is loaded again when an event of the organization's connections arrives (see
+ * ../live.ts), never on a timer.
+ */
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 
 import { isId, problem, type Problem } from "../api.js";
 import { go, useOrganizationName, useSession } from "../app.js";
 import { dataTypeWords, iso, STATE_WORDS, when } from "../format.js";
-import { type Connection, ConnectionRole, ConnectionState } from "../gen/connections/v1/resources_pb.js";
-import { usePolling } from "./poll.js";
+import {
+  type Connection,
+  type ConnectionEvent,
+  ConnectionRole,
+  ConnectionState,
+} from "../gen/connections/v1/resources_pb.js";
+import { useCoalesced, useLive } from "./live.js";
 import { ProblemNote } from "./problem.js";
 
 /** Connections per page. */
@@ -33,8 +42,11 @@ export function ConnectionsList() {
   const filterId = isId(counterparty) ? counterparty.trim().toLowerCase() : "";
   const counterpartyInvalid = counterparty.trim() !== "" && !filterId;
 
+  // Only the answer to the latest request is shown: an earlier one may be older, or for other filters.
+  const latest = useRef(0);
   const load = useCallback(async () => {
     if (counterpartyInvalid) return;
+    const mine = ++latest.current;
     try {
       const response = await api.connections.listConnections({
         role,
@@ -43,18 +55,26 @@ export function ConnectionsList() {
         pageSize: PAGE_SIZE,
         pageToken: tokens[page],
       });
+      if (mine !== latest.current) return;
       setItems(response.connections);
       setNext(response.nextPageToken);
       setRefusal(null);
     } catch (err) {
-      setRefusal(problem(err));
+      if (mine === latest.current) setRefusal(problem(err));
     }
   }, [api, role, state, filterId, counterpartyInvalid, tokens, page]);
 
+  // Before the first load, so that an event delivered while it is on its way is not missed.
+  const reload = useCoalesced(load);
+  useLive({
+    onEvent: (event) => {
+      if (concerns(event, me.id, role)) reload();
+    },
+    onResync: reload,
+  });
   useEffect(() => {
     void load();
   }, [load]);
-  usePolling(load);
 
   // A new filter starts again from the first page.
   const refilter = (change: () => void) => {
@@ -171,6 +191,21 @@ export function ConnectionsList() {
       </div>
     </section>
   );
+}
+
+/** Whether `event` may change the list of connections where `me` has `role` (UNSPECIFIED: any). */
+function concerns(event: ConnectionEvent, me: string, role: ConnectionRole): boolean {
+  if (role === ConnectionRole.UNSPECIFIED) return true;
+  // The actor is either the organization itself, in its role, or the other party, in the other.
+  const mine =
+    event.actorOrganizationId === me
+      ? event.actorRole
+      : event.actorRole === ConnectionRole.SOURCE
+        ? ConnectionRole.DESTINATION
+        : event.actorRole === ConnectionRole.DESTINATION
+          ? ConnectionRole.SOURCE
+          : ConnectionRole.UNSPECIFIED;
+  return mine === role || mine === ConnectionRole.UNSPECIFIED;
 }
 
 function ConnectionRow({ connection, me }: { connection: Connection; me: string }) {

@@ -152,6 +152,10 @@ pub struct AppOptions {
     pub watch_streams_per_organization: u32,
     /// Longest time between two messages of a watch.
     pub watch_heartbeat_interval: Duration,
+    /// Change log batches a watch may fall behind.
+    pub watch_buffer: u32,
+    /// How often the change log is read for other replicas' changes.
+    pub change_feed_poll_interval: Duration,
 }
 
 impl Default for AppOptions {
@@ -177,6 +181,8 @@ impl Default for AppOptions {
             ),
             watch_streams_per_organization: server.watch_streams_per_organization,
             watch_heartbeat_interval: server.watch_heartbeat_interval,
+            watch_buffer: server.watch_buffer,
+            change_feed_poll_interval: BackgroundSettings::default().change_feed_poll_interval,
         }
     }
 }
@@ -232,12 +238,13 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
         http2_keepalive_timeout: options.http2_keepalive.1,
         watch_streams_per_organization: options.watch_streams_per_organization,
         watch_heartbeat_interval: options.watch_heartbeat_interval,
+        watch_buffer: options.watch_buffer,
         background: BackgroundSettings {
             health_check_interval: Duration::from_millis(100),
             request_id_retention: options.request_id_retention,
             request_id_sweep_interval: options.request_id_sweep_interval,
             connection_count_interval: options.connection_count_interval,
-            ..BackgroundSettings::default()
+            change_feed_poll_interval: options.change_feed_poll_interval,
         },
         ..Settings::from_environment()
     })

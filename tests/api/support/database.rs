@@ -96,7 +96,7 @@ pub fn require_postgres() -> (String, SocketAddr) {
 
 /// The host and port of the PostgreSQL server `url` names (the driver's
 /// defaults fill in what the URL leaves out).
-fn postgres_address(url: &str) -> Result<SocketAddr, String> {
+pub fn postgres_address(url: &str) -> Result<SocketAddr, String> {
     use sea_orm::sqlx::postgres::PgConnectOptions;
     use std::{net::ToSocketAddrs, str::FromStr};
     let options = PgConnectOptions::from_str(url).map_err(|err| err.to_string())?;
