@@ -9,8 +9,9 @@
 //!   by CheckAccess on the other replica with the transition's change token:
 //!   a stale answer is one that does not show the transition (target: none).
 //! - Watches: replica 2's RSS with 200 idle WatchConnectionEvents streams
-//!   open, and while 10 streams that never read sit through a burst of
-//!   writes (each must end with ABORTED / WATCH_CONSUMER_TOO_SLOW).
+//!   open, and while 10 streams that never read sit through a minute of
+//!   writes; then how each ended (ABORTED / WATCH_CONSUMER_TOO_SLOW once it
+//!   fell further behind than the server's buffer).
 
 use std::{
     path::PathBuf,
@@ -50,6 +51,8 @@ const GIVE_UP: Duration = Duration::from_secs(5);
 const RACE_SIDE: usize = 8;
 /// Connections the measurements change (one at a time).
 const MEASURED: usize = 16;
+/// How long the burst of writes lasts while the stalled watches sit.
+const BURST: Duration = Duration::from_secs(60);
 
 /// Options of `bench freshness`.
 #[derive(Debug, Clone, clap::Args)]
@@ -252,7 +255,7 @@ async fn measure(
 
     eprintln!("freshness: 10 watches on replica 2 that never read, through a burst of writes");
     let mut stalled = Vec::new();
-    for key in watched_keys.iter().take(10) {
+    for key in watched_keys.iter().cycle().take(10) {
         stalled.push(open_watch(&targets[1], key).await?);
     }
     // The stalled streams' organizations are the sources of the first
@@ -271,7 +274,7 @@ async fn measure(
         ));
     }
     let mut peak: Option<f64> = None;
-    let burst_end = Instant::now() + Duration::from_secs(20);
+    let burst_end = Instant::now() + BURST;
     while Instant::now() < burst_end {
         tokio::time::sleep(Duration::from_millis(250)).await;
         if let Some(rss) = status_mib(pid, "VmRSS") {

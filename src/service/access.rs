@@ -9,7 +9,6 @@
 //! older than the token it was asked for.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
@@ -75,8 +74,13 @@ pub struct AccessAnswer {
     pub change_token: String,
 }
 
+mod table;
+
+use table::Table;
+
 /// One connection, as the index keeps it: 24 bytes, 56 with its key, so
-/// that a million connections fit in about 120 MB (see BENCHMARKS.md).
+/// that a million connections take about 56 MB (see [`Table`] and
+/// BENCHMARKS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Entry {
     id: Uuid,
@@ -130,7 +134,7 @@ impl Entry {
 /// The index and the horizon it has applied.
 #[derive(Debug)]
 struct Index {
-    entries: RwLock<HashMap<(Uuid, Uuid), Entry>>,
+    entries: RwLock<Table>,
     horizon: watch::Sender<i64>,
     /// When the newest change applied from the feed happened.
     last_change: Mutex<Option<DateTime<Utc>>>,
@@ -190,37 +194,36 @@ impl Access {
         *self.index.horizon.borrow()
     }
 
-    /// Reads every connection into the index. Entries it already has at the
-    /// same or a later version are kept.
+    /// Reads every connection, and replaces the index's entries with them.
+    /// Nothing applies the feed meanwhile (it is built before the feed is
+    /// followed, and reloaded by the follower itself), and the batches after
+    /// the subscription it is read under are applied afterwards, so nothing
+    /// newer is lost.
     async fn load(&self) -> Result<(), ServiceError> {
-        // Room for them all at once: growing a large table on the way
-        // would hold the old table and its double at the same time.
+        // Room for them all at once: growing a large array on the way would
+        // hold it and its double at the same time.
         let count = connection::count(&self.reader).await?;
-        {
-            let mut entries = self.index.entries.write().expect("never poisoned");
-            let missing = usize::try_from(count)
-                .unwrap_or(usize::MAX)
-                .saturating_sub(entries.len());
-            entries.reserve(missing);
-        }
+        let mut read = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
         let mut after = None;
         loop {
             let page = connection::all_after(&self.reader, after, BUILD_PAGE).await?;
-            let mut entries = self.index.entries.write().expect("never poisoned");
-            for record in &page {
-                upsert(
-                    &mut entries,
-                    record.parties.source.uuid(),
-                    record.parties.destination.uuid(),
+            read.extend(page.iter().map(|record| {
+                (
+                    (
+                        record.parties.source.uuid(),
+                        record.parties.destination.uuid(),
+                    ),
                     Entry::of(record),
-                );
-            }
-            drop(entries);
+                )
+            }));
             match page.last() {
                 Some(last) if page.len() as u64 == BUILD_PAGE => after = Some(last.id),
-                _ => return Ok(()),
+                _ => break,
             }
         }
+        let table = Table::build(read);
+        *self.index.entries.write().expect("never poisoned") = table;
+        Ok(())
     }
 
     /// Applies the feed's batches until `stop` is cancelled. If it falls
@@ -284,10 +287,11 @@ impl Access {
         let mut entries = self.index.entries.write().expect("never poisoned");
         for entry in log {
             let event = &entry.event;
-            upsert(
-                &mut entries,
-                entry.parties.source.uuid(),
-                entry.parties.destination.uuid(),
+            entries.upsert(
+                (
+                    entry.parties.source.uuid(),
+                    entry.parties.destination.uuid(),
+                ),
                 Entry {
                     id: event.connection_id.uuid(),
                     version: low_bits(event.sequence),
@@ -321,13 +325,7 @@ impl Access {
             }
         }
         let horizon = self.horizon();
-        let entry = self
-            .index
-            .entries
-            .read()
-            .expect("never poisoned")
-            .get(&key)
-            .copied();
+        let entry = self.index.entries.read().expect("never poisoned").get(&key);
         Ok(self.answer(
             question.data_type,
             entry.map(|e| (e.id, e.state, e.data_types)),
@@ -365,23 +363,6 @@ impl Access {
             change_token: self.tokens.issue(horizon),
         }
     }
-}
-
-/// Keeps the newer of `entry` and what the index has for the pair.
-fn upsert(
-    entries: &mut HashMap<(Uuid, Uuid), Entry>,
-    source: Uuid,
-    destination: Uuid,
-    entry: Entry,
-) {
-    entries
-        .entry((source, destination))
-        .and_modify(|current| {
-            if is_newer(entry.version, current.version) {
-                *current = entry;
-            }
-        })
-        .or_insert(entry);
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use tonic::{Code, Status};
 
 use crate::support::{
     ADMIN_TOKEN, AppOptions, Bearer, TestApp, TestOrg, assert_error, spawn_app, spawn_app_with,
-    spawn_replicas, unknown_id,
+    spawn_replica_of, spawn_replicas, unknown_id,
 };
 
 const ACCESS_CHECK_TOKEN: &str = "access-check-token-0123456789abcdef";
@@ -293,4 +293,108 @@ async fn with_the_token_of_a_transition_on_one_replica_the_other_is_never_stale(
         transition(writer, &source, Action::Reactivate, &id).await;
     }
     assert_eq!(checks, 120);
+}
+
+#[tokio::test]
+async fn a_server_started_later_builds_its_index_from_the_database_and_keeps_it_current() {
+    let first = spawn_app().await;
+    let source = first.new_org("S").await;
+    let mut pairs = Vec::new();
+    for i in 0..12 {
+        let destination = first.new_org(&format!("D{i}")).await;
+        let (id, _) = create(&first, &source, &destination).await;
+        if i % 3 == 0 {
+            transition(&first, &destination, Action::Activate, &id).await;
+        }
+        pairs.push((destination, id));
+    }
+    let second = spawn_replica_of(&first, AppOptions::default()).await;
+    let admin = || Bearer::new(ADMIN_TOKEN);
+    // Every connection, as the database had it when the second server started.
+    for (i, (destination, id)) in pairs.iter().enumerate() {
+        let answer = check(
+            &second,
+            admin(),
+            &source.id,
+            &destination.id,
+            DataType::Inquiry,
+            "",
+        )
+        .await
+        .unwrap();
+        assert_eq!(answer.connection_id, *id);
+        let active = i % 3 == 0;
+        assert_eq!(answer.allowed, active, "{i}");
+        let state = if active {
+            ConnectionState::Active
+        } else {
+            ConnectionState::Pending
+        };
+        assert_eq!(answer.state, state as i32, "{i}");
+    }
+    // Changes made on the first server after that: to connections it read
+    // at start, and a connection made since. Checked with their tokens, and
+    // without: the index itself shows them (a check without a token never
+    // reads the database).
+    let (destination, id) = &pairs[0];
+    let token = transition(&first, destination, Action::Deactivate, id).await;
+    let answer = check(
+        &second,
+        admin(),
+        &source.id,
+        &destination.id,
+        DataType::Inquiry,
+        &token,
+    )
+    .await
+    .unwrap();
+    assert!(!answer.allowed);
+    assert_eq!(answer.state, ConnectionState::Inactive as i32);
+    let (destination, id) = &pairs[1];
+    let token = transition(&first, destination, Action::Activate, id).await;
+    let answer = check(
+        &second,
+        admin(),
+        &source.id,
+        &destination.id,
+        DataType::Inquiry,
+        &token,
+    )
+    .await
+    .unwrap();
+    assert!(answer.allowed);
+    let late = first.new_org("Late").await;
+    let (id, _) = create(&first, &source, &late).await;
+    let token = transition(&first, &late, Action::Activate, &id).await;
+    let answer = check(
+        &second,
+        admin(),
+        &source.id,
+        &late.id,
+        DataType::Inquiry,
+        &token,
+    )
+    .await
+    .unwrap();
+    assert_eq!(answer.connection_id, id);
+    assert!(answer.allowed);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    for (destination, allowed) in [(&pairs[0].0, false), (&pairs[1].0, true), (&late, true)] {
+        while check(
+            &second,
+            admin(),
+            &source.id,
+            &destination.id,
+            DataType::Inquiry,
+            "",
+        )
+        .await
+        .unwrap()
+        .allowed
+            != allowed
+        {
+            assert!(tokio::time::Instant::now() < deadline, "the index lags");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
 }

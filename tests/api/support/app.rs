@@ -205,6 +205,12 @@ pub async fn spawn_replicas(count: usize, options: AppOptions) -> Vec<TestApp> {
         .await
 }
 
+/// Another server on `app`'s database, started now: a replica started
+/// after the data was written (or a restart, once `app` is stopped).
+pub async fn spawn_replica_of(app: &TestApp, options: AppOptions) -> TestApp {
+    start(app.database.clone(), app.database_url.clone(), &options).await
+}
+
 async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -> TestApp {
     LazyLock::force(&TRACING);
     let database_url = url.clone();

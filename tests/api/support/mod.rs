@@ -21,7 +21,7 @@ pub mod rpcs;
 
 use std::{future::Future, time::Duration};
 
-pub use app::{AppOptions, TestApp, spawn_app, spawn_app_with, spawn_replicas};
+pub use app::{AppOptions, TestApp, spawn_app, spawn_app_with, spawn_replica_of, spawn_replicas};
 pub use clients::{
     ADMIN_TOKEN, Bearer, TestOrg, assert_error, metric_sample, unknown_id, violated_fields,
 };
