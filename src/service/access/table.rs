@@ -25,7 +25,7 @@ pub(super) struct Table {
 impl Table {
     /// A table of `entries`, in any order, at most one per key.
     pub(super) fn build(mut entries: Vec<(Key, Entry)>) -> Self {
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        entries.sort_unstable_by_key(|(key, _)| *key);
         entries.shrink_to_fit();
         Self {
             built: entries,
