@@ -90,10 +90,9 @@ impl Application {
         let feed = ChangeFeed::with_buffer(reader.clone(), settings.watch_buffer as usize);
         feed.start().await?;
         let (access, access_feed) =
-            Access::build(reader.clone(), &feed, ChangeTokens::new(tokens.clone()))
+            Access::new(reader.clone(), &feed, ChangeTokens::new(tokens.clone()))
                 .await
                 .map_err(|err| StartupError::AccessIndex(err.to_string()))?;
-        tracing::info!(connections = access.len(), "access index built");
         let services = Services {
             connections: Connections::new(
                 db.clone(),
@@ -168,6 +167,13 @@ impl Application {
         self.services.api_keys.clone()
     }
 
+    /// Tells when the CheckAccess index has been built (it is built in the
+    /// background once the server runs; until then health reports
+    /// NOT_SERVING).
+    pub fn index_built(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.access.built()
+    }
+
     /// The pool the health probes use (shared with the server, not a copy).
     pub fn health_database(&self) -> DatabaseConnection {
         self.health_db.clone()
@@ -214,6 +220,7 @@ impl Application {
             &self.health_db,
             &health_reporter,
             intervals.health_check_interval,
+            self.access.is_built(),
         )
         .await;
         let mut tasks = vec![
@@ -221,6 +228,7 @@ impl Application {
                 self.health_db.clone(),
                 health_reporter.clone(),
                 intervals.health_check_interval,
+                self.access.built(),
             ),
             sweeper::start(
                 self.db.clone(),

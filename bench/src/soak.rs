@@ -46,6 +46,7 @@ use connections::{
     },
 };
 use hdrhistogram::Histogram;
+use sea_orm::ConnectionTrait;
 use serde::Serialize;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -177,14 +178,34 @@ async fn soak(
         options.duration.as_secs(),
         options.row_every.as_secs_f64()
     );
+    let postgres = connections::db::connect(&connections::config::DatabaseSettings::new(
+        options.postgres_url.clone(),
+    ))
+    .await?;
+    let autovacuum = postgres
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT current_setting('autovacuum') AS on",
+        ))
+        .await?
+        .context("no autovacuum setting")?
+        .try_get::<String>("", "on")?;
+    let vacuum = if autovacuum == "off" {
+        eprintln!("soak: autovacuum is off on this server: the soak vacuums its tables every row");
+        Some(
+            connections::db::connect(&connections::config::DatabaseSettings::new(url.to_owned()))
+                .await?,
+        )
+    } else {
+        None
+    };
+    let vacuumed_by_harness = vacuum.is_some();
     let watched = Watched {
         pid,
         metrics,
         tally: mix.tally.clone(),
-        postgres: connections::db::connect(&connections::config::DatabaseSettings::new(
-            options.postgres_url.clone(),
-        ))
-        .await?,
+        postgres,
+        vacuum,
     };
     eprintln!("{}", header());
     let start = Instant::now();
@@ -213,6 +234,7 @@ async fn soak(
 
     let mut summary = Summary::new(options, rows, load.errors, peak_rss_mib);
     summary.server_log = warnings_and_errors(&log)?;
+    summary.vacuumed_by_harness = vacuumed_by_harness;
     let histories = check_histories(url).await?;
     for (what, n) in [
         (
@@ -724,7 +746,16 @@ struct Watched {
     tally: Arc<Mutex<Tally>>,
     /// The PostgreSQL server, to count the sessions on the soak's database.
     postgres: sea_orm::DatabaseConnection,
+    /// The soak's database, when the harness must vacuum it (see
+    /// [`VACUUM`]).
+    vacuum: Option<sea_orm::DatabaseConnection>,
 }
+
+/// Run on the soak's database every row when the PostgreSQL server's
+/// autovacuum is off, as autovacuum would (its default naptime is a
+/// minute): the transitions rewrite the same rows all the time, and their
+/// dead versions would otherwise pile up and slow every call.
+const VACUUM: &str = "VACUUM (ANALYZE) connections, connection_events, idempotency_records";
 
 /// The server's sessions on the soak's database.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -916,6 +947,11 @@ async fn monitor(
         if last {
             // The calls in flight at the end belong to the last row.
             let _ = finished.wait_for(|done| *done).await;
+        }
+        if let Some(db) = &watched.vacuum
+            && let Err(err) = db.execute_unprepared(VACUUM).await
+        {
+            eprintln!("soak: vacuum failed: {err}");
         }
         let tally = std::mem::replace(&mut *watched.tally.lock().unwrap(), Tally::new());
         let now = Instant::now();
@@ -1129,6 +1165,9 @@ struct Summary {
     server_log: BTreeMap<String, u64>,
     /// The histories of the connections made through the API.
     histories: Option<Histories>,
+    /// Whether the harness vacuumed the tables every row (the server's
+    /// autovacuum was off).
+    vacuumed_by_harness: bool,
 }
 
 impl Summary {
@@ -1165,6 +1204,7 @@ impl Summary {
             peak_rss_mib,
             server_log: BTreeMap::new(),
             histories: None,
+            vacuumed_by_harness: false,
         }
     }
 
@@ -1188,6 +1228,11 @@ impl Summary {
              sessions at the row's end / sessions established in the minute / most idle in a \
              transaction for over 1 s in the samples\n"
         );
+        if self.vacuumed_by_harness {
+            println!(
+                "autovacuum is off on this PostgreSQL server: the harness ran `{VACUUM}` at the end of every row\n"
+            );
+        }
         println!("{}", header());
         for row in &self.rows {
             println!("{}", format_row(row));

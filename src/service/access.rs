@@ -136,6 +136,9 @@ impl Entry {
 struct Index {
     entries: RwLock<Table>,
     horizon: watch::Sender<i64>,
+    /// Whether every connection has been read in (until then, checks read
+    /// the database).
+    built: watch::Sender<bool>,
     /// When the newest change applied from the feed happened.
     last_change: Mutex<Option<DateTime<Utc>>>,
 }
@@ -149,10 +152,11 @@ pub struct Access {
 }
 
 impl Access {
-    /// Builds the index from the database read through `reader`; returns it
-    /// with the feed subscription that keeps it current (see
-    /// [`follow`](Self::follow)).
-    pub async fn build(
+    /// An index of the database read through `reader`, empty until
+    /// [`follow`](Self::follow) has built it (checks read the database until
+    /// then); returns it with the feed subscription `follow` keeps it
+    /// current with.
+    pub async fn new(
         reader: Reader,
         feed: &ChangeFeed,
         tokens: ChangeTokens,
@@ -167,11 +171,21 @@ impl Access {
             index: Arc::new(Index {
                 entries: RwLock::default(),
                 horizon: watch::Sender::new(subscription.horizon),
+                built: watch::Sender::new(false),
                 last_change: Mutex::new(None),
             }),
         };
-        access.load().await?;
         Ok((access, subscription))
+    }
+
+    /// Whether the index has been built (see [`follow`](Self::follow)).
+    pub fn is_built(&self) -> bool {
+        *self.index.built.borrow()
+    }
+
+    /// Tells when the index has been built.
+    pub fn built(&self) -> watch::Receiver<bool> {
+        self.index.built.subscribe()
     }
 
     /// The horizon a change token names (`field`: where it came from).
@@ -226,14 +240,30 @@ impl Access {
         Ok(())
     }
 
-    /// Applies the feed's batches until `stop` is cancelled. If it falls
-    /// behind the feed, it reads the whole table again.
+    /// Builds the index (reading every connection, and again after a second
+    /// while the database fails), then applies the feed's batches from
+    /// `subscription` on, until `stop` is cancelled. If it falls behind the
+    /// feed, it reads the whole table again.
     pub async fn follow(
         &self,
         mut subscription: Subscription,
         feed: ChangeFeed,
         stop: CancellationToken,
     ) {
+        let started = tokio::time::Instant::now();
+        while let Err(err) = self.load().await {
+            tracing::warn!(error = %err, "cannot build the access index");
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        self.index.built.send_replace(true);
+        tracing::info!(
+            connections = self.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "access index built"
+        );
         loop {
             let batch = tokio::select! {
                 () = stop.cancelled() => return,
@@ -314,6 +344,10 @@ impl Access {
         {
             return Err(ServiceError::CallerNotParty);
         }
+        if !self.is_built() {
+            let at_least = question.at_least.unwrap_or(i64::MIN);
+            return self.check_in_database(question, at_least).await;
+        }
         let key = (question.source.uuid(), question.destination.uuid());
         if let Some(at_least) = question.at_least {
             let mut horizon = self.index.horizon.subscribe();
@@ -333,7 +367,8 @@ impl Access {
         ))
     }
 
-    /// Answers from the database, for a token the index has not reached.
+    /// Answers from the database: for a token the index has not reached, or
+    /// while the index is being built.
     async fn check_in_database(
         &self,
         question: AccessQuestion,
@@ -368,6 +403,90 @@ impl Access {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{
+        config::DatabaseSettings,
+        db::connect,
+        domain::{Action, DataTypes, DisplayName},
+        service::{
+            Connections, Organizations, PageTokens,
+            connections::{NewConnection, TransitionRequest, Written},
+            idempotency::Outcome,
+        },
+    };
+    use migration::{Migrator, MigratorTrait};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn until_the_index_is_built_checks_read_the_database() {
+        let db = connect(&DatabaseSettings::new("sqlite::memory:"))
+            .await
+            .unwrap();
+        Migrator::up(&db, None).await.unwrap();
+        let tokens = PageTokens::new([1; 32]);
+        let orgs = Organizations::new(db.clone(), db.clone().into(), tokens.clone());
+        let source = orgs
+            .create(DisplayName::parse("S").unwrap())
+            .await
+            .unwrap()
+            .id;
+        let destination = orgs
+            .create(DisplayName::parse("D").unwrap())
+            .await
+            .unwrap()
+            .id;
+        let connections = Connections::new(db.clone(), db.clone().into(), tokens.clone(), |_| {
+            Vec::new()
+        });
+        let new = NewConnection {
+            destination,
+            data_types: DataTypes::new([DataType::Inquiry]).unwrap(),
+            request_id: None,
+        };
+        let Outcome::Fresh(Written { record, .. }) = connections.create(source, new).await.unwrap()
+        else {
+            panic!("no request_id: nothing to replay")
+        };
+        let activate = TransitionRequest {
+            id: record.id,
+            action: Action::Activate,
+            etag: None,
+            reason: None,
+            request_id: None,
+        };
+        connections.transition(destination, activate).await.unwrap();
+
+        let feed = ChangeFeed::new(db.clone().into());
+        feed.start().await.unwrap();
+        let (access, subscription) =
+            Access::new(db.clone().into(), &feed, ChangeTokens::new(tokens))
+                .await
+                .unwrap();
+        let question = AccessQuestion {
+            source,
+            destination,
+            data_type: DataType::Inquiry,
+            at_least: None,
+        };
+        // Not built: the index is empty, and the answer comes from the database.
+        assert!(!access.is_built());
+        assert_eq!(access.len(), 0);
+        let answer = access.check(Checker::Operator, question).await.unwrap();
+        assert!(answer.allowed);
+        assert_eq!(
+            answer.connection,
+            Some((record.id, ConnectionState::Active))
+        );
+
+        let stop = CancellationToken::new();
+        tokio::spawn({
+            let (access, stop) = (access.clone(), stop.clone());
+            async move { access.follow(subscription, feed, stop).await }
+        });
+        access.built().wait_for(|built| *built).await.unwrap();
+        assert_eq!(access.len(), 1);
+        let answer = access.check(Checker::Operator, question).await.unwrap();
+        assert!(answer.allowed);
+        stop.cancel();
+    }
 
     #[test]
     fn a_version_is_newer_than_the_ones_before_it_across_the_32_bit_boundary() {

@@ -205,6 +205,30 @@ pub async fn spawn_replicas(count: usize, options: AppOptions) -> Vec<TestApp> {
         .await
 }
 
+/// Waits (at most 10 s) until the server on `channel` reports SERVING.
+async fn wait_until_serving(channel: &Channel) {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .map(|response| response.into_inner().status());
+        if matches!(status, Ok(ServingStatus::Serving)) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server did not report SERVING within 10 s: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Another server on `app`'s database, started now: a replica started
 /// after the data was written (or a restart, once `app` is stopped).
 pub async fn spawn_replica_of(app: &TestApp, options: AppOptions) -> TestApp {
@@ -263,6 +287,7 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
     let server_reader = app.reader();
     let sweeper = app.request_id_sweeper();
     let api_keys = app.api_keys();
+    let mut index_built = app.index_built();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
@@ -275,6 +300,18 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
     } else {
         endpoint.connect().await.expect("connect to test server")
     };
+    // Ready, as a readiness probe would wait for: the access index built
+    // and (over plaintext) the health service SERVING.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        index_built.wait_for(|built| *built),
+    )
+    .await
+    .expect("the access index is built within 10 s")
+    .expect("the server runs");
+    if options.tls.is_none() {
+        wait_until_serving(&channel).await;
+    }
     TestApp {
         addr,
         metrics_addr,
