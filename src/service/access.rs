@@ -404,35 +404,18 @@ impl Access {
 mod tests {
     use super::*;
     use crate::{
-        config::DatabaseSettings,
-        db::connect,
-        domain::{Action, DataTypes, DisplayName},
+        domain::{Action, DataTypes},
         service::{
-            Connections, Organizations, PageTokens,
+            Connections,
             connections::{NewConnection, TransitionRequest, Written},
             idempotency::Outcome,
+            testing,
         },
     };
-    use migration::{Migrator, MigratorTrait};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn until_the_index_is_built_checks_read_the_database() {
-        let db = connect(&DatabaseSettings::new("sqlite::memory:"))
-            .await
-            .unwrap();
-        Migrator::up(&db, None).await.unwrap();
-        let tokens = PageTokens::new([1; 32]);
-        let orgs = Organizations::new(db.clone(), db.clone().into(), tokens.clone());
-        let source = orgs
-            .create(DisplayName::parse("S").unwrap())
-            .await
-            .unwrap()
-            .id;
-        let destination = orgs
-            .create(DisplayName::parse("D").unwrap())
-            .await
-            .unwrap()
-            .id;
+        let (db, tokens, source, destination) = testing::two_organizations().await;
         let connections = Connections::new(db.clone(), db.clone().into(), tokens.clone(), |_| {
             Vec::new()
         });

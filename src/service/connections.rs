@@ -366,27 +366,14 @@ fn transition_error(err: TransitionError, action: Action) -> ServiceError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        config::DatabaseSettings,
-        db::connect,
-        domain::{DataType, DisplayName},
-        service::Organizations,
-    };
-    use migration::{Migrator, MigratorTrait};
+    use crate::{domain::DataType, service::testing};
 
     async fn setup() -> (Connections, OrganizationId, OrganizationId) {
-        let db = connect(&DatabaseSettings::new("sqlite::memory:"))
-            .await
-            .unwrap();
-        Migrator::up(&db, None).await.unwrap();
-        let tokens = PageTokens::new([1; 32]);
-        let orgs = Organizations::new(db.clone(), db.clone().into(), tokens.clone());
-        let source = orgs.create(DisplayName::parse("S").unwrap()).await.unwrap();
-        let destination = orgs.create(DisplayName::parse("D").unwrap()).await.unwrap();
+        let (db, tokens, source, destination) = testing::two_organizations().await;
         (
             Connections::new(db.clone(), db.into(), tokens, |_| Vec::new()),
-            source.id,
-            destination.id,
+            source,
+            destination,
         )
     }
 

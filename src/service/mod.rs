@@ -58,3 +58,37 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     getrandom::fill(&mut bytes).expect("the OS random source is available");
     bytes
 }
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! What the business layer's tests start from.
+
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::DatabaseConnection;
+
+    use super::{Organizations, PageTokens};
+    use crate::{
+        config::DatabaseSettings,
+        db::connect,
+        domain::{DisplayName, OrganizationId},
+    };
+
+    /// A new in-memory SQLite database, migrated, with two organizations:
+    /// the database, the page tokens, and the organizations' IDs.
+    pub async fn two_organizations() -> (
+        DatabaseConnection,
+        PageTokens,
+        OrganizationId,
+        OrganizationId,
+    ) {
+        let db = connect(&DatabaseSettings::new("sqlite::memory:"))
+            .await
+            .unwrap();
+        Migrator::up(&db, None).await.unwrap();
+        let tokens = PageTokens::new([1; 32]);
+        let orgs = Organizations::new(db.clone(), db.clone().into(), tokens.clone());
+        let source = orgs.create(DisplayName::parse("S").unwrap()).await.unwrap();
+        let destination = orgs.create(DisplayName::parse("D").unwrap()).await.unwrap();
+        (db, tokens, source.id, destination.id)
+    }
+}

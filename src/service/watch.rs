@@ -340,28 +340,19 @@ mod tests {
 
     use super::*;
     use crate::{
-        config::DatabaseSettings,
-        db::connect,
-        domain::{Action, DataType, DataTypes, DisplayName},
+        domain::{Action, DataType, DataTypes},
         service::{
-            Connections, Organizations, PageTokens,
+            Connections,
             connections::{NewConnection, TransitionRequest, Written},
             idempotency::Outcome,
+            testing,
         },
     };
-    use migration::{Migrator, MigratorTrait};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_watch_nobody_reads_holds_at_most_its_buffers_then_ends_as_too_slow() {
         const BUFFER: usize = 4;
-        let db = connect(&DatabaseSettings::new("sqlite::memory:"))
-            .await
-            .unwrap();
-        Migrator::up(&db, None).await.unwrap();
-        let tokens = PageTokens::new([1; 32]);
-        let orgs = Organizations::new(db.clone(), db.clone().into(), tokens.clone());
-        let source = orgs.create(DisplayName::parse("S").unwrap()).await.unwrap();
-        let destination = orgs.create(DisplayName::parse("D").unwrap()).await.unwrap();
+        let (db, tokens, source, destination) = testing::two_organizations().await;
         let feed = ChangeFeed::with_buffer(db.clone().into(), BUFFER);
         feed.start().await.unwrap();
         let stop = CancellationToken::new();
@@ -380,7 +371,7 @@ mod tests {
             WatchLimits::default(),
         );
         let party = Party {
-            organization: source.id,
+            organization: source,
             role: None,
         };
         let mut stream = watches
@@ -398,9 +389,9 @@ mod tests {
         // own: far more than the stream's channel and the feed's buffer hold.
         let Outcome::Fresh(Written { record, .. }) = connections
             .create(
-                source.id,
+                source,
                 NewConnection {
-                    destination: destination.id,
+                    destination: destination,
                     data_types: DataTypes::new([DataType::Inquiry]).unwrap(),
                     request_id: None,
                 },
@@ -411,9 +402,9 @@ mod tests {
             panic!("no request_id: nothing to replay")
         };
         let steps = [
-            (destination.id, Action::Activate),
-            (source.id, Action::Deactivate),
-            (source.id, Action::Reactivate),
+            (destination, Action::Activate),
+            (source, Action::Deactivate),
+            (source, Action::Reactivate),
         ];
         for round in 0..20 {
             for (caller, action) in steps {
