@@ -391,7 +391,7 @@ mod tests {
             .create(
                 source,
                 NewConnection {
-                    destination: destination,
+                    destination,
                     data_types: DataTypes::new([DataType::Inquiry]).unwrap(),
                     request_id: None,
                 },
