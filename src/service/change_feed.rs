@@ -7,10 +7,11 @@
 //! the `change_log_notify` migration), and at least every poll interval. A
 //! commit names its position; while the horizon has not passed it (an older
 //! transaction is still running) the follower looks again after 1 ms, 2 ms,
-//! 4 ms, ... up to 50 ms apart. What it reads is published as a
-//! [`Batch`]: the entries from the previous horizon up to the new one. A watch first catches up from the
-//! database to the horizon of the last batch, then follows the batches; so it
-//! sees every event once, in log order, whichever replica it is on.
+//! 4 ms, ... up to 50 ms apart. What it reads is published as a [`Batch`]:
+//! the entries from the previous horizon up to the new one. A watch first
+//! catches up from the database to the horizon of the last batch, then
+//! follows the batches; so it sees every event once, in log order, whichever
+//! replica it is on.
 
 use std::{
     sync::{
