@@ -66,17 +66,8 @@ pub struct FreshnessOptions {
     /// Writers on each replica, cycling transitions the whole time.
     #[arg(long, default_value_t = 4)]
     writers: usize,
-    /// A PostgreSQL server URL; the benchmark creates (and drops) a database
-    /// `connections_freshness` on it.
-    #[arg(
-        long,
-        env = "BENCH_POSTGRES_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    postgres_url: String,
-    /// The server binary (default: `connections` next to this program).
-    #[arg(long)]
-    server_bin: Option<PathBuf>,
+    #[command(flatten)]
+    setup: crate::Setup,
     /// Where to write the results as JSON.
     #[arg(long, default_value = "target/bench/freshness.json")]
     output: PathBuf,
@@ -120,10 +111,10 @@ struct Measured {
 
 /// Runs the benchmark.
 pub async fn run(options: FreshnessOptions) -> anyhow::Result<()> {
-    let server_bin = crate::server_binary(options.server_bin.as_deref())?;
+    let server_bin = crate::server_binary(options.setup.server_bin.as_deref())?;
     let work = std::env::temp_dir().join(format!("connections-freshness-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let (admin, url) = crate::create_database(&options.postgres_url, DATABASE)
+    let (admin, url) = crate::create_database(&options.setup.postgres_url, DATABASE)
         .await
         .context("pass --postgres-url")?;
     let result = measure(&options, &server_bin, &work, &url).await;

@@ -94,23 +94,14 @@ struct Options {
     /// Connections for the "small" organization.
     #[arg(long, default_value_t = 10_000)]
     small: u64,
-    /// A PostgreSQL server URL; the benchmark creates (and drops) a database
-    /// `connections_bench` on it.
-    #[arg(
-        long,
-        env = "BENCH_POSTGRES_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    postgres_url: String,
+    #[command(flatten)]
+    setup: crate::Setup,
     /// Skip PostgreSQL (and pgbench).
     #[arg(long)]
     no_postgres: bool,
     /// Skip SQLite.
     #[arg(long)]
     no_sqlite: bool,
-    /// The server binary (default: `connections` next to this program).
-    #[arg(long)]
-    server_bin: Option<PathBuf>,
     /// Where to write the results as JSON.
     #[arg(long, default_value = "target/bench/results.json")]
     output: PathBuf,
@@ -129,6 +120,23 @@ impl Options {
     fn pool_side(&self) -> usize {
         if self.smoke { 6 } else { 48 }
     }
+}
+
+/// Where a command finds PostgreSQL and the server it measures.
+#[derive(Debug, Clone, clap::Args)]
+struct Setup {
+    /// A PostgreSQL server URL; the command creates a database of its own
+    /// on it (`connections_bench`, `connections_soak` or
+    /// `connections_freshness`) and drops it at the end.
+    #[arg(
+        long,
+        env = "BENCH_POSTGRES_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
+    postgres_url: String,
+    /// The server binary (default: `connections` next to this program).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
 }
 
 const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
@@ -160,7 +168,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(options: Options) -> anyhow::Result<()> {
     let work = std::env::temp_dir().join(format!("connections-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let server_bin = server_binary(options.server_bin.as_deref())?;
+    let server_bin = server_binary(options.setup.server_bin.as_deref())?;
     let mut report = Report::new(&options.concurrency, options.smoke);
     eprintln!(
         "benchmark: concurrency {}, {} HTTP/2 connections, {} s per line after {} s warm-up",
@@ -258,7 +266,7 @@ async fn postgres(
     work: &Path,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let (admin, url) = create_database(&options.postgres_url, BENCH_DATABASE)
+    let (admin, url) = create_database(&options.setup.postgres_url, BENCH_DATABASE)
         .await
         .context("pass --postgres-url, or --no-postgres")?;
     let result = backend(options, server_bin, work, &url, DbBackend::Postgres, report).await;

@@ -96,17 +96,8 @@ pub struct SoakOptions {
     /// HTTP/2 connections the calls are spread over.
     #[arg(long, default_value_t = 4)]
     channels: usize,
-    /// A PostgreSQL server URL; the soak creates (and drops) a database
-    /// `connections_soak` on it.
-    #[arg(
-        long,
-        env = "BENCH_POSTGRES_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
-    )]
-    postgres_url: String,
-    /// The server binary (default: `connections` next to this program).
-    #[arg(long)]
-    server_bin: Option<PathBuf>,
+    #[command(flatten)]
+    setup: crate::Setup,
     /// Where to write the rows and the summary as JSON.
     #[arg(long, default_value = "target/bench/soak.json")]
     output: PathBuf,
@@ -121,10 +112,10 @@ pub async fn run(options: SoakOptions) -> anyhow::Result<()> {
         !options.duration.is_zero() && !options.row_every.is_zero(),
         "--duration must be positive"
     );
-    let server_bin = crate::server_binary(options.server_bin.as_deref())?;
+    let server_bin = crate::server_binary(options.setup.server_bin.as_deref())?;
     let work = std::env::temp_dir().join(format!("connections-soak-{}", std::process::id()));
     std::fs::create_dir_all(&work)?;
-    let (admin, url) = crate::create_database(&options.postgres_url, SOAK_DATABASE)
+    let (admin, url) = crate::create_database(&options.setup.postgres_url, SOAK_DATABASE)
         .await
         .context("pass --postgres-url")?;
     let result = soak(&options, &server_bin, &work, &url).await;
@@ -179,7 +170,7 @@ async fn soak(
         options.row_every.as_secs_f64()
     );
     let postgres = connections::db::connect(&connections::config::DatabaseSettings::new(
-        options.postgres_url.clone(),
+        options.setup.postgres_url.clone(),
     ))
     .await?;
     let autovacuum = postgres
