@@ -88,9 +88,9 @@ pub struct Settings {
     )]
     pub shutdown_timeout: Duration,
 
-    /// How long a new client connection may take to send the start of its
-    /// first request (the HTTP/2 preface) and, with TLS, to finish its
-    /// handshake, before it is closed: `10s`, `500ms`.
+    /// How long a new client connection may take, from being accepted, to
+    /// finish its TLS handshake (with TLS) and send the start of its first
+    /// request (the HTTP/2 preface), before it is closed: `10s`, `500ms`.
     #[arg(
         long,
         env = "CONNECTIONS_HANDSHAKE_TIMEOUT",

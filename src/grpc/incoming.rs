@@ -3,10 +3,11 @@
 //!
 //! A connection that stalls before its HTTP/2 preface (or, with TLS, in its
 //! handshake) would otherwise hold a file descriptor forever: hyper waits for
-//! the preface without a timeout. Once [`PREFACE_LEN`] bytes have arrived the
-//! deadline no longer applies; from then on HTTP/2 keepalive pings close
-//! peers that went away. The TLS handshake has the same deadline, in tonic's
-//! TLS acceptor.
+//! the preface without a timeout. The deadline runs from the moment the
+//! connection is accepted; it covers the TLS handshake, and then the first
+//! [`PREFACE_LEN`] bytes of the request (decrypted, with TLS). Once they have
+//! arrived it no longer applies; from then on HTTP/2 keepalive pings close
+//! peers that went away.
 
 use std::{
     io,
@@ -16,14 +17,15 @@ use std::{
     time::Duration,
 };
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
-    time::Sleep,
+    time::{Instant, Sleep},
 };
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tokio_rustls::{TlsAcceptor, rustls::ServerConfig, server::TlsStream};
+use tonic::transport::server::Connected;
 
 /// The length of the HTTP/2 client preface (`PRI * HTTP/2.0...`); any
 /// HTTP/1.1 request line with its headers is longer too.
@@ -39,7 +41,53 @@ pub fn accept(
     listener: TcpListener,
     max_open: u32,
     handshake_timeout: Duration,
-) -> impl Stream<Item = io::Result<ClientConnection>> {
+) -> impl Stream<Item = io::Result<ClientConnection<TcpStream>>> {
+    accept_tcp(listener, max_open, handshake_timeout).map(|accepted| {
+        accepted.map(|(stream, deadline, slot)| ClientConnection::new(stream, deadline, slot))
+    })
+}
+
+/// Like [`accept`], with TLS: the handshake and then the first
+/// [`PREFACE_LEN`] decrypted bytes must both arrive within
+/// `handshake_timeout`. Handshakes run concurrently, each in a task of its
+/// own; one that fails or runs out of time yields an error (tonic logs it and
+/// goes on accepting).
+pub fn accept_tls(
+    listener: TcpListener,
+    max_open: u32,
+    handshake_timeout: Duration,
+    config: Arc<ServerConfig>,
+) -> impl Stream<Item = io::Result<ClientConnection<TlsStream<TcpStream>>>> {
+    let acceptor = TlsAcceptor::from(config);
+    accept_tcp(listener, max_open, handshake_timeout)
+        .map(move |accepted| {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let (stream, deadline, slot) = accepted?;
+                let stream = tokio::time::timeout_at(deadline, acceptor.accept(stream))
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "the TLS handshake did not end within the handshake deadline",
+                        )
+                    })??;
+                Ok::<_, io::Error>(ClientConnection::new(stream, deadline, slot))
+            })
+        })
+        // Every connection holds a slot, so at most `max_open` handshakes
+        // are under way.
+        .buffer_unordered(max_open.max(1) as usize)
+        .map(|handshake| handshake.unwrap_or_else(|err| Err(io::Error::other(err))))
+}
+
+/// Accepted TCP connections, each with its deadline and its slot among the
+/// `max_open`.
+fn accept_tcp(
+    listener: TcpListener,
+    max_open: u32,
+    handshake_timeout: Duration,
+) -> impl Stream<Item = io::Result<(TcpStream, Instant, OwnedSemaphorePermit)>> {
     let slots = Arc::new(Semaphore::new(max_open as usize));
     futures_util::stream::unfold((listener, slots), move |(listener, slots)| async move {
         let slot = slots
@@ -50,12 +98,7 @@ pub fn accept(
         let accepted = match listener.accept().await {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
-                Ok(ClientConnection {
-                    stream,
-                    received: 0,
-                    deadline: Some(Box::pin(tokio::time::sleep(handshake_timeout))),
-                    _slot: slot,
-                })
+                Ok((stream, Instant::now() + handshake_timeout, slot))
             }
             Err(err) => {
                 tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
@@ -66,12 +109,12 @@ pub fn accept(
     })
 }
 
-/// An accepted client connection: holds its slot until it closes, and fails
-/// its reads once its handshake deadline passes before [`PREFACE_LEN`] bytes
-/// arrived.
+/// An accepted client connection (TCP, or TLS over TCP): holds its slot
+/// until it closes, and fails its reads once its deadline passes before
+/// [`PREFACE_LEN`] bytes arrived.
 #[derive(Debug)]
-pub struct ClientConnection {
-    stream: TcpStream,
+pub struct ClientConnection<S> {
+    stream: S,
     /// Bytes received so far, counted up to [`PREFACE_LEN`].
     received: usize,
     /// Until the preface's length has arrived.
@@ -79,7 +122,18 @@ pub struct ClientConnection {
     _slot: OwnedSemaphorePermit,
 }
 
-impl AsyncRead for ClientConnection {
+impl<S> ClientConnection<S> {
+    fn new(stream: S, deadline: Instant, slot: OwnedSemaphorePermit) -> Self {
+        Self {
+            stream,
+            received: 0,
+            deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
+            _slot: slot,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ClientConnection<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -106,7 +160,7 @@ impl AsyncRead for ClientConnection {
     }
 }
 
-impl AsyncWrite for ClientConnection {
+impl<S: AsyncWrite + Unpin> AsyncWrite for ClientConnection<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -136,10 +190,10 @@ impl AsyncWrite for ClientConnection {
     }
 }
 
-impl Connected for ClientConnection {
-    type ConnectInfo = TcpConnectInfo;
+impl<S: Connected> Connected for ClientConnection<S> {
+    type ConnectInfo = S::ConnectInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
+    fn connect_info(&self) -> S::ConnectInfo {
         self.stream.connect_info()
     }
 }

@@ -5,12 +5,13 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tonic::{
-    server::NamedService,
-    service::Routes,
-    transport::{Certificate, Identity, Server, ServerTlsConfig},
+use tokio_rustls::rustls::{
+    RootCertStore, ServerConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
 };
+use tokio_util::sync::CancellationToken;
+use tonic::{server::NamedService, service::Routes, transport::Server};
 use tonic_health::server::HealthReporter;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -198,7 +199,7 @@ pub enum TransportError {
 /// starts.
 #[derive(Debug, Clone)]
 pub struct Transport {
-    tls: Option<ServerTlsConfig>,
+    tls: Option<Arc<ServerConfig>>,
     mutual_tls: bool,
     cors: CorsLayer,
     handshake_timeout: Duration,
@@ -211,13 +212,8 @@ impl Transport {
     /// Reads and checks the TLS files and the CORS origins of `settings`.
     pub fn new(settings: &Settings) -> Result<Self, TransportError> {
         let cors = cors_layer(&settings.cors_allow_origins)?;
-        let tls = tls_config(&settings.tls)?.map(|tls| tls.timeout(settings.handshake_timeout));
-        if let Some(tls) = &tls {
-            // Fails here, before anything starts, on unusable PEM files.
-            Server::builder()
-                .tls_config(tls.clone())
-                .map_err(|err| TransportError::Tls(error_chain(&err)))?;
-        }
+        // Fails here, before anything starts, on unusable PEM files.
+        let tls = tls_config(&settings.tls)?;
         Ok(Self {
             tls,
             mutual_tls: settings.tls.client_ca.is_some(),
@@ -252,16 +248,7 @@ impl Transport {
         listener: TcpListener,
         stopping: CancellationToken,
     ) -> Result<(), tonic::transport::Error> {
-        let mut server = Server::builder();
-        if let Some(tls) = self.tls {
-            server = server.tls_config(tls)?;
-        }
-        let incoming = incoming::accept(
-            listener,
-            self.max_client_connections,
-            self.handshake_timeout,
-        );
-        server
+        let router = Server::builder()
             // HTTP/1.1 is accepted for gRPC-Web; plain gRPC needs HTTP/2.
             .accept_http1(true)
             .layer(self.cors)
@@ -273,22 +260,65 @@ impl Transport {
             .http2_keepalive_interval(Some(self.keepalive.0))
             .http2_keepalive_timeout(Some(self.keepalive.1))
             .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path(), caller = tracing::field::Empty))
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, stopping.cancelled_owned())
-            .await
+            .add_routes(routes);
+        let (max_open, deadline) = (self.max_client_connections, self.handshake_timeout);
+        let stopped = stopping.cancelled_owned();
+        match self.tls {
+            None => {
+                let incoming = incoming::accept(listener, max_open, deadline);
+                router.serve_with_incoming_shutdown(incoming, stopped).await
+            }
+            Some(config) => {
+                let incoming = incoming::accept_tls(listener, max_open, deadline, config);
+                router.serve_with_incoming_shutdown(incoming, stopped).await
+            }
+        }
     }
 }
 
-/// The server's TLS configuration, read from the PEM files of `settings`.
-fn tls_config(settings: &TlsSettings) -> Result<Option<ServerTlsConfig>, TransportError> {
+/// The server's TLS configuration, read from the PEM files of `settings`:
+/// its certificate chain and key, and with a client CA, mutual TLS (every
+/// client must present a certificate that CA issued). ALPN offers HTTP/2,
+/// then HTTP/1.1 (for gRPC-Web).
+fn tls_config(settings: &TlsSettings) -> Result<Option<Arc<ServerConfig>>, TransportError> {
     let (Some(cert), Some(key)) = (&settings.cert, &settings.key) else {
         return Ok(None);
     };
-    let config = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
-    Ok(Some(match &settings.client_ca {
-        Some(ca) => config.client_ca_root(Certificate::from_pem(read(ca)?)),
-        None => config,
-    }))
+    let invalid =
+        |what: &str, err: &dyn std::fmt::Display| TransportError::Tls(format!("{what}: {err}"));
+    let chain = CertificateDer::pem_slice_iter(&read(cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| invalid("the certificate file", &err))?;
+    if chain.is_empty() {
+        return Err(invalid("the certificate file", &"no CERTIFICATE block"));
+    }
+    let key =
+        PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|err| invalid("the key file", &err))?;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|err| invalid("the TLS versions", &err))?;
+    let builder = match &settings.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = RootCertStore::empty();
+            for ca in CertificateDer::pem_slice_iter(&read(ca)?) {
+                let ca = ca.map_err(|err| invalid("the client CA file", &err))?;
+                roots
+                    .add(ca)
+                    .map_err(|err| invalid("the client CA file", &err))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|err| invalid("the client CA file", &err))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|err| invalid("the certificate and key", &err))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(config)))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TransportError> {
@@ -329,14 +359,81 @@ fn cors_layer(origins: &[String]) -> Result<CorsLayer, TransportError> {
         .max_age(Duration::from_secs(24 * 60 * 60)))
 }
 
-/// An error and its sources, for messages.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
+#[cfg(test)]
+mod tests {
+    use rcgen::{CertifiedKey, generate_simple_self_signed};
+
+    use super::*;
+
+    /// Writes `files` into a new directory and returns their paths.
+    fn write(files: &[(&str, &str)]) -> Vec<std::path::PathBuf> {
+        let dir = std::env::temp_dir().join(format!("tls-config-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        files
+            .iter()
+            .map(|(name, text)| {
+                let path = dir.join(name);
+                std::fs::write(&path, text).unwrap();
+                path
+            })
+            .collect()
     }
-    message
+
+    fn settings(cert: &Path, key: &Path, client_ca: Option<&Path>) -> TlsSettings {
+        TlsSettings {
+            cert: Some(cert.to_owned()),
+            key: Some(key.to_owned()),
+            client_ca: client_ca.map(Path::to_owned),
+        }
+    }
+
+    #[test]
+    fn usable_pem_files_give_a_configuration_offering_http2_then_http1() {
+        let CertifiedKey { cert, signing_key } =
+            generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let paths = write(&[
+            ("cert.pem", &cert.pem()),
+            ("key.pem", &signing_key.serialize_pem()),
+        ]);
+        for client_ca in [None, Some(paths[0].as_path())] {
+            let config = tls_config(&settings(&paths[0], &paths[1], client_ca))
+                .unwrap()
+                .expect("TLS is configured");
+            assert_eq!(config.alpn_protocols, [&b"h2"[..], &b"http/1.1"[..]]);
+        }
+        let none = TlsSettings {
+            cert: None,
+            key: None,
+            client_ca: None,
+        };
+        assert!(tls_config(&none).unwrap().is_none());
+        std::fs::remove_dir_all(paths[0].parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn unusable_pem_files_are_refused_before_the_server_starts() {
+        let CertifiedKey { cert, signing_key } =
+            generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let other = generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let paths = write(&[
+            ("cert.pem", &cert.pem()),
+            ("key.pem", &signing_key.serialize_pem()),
+            ("other-key.pem", &other.signing_key.serialize_pem()),
+            ("garbage.pem", "not a PEM file"),
+        ]);
+        let (cert, key, other_key, garbage) = (&paths[0], &paths[1], &paths[2], &paths[3]);
+        let missing = cert.with_file_name("missing.pem");
+        let cases = [
+            (settings(&missing, key, None), "cannot read"),
+            (settings(garbage, key, None), "the certificate file"),
+            (settings(cert, garbage, None), "the key file"),
+            (settings(cert, other_key, None), "the certificate and key"),
+            (settings(cert, key, Some(garbage)), "the client CA file"),
+        ];
+        for (settings, expected) in cases {
+            let err = tls_config(&settings).expect_err(expected).to_string();
+            assert!(err.contains(expected), "{err:?} does not say {expected:?}");
+        }
+        std::fs::remove_dir_all(paths[0].parent().unwrap()).unwrap();
+    }
 }

@@ -121,8 +121,11 @@ fn pki() -> Pki {
     }
 }
 
-async fn tls_app(pki: &Pki, mutual: bool) -> TestApp {
+/// A server with `pki`'s certificate, requiring client certificates if
+/// `mutual`, and the given handshake deadline.
+async fn tls_app_with(pki: &Pki, mutual: bool, handshake_timeout: Duration) -> TestApp {
     spawn_app_with(AppOptions {
+        handshake_timeout,
         tls: Some(Tls {
             cert_pem: pki.server.0.clone(),
             key_pem: pki.server.1.clone(),
@@ -131,6 +134,10 @@ async fn tls_app(pki: &Pki, mutual: bool) -> TestApp {
         ..AppOptions::default()
     })
     .await
+}
+
+async fn tls_app(pki: &Pki, mutual: bool) -> TestApp {
+    tls_app_with(pki, mutual, AppOptions::default().handshake_timeout).await
 }
 
 /// A TLS channel trusting `ca_pem`, optionally presenting a client certificate.
@@ -214,16 +221,7 @@ async fn stalled_tls_handshakes_are_closed_after_the_deadline_and_others_are_ser
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let deadline = Duration::from_secs(2);
     let pki = pki();
-    let app = spawn_app_with(AppOptions {
-        handshake_timeout: deadline,
-        tls: Some(Tls {
-            cert_pem: pki.server.0.clone(),
-            key_pem: pki.server.1.clone(),
-            client_ca_pem: None,
-        }),
-        ..AppOptions::default()
-    })
-    .await;
+    let app = tls_app_with(&pki, false, deadline).await;
     // The first 40 bytes of a 512-byte TLS ClientHello record, then nothing.
     let mut hello = vec![
         0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
@@ -256,4 +254,90 @@ async fn stalled_tls_handshakes_are_closed_after_the_deadline_and_others_are_ser
         assert!(closed.is_ok(), "a stalled handshake was never closed");
     }
     assert!(opened.elapsed() >= deadline, "closed before the deadline");
+}
+
+/// A raw TLS connection to `app`, trusting `pki`'s CA and offering `alpn`.
+async fn tls_connect(
+    app: &TestApp,
+    pki: &Pki,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use tokio_rustls::{
+        TlsConnector,
+        rustls::{
+            ClientConfig, RootCertStore,
+            crypto::ring::default_provider,
+            pki_types::{CertificateDer, ServerName, pem::PemObject},
+        },
+    };
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut config = ClientConfig::builder_with_provider(default_provider().into())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let stream = TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("the handshake completes");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(alpn));
+    stream
+}
+
+#[tokio::test]
+async fn a_client_silent_after_its_tls_handshake_is_closed_at_the_deadline() {
+    use tokio::io::AsyncReadExt;
+    let deadline = Duration::from_secs(2);
+    let pki = pki();
+    let app = tls_app_with(&pki, false, deadline).await;
+    let opened = tokio::time::Instant::now();
+    let mut stream = tls_connect(&app, &pki, b"h2").await;
+
+    // No HTTP/2 preface follows: the server closes the connection.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0; 1024];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a silent TLS connection was never closed");
+    assert!(opened.elapsed() >= deadline, "closed before the deadline");
+    // Calls are still served.
+    let channel = tls_channel(&app, &pki.ca_pem, None).await.unwrap();
+    create_org_over(channel)
+        .await
+        .expect("served after the close");
+}
+
+#[tokio::test]
+async fn with_tls_grpc_web_calls_work_over_http_1_1() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = pki();
+    let app = tls_app(&pki, false).await;
+    let mut stream = tls_connect(&app, &pki, b"http/1.1").await;
+    // A health check (an empty message in one gRPC-Web frame).
+    let request = "POST /grpc.health.v1.Health/Check HTTP/1.1\r\n\
+                   Host: localhost\r\n\
+                   Content-Type: application/grpc-web+proto\r\n\
+                   X-Grpc-Web: 1\r\n\
+                   Content-Length: 5\r\n\
+                   Connection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(&[0; 5]).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("the response ends")
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("grpc-status:0"), "{response}");
 }
