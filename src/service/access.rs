@@ -404,10 +404,10 @@ impl Access {
 mod tests {
     use super::*;
     use crate::{
-        domain::{Action, DataTypes},
+        domain::Action,
         service::{
             Connections,
-            connections::{NewConnection, TransitionRequest, Written},
+            connections::{TransitionRequest, Written},
             idempotency::Outcome,
             testing,
         },
@@ -419,11 +419,7 @@ mod tests {
         let connections = Connections::new(db.clone(), db.clone().into(), tokens.clone(), |_| {
             Vec::new()
         });
-        let new = NewConnection {
-            destination,
-            data_types: DataTypes::new([DataType::Inquiry]).unwrap(),
-            request_id: None,
-        };
+        let new = testing::inquiries_to(destination);
         let Outcome::Fresh(Written { record, .. }) = connections.create(source, new).await.unwrap()
         else {
             panic!("no request_id: nothing to replay")

@@ -243,3 +243,39 @@ impl ChangeFeed {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::{Connections, testing};
+
+    /// However large the buffer, the feed keeps a batch only until every
+    /// subscriber has read it: memory follows the slowest watch's lag.
+    #[tokio::test]
+    async fn a_batch_is_held_only_until_every_subscriber_has_read_it() {
+        let (db, tokens, source, destination) = testing::two_organizations().await;
+        let feed = ChangeFeed::with_buffer(db.clone().into(), 1024);
+        feed.start().await.unwrap();
+        let mut reading = feed.subscribe().await.unwrap();
+        let behind = feed.subscribe().await.unwrap();
+        Connections::new(db.clone(), db.clone().into(), tokens, |_| Vec::new())
+            .create(source, testing::inquiries_to(destination))
+            .await
+            .unwrap();
+        feed.read_new().await.unwrap();
+
+        let batch = reading.batches.recv().await.unwrap();
+        assert_eq!(batch.entries.len(), 1);
+        assert_eq!(
+            Arc::strong_count(&batch),
+            2,
+            "held for the subscriber that has not read it"
+        );
+        drop(behind);
+        assert_eq!(
+            Arc::strong_count(&batch),
+            1,
+            "still held once every subscriber has read it or left"
+        );
+    }
+}

@@ -366,7 +366,7 @@ fn transition_error(err: TransitionError, action: Action) -> ServiceError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{domain::DataType, service::testing};
+    use crate::service::testing;
 
     async fn setup() -> (Connections, OrganizationId, OrganizationId) {
         let (db, tokens, source, destination) = testing::two_organizations().await;
@@ -381,14 +381,7 @@ mod tests {
     async fn a_guarded_update_from_a_stale_read_writes_nothing() {
         let (service, source, destination) = setup().await;
         let stale = service
-            .create(
-                source,
-                NewConnection {
-                    destination,
-                    data_types: DataTypes::new([DataType::Inquiry]).unwrap(),
-                    request_id: None,
-                },
-            )
+            .create(source, testing::inquiries_to(destination))
             .await
             .unwrap();
         let Outcome::Fresh(Written { record: stale, .. }) = stale else {

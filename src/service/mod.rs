@@ -66,12 +66,21 @@ pub(crate) mod testing {
     use migration::{Migrator, MigratorTrait};
     use sea_orm::DatabaseConnection;
 
-    use super::{Organizations, PageTokens};
+    use super::{Organizations, PageTokens, connections::NewConnection};
     use crate::{
         config::DatabaseSettings,
         db::connect,
-        domain::{DisplayName, OrganizationId},
+        domain::{DataType, DataTypes, DisplayName, OrganizationId},
     };
+
+    /// A connection to `destination` sharing inquiries, with no request ID.
+    pub fn inquiries_to(destination: OrganizationId) -> NewConnection {
+        NewConnection {
+            destination,
+            data_types: DataTypes::new([DataType::Inquiry]).unwrap(),
+            request_id: None,
+        }
+    }
 
     /// A new in-memory SQLite database, migrated, with two organizations:
     /// the database, the page tokens, and the organizations' IDs.

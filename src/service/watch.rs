@@ -340,10 +340,10 @@ mod tests {
 
     use super::*;
     use crate::{
-        domain::{Action, DataType, DataTypes},
+        domain::Action,
         service::{
             Connections,
-            connections::{NewConnection, TransitionRequest, Written},
+            connections::{TransitionRequest, Written},
             idempotency::Outcome,
             testing,
         },
@@ -388,14 +388,7 @@ mod tests {
         // Nobody reads while writes commit, each published in a batch of its
         // own: far more than the stream's channel and the feed's buffer hold.
         let Outcome::Fresh(Written { record, .. }) = connections
-            .create(
-                source,
-                NewConnection {
-                    destination,
-                    data_types: DataTypes::new([DataType::Inquiry]).unwrap(),
-                    request_id: None,
-                },
-            )
+            .create(source, testing::inquiries_to(destination))
             .await
             .unwrap()
         else {
