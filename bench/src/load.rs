@@ -98,6 +98,9 @@ pub struct Outcome {
     pub latency: Histogram<u64>,
     /// The measured window.
     pub elapsed: Duration,
+    /// Open loop: each measured call's due time (from the window's start)
+    /// and latency, in microseconds.
+    pub calls: Vec<(u32, u32)>,
 }
 
 /// The counts and a few quantiles, not the whole histogram.
@@ -122,7 +125,15 @@ impl Outcome {
             errors: BTreeMap::new(),
             latency: new_histogram(),
             elapsed,
+            calls: Vec::new(),
         }
+    }
+
+    /// Open loop: of the calls at or over the 99th percentile latency, the
+    /// share that was due within the busiest `stretch`. Near 1, the tail is
+    /// one stall of the whole machine rather than calls slow here and there.
+    pub fn tail_in_one_stretch(&self, stretch: Duration) -> Option<f64> {
+        share_in_busiest_stretch(&self.calls, micros(stretch))
     }
 
     fn merge(&mut self, other: Outcome) {
@@ -132,6 +143,7 @@ impl Outcome {
             *self.errors.entry(reason).or_default() += n;
         }
         self.latency.add(&other.latency).expect("same bounds");
+        self.calls.extend(other.calls);
     }
 
     /// Successful calls measured: those completed in the window, and in open
@@ -155,6 +167,28 @@ impl Outcome {
 fn new_histogram() -> Histogram<u64> {
     // 1 µs to 60 s, 3 significant digits.
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+/// Of `calls` (due time, latency), those with a latency at or over the 99th
+/// percentile: the largest share of them due within `stretch` of each other.
+fn share_in_busiest_stretch(calls: &[(u32, u32)], stretch: u64) -> Option<f64> {
+    let mut latencies: Vec<u32> = calls.iter().map(|&(_, latency)| latency).collect();
+    latencies.sort_unstable();
+    let p99 = *latencies.get((latencies.len() * 99).div_ceil(100).checked_sub(1)?)?;
+    let mut slow: Vec<u64> = calls
+        .iter()
+        .filter(|&&(_, latency)| latency >= p99)
+        .map(|&(due, _)| u64::from(due))
+        .collect();
+    slow.sort_unstable();
+    let (mut first, mut most) = (0, 0);
+    for (last, &due) in slow.iter().enumerate() {
+        while due - slow[first] >= stretch {
+            first += 1;
+        }
+        most = most.max(last + 1 - first);
+    }
+    Some(most as f64 / slow.len() as f64)
 }
 
 fn micros(d: Duration) -> u64 {
@@ -246,15 +280,21 @@ pub async fn open_loop(call: Call, rate: f64, window: Window) -> Outcome {
             in_flight.fetch_sub(1, Ordering::Relaxed);
             let mut outcome = shared.lock().unwrap();
             match result {
-                Ok(()) if due >= start && done <= end => {
-                    outcome.ok += 1;
-                    outcome.latency.saturating_record(micros(done - due));
-                }
-                // Due in the window but finished after it: still counted,
-                // since leaving it out would hide the slowest calls.
                 Ok(()) if due >= start => {
-                    outcome.late += 1;
-                    outcome.latency.saturating_record(micros(done - due));
+                    // Due in the window but finished after it: still
+                    // counted, since leaving it out would hide the slowest.
+                    if done <= end {
+                        outcome.ok += 1;
+                    } else {
+                        outcome.late += 1;
+                    }
+                    let latency = micros(done - due);
+                    outcome.latency.saturating_record(latency);
+                    let at = (due - start).as_micros();
+                    outcome.calls.push((
+                        u32::try_from(at).unwrap_or(u32::MAX),
+                        u32::try_from(latency).unwrap_or(u32::MAX),
+                    ));
                 }
                 Ok(()) => {}
                 Err(reason) => *outcome.errors.entry(reason).or_default() += 1,
@@ -442,5 +482,42 @@ mod tests {
         )
         .await;
         assert!(outcome.latency_ms(0.99) > 50.0, "{outcome:?}");
+    }
+
+    /// 1,000 calls due 1 ms apart, 1 ms each, but for `slow` (20 ms).
+    fn calls_slow_at(slow: &[u32]) -> Vec<(u32, u32)> {
+        (0..1000)
+            .map(|i| (i * 1000, if slow.contains(&i) { 20_000 } else { 1000 }))
+            .collect()
+    }
+
+    #[test]
+    fn a_tail_from_one_stall_is_all_in_one_stretch() {
+        let stalled: Vec<u32> = (500..520).collect();
+        let calls = calls_slow_at(&stalled);
+        assert_eq!(
+            share_in_busiest_stretch(&calls, 100_000),
+            Some(1.0),
+            "20 slow calls due within 20 ms"
+        );
+    }
+
+    #[test]
+    fn a_tail_spread_over_the_window_is_not() {
+        let spread: Vec<u32> = (0..20).map(|i| i * 50).collect();
+        let calls = calls_slow_at(&spread);
+        // Due 50 ms apart: at most two in any 100 ms.
+        assert_eq!(share_in_busiest_stretch(&calls, 100_000), Some(0.1));
+        assert_eq!(share_in_busiest_stretch(&[], 100_000), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn open_loop_records_each_measured_call_when_it_was_due() {
+        let (_, outcome, _) = record_open_loop().await;
+        assert_eq!(outcome.calls.len() as u64, outcome.measured());
+        let mut dues: Vec<u32> = outcome.calls.iter().map(|&(due, _)| due).collect();
+        dues.sort_unstable();
+        let expected: Vec<u32> = (0..300).map(|k| k * 1000).collect();
+        assert_eq!(dues, expected, "one call due every 1 ms of the window");
     }
 }
