@@ -25,6 +25,7 @@ use tokio::{
     time::{Instant, Sleep},
 };
 use tokio_rustls::{TlsAcceptor, rustls::ServerConfig, server::TlsStream};
+use tokio_util::task::AbortOnDropHandle;
 use tonic::transport::server::Connected;
 
 /// The length of the HTTP/2 client preface (`PRI * HTTP/2.0...`); any
@@ -50,8 +51,8 @@ pub fn accept(
 /// Like [`accept`], with TLS: the handshake and then the first
 /// [`PREFACE_LEN`] decrypted bytes must both arrive within
 /// `handshake_timeout`. Handshakes run concurrently, each in a task of its
-/// own; one that fails or runs out of time yields an error (tonic logs it and
-/// goes on accepting).
+/// own, aborted if the stream is dropped (the server stops); one that fails
+/// or runs out of time yields an error (tonic logs it and goes on accepting).
 pub fn accept_tls(
     listener: TcpListener,
     max_open: u32,
@@ -62,23 +63,27 @@ pub fn accept_tls(
     accept_tcp(listener, max_open, handshake_timeout)
         .map(move |accepted| {
             let acceptor = acceptor.clone();
-            tokio::spawn(async move {
+            async move {
                 let (stream, deadline, slot) = accepted?;
-                let stream = tokio::time::timeout_at(deadline, acceptor.accept(stream))
+                let handshake = tokio::spawn(async move {
+                    let stream = tokio::time::timeout_at(deadline, acceptor.accept(stream))
+                        .await
+                        .map_err(|_| {
+                            io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                "the TLS handshake did not end within the handshake deadline",
+                            )
+                        })??;
+                    Ok(ClientConnection::new(stream, deadline, slot))
+                });
+                AbortOnDropHandle::new(handshake)
                     .await
-                    .map_err(|_| {
-                        io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "the TLS handshake did not end within the handshake deadline",
-                        )
-                    })??;
-                Ok::<_, io::Error>(ClientConnection::new(stream, deadline, slot))
-            })
+                    .unwrap_or_else(|err| Err(io::Error::other(err)))
+            }
         })
         // Every connection holds a slot, so at most `max_open` handshakes
         // are under way.
         .buffer_unordered(max_open.max(1) as usize)
-        .map(|handshake| handshake.unwrap_or_else(|err| Err(io::Error::other(err))))
 }
 
 /// Accepted TCP connections, each with its deadline and its slot among the
@@ -111,7 +116,9 @@ fn accept_tcp(
 
 /// An accepted client connection (TCP, or TLS over TCP): holds its slot
 /// until it closes, and fails its reads once its deadline passes before
-/// [`PREFACE_LEN`] bytes arrived.
+/// [`PREFACE_LEN`] bytes arrived. Its connect info is the inner stream's:
+/// `TcpConnectInfo`, or over TLS `TlsConnectInfo<TcpConnectInfo>` (tonic's
+/// `Request::remote_addr` and `peer_certs` read either).
 #[derive(Debug)]
 pub struct ClientConnection<S> {
     stream: S,

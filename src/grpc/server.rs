@@ -285,38 +285,48 @@ fn tls_config(settings: &TlsSettings) -> Result<Option<Arc<ServerConfig>>, Trans
         return Ok(None);
     };
     let invalid =
-        |what: &str, err: &dyn std::fmt::Display| TransportError::Tls(format!("{what}: {err}"));
+        |what: String, err: &dyn std::fmt::Display| TransportError::Tls(format!("{what}: {err}"));
+    let file = |role: &str, path: &Path| format!("the {role} file {}", path.display());
     let chain = CertificateDer::pem_slice_iter(&read(cert)?)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| invalid("the certificate file", &err))?;
+        .map_err(|err| invalid(file("certificate", cert), &err))?;
     if chain.is_empty() {
-        return Err(invalid("the certificate file", &"no CERTIFICATE block"));
+        return Err(invalid(file("certificate", cert), &"no CERTIFICATE block"));
     }
-    let key =
-        PrivateKeyDer::from_pem_slice(&read(key)?).map_err(|err| invalid("the key file", &err))?;
+    let private_key = PrivateKeyDer::from_pem_slice(&read(key)?)
+        .map_err(|err| invalid(file("key", key), &err))?;
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|err| invalid("the TLS versions", &err))?;
+        .map_err(|err| invalid("the TLS versions".to_owned(), &err))?;
     let builder = match &settings.client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
+            // Every certificate in the file must be usable.
             let mut roots = RootCertStore::empty();
-            for ca in CertificateDer::pem_slice_iter(&read(ca)?) {
-                let ca = ca.map_err(|err| invalid("the client CA file", &err))?;
+            for certificate in CertificateDer::pem_slice_iter(&read(ca)?) {
+                let certificate =
+                    certificate.map_err(|err| invalid(file("client CA", ca), &err))?;
                 roots
-                    .add(ca)
-                    .map_err(|err| invalid("the client CA file", &err))?;
+                    .add(certificate)
+                    .map_err(|err| invalid(file("client CA", ca), &err))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
-                .map_err(|err| invalid("the client CA file", &err))?;
+                .map_err(|err| invalid(file("client CA", ca), &err))?;
             builder.with_client_cert_verifier(verifier)
         }
     };
     let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|err| invalid("the certificate and key", &err))?;
+        .with_single_cert(chain, private_key)
+        .map_err(|err| {
+            let files = format!(
+                "the certificate and key files {} and {}",
+                cert.display(),
+                key.display()
+            );
+            invalid(files, &err)
+        })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Some(Arc::new(config)))
 }
@@ -427,12 +437,16 @@ mod tests {
             (settings(&missing, key, None), "cannot read"),
             (settings(garbage, key, None), "the certificate file"),
             (settings(cert, garbage, None), "the key file"),
-            (settings(cert, other_key, None), "the certificate and key"),
+            (
+                settings(cert, other_key, None),
+                "the certificate and key files",
+            ),
             (settings(cert, key, Some(garbage)), "the client CA file"),
         ];
         for (settings, expected) in cases {
             let err = tls_config(&settings).expect_err(expected).to_string();
             assert!(err.contains(expected), "{err:?} does not say {expected:?}");
+            assert!(err.contains(".pem"), "{err:?} does not name the file");
         }
         std::fs::remove_dir_all(paths[0].parent().unwrap()).unwrap();
     }

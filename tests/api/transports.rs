@@ -122,22 +122,30 @@ fn pki() -> Pki {
 }
 
 /// A server with `pki`'s certificate, requiring client certificates if
-/// `mutual`, and the given handshake deadline.
-async fn tls_app_with(pki: &Pki, mutual: bool, handshake_timeout: Duration) -> TestApp {
-    spawn_app_with(AppOptions {
-        handshake_timeout,
+/// `mutual`.
+fn tls_options(pki: &Pki, mutual: bool) -> AppOptions {
+    AppOptions {
         tls: Some(Tls {
             cert_pem: pki.server.0.clone(),
             key_pem: pki.server.1.clone(),
             client_ca_pem: mutual.then(|| pki.ca_pem.clone()),
         }),
         ..AppOptions::default()
-    })
-    .await
+    }
 }
 
 async fn tls_app(pki: &Pki, mutual: bool) -> TestApp {
-    tls_app_with(pki, mutual, AppOptions::default().handshake_timeout).await
+    spawn_app_with(tls_options(pki, mutual)).await
+}
+
+/// A TLS server closing connections that have not started a request
+/// within `deadline`.
+async fn tls_app_with_deadline(pki: &Pki, deadline: Duration) -> TestApp {
+    spawn_app_with(AppOptions {
+        handshake_timeout: deadline,
+        ..tls_options(pki, false)
+    })
+    .await
 }
 
 /// A TLS channel trusting `ca_pem`, optionally presenting a client certificate.
@@ -216,24 +224,46 @@ async fn with_mutual_tls_a_client_without_the_right_certificate_is_refused() {
     }
 }
 
-#[tokio::test]
-async fn stalled_tls_handshakes_are_closed_after_the_deadline_and_others_are_served() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let deadline = Duration::from_secs(2);
-    let pki = pki();
-    let app = tls_app_with(&pki, false, deadline).await;
-    // The first 40 bytes of a 512-byte TLS ClientHello record, then nothing.
+/// Whether the server closes `stream` (end of stream or an error) within
+/// `limit`, reading and discarding whatever it sends before.
+async fn closed_within(stream: &mut (impl tokio::io::AsyncRead + Unpin), limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0; 1024];
+    tokio::time::timeout(limit, async {
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// `count` connections that send the first 40 bytes of a 512-byte TLS
+/// ClientHello record, then nothing.
+async fn stalled_tls_handshakes(app: &TestApp, count: usize) -> Vec<tokio::net::TcpStream> {
+    use tokio::io::AsyncWriteExt;
     let mut hello = vec![
         0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
     ];
     hello.resize(40, 0x2a);
-    let opened = tokio::time::Instant::now();
-    let mut stalled = Vec::new();
-    for _ in 0..100 {
+    let mut stalled = Vec::with_capacity(count);
+    for _ in 0..count {
         let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
         stream.write_all(&hello).await.unwrap();
         stalled.push(stream);
     }
+    stalled
+}
+
+#[tokio::test]
+async fn stalled_tls_handshakes_are_closed_after_the_deadline_and_others_are_served() {
+    let deadline = Duration::from_secs(2);
+    let pki = pki();
+    let app = tls_app_with_deadline(&pki, deadline).await;
+    let opened = tokio::time::Instant::now();
+    let mut stalled = stalled_tls_handshakes(&app, 100).await;
     // A complete handshake is served meanwhile.
     let channel = tls_channel(&app, &pki.ca_pem, None).await.unwrap();
     create_org_over(channel)
@@ -242,16 +272,10 @@ async fn stalled_tls_handshakes_are_closed_after_the_deadline_and_others_are_ser
     assert!(opened.elapsed() < deadline, "too slow to show anything");
     // Every stalled one is closed once the deadline has passed.
     for stream in &mut stalled {
-        let mut buf = [0; 1024];
-        let closed = tokio::time::timeout(Duration::from_secs(10), async {
-            while let Ok(n) = stream.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-            }
-        })
-        .await;
-        assert!(closed.is_ok(), "a stalled handshake was never closed");
+        assert!(
+            closed_within(stream, Duration::from_secs(10)).await,
+            "a stalled handshake was never closed"
+        );
     }
     assert!(opened.elapsed() >= deadline, "closed before the deadline");
 }
@@ -291,24 +315,17 @@ async fn tls_connect(
 
 #[tokio::test]
 async fn a_client_silent_after_its_tls_handshake_is_closed_at_the_deadline() {
-    use tokio::io::AsyncReadExt;
     let deadline = Duration::from_secs(2);
     let pki = pki();
-    let app = tls_app_with(&pki, false, deadline).await;
+    let app = tls_app_with_deadline(&pki, deadline).await;
     let opened = tokio::time::Instant::now();
     let mut stream = tls_connect(&app, &pki, b"h2").await;
 
     // No HTTP/2 preface follows: the server closes the connection.
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut buf = [0; 1024];
-        while let Ok(n) = stream.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "a silent TLS connection was never closed");
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(10)).await,
+        "a silent TLS connection was never closed"
+    );
     assert!(opened.elapsed() >= deadline, "closed before the deadline");
     // Calls are still served.
     let channel = tls_channel(&app, &pki.ca_pem, None).await.unwrap();
@@ -340,4 +357,52 @@ async fn with_tls_grpc_web_calls_work_over_http_1_1() {
     let response = String::from_utf8_lossy(&response);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("grpc-status:0"), "{response}");
+}
+
+#[tokio::test]
+async fn with_tls_connections_over_the_limit_wait_until_stalled_and_silent_ones_are_closed() {
+    let deadline = Duration::from_secs(2);
+    let pki = pki();
+    let app = spawn_app_with(AppOptions {
+        handshake_timeout: deadline,
+        max_client_connections: 10,
+        ..tls_options(&pki, false)
+    })
+    .await;
+    let opened = tokio::time::Instant::now();
+    // Five stalled in their handshake and five silent after it hold the 10.
+    let _stalled = stalled_tls_handshakes(&app, 5).await;
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(tls_connect(&app, &pki, b"h2").await);
+    }
+    // A new client is served once they have been closed, and only then.
+    let served = tokio::time::timeout(Duration::from_secs(10), async {
+        let channel = tls_channel(&app, &pki.ca_pem, None).await.unwrap();
+        create_org_over(channel).await
+    })
+    .await;
+    served
+        .expect("a slot was freed within 10 s")
+        .expect("served once a slot was free");
+    assert!(
+        opened.elapsed() >= deadline - Duration::from_millis(100),
+        "a connection over the limit was served at once"
+    );
+}
+
+#[tokio::test]
+async fn a_stopping_server_ends_the_tls_handshakes_under_way() {
+    let pki = pki();
+    let app = tls_app_with_deadline(&pki, Duration::from_secs(60)).await;
+    let mut stalled = stalled_tls_handshakes(&app, 3).await;
+    // Accepted and waiting in their handshakes, then the server stops.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    app.stop().await;
+    for stream in &mut stalled {
+        assert!(
+            closed_within(stream, Duration::from_secs(5)).await,
+            "a handshake outlived the server"
+        );
+    }
 }
