@@ -309,19 +309,24 @@ async fn a_server_started_later_builds_its_index_from_the_database_and_keeps_it_
         pairs.push((destination, id));
     }
     let second = spawn_replica_of(&first, AppOptions::default()).await;
-    let admin = || Bearer::new(ADMIN_TOKEN);
-    // Every connection, as the database had it when the second server started.
-    for (i, (destination, id)) in pairs.iter().enumerate() {
-        let answer = check(
+    // May `destination` receive inquiries from the source, asked of the
+    // second server by the operator (with `token`, or none).
+    let ask = async |destination: &TestOrg, token: &str| {
+        let admin = Bearer::new(ADMIN_TOKEN);
+        check(
             &second,
-            admin(),
+            admin,
             &source.id,
             &destination.id,
             DataType::Inquiry,
-            "",
+            token,
         )
         .await
-        .unwrap();
+        .unwrap()
+    };
+    // Every connection, as the database had it when the second server started.
+    for (i, (destination, id)) in pairs.iter().enumerate() {
+        let answer = ask(destination, "").await;
         assert_eq!(answer.connection_id, *id);
         let active = i % 3 == 0;
         assert_eq!(answer.allowed, active, "{i}");
@@ -338,61 +343,21 @@ async fn a_server_started_later_builds_its_index_from_the_database_and_keeps_it_
     // reads the database).
     let (destination, id) = &pairs[0];
     let token = transition(&first, destination, Action::Deactivate, id).await;
-    let answer = check(
-        &second,
-        admin(),
-        &source.id,
-        &destination.id,
-        DataType::Inquiry,
-        &token,
-    )
-    .await
-    .unwrap();
+    let answer = ask(destination, &token).await;
     assert!(!answer.allowed);
     assert_eq!(answer.state, ConnectionState::Inactive as i32);
     let (destination, id) = &pairs[1];
     let token = transition(&first, destination, Action::Activate, id).await;
-    let answer = check(
-        &second,
-        admin(),
-        &source.id,
-        &destination.id,
-        DataType::Inquiry,
-        &token,
-    )
-    .await
-    .unwrap();
-    assert!(answer.allowed);
+    assert!(ask(destination, &token).await.allowed);
     let late = first.new_org("Late").await;
     let (id, _) = create(&first, &source, &late).await;
     let token = transition(&first, &late, Action::Activate, &id).await;
-    let answer = check(
-        &second,
-        admin(),
-        &source.id,
-        &late.id,
-        DataType::Inquiry,
-        &token,
-    )
-    .await
-    .unwrap();
+    let answer = ask(&late, &token).await;
     assert_eq!(answer.connection_id, id);
     assert!(answer.allowed);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     for (destination, allowed) in [(&pairs[0].0, false), (&pairs[1].0, true), (&late, true)] {
-        while check(
-            &second,
-            admin(),
-            &source.id,
-            &destination.id,
-            DataType::Inquiry,
-            "",
-        )
-        .await
-        .unwrap()
-        .allowed
-            != allowed
-        {
+        while ask(destination, "").await.allowed != allowed {
             assert!(tokio::time::Instant::now() < deadline, "the index lags");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }

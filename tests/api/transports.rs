@@ -376,15 +376,20 @@ async fn with_tls_connections_over_the_limit_wait_until_stalled_and_silent_ones_
     for _ in 0..5 {
         silent.push(tls_connect(&app, &pki, b"h2").await);
     }
-    // A new client is served once they have been closed, and only then.
-    let served = tokio::time::timeout(Duration::from_secs(10), async {
-        let channel = tls_channel(&app, &pki.ca_pem, None).await.unwrap();
-        create_org_over(channel).await
-    })
+    // Ten new clients, each on a connection of its own kept open until all
+    // are served: they need every slot back, and get them only once the
+    // stalled and silent connections have been closed.
+    let served = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::future::join_all((0..10).map(|_| async {
+            let channel = tls_channel(&app, &pki.ca_pem, None).await.unwrap();
+            create_org_over(channel.clone()).await.map(|()| channel)
+        })),
+    )
     .await;
-    served
-        .expect("a slot was freed within 10 s")
-        .expect("served once a slot was free");
+    for served in served.expect("every slot was freed within 10 s") {
+        served.expect("served once a slot was free");
+    }
     assert!(
         opened.elapsed() >= deadline - Duration::from_millis(100),
         "a connection over the limit was served at once"
