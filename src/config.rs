@@ -138,6 +138,17 @@ pub struct Settings {
     )]
     pub watch_heartbeat_interval: Duration,
 
+    /// A WatchConnectionEvents stream whose client has left a message unread
+    /// this long ends with ABORTED / WATCH_CONSUMER_TOO_SLOW, however little
+    /// it holds: `60s`.
+    #[arg(
+        long,
+        env = "CONNECTIONS_WATCH_UNREAD_TIMEOUT",
+        default_value = "60s",
+        value_parser = parse_duration
+    )]
+    pub watch_unread_timeout: Duration,
+
     /// How many batches of the change log (each one read of it, up to 256
     /// events) a WatchConnectionEvents stream may fall behind before it is
     /// ended with ABORTED (`WATCH_CONSUMER_TOO_SLOW`). The batches are shared

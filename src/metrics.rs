@@ -240,8 +240,10 @@ impl Metrics {
         let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         self.watch_streams.set(count(watches.open_streams()));
         self.index_connections.set(count(access.len()));
-        self.index_lag
-            .set(Ord::max(feed.head().saturating_sub(access.horizon()), 0));
+        self.index_lag.set(Ord::max(
+            feed.head().saturating_sub(access.seen().xmax()),
+            0,
+        ));
         let age = access.last_change().map_or(0.0, |at| {
             Ord::max((chrono::Utc::now() - at).num_milliseconds(), 0) as f64 / 1000.0
         });

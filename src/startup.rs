@@ -12,12 +12,12 @@ use crate::{
     background::{self, Activity, change_feed, health, sweeper},
     config::{DatabaseSettings, Settings},
     db,
+    entity::change_log,
     grpc::{
         AdminToken, convert,
         server::{self, Services, Transport, TransportError},
     },
     metrics::{self, Metrics},
-    service::change_feed::Subscription,
     service::{
         Access, ApiKeys, ChangeFeed, ChangeTokens, Connections, Organizations, PageTokens,
         WatchLimits, Watches, secrets,
@@ -44,9 +44,6 @@ pub enum StartupError {
     /// The gRPC server failed.
     #[error("server: {0}")]
     Server(#[from] tonic::transport::Error),
-    /// Building the access index failed.
-    #[error("access index: {0}")]
-    AccessIndex(String),
     /// Building the reflection service failed.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -71,8 +68,6 @@ pub struct Application {
     feed: ChangeFeed,
     /// The access index.
     access: Access,
-    /// The feed's batches the index has yet to apply.
-    access_feed: Subscription,
 }
 
 impl Application {
@@ -80,6 +75,7 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let transport = Transport::new(&settings)?;
         let db = db::connect_and_migrate(&settings.database).await?;
+        change_log::continue_after_move(&db).await?;
         let reader = db::Reader::new(&db, &settings.database)?;
         let health_db = db::connect(&DatabaseSettings {
             max_connections: 1,
@@ -89,10 +85,7 @@ impl Application {
         let tokens = PageTokens::new(secrets::shared_key(&db, PageTokens::SECRET_NAME).await?);
         let feed = ChangeFeed::with_buffer(reader.clone(), settings.watch_buffer as usize);
         feed.start().await?;
-        let (access, access_feed) =
-            Access::new(reader.clone(), &feed, ChangeTokens::new(tokens.clone()))
-                .await
-                .map_err(|err| StartupError::AccessIndex(err.to_string()))?;
+        let access = Access::new(reader.clone(), ChangeTokens::new(tokens.clone()));
         let services = Services {
             connections: Connections::new(
                 db.clone(),
@@ -108,6 +101,7 @@ impl Application {
                 WatchLimits {
                     streams_per_organization: settings.watch_streams_per_organization as usize,
                     heartbeat: settings.watch_heartbeat_interval,
+                    unread_timeout: settings.watch_unread_timeout,
                 },
             ),
             organizations: Organizations::new(db.clone(), reader.clone(), tokens),
@@ -133,7 +127,6 @@ impl Application {
             sweeper: Arc::default(),
             feed,
             access,
-            access_feed,
         })
     }
 
@@ -237,7 +230,11 @@ impl Application {
                 self.sweeper,
             ),
             change_feed::start(self.feed.clone(), intervals.change_feed_poll_interval),
-            change_feed::start_index(self.access, self.access_feed, self.feed.clone()),
+            change_feed::start_index(
+                self.access,
+                self.feed.clone(),
+                intervals.change_feed_poll_interval,
+            ),
         ];
         if let Some(options) = self.reader.postgres_options() {
             tasks.push(change_feed::listen(self.feed.clone(), options));

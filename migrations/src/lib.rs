@@ -14,6 +14,7 @@ mod m20261128_000006_create_idempotency_records;
 mod m20261201_000007_idempotency_responses_as_protobuf;
 mod m20261201_000008_change_log;
 mod m20261201_000009_change_log_notify;
+mod m20261207_000010_change_log_epochs;
 
 /// Applies the service's migrations in order.
 pub struct Migrator;
@@ -31,6 +32,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000007_idempotency_responses_as_protobuf::Migration),
             Box::new(m20261201_000008_change_log::Migration),
             Box::new(m20261201_000009_change_log_notify::Migration),
+            Box::new(m20261207_000010_change_log_epochs::Migration),
         ]
     }
 }

@@ -5,6 +5,7 @@ pub mod ids;
 pub mod names;
 pub mod organization;
 pub mod page;
+pub mod snapshot;
 
 pub use connection::{
     Action, Change, ConnectionEvent, ConnectionRecord, ConnectionState, DataType, DataTypes,
@@ -14,4 +15,5 @@ pub use ids::{ApiKeyId, ConnectionId, OrganizationId};
 pub use names::Named;
 pub use organization::{ApiKey, DisplayName, Organization};
 pub use page::PageSize;
+pub use snapshot::Snapshot;
 pub use strum::VariantArray;

@@ -91,6 +91,26 @@ pub async fn secure_find(
         .transpose()
 }
 
+/// Takes, until the write transaction `txn` ends, the lock that every
+/// change to connection `id` takes first (PostgreSQL; SQLite writers take
+/// turns anyway). It gives the transaction no ID, so a change that waits for
+/// another gets its transaction ID, and with it its change log position,
+/// only after the other has committed: a connection's events are in
+/// sequence in the log, whichever request began first.
+pub async fn lock_for_change(txn: &impl ConnectionTrait, id: ConnectionId) -> Result<(), DbErr> {
+    if txn.get_database_backend() != sea_orm::DbBackend::Postgres {
+        return Ok(());
+    }
+    let (high, low) = id.uuid().as_u64_pair();
+    txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+        sea_orm::DbBackend::Postgres,
+        "SELECT pg_advisory_xact_lock($1)",
+        [sea_orm::Value::from((high ^ low).cast_signed())],
+    ))
+    .await
+    .map(drop)
+}
+
 /// The ID of the connection from `source` to `destination`, if there is one.
 pub async fn find_pair(
     conn: &impl ConnectionTrait,

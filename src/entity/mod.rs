@@ -5,6 +5,7 @@
 //! domain cannot read is a [`DbErr::Type`].
 
 pub mod api_key;
+pub mod change_log;
 pub mod connection;
 pub mod connection_event;
 pub mod idempotency_record;

@@ -243,7 +243,7 @@ impl ConnectionService for ConnectionApi {
         let start = match (request.after_change_token.as_str(), request.from_beginning) {
             ("", true) => WatchStart::Beginning,
             ("", false) => WatchStart::Now,
-            (token, _) => self.watches.start_at(token, "after_change_token")?,
+            (token, _) => self.watches.start_after(token, "after_change_token")?,
         };
         let party = Party {
             organization: caller,

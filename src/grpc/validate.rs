@@ -137,7 +137,7 @@ pub fn data_type(field: &'static str, value: i32) -> Checked<crate::domain::Data
 /// An optional change token: empty means absent. Longer ones are refused
 /// unread; the signature is checked by the service.
 pub fn change_token<'a>(field: &'static str, value: &'a str) -> Checked<Option<&'a str>> {
-    if value.len() > crate::service::page_token::MAX_PAGE_TOKEN_LEN {
+    if value.len() > crate::service::change_token::MAX_CHANGE_TOKEN_LEN {
         return Err(FieldViolation::new(field, "is not a change token"));
     }
     Ok((!value.is_empty()).then_some(value))

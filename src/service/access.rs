@@ -3,10 +3,13 @@
 //!
 //! Each process keeps an index of every connection, (source, destination) ->
 //! state, data types and version, built from the database at start and kept
-//! current by following the change feed. It knows the horizon it has applied,
+//! current by reading every change as soon as it has committed (see
+//! `entity::change_log::changes_since`): the latest version of each
+//! connection wins, so it needs no order among changes, and no transaction
+//! left open anywhere else delays it. It knows the snapshot it has applied,
 //! so a check that names a change token waits (up to [`TOKEN_WAIT`]) for the
-//! index to reach it, and otherwise reads the database: an answer is never
-//! older than the token it was asked for.
+//! index to hold every change the token holds, and otherwise reads the
+//! database: an answer is never older than the token it was asked for.
 
 use std::{
     sync::{Arc, Mutex, RwLock},
@@ -14,23 +17,20 @@ use std::{
 };
 
 use chrono::{DateTime, Utc};
-use tokio::sync::{broadcast::error::RecvError, watch};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{
-    ChangeTokens, ServiceError,
-    change_feed::{ChangeFeed, Subscription},
-};
+use super::{ChangeTokens, ServiceError, change_feed::ChangeFeed};
 use crate::{
     db::Reader,
     domain::{
         ConnectionId, ConnectionRecord, ConnectionState, DataType, DataTypes, OrganizationId,
-        VariantArray,
+        Snapshot, VariantArray,
     },
     entity::{
+        change_log::{self, LogEntry},
         connection,
-        connection_event::{self, LogEntry},
     },
 };
 
@@ -40,6 +40,13 @@ pub const TOKEN_WAIT: Duration = Duration::from_secs(1);
 
 /// Connections read at once while the index is built.
 const BUILD_PAGE: u64 = 10_000;
+
+/// Changes read at once while following the log.
+const CHANGES_PAGE: u64 = 1_000;
+
+/// How long the index waits before it reads the database again after
+/// failing to.
+const RETRY: Duration = Duration::from_secs(1);
 
 /// Who asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,7 +58,7 @@ pub enum Checker {
 }
 
 /// What CheckAccess asks, already validated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessQuestion {
     /// The organization that would send the data.
     pub source: OrganizationId,
@@ -59,8 +66,8 @@ pub struct AccessQuestion {
     pub destination: OrganizationId,
     /// The data.
     pub data_type: DataType,
-    /// A horizon the answer must reflect at least.
-    pub at_least: Option<i64>,
+    /// Changes the answer must reflect at least.
+    pub at_least: Option<Snapshot>,
 }
 
 /// The answer to an [`AccessQuestion`].
@@ -70,7 +77,7 @@ pub struct AccessAnswer {
     pub allowed: bool,
     /// The connection from source to destination and its state, if any.
     pub connection: Option<(ConnectionId, ConnectionState)>,
-    /// The horizon the answer reflects.
+    /// The changes the answer reflects.
     pub change_token: String,
 }
 
@@ -131,11 +138,12 @@ impl Entry {
     }
 }
 
-/// The index and the horizon it has applied.
+/// The index and the changes it has applied.
 #[derive(Debug)]
 struct Index {
     entries: RwLock<Table>,
-    horizon: watch::Sender<i64>,
+    /// Every change in this set has been applied.
+    seen: watch::Sender<Snapshot>,
     /// Whether every connection has been read in (until then, checks read
     /// the database).
     built: watch::Sender<bool>,
@@ -154,28 +162,18 @@ pub struct Access {
 impl Access {
     /// An index of the database read through `reader`, empty until
     /// [`follow`](Self::follow) has built it (checks read the database until
-    /// then); returns it with the feed subscription `follow` keeps it
-    /// current with.
-    pub async fn new(
-        reader: Reader,
-        feed: &ChangeFeed,
-        tokens: ChangeTokens,
-    ) -> Result<(Self, Subscription), ServiceError> {
-        let subscription = feed
-            .subscribe()
-            .await
-            .ok_or_else(|| ServiceError::internal("the change feed has not started"))?;
-        let access = Self {
+    /// then).
+    pub fn new(reader: Reader, tokens: ChangeTokens) -> Self {
+        Self {
             reader,
             tokens,
             index: Arc::new(Index {
                 entries: RwLock::default(),
-                horizon: watch::Sender::new(subscription.horizon),
+                seen: watch::Sender::new(Snapshot::empty()),
                 built: watch::Sender::new(false),
                 last_change: Mutex::new(None),
             }),
-        };
-        Ok((access, subscription))
+        }
     }
 
     /// Whether the index has been built (see [`follow`](Self::follow)).
@@ -188,8 +186,8 @@ impl Access {
         self.index.built.subscribe()
     }
 
-    /// The horizon a change token names (`field`: where it came from).
-    pub fn at_least(&self, token: &str, field: &'static str) -> Result<i64, ServiceError> {
+    /// The changes a change token names (`field`: where it came from).
+    pub fn at_least(&self, token: &str, field: &'static str) -> Result<Snapshot, ServiceError> {
         self.tokens.verify(token, field)
     }
 
@@ -203,16 +201,14 @@ impl Access {
         self.len() == 0
     }
 
-    /// The horizon the index has applied.
-    pub fn horizon(&self) -> i64 {
-        *self.index.horizon.borrow()
+    /// The changes the index has applied.
+    pub fn seen(&self) -> Snapshot {
+        self.index.seen.borrow().clone()
     }
 
-    /// Reads every connection, and replaces the index's entries with them.
-    /// Nothing applies the feed meanwhile (it is built before the feed is
-    /// followed, and reloaded by the follower itself), and the batches after
-    /// the subscription it is read under are applied afterwards, so nothing
-    /// newer is lost.
+    /// Reads every connection into the index's entries. The changes
+    /// committed after a snapshot taken before it began are applied
+    /// afterwards, so nothing newer is lost.
     async fn load(&self) -> Result<(), ServiceError> {
         // Room for them all at once: growing a large array on the way would
         // hold it and its double at the same time.
@@ -241,23 +237,28 @@ impl Access {
     }
 
     /// Builds the index (reading every connection, and again after a second
-    /// while the database fails), then applies the feed's batches from
-    /// `subscription` on, until `stop` is cancelled. If it falls behind the
-    /// feed, it reads the whole table again.
-    pub async fn follow(
-        &self,
-        mut subscription: Subscription,
-        feed: ChangeFeed,
-        stop: CancellationToken,
-    ) {
+    /// while the database fails), then applies every change as soon as it
+    /// has committed: whenever `feed` hears of a commit, and at least every
+    /// `poll`, until `stop` is cancelled.
+    pub async fn follow(&self, feed: ChangeFeed, poll: Duration, stop: CancellationToken) {
         let started = tokio::time::Instant::now();
-        while let Err(err) = self.load().await {
-            tracing::warn!(error = %err, "cannot build the access index");
+        let mut commits = feed.commits();
+        // Every change this snapshot does not hold is applied after the
+        // build, so the build may read each page at any later time.
+        let mut seen = loop {
+            let error = match change_log::snapshot(&self.reader).await {
+                Ok(seen) => match self.load().await {
+                    Ok(()) => break seen,
+                    Err(err) => err.to_string(),
+                },
+                Err(err) => err.to_string(),
+            };
+            tracing::warn!(error, "cannot build the access index");
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = tokio::time::sleep(RETRY) => {}
             }
-        }
+        };
         self.index.built.send_replace(true);
         tracing::info!(
             connections = self.len(),
@@ -265,46 +266,45 @@ impl Access {
             "access index built"
         );
         loop {
-            let batch = tokio::select! {
-                () = stop.cancelled() => return,
-                batch = subscription.batches.recv() => batch,
+            commits.mark_unchanged();
+            let wait = match self.catch_up(&seen).await {
+                Ok(now) => {
+                    seen = now;
+                    self.index.seen.send_replace(seen.clone());
+                    poll
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the change log into the access index");
+                    RETRY.min(poll)
+                }
             };
-            match batch {
-                Ok(batch) => {
-                    self.apply(&batch.entries);
-                    self.index.horizon.send_if_modified(|horizon| {
-                        let advanced = batch.horizon > *horizon;
-                        *horizon = (*horizon).max(batch.horizon);
-                        advanced
-                    });
-                }
-                Err(RecvError::Lagged(_)) => {
-                    tracing::warn!("the access index fell behind the change feed: reloading it");
-                    loop {
-                        let Some(fresh) = feed.subscribe().await else {
-                            return;
-                        };
-                        match self.load().await {
-                            Ok(()) => {
-                                subscription = fresh;
-                                break;
-                            }
-                            Err(err) => {
-                                tracing::warn!(error = %err, "cannot reload the access index");
-                                tokio::select! {
-                                    () = stop.cancelled() => return,
-                                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                                }
-                            }
-                        }
-                    }
-                }
-                Err(RecvError::Closed) => return,
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = commits.changed() => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
     }
 
-    /// When the newest change the index applied from the feed happened.
+    /// Applies every change committed since `since`; returns what the index
+    /// has seen then. Read in pages, each under its own snapshot: the first
+    /// one's changes are all applied once every page has been, since each
+    /// later snapshot holds the earlier ones.
+    async fn catch_up(&self, since: &Snapshot) -> Result<Snapshot, sea_orm::DbErr> {
+        let first = change_log::changes_since(&self.reader, since, None, CHANGES_PAGE).await?;
+        self.apply(&first.entries);
+        let mut last = first.entries.last().map(|entry| entry.position);
+        let mut full = first.entries.len() as u64 == CHANGES_PAGE;
+        while full {
+            let page = change_log::changes_since(&self.reader, since, last, CHANGES_PAGE).await?;
+            self.apply(&page.entries);
+            full = page.entries.len() as u64 == CHANGES_PAGE;
+            last = page.entries.last().map(|entry| entry.position);
+        }
+        Ok(first.snapshot)
+    }
+
+    /// When the newest change the index applied from the log happened.
     pub fn last_change(&self) -> Option<DateTime<Utc>> {
         *self.index.last_change.lock().expect("never poisoned")
     }
@@ -345,25 +345,25 @@ impl Access {
             return Err(ServiceError::CallerNotParty);
         }
         if !self.is_built() {
-            let at_least = question.at_least.unwrap_or(i64::MIN);
-            return self.check_in_database(question, at_least).await;
+            return self.check_in_database(question).await;
         }
         let key = (question.source.uuid(), question.destination.uuid());
-        if let Some(at_least) = question.at_least {
-            let mut horizon = self.index.horizon.subscribe();
-            let reached = tokio::time::timeout(TOKEN_WAIT, horizon.wait_for(|h| *h >= at_least))
-                .await
-                .is_ok_and(|waited| waited.is_ok());
+        if let Some(at_least) = &question.at_least {
+            let mut seen = self.index.seen.subscribe();
+            let reached =
+                tokio::time::timeout(TOKEN_WAIT, seen.wait_for(|seen| seen.covers(at_least)))
+                    .await
+                    .is_ok_and(|waited| waited.is_ok());
             if !reached {
-                return self.check_in_database(question, at_least).await;
+                return self.check_in_database(question).await;
             }
         }
-        let horizon = self.horizon();
+        let seen = self.seen();
         let entry = self.index.entries.read().expect("never poisoned").get(&key);
         Ok(self.answer(
             question.data_type,
             entry.map(|e| (e.id, e.state, e.data_types)),
-            horizon,
+            &seen,
         ))
     }
 
@@ -372,15 +372,19 @@ impl Access {
     async fn check_in_database(
         &self,
         question: AccessQuestion,
-        at_least: i64,
     ) -> Result<AccessAnswer, ServiceError> {
-        let horizon = connection_event::horizon(&self.reader).await?;
+        // The read sees every change this snapshot holds, and the token's:
+        // it was asked for after the token was issued.
+        let mut seen = change_log::snapshot(&self.reader).await?;
         let record =
             connection::find_between(&self.reader, question.source, question.destination).await?;
+        if let Some(at_least) = &question.at_least {
+            seen = seen.union(at_least);
+        }
         Ok(self.answer(
             question.data_type,
             record.map(|r| (r.id.uuid(), r.state, bits(&r.data_types))),
-            horizon.max(at_least),
+            &seen,
         ))
     }
 
@@ -388,14 +392,14 @@ impl Access {
         &self,
         data_type: DataType,
         connection: Option<(Uuid, ConnectionState, u8)>,
-        horizon: i64,
+        seen: &Snapshot,
     ) -> AccessAnswer {
         AccessAnswer {
             allowed: connection.is_some_and(|(_, state, types)| {
                 state == ConnectionState::Active && types & bit(data_type) != 0
             }),
             connection: connection.map(|(id, state, _)| (id.into(), state)),
-            change_token: self.tokens.issue(horizon),
+            change_token: self.tokens.issue(seen),
         }
     }
 }
@@ -434,11 +438,7 @@ mod tests {
         connections.transition(destination, activate).await.unwrap();
 
         let feed = ChangeFeed::new(db.clone().into());
-        feed.start().await.unwrap();
-        let (access, subscription) =
-            Access::new(db.clone().into(), &feed, ChangeTokens::new(tokens))
-                .await
-                .unwrap();
+        let access = Access::new(db.clone().into(), ChangeTokens::new(tokens));
         let question = AccessQuestion {
             source,
             destination,
@@ -448,7 +448,10 @@ mod tests {
         // Not built: the index is empty, and the answer comes from the database.
         assert!(!access.is_built());
         assert_eq!(access.len(), 0);
-        let answer = access.check(Checker::Operator, question).await.unwrap();
+        let answer = access
+            .check(Checker::Operator, question.clone())
+            .await
+            .unwrap();
         assert!(answer.allowed);
         assert_eq!(
             answer.connection,
@@ -458,7 +461,7 @@ mod tests {
         let stop = CancellationToken::new();
         tokio::spawn({
             let (access, stop) = (access.clone(), stop.clone());
-            async move { access.follow(subscription, feed, stop).await }
+            async move { access.follow(feed, Duration::from_secs(60), stop).await }
         });
         access.built().wait_for(|built| *built).await.unwrap();
         assert_eq!(access.len(), 1);

@@ -2,13 +2,14 @@
 //! reads to the watches open on it.
 //!
 //! One follower per process reads the log up to its horizon (see
-//! `entity::connection_event`) whenever a write of this process commits, on
+//! `entity::change_log`) whenever a write of this process commits, on
 //! PostgreSQL whenever the database notifies a commit of any replica (see
 //! the `change_log_notify` migration), and at least every poll interval. A
 //! commit names its position; while the horizon has not passed it (an older
 //! transaction is still running) the follower looks again after 1 ms, 2 ms,
 //! 4 ms, ... up to 50 ms apart. What it reads is published as a [`Batch`]:
-//! the entries from the previous horizon up to the new one. A watch first
+//! the entries from the previous horizon up to the new one, with the
+//! snapshot they were read under. A watch first
 //! catches up from the database to the horizon of the last batch, then
 //! follows the batches; so it sees every event once, in log order, whichever
 //! replica it is on.
@@ -22,12 +23,13 @@ use std::{
 };
 
 use sea_orm::sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
-use tokio::sync::{Mutex, Notify, broadcast};
+use tokio::sync::{Mutex, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     db::Reader,
-    entity::connection_event::{self, LogEntry},
+    domain::Snapshot,
+    entity::change_log::{self, LogEntry},
 };
 
 /// Entries read from the log at once, and at most in one batch.
@@ -64,6 +66,9 @@ pub struct Batch {
     pub horizon: i64,
     /// The entries, in log order.
     pub entries: Vec<LogEntry>,
+    /// What had committed when they were read: every position below
+    /// `horizon` among others.
+    pub seen: Snapshot,
 }
 
 /// What the follower has published so far.
@@ -81,9 +86,9 @@ pub struct ChangeFeed {
     published: Arc<Mutex<Option<Published>>>,
     /// The horizon of the last batch, for metrics.
     head: Arc<AtomicI64>,
-    /// The highest position known to have committed.
-    committed: Arc<AtomicI64>,
-    wake: Arc<Notify>,
+    /// The highest position known to have committed; its readers are woken
+    /// by every commit this process makes or hears of.
+    committed: watch::Sender<i64>,
     /// Batches kept for subscribers that fall behind.
     buffer: usize,
 }
@@ -114,8 +119,7 @@ impl ChangeFeed {
             reader,
             published: Arc::new(Mutex::new(None)),
             head: Arc::new(AtomicI64::new(i64::MIN)),
-            committed: Arc::new(AtomicI64::new(i64::MIN)),
-            wake: Arc::new(Notify::new()),
+            committed: watch::Sender::new(i64::MIN),
         }
     }
 
@@ -124,10 +128,16 @@ impl ChangeFeed {
         self.head.load(Ordering::Relaxed)
     }
 
-    /// Tells the follower that an event committed at `position`.
+    /// Tells the readers of the log that an event committed at `position`.
     pub fn committed(&self, position: i64) {
-        self.committed.fetch_max(position, Ordering::Relaxed);
-        self.wake.notify_one();
+        self.committed
+            .send_modify(|highest| *highest = (*highest).max(position));
+    }
+
+    /// Changes at every commit this process makes or hears of (see
+    /// [`committed`](Self::committed)), to the highest position known.
+    pub fn commits(&self) -> watch::Receiver<i64> {
+        self.committed.subscribe()
     }
 
     /// Subscribes to the batches published from now on; `None` until the
@@ -148,11 +158,13 @@ impl ChangeFeed {
     /// Follows the log, waking on commits and at least every `poll`, until
     /// `stop` is cancelled.
     pub async fn follow(&self, poll: Duration, stop: CancellationToken) {
+        let mut commits = self.commits();
         let mut retry = RETRY_FIRST;
         loop {
+            commits.mark_unchanged();
             let wait = match self.read_new().await {
                 // A commit the horizon has not passed yet: look again soon.
-                Ok(()) if self.head() <= self.committed.load(Ordering::Relaxed) => {
+                Ok(()) if self.head() <= *self.committed.borrow() => {
                     let wait = retry;
                     retry = (retry * 2).min(poll.min(RETRY_MOST));
                     wait
@@ -168,7 +180,7 @@ impl ChangeFeed {
             };
             tokio::select! {
                 () = stop.cancelled() => return,
-                () = self.wake.notified() => {}
+                _ = commits.changed() => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }
@@ -186,9 +198,9 @@ impl ChangeFeed {
             let listening = async {
                 let mut listener = PgListener::connect_with(&pool).await?;
                 listener.listen(NOTIFY_CHANNEL).await?;
-                // Commits from now on wake the follower: read once for any
+                // Commits from now on wake the readers: read once for any
                 // made while not listening.
-                self.wake.notify_one();
+                self.committed.send_modify(|_| {});
                 loop {
                     let notification = listener.recv().await?;
                     let position = notification.payload().parse().unwrap_or(i64::MIN);
@@ -213,7 +225,7 @@ impl ChangeFeed {
     /// Reads the log from the last horizon up to the current one and
     /// publishes it (the first time, only the horizon).
     async fn read_new(&self) -> Result<(), sea_orm::DbErr> {
-        let horizon = connection_event::horizon(&self.reader).await?;
+        let horizon = change_log::horizon(&self.reader).await?;
         let mut published = self.published.lock().await;
         let Some(state) = published.as_mut() else {
             let (sender, _) = broadcast::channel(self.buffer);
@@ -222,18 +234,19 @@ impl ChangeFeed {
             return Ok(());
         };
         while state.horizon < horizon {
-            let entries =
-                connection_event::log_entries(&self.reader, state.horizon, horizon, LOG_PAGE, None)
+            let read =
+                change_log::log_entries(&self.reader, state.horizon, horizon, LOG_PAGE, None)
                     .await?;
             // A full page ends at its last entry; a short one reaches the horizon.
-            let next = match entries.last() {
-                Some(last) if entries.len() as u64 == LOG_PAGE => last.position + 1,
+            let next = match read.entries.last() {
+                Some(last) if read.entries.len() as u64 == LOG_PAGE => last.position + 1,
                 _ => horizon,
             };
             let batch = Batch {
                 from: state.horizon,
                 horizon: next,
-                entries,
+                entries: read.entries,
+                seen: read.snapshot,
             };
             state.horizon = next;
             self.head.store(next, Ordering::Relaxed);

@@ -18,7 +18,7 @@ use crate::{
     db,
     domain::{
         Action, Change, ConnectionEvent, ConnectionId, ConnectionRecord, DataTypes, Named,
-        OrganizationId, PageSize, Parties, Role, TransitionError,
+        OrganizationId, PageSize, Parties, Role, Snapshot, TransitionError,
     },
     entity::{connection, connection_event, organization},
 };
@@ -44,7 +44,7 @@ pub struct Connections {
 pub struct Written {
     /// The connection after the change.
     pub record: ConnectionRecord,
-    /// The change log's horizon just after the change.
+    /// The change token of the change: every change before it, and it.
     pub change_token: String,
 }
 
@@ -128,7 +128,7 @@ impl Connections {
                 ],
             )
         });
-        let txn = match self.begin(key.as_ref()).await? {
+        let txn = match self.begin(key.as_ref(), None).await? {
             Begun::Fresh(txn) => txn,
             Begun::Done(response) => return Ok(Outcome::Replayed(response)),
         };
@@ -161,8 +161,8 @@ impl Connections {
             }
             return Err(err.into());
         }
-        let position = connection_event::append(&*txn, &event).await?;
-        let written = self.commit(txn, key.as_ref(), record, position).await?;
+        let appended = connection_event::append(&*txn, &event).await?;
+        let written = self.commit(txn, key.as_ref(), record, appended).await?;
         tracing::info!(connection_id = %written.record.id, "connection created");
         Ok(Outcome::Fresh(written))
     }
@@ -217,7 +217,7 @@ impl Connections {
                 ],
             )
         });
-        let txn = match self.begin(key.as_ref()).await? {
+        let txn = match self.begin(key.as_ref(), Some(request.id)).await? {
             Begun::Fresh(txn) => txn,
             Begun::Done(response) => return Ok(Outcome::Replayed(response)),
         };
@@ -236,8 +236,8 @@ impl Connections {
         if !connection::update_guarded(&*txn, current.version, &next).await? {
             return Err(ServiceError::ConcurrentModification);
         }
-        let position = connection_event::append(&*txn, &event).await?;
-        let written = self.commit(txn, key.as_ref(), next, position).await?;
+        let appended = connection_event::append(&*txn, &event).await?;
+        let written = self.commit(txn, key.as_ref(), next, appended).await?;
         tracing::info!(from = %current.state, to = %written.record.state, "connection changed");
         Ok(Outcome::Fresh(written))
     }
@@ -278,10 +278,19 @@ enum Begun {
 }
 
 impl Connections {
-    /// Begins a write transaction and, for a call with a request_id, claims
-    /// it, or returns the result recorded by an earlier call.
-    async fn begin(&self, key: Option<&IdempotencyKey>) -> Result<Begun, ServiceError> {
+    /// Begins a write transaction (taking the lock for changes to
+    /// `changing`, if given, before anything else) and, for a call with a
+    /// request_id, claims it, or returns the result recorded by an earlier
+    /// call.
+    async fn begin(
+        &self,
+        key: Option<&IdempotencyKey>,
+        changing: Option<ConnectionId>,
+    ) -> Result<Begun, ServiceError> {
         let txn = db::begin_write(&self.db).await?;
+        if let Some(id) = changing {
+            connection::lock_for_change(&*txn, id).await?;
+        }
         let Some(key) = key else {
             return Ok(Begun::Fresh(txn));
         };
@@ -302,16 +311,17 @@ impl Connections {
 
     /// Records what the call returns for its request_id, if any, and
     /// commits: `record` is the connection as the call left it, and
-    /// `position` that of the event it wrote.
+    /// `(position, seen)` the position of the event it wrote and what a
+    /// reader has seen once it commits.
     async fn commit(
         &self,
         txn: db::WriteTransaction,
         key: Option<&IdempotencyKey>,
         record: ConnectionRecord,
-        position: i64,
+        (position, seen): (i64, Snapshot),
     ) -> Result<Written, ServiceError> {
         let written = Written {
-            change_token: self.change_tokens.issue(position + 1),
+            change_token: self.change_tokens.issue(&seen),
             record,
         };
         if let Some(key) = key {

@@ -63,7 +63,18 @@ impl PageTokens {
 
     /// The cursor in `token`, if it was issued by us for `scope`.
     pub fn verify(&self, scope: &str, token: &str) -> Result<Vec<u8>, ServiceError> {
-        if token.len() > MAX_PAGE_TOKEN_LEN {
+        self.verify_up_to(scope, token, MAX_PAGE_TOKEN_LEN)
+    }
+
+    /// Like [`verify`](Self::verify), for tokens of up to `max_len`
+    /// characters.
+    pub fn verify_up_to(
+        &self,
+        scope: &str,
+        token: &str,
+        max_len: usize,
+    ) -> Result<Vec<u8>, ServiceError> {
+        if token.len() > max_len {
             return Err(ServiceError::InvalidPageToken);
         }
         let raw = URL_SAFE_NO_PAD

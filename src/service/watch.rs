@@ -2,44 +2,56 @@
 //! stream that catches up from the database and then follows the change
 //! feed (see [`change_feed`](super::change_feed)).
 //!
-//! Every message carries the change token to resume after it: an event's is
-//! the horizon just after it, a heartbeat's the horizon the stream has
-//! reached. The first message is a heartbeat, sent once the start is fixed.
+//! A watch starts from a snapshot (a change token's, or the database's now,
+//! or the empty one) and sends, in log order, every event that snapshot does
+//! not hold. Every message carries the change token to resume after it: the
+//! start's snapshot with every position the stream has passed, so resuming
+//! from it sends each later event once. The first message is a heartbeat,
+//! sent once the start is fixed.
+//!
 //! A stream ends with an error when its consumer falls further behind than
-//! the feed's buffer (see [`ChangeFeed::with_buffer`]), when its caller is
-//! no longer authorized, or when the server stops.
+//! the feed's buffer (see [`ChangeFeed::with_buffer`]) or has not read what
+//! it was sent for [`WatchLimits::unread_timeout`], when its caller is no
+//! longer authorized, or when its task fails; the error is its next message,
+//! ahead of any it had not read yet. The authorization is checked before the
+//! events of each batch are sent and every [`AUTHORIZATION_CHECK`], also
+//! while the stream waits for its consumer, so a stalled stream of a revoked
+//! key ends (and gives back its slot) within that bound.
 
 use std::{
     collections::HashMap,
     future::Future,
     pin::Pin,
     sync::{Arc, Mutex},
+    task::{Context, Poll},
     time::Duration,
 };
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{broadcast::error::RecvError, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::{
+    sync::{broadcast::error::RecvError, mpsc, oneshot},
+    time::{Instant, Interval},
+};
 
 use super::{
     ChangeTokens, ServiceError,
     change_feed::{ChangeFeed, LOG_PAGE, Subscription},
 };
-pub use crate::entity::connection_event::Party;
+pub use crate::entity::change_log::Party;
 use crate::{
     db::Reader,
-    domain::{ConnectionEvent, OrganizationId},
-    entity::connection_event,
+    domain::{ConnectionEvent, OrganizationId, Snapshot},
+    entity::change_log,
 };
 
 /// Where a watch starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchStart {
-    /// At this horizon (from a change token): every event from it on.
-    At(i64),
+    /// After the changes of this snapshot (from a change token).
+    After(Snapshot),
     /// At the first event.
     Beginning,
-    /// At the changes committed from now on.
+    /// After the changes committed when the watch starts.
     Now,
 }
 
@@ -53,12 +65,17 @@ pub struct WatchItem {
 }
 
 /// Checks that a watch's caller may still watch (e.g. that its API key was
-/// not revoked); run every [`AUTHORIZATION_CHECK`].
+/// not revoked); run every [`AUTHORIZATION_CHECK`] and before each batch of
+/// events is sent, so it should be cheap.
 pub type StillAuthorized =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), ServiceError>> + Send>> + Send + Sync>;
 
 /// How often an open watch checks that its caller is still authorized.
 pub const AUTHORIZATION_CHECK: Duration = Duration::from_secs(1);
+
+/// Messages a stream holds ready for its consumer; the feed's buffer holds
+/// the rest.
+const READY: usize = 16;
 
 /// Limits on watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +84,9 @@ pub struct WatchLimits {
     pub streams_per_organization: usize,
     /// Longest time between two messages of a stream.
     pub heartbeat: Duration,
+    /// A stream whose consumer has left a message unread this long ends as
+    /// too slow, however little it holds.
+    pub unread_timeout: Duration,
 }
 
 impl Default for WatchLimits {
@@ -74,6 +94,7 @@ impl Default for WatchLimits {
         Self {
             streams_per_organization: 16,
             heartbeat: Duration::from_secs(15),
+            unread_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -153,35 +174,66 @@ impl Watches {
         self.sent.clone()
     }
 
-    /// The horizon a change token names (`field`: where it came from).
-    pub fn start_at(&self, token: &str, field: &'static str) -> Result<WatchStart, ServiceError> {
-        self.tokens.verify(token, field).map(WatchStart::At)
+    /// Where a watch after a change token starts (`field`: where it came
+    /// from).
+    pub fn start_after(
+        &self,
+        token: &str,
+        field: &'static str,
+    ) -> Result<WatchStart, ServiceError> {
+        self.tokens.verify(token, field).map(WatchStart::After)
     }
 
     /// Opens a watch of `party`'s events from `start`. `still_authorized` is
-    /// checked every [`AUTHORIZATION_CHECK`] while the stream is open.
+    /// checked every [`AUTHORIZATION_CHECK`] while the stream is open, and
+    /// before each batch of events.
     pub fn watch(
         &self,
         party: Party,
         start: WatchStart,
         still_authorized: StillAuthorized,
-    ) -> Result<ReceiverStream<Result<WatchItem, ServiceError>>, ServiceError> {
+    ) -> Result<WatchStream, ServiceError> {
         let slot = self.claim(party.organization)?;
-        // A few messages ready to send; the follower's buffer does the rest.
-        let (sender, receiver) = mpsc::channel(16);
-        let watches = self.clone();
-        tokio::spawn(async move {
+        let (sender, receiver) = mpsc::channel(READY);
+        let (ended, outcome) = oneshot::channel();
+        let read = Arc::new(Mutex::new(Instant::now()));
+        let stream = Stream {
+            watches: self.clone(),
+            party,
+            sender,
+            still_authorized,
+            authorization: tokio::time::interval_at(
+                Instant::now() + AUTHORIZATION_CHECK,
+                AUTHORIZATION_CHECK,
+            ),
+            read: read.clone(),
+            waiting_since: None,
+            start: Snapshot::empty(),
+            seen: Snapshot::empty(),
+        };
+        let task = tokio::spawn(async move {
             let _slot = slot;
-            let stream = Stream {
-                watches: &watches,
-                party,
-                sender: &sender,
-            };
-            if let Err(err) = stream.run(start, still_authorized).await {
-                let _ = sender.send(Err(err)).await;
-            }
+            stream.run(start).await
         });
-        Ok(ReceiverStream::new(receiver))
+        // The task's end, told to the consumer: a failure (a panic too) ends
+        // the stream with its error.
+        tokio::spawn(async move {
+            let result = match task.await {
+                Ok(Ok(Gone)) => Ok(()),
+                Ok(Err(err)) => Err(err),
+                Err(failed) => {
+                    tracing::error!(error = %failed, "a watch's task failed");
+                    Err(ServiceError::internal("the watch failed"))
+                }
+            };
+            let _ = ended.send(result);
+        });
+        Ok(WatchStream {
+            receiver,
+            outcome: Some(outcome),
+            drained: false,
+            read,
+        })
     }
 
     fn claim(&self, organization: OrganizationId) -> Result<Slot, ServiceError> {
@@ -201,24 +253,84 @@ impl Watches {
     }
 }
 
+/// The messages of one watch, as its consumer reads them: the stream's
+/// messages, then its end. An error ends it at once, ahead of any message
+/// not read yet.
+pub struct WatchStream {
+    receiver: mpsc::Receiver<WatchItem>,
+    /// How the stream's task ended, once it has.
+    outcome: Option<oneshot::Receiver<Result<(), ServiceError>>>,
+    /// The task ended without an error: end once the messages are read.
+    drained: bool,
+    /// When the consumer last took a message.
+    read: Arc<Mutex<Instant>>,
+}
+
+impl std::fmt::Debug for WatchStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WatchStream").finish_non_exhaustive()
+    }
+}
+
+impl futures_util::Stream for WatchStream {
+    type Item = Result<WatchItem, ServiceError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(outcome) = &mut this.outcome
+            && let Poll::Ready(result) = Pin::new(outcome).poll(cx)
+        {
+            this.outcome = None;
+            match result {
+                Ok(Ok(())) => this.drained = true,
+                Ok(Err(err)) => {
+                    this.receiver.close();
+                    return Poll::Ready(Some(Err(err)));
+                }
+                Err(_) => {
+                    this.receiver.close();
+                    return Poll::Ready(Some(Err(ServiceError::internal(
+                        "the watch ended without an outcome",
+                    ))));
+                }
+            }
+        }
+        match this.receiver.poll_recv(cx) {
+            Poll::Ready(Some(item)) => {
+                *this.read.lock().expect("never poisoned") = Instant::now();
+                Poll::Ready(Some(Ok(item)))
+            }
+            // Closed: the end, once the outcome is known to be no error.
+            Poll::Ready(None) if this.drained || this.outcome.is_none() => Poll::Ready(None),
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
 /// One open watch.
-struct Stream<'a> {
-    watches: &'a Watches,
+struct Stream {
+    watches: Watches,
     party: Party,
-    sender: &'a mpsc::Sender<Result<WatchItem, ServiceError>>,
+    sender: mpsc::Sender<WatchItem>,
+    still_authorized: StillAuthorized,
+    authorization: Interval,
+    /// When the consumer last took a message.
+    read: Arc<Mutex<Instant>>,
+    /// Since when a message has waited in an otherwise empty channel.
+    waiting_since: Option<Instant>,
+    /// The start: its changes are not sent.
+    start: Snapshot,
+    /// What the stream has passed: its tokens name this.
+    seen: Snapshot,
 }
 
 /// Why a stream stopped sending without an error: its client went away.
 struct Gone;
 
-impl Stream<'_> {
+impl Stream {
     /// Sends from `start` until the client goes away (`Ok`) or the stream
     /// must end with an error.
-    async fn run(
-        &self,
-        start: WatchStart,
-        still_authorized: StillAuthorized,
-    ) -> Result<(), ServiceError> {
+    async fn run(mut self, start: WatchStart) -> Result<Gone, ServiceError> {
         let Subscription {
             horizon: caught_up,
             mut batches,
@@ -228,27 +340,23 @@ impl Stream<'_> {
             .subscribe()
             .await
             .ok_or_else(|| ServiceError::internal("the change feed has not started"))?;
-        // From now: what had committed when the watch began is skipped (on
-        // PostgreSQL, some of it may lie above the horizon).
-        let (mut cursor, before) = match start {
-            WatchStart::At(horizon) => (horizon, None),
-            WatchStart::Beginning => (i64::MIN, None),
-            WatchStart::Now => {
-                let snapshot = connection_event::snapshot(&self.watches.reader).await?;
-                (snapshot.xmin, Some(snapshot))
-            }
+        self.start = match start {
+            WatchStart::After(seen) => seen,
+            WatchStart::Beginning => Snapshot::empty(),
+            WatchStart::Now => change_log::snapshot(&self.watches.reader).await?,
         };
-        let new = |position: i64| before.as_ref().is_none_or(|before| !before.saw(position));
-        let mut checked = tokio::time::Instant::now();
+        self.seen = self.start.clone();
+        let mut cursor = self.start.xmin();
         // The start is fixed: a first heartbeat tells the client so, with a
         // token to resume from should the stream end before anything else.
-        if self.send(None, cursor).await.is_err() {
-            return Ok(());
+        if let Some(gone) = self.send(None).await? {
+            return Ok(gone);
         }
 
         // Catch up from the database to where the feed takes over.
         while cursor < caught_up {
-            let entries = connection_event::log_entries(
+            self.check().await?;
+            let read = change_log::log_entries(
                 &self.watches.reader,
                 cursor,
                 caught_up,
@@ -256,80 +364,137 @@ impl Stream<'_> {
                 Some(self.party),
             )
             .await?;
-            let next = match entries.last() {
-                Some(last) if entries.len() as u64 == LOG_PAGE => last.position + 1,
+            let next = match read.entries.last() {
+                Some(last) if read.entries.len() as u64 == LOG_PAGE => last.position + 1,
                 _ => caught_up,
             };
-            for entry in entries.into_iter().filter(|entry| new(entry.position)) {
-                if self.event(entry.event, entry.position).await.is_err() {
-                    return Ok(());
+            for entry in read.entries {
+                if let Some(gone) = self
+                    .event(entry.event, entry.position, &read.snapshot)
+                    .await?
+                {
+                    return Ok(gone);
                 }
             }
             cursor = next;
-            if checked.elapsed() >= AUTHORIZATION_CHECK {
-                still_authorized().await?;
-                checked = tokio::time::Instant::now();
-            }
+            self.pass(&read.snapshot, cursor);
         }
 
         // Then follow the feed.
-        let mut authorization =
-            tokio::time::interval_at(checked + AUTHORIZATION_CHECK, AUTHORIZATION_CHECK);
+        let party = self.party;
         let heartbeat_every = self.watches.limits.heartbeat;
-        let mut heartbeat = tokio::time::interval_at(
-            tokio::time::Instant::now() + heartbeat_every,
-            heartbeat_every,
-        );
+        let mut heartbeat =
+            tokio::time::interval_at(Instant::now() + heartbeat_every, heartbeat_every);
         loop {
-            let sent = tokio::select! {
+            let gone = tokio::select! {
                 batch = batches.recv() => match batch {
                     Ok(batch) => {
-                        let mut sent = Ok(());
-                        for entry in &batch.entries {
-                            if entry.position >= cursor
-                                && new(entry.position)
-                                && self.party.takes_part_in(&entry.parties)
-                            {
-                                sent = self.event(entry.event.clone(), entry.position).await;
-                                if sent.is_err() {
-                                    break;
-                                }
+                        let events = batch.entries.iter().filter(|entry| {
+                            entry.position >= cursor && party.takes_part_in(&entry.parties)
+                        });
+                        let mut gone = None;
+                        // No event for a caller no longer authorized.
+                        if events.clone().next().is_some() {
+                            (self.still_authorized)().await?;
+                        }
+                        for entry in events {
+                            gone = self.event(entry.event.clone(), entry.position, &batch.seen).await?;
+                            if gone.is_some() {
+                                break;
                             }
                         }
                         cursor = cursor.max(batch.horizon);
-                        sent
+                        self.pass(&batch.seen, cursor);
+                        gone
                     }
                     Err(RecvError::Lagged(_)) => return Err(ServiceError::WatchConsumerTooSlow),
                     // The feed is gone: the server is stopping.
-                    Err(RecvError::Closed) => return Ok(()),
+                    Err(RecvError::Closed) => return Ok(Gone),
                 },
-                _ = heartbeat.tick() => self.send(None, cursor).await,
-                _ = authorization.tick() => {
-                    still_authorized().await?;
-                    Ok(())
+                _ = heartbeat.tick() => self.send(None).await?,
+                _ = self.authorization.tick() => {
+                    self.check().await?;
+                    None
                 }
-                () = self.sender.closed() => Err(Gone),
+                () = self.sender.closed() => Some(Gone),
             };
-            if sent.is_err() {
-                return Ok(());
+            if let Some(gone) = gone {
+                return Ok(gone);
             }
         }
     }
 
-    /// Sends `event`, at `position`, if the client is still there.
-    async fn event(&self, event: ConnectionEvent, position: i64) -> Result<(), Gone> {
-        self.send(Some(event), position + 1).await?;
-        self.watches.sent.inc();
+    /// The stream has passed every position below `cursor`, which `read`
+    /// holds.
+    fn pass(&mut self, read: &Snapshot, cursor: i64) {
+        self.seen = if cursor >= self.start.upper() {
+            // Past every position the start holds: it adds nothing more.
+            read.below(cursor)
+        } else {
+            self.start.union(&read.below(cursor))
+        };
+    }
+
+    /// Checks that the caller is still authorized, and that the consumer
+    /// reads.
+    async fn check(&mut self) -> Result<(), ServiceError> {
+        (self.still_authorized)().await?;
+        if let Some(since) = self.waiting_since {
+            let read = *self.read.lock().expect("never poisoned");
+            if self.sender.capacity() == self.sender.max_capacity() {
+                self.waiting_since = None;
+            } else if read.max(since).elapsed() >= self.watches.limits.unread_timeout {
+                return Err(ServiceError::WatchConsumerTooSlow);
+            }
+        }
         Ok(())
     }
 
-    /// Sends a message whose token names `horizon`.
-    async fn send(&self, event: Option<ConnectionEvent>, horizon: i64) -> Result<(), Gone> {
+    /// Sends `event`, at `position`, read under `read`, unless the start
+    /// holds it.
+    async fn event(
+        &mut self,
+        event: ConnectionEvent,
+        position: i64,
+        read: &Snapshot,
+    ) -> Result<Option<Gone>, ServiceError> {
+        if self.start.saw(position) {
+            return Ok(None);
+        }
+        self.pass(read, position + 1);
+        let gone = self.send(Some(event)).await?;
+        if gone.is_none() {
+            self.watches.sent.inc();
+        }
+        Ok(gone)
+    }
+
+    /// Sends a message whose token names what the stream has passed, once
+    /// the consumer has room for it; meanwhile keeps checking the caller's
+    /// authorization and that the consumer reads.
+    async fn send(&mut self, event: Option<ConnectionEvent>) -> Result<Option<Gone>, ServiceError> {
         let item = WatchItem {
             event,
-            change_token: self.watches.tokens.issue(horizon),
+            change_token: self.watches.tokens.issue(&self.seen),
         };
-        self.sender.send(Ok(item)).await.map_err(|_| Gone)
+        if self.sender.capacity() == self.sender.max_capacity() {
+            self.waiting_since = Some(Instant::now());
+        }
+        let sender = self.sender.clone();
+        loop {
+            tokio::select! {
+                permit = sender.reserve() => {
+                    return Ok(match permit {
+                        Ok(permit) => {
+                            permit.send(item);
+                            None
+                        }
+                        Err(_) => Some(Gone),
+                    });
+                }
+                _ = self.authorization.tick() => self.check().await?,
+            }
+        }
     }
 }
 

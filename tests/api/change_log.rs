@@ -5,7 +5,7 @@
 use connections::{
     db,
     domain::{Action, Change, ConnectionId, OrganizationId},
-    entity::{connection, connection_event},
+    entity::{change_log, connection, connection_event},
     proto::{ActivateConnectionRequest, CreateConnectionRequest, DataType},
 };
 use sea_orm::{Database, DatabaseConnection};
@@ -14,10 +14,11 @@ use crate::support::{AppOptions, TestOrg, require_postgres, spawn_app, spawn_rep
 
 /// The whole log below its horizon: (position, connection, sequence).
 async fn read_log(db: &DatabaseConnection) -> Vec<(i64, ConnectionId, i64)> {
-    let horizon = connection_event::horizon(db).await.unwrap();
-    connection_event::log_entries(db, i64::MIN, horizon, 10_000, None)
+    let horizon = change_log::horizon(db).await.unwrap();
+    change_log::log_entries(db, i64::MIN, horizon, 10_000, None)
         .await
         .unwrap()
+        .entries
         .into_iter()
         .map(|entry| {
             (
@@ -208,10 +209,10 @@ async fn events_from_before_the_change_log_come_first_oldest_first() {
     let db = Database::connect(&url).await.unwrap();
     let logged = log_of_at_least(&db, 6).await;
 
-    // Undo the change log (and the notification on it) and apply it again:
-    // the events it finds are numbered below zero, in the order they
-    // happened.
-    Migrator::down(&db, Some(2)).await.unwrap();
+    // Undo the change log (and the notification and epochs on it) and
+    // apply it again: the events it finds are numbered below zero, in the
+    // order they happened.
+    Migrator::down(&db, Some(3)).await.unwrap();
     Migrator::up(&db, None).await.unwrap();
     let renumbered = log_of_at_least(&db, 6).await;
     db.close().await.unwrap();

@@ -413,11 +413,10 @@ async fn a_commit_on_another_replica_reaches_a_watcher_without_waiting_for_the_p
     assert_eq!(started.event, None, "the first message is a heartbeat");
     let created = create(first, &source, &destination).await;
     let id = created.connection.unwrap().id;
-    let (events, token) = tokio::time::timeout(Duration::from_secs(5), next_events(&mut stream, 1))
+    let (events, _) = tokio::time::timeout(Duration::from_secs(5), next_events(&mut stream, 1))
         .await
         .expect("the creation arrives long before the next poll");
     assert_eq!(keys(&events), vec![(id.clone(), 1)]);
-    assert_eq!(token, created.change_token);
     second.deactivate(&destination, &id, "").await.unwrap();
     first.reactivate(&source, &id, "").await.unwrap();
     let (events, _) = tokio::time::timeout(Duration::from_secs(5), next_events(&mut stream, 2))

@@ -131,6 +131,8 @@ pub struct AppOptions {
     pub request_id_sweep_interval: Duration,
     /// Use SQLite even when `TEST_DATABASE_URL` is set.
     pub sqlite: bool,
+    /// A database on this PostgreSQL server (its admin URL) instead.
+    pub postgres_server: Option<String>,
     /// Server pool size.
     pub max_connections: u32,
     /// Reach PostgreSQL through this address (e.g. a fault-injecting proxy).
@@ -152,6 +154,8 @@ pub struct AppOptions {
     pub watch_streams_per_organization: u32,
     /// Longest time between two messages of a watch.
     pub watch_heartbeat_interval: Duration,
+    /// A watch whose client leaves a message unread this long ends.
+    pub watch_unread_timeout: Duration,
     /// Change log batches a watch may fall behind.
     pub watch_buffer: u32,
     /// How often the change log is read for other replicas' changes.
@@ -167,6 +171,7 @@ impl Default for AppOptions {
             request_id_retention: Duration::from_secs(24 * 60 * 60),
             request_id_sweep_interval: Duration::from_secs(60 * 60),
             sqlite: false,
+            postgres_server: None,
             max_connections: 8,
             database_address: None,
             cors_allow_origins: Vec::new(),
@@ -181,6 +186,7 @@ impl Default for AppOptions {
             ),
             watch_streams_per_organization: server.watch_streams_per_organization,
             watch_heartbeat_interval: server.watch_heartbeat_interval,
+            watch_unread_timeout: server.watch_unread_timeout,
             watch_buffer: server.watch_buffer,
             change_feed_poll_interval: BackgroundSettings::default().change_feed_poll_interval,
         }
@@ -192,14 +198,26 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(options: AppOptions) -> TestApp {
-    let (database, url) = TestDatabase::create(options.sqlite).await;
+    let (database, url) = new_database(&options).await;
     start(Arc::new(database), url, &options).await
+}
+
+/// A server on `database` (reached at `url`), which the test has prepared.
+pub async fn spawn_app_on(database: TestDatabase, url: String, options: AppOptions) -> TestApp {
+    start(Arc::new(database), url, &options).await
+}
+
+async fn new_database(options: &AppOptions) -> (TestDatabase, String) {
+    match &options.postgres_server {
+        Some(server) => TestDatabase::create_on(server).await,
+        None => TestDatabase::create(options.sqlite).await,
+    }
 }
 
 /// `count` servers sharing one new database, as replicas do in production;
 /// they start at the same moment, so they migrate it together.
 pub async fn spawn_replicas(count: usize, options: AppOptions) -> Vec<TestApp> {
-    let (database, url) = TestDatabase::create(options.sqlite).await;
+    let (database, url) = new_database(&options).await;
     let database = Arc::new(database);
     futures::future::join_all((0..count).map(|_| start(database.clone(), url.clone(), &options)))
         .await
@@ -268,6 +286,7 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
         http2_keepalive_timeout: options.http2_keepalive.1,
         watch_streams_per_organization: options.watch_streams_per_organization,
         watch_heartbeat_interval: options.watch_heartbeat_interval,
+        watch_unread_timeout: options.watch_unread_timeout,
         watch_buffer: options.watch_buffer,
         background: BackgroundSettings {
             health_check_interval: Duration::from_millis(100),

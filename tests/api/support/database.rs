@@ -25,19 +25,7 @@ impl TestDatabase {
     /// `sqlite` is asked for), else a SQLite file.
     pub async fn create(sqlite: bool) -> (Self, String) {
         match postgres_url().filter(|_| !sqlite) {
-            Some(admin_url) => {
-                let name = format!("connections_test_{}", Uuid::now_v7().simple());
-                let admin = Database::connect(&admin_url)
-                    .await
-                    .expect("TEST_DATABASE_URL reachable");
-                admin
-                    .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
-                    .await
-                    .expect("create test database");
-                admin.close().await.ok();
-                let url = with_database_name(&admin_url, &name);
-                (Self::Postgres { admin_url, name }, url)
-            }
+            Some(admin_url) => Self::create_on(&admin_url).await,
             None => {
                 let path =
                     std::env::temp_dir().join(format!("connections-test-{}.db", Uuid::now_v7()));
@@ -45,6 +33,24 @@ impl TestDatabase {
                 (Self::Sqlite(path), url)
             }
         }
+    }
+}
+
+impl TestDatabase {
+    /// A fresh database on the PostgreSQL server whose `admin_url` is given.
+    pub async fn create_on(admin_url: &str) -> (Self, String) {
+        let name = format!("connections_test_{}", Uuid::now_v7().simple());
+        let admin = Database::connect(admin_url)
+            .await
+            .expect("the PostgreSQL server is reachable");
+        admin
+            .execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("create test database");
+        admin.close().await.ok();
+        let url = with_database_name(admin_url, &name);
+        let admin_url = admin_url.to_owned();
+        (Self::Postgres { admin_url, name }, url)
     }
 }
 
@@ -121,7 +127,7 @@ pub fn with_address(url: &str, address: SocketAddr) -> String {
 }
 
 /// `url` naming the database `name` on the same server.
-fn with_database_name(url: &str, name: &str) -> String {
+pub fn with_database_name(url: &str, name: &str) -> String {
     let mut url = parse(url);
     url.set_path(name);
     url.into()

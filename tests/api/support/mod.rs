@@ -6,22 +6,28 @@
 //! - `clients`: credentials, clients and assertions on statuses.
 //! - `rpcs`: every RPC, from the file descriptor set, and calls of any of them.
 //! - `http2`: a raw HTTP/2 client, for hostile input.
+//! - `own_postgres`: a PostgreSQL cluster of the test's own.
 //! - `proxy`: a TCP proxy that can cut connections, for outages.
 //! - `process`: the real binary in processes of its own.
 //! - `rng`: the one seeded random generator.
+//! - `watching`: WatchConnectionEvents requests and reading streams.
 
 pub mod app;
 pub mod clients;
 pub mod database;
 pub mod http2;
+pub mod own_postgres;
 pub mod process;
 pub mod proxy;
 pub mod rng;
 pub mod rpcs;
+pub mod watching;
 
 use std::{future::Future, time::Duration};
 
-pub use app::{AppOptions, TestApp, spawn_app, spawn_app_with, spawn_replica_of, spawn_replicas};
+pub use app::{
+    AppOptions, TestApp, spawn_app, spawn_app_on, spawn_app_with, spawn_replica_of, spawn_replicas,
+};
 pub use clients::{
     ADMIN_TOKEN, Bearer, TestOrg, assert_error, metric_sample, unknown_id, violated_fields,
 };
