@@ -88,6 +88,7 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'stati
 
 async fn migrate(settings: DatabaseSettings) -> Result<(), Error> {
     let db = db::connect_and_migrate(&settings).await?;
+    connections::entity::change_log::continue_after_move(&db).await?;
     db.close().await?;
     tracing::info!("migrations applied");
     Ok(())

@@ -22,8 +22,9 @@
  *   stream's first message (an event or a heartbeat), so at the first message of a "from now"
  *   stream the page asks every view to load its snapshot again (`onResync`): everything before
  *   the stream's start is in that snapshot, everything after it comes on the stream. Tokens of
- *   write responses are not used to resume: a write's token is after the events of the other
- *   party that the stream has not delivered yet, so resuming from it could skip them.
+ *   write responses are not used to resume: a write's token covers every change committed before
+ *   the write, including events of the other party the stream may not have delivered yet, so
+ *   resuming from it could skip them.
  * - Views tolerate seeing a change twice (in their snapshot and on the stream): they reload what
  *   an event touches, or append an event only when it is the next one they do not show yet.
  *

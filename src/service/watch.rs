@@ -261,6 +261,7 @@ pub struct WatchStream {
     /// How the stream's task ended, once it has.
     outcome: Option<oneshot::Receiver<Result<(), ServiceError>>>,
     /// The task ended without an error: end once the messages are read.
+    /// (With no outcome left and this false, an error has ended it.)
     drained: bool,
     /// When the consumer last took a message.
     read: Arc<Mutex<Instant>>,
@@ -277,31 +278,34 @@ impl futures_util::Stream for WatchStream {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if let Some(outcome) = &mut this.outcome
-            && let Poll::Ready(result) = Pin::new(outcome).poll(cx)
-        {
-            this.outcome = None;
-            match result {
-                Ok(Ok(())) => this.drained = true,
-                Ok(Err(err)) => {
-                    this.receiver.close();
-                    return Poll::Ready(Some(Err(err)));
-                }
-                Err(_) => {
-                    this.receiver.close();
-                    return Poll::Ready(Some(Err(ServiceError::internal(
-                        "the watch ended without an outcome",
-                    ))));
+        if let Some(outcome) = &mut this.outcome {
+            if let Poll::Ready(result) = Pin::new(outcome).poll(cx) {
+                this.outcome = None;
+                let error = match result {
+                    Ok(Ok(())) => None,
+                    Ok(Err(err)) => Some(err),
+                    Err(_) => Some(ServiceError::internal("the watch ended without an outcome")),
+                };
+                match error {
+                    // Ahead of the messages not read yet, which go.
+                    Some(err) => {
+                        this.receiver = mpsc::channel(1).1;
+                        return Poll::Ready(Some(Err(err)));
+                    }
+                    None => this.drained = true,
                 }
             }
+        } else if !this.drained {
+            // The error has been sent: the end.
+            return Poll::Ready(None);
         }
         match this.receiver.poll_recv(cx) {
             Poll::Ready(Some(item)) => {
                 *this.read.lock().expect("never poisoned") = Instant::now();
                 Poll::Ready(Some(Ok(item)))
             }
-            // Closed: the end, once the outcome is known to be no error.
-            Poll::Ready(None) if this.drained || this.outcome.is_none() => Poll::Ready(None),
+            // Closed: the end, once the task is known to have ended well.
+            Poll::Ready(None) if this.drained => Poll::Ready(None),
             Poll::Ready(None) | Poll::Pending => Poll::Pending,
         }
     }
@@ -602,5 +606,39 @@ mod tests {
             "{held} messages were held for a stalled watch"
         );
         stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_watch_whose_task_fails_ends_with_internal_not_ok() {
+        let (db, tokens, source, _) = testing::two_organizations().await;
+        let feed = ChangeFeed::new(db.clone().into());
+        feed.start().await.unwrap();
+        let watches = Watches::new(
+            db.clone().into(),
+            feed,
+            ChangeTokens::new(tokens),
+            WatchLimits::default(),
+        );
+        let party = Party {
+            organization: source,
+            role: None,
+        };
+        let mut stream = watches
+            .watch(
+                party,
+                WatchStart::Beginning,
+                Arc::new(|| panic!("a bug in the authorization check")),
+            )
+            .unwrap();
+        // Maybe its first heartbeat (the error goes ahead of what is unread),
+        // then the error, then the end.
+        let mut end = stream.next().await.expect("an error, not the end");
+        if let Ok(first) = &end {
+            assert_eq!(first.event, None, "the first heartbeat");
+            end = stream.next().await.expect("an error, not the end");
+        }
+        assert!(matches!(end, Err(ServiceError::Internal(_))), "{end:?}");
+        assert!(stream.next().await.is_none());
+        assert_eq!(watches.open_streams(), 0, "its slot is given back");
     }
 }

@@ -363,3 +363,98 @@ async fn a_server_started_later_builds_its_index_from_the_database_and_keeps_it_
         }
     }
 }
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and pass --include-ignored"]
+async fn a_replica_started_during_a_burst_of_writes_keeps_its_index_current_however_small_its_feed_buffer()
+ {
+    use migration::{Migrator, MigratorTrait};
+    use sea_orm::{ConnectionTrait, Database};
+
+    crate::support::require_postgres();
+    // 60,000 connections the index must read whenever it starts over.
+    let (database, url) = crate::support::TestDatabase::create(false).await;
+    let db = Database::connect(&url).await.unwrap();
+    Migrator::up(&db, None).await.unwrap();
+    let bulk = |prefix: &str| format!("('{prefix}' || lpad(to_hex(n), 12, '0'))::uuid");
+    db.execute_unprepared(&format!(
+        "INSERT INTO organizations (id, display_name, create_time) \
+         SELECT {}, 'bulk', now() FROM generate_series(1, 60001) AS s(n); \
+         INSERT INTO connections (id, source_organization_id, destination_organization_id, \
+                                  state, data_types, version, create_time, update_time) \
+         SELECT {}, {}, {}, 'PENDING', 'INQUIRY', 1, now(), now() \
+         FROM generate_series(1, 60000) AS s(n)",
+        bulk("01900000-0000-7000-8000-"),
+        bulk("01910000-0000-7000-8000-"),
+        "'01900000-0000-7000-8000-000000000001'::uuid",
+        "('01900000-0000-7000-8000-' || lpad(to_hex(n + 1), 12, '0'))::uuid",
+    ))
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+    let app = std::sync::Arc::new(
+        crate::support::spawn_app_on(database, url, AppOptions::default()).await,
+    );
+    let source = app.new_org("S").await;
+    let latest = std::sync::Arc::new(std::sync::Mutex::new(None::<(String, String)>));
+    let writing = tokio_util::sync::CancellationToken::new();
+    let mut writers = Vec::new();
+    for i in 0..4 {
+        let destination = app.new_org(&format!("D{i}")).await;
+        let (id, _) = create(&app, &source, &destination).await;
+        let (app, source, latest, writing) =
+            (app.clone(), source.clone(), latest.clone(), writing.clone());
+        writers.push(tokio::spawn(async move {
+            while !writing.is_cancelled() {
+                for (org, action) in [
+                    (&destination, Action::Activate),
+                    (&source, Action::Deactivate),
+                    (&source, Action::Reactivate),
+                ] {
+                    let token = transition(&app, org, action, &id).await;
+                    *latest.lock().unwrap() = Some((destination.id.clone(), token));
+                }
+            }
+        }));
+    }
+    // A replica that keeps few batches for its readers starts while the
+    // writes go on: its index is built, then must keep up.
+    let replica = crate::support::spawn_replica_of(
+        &app,
+        AppOptions {
+            watch_buffer: 2,
+            ..AppOptions::default()
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let mut slowest = std::time::Duration::ZERO;
+    let mut checks = 0;
+    while started.elapsed() < std::time::Duration::from_secs(3) {
+        let Some((destination, token)) = latest.lock().unwrap().clone() else {
+            continue;
+        };
+        let asked = std::time::Instant::now();
+        check(
+            &replica,
+            Bearer::new(&source.key),
+            &source.id,
+            &destination,
+            DataType::Inquiry,
+            &token,
+        )
+        .await
+        .unwrap();
+        slowest = slowest.max(asked.elapsed());
+        checks += 1;
+    }
+    writing.cancel();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    // A check the index cannot answer waits 1 s, then reads the database.
+    assert!(
+        slowest < std::time::Duration::from_millis(900),
+        "of {checks} checks with a write's token, one took {slowest:?}"
+    );
+}

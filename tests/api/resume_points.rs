@@ -18,11 +18,11 @@ use tokio::time::Instant;
 use tonic::{Code, Streaming};
 
 use crate::support::{
-    Bearer, TestApp, TestOrg,
+    AppOptions, Bearer, TestApp, TestOrg,
     clients::Connections,
     require_postgres,
     rng::TestRng,
-    spawn_app,
+    spawn_app, spawn_app_with,
     watching::{after, from_beginning, keys, until_quiet, watch},
 };
 
@@ -237,7 +237,13 @@ async fn random_step(
 async fn watchers_resuming_from_write_tokens_get_exactly_the_later_events_under_random_lock_holds()
 {
     require_postgres();
-    let app = Arc::new(spawn_app().await);
+    let app = Arc::new(
+        spawn_app_with(AppOptions {
+            watch_streams_per_organization: 100,
+            ..AppOptions::default()
+        })
+        .await,
+    );
     let source = app.new_org("S").await;
     let mut pairs = Vec::new();
     for i in 0..4 {
@@ -247,7 +253,9 @@ async fn watchers_resuming_from_write_tokens_get_exactly_the_later_events_under_
     }
     let pairs = Arc::new(pairs);
     let writes = Arc::new(Mutex::new(Vec::<Write>::new()));
-    let run_for = Duration::from_secs(3);
+    // (connection, held from before, held until after) of every row lock.
+    let holds = Arc::new(Mutex::new(Vec::<(String, Instant, Instant)>::new()));
+    let run_for = Duration::from_secs(4);
     let started = Instant::now();
     let rng = TestRng::new();
     let seed = rng.seed();
@@ -257,7 +265,12 @@ async fn watchers_resuming_from_write_tokens_get_exactly_the_later_events_under_
     // order.
     let mut tasks = Vec::new();
     for holder in 0..2u64 {
-        let (url, pairs, mut rng) = (app.database_url.clone(), pairs.clone(), rng.fork(holder));
+        let (url, pairs, holds, mut rng) = (
+            app.database_url.clone(),
+            pairs.clone(),
+            holds.clone(),
+            rng.fork(holder),
+        );
         tasks.push(tokio::spawn(async move {
             let mut session = PgConnection::connect(&url).await.unwrap();
             while started.elapsed() < run_for {
@@ -268,7 +281,12 @@ async fn watchers_resuming_from_write_tokens_get_exactly_the_later_events_under_
                     .execute(&mut session)
                     .await
                     .unwrap();
+                let held = Instant::now();
                 tokio::time::sleep(Duration::from_millis(rng.below(40) as u64)).await;
+                holds
+                    .lock()
+                    .unwrap()
+                    .push((id.clone(), held, Instant::now()));
                 session.execute("COMMIT").await.unwrap();
                 tokio::time::sleep(Duration::from_millis(rng.below(10) as u64)).await;
             }
@@ -295,7 +313,7 @@ async fn watchers_resuming_from_write_tokens_get_exactly_the_later_events_under_
     let mut watchers = Vec::new();
     let mut rng = rng.fork(1000);
     while started.elapsed() < run_for {
-        tokio::time::sleep(Duration::from_millis(100 + rng.below(300) as u64)).await;
+        tokio::time::sleep(Duration::from_millis(20 + rng.below(100) as u64)).await;
         let last = writes.lock().unwrap().last().cloned();
         if let Some(write) = last {
             let stream = watch(&app, &source, after(&write.token)).await;
@@ -307,6 +325,7 @@ async fn watchers_resuming_from_write_tokens_get_exactly_the_later_events_under_
     }
 
     let writes = writes.lock().unwrap().clone();
+    let holds = holds.lock().unwrap().clone();
     let mut history = HashMap::new();
     for (_, id) in pairs.iter() {
         history.insert(id.clone(), app.events(&source, id).await);
@@ -326,9 +345,14 @@ async fn watchers_resuming_from_write_tokens_get_exactly_the_later_events_under_
         "a watch from the beginning sees all"
     );
 
-    for (n, (from, mut stream)) in watchers.into_iter().enumerate() {
+    let watched =
+        futures::future::join_all(watchers.into_iter().map(|(from, mut stream)| async move {
+            let events = events_until_quiet(&mut stream, Duration::from_secs(1)).await;
+            (from, events)
+        }))
+        .await;
+    for (n, (from, events)) in watched.into_iter().enumerate() {
         let what = format!("watcher {n} (seed {seed})");
-        let events = events_until_quiet(&mut stream, Duration::from_secs(1)).await;
         let ids: Vec<&String> = events.iter().map(|e| &e.id).collect();
         let distinct: HashSet<&String> = ids.iter().copied().collect();
         assert_eq!(distinct.len(), ids.len(), "{what}: an event came twice");
@@ -346,14 +370,23 @@ async fn watchers_resuming_from_write_tokens_get_exactly_the_later_events_under_
                 events_of[events_of.len() - got.len()..].iter().collect();
             assert_eq!(got, tail, "{what}: not the end of {id}'s history");
         }
-        // Not its own write, nor any that had answered before it was sent;
-        // every one sent after it answered.
+        // Not its own write, nor any that had answered before it was sent.
+        // Every one that committed after it answered: sent after that, or
+        // sent while another session held its connection's row, which it
+        // still held then (the write waited for it, whatever its
+        // transaction ID).
         for write in &writes {
             let delivered = events.iter().any(|e| write.is(e));
+            let waited = holds.iter().any(|(id, held, until)| {
+                id == &write.connection && *held < write.sent && *until > from.answered
+            });
             if write.answered < from.sent || write.token == from.token {
                 assert!(!delivered, "{what}: an event its token covers came");
-            } else if write.sent > from.answered {
-                assert!(delivered, "{what}: a later event is missing");
+            } else if write.sent > from.answered || waited {
+                assert!(
+                    delivered,
+                    "{what}: an event committed after its token is missing"
+                );
             }
         }
     }

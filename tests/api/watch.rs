@@ -4,15 +4,15 @@
 use std::time::Duration;
 
 use connections::proto::{
-    ConnectionEvent, ConnectionRole, CreateConnectionRequest, CreateConnectionResponse, DataType,
-    ListApiKeysRequest, RevokeApiKeyRequest, WatchConnectionEventsRequest,
-    WatchConnectionEventsResponse,
+    ConnectionEvent, ConnectionRole, CreateApiKeyRequest, CreateConnectionRequest,
+    CreateConnectionResponse, DataType, ListApiKeysRequest, RevokeApiKeyRequest,
+    WatchConnectionEventsRequest, WatchConnectionEventsResponse,
 };
 use tonic::{Code, Status, Streaming};
 
 use crate::support::{
-    AppOptions, TestApp, TestOrg, assert_error, require_postgres, spawn_app, spawn_app_with,
-    spawn_replicas,
+    AppOptions, TestApp, TestOrg, assert_error, clients::connections_on, require_postgres,
+    spawn_app, spawn_app_with, spawn_replicas,
 };
 
 /// How long a test waits for a message it expects.
@@ -423,4 +423,155 @@ async fn a_commit_on_another_replica_reaches_a_watcher_without_waiting_for_the_p
         .await
         .expect("the transitions arrive long before the next poll");
     assert_eq!(keys(&events), vec![(id.clone(), 2), (id, 3)]);
+}
+
+/// A channel to `app` whose streams each take at most 1 KiB before the
+/// client reads: a watch that is not read stalls on the server after a few
+/// messages.
+async fn narrow_channel(app: &TestApp) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .initial_stream_window_size(Some(1024))
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Deactivates and reactivates `id` `times` times: two events each.
+async fn churn(app: &TestApp, source: &TestOrg, id: &str, times: usize) {
+    for _ in 0..times {
+        app.deactivate(source, id, "").await.unwrap();
+        app.reactivate(source, id, "").await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_stalled_watches_of_a_revoked_key_end_at_once_and_give_their_slots_back() {
+    let app = spawn_app().await;
+    let source = app.new_org("S").await;
+    let destination = app.new_org("D").await;
+    let id = app.connect(&source, &destination).await.id;
+    // A second key of the same organization.
+    let mut admin = app.admin();
+    let keys = admin
+        .list_api_keys(ListApiKeysRequest {
+            organization_id: source.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .api_keys;
+    let other = admin
+        .create_api_key(CreateApiKeyRequest {
+            organization_id: source.id.clone(),
+            display_name: "other".to_owned(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .secret;
+    let other = TestOrg {
+        id: source.id.clone(),
+        key: other,
+    };
+
+    // Every stream the organization may open, through a channel that takes
+    // little before the client reads, and nobody reads: they stall.
+    let narrow = narrow_channel(&app).await;
+    let mut stalled = Vec::new();
+    for _ in 0..AppOptions::default().watch_streams_per_organization {
+        let mut stream = connections_on(&narrow, &source)
+            .watch_connection_events(WatchConnectionEventsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        stream.message().await.unwrap().unwrap();
+        stalled.push(stream);
+    }
+    churn(&app, &source, &id, 40).await;
+    let before_revocation = app.events(&source, &id).await;
+
+    let revoked_at = tokio::time::Instant::now();
+    admin
+        .revoke_api_key(RevokeApiKeyRequest {
+            api_key_id: keys[0].id.clone(),
+        })
+        .await
+        .unwrap();
+    // The organization's other key gets a slot back within the bound.
+    let reopened = loop {
+        match watch(&app, &other, WatchConnectionEventsRequest::default()).await {
+            Ok(stream) => break stream,
+            Err(status) => assert_error(&status, Code::ResourceExhausted, "WATCH_LIMIT_EXCEEDED"),
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(3),
+            "no slot came back within 3 s of the revocation"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let freed_after = revoked_at.elapsed();
+    drop(reopened);
+    churn(&app, &other, &id, 3).await;
+
+    // A stalled stream, read now: no event committed after the revocation,
+    // then UNAUTHENTICATED.
+    let mut stream = stalled.pop().unwrap();
+    let status = loop {
+        match tokio::time::timeout(EXPECT, stream.message())
+            .await
+            .expect("the stream ends")
+        {
+            Ok(Some(message)) => {
+                if let Some(event) = message.event {
+                    assert!(
+                        before_revocation.contains(&event),
+                        "event {} came after the revocation",
+                        event.sequence
+                    );
+                }
+            }
+            Ok(None) => panic!("the stream ended without an error"),
+            Err(status) => break status,
+        }
+    };
+    assert_error(&status, Code::Unauthenticated, "API_KEY_INVALID");
+    eprintln!("a slot came back {freed_after:?} after the revocation");
+}
+
+#[tokio::test]
+async fn a_watch_whose_messages_go_unread_ends_as_too_slow_however_little_it_holds() {
+    let app = spawn_app_with(AppOptions {
+        watch_unread_timeout: Duration::from_secs(1),
+        watch_streams_per_organization: 1,
+        ..AppOptions::default()
+    })
+    .await;
+    let source = app.new_org("S").await;
+    let destination = app.new_org("D").await;
+    let id = app.connect(&source, &destination).await.id;
+    let narrow = narrow_channel(&app).await;
+    let mut stalled = connections_on(&narrow, &source)
+        .watch_connection_events(WatchConnectionEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    stalled.message().await.unwrap().unwrap();
+    // A few events: more than the client takes unread, far fewer than the
+    // server's buffers hold.
+    churn(&app, &source, &id, 10).await;
+    let started = tokio::time::Instant::now();
+    let reopened = loop {
+        if let Ok(stream) = watch(&app, &source, WatchConnectionEventsRequest::default()).await {
+            break stream;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the unread stream still holds its slot"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    drop(reopened);
+    let status = end_of(&mut stalled).await;
+    assert_error(&status, Code::Aborted, "WATCH_CONSUMER_TOO_SLOW");
 }
