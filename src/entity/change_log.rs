@@ -328,6 +328,40 @@ pub async fn changes_since(
     limit: u64,
 ) -> Result<Read, DbErr> {
     use sea_orm::ColumnTrait;
+    let mut filter = Condition::all().add(unseen(since));
+    if let Some(after) = after {
+        filter = filter.add(Column::Position.gt(after));
+    }
+    read(conn, filter, limit).await
+}
+
+/// `party`'s entries below `before` that `since` had not seen, in position
+/// order from `after` on (exclusive; `None`: from the start), at most
+/// `limit`: a watch catching up from where it starts. Only positions the
+/// snapshot left out are looked at, so a snapshot whose lowest running
+/// transaction is old (one left open elsewhere) costs nothing more.
+pub async fn unseen_entries(
+    conn: &impl ConnectionTrait,
+    since: &Snapshot,
+    after: Option<i64>,
+    before: i64,
+    limit: u64,
+    party: Party,
+) -> Result<Read, DbErr> {
+    use sea_orm::ColumnTrait;
+    let mut filter = Condition::all()
+        .add(unseen(since))
+        .add(Column::Position.lt(before))
+        .add(party.condition());
+    if let Some(after) = after {
+        filter = filter.add(Column::Position.gt(after));
+    }
+    read(conn, filter, limit).await
+}
+
+/// The positions `since` does not hold.
+fn unseen(since: &Snapshot) -> Condition {
+    use sea_orm::ColumnTrait;
     let mut unseen = Condition::any().add(Column::Position.gte(since.xmax()));
     if !since.running().is_empty() {
         unseen = unseen.add(Column::Position.is_in(since.running().iter().copied()));
@@ -336,10 +370,7 @@ pub async fn changes_since(
     if !since.also().is_empty() {
         filter = filter.add(Column::Position.is_not_in(since.also().iter().copied()));
     }
-    if let Some(after) = after {
-        filter = filter.add(Column::Position.gt(after));
-    }
-    read(conn, filter, limit).await
+    filter
 }
 
 /// The epoch the change log is in, and how positions are made in it.

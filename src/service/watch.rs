@@ -350,7 +350,9 @@ impl Stream {
             WatchStart::Now => change_log::snapshot(&self.watches.reader).await?,
         };
         self.seen = self.start.clone();
-        let mut cursor = self.start.xmin();
+        // The feed takes over at `caught_up`: below it every change the start
+        // does not hold comes from the database, then `cursor` is there.
+        let mut cursor = self.start.xmin().max(caught_up);
         // The start is fixed: a first heartbeat tells the client so, with a
         // token to resume from should the stream end before anything else.
         if let Some(gone) = self.send(None).await? {
@@ -358,20 +360,20 @@ impl Stream {
         }
 
         // Catch up from the database to where the feed takes over.
-        while cursor < caught_up {
+        let mut after = None;
+        while self.start.xmin() < caught_up {
             self.check().await?;
-            let read = change_log::log_entries(
+            let read = change_log::unseen_entries(
                 &self.watches.reader,
-                cursor,
+                &self.start,
+                after,
                 caught_up,
                 LOG_PAGE,
-                Some(self.party),
+                self.party,
             )
             .await?;
-            let next = match read.entries.last() {
-                Some(last) if read.entries.len() as u64 == LOG_PAGE => last.position + 1,
-                _ => caught_up,
-            };
+            let full = read.entries.len() as u64 == LOG_PAGE;
+            after = read.entries.last().map(|entry| entry.position).or(after);
             for entry in read.entries {
                 if let Some(gone) = self
                     .event(entry.event, entry.position, &read.snapshot)
@@ -380,8 +382,10 @@ impl Stream {
                     return Ok(gone);
                 }
             }
-            cursor = next;
-            self.pass(&read.snapshot, cursor);
+            if !full {
+                self.pass(&read.snapshot, caught_up);
+                break;
+            }
         }
 
         // Then follow the feed.

@@ -313,8 +313,9 @@ async fn through_races_kills_stops_and_outages_a_watcher_sees_every_event_once_i
     let watched = std::mem::take(&mut *watched.lock().unwrap());
     assert!(
         caught_up.is_ok(),
-        "the watcher saw {} of {total} events",
-        watched.events.len()
+        "the watcher saw {} of {total} events; its streams ended with {:?}",
+        watched.events.len(),
+        watched.ends
     );
     for (id, history) in &histories {
         let seen: Vec<ConnectionEvent> = watched
