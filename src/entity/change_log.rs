@@ -414,20 +414,25 @@ pub async fn continue_after_move(db: &sea_orm::DatabaseConnection) -> Result<Epo
         txn.commit().await?;
         return Ok(current);
     }
+    // This transaction's ID is the newest: in the cluster that wrote the
+    // log, above every position. Below the highest one, the IDs started over.
     let row = txn
         .query_one_raw(Statement::from_string(
             backend,
-            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin, \
+            "SELECT pg_current_xact_id()::text::bigint AS newest, \
+                    pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin, \
                     (SELECT MAX(position) FROM connection_events) AS highest",
         ))
         .await?
         .ok_or_else(|| DbErr::RecordNotFound("the transaction counter".to_owned()))?;
+    let newest: i64 = row.try_get("", "newest")?;
     let xmin: i64 = row.try_get("", "xmin")?;
     let highest: Option<i64> = row.try_get("", "highest")?;
-    let Some(highest) = highest.filter(|&highest| xmin + current.xid_offset <= highest) else {
+    let Some(highest) = highest.filter(|&highest| newest + current.xid_offset <= highest) else {
         txn.commit().await?;
         return Ok(current);
     };
+    // Every transaction that may still write has an ID from `xmin` on.
     let next = Epoch {
         epoch: current.epoch + 1,
         xid_offset: highest + EPOCH_GAP - xmin,

@@ -15,7 +15,7 @@ use tonic::Streaming;
 use crate::support::{
     AppOptions, Bearer, TestDatabase,
     own_postgres::OwnPostgres,
-    require_postgres, spawn_app, spawn_app_on,
+    require_postgres, spawn_app, spawn_app_on, spawn_replica_of,
     watching::{after, from_beginning, keys, until_quiet, watch},
 };
 
@@ -153,4 +153,28 @@ async fn after_a_dump_and_restore_into_a_new_cluster_the_log_goes_on_above_its_o
         .await
         .unwrap();
     assert_eq!(epochs, 2, "a new epoch began");
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and pass --include-ignored"]
+async fn a_server_starting_while_an_old_transaction_is_open_elsewhere_keeps_the_epoch() {
+    let (server, _) = require_postgres();
+    // The cluster's oldest running transaction is older than every event.
+    let mut idle = PgConnection::connect(&server).await.unwrap();
+    idle.execute("BEGIN").await.unwrap();
+    idle.execute("SELECT pg_current_xact_id()").await.unwrap();
+    let app = spawn_app().await;
+    let source = app.new_org("S").await;
+    let destination = app.new_org("D").await;
+    let id = app.connect(&source, &destination).await.id;
+    app.activate(&destination, &id, "").await.unwrap();
+    let replica = spawn_replica_of(&app, AppOptions::default()).await;
+    replica.deactivate(&destination, &id, "").await.unwrap();
+    let mut session = PgConnection::connect(&app.database_url).await.unwrap();
+    let epochs: i64 = sqlx::query_scalar("SELECT count(*) FROM change_log_epochs")
+        .fetch_one(&mut session)
+        .await
+        .unwrap();
+    assert_eq!(epochs, 1, "no move, no new epoch");
+    idle.execute("ROLLBACK").await.unwrap();
 }
