@@ -13,6 +13,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// Shortest admin token accepted, in characters.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 
+/// Longest duration a flag takes (a year): longer ones would overflow the
+/// clocks they are added to.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// One-directional data-sharing connections between organizations, over gRPC.
 #[derive(Debug, Parser)]
 #[command(name = "connections", version, about)]
@@ -95,7 +99,7 @@ pub struct Settings {
         long,
         env = "CONNECTIONS_HANDSHAKE_TIMEOUT",
         default_value = "10s",
-        value_parser = parse_duration
+        value_parser = parse_positive_duration
     )]
     pub handshake_timeout: Duration,
 
@@ -104,7 +108,7 @@ pub struct Settings {
         long,
         env = "CONNECTIONS_HTTP2_KEEPALIVE_INTERVAL",
         default_value = "60s",
-        value_parser = parse_duration
+        value_parser = parse_positive_duration
     )]
     pub http2_keepalive_interval: Duration,
 
@@ -114,7 +118,7 @@ pub struct Settings {
         long,
         env = "CONNECTIONS_HTTP2_KEEPALIVE_TIMEOUT",
         default_value = "20s",
-        value_parser = parse_duration
+        value_parser = parse_positive_duration
     )]
     pub http2_keepalive_timeout: Duration,
 
@@ -134,7 +138,7 @@ pub struct Settings {
         long,
         env = "CONNECTIONS_WATCH_HEARTBEAT_INTERVAL",
         default_value = "15s",
-        value_parser = parse_duration
+        value_parser = parse_positive_duration
     )]
     pub watch_heartbeat_interval: Duration,
 
@@ -332,8 +336,28 @@ impl Default for BackgroundSettings {
 /// How long request_id records are kept at least (SPEC section 4).
 pub const REQUEST_ID_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// A duration: a whole number followed by `ms`, `s`, `m` or `h` (`s` if none).
+/// A duration: a whole number followed by `ms`, `s`, `m` or `h` (`s` if none),
+/// at most [`MAX_DURATION`].
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let duration = parse_any_duration(value)?;
+    if duration > MAX_DURATION {
+        return Err(format!("{:?} is longer than a year", value.trim()));
+    }
+    Ok(duration)
+}
+
+/// A duration as [`parse_duration`] reads it, longer than zero: for
+/// timeouts and intervals, where zero would close every connection at once
+/// or tick without end.
+pub fn parse_positive_duration(value: &str) -> Result<Duration, String> {
+    let duration = parse_duration(value)?;
+    if duration.is_zero() {
+        return Err(format!("{:?} is zero: it must be longer", value.trim()));
+    }
+    Ok(duration)
+}
+
+fn parse_any_duration(value: &str) -> Result<Duration, String> {
     let value = value.trim();
     let split = value
         .find(|c: char| !c.is_ascii_digit())
@@ -601,6 +625,56 @@ mod tests {
             Settings::from_environment().shutdown_timeout,
             Duration::from_secs(10)
         );
+    }
+
+    /// `connections serve` with `args`, or clap's error.
+    fn serve(args: &[&str]) -> Result<Settings, clap::Error> {
+        let cli = Cli::try_parse_from(["connections", "serve"].iter().chain(args))?;
+        let Command::Serve(settings) = cli.command else {
+            panic!("expected serve");
+        };
+        Ok(*settings)
+    }
+
+    #[test]
+    fn zero_timeouts_and_intervals_are_refused_naming_the_flag() {
+        for flag in [
+            "--handshake-timeout",
+            "--http2-keepalive-interval",
+            "--http2-keepalive-timeout",
+            "--watch-heartbeat-interval",
+        ] {
+            for zero in ["0", "0s", "0ms"] {
+                let err = serve(&[flag, zero]).expect_err(flag);
+                assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+                assert_eq!(err.exit_code(), 2);
+                let message = err.to_string();
+                assert!(message.contains(flag), "{message}");
+                assert!(message.contains("zero"), "{message}");
+            }
+            assert!(serve(&[flag, "1ms"]).is_ok(), "{flag}");
+        }
+        // Zero means "end the calls in flight at once": allowed.
+        assert_eq!(
+            serve(&["--shutdown-timeout", "0s"])
+                .unwrap()
+                .shutdown_timeout,
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn durations_over_a_year_are_refused() {
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+        for huge in ["8761h", "18446744073709551615s", "99999999999999999999h"] {
+            let err = parse_duration(huge).unwrap_err();
+            assert!(
+                err.contains("longer than a year") || err.contains("not a duration"),
+                "{err}"
+            );
+        }
+        let err = serve(&["--handshake-timeout", "18446744073709551615s"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
     }
 
     #[test]

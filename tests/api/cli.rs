@@ -197,11 +197,7 @@ fn serve_refuses_wildcard_null_and_malformed_cors_origins_with_exit_code_2() {
         ("https://a.example/path", "not an origin"),
     ] {
         for from_env in [false, true] {
-            let mut command = Command::new(BIN);
-            command
-                .args(["serve", "--listen", "127.0.0.1:0"])
-                .env("CONNECTIONS_DATABASE_URL", &url)
-                .env_remove("RUST_LOG");
+            let mut command = serve_command(&url);
             if from_env {
                 command.env(
                     "CONNECTIONS_CORS_ALLOW_ORIGIN",
@@ -218,4 +214,56 @@ fn serve_refuses_wildcard_null_and_malformed_cors_origins_with_exit_code_2() {
         }
     }
     let _ = std::fs::remove_file(path);
+}
+
+/// `connections serve` on `url`, on a free port, with `RUST_LOG` unset.
+fn serve_command(url: &str) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("CONNECTIONS_DATABASE_URL", url)
+        .env_remove("RUST_LOG");
+    command
+}
+
+#[test]
+fn serve_refuses_a_zero_watch_heartbeat_interval_with_exit_code_2() {
+    let (url, path) = database_url();
+    for from_env in [false, true] {
+        let mut command = serve_command(&url);
+        match from_env {
+            false => command.args(["--watch-heartbeat-interval", "0s"]),
+            true => command.env("CONNECTIONS_WATCH_HEARTBEAT_INTERVAL", "0"),
+        };
+        let output = exits_within_10_seconds(command);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("--watch-heartbeat-interval"), "{stderr}");
+        assert!(stderr.contains("zero"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+/// The output of `command`, which must exit within 10 s (it is killed
+/// otherwise: e.g. a server that started).
+fn exits_within_10_seconds(mut command: Command) -> std::process::Output {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run connections");
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "still running after 10 s: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }
