@@ -278,7 +278,7 @@ pub async fn connect_and_migrate(settings: &DatabaseSettings) -> Result<Database
 }
 
 /// The PostgreSQL advisory lock held while migrating ("cnx-migr" in ASCII).
-const MIGRATION_LOCK: i64 = 0x636e_782d_6d69_6772;
+pub const MIGRATION_LOCK: i64 = 0x636e_782d_6d69_6772;
 
 /// Applies pending migrations in one write transaction, so that replicas
 /// started together take turns: on PostgreSQL the transaction first takes an

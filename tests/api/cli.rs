@@ -267,3 +267,99 @@ fn exits_within_10_seconds(mut command: Command) -> std::process::Output {
     }
     child.wait_with_output().unwrap()
 }
+
+/// `connections serve` on `url`, its stderr captured.
+fn spawn_serve(url: &str) -> std::process::Child {
+    Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .env("CONNECTIONS_DATABASE_URL", url)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start server")
+}
+
+/// Sends SIGTERM to `server` and returns how long it took to exit, its
+/// status and its stderr (killing it after 10 s).
+async fn terminate(server: std::process::Child) -> (Duration, std::process::Output) {
+    let pid = server.id().to_string();
+    let signalled = tokio::time::Instant::now();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let exited = tokio::task::spawn_blocking(move || server.wait_with_output());
+    match tokio::time::timeout(Duration::from_secs(10), exited).await {
+        Ok(output) => (signalled.elapsed(), output.unwrap().unwrap()),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            panic!("the server did not exit within 10 s of SIGTERM");
+        }
+    }
+}
+
+fn assert_stopped_during_start_up(took: Duration, output: &std::process::Output) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(
+        took < Duration::from_secs(2),
+        "exited {took:?} after SIGTERM"
+    );
+    assert!(stderr.contains("stopped during start-up"), "{stderr}");
+}
+
+#[tokio::test]
+async fn sigterm_while_serve_waits_for_the_database_stops_it_at_once() {
+    // A "database" that accepts the connection and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "postgres://connections@{}/connections",
+        silent.local_addr().unwrap()
+    );
+    let server = spawn_serve(&url);
+    let (_held, _) = tokio::time::timeout(Duration::from_secs(10), silent.accept())
+        .await
+        .expect("the server connects to its database")
+        .unwrap();
+    let (took, output) = terminate(server).await;
+    assert_stopped_during_start_up(took, &output);
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and pass --include-ignored"]
+async fn sigterm_while_serve_waits_for_the_migration_lock_stops_it_at_once() {
+    use sea_orm::{ConnectionTrait, Database};
+    crate::support::require_postgres();
+    let (_database, url) = crate::support::TestDatabase::create(false).await;
+    // Another replica migrating: it holds the lock.
+    let replica = Database::connect(&url).await.unwrap();
+    replica
+        .execute_unprepared(&format!(
+            "SELECT pg_advisory_lock({})",
+            connections::db::MIGRATION_LOCK
+        ))
+        .await
+        .unwrap();
+    let server = spawn_serve(&url);
+    let waiting = "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let row = replica
+                .query_one_raw(sea_orm::Statement::from_string(
+                    replica.get_database_backend(),
+                    waiting,
+                ))
+                .await
+                .unwrap()
+                .unwrap();
+            if row.try_get::<i64>("", "n").unwrap() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the server waits for the migration lock");
+    let (took, output) = terminate(server).await;
+    assert_stopped_during_start_up(took, &output);
+    replica.close().await.unwrap();
+}
