@@ -13,6 +13,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// Shortest admin token accepted, in characters.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 
+/// By default one IP address may hold this fraction (1 / `PEER_SHARE`) of
+/// the client connection slots.
+pub const PEER_SHARE: u32 = 4;
+
 /// Longest duration a flag takes (a year): longer ones would overflow the
 /// clocks they are added to.
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -164,6 +168,13 @@ pub struct Settings {
     )]
     pub max_client_connections: u32,
 
+    /// Most client connections open at once from one IP address; further
+    /// ones are closed at once. 0: no limit per address (e.g. behind a proxy
+    /// that does not keep the client's address). Default: a quarter of
+    /// --max-client-connections.
+    #[arg(long, env = "CONNECTIONS_MAX_CONNECTIONS_PER_PEER")]
+    pub max_connections_per_peer: Option<u32>,
+
     /// Do not serve the dashboard (the "Connect > Connections" page at `/`).
     /// `CONNECTIONS_DASHBOARD=false` does the same.
     #[arg(
@@ -195,6 +206,18 @@ impl Settings {
             settings: Settings,
         }
         Only::parse_from(["connections"]).settings
+    }
+
+    /// Most client connections open at once from one IP address, or `None`
+    /// for no limit: `--max-connections-per-peer`, by default a quarter of
+    /// `--max-client-connections` (at least 1), so that one address never
+    /// holds more than a quarter of the slots.
+    pub fn connections_per_peer(&self) -> Option<u32> {
+        match self.max_connections_per_peer {
+            None => Some((self.max_client_connections / PEER_SHARE).max(1)),
+            Some(0) => None,
+            Some(limit) => Some(limit),
+        }
     }
 }
 
@@ -675,6 +698,16 @@ mod tests {
         }
         let err = serve(&["--handshake-timeout", "18446744073709551615s"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn one_address_may_hold_a_quarter_of_the_connections_by_default() {
+        let limit = |args: &[&str]| serve(args).unwrap().connections_per_peer();
+        assert_eq!(limit(&[]), Some(250));
+        assert_eq!(limit(&["--max-client-connections", "40"]), Some(10));
+        assert_eq!(limit(&["--max-client-connections", "3"]), Some(1));
+        assert_eq!(limit(&["--max-connections-per-peer", "7"]), Some(7));
+        assert_eq!(limit(&["--max-connections-per-peer", "0"]), None);
     }
 
     #[test]

@@ -17,7 +17,9 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::{
     AccessApi, AdminApi, AdminToken, Authenticator, ConnectionApi, OrganizationApi,
-    drain::EndStreamsLayer, incoming, limits::LimitsLayer,
+    drain::EndStreamsLayer,
+    incoming::{self, AcceptLimits},
+    limits::LimitsLayer,
 };
 use crate::{
     config::{Settings, TlsSettings},
@@ -202,8 +204,7 @@ pub struct Transport {
     tls: Option<Arc<ServerConfig>>,
     mutual_tls: bool,
     cors: CorsLayer,
-    handshake_timeout: Duration,
-    max_client_connections: u32,
+    accept: AcceptLimits,
     /// HTTP/2 keepalive: ping interval and how long a ping may go unanswered.
     keepalive: (Duration, Duration),
 }
@@ -218,8 +219,11 @@ impl Transport {
             tls,
             mutual_tls: settings.tls.client_ca.is_some(),
             cors,
-            handshake_timeout: settings.handshake_timeout,
-            max_client_connections: settings.max_client_connections,
+            accept: AcceptLimits {
+                max_open: settings.max_client_connections,
+                per_peer: settings.connections_per_peer(),
+                handshake_timeout: settings.handshake_timeout,
+            },
             keepalive: (
                 settings.http2_keepalive_interval,
                 settings.http2_keepalive_timeout,
@@ -237,7 +241,7 @@ impl Transport {
     }
 
     /// Serves `routes` on `listener` (see [`incoming`] for the connection
-    /// limit and handshake deadline), recording calls in `metrics`, until
+    /// limits and handshake deadline), recording calls in `metrics`, until
     /// `stopping` is cancelled; then stops accepting calls, ends open streams
     /// (UNAVAILABLE, see [`drain`](super::drain)) and lets the calls in flight
     /// finish.
@@ -261,15 +265,15 @@ impl Transport {
             .http2_keepalive_timeout(Some(self.keepalive.1))
             .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path(), caller = tracing::field::Empty))
             .add_routes(routes);
-        let (max_open, deadline) = (self.max_client_connections, self.handshake_timeout);
+        let limits = self.accept;
         let stopped = stopping.cancelled_owned();
         match self.tls {
             None => {
-                let incoming = incoming::accept(listener, max_open, deadline);
+                let incoming = incoming::accept(listener, limits);
                 router.serve_with_incoming_shutdown(incoming, stopped).await
             }
             Some(config) => {
-                let incoming = incoming::accept_tls(listener, max_open, deadline, config);
+                let incoming = incoming::accept_tls(listener, limits, config);
                 router.serve_with_incoming_shutdown(incoming, stopped).await
             }
         }

@@ -1,4 +1,6 @@
-//! gRPC-Web with CORS, and TLS with and without client certificates.
+//! gRPC-Web with CORS, TLS with and without client certificates, and what
+//! holds connections open: handshake deadlines and connection limits
+//! (overall and per address).
 
 use std::time::Duration;
 
@@ -366,6 +368,8 @@ async fn with_tls_connections_over_the_limit_wait_until_stalled_and_silent_ones_
     let app = spawn_app_with(AppOptions {
         handshake_timeout: deadline,
         max_client_connections: 10,
+        // Every client here is on one address: only the overall limit counts.
+        max_connections_per_peer: Some(0),
         ..tls_options(&pki, false)
     })
     .await;
@@ -410,4 +414,105 @@ async fn a_stopping_server_ends_the_tls_handshakes_under_way() {
             "a handshake outlived the server"
         );
     }
+}
+
+// The limit per address.
+
+/// A TCP connection to `app` from the loopback address `source` (Linux
+/// routes all of 127.0.0.0/8 to the loopback interface).
+async fn connect_from(source: [u8; 4], app: &TestApp) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((source, 0).into()).unwrap();
+    socket.connect(app.addr).await.unwrap()
+}
+
+/// A channel to `app` whose connections come from `source`, and the number
+/// of connections it has opened.
+fn channel_from(
+    source: [u8; 4],
+    app: &TestApp,
+) -> (Channel, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::{Arc, atomic::AtomicUsize, atomic::Ordering};
+    let opened = Arc::new(AtomicUsize::new(0));
+    let addr = app.addr;
+    let connector = tower::service_fn({
+        let opened = opened.clone();
+        move |_: http::Uri| {
+            opened.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind((source, 0).into())?;
+                let stream = socket.connect(addr).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }
+    });
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector_lazy(connector);
+    (channel, opened)
+}
+
+async fn health_check(channel: &Channel) -> Result<(), tonic::Status> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    HealthClient::new(channel.clone())
+        .check(HealthCheckRequest::default())
+        .await
+        .map(|_| ())
+}
+
+const LOCALHOST: [u8; 4] = [127, 0, 0, 1];
+const OTHER_HOST: [u8; 4] = [127, 0, 0, 2];
+
+#[tokio::test]
+async fn one_address_cannot_take_more_than_its_limit_while_another_is_served() {
+    use crate::support::http2;
+    let app = spawn_app_with(AppOptions {
+        max_client_connections: 4,
+        max_connections_per_peer: Some(2),
+        ..AppOptions::default()
+    })
+    .await;
+    // The test's own channel is one of 127.0.0.1's two; a second is served.
+    let (second, _) = http2::handshake_on(connect_from(LOCALHOST, &app).await).await;
+    // Further ones from 127.0.0.1 are closed at once, long before the
+    // handshake deadline, and never see the server's SETTINGS.
+    for _ in 0..4 {
+        let mut over = connect_from(LOCALHOST, &app).await;
+        let started = tokio::time::Instant::now();
+        let frames = tokio::time::timeout(
+            Duration::from_secs(2),
+            http2::frames_until_closed(&mut over),
+        )
+        .await
+        .expect("closed at once");
+        assert!(frames.is_empty(), "{frames:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    // Two clients from 127.0.0.2 are served meanwhile.
+    for _ in 0..2 {
+        let (channel, _) = channel_from(OTHER_HOST, &app);
+        bounded_check(&channel).await;
+    }
+    // A connection from 127.0.0.1 that closes frees its place (once the
+    // server has seen it close).
+    drop(second);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let (channel, _) = channel_from(LOCALHOST, &app);
+            if health_check(&channel).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("127.0.0.1 is served again");
+}
+
+async fn bounded_check(channel: &Channel) {
+    tokio::time::timeout(Duration::from_secs(5), health_check(channel))
+        .await
+        .expect("served within 5 s")
+        .expect("served");
 }
