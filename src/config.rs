@@ -126,6 +126,18 @@ pub struct Settings {
     )]
     pub http2_keepalive_timeout: Duration,
 
+    /// How long a client connection may go without a call in flight before
+    /// it is closed: gracefully (HTTP/2 GOAWAY, so a client reconnects on
+    /// its next call), so that idle clients do not hold connection slots. A
+    /// stream (e.g. a watch) is a call in flight for as long as it is open.
+    #[arg(
+        long,
+        env = "CONNECTIONS_IDLE_CONNECTION_TIMEOUT",
+        default_value = "5m",
+        value_parser = parse_positive_duration
+    )]
+    pub idle_connection_timeout: Duration,
+
     /// Most WatchConnectionEvents streams one organization may have open on
     /// this server at once.
     #[arg(
@@ -666,6 +678,7 @@ mod tests {
             "--http2-keepalive-interval",
             "--http2-keepalive-timeout",
             "--watch-heartbeat-interval",
+            "--idle-connection-timeout",
         ] {
             for zero in ["0", "0s", "0ms"] {
                 let err = serve(&[flag, zero]).expect_err(flag);
@@ -698,6 +711,14 @@ mod tests {
         }
         let err = serve(&["--handshake-timeout", "18446744073709551615s"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn the_idle_timeout_defaults_to_five_minutes() {
+        let settings = serve(&[]).unwrap();
+        assert_eq!(settings.idle_connection_timeout, Duration::from_secs(300));
+        let settings = serve(&["--idle-connection-timeout", "90s"]).unwrap();
+        assert_eq!(settings.idle_connection_timeout, Duration::from_secs(90));
     }
 
     #[test]

@@ -149,6 +149,8 @@ pub struct AppOptions {
     /// Most client connections open at once from one address (`Some(0)`:
     /// no limit; `None`: the default share of `max_client_connections`).
     pub max_connections_per_peer: Option<u32>,
+    /// How long a client connection may have no call in flight.
+    pub idle_connection_timeout: Duration,
     /// HTTP/2 keepalive: ping interval and how long a ping may go unanswered.
     pub http2_keepalive: (Duration, Duration),
     /// Most WatchConnectionEvents streams per organization.
@@ -179,6 +181,7 @@ impl Default for AppOptions {
             handshake_timeout: server.handshake_timeout,
             max_client_connections: server.max_client_connections,
             max_connections_per_peer: server.max_connections_per_peer,
+            idle_connection_timeout: server.idle_connection_timeout,
             http2_keepalive: (
                 server.http2_keepalive_interval,
                 server.http2_keepalive_timeout,
@@ -269,6 +272,7 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
         handshake_timeout: options.handshake_timeout,
         max_client_connections: options.max_client_connections,
         max_connections_per_peer: options.max_connections_per_peer,
+        idle_connection_timeout: options.idle_connection_timeout,
         http2_keepalive_interval: options.http2_keepalive.0,
         http2_keepalive_timeout: options.http2_keepalive.1,
         watch_streams_per_organization: options.watch_streams_per_organization,

@@ -2,7 +2,7 @@
 //! a real client keeps, and gRPC calls made with the `h2` crate, so that the
 //! body can be anything.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
 use percent_encoding::percent_decode_str;
@@ -163,6 +163,16 @@ pub async fn frames_until_closed(stream: &mut TcpStream) -> Vec<Frame> {
     let mut frames = Vec::new();
     receive_frames(stream, &mut frames).await;
     frames
+}
+
+/// The frames the server sends within `period`, answering its PINGs, and
+/// whether it closed the connection meanwhile.
+pub async fn frames_within(stream: &mut TcpStream, period: Duration) -> (Vec<Frame>, bool) {
+    let mut frames = Vec::new();
+    let closed = tokio::time::timeout(period, receive_frames(stream, &mut frames))
+        .await
+        .is_ok();
+    (frames, closed)
 }
 
 async fn receive_frames(stream: &mut TcpStream, frames: &mut Vec<Frame>) {
