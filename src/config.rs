@@ -13,6 +13,14 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// Shortest admin token accepted, in characters.
 pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
 
+/// By default one IP address may hold this fraction (1 / `PEER_SHARE`) of
+/// the client connection slots.
+pub const PEER_SHARE: u32 = 4;
+
+/// Longest duration a flag takes (a year): longer ones would overflow the
+/// clocks they are added to.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// One-directional data-sharing connections between organizations, over gRPC.
 #[derive(Debug, Parser)]
 #[command(name = "connections", version, about)]
@@ -95,7 +103,7 @@ pub struct Settings {
         long,
         env = "CONNECTIONS_HANDSHAKE_TIMEOUT",
         default_value = "10s",
-        value_parser = parse_duration
+        value_parser = parse_positive_duration
     )]
     pub handshake_timeout: Duration,
 
@@ -104,7 +112,7 @@ pub struct Settings {
         long,
         env = "CONNECTIONS_HTTP2_KEEPALIVE_INTERVAL",
         default_value = "60s",
-        value_parser = parse_duration
+        value_parser = parse_positive_duration
     )]
     pub http2_keepalive_interval: Duration,
 
@@ -114,9 +122,21 @@ pub struct Settings {
         long,
         env = "CONNECTIONS_HTTP2_KEEPALIVE_TIMEOUT",
         default_value = "20s",
-        value_parser = parse_duration
+        value_parser = parse_positive_duration
     )]
     pub http2_keepalive_timeout: Duration,
+
+    /// How long a client connection may go without a call in flight before
+    /// it is closed: gracefully (HTTP/2 GOAWAY, so a client reconnects on
+    /// its next call), so that idle clients do not hold connection slots. A
+    /// stream (e.g. a watch) is a call in flight for as long as it is open.
+    #[arg(
+        long,
+        env = "CONNECTIONS_IDLE_CONNECTION_TIMEOUT",
+        default_value = "5m",
+        value_parser = parse_positive_duration
+    )]
+    pub idle_connection_timeout: Duration,
 
     /// Most WatchConnectionEvents streams one organization may have open on
     /// this server at once.
@@ -134,7 +154,7 @@ pub struct Settings {
         long,
         env = "CONNECTIONS_WATCH_HEARTBEAT_INTERVAL",
         default_value = "15s",
-        value_parser = parse_duration
+        value_parser = parse_positive_duration
     )]
     pub watch_heartbeat_interval: Duration,
 
@@ -171,6 +191,13 @@ pub struct Settings {
     )]
     pub max_client_connections: u32,
 
+    /// Most client connections open at once from one IP address; further
+    /// ones are closed at once. 0: no limit per address (e.g. behind a proxy
+    /// that does not keep the client's address). Default: a quarter of
+    /// --max-client-connections.
+    #[arg(long, env = "CONNECTIONS_MAX_CONNECTIONS_PER_PEER")]
+    pub max_connections_per_peer: Option<u32>,
+
     /// Do not serve the dashboard (the "Connect > Connections" page at `/`).
     /// `CONNECTIONS_DASHBOARD=false` does the same.
     #[arg(
@@ -202,6 +229,18 @@ impl Settings {
             settings: Settings,
         }
         Only::parse_from(["connections"]).settings
+    }
+
+    /// Most client connections open at once from one IP address, or `None`
+    /// for no limit: `--max-connections-per-peer`, by default a quarter of
+    /// `--max-client-connections` (at least 1), so that one address never
+    /// holds more than a quarter of the slots.
+    pub fn connections_per_peer(&self) -> Option<u32> {
+        match self.max_connections_per_peer {
+            None => Some((self.max_client_connections / PEER_SHARE).max(1)),
+            Some(0) => None,
+            Some(limit) => Some(limit),
+        }
     }
 }
 
@@ -343,8 +382,28 @@ impl Default for BackgroundSettings {
 /// How long request_id records are kept at least (SPEC section 4).
 pub const REQUEST_ID_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// A duration: a whole number followed by `ms`, `s`, `m` or `h` (`s` if none).
+/// A duration: a whole number followed by `ms`, `s`, `m` or `h` (`s` if none),
+/// at most [`MAX_DURATION`].
 pub fn parse_duration(value: &str) -> Result<Duration, String> {
+    let duration = parse_any_duration(value)?;
+    if duration > MAX_DURATION {
+        return Err(format!("{:?} is longer than a year", value.trim()));
+    }
+    Ok(duration)
+}
+
+/// A duration as [`parse_duration`] reads it, longer than zero: for
+/// timeouts and intervals, where zero would close every connection at once
+/// or tick without end.
+pub fn parse_positive_duration(value: &str) -> Result<Duration, String> {
+    let duration = parse_duration(value)?;
+    if duration.is_zero() {
+        return Err(format!("{:?} is zero: it must be longer", value.trim()));
+    }
+    Ok(duration)
+}
+
+fn parse_any_duration(value: &str) -> Result<Duration, String> {
     let value = value.trim();
     let split = value
         .find(|c: char| !c.is_ascii_digit())
@@ -612,6 +671,75 @@ mod tests {
             Settings::from_environment().shutdown_timeout,
             Duration::from_secs(10)
         );
+    }
+
+    /// `connections serve` with `args`, or clap's error.
+    fn serve(args: &[&str]) -> Result<Settings, clap::Error> {
+        let cli = Cli::try_parse_from(["connections", "serve"].iter().chain(args))?;
+        let Command::Serve(settings) = cli.command else {
+            panic!("expected serve");
+        };
+        Ok(*settings)
+    }
+
+    #[test]
+    fn zero_timeouts_and_intervals_are_refused_naming_the_flag() {
+        for flag in [
+            "--handshake-timeout",
+            "--http2-keepalive-interval",
+            "--http2-keepalive-timeout",
+            "--watch-heartbeat-interval",
+            "--idle-connection-timeout",
+        ] {
+            for zero in ["0", "0s", "0ms"] {
+                let err = serve(&[flag, zero]).expect_err(flag);
+                assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+                assert_eq!(err.exit_code(), 2);
+                let message = err.to_string();
+                assert!(message.contains(flag), "{message}");
+                assert!(message.contains("zero"), "{message}");
+            }
+            assert!(serve(&[flag, "1ms"]).is_ok(), "{flag}");
+        }
+        // Zero means "end the calls in flight at once": allowed.
+        assert_eq!(
+            serve(&["--shutdown-timeout", "0s"])
+                .unwrap()
+                .shutdown_timeout,
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn durations_over_a_year_are_refused() {
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+        for huge in ["8761h", "18446744073709551615s", "99999999999999999999h"] {
+            let err = parse_duration(huge).unwrap_err();
+            assert!(
+                err.contains("longer than a year") || err.contains("not a duration"),
+                "{err}"
+            );
+        }
+        let err = serve(&["--handshake-timeout", "18446744073709551615s"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn the_idle_timeout_defaults_to_five_minutes() {
+        let settings = serve(&[]).unwrap();
+        assert_eq!(settings.idle_connection_timeout, Duration::from_secs(300));
+        let settings = serve(&["--idle-connection-timeout", "90s"]).unwrap();
+        assert_eq!(settings.idle_connection_timeout, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn one_address_may_hold_a_quarter_of_the_connections_by_default() {
+        let limit = |args: &[&str]| serve(args).unwrap().connections_per_peer();
+        assert_eq!(limit(&[]), Some(250));
+        assert_eq!(limit(&["--max-client-connections", "40"]), Some(10));
+        assert_eq!(limit(&["--max-client-connections", "3"]), Some(1));
+        assert_eq!(limit(&["--max-connections-per-peer", "7"]), Some(7));
+        assert_eq!(limit(&["--max-connections-per-peer", "0"]), None);
     }
 
     #[test]

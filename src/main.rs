@@ -55,8 +55,18 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(settings: Settings) -> Result<(), Error> {
-    let shutdown = shutdown_signal()?;
-    let app = Application::build(settings).await?;
+    let mut shutdown = Box::pin(shutdown_signal()?);
+    // A signal during start-up (e.g. while waiting for the database, or for
+    // another replica's migrations) stops it at once: nothing is serving
+    // yet, and whatever start-up began (a migration's transaction included)
+    // ends with the process.
+    let app = tokio::select! {
+        app = Application::build(settings) => app?,
+        () = &mut shutdown => {
+            tracing::info!("stopped during start-up");
+            return Ok(());
+        }
+    };
     app.run_until_stopped(shutdown).await?;
     Ok(())
 }

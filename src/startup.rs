@@ -41,9 +41,6 @@ pub enum StartupError {
     /// The TLS or CORS settings cannot be used.
     #[error(transparent)]
     Transport(#[from] TransportError),
-    /// The gRPC server failed.
-    #[error("server: {0}")]
-    Server(#[from] tonic::transport::Error),
     /// Building the reflection service failed.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -267,13 +264,12 @@ impl Application {
         // Serves until the stop, then until the calls in flight finish or
         // the drain deadline passes: then the calls left are dropped.
         let deadline = self.settings.shutdown_timeout;
-        let result = tokio::select! {
-            result = serve => result,
+        tokio::select! {
+            () = serve => {}
             () = async { stop.await; tokio::time::sleep(deadline).await } => {
                 tracing::warn!(?deadline, "calls still in flight at the drain deadline: ending them");
-                Ok(())
             }
-        };
+        }
 
         for task in tasks {
             task.stop().await;
@@ -282,7 +278,7 @@ impl Application {
         self.db.close().await?;
         self.health_db.close().await?;
         tracing::info!("stopped");
-        result.map_err(Into::into)
+        Ok(())
     }
 }
 

@@ -1,9 +1,13 @@
 //! The gRPC server: every service registered in one place ([`register`]), and
 //! the transport they are served on ([`Transport`]: TLS, CORS for gRPC-Web,
-//! limits, deadlines).
+//! HTTP/2 settings, limits, deadlines).
 
 use std::{path::Path, sync::Arc, time::Duration};
 
+use hyper_util::{
+    rt::{TokioExecutor, TokioTimer},
+    server::conn::auto,
+};
 use tokio::net::TcpListener;
 use tokio_rustls::rustls::{
     RootCertStore, ServerConfig,
@@ -11,13 +15,20 @@ use tokio_rustls::rustls::{
     server::WebPkiClientVerifier,
 };
 use tokio_util::sync::CancellationToken;
-use tonic::{server::NamedService, service::Routes, transport::Server};
+use tonic::{
+    server::NamedService,
+    service::{RecoverErrorLayer, Routes},
+};
 use tonic_health::server::HealthReporter;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::{
     AccessApi, AdminApi, AdminToken, Authenticator, ConnectionApi, OrganizationApi,
-    drain::EndStreamsLayer, incoming, limits::LimitsLayer,
+    deadline::Deadline,
+    drain::EndStreamsLayer,
+    incoming::{self, AcceptLimits},
+    limits::LimitsLayer,
+    serve,
 };
 use crate::{
     config::{Settings, TlsSettings},
@@ -202,8 +213,9 @@ pub struct Transport {
     tls: Option<Arc<ServerConfig>>,
     mutual_tls: bool,
     cors: CorsLayer,
-    handshake_timeout: Duration,
-    max_client_connections: u32,
+    accept: AcceptLimits,
+    /// How long a connection may have no call in flight before it is closed.
+    idle_timeout: Duration,
     /// HTTP/2 keepalive: ping interval and how long a ping may go unanswered.
     keepalive: (Duration, Duration),
 }
@@ -218,8 +230,12 @@ impl Transport {
             tls,
             mutual_tls: settings.tls.client_ca.is_some(),
             cors,
-            handshake_timeout: settings.handshake_timeout,
-            max_client_connections: settings.max_client_connections,
+            accept: AcceptLimits {
+                max_open: settings.max_client_connections,
+                per_peer: settings.connections_per_peer(),
+                handshake_timeout: settings.handshake_timeout,
+            },
+            idle_timeout: settings.idle_connection_timeout,
             keepalive: (
                 settings.http2_keepalive_interval,
                 settings.http2_keepalive_timeout,
@@ -237,43 +253,56 @@ impl Transport {
     }
 
     /// Serves `routes` on `listener` (see [`incoming`] for the connection
-    /// limit and handshake deadline), recording calls in `metrics`, until
-    /// `stopping` is cancelled; then stops accepting calls, ends open streams
-    /// (UNAVAILABLE, see [`drain`](super::drain)) and lets the calls in flight
-    /// finish.
+    /// limits and handshake deadline, [`serve`](super::serve) for closing
+    /// idle connections), recording calls in `metrics`, until `stopping` is
+    /// cancelled; then stops accepting calls, ends open streams
+    /// (UNAVAILABLE, see [`drain`](super::drain)) and lets the calls in
+    /// flight finish.
     pub async fn serve(
         self,
         routes: Routes,
         metrics: Option<Arc<Metrics>>,
         listener: TcpListener,
         stopping: CancellationToken,
-    ) -> Result<(), tonic::transport::Error> {
-        let router = Server::builder()
-            // HTTP/1.1 is accepted for gRPC-Web; plain gRPC needs HTTP/2.
-            .accept_http1(true)
+    ) {
+        let service = tower::ServiceBuilder::new()
+            // An error a layer returns (e.g. the deadline) becomes a status.
+            .layer(RecoverErrorLayer::new())
+            .layer_fn(|inner| Deadline::new(inner, REQUEST_TIMEOUT))
             .layer(self.cors)
             .layer(MetricsLayer::new(metrics))
             .layer(LimitsLayer)
-            .timeout(REQUEST_TIMEOUT)
-            .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
-            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-            .http2_keepalive_interval(Some(self.keepalive.0))
-            .http2_keepalive_timeout(Some(self.keepalive.1))
-            .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path(), caller = tracing::field::Empty))
-            .add_routes(routes);
-        let (max_open, deadline) = (self.max_client_connections, self.handshake_timeout);
-        let stopped = stopping.cancelled_owned();
+            .service(routes.prepare());
+        let http = http_builder(self.keepalive);
+        let (limits, idle) = (self.accept, self.idle_timeout);
         match self.tls {
             None => {
-                let incoming = incoming::accept(listener, max_open, deadline);
-                router.serve_with_incoming_shutdown(incoming, stopped).await
+                let incoming = incoming::accept(listener, limits);
+                serve::serve(incoming, service, http, idle, stopping).await;
             }
             Some(config) => {
-                let incoming = incoming::accept_tls(listener, max_open, deadline, config);
-                router.serve_with_incoming_shutdown(incoming, stopped).await
+                let incoming = incoming::accept_tls(listener, limits, config);
+                serve::serve(incoming, service, http, idle, stopping).await;
             }
         }
     }
+}
+
+/// HTTP/2, and HTTP/1.1 for gRPC-Web: the limits on streams and headers,
+/// and keepalive pings (`keepalive`: interval, and how long one may go
+/// unanswered). HTTP/1.1 request headers must arrive within hyper's 30 s.
+fn http_builder(keepalive: (Duration, Duration)) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .keep_alive_interval(keepalive.0)
+        .keep_alive_timeout(keepalive.1);
+    // hyper enforces its HTTP/1.1 header timeout only with a timer.
+    builder.http1().timer(TokioTimer::new());
+    builder
 }
 
 /// The server's TLS configuration, read from the PEM files of `settings`:

@@ -197,11 +197,7 @@ fn serve_refuses_wildcard_null_and_malformed_cors_origins_with_exit_code_2() {
         ("https://a.example/path", "not an origin"),
     ] {
         for from_env in [false, true] {
-            let mut command = Command::new(BIN);
-            command
-                .args(["serve", "--listen", "127.0.0.1:0"])
-                .env("CONNECTIONS_DATABASE_URL", &url)
-                .env_remove("RUST_LOG");
+            let mut command = serve_command(&url);
             if from_env {
                 command.env(
                     "CONNECTIONS_CORS_ALLOW_ORIGIN",
@@ -218,4 +214,152 @@ fn serve_refuses_wildcard_null_and_malformed_cors_origins_with_exit_code_2() {
         }
     }
     let _ = std::fs::remove_file(path);
+}
+
+/// `connections serve` on `url`, on a free port, with `RUST_LOG` unset.
+fn serve_command(url: &str) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("CONNECTIONS_DATABASE_URL", url)
+        .env_remove("RUST_LOG");
+    command
+}
+
+#[test]
+fn serve_refuses_a_zero_watch_heartbeat_interval_with_exit_code_2() {
+    let (url, path) = database_url();
+    for from_env in [false, true] {
+        let mut command = serve_command(&url);
+        match from_env {
+            false => command.args(["--watch-heartbeat-interval", "0s"]),
+            true => command.env("CONNECTIONS_WATCH_HEARTBEAT_INTERVAL", "0"),
+        };
+        let output = exits_within_10_seconds(command);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("--watch-heartbeat-interval"), "{stderr}");
+        assert!(stderr.contains("zero"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let _ = std::fs::remove_file(path);
+}
+
+/// The output of `command`, which must exit within 10 s (it is killed
+/// otherwise: e.g. a server that started).
+fn exits_within_10_seconds(mut command: Command) -> std::process::Output {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run connections");
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "still running after 10 s: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// `connections serve` on `url`, its stderr captured.
+fn spawn_serve(url: &str) -> std::process::Child {
+    Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .env("CONNECTIONS_DATABASE_URL", url)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start server")
+}
+
+/// Sends SIGTERM to `server` and returns how long it took to exit, its
+/// status and its stderr (killing it after 10 s).
+async fn terminate(server: std::process::Child) -> (Duration, std::process::Output) {
+    let pid = server.id().to_string();
+    let signalled = tokio::time::Instant::now();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let exited = tokio::task::spawn_blocking(move || server.wait_with_output());
+    match tokio::time::timeout(Duration::from_secs(10), exited).await {
+        Ok(output) => (signalled.elapsed(), output.unwrap().unwrap()),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            panic!("the server did not exit within 10 s of SIGTERM");
+        }
+    }
+}
+
+fn assert_stopped_during_start_up(took: Duration, output: &std::process::Output) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{:?}: {stderr}", output.status);
+    assert!(
+        took < Duration::from_secs(2),
+        "exited {took:?} after SIGTERM"
+    );
+    assert!(stderr.contains("stopped during start-up"), "{stderr}");
+}
+
+#[tokio::test]
+async fn sigterm_while_serve_waits_for_the_database_stops_it_at_once() {
+    // A "database" that accepts the connection and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "postgres://connections@{}/connections",
+        silent.local_addr().unwrap()
+    );
+    let server = spawn_serve(&url);
+    let (_held, _) = tokio::time::timeout(Duration::from_secs(10), silent.accept())
+        .await
+        .expect("the server connects to its database")
+        .unwrap();
+    let (took, output) = terminate(server).await;
+    assert_stopped_during_start_up(took, &output);
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and pass --include-ignored"]
+async fn sigterm_while_serve_waits_for_the_migration_lock_stops_it_at_once() {
+    use sea_orm::{ConnectionTrait, Database};
+    crate::support::require_postgres();
+    let (_database, url) = crate::support::TestDatabase::create(false).await;
+    // Another replica migrating: it holds the lock.
+    let replica = Database::connect(&url).await.unwrap();
+    replica
+        .execute_unprepared(&format!(
+            "SELECT pg_advisory_lock({})",
+            connections::db::MIGRATION_LOCK
+        ))
+        .await
+        .unwrap();
+    let server = spawn_serve(&url);
+    let waiting = "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let row = replica
+                .query_one_raw(sea_orm::Statement::from_string(
+                    replica.get_database_backend(),
+                    waiting,
+                ))
+                .await
+                .unwrap()
+                .unwrap();
+            if row.try_get::<i64>("", "n").unwrap() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the server waits for the migration lock");
+    let (took, output) = terminate(server).await;
+    assert_stopped_during_start_up(took, &output);
+    replica.close().await.unwrap();
 }

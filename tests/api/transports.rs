@@ -1,4 +1,6 @@
-//! gRPC-Web with CORS, and TLS with and without client certificates.
+//! gRPC-Web with CORS, TLS with and without client certificates, and what
+//! holds connections open: handshake deadlines, connection limits (overall
+//! and per address) and the idle timeout.
 
 use std::time::Duration;
 
@@ -366,6 +368,8 @@ async fn with_tls_connections_over_the_limit_wait_until_stalled_and_silent_ones_
     let app = spawn_app_with(AppOptions {
         handshake_timeout: deadline,
         max_client_connections: 10,
+        // Every client here is on one address: only the overall limit counts.
+        max_connections_per_peer: Some(0),
         ..tls_options(&pki, false)
     })
     .await;
@@ -410,4 +414,317 @@ async fn a_stopping_server_ends_the_tls_handshakes_under_way() {
             "a handshake outlived the server"
         );
     }
+}
+
+// Idle connections and the limit per address.
+
+/// A TCP connection to `app` from the loopback address `source` (Linux
+/// routes all of 127.0.0.0/8 to the loopback interface).
+async fn connect_from(source: [u8; 4], app: &TestApp) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((source, 0).into()).unwrap();
+    socket.connect(app.addr).await.unwrap()
+}
+
+/// A channel to `app` whose connections come from `source`, and the number
+/// of connections it has opened.
+fn channel_from(
+    source: [u8; 4],
+    app: &TestApp,
+) -> (Channel, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::{Arc, atomic::AtomicUsize, atomic::Ordering};
+    let opened = Arc::new(AtomicUsize::new(0));
+    let addr = app.addr;
+    let connector = tower::service_fn({
+        let opened = opened.clone();
+        move |_: http::Uri| {
+            opened.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind((source, 0).into())?;
+                let stream = socket.connect(addr).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }
+    });
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_with_connector_lazy(connector);
+    (channel, opened)
+}
+
+async fn health_check(channel: &Channel) -> Result<(), tonic::Status> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    HealthClient::new(channel.clone())
+        .check(HealthCheckRequest::default())
+        .await
+        .map(|_| ())
+}
+
+const LOCALHOST: [u8; 4] = [127, 0, 0, 1];
+const OTHER_HOST: [u8; 4] = [127, 0, 0, 2];
+
+/// The HTTP/2 frames of a call of `grpc.health.v1.Health/{method}` on
+/// stream `id`, its request (empty) sent in full.
+fn health_call(app: &TestApp, method: &str, id: u32) -> Vec<u8> {
+    use crate::support::http2::{self, DATA, END_HEADERS, END_STREAM, HEADERS};
+    let path = format!("/grpc.health.v1.Health/{method}");
+    let authority = app.addr.to_string();
+    let block = http2::header_block(&[
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", &path),
+        (":authority", &authority),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+    ]);
+    let mut frames = http2::encode(HEADERS, END_HEADERS, id, &block);
+    frames.extend(http2::encode(DATA, END_STREAM, id, &[0; 5]));
+    frames
+}
+
+/// A server closing connections idle for `idle_timeout`.
+async fn app_closing_idle_connections_after(idle_timeout: Duration) -> TestApp {
+    spawn_app_with(AppOptions {
+        idle_connection_timeout: idle_timeout,
+        ..AppOptions::default()
+    })
+    .await
+}
+
+/// Whether `frames` hold a GOAWAY without error.
+fn graceful_goaway(frames: &[crate::support::http2::Frame]) -> bool {
+    use crate::support::http2::GOAWAY;
+    frames
+        .iter()
+        .any(|frame| frame.kind == GOAWAY && frame.goaway_error() == 0)
+}
+
+#[tokio::test]
+async fn idle_clients_are_sent_goaway_and_their_slots_are_free_again() {
+    use crate::support::http2;
+    let idle_timeout = Duration::from_secs(1);
+    let app = spawn_app_with(AppOptions {
+        max_client_connections: 4,
+        max_connections_per_peer: Some(0),
+        idle_connection_timeout: idle_timeout,
+        ..AppOptions::default()
+    })
+    .await;
+    // Four clients complete the HTTP/2 handshake, answer pings and never
+    // call (the test's own channel holds a slot until it is idle too).
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(http2::handshake(app.addr).await.0);
+    }
+    let opened = tokio::time::Instant::now();
+    let closed = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::future::join_all(idle.iter_mut().map(http2::frames_until_closed)),
+    )
+    .await
+    .expect("idle clients are closed");
+    for frames in &closed {
+        assert!(graceful_goaway(frames), "closed without GOAWAY: {frames:?}");
+    }
+    assert!(opened.elapsed() >= idle_timeout - Duration::from_millis(100));
+    // Every slot is free: four new clients get their handshake at once
+    // (well before an idle timeout could free one), and a call is served.
+    let fresh = tokio::time::timeout(
+        idle_timeout / 2,
+        futures::future::join_all((0..4).map(|_| http2::handshake(app.addr))),
+    )
+    .await
+    .expect("four slots free");
+    drop(fresh);
+    let (channel, _) = channel_from(LOCALHOST, &app);
+    health_check(&channel)
+        .await
+        .expect("a new client is served");
+}
+
+#[tokio::test]
+async fn a_connection_with_a_stream_open_is_not_idle_and_is_once_the_stream_ends() {
+    use crate::support::http2::{self, RST_STREAM};
+    use tokio::io::AsyncWriteExt;
+    let idle_timeout = Duration::from_secs(1);
+    let app = app_closing_idle_connections_after(idle_timeout).await;
+    let (mut stream, _) = http2::handshake(app.addr).await;
+    // A health Watch: one message (SERVING), then the stream stays open.
+    stream
+        .write_all(&health_call(&app, "Watch", 1))
+        .await
+        .unwrap();
+    // Three idle timeouts pass with the stream open: no GOAWAY.
+    let (frames, closed) = http2::frames_within(&mut stream, idle_timeout * 3).await;
+    assert!(!closed, "closed with a stream open: {frames:?}");
+    assert!(
+        frames.iter().all(|frame| frame.kind != http2::GOAWAY),
+        "GOAWAY with a stream open: {frames:?}"
+    );
+    // The client ends the stream: the connection is idle from then on.
+    let ended = tokio::time::Instant::now();
+    stream
+        .write_all(&http2::encode(RST_STREAM, 0, 1, &8u32.to_be_bytes()))
+        .await
+        .unwrap();
+    let frames = tokio::time::timeout(idle_timeout * 5, http2::frames_until_closed(&mut stream))
+        .await
+        .expect("closed once idle");
+    assert!(graceful_goaway(&frames), "{frames:?}");
+    assert!(ended.elapsed() >= idle_timeout - Duration::from_millis(100));
+}
+
+#[tokio::test]
+async fn a_client_whose_idle_connection_was_closed_reconnects_on_its_next_call() {
+    use std::sync::atomic::Ordering;
+    let idle_timeout = Duration::from_millis(500);
+    let app = app_closing_idle_connections_after(idle_timeout).await;
+    let (channel, opened) = channel_from(LOCALHOST, &app);
+    health_check(&channel).await.expect("first call");
+    tokio::time::sleep(idle_timeout * 3).await;
+    health_check(&channel)
+        .await
+        .expect("the call after the idle close");
+    assert_eq!(opened.load(Ordering::SeqCst), 2, "a new connection");
+}
+
+#[tokio::test]
+async fn a_call_sent_while_the_server_closes_an_idle_connection_is_served() {
+    use crate::support::http2::{self, DATA, END_STREAM, GOAWAY, HEADERS, PING, RST_STREAM};
+    use tokio::io::AsyncWriteExt;
+    let app = app_closing_idle_connections_after(Duration::from_millis(500)).await;
+    let (mut stream, _) = http2::handshake(app.addr).await;
+    // The server's first GOAWAY admits every stream, and it PINGs to learn
+    // when the client has seen it. The client has not yet: it sends a call.
+    let last_stream = |frame: &http2::Frame| {
+        u32::from_be_bytes(frame.payload[..4].try_into().unwrap()) & 0x7fff_ffff
+    };
+    let first = crate::support::bounded("the first GOAWAY", async {
+        loop {
+            let frame = http2::read(&mut stream).await.expect("connection open");
+            if frame.kind == GOAWAY {
+                return frame;
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        (last_stream(&first), first.goaway_error()),
+        (0x7fff_ffff, 0)
+    );
+    stream
+        .write_all(&health_call(&app, "Check", 1))
+        .await
+        .unwrap();
+    // Answering the PING now, the client gets the call's answer, then the
+    // last GOAWAY (naming the call's stream as served), then the close.
+    let frames =
+        crate::support::bounded("the close", http2::frames_until_closed(&mut stream)).await;
+    let on_stream_1: Vec<_> = frames.iter().filter(|f| f.stream == 1).collect();
+    assert!(
+        on_stream_1.iter().all(|f| f.kind != RST_STREAM),
+        "{frames:?}"
+    );
+    // HealthCheckResponse { status: SERVING }, then the trailers.
+    assert!(
+        on_stream_1
+            .iter()
+            .any(|f| f.kind == DATA && f.payload == [0, 0, 0, 0, 2, 0x08, 0x01]),
+        "{frames:?}"
+    );
+    assert!(
+        on_stream_1
+            .iter()
+            .any(|f| f.kind == HEADERS && f.flags & END_STREAM != 0),
+        "{frames:?}"
+    );
+    let last = frames
+        .iter()
+        .rfind(|f| f.kind == GOAWAY)
+        .expect("a last GOAWAY");
+    assert_eq!((last_stream(last), last.goaway_error()), (1, 0));
+    assert!(frames.iter().any(|f| f.kind == PING), "{frames:?}");
+}
+
+#[tokio::test]
+async fn an_idle_http_1_1_keep_alive_connection_is_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let idle_timeout = Duration::from_secs(1);
+    let app = app_closing_idle_connections_after(idle_timeout).await;
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    // A gRPC-Web health check on a keep-alive connection.
+    let request = format!(
+        "POST /grpc.health.v1.Health/Check HTTP/1.1\r\n\
+         Host: {}\r\n\
+         Content-Type: application/grpc-web+proto\r\n\
+         X-Grpc-Web: 1\r\n\
+         Content-Length: 5\r\n\r\n",
+        app.addr
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(&[0; 5]).await.unwrap();
+    let mut response = vec![0; 1024];
+    let n = stream.read(&mut response).await.unwrap();
+    let response = String::from_utf8_lossy(&response[..n]);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let answered = tokio::time::Instant::now();
+    assert!(
+        closed_within(&mut stream, Duration::from_secs(5)).await,
+        "an idle keep-alive connection stayed open"
+    );
+    assert!(answered.elapsed() >= idle_timeout - Duration::from_millis(100));
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_more_than_its_limit_while_another_is_served() {
+    use crate::support::http2;
+    let app = spawn_app_with(AppOptions {
+        max_client_connections: 4,
+        max_connections_per_peer: Some(2),
+        ..AppOptions::default()
+    })
+    .await;
+    // The test's own channel is one of 127.0.0.1's two; a second is served.
+    let (second, _) = http2::handshake_on(connect_from(LOCALHOST, &app).await).await;
+    // Further ones from 127.0.0.1 are closed at once, long before the
+    // handshake deadline, and never see the server's SETTINGS.
+    for _ in 0..4 {
+        let mut over = connect_from(LOCALHOST, &app).await;
+        let started = tokio::time::Instant::now();
+        let frames = tokio::time::timeout(
+            Duration::from_secs(2),
+            http2::frames_until_closed(&mut over),
+        )
+        .await
+        .expect("closed at once");
+        assert!(frames.is_empty(), "{frames:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+    // Two clients from 127.0.0.2 are served meanwhile.
+    for _ in 0..2 {
+        let (channel, _) = channel_from(OTHER_HOST, &app);
+        bounded_check(&channel).await;
+    }
+    // A connection from 127.0.0.1 that closes frees its place (once the
+    // server has seen it close).
+    drop(second);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let (channel, _) = channel_from(LOCALHOST, &app);
+            if health_check(&channel).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("127.0.0.1 is served again");
+}
+
+async fn bounded_check(channel: &Channel) {
+    tokio::time::timeout(Duration::from_secs(5), health_check(channel))
+        .await
+        .expect("served within 5 s")
+        .expect("served");
 }

@@ -148,6 +148,11 @@ pub struct AppOptions {
     pub handshake_timeout: Duration,
     /// Most client connections open at once.
     pub max_client_connections: u32,
+    /// Most client connections open at once from one address (`Some(0)`:
+    /// no limit; `None`: the default share of `max_client_connections`).
+    pub max_connections_per_peer: Option<u32>,
+    /// How long a client connection may have no call in flight.
+    pub idle_connection_timeout: Duration,
     /// HTTP/2 keepalive: ping interval and how long a ping may go unanswered.
     pub http2_keepalive: (Duration, Duration),
     /// Most WatchConnectionEvents streams per organization.
@@ -180,6 +185,8 @@ impl Default for AppOptions {
             connection_count_interval: BackgroundSettings::default().connection_count_interval,
             handshake_timeout: server.handshake_timeout,
             max_client_connections: server.max_client_connections,
+            max_connections_per_peer: server.max_connections_per_peer,
+            idle_connection_timeout: server.idle_connection_timeout,
             http2_keepalive: (
                 server.http2_keepalive_interval,
                 server.http2_keepalive_timeout,
@@ -282,6 +289,8 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
         metrics_listen: options.metrics.then(|| "127.0.0.1:0".parse().unwrap()),
         handshake_timeout: options.handshake_timeout,
         max_client_connections: options.max_client_connections,
+        max_connections_per_peer: options.max_connections_per_peer,
+        idle_connection_timeout: options.idle_connection_timeout,
         http2_keepalive_interval: options.http2_keepalive.0,
         http2_keepalive_timeout: options.http2_keepalive.1,
         watch_streams_per_organization: options.watch_streams_per_organization,

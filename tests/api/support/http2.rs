@@ -2,7 +2,7 @@
 //! a real client keeps, and gRPC calls made with the `h2` crate, so that the
 //! body can be anything.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use bytes::Bytes;
 use percent_encoding::percent_decode_str;
@@ -130,7 +130,11 @@ pub async fn read_all(stream: &mut TcpStream) -> Vec<Frame> {
 
 /// Connects, exchanges SETTINGS, and returns the server's settings.
 pub async fn handshake(addr: SocketAddr) -> (TcpStream, Vec<(u16, u32)>) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    handshake_on(TcpStream::connect(addr).await.unwrap()).await
+}
+
+/// Exchanges SETTINGS on `stream`, and returns the server's settings.
+pub async fn handshake_on(mut stream: TcpStream) -> (TcpStream, Vec<(u16, u32)>) {
     stream.write_all(PREFACE).await.unwrap();
     stream
         .write_all(&encode(SETTINGS, 0, 0, &[]))
@@ -150,6 +154,37 @@ pub async fn handshake(addr: SocketAddr) -> (TcpStream, Vec<(u16, u32)>) {
         .await
         .unwrap();
     (stream, settings)
+}
+
+/// Every frame until the server closes the connection, answering its PINGs
+/// as a live client does (so keepalive never closes it). Not bounded: the
+/// caller bounds it.
+pub async fn frames_until_closed(stream: &mut TcpStream) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    receive_frames(stream, &mut frames).await;
+    frames
+}
+
+/// The frames the server sends within `period`, answering its PINGs, and
+/// whether it closed the connection meanwhile.
+pub async fn frames_within(stream: &mut TcpStream, period: Duration) -> (Vec<Frame>, bool) {
+    let mut frames = Vec::new();
+    let closed = tokio::time::timeout(period, receive_frames(stream, &mut frames))
+        .await
+        .is_ok();
+    (frames, closed)
+}
+
+async fn receive_frames(stream: &mut TcpStream, frames: &mut Vec<Frame>) {
+    while let Some(frame) = read(stream).await {
+        if frame.kind == PING && frame.flags & ACK == 0 {
+            let pong = encode(PING, ACK, 0, &frame.payload);
+            if stream.write_all(&pong).await.is_err() {
+                break;
+            }
+        }
+        frames.push(frame);
+    }
 }
 
 // gRPC calls with any body.
