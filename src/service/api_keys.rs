@@ -19,13 +19,15 @@
 //! queries, and the keys of callers seen lately skip the limit, so the flood
 //! does not lock them out. Concurrent calls presenting the same secret share one
 //! lookup, so a client that opens with hundreds of calls at once costs one
-//! query and one turn.
+//! query and one turn; a lookup is forgotten when it answers or when the last
+//! of its calls goes (cancelled by a deadline, say), so calls that all time
+//! out leave nothing behind.
 
 use std::{
     collections::HashMap,
     num::NonZeroU32,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -99,7 +101,7 @@ pub struct ApiKeys {
     /// How long a call waits for a lookup turn ([`NEW_KEY_LOOKUP_WAIT`]).
     lookup_wait: Duration,
     /// Lookups in flight, by digest.
-    inflight: Arc<Mutex<HashMap<[u8; 32], SharedLookup>>>,
+    inflight: Arc<Inflight>,
     /// Revocations through this process so far: a lookup that overlapped one
     /// does not leave its key remembered.
     revocations: Arc<AtomicU64>,
@@ -228,26 +230,21 @@ impl ApiKeys {
         if self.unknown.contains_key(&presented) {
             return Err(ServiceError::ApiKeyInvalid);
         }
-        // Concurrent calls with the same secret share one lookup.
-        let lookup = self
-            .inflight
-            .lock()
-            .expect("the lookups in flight are never poisoned")
-            .entry(presented)
-            .or_default()
+        // Concurrent calls with the same secret share one lookup. The waiter
+        // leaves it however this call ends, cancelled included.
+        let waiter = Waiter::join(&self.inflight, presented);
+        let outcome = waiter
+            .lookup()
+            .get_or_init(|| async {
+                let outcome = self.look_up(presented).await;
+                // Calls that come after this answer start a lookup of their
+                // own rather than share one that may predate a revocation.
+                waiter.finished();
+                outcome
+            })
+            .await
             .clone();
-        let outcome = lookup.get_or_init(|| self.look_up(presented)).await.clone();
-        let mut inflight = self
-            .inflight
-            .lock()
-            .expect("the lookups in flight are never poisoned");
-        if inflight
-            .get(&presented)
-            .is_some_and(|current| Arc::ptr_eq(current, &lookup))
-        {
-            inflight.remove(&presented);
-        }
-        drop(inflight);
+        drop(waiter);
         outcome.map_err(|failure| match failure {
             LookupFailure::Invalid => ServiceError::ApiKeyInvalid,
             LookupFailure::Throttled => ServiceError::KeyLookupsThrottled,
@@ -305,6 +302,76 @@ enum LookupFailure {
 
 /// A lookup in flight, shared by the calls presenting the same secret.
 type SharedLookup = Arc<tokio::sync::OnceCell<Result<OrganizationId, LookupFailure>>>;
+
+/// The lookups in flight, by digest.
+type Inflight = Mutex<HashMap<[u8; 32], SharedLookup>>;
+
+/// The map of lookups in flight. A panic cannot leave it inconsistent (each
+/// change is one map operation), so a poisoned lock is taken as it is.
+fn lock(inflight: &Inflight) -> MutexGuard<'_, HashMap<[u8; 32], SharedLookup>> {
+    inflight.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One call's share of a lookup in flight.
+///
+/// The map holds one reference to each lookup and each waiter one more, and
+/// references are only taken and released with the map locked, so under the
+/// lock a count of two means the waiter dropping is the last. Dropping the
+/// last waiter, however its call ended (answered, failed, or cancelled at an
+/// `.await` by a deadline or a client that went away), removes the lookup,
+/// so one that every caller abandoned leaves nothing behind.
+struct Waiter<'a> {
+    inflight: &'a Inflight,
+    presented: [u8; 32],
+    /// `None` only while being dropped.
+    lookup: Option<SharedLookup>,
+}
+
+impl<'a> Waiter<'a> {
+    /// Joins the lookup of `presented` in flight, or starts one.
+    fn join(inflight: &'a Inflight, presented: [u8; 32]) -> Self {
+        let lookup = lock(inflight).entry(presented).or_default().clone();
+        Self {
+            inflight,
+            presented,
+            lookup: Some(lookup),
+        }
+    }
+
+    /// The shared lookup.
+    fn lookup(&self) -> &SharedLookup {
+        self.lookup.as_ref().expect("taken only on drop")
+    }
+
+    /// Removes this lookup from the map, if it is still there: it has its
+    /// answer, and calls from now on do not share it.
+    fn finished(&self) {
+        let mut inflight = lock(self.inflight);
+        if inflight
+            .get(&self.presented)
+            .is_some_and(|current| Arc::ptr_eq(current, self.lookup()))
+        {
+            inflight.remove(&self.presented);
+        }
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let mut inflight = lock(self.inflight);
+        let lookup = self.lookup.take().expect("dropped once");
+        if Arc::strong_count(&lookup) == 2
+            && inflight
+                .get(&self.presented)
+                .is_some_and(|current| Arc::ptr_eq(current, &lookup))
+        {
+            inflight.remove(&self.presented);
+        }
+        // Released under the lock, so the next waiter to leave counts right.
+        drop(lookup);
+        drop(inflight);
+    }
+}
 
 impl ApiKeys {
     /// Checks, in the database and ignoring every cache, that the key with
@@ -455,6 +522,74 @@ mod tests {
             assert_eq!(result.unwrap(), org);
         }
         assert_eq!(keys.lookups(), 1);
+    }
+
+    /// A well-formed secret, different for each `i`, that is no key.
+    fn random_like(i: u64) -> String {
+        format!(
+            "{SECRET_PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(Sha256::digest(i.to_be_bytes()))
+        )
+    }
+
+    /// How many lookups are in flight.
+    fn in_flight(keys: &ApiKeys) -> usize {
+        keys.inflight.lock().unwrap().len()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelled_lookups_leave_nothing_in_flight() {
+        let (keys, _, _) = setup().await;
+        // Four callers at once, on two threads, go through the same 25,000
+        // well-formed secrets, each starting two calls per secret and
+        // dropping both after one poll: 200,000 calls cancelled while they
+        // wait on a shared lookup, most for a lookup turn, the first hundred
+        // or so during the query.
+        let callers: Vec<_> = (0..4)
+            .map(|_| {
+                let keys = keys.clone();
+                tokio::spawn(async move {
+                    let mut pending = 0;
+                    for i in 0..25_000 {
+                        let secret = random_like(i);
+                        let mut first = std::pin::pin!(keys.authenticate(&secret));
+                        let mut second = std::pin::pin!(keys.authenticate(&secret));
+                        if futures::poll!(&mut first).is_pending() {
+                            pending += 1;
+                        }
+                        if futures::poll!(&mut second).is_pending() {
+                            pending += 1;
+                        }
+                    }
+                    pending
+                })
+            })
+            .collect();
+        let mut cancelled = 0;
+        for caller in callers {
+            cancelled += caller.await.unwrap();
+        }
+        assert!(cancelled > 190_000, "{cancelled}");
+        assert_eq!(in_flight(&keys), 0);
+    }
+
+    #[tokio::test]
+    async fn a_lookup_whose_first_caller_is_cancelled_still_answers_the_others_once() {
+        let (keys, org, secret) = setup().await;
+        // Use up the burst, so that the first caller waits for its turn.
+        while keys.new_key_lookups.check().is_ok() {}
+        let mut first = Box::pin(keys.authenticate(&secret));
+        let mut second = Box::pin(keys.authenticate(&secret));
+        assert!(futures::poll!(&mut first).is_pending());
+        assert!(futures::poll!(&mut second).is_pending());
+        drop(first);
+        // A caller arriving now shares the lookup the second still waits for.
+        let third = keys.authenticate(&secret);
+        let (second, third) = futures_util::future::join(second, third).await;
+        assert_eq!(second.unwrap(), org);
+        assert_eq!(third.unwrap(), org);
+        assert_eq!(keys.lookups(), 1);
+        assert_eq!(in_flight(&keys), 0);
     }
 
     #[tokio::test]
