@@ -7,7 +7,9 @@
 //! a busy caller does not cost a database query per call. A key revoked
 //! through this process stops working at once, even for a call whose lookup
 //! raced with the revocation; one revoked elsewhere (another replica, the CLI)
-//! within that TTL, inside the 5 seconds SPEC allows.
+//! within that TTL, inside the 5 seconds SPEC allows. Open streams re-check
+//! their key ([`ApiKeys::still_valid`]) the same way, so they cost at most one
+//! lookup per key per TTL however many are open.
 //!
 //! Presented secrets cost a database lookup only when they can matter: one
 //! that cannot be a key (not `cnx_` and 43 base64url characters) is refused
@@ -221,7 +223,13 @@ impl ApiKeys {
         if !well_formed(secret) {
             return Err(ServiceError::ApiKeyInvalid);
         }
-        let presented = digest(secret);
+        self.verify(digest(secret)).await
+    }
+
+    /// The organization of the key with digest `presented`: from memory if it
+    /// verified within [`VERIFIED_KEY_TTL`] (or matched no key within
+    /// [`UNKNOWN_KEY_TTL`]), otherwise looked up.
+    async fn verify(&self, presented: [u8; 32]) -> Result<OrganizationId, ServiceError> {
         // Looking up a digest reveals nothing usable about the secret (finding
         // a preimage of SHA-256 is infeasible), so this needs no constant time.
         if let Some(organization) = self.verified.get(&presented) {
@@ -255,6 +263,14 @@ impl ApiKeys {
     /// Looks `presented` up in the database, within the lookup limit unless
     /// it verified lately, and remembers what it found.
     async fn look_up(&self, presented: [u8; 32]) -> Result<OrganizationId, LookupFailure> {
+        // A lookup that answered after this call missed the caches, but
+        // before it joined, left its answer there.
+        if let Some(organization) = self.verified.get(&presented) {
+            return Ok(organization);
+        }
+        if self.unknown.contains_key(&presented) {
+            return Err(LookupFailure::Invalid);
+        }
         if !self.known.contains_key(&presented) {
             tokio::time::timeout(self.lookup_wait, self.new_key_lookups.until_ready())
                 .await
@@ -374,25 +390,22 @@ impl Drop for Waiter<'_> {
 }
 
 impl ApiKeys {
-    /// Checks, in the database and ignoring every cache, that the key with
-    /// digest `presented` still exists, unrevoked, for `organization`: for
-    /// streams, which outlive any cache entry.
+    /// Checks that the key with digest `presented` still acts for
+    /// `organization`: for streams, which outlive the call that opened them.
+    /// As for a call, the answer comes from memory while the key verified
+    /// within [`VERIFIED_KEY_TTL`], so however many streams a key keeps open
+    /// their checks cost at most one lookup per TTL (shared with any calls
+    /// looking it up meanwhile). A key revoked through this process fails at
+    /// once; one revoked elsewhere, within [`VERIFIED_KEY_TTL`].
     pub async fn still_valid(
         &self,
         presented: [u8; 32],
         organization: OrganizationId,
     ) -> Result<(), ServiceError> {
-        self.lookups.fetch_add(1, Ordering::SeqCst);
-        match api_key::lookup(&self.reader, &presented).await? {
-            Some((found, stored))
-                if found == organization && bool::from(stored.ct_eq(&presented)) =>
-            {
-                Ok(())
-            }
-            _ => {
-                self.verified.invalidate(&presented);
-                Err(ServiceError::ApiKeyInvalid)
-            }
+        if self.verify(presented).await? == organization {
+            Ok(())
+        } else {
+            Err(ServiceError::ApiKeyInvalid)
         }
     }
 }
@@ -593,11 +606,86 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn checks_of_open_streams_cost_at_most_one_lookup_per_verification_period() {
+        let (keys, org, secret) = setup().await;
+        let presented = digest(&secret);
+        assert_eq!(keys.authenticate(&secret).await.unwrap(), org);
+        let (started, lookups) = (std::time::Instant::now(), keys.lookups());
+        // A hundred streams of the key, each checking every 50 ms (twenty
+        // times as often as a watch does) for two and a half periods.
+        let period = VERIFIED_KEY_TTL * 5 / 2;
+        let streams: Vec<_> = (0..100)
+            .map(|_| {
+                let keys = keys.clone();
+                tokio::spawn(async move {
+                    let mut checks = 0;
+                    while started.elapsed() < period {
+                        keys.still_valid(presented, org).await.unwrap();
+                        checks += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    checks
+                })
+            })
+            .collect();
+        let mut checks = 0;
+        for stream in streams {
+            checks += stream.await.unwrap();
+        }
+        let elapsed = started.elapsed();
+        let lookups = keys.lookups() - lookups;
+        // The key was verified again as each verification expired, and only
+        // then.
+        let bound = elapsed.as_millis() / VERIFIED_KEY_TTL.as_millis() + 1;
+        assert!(
+            (1..=bound as u64).contains(&lookups),
+            "{lookups} lookups for {checks} checks in {elapsed:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_revoked_on_another_replica_fails_its_checks_within_the_verification_period() {
+        let (here, org, secret) = setup().await;
+        let presented = digest(&secret);
+        // Another replica: its own caches, the same database.
+        let elsewhere = ApiKeys::new(here.db.clone(), here.db.clone().into());
+        here.still_valid(presented, org).await.unwrap();
+        let lookups = here.lookups();
+        let key = elsewhere.list(org).await.unwrap().remove(0);
+        elsewhere.revoke(key.id).await.unwrap();
+        let revoked = std::time::Instant::now();
+        loop {
+            match here.still_valid(presented, org).await {
+                Ok(()) => assert!(
+                    revoked.elapsed() < VERIFIED_KEY_TTL,
+                    "still valid {:?} after the revocation",
+                    revoked.elapsed()
+                ),
+                Err(ServiceError::ApiKeyInvalid) => break,
+                Err(other) => panic!("{other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Until its verification expired, the key was checked from memory.
+        assert_eq!(here.lookups(), lookups + 1);
+        // And the revoked key now costs no more lookups.
+        assert!(matches!(
+            here.still_valid(presented, org).await,
+            Err(ServiceError::ApiKeyInvalid)
+        ));
+        assert_eq!(here.lookups(), lookups + 1);
+    }
+
+    #[tokio::test]
     async fn a_revoked_key_is_refused_at_once() {
         let (keys, org, secret) = setup().await;
         assert_eq!(keys.authenticate(&secret).await.unwrap(), org);
         let key = keys.list(org).await.unwrap().remove(0);
         keys.revoke(key.id).await.unwrap();
+        assert!(matches!(
+            keys.still_valid(digest(&secret), org).await,
+            Err(ServiceError::ApiKeyInvalid)
+        ));
         assert!(matches!(
             keys.authenticate(&secret).await,
             Err(ServiceError::ApiKeyInvalid)
