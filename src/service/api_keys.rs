@@ -7,7 +7,9 @@
 //! a busy caller does not cost a database query per call. A key revoked
 //! through this process stops working at once, even for a call whose lookup
 //! raced with the revocation; one revoked elsewhere (another replica, the CLI)
-//! within that TTL, inside the 5 seconds SPEC allows.
+//! within that TTL, inside the 5 seconds SPEC allows. Open streams re-check
+//! their key ([`ApiKeys::still_valid`]) the same way, so they cost at most one
+//! lookup per key per TTL however many are open.
 //!
 //! Presented secrets cost a database lookup only when they can matter: one
 //! that cannot be a key (not `cnx_` and 43 base64url characters) is refused
@@ -19,13 +21,15 @@
 //! queries, and the keys of callers seen lately skip the limit, so the flood
 //! does not lock them out. Concurrent calls presenting the same secret share one
 //! lookup, so a client that opens with hundreds of calls at once costs one
-//! query and one turn.
+//! query and one turn; a lookup is forgotten when it answers or when the last
+//! of its calls goes (cancelled by a deadline, say), so calls that all time
+//! out leave nothing behind.
 
 use std::{
     collections::HashMap,
     num::NonZeroU32,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
@@ -99,7 +103,7 @@ pub struct ApiKeys {
     /// How long a call waits for a lookup turn ([`NEW_KEY_LOOKUP_WAIT`]).
     lookup_wait: Duration,
     /// Lookups in flight, by digest.
-    inflight: Arc<Mutex<HashMap<[u8; 32], SharedLookup>>>,
+    inflight: Arc<Inflight>,
     /// Revocations through this process so far: a lookup that overlapped one
     /// does not leave its key remembered.
     revocations: Arc<AtomicU64>,
@@ -219,7 +223,13 @@ impl ApiKeys {
         if !well_formed(secret) {
             return Err(ServiceError::ApiKeyInvalid);
         }
-        let presented = digest(secret);
+        self.verify(digest(secret)).await
+    }
+
+    /// The organization of the key with digest `presented`: from memory if it
+    /// verified within [`VERIFIED_KEY_TTL`] (or matched no key within
+    /// [`UNKNOWN_KEY_TTL`]), otherwise looked up.
+    async fn verify(&self, presented: [u8; 32]) -> Result<OrganizationId, ServiceError> {
         // Looking up a digest reveals nothing usable about the secret (finding
         // a preimage of SHA-256 is infeasible), so this needs no constant time.
         if let Some(organization) = self.verified.get(&presented) {
@@ -228,26 +238,21 @@ impl ApiKeys {
         if self.unknown.contains_key(&presented) {
             return Err(ServiceError::ApiKeyInvalid);
         }
-        // Concurrent calls with the same secret share one lookup.
-        let lookup = self
-            .inflight
-            .lock()
-            .expect("the lookups in flight are never poisoned")
-            .entry(presented)
-            .or_default()
+        // Concurrent calls with the same secret share one lookup. The waiter
+        // leaves it however this call ends, cancelled included.
+        let waiter = Waiter::join(&self.inflight, presented);
+        let outcome = waiter
+            .lookup()
+            .get_or_init(|| async {
+                let outcome = self.look_up(presented).await;
+                // Calls that come after this answer start a lookup of their
+                // own rather than share one that may predate a revocation.
+                waiter.finished();
+                outcome
+            })
+            .await
             .clone();
-        let outcome = lookup.get_or_init(|| self.look_up(presented)).await.clone();
-        let mut inflight = self
-            .inflight
-            .lock()
-            .expect("the lookups in flight are never poisoned");
-        if inflight
-            .get(&presented)
-            .is_some_and(|current| Arc::ptr_eq(current, &lookup))
-        {
-            inflight.remove(&presented);
-        }
-        drop(inflight);
+        drop(waiter);
         outcome.map_err(|failure| match failure {
             LookupFailure::Invalid => ServiceError::ApiKeyInvalid,
             LookupFailure::Throttled => ServiceError::KeyLookupsThrottled,
@@ -258,6 +263,14 @@ impl ApiKeys {
     /// Looks `presented` up in the database, within the lookup limit unless
     /// it verified lately, and remembers what it found.
     async fn look_up(&self, presented: [u8; 32]) -> Result<OrganizationId, LookupFailure> {
+        // A lookup that answered after this call missed the caches, but
+        // before it joined, left its answer there.
+        if let Some(organization) = self.verified.get(&presented) {
+            return Ok(organization);
+        }
+        if self.unknown.contains_key(&presented) {
+            return Err(LookupFailure::Invalid);
+        }
         if !self.known.contains_key(&presented) {
             tokio::time::timeout(self.lookup_wait, self.new_key_lookups.until_ready())
                 .await
@@ -306,26 +319,93 @@ enum LookupFailure {
 /// A lookup in flight, shared by the calls presenting the same secret.
 type SharedLookup = Arc<tokio::sync::OnceCell<Result<OrganizationId, LookupFailure>>>;
 
+/// The lookups in flight, by digest.
+type Inflight = Mutex<HashMap<[u8; 32], SharedLookup>>;
+
+/// The map of lookups in flight. A panic cannot leave it inconsistent (each
+/// change is one map operation), so a poisoned lock is taken as it is.
+fn lock(inflight: &Inflight) -> MutexGuard<'_, HashMap<[u8; 32], SharedLookup>> {
+    inflight.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// One call's share of a lookup in flight.
+///
+/// The map holds one reference to each lookup and each waiter one more, and
+/// references are only taken and released with the map locked, so under the
+/// lock a count of two means the waiter dropping is the last. Dropping the
+/// last waiter, however its call ended (answered, failed, or cancelled at an
+/// `.await` by a deadline or a client that went away), removes the lookup,
+/// so one that every caller abandoned leaves nothing behind.
+struct Waiter<'a> {
+    inflight: &'a Inflight,
+    presented: [u8; 32],
+    /// `None` only while being dropped.
+    lookup: Option<SharedLookup>,
+}
+
+impl<'a> Waiter<'a> {
+    /// Joins the lookup of `presented` in flight, or starts one.
+    fn join(inflight: &'a Inflight, presented: [u8; 32]) -> Self {
+        let lookup = lock(inflight).entry(presented).or_default().clone();
+        Self {
+            inflight,
+            presented,
+            lookup: Some(lookup),
+        }
+    }
+
+    /// The shared lookup.
+    fn lookup(&self) -> &SharedLookup {
+        self.lookup.as_ref().expect("taken only on drop")
+    }
+
+    /// Removes this lookup from the map, if it is still there: it has its
+    /// answer, and calls from now on do not share it.
+    fn finished(&self) {
+        let mut inflight = lock(self.inflight);
+        if inflight
+            .get(&self.presented)
+            .is_some_and(|current| Arc::ptr_eq(current, self.lookup()))
+        {
+            inflight.remove(&self.presented);
+        }
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        let mut inflight = lock(self.inflight);
+        let lookup = self.lookup.take().expect("dropped once");
+        if Arc::strong_count(&lookup) == 2
+            && inflight
+                .get(&self.presented)
+                .is_some_and(|current| Arc::ptr_eq(current, &lookup))
+        {
+            inflight.remove(&self.presented);
+        }
+        // Released under the lock, so the next waiter to leave counts right.
+        drop(lookup);
+        drop(inflight);
+    }
+}
+
 impl ApiKeys {
-    /// Checks, in the database and ignoring every cache, that the key with
-    /// digest `presented` still exists, unrevoked, for `organization`: for
-    /// streams, which outlive any cache entry.
+    /// Checks that the key with digest `presented` still acts for
+    /// `organization`: for streams, which outlive the call that opened them.
+    /// As for a call, the answer comes from memory while the key verified
+    /// within [`VERIFIED_KEY_TTL`], so however many streams a key keeps open
+    /// their checks cost at most one lookup per TTL (shared with any calls
+    /// looking it up meanwhile). A key revoked through this process fails at
+    /// once; one revoked elsewhere, within [`VERIFIED_KEY_TTL`].
     pub async fn still_valid(
         &self,
         presented: [u8; 32],
         organization: OrganizationId,
     ) -> Result<(), ServiceError> {
-        self.lookups.fetch_add(1, Ordering::SeqCst);
-        match api_key::lookup(&self.reader, &presented).await? {
-            Some((found, stored))
-                if found == organization && bool::from(stored.ct_eq(&presented)) =>
-            {
-                Ok(())
-            }
-            _ => {
-                self.verified.invalidate(&presented);
-                Err(ServiceError::ApiKeyInvalid)
-            }
+        if self.verify(presented).await? == organization {
+            Ok(())
+        } else {
+            Err(ServiceError::ApiKeyInvalid)
         }
     }
 }
@@ -457,12 +537,155 @@ mod tests {
         assert_eq!(keys.lookups(), 1);
     }
 
+    /// A well-formed secret, different for each `i`, that is no key.
+    fn random_like(i: u64) -> String {
+        format!(
+            "{SECRET_PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(Sha256::digest(i.to_be_bytes()))
+        )
+    }
+
+    /// How many lookups are in flight.
+    fn in_flight(keys: &ApiKeys) -> usize {
+        keys.inflight.lock().unwrap().len()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelled_lookups_leave_nothing_in_flight() {
+        let (keys, _, _) = setup().await;
+        // Four callers at once, on two threads, go through the same 25,000
+        // well-formed secrets, each starting two calls per secret and
+        // dropping both after one poll: 200,000 calls cancelled while they
+        // wait on a shared lookup, most for a lookup turn, the first hundred
+        // or so during the query.
+        let callers: Vec<_> = (0..4)
+            .map(|_| {
+                let keys = keys.clone();
+                tokio::spawn(async move {
+                    let mut pending = 0;
+                    for i in 0..25_000 {
+                        let secret = random_like(i);
+                        let mut first = std::pin::pin!(keys.authenticate(&secret));
+                        let mut second = std::pin::pin!(keys.authenticate(&secret));
+                        if futures::poll!(&mut first).is_pending() {
+                            pending += 1;
+                        }
+                        if futures::poll!(&mut second).is_pending() {
+                            pending += 1;
+                        }
+                    }
+                    pending
+                })
+            })
+            .collect();
+        let mut cancelled = 0;
+        for caller in callers {
+            cancelled += caller.await.unwrap();
+        }
+        assert!(cancelled > 190_000, "{cancelled}");
+        assert_eq!(in_flight(&keys), 0);
+    }
+
+    #[tokio::test]
+    async fn a_lookup_whose_first_caller_is_cancelled_still_answers_the_others_once() {
+        let (keys, org, secret) = setup().await;
+        // Use up the burst, so that the first caller waits for its turn.
+        while keys.new_key_lookups.check().is_ok() {}
+        let mut first = Box::pin(keys.authenticate(&secret));
+        let mut second = Box::pin(keys.authenticate(&secret));
+        assert!(futures::poll!(&mut first).is_pending());
+        assert!(futures::poll!(&mut second).is_pending());
+        drop(first);
+        // A caller arriving now shares the lookup the second still waits for.
+        let third = keys.authenticate(&secret);
+        let (second, third) = futures_util::future::join(second, third).await;
+        assert_eq!(second.unwrap(), org);
+        assert_eq!(third.unwrap(), org);
+        assert_eq!(keys.lookups(), 1);
+        assert_eq!(in_flight(&keys), 0);
+    }
+
+    #[tokio::test]
+    async fn checks_of_open_streams_cost_at_most_one_lookup_per_verification_period() {
+        let (keys, org, secret) = setup().await;
+        let presented = digest(&secret);
+        assert_eq!(keys.authenticate(&secret).await.unwrap(), org);
+        let (started, lookups) = (std::time::Instant::now(), keys.lookups());
+        // A hundred streams of the key, each checking every 50 ms (twenty
+        // times as often as a watch does) for two and a half periods.
+        let period = VERIFIED_KEY_TTL * 5 / 2;
+        let streams: Vec<_> = (0..100)
+            .map(|_| {
+                let keys = keys.clone();
+                tokio::spawn(async move {
+                    let mut checks = 0;
+                    while started.elapsed() < period {
+                        keys.still_valid(presented, org).await.unwrap();
+                        checks += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    checks
+                })
+            })
+            .collect();
+        let mut checks = 0;
+        for stream in streams {
+            checks += stream.await.unwrap();
+        }
+        let elapsed = started.elapsed();
+        let lookups = keys.lookups() - lookups;
+        // The key was verified again as each verification expired, and only
+        // then.
+        let bound = elapsed.as_millis() / VERIFIED_KEY_TTL.as_millis() + 1;
+        assert!(
+            (1..=bound as u64).contains(&lookups),
+            "{lookups} lookups for {checks} checks in {elapsed:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_revoked_on_another_replica_fails_its_checks_within_the_verification_period() {
+        let (here, org, secret) = setup().await;
+        let presented = digest(&secret);
+        // Another replica: its own caches, the same database.
+        let elsewhere = ApiKeys::new(here.db.clone(), here.db.clone().into());
+        here.still_valid(presented, org).await.unwrap();
+        let lookups = here.lookups();
+        let key = elsewhere.list(org).await.unwrap().remove(0);
+        elsewhere.revoke(key.id).await.unwrap();
+        let revoked = std::time::Instant::now();
+        loop {
+            match here.still_valid(presented, org).await {
+                Ok(()) => assert!(
+                    revoked.elapsed() < VERIFIED_KEY_TTL,
+                    "still valid {:?} after the revocation",
+                    revoked.elapsed()
+                ),
+                Err(ServiceError::ApiKeyInvalid) => break,
+                Err(other) => panic!("{other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Until its verification expired, the key was checked from memory.
+        assert_eq!(here.lookups(), lookups + 1);
+        // And the revoked key now costs no more lookups.
+        assert!(matches!(
+            here.still_valid(presented, org).await,
+            Err(ServiceError::ApiKeyInvalid)
+        ));
+        assert_eq!(here.lookups(), lookups + 1);
+    }
+
     #[tokio::test]
     async fn a_revoked_key_is_refused_at_once() {
         let (keys, org, secret) = setup().await;
         assert_eq!(keys.authenticate(&secret).await.unwrap(), org);
         let key = keys.list(org).await.unwrap().remove(0);
         keys.revoke(key.id).await.unwrap();
+        assert!(matches!(
+            keys.still_valid(digest(&secret), org).await,
+            Err(ServiceError::ApiKeyInvalid)
+        ));
         assert!(matches!(
             keys.authenticate(&secret).await,
             Err(ServiceError::ApiKeyInvalid)

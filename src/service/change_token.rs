@@ -6,9 +6,10 @@
 //! names what the watch has delivered up to it, and a CheckAccess answer
 //! what its index had applied. "After a token" is every change not in its
 //! set, so a reader that resumes from any token misses nothing, whatever
-//! transactions were still open when it was issued. Tokens are signed like
-//! page tokens (same key, their own scope), so one cannot be forged,
-//! altered, or passed off as a page token.
+//! transactions were still open when it was issued. Tokens are sealed like
+//! page tokens (encrypted and authenticated with the same secret, in their
+//! own scope), so one reveals nothing and cannot be forged, altered, or
+//! passed off as a page token.
 
 use super::{PageTokens, ServiceError};
 use crate::domain::Snapshot;

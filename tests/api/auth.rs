@@ -10,7 +10,8 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use connections::{
     proto::{
         GetConnectionRequest, GetOrganizationRequest, ListApiKeysRequest, ListConnectionsRequest,
-        RevokeApiKeyRequest, organization_service_client::OrganizationServiceClient,
+        RevokeApiKeyRequest, WatchConnectionEventsRequest,
+        organization_service_client::OrganizationServiceClient,
     },
     service::api_keys::{NEW_KEY_LOOKUPS_PER_SECOND, VERIFIED_KEY_TTL},
 };
@@ -215,4 +216,34 @@ async fn a_flood_of_random_keys_costs_a_bounded_number_of_lookups_and_locks_out_
         "{lookups} lookups for {invalid} invalid and {throttled} throttled calls in {elapsed:?}; {calls} known calls"
     );
     assert!(calls > 10, "{calls}");
+}
+
+#[tokio::test]
+async fn open_watches_of_one_key_cost_at_most_one_lookup_per_verification_period() {
+    let app = spawn_app().await;
+    let org = app.new_org("A").await;
+    // As many watches as one organization may open: each checks its key
+    // every second while it is open.
+    let mut watches = Vec::new();
+    for _ in 0..16 {
+        let mut watch = app
+            .connections(&org)
+            .watch_connection_events(WatchConnectionEventsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        // The first heartbeat: the watch has started.
+        watch.message().await.unwrap().expect("a heartbeat");
+        watches.push(watch);
+    }
+    let (started, lookups_before) = (Instant::now(), app.api_keys.lookups());
+    tokio::time::sleep(VERIFIED_KEY_TTL * 2 + Duration::from_millis(500)).await;
+    let elapsed = started.elapsed();
+    let lookups = app.api_keys.lookups() - lookups_before;
+    let bound = elapsed.as_millis() / VERIFIED_KEY_TTL.as_millis() + 1;
+    assert!(
+        lookups <= bound as u64,
+        "{lookups} lookups for {} open watches in {elapsed:?}",
+        watches.len()
+    );
 }
