@@ -144,6 +144,7 @@ async fn measure(
         let command = crate::service_command(server_bin, address, url);
         let log = work.join(format!("server-{replica}.log"));
         let server = Server::start(&format!("replica {replica}"), command, address, &log).await?;
+        server.serving(crate::SERVING_TIMEOUT).await?;
         targets.push(Target::connect(&server.url(), 2).await?);
         servers.push(server);
     }

@@ -145,6 +145,9 @@ const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
 /// so under load the lookup is one query per key per 2 s, not per call.
 const AUTHENTICATES_EVERY_CALL: bool = false;
 const BENCH_DATABASE: &str = "connections_bench";
+/// How long a server may take to report SERVING (to build its CheckAccess
+/// index) after it starts.
+const SERVING_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
@@ -323,6 +326,7 @@ async fn backend(
     let command = service_command(server_bin, address, url);
     let log = work.join(format!("server-{name}.log"));
     let server = Server::start(&format!("server ({name})"), command, address, &log).await?;
+    server.serving(SERVING_TIMEOUT).await?;
     let target = Target::connect(&server.url(), options.channels).await?;
     let db = connect(&DatabaseSettings::new(url.to_owned())).await?;
 
@@ -341,23 +345,31 @@ async fn backend(
     };
     seed::bulk(&db, bulk, &small, &large).await?;
 
-    // The CheckAccess index is built from the database at start, before the
-    // server listens: start it again, so that it holds the rows just
-    // inserted, and measure that.
+    // The CheckAccess index is built from the database at start, in the
+    // background once the server listens: start it again, so that it holds
+    // the rows just inserted, and measure that. Nothing is measured before
+    // the server reports SERVING: until then checks read the database.
     let before = server.pid().and_then(|pid| status_mib(pid, "VmRSS"));
     server.stop().await?;
     let address = free_address()?;
     let command = service_command(server_bin, address, url);
     let started = Instant::now();
     let server = Server::start(&format!("server ({name})"), command, address, &log).await?;
+    let listening = started.elapsed().as_secs_f64();
+    server.serving(SERVING_TIMEOUT).await?;
+    let serving = started.elapsed().as_secs_f64();
+    let status = |field| server.pid().and_then(|pid| status_mib(pid, field));
+    let (rss, peak) = (status("VmRSS"), status("VmHWM"));
     report.index_build(
         name,
-        IndexBuild {
-            connections: count_connections(&db).await?,
-            seconds: started.elapsed().as_secs_f64(),
-            rss_before_mib: before,
-            rss_after_mib: server.pid().and_then(|pid| status_mib(pid, "VmRSS")),
-        },
+        IndexBuild::new(
+            count_connections(&db).await?,
+            listening,
+            serving,
+            before,
+            rss,
+            peak,
+        ),
     );
     let target = Target::connect(&server.url(), options.channels).await?;
     let pool = write_pool(&target, options.pool_side()).await?;

@@ -126,32 +126,119 @@ pub struct Ratio {
     pub note: Option<String>,
 }
 
-/// The CheckAccess index, as a server built it at start.
+/// The CheckAccess index, as a server built it at start: in the background
+/// once it listens, its health service reporting SERVING when done.
 #[derive(Debug, Clone, Serialize)]
 pub struct IndexBuild {
     /// Connections in the database.
     pub connections: u64,
-    /// From starting the process to its listening: the index is built
-    /// before it listens (migrations and connecting take a few ms).
-    pub seconds: f64,
+    /// From starting the process to its listening.
+    pub seconds_to_listening: f64,
+    /// From starting the process to its health service reporting SERVING:
+    /// the index is built.
+    pub seconds_to_serving: f64,
     /// RSS of a server of the same build on the same database before the
     /// connections were inserted, MiB.
     pub rss_before_mib: Option<f64>,
-    /// RSS once it listens, MiB.
-    pub rss_after_mib: Option<f64>,
+    /// RSS once it reports SERVING, MiB.
+    pub rss_serving_mib: Option<f64>,
+    /// Peak RSS (`VmHWM`) of the process up to SERVING: the most the build
+    /// took, MiB.
+    pub peak_rss_mib: Option<f64>,
+    /// The targets, each with its verdict (judged only for a million
+    /// connections or more: a smaller run only reports).
+    pub targets: Vec<Judged>,
 }
 
-impl IndexBuild {
-    /// The RSS the index added, in MB (10^6 bytes).
-    fn rss_increase_mb(&self) -> Option<f64> {
-        Some((self.rss_after_mib? - self.rss_before_mib?) * 1_048_576.0 / 1e6)
-    }
+/// A measured value against the most it may be.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Judged {
+    /// What it is.
+    pub name: &'static str,
+    /// The value.
+    pub value: f64,
+    /// The target: at most this.
+    pub at_most: f64,
+    /// Whether the target is met; `None` when not judged.
+    pub met: Option<bool>,
 }
 
 /// The index at start: at most this long to build, for a million connections.
 const INDEX_BUILD_SECONDS: f64 = 10.0;
 /// The index at start: at most this much RSS, in MB, for a million connections.
 const INDEX_RSS_MB: f64 = 150.0;
+/// The index at start: the peak RSS during the build at most this many times
+/// the RSS once built.
+const INDEX_PEAK_FACTOR: f64 = 1.5;
+/// Index builds of this many connections or more are judged.
+const INDEX_JUDGED_FROM: u64 = 1_000_000;
+
+/// The names of the index build's targets.
+const TIME_TO_SERVING: &str = "time to SERVING, s";
+const RSS_INCREASE: &str = "RSS increase at SERVING, MB";
+const PEAK_OVER_SERVING: &str = "peak RSS during the build / RSS at SERVING";
+
+impl IndexBuild {
+    /// A build of `connections`, with its targets judged.
+    pub fn new(
+        connections: u64,
+        seconds_to_listening: f64,
+        seconds_to_serving: f64,
+        rss_before_mib: Option<f64>,
+        rss_serving_mib: Option<f64>,
+        peak_rss_mib: Option<f64>,
+    ) -> Self {
+        let mut build = Self {
+            connections,
+            seconds_to_listening,
+            seconds_to_serving,
+            rss_before_mib,
+            rss_serving_mib,
+            peak_rss_mib,
+            targets: Vec::new(),
+        };
+        let judged = connections >= INDEX_JUDGED_FROM;
+        let judge = |name, value: Option<f64>, at_most| {
+            value.map(|value| Judged {
+                name,
+                value,
+                at_most,
+                met: judged.then_some(value <= at_most),
+            })
+        };
+        build.targets = [
+            judge(
+                TIME_TO_SERVING,
+                Some(seconds_to_serving),
+                INDEX_BUILD_SECONDS,
+            ),
+            judge(RSS_INCREASE, build.rss_increase_mb(), INDEX_RSS_MB),
+            judge(
+                PEAK_OVER_SERVING,
+                build.peak_over_serving(),
+                INDEX_PEAK_FACTOR,
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        build
+    }
+
+    /// The RSS the index added, in MB (10^6 bytes).
+    fn rss_increase_mb(&self) -> Option<f64> {
+        Some((self.rss_serving_mib? - self.rss_before_mib?) * 1_048_576.0 / 1e6)
+    }
+
+    /// The peak during the build over the RSS once built.
+    fn peak_over_serving(&self) -> Option<f64> {
+        Some(self.peak_rss_mib? / self.rss_serving_mib?)
+    }
+
+    fn target(&self, name: &str) -> Option<&Judged> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+}
 
 /// Everything one run measured.
 #[derive(Debug, Serialize)]
@@ -201,7 +288,9 @@ impl Report {
 
     /// Records the index a server built at start, and prints it.
     pub fn index_build(&mut self, backend: &str, build: IndexBuild) {
-        eprintln!("  {}", index_row(backend, &build));
+        for row in index_rows(backend, &build) {
+            eprintln!("  {row}");
+        }
         self.index_builds.insert(backend.to_owned(), build);
     }
 
@@ -377,7 +466,9 @@ impl Report {
         }
         println!("\nCheckAccess index built at start");
         for (backend, build) in &self.index_builds {
-            println!("  {}", index_row(backend, build));
+            for row in index_rows(backend, build) {
+                println!("  {row}");
+            }
         }
         println!("\nratios (ours / baseline)");
         for ratio in &self.ratios {
@@ -451,30 +542,51 @@ fn row(line: &Line) -> String {
     )
 }
 
-/// One index build, with its targets (judged for a million connections or
-/// more; a smaller run only reports).
-fn index_row(backend: &str, build: &IndexBuild) -> String {
-    let judged = build.connections >= 1_000_000;
-    let verdict = |met: bool| match (judged, met) {
-        (false, _) => "",
-        (true, true) => ": met",
-        (true, false) => ": NOT MET",
+/// One index build, with its targets: a line of what happened, then one
+/// line per target (judged for a million connections or more; a smaller run
+/// only reports).
+fn index_rows(backend: &str, build: &IndexBuild) -> Vec<String> {
+    let verdict = |judged: Option<&Judged>, unit: &str| {
+        judged.map_or(String::new(), |j| {
+            let met = match j.met {
+                Some(true) => ": met",
+                Some(false) => ": NOT MET",
+                None => "",
+            };
+            format!("(target <= {}{unit}{met})", j.at_most)
+        })
     };
-    let rss = match build.rss_increase_mb() {
+    let mib = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1} MiB"));
+    let mut rows = vec![format!(
+        "{backend:<9} {} connections: listening after {:.2} s",
+        build.connections, build.seconds_to_listening
+    )];
+    rows.push(format!(
+        "  SERVING (index built) after {:.2} s {}",
+        build.seconds_to_serving,
+        verdict(build.target(TIME_TO_SERVING), " s")
+    ));
+    rows.push(match build.rss_increase_mb() {
         Some(mb) => format!(
-            "RSS +{mb:.1} MB ({:.1} -> {:.1} MiB; target <= {INDEX_RSS_MB} MB{})",
-            build.rss_before_mib.unwrap_or_default(),
-            build.rss_after_mib.unwrap_or_default(),
-            verdict(mb <= INDEX_RSS_MB)
+            "  RSS at SERVING {}, +{mb:.1} MB over the server before the rows ({}) {}",
+            mib(build.rss_serving_mib),
+            mib(build.rss_before_mib),
+            verdict(build.target(RSS_INCREASE), " MB")
         ),
-        None => "RSS not measured".to_owned(),
-    };
-    format!(
-        "{backend:<9} {} connections: listening after {:.2} s (target <= {INDEX_BUILD_SECONDS} s{}), {rss}",
-        build.connections,
-        build.seconds,
-        verdict(build.seconds <= INDEX_BUILD_SECONDS)
-    )
+        None => format!(
+            "  RSS at SERVING {}, increase not measured",
+            mib(build.rss_serving_mib)
+        ),
+    });
+    rows.push(match build.peak_over_serving() {
+        Some(factor) => format!(
+            "  peak RSS during the build {}, {factor:.2} x RSS at SERVING {}",
+            mib(build.peak_rss_mib),
+            verdict(build.target(PEAK_OVER_SERVING), " x")
+        ),
+        None => "  peak RSS during the build not measured".to_owned(),
+    });
+    rows
 }
 
 #[cfg(test)]
@@ -525,6 +637,61 @@ mod tests {
         assert_eq!(
             ratio.note.as_deref(),
             Some("77% of the calls over p99 were due within one 100 ms")
+        );
+    }
+
+    #[test]
+    fn an_index_build_is_reported_from_start_to_serving_with_its_three_targets() {
+        // 1,010,000 connections: judged. Built in time, within its memory,
+        // but its peak is 1.71 times what it keeps.
+        let build = IndexBuild::new(1_010_000, 0.13, 3.02, Some(28.8), Some(92.2), Some(157.8));
+        let rows = index_rows("postgres", &build);
+        assert_eq!(
+            rows,
+            [
+                "postgres  1010000 connections: listening after 0.13 s",
+                "  SERVING (index built) after 3.02 s (target <= 10 s: met)",
+                "  RSS at SERVING 92.2 MiB, +66.5 MB over the server before the rows (28.8 MiB) (target <= 150 MB: met)",
+                "  peak RSS during the build 157.8 MiB, 1.71 x RSS at SERVING (target <= 1.5 x: NOT MET)",
+            ]
+        );
+        let verdicts: Vec<_> = build.targets.iter().map(|t| (t.name, t.met)).collect();
+        assert_eq!(
+            verdicts,
+            [
+                ("time to SERVING, s", Some(true)),
+                ("RSS increase at SERVING, MB", Some(true)),
+                ("peak RSS during the build / RSS at SERVING", Some(false)),
+            ]
+        );
+
+        // The JSON holds the measures, and each target with its verdict.
+        let mut report = Report::new(&4, false);
+        report.index_build("postgres", build);
+        let json: serde_json::Value = serde_json::from_str(&report.json().unwrap()).unwrap();
+        let build = &json["index_builds"]["postgres"];
+        assert_eq!(build["seconds_to_serving"], 3.02);
+        assert_eq!(build["peak_rss_mib"], 157.8);
+        assert_eq!(build["targets"][0]["at_most"], 10.0);
+        assert_eq!(build["targets"][1]["met"], true);
+        assert_eq!(
+            build["targets"][2]["name"],
+            "peak RSS during the build / RSS at SERVING"
+        );
+        assert_eq!(build["targets"][2]["met"], false);
+    }
+
+    #[test]
+    fn a_small_index_build_is_reported_but_not_judged() {
+        let build = IndexBuild::new(22_000, 0.05, 0.09, Some(20.0), Some(300.0), None);
+        assert!(build.targets.iter().all(|t| t.met.is_none()));
+        assert_eq!(
+            index_rows("sqlite", &build)[1..],
+            [
+                "  SERVING (index built) after 0.09 s (target <= 10 s)",
+                "  RSS at SERVING 300.0 MiB, +293.6 MB over the server before the rows (20.0 MiB) (target <= 150 MB)",
+                "  peak RSS during the build not measured",
+            ]
         );
     }
 
