@@ -101,7 +101,7 @@ struct Results {
 }
 
 /// A connection the measurements change, with its parties.
-struct Measured {
+pub(crate) struct Measured {
     id: String,
     source: Caller,
     destination: Caller,
@@ -155,7 +155,7 @@ async fn measure(
     };
 
     eprintln!("freshness: seeding");
-    let mut measured = measured(&targets[0]).await?;
+    let mut measured = measured(&targets[0], MEASURED).await?;
     let mut race_pools = Vec::new();
     for target in &targets {
         race_pools.push(crate::write_pool(target, RACE_SIDE).await?);
@@ -287,10 +287,11 @@ async fn measure(
     Ok(results)
 }
 
-/// Makes [`MEASURED`] connections, ACTIVE, each with its own two parties.
-async fn measured(target: &Target) -> anyhow::Result<Vec<Measured>> {
+/// Makes `count` connections, each with its own two parties, to be made
+/// ACTIVE by their first [`transition`].
+pub(crate) async fn measured(target: &Target, count: usize) -> anyhow::Result<Vec<Measured>> {
     let mut all = Vec::new();
-    for i in 0..MEASURED {
+    for i in 0..count {
         let channel = target.channel(0);
         let source = seed::caller(channel.clone(), ADMIN_TOKEN, &format!("Source {i}")).await?;
         let destination = seed::caller(channel, ADMIN_TOKEN, &format!("Destination {i}")).await?;
@@ -320,7 +321,7 @@ async fn measured(target: &Target) -> anyhow::Result<Vec<Measured>> {
 
 /// The next transition of `m` on `target`: the state it is now in, and the
 /// change token of the transition.
-async fn transition(
+pub(crate) async fn transition(
     target: &Target,
     m: &mut Measured,
 ) -> anyhow::Result<(ConnectionState, String)> {
@@ -379,7 +380,11 @@ async fn transition(
 
 /// The state CheckAccess on `target` reports for `m` (as its source), at
 /// least as fresh as `token`; checks that `allowed` agrees with it.
-async fn check(target: &Target, m: &Measured, token: &str) -> anyhow::Result<ConnectionState> {
+pub(crate) async fn check(
+    target: &Target,
+    m: &Measured,
+    token: &str,
+) -> anyhow::Result<ConnectionState> {
     let answer = AccessServiceClient::new(target.channel(1))
         .check_access(authorized(
             CheckAccessRequest {
@@ -420,7 +425,7 @@ async fn write_until(
 }
 
 /// A watch from now, as the organization of `key`, that nobody reads yet.
-async fn open_watch(
+pub(crate) async fn open_watch(
     target: &Target,
     key: &tonic::metadata::AsciiMetadataValue,
 ) -> anyhow::Result<Streaming<WatchConnectionEventsResponse>> {

@@ -12,6 +12,7 @@ mod report;
 mod seed;
 mod soak;
 mod sql;
+mod under_writes;
 mod workload;
 
 use std::{
@@ -373,6 +374,12 @@ async fn backend(
     );
     let target = Target::connect(&server.url(), options.channels).await?;
     let pool = write_pool(&target, options.pool_side()).await?;
+    // Each organization of the pool: every source, then every destination
+    // (the pool holds each source's connections to every destination in turn).
+    let side = options.pool_side();
+    let watchers: Vec<_> = (pool.iter().step_by(side).map(|e| e.source.clone()))
+        .chain(pool.iter().take(side).map(|e| e.destination.clone()))
+        .collect();
     let small_ids: Arc<Vec<String>> =
         Arc::new((1..=options.small).map(seed::connection_id).collect());
     let window = options.window();
@@ -477,13 +484,26 @@ async fn backend(
         report.add(Line::pgbench("pgbench: a transition's transaction", run, c).with_cpu(cpu));
     }
     let rate = peak.throughput() * options.load_fraction;
-    let at_rate = open_loop(cycles, rate, window).await;
+    let at_rate = open_loop(cycles.clone(), rate, window).await;
     report.add(Line::open(
         "Activate/Deactivate/Reactivate",
         name,
         &at_rate,
         rate,
     ));
+    eprintln!("{name}: Activate/Deactivate/Reactivate with watches and token-bound CheckAccess");
+    let (outcome, cpu, seen) =
+        under_writes::run(&target, cycles, &watchers, c, window, pid).await?;
+    report.add(
+        Line::closed(
+            "Activate/Deactivate/Reactivate + watches + token checks",
+            name,
+            &outcome,
+            c,
+        )
+        .with_cpu(cpu),
+    );
+    report.under_writes(name, seen);
 
     eprintln!("{name}: CreateConnection");
     let create = workload::create(

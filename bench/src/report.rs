@@ -240,6 +240,126 @@ impl IndexBuild {
     }
 }
 
+/// Watches and token-bound CheckAccess while the transitions ran again on
+/// the server with the large data set (see `under_writes`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UnderWrites {
+    /// Watches open, one per organization of the write pool, each reading
+    /// everything sent to it.
+    pub watches: usize,
+    /// Events they received.
+    pub watch_events: u64,
+    /// How they ended, with how many ended so.
+    pub watches_ended: BTreeMap<String, u64>,
+    /// Tasks making a transition, then CheckAccess with its change token.
+    pub checkers: usize,
+    /// Checks with a change token made, and their latency, ms.
+    pub token_checks: u64,
+    pub token_check_p50_ms: f64,
+    pub token_check_p99_ms: f64,
+    pub token_check_max_ms: f64,
+    /// Checks that took 1 s or more: the server gave up waiting for its
+    /// index to reach the token and read the database.
+    pub token_checks_at_fallback: u64,
+    /// Answers that did not show the transition their token names.
+    pub stale: u64,
+    /// Failed transitions or checks of the checkers, by reason.
+    pub errors: BTreeMap<String, u64>,
+    /// The targets, each with its verdict.
+    pub targets: Vec<Judged>,
+}
+
+/// The reason a watch ends with when it fell too far behind.
+const TOO_SLOW: &str = "ERROR_REASON_WATCH_CONSUMER_TOO_SLOW";
+const AT_FALLBACK: &str = "token-bound checks that waited 1 s (the fallback)";
+const ENDED_TOO_SLOW: &str = "watches ended as too slow";
+
+impl UnderWrites {
+    /// Watches that ended as too slow.
+    fn too_slow(&self) -> u64 {
+        self.watches_ended
+            .iter()
+            .filter(|(how, _)| how.ends_with(TOO_SLOW))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Judges the targets: no check at the fallback, no watch too slow.
+    pub fn judge(&mut self) {
+        let judge = |name, value: u64| Judged {
+            name,
+            value: value as f64,
+            at_most: 0.0,
+            met: Some(value == 0),
+        };
+        self.targets = vec![
+            judge(AT_FALLBACK, self.token_checks_at_fallback),
+            judge(ENDED_TOO_SLOW, self.too_slow()),
+        ];
+    }
+
+    /// What fails the run: a stale answer, a failed check or transition, a
+    /// watch that ended otherwise than too slow or still open.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.stale > 0 {
+            problems.push(format!("{} stale token-bound answers", self.stale));
+        }
+        if !self.errors.is_empty() {
+            problems.push(format!("checkers failed: {}", by_reason(&self.errors)));
+        }
+        for (how, n) in &self.watches_ended {
+            if how != crate::under_writes::STILL_OPEN && !how.ends_with(TOO_SLOW) {
+                problems.push(format!("{n} watches ended: {how}"));
+            }
+        }
+        problems
+    }
+}
+
+/// The watches and checks under writes, with their targets.
+fn under_writes_rows(backend: &str, results: &UnderWrites) -> Vec<String> {
+    let verdict = |name: &str| {
+        results
+            .targets
+            .iter()
+            .find(|t| t.name == name)
+            .map_or(String::new(), |t| {
+                format!(
+                    " (target {}: {})",
+                    t.at_most,
+                    if t.met == Some(true) {
+                        "met"
+                    } else {
+                        "NOT MET"
+                    }
+                )
+            })
+    };
+    vec![
+        format!(
+            "{backend:<9} {} watches received {} events; ended: {}; too slow: {}{}",
+            results.watches,
+            results.watch_events,
+            by_reason(&results.watches_ended),
+            results.too_slow(),
+            verdict(ENDED_TOO_SLOW)
+        ),
+        format!(
+            "  {} token-bound CheckAccess ({} checkers): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
+             1 s or more (the fallback): {}{}; stale: {}",
+            results.token_checks,
+            results.checkers,
+            results.token_check_p50_ms,
+            results.token_check_p99_ms,
+            results.token_check_max_ms,
+            results.token_checks_at_fallback,
+            verdict(AT_FALLBACK),
+            results.stale
+        ),
+    ]
+}
+
 /// Everything one run measured.
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -255,6 +375,9 @@ pub struct Report {
     pub peak_rss_mib: BTreeMap<String, f64>,
     /// The CheckAccess index built at start, by backend.
     pub index_builds: BTreeMap<String, IndexBuild>,
+    /// Watches and token-bound CheckAccess while the transitions ran, by
+    /// backend.
+    pub under_writes: BTreeMap<String, UnderWrites>,
     /// Ours / baseline.
     pub ratios: Vec<Ratio>,
 }
@@ -269,6 +392,7 @@ impl Report {
             lines: Vec::new(),
             peak_rss_mib: BTreeMap::new(),
             index_builds: BTreeMap::new(),
+            under_writes: BTreeMap::new(),
             ratios: Vec::new(),
         }
     }
@@ -294,6 +418,15 @@ impl Report {
         self.index_builds.insert(backend.to_owned(), build);
     }
 
+    /// Records what the watches and token-bound checks saw under writes,
+    /// and prints it.
+    pub fn under_writes(&mut self, backend: &str, results: UnderWrites) {
+        for row in under_writes_rows(backend, &results) {
+            eprintln!("  {row}");
+        }
+        self.under_writes.insert(backend.to_owned(), results);
+    }
+
     fn find(&self, name: &str, backend: &str, mode: &str) -> Option<&Line> {
         self.lines.iter().find(|l| l.key() == (name, backend, mode))
     }
@@ -302,6 +435,12 @@ impl Report {
     /// calls, or with no successful call (it measured nothing). Empty when
     /// every line is sound.
     pub fn problems(&self) -> Vec<String> {
+        let under_writes = self.under_writes.iter().flat_map(|(backend, results)| {
+            results
+                .problems()
+                .into_iter()
+                .map(move |problem| format!("under writes ({backend}): {problem}"))
+        });
         self.lines
             .iter()
             .filter_map(|line| {
@@ -314,6 +453,7 @@ impl Report {
                     None
                 }
             })
+            .chain(under_writes)
             .collect()
     }
 
@@ -468,6 +608,14 @@ impl Report {
         for (backend, build) in &self.index_builds {
             for row in index_rows(backend, build) {
                 println!("  {row}");
+            }
+        }
+        if !self.under_writes.is_empty() {
+            println!("\nwatches and token-bound CheckAccess while the transitions run");
+            for (backend, results) in &self.under_writes {
+                for row in under_writes_rows(backend, results) {
+                    println!("  {row}");
+                }
             }
         }
         println!("\nratios (ours / baseline)");
@@ -691,6 +839,59 @@ mod tests {
                 "  SERVING (index built) after 0.09 s (target <= 10 s)",
                 "  RSS at SERVING 300.0 MiB, +293.6 MB over the server before the rows (20.0 MiB) (target <= 150 MB)",
                 "  peak RSS during the build not measured",
+            ]
+        );
+    }
+
+    #[test]
+    fn watches_and_token_bound_checks_under_writes_are_judged_and_only_faults_fail_the_run() {
+        let mut results = UnderWrites {
+            watches: 96,
+            watch_events: 20_000,
+            watches_ended: [
+                (crate::under_writes::STILL_OPEN.to_owned(), 95),
+                (format!("Aborted/{TOO_SLOW}"), 1),
+            ]
+            .into(),
+            checkers: 4,
+            token_checks: 3_000,
+            token_check_p50_ms: 1.5,
+            token_check_p99_ms: 4.25,
+            token_check_max_ms: 1_002.0,
+            token_checks_at_fallback: 1,
+            ..UnderWrites::default()
+        };
+        results.judge();
+        assert_eq!(
+            under_writes_rows("postgres", &results),
+            [
+                "postgres  96 watches received 20000 events; ended: Aborted/ERROR_REASON_WATCH_CONSUMER_TOO_SLOW: 1, \
+                 still open at the end: 95; too slow: 1 (target 0: NOT MET)",
+                "  3000 token-bound CheckAccess (4 checkers): p50 1.50 ms, p99 4.25 ms, max 1002.00 ms; \
+                 1 s or more (the fallback): 1 (target 0: NOT MET); stale: 0",
+            ]
+        );
+        // Missed targets are reported, not failures.
+        let mut report = Report::new(&4, false);
+        report.under_writes("postgres", results.clone());
+        assert!(report.problems().is_empty(), "{:?}", report.problems());
+        let json: serde_json::Value = serde_json::from_str(&report.json().unwrap()).unwrap();
+        let targets = &json["under_writes"]["postgres"]["targets"];
+        assert_eq!(targets[0]["met"], false);
+        assert_eq!(targets[1]["name"], "watches ended as too slow");
+
+        // A stale answer, a failed check and a watch that ended otherwise fail it.
+        results.stale = 2;
+        results.errors.insert("check: Unavailable".to_owned(), 1);
+        results.watches_ended.insert("Internal".to_owned(), 1);
+        let mut report = Report::new(&4, false);
+        report.under_writes("sqlite", results);
+        assert_eq!(
+            report.problems(),
+            [
+                "under writes (sqlite): 2 stale token-bound answers",
+                "under writes (sqlite): checkers failed: check: Unavailable: 1",
+                "under writes (sqlite): 1 watches ended: Internal",
             ]
         );
     }
