@@ -53,6 +53,9 @@ const RACE_SIDE: usize = 8;
 const MEASURED: usize = 16;
 /// How long the burst of writes lasts while the stalled watches sit.
 const BURST: Duration = Duration::from_secs(60);
+/// How often the harness vacuums the tables the writers rewrite when the
+/// PostgreSQL server's autovacuum is off (see [`vacuum_until`]).
+const VACUUM_EVERY: Duration = Duration::from_secs(10);
 
 /// Options of `bench freshness`.
 #[derive(Debug, Clone, clap::Args)]
@@ -87,9 +90,18 @@ struct Results {
     /// Checks with a change token, and how many answered stale.
     token_checks: u64,
     stale: u64,
+    /// Their latency, ms, and how many took 1 s or more: the server gave
+    /// up waiting for its index to reach the token and read the database.
+    token_check_p50_ms: f64,
+    token_check_p99_ms: f64,
+    token_check_max_ms: f64,
+    token_checks_at_fallback: u64,
     /// Transitions the racing writers made meanwhile.
     racing_writes: u64,
     racing_failures: u64,
+    /// Whether the harness vacuumed the tables every [`VACUUM_EVERY`]
+    /// (the server's autovacuum was off).
+    vacuumed_by_harness: bool,
     /// Replica 2's RSS: before the streams, with 200 idle streams open, and
     /// the most while 10 stalled streams sat through a burst of writes, MiB.
     rss_before_mib: Option<f64>,
@@ -101,7 +113,7 @@ struct Results {
 }
 
 /// A connection the measurements change, with its parties.
-struct Measured {
+pub(crate) struct Measured {
     id: String,
     source: Caller,
     destination: Caller,
@@ -144,6 +156,7 @@ async fn measure(
         let command = crate::service_command(server_bin, address, url);
         let log = work.join(format!("server-{replica}.log"));
         let server = Server::start(&format!("replica {replica}"), command, address, &log).await?;
+        server.serving(crate::SERVING_TIMEOUT).await?;
         targets.push(Target::connect(&server.url(), 2).await?);
         servers.push(server);
     }
@@ -152,9 +165,21 @@ async fn measure(
         rss_before_mib: status_mib(pid, "VmRSS"),
         ..Results::default()
     };
+    let vacuuming = Arc::new(AtomicBool::new(true));
+    let vacuum = match autovacuum_off(url).await? {
+        Some(db) => {
+            eprintln!(
+                "freshness: autovacuum is off on this server: the harness vacuums the tables every {} s",
+                VACUUM_EVERY.as_secs()
+            );
+            results.vacuumed_by_harness = true;
+            Some(tokio::spawn(vacuum_until(db, vacuuming.clone())))
+        }
+        None => None,
+    };
 
     eprintln!("freshness: seeding");
-    let mut measured = measured(&targets[0]).await?;
+    let mut measured = measured(&targets[0], MEASURED).await?;
     let mut race_pools = Vec::new();
     for target in &targets {
         race_pools.push(crate::write_pool(target, RACE_SIDE).await?);
@@ -218,15 +243,26 @@ async fn measure(
         "freshness: {} checks with the transition's token, alternating replicas",
         options.checks
     );
+    let mut token_latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     for i in 0..options.checks {
         let (on, other) = if i % 2 == 0 { (0, 1) } else { (1, 0) };
         let m = &mut measured[i % MEASURED];
         let (expected, token) = transition(&targets[on], m).await?;
         results.token_checks += 1;
-        if check(&targets[other], m, &token).await? != expected {
+        let asked = Instant::now();
+        let answer = check(&targets[other], m, &token).await?;
+        token_latency.saturating_record(u64::try_from(asked.elapsed().as_micros())?.max(1));
+        if answer != expected {
             results.stale += 1;
         }
     }
+    results.token_check_p50_ms = token_latency.value_at_quantile(0.5) as f64 / 1000.0;
+    results.token_check_p99_ms = token_latency.value_at_quantile(0.99) as f64 / 1000.0;
+    results.token_check_max_ms = token_latency.max() as f64 / 1000.0;
+    results.token_checks_at_fallback = token_latency.count_between(
+        u64::try_from(crate::under_writes::TOKEN_FALLBACK.as_micros())?,
+        u64::MAX,
+    );
     stop.store(true, Ordering::SeqCst);
     while racing.join_next().await.is_some() {}
     results.racing_writes = writes.load(Ordering::SeqCst);
@@ -280,16 +316,58 @@ async fn measure(
         results.stalled_ended.push(drain(&mut stream).await);
     }
 
+    vacuuming.store(false, Ordering::SeqCst);
+    if let Some(vacuum) = vacuum {
+        vacuum.await??;
+    }
     for server in servers {
         server.stop().await?;
     }
     Ok(results)
 }
 
-/// Makes [`MEASURED`] connections, ACTIVE, each with its own two parties.
-async fn measured(target: &Target) -> anyhow::Result<Vec<Measured>> {
+/// A connection to the database of `url` if its server's autovacuum is off.
+async fn autovacuum_off(url: &str) -> anyhow::Result<Option<sea_orm::DatabaseConnection>> {
+    use sea_orm::ConnectionTrait;
+    let db = connections::db::connect(&connections::config::DatabaseSettings::new(url.to_owned()))
+        .await?;
+    let autovacuum = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT current_setting('autovacuum') AS on",
+        ))
+        .await?
+        .context("no autovacuum setting")?
+        .try_get::<String>("", "on")?;
+    Ok((autovacuum == "off").then_some(db))
+}
+
+/// Vacuums the tables the writers rewrite every [`VACUUM_EVERY`] while
+/// `running`, as autovacuum would: the writers update the same few hundred
+/// rows all the time, and without it their dead versions pile up and slow
+/// every write and every read of the change log, more the longer the run.
+async fn vacuum_until(
+    db: sea_orm::DatabaseConnection,
+    running: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    use sea_orm::ConnectionTrait;
+    while running.load(Ordering::SeqCst) {
+        let next = Instant::now() + VACUUM_EVERY;
+        while running.load(Ordering::SeqCst) && Instant::now() < next {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        db.execute_unprepared("VACUUM (ANALYZE) connections, connection_events")
+            .await?;
+    }
+    db.close().await?;
+    Ok(())
+}
+
+/// Makes `count` connections, each with its own two parties, to be made
+/// ACTIVE by their first [`transition`].
+pub(crate) async fn measured(target: &Target, count: usize) -> anyhow::Result<Vec<Measured>> {
     let mut all = Vec::new();
-    for i in 0..MEASURED {
+    for i in 0..count {
         let channel = target.channel(0);
         let source = seed::caller(channel.clone(), ADMIN_TOKEN, &format!("Source {i}")).await?;
         let destination = seed::caller(channel, ADMIN_TOKEN, &format!("Destination {i}")).await?;
@@ -319,7 +397,7 @@ async fn measured(target: &Target) -> anyhow::Result<Vec<Measured>> {
 
 /// The next transition of `m` on `target`: the state it is now in, and the
 /// change token of the transition.
-async fn transition(
+pub(crate) async fn transition(
     target: &Target,
     m: &mut Measured,
 ) -> anyhow::Result<(ConnectionState, String)> {
@@ -378,7 +456,11 @@ async fn transition(
 
 /// The state CheckAccess on `target` reports for `m` (as its source), at
 /// least as fresh as `token`; checks that `allowed` agrees with it.
-async fn check(target: &Target, m: &Measured, token: &str) -> anyhow::Result<ConnectionState> {
+pub(crate) async fn check(
+    target: &Target,
+    m: &Measured,
+    token: &str,
+) -> anyhow::Result<ConnectionState> {
     let answer = AccessServiceClient::new(target.channel(1))
         .check_access(authorized(
             CheckAccessRequest {
@@ -419,7 +501,7 @@ async fn write_until(
 }
 
 /// A watch from now, as the organization of `key`, that nobody reads yet.
-async fn open_watch(
+pub(crate) async fn open_watch(
     target: &Target,
     key: &tonic::metadata::AsciiMetadataValue,
 ) -> anyhow::Result<Streaming<WatchConnectionEventsResponse>> {
@@ -469,9 +551,22 @@ fn print(results: &Results) {
         results.token_checks, results.stale
     );
     println!(
+        "  their latency: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; 1 s or more (the fallback): {}",
+        results.token_check_p50_ms,
+        results.token_check_p99_ms,
+        results.token_check_max_ms,
+        results.token_checks_at_fallback
+    );
+    println!(
         "racing writers meanwhile: {} transitions, {} failed",
         results.racing_writes, results.racing_failures
     );
+    if results.vacuumed_by_harness {
+        println!(
+            "autovacuum is off on this PostgreSQL server: the harness ran `VACUUM (ANALYZE) connections, connection_events` every {} s",
+            VACUUM_EVERY.as_secs()
+        );
+    }
     println!(
         "replica 2 RSS: {} before; {} with 200 idle watches; {} at most with 10 stalled watches through {} writes",
         mib(results.rss_before_mib),

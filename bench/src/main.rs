@@ -12,6 +12,7 @@ mod report;
 mod seed;
 mod soak;
 mod sql;
+mod under_writes;
 mod workload;
 
 use std::{
@@ -145,6 +146,9 @@ const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
 /// so under load the lookup is one query per key per 2 s, not per call.
 const AUTHENTICATES_EVERY_CALL: bool = false;
 const BENCH_DATABASE: &str = "connections_bench";
+/// How long a server may take to report SERVING (to build its CheckAccess
+/// index) after it starts.
+const SERVING_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn main() -> anyhow::Result<()> {
     let mut cli = Cli::parse();
@@ -323,6 +327,7 @@ async fn backend(
     let command = service_command(server_bin, address, url);
     let log = work.join(format!("server-{name}.log"));
     let server = Server::start(&format!("server ({name})"), command, address, &log).await?;
+    server.serving(SERVING_TIMEOUT).await?;
     let target = Target::connect(&server.url(), options.channels).await?;
     let db = connect(&DatabaseSettings::new(url.to_owned())).await?;
 
@@ -341,26 +346,40 @@ async fn backend(
     };
     seed::bulk(&db, bulk, &small, &large).await?;
 
-    // The CheckAccess index is built from the database at start, before the
-    // server listens: start it again, so that it holds the rows just
-    // inserted, and measure that.
+    // The CheckAccess index is built from the database at start, in the
+    // background once the server listens: start it again, so that it holds
+    // the rows just inserted, and measure that. Nothing is measured before
+    // the server reports SERVING: until then checks read the database.
     let before = server.pid().and_then(|pid| status_mib(pid, "VmRSS"));
     server.stop().await?;
     let address = free_address()?;
     let command = service_command(server_bin, address, url);
     let started = Instant::now();
     let server = Server::start(&format!("server ({name})"), command, address, &log).await?;
+    let listening = started.elapsed().as_secs_f64();
+    server.serving(SERVING_TIMEOUT).await?;
+    let serving = started.elapsed().as_secs_f64();
+    let status = |field| server.pid().and_then(|pid| status_mib(pid, field));
+    let (rss, peak) = (status("VmRSS"), status("VmHWM"));
     report.index_build(
         name,
-        IndexBuild {
-            connections: count_connections(&db).await?,
-            seconds: started.elapsed().as_secs_f64(),
-            rss_before_mib: before,
-            rss_after_mib: server.pid().and_then(|pid| status_mib(pid, "VmRSS")),
-        },
+        IndexBuild::new(
+            count_connections(&db).await?,
+            listening,
+            serving,
+            before,
+            rss,
+            peak,
+        ),
     );
     let target = Target::connect(&server.url(), options.channels).await?;
     let pool = write_pool(&target, options.pool_side()).await?;
+    // Each organization of the pool: every source, then every destination
+    // (the pool holds each source's connections to every destination in turn).
+    let side = options.pool_side();
+    let watchers: Vec<_> = (pool.iter().step_by(side).map(|e| e.source.clone()))
+        .chain(pool.iter().take(side).map(|e| e.destination.clone()))
+        .collect();
     let small_ids: Arc<Vec<String>> =
         Arc::new((1..=options.small).map(seed::connection_id).collect());
     let window = options.window();
@@ -465,13 +484,26 @@ async fn backend(
         report.add(Line::pgbench("pgbench: a transition's transaction", run, c).with_cpu(cpu));
     }
     let rate = peak.throughput() * options.load_fraction;
-    let at_rate = open_loop(cycles, rate, window).await;
+    let at_rate = open_loop(cycles.clone(), rate, window).await;
     report.add(Line::open(
         "Activate/Deactivate/Reactivate",
         name,
         &at_rate,
         rate,
     ));
+    eprintln!("{name}: Activate/Deactivate/Reactivate with watches and token-bound CheckAccess");
+    let (outcome, cpu, seen) =
+        under_writes::run(&target, cycles, &watchers, c, window, pid).await?;
+    report.add(
+        Line::closed(
+            "Activate/Deactivate/Reactivate + watches + token checks",
+            name,
+            &outcome,
+            c,
+        )
+        .with_cpu(cpu),
+    );
+    report.under_writes(name, seen);
 
     eprintln!("{name}: CreateConnection");
     let create = workload::create(

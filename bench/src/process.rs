@@ -9,6 +9,9 @@ use std::{
 
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
 
 /// A free port on the loopback interface.
 pub fn free_address() -> anyhow::Result<SocketAddr> {
@@ -98,6 +101,36 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         bail!("{name} did not listen on {address} within 30 s; see {log:?}")
+    }
+
+    /// Waits until the server's health service reports SERVING for the whole
+    /// server, which it does once its CheckAccess index is built (until
+    /// then checks read the database): nothing should be measured before.
+    /// Fails if it has not within `timeout`, or if the server goes away.
+    pub async fn serving(&self, timeout: Duration) -> anyhow::Result<()> {
+        let name = &self.name;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let channel = tonic::transport::Endpoint::from_shared(self.url())?
+            .connect()
+            .await
+            .with_context(|| format!("connecting to {name}'s health service"))?;
+        // The stream sends the status at once, then every change of it.
+        let mut statuses = HealthClient::new(channel)
+            .watch(HealthCheckRequest::default())
+            .await
+            .with_context(|| format!("watching {name}'s health"))?
+            .into_inner();
+        loop {
+            match tokio::time::timeout_at(deadline, statuses.message()).await {
+                Err(_) => bail!("{name} did not report SERVING within {timeout:?}"),
+                Ok(Ok(Some(reply))) if reply.status == ServingStatus::Serving as i32 => {
+                    return Ok(());
+                }
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None)) => bail!("{name}'s health stream ended before SERVING"),
+                Ok(Err(status)) => bail!("{name}'s health stream failed before SERVING: {status}"),
+            }
+        }
     }
 
     /// The process ID, while it runs.

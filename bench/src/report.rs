@@ -126,32 +126,239 @@ pub struct Ratio {
     pub note: Option<String>,
 }
 
-/// The CheckAccess index, as a server built it at start.
+/// The CheckAccess index, as a server built it at start: in the background
+/// once it listens, its health service reporting SERVING when done.
 #[derive(Debug, Clone, Serialize)]
 pub struct IndexBuild {
     /// Connections in the database.
     pub connections: u64,
-    /// From starting the process to its listening: the index is built
-    /// before it listens (migrations and connecting take a few ms).
-    pub seconds: f64,
+    /// From starting the process to its listening.
+    pub seconds_to_listening: f64,
+    /// From starting the process to its health service reporting SERVING:
+    /// the index is built.
+    pub seconds_to_serving: f64,
     /// RSS of a server of the same build on the same database before the
     /// connections were inserted, MiB.
     pub rss_before_mib: Option<f64>,
-    /// RSS once it listens, MiB.
-    pub rss_after_mib: Option<f64>,
+    /// RSS once it reports SERVING, MiB.
+    pub rss_serving_mib: Option<f64>,
+    /// Peak RSS (`VmHWM`) of the process up to SERVING: the most the build
+    /// took, MiB.
+    pub peak_rss_mib: Option<f64>,
+    /// The targets, each with its verdict (judged only for a million
+    /// connections or more: a smaller run only reports).
+    pub targets: Vec<Judged>,
 }
 
-impl IndexBuild {
-    /// The RSS the index added, in MB (10^6 bytes).
-    fn rss_increase_mb(&self) -> Option<f64> {
-        Some((self.rss_after_mib? - self.rss_before_mib?) * 1_048_576.0 / 1e6)
-    }
+/// A measured value against the most it may be.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Judged {
+    /// What it is.
+    pub name: &'static str,
+    /// The value.
+    pub value: f64,
+    /// The target: at most this.
+    pub at_most: f64,
+    /// Whether the target is met; `None` when not judged.
+    pub met: Option<bool>,
 }
 
 /// The index at start: at most this long to build, for a million connections.
 const INDEX_BUILD_SECONDS: f64 = 10.0;
 /// The index at start: at most this much RSS, in MB, for a million connections.
 const INDEX_RSS_MB: f64 = 150.0;
+/// The index at start: the peak RSS during the build at most this many times
+/// the RSS once built.
+const INDEX_PEAK_FACTOR: f64 = 1.5;
+/// Index builds of this many connections or more are judged.
+const INDEX_JUDGED_FROM: u64 = 1_000_000;
+
+/// The names of the index build's targets.
+const TIME_TO_SERVING: &str = "time to SERVING, s";
+const RSS_INCREASE: &str = "RSS increase at SERVING, MB";
+const PEAK_OVER_SERVING: &str = "peak RSS during the build / RSS at SERVING";
+
+impl IndexBuild {
+    /// A build of `connections`, with its targets judged.
+    pub fn new(
+        connections: u64,
+        seconds_to_listening: f64,
+        seconds_to_serving: f64,
+        rss_before_mib: Option<f64>,
+        rss_serving_mib: Option<f64>,
+        peak_rss_mib: Option<f64>,
+    ) -> Self {
+        let mut build = Self {
+            connections,
+            seconds_to_listening,
+            seconds_to_serving,
+            rss_before_mib,
+            rss_serving_mib,
+            peak_rss_mib,
+            targets: Vec::new(),
+        };
+        let judged = connections >= INDEX_JUDGED_FROM;
+        let judge = |name, value: Option<f64>, at_most| {
+            value.map(|value| Judged {
+                name,
+                value,
+                at_most,
+                met: judged.then_some(value <= at_most),
+            })
+        };
+        build.targets = [
+            judge(
+                TIME_TO_SERVING,
+                Some(seconds_to_serving),
+                INDEX_BUILD_SECONDS,
+            ),
+            judge(RSS_INCREASE, build.rss_increase_mb(), INDEX_RSS_MB),
+            judge(
+                PEAK_OVER_SERVING,
+                build.peak_over_serving(),
+                INDEX_PEAK_FACTOR,
+            ),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        build
+    }
+
+    /// The RSS the index added, in MB (10^6 bytes).
+    fn rss_increase_mb(&self) -> Option<f64> {
+        Some((self.rss_serving_mib? - self.rss_before_mib?) * 1_048_576.0 / 1e6)
+    }
+
+    /// The peak during the build over the RSS once built.
+    fn peak_over_serving(&self) -> Option<f64> {
+        Some(self.peak_rss_mib? / self.rss_serving_mib?)
+    }
+
+    fn target(&self, name: &str) -> Option<&Judged> {
+        self.targets.iter().find(|t| t.name == name)
+    }
+}
+
+/// Watches and token-bound CheckAccess while the transitions ran again on
+/// the server with the large data set (see `under_writes`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UnderWrites {
+    /// Watches open, one per organization of the write pool, each reading
+    /// everything sent to it.
+    pub watches: usize,
+    /// Events they received.
+    pub watch_events: u64,
+    /// How they ended, with how many ended so.
+    pub watches_ended: BTreeMap<String, u64>,
+    /// Tasks making a transition, then CheckAccess with its change token.
+    pub checkers: usize,
+    /// Checks with a change token made, and their latency, ms.
+    pub token_checks: u64,
+    pub token_check_p50_ms: f64,
+    pub token_check_p99_ms: f64,
+    pub token_check_max_ms: f64,
+    /// Checks that took 1 s or more: the server gave up waiting for its
+    /// index to reach the token and read the database.
+    pub token_checks_at_fallback: u64,
+    /// Answers that did not show the transition their token names.
+    pub stale: u64,
+    /// Failed transitions or checks of the checkers, by reason.
+    pub errors: BTreeMap<String, u64>,
+    /// The targets, each with its verdict.
+    pub targets: Vec<Judged>,
+}
+
+/// The reason a watch ends with when it fell too far behind.
+const TOO_SLOW: &str = "ERROR_REASON_WATCH_CONSUMER_TOO_SLOW";
+const AT_FALLBACK: &str = "token-bound checks that waited 1 s (the fallback)";
+const ENDED_TOO_SLOW: &str = "watches ended as too slow";
+
+impl UnderWrites {
+    /// Watches that ended as too slow.
+    fn too_slow(&self) -> u64 {
+        self.watches_ended
+            .iter()
+            .filter(|(how, _)| how.ends_with(TOO_SLOW))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Judges the targets: no check at the fallback, no watch too slow.
+    pub fn judge(&mut self) {
+        let judge = |name, value: u64| Judged {
+            name,
+            value: value as f64,
+            at_most: 0.0,
+            met: Some(value == 0),
+        };
+        self.targets = vec![
+            judge(AT_FALLBACK, self.token_checks_at_fallback),
+            judge(ENDED_TOO_SLOW, self.too_slow()),
+        ];
+    }
+
+    /// What fails the run: a stale answer, a failed check or transition, a
+    /// watch that ended otherwise than too slow or still open.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.stale > 0 {
+            problems.push(format!("{} stale token-bound answers", self.stale));
+        }
+        if !self.errors.is_empty() {
+            problems.push(format!("checkers failed: {}", by_reason(&self.errors)));
+        }
+        for (how, n) in &self.watches_ended {
+            if how != crate::under_writes::STILL_OPEN && !how.ends_with(TOO_SLOW) {
+                problems.push(format!("{n} watches ended: {how}"));
+            }
+        }
+        problems
+    }
+}
+
+/// The watches and checks under writes, with their targets.
+fn under_writes_rows(backend: &str, results: &UnderWrites) -> Vec<String> {
+    let verdict = |name: &str| {
+        results
+            .targets
+            .iter()
+            .find(|t| t.name == name)
+            .map_or(String::new(), |t| {
+                format!(
+                    " (target {}: {})",
+                    t.at_most,
+                    if t.met == Some(true) {
+                        "met"
+                    } else {
+                        "NOT MET"
+                    }
+                )
+            })
+    };
+    vec![
+        format!(
+            "{backend:<9} {} watches received {} events; ended: {}; too slow: {}{}",
+            results.watches,
+            results.watch_events,
+            by_reason(&results.watches_ended),
+            results.too_slow(),
+            verdict(ENDED_TOO_SLOW)
+        ),
+        format!(
+            "  {} token-bound CheckAccess ({} checkers): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
+             1 s or more (the fallback): {}{}; stale: {}",
+            results.token_checks,
+            results.checkers,
+            results.token_check_p50_ms,
+            results.token_check_p99_ms,
+            results.token_check_max_ms,
+            results.token_checks_at_fallback,
+            verdict(AT_FALLBACK),
+            results.stale
+        ),
+    ]
+}
 
 /// Everything one run measured.
 #[derive(Debug, Serialize)]
@@ -168,6 +375,9 @@ pub struct Report {
     pub peak_rss_mib: BTreeMap<String, f64>,
     /// The CheckAccess index built at start, by backend.
     pub index_builds: BTreeMap<String, IndexBuild>,
+    /// Watches and token-bound CheckAccess while the transitions ran, by
+    /// backend.
+    pub under_writes: BTreeMap<String, UnderWrites>,
     /// Ours / baseline.
     pub ratios: Vec<Ratio>,
 }
@@ -182,6 +392,7 @@ impl Report {
             lines: Vec::new(),
             peak_rss_mib: BTreeMap::new(),
             index_builds: BTreeMap::new(),
+            under_writes: BTreeMap::new(),
             ratios: Vec::new(),
         }
     }
@@ -201,8 +412,19 @@ impl Report {
 
     /// Records the index a server built at start, and prints it.
     pub fn index_build(&mut self, backend: &str, build: IndexBuild) {
-        eprintln!("  {}", index_row(backend, &build));
+        for row in index_rows(backend, &build) {
+            eprintln!("  {row}");
+        }
         self.index_builds.insert(backend.to_owned(), build);
+    }
+
+    /// Records what the watches and token-bound checks saw under writes,
+    /// and prints it.
+    pub fn under_writes(&mut self, backend: &str, results: UnderWrites) {
+        for row in under_writes_rows(backend, &results) {
+            eprintln!("  {row}");
+        }
+        self.under_writes.insert(backend.to_owned(), results);
     }
 
     fn find(&self, name: &str, backend: &str, mode: &str) -> Option<&Line> {
@@ -213,6 +435,12 @@ impl Report {
     /// calls, or with no successful call (it measured nothing). Empty when
     /// every line is sound.
     pub fn problems(&self) -> Vec<String> {
+        let under_writes = self.under_writes.iter().flat_map(|(backend, results)| {
+            results
+                .problems()
+                .into_iter()
+                .map(move |problem| format!("under writes ({backend}): {problem}"))
+        });
         self.lines
             .iter()
             .filter_map(|line| {
@@ -225,6 +453,7 @@ impl Report {
                     None
                 }
             })
+            .chain(under_writes)
             .collect()
     }
 
@@ -377,7 +606,17 @@ impl Report {
         }
         println!("\nCheckAccess index built at start");
         for (backend, build) in &self.index_builds {
-            println!("  {}", index_row(backend, build));
+            for row in index_rows(backend, build) {
+                println!("  {row}");
+            }
+        }
+        if !self.under_writes.is_empty() {
+            println!("\nwatches and token-bound CheckAccess while the transitions run");
+            for (backend, results) in &self.under_writes {
+                for row in under_writes_rows(backend, results) {
+                    println!("  {row}");
+                }
+            }
         }
         println!("\nratios (ours / baseline)");
         for ratio in &self.ratios {
@@ -451,30 +690,51 @@ fn row(line: &Line) -> String {
     )
 }
 
-/// One index build, with its targets (judged for a million connections or
-/// more; a smaller run only reports).
-fn index_row(backend: &str, build: &IndexBuild) -> String {
-    let judged = build.connections >= 1_000_000;
-    let verdict = |met: bool| match (judged, met) {
-        (false, _) => "",
-        (true, true) => ": met",
-        (true, false) => ": NOT MET",
+/// One index build, with its targets: a line of what happened, then one
+/// line per target (judged for a million connections or more; a smaller run
+/// only reports).
+fn index_rows(backend: &str, build: &IndexBuild) -> Vec<String> {
+    let verdict = |judged: Option<&Judged>, unit: &str| {
+        judged.map_or(String::new(), |j| {
+            let met = match j.met {
+                Some(true) => ": met",
+                Some(false) => ": NOT MET",
+                None => "",
+            };
+            format!("(target <= {}{unit}{met})", j.at_most)
+        })
     };
-    let rss = match build.rss_increase_mb() {
+    let mib = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.1} MiB"));
+    let mut rows = vec![format!(
+        "{backend:<9} {} connections: listening after {:.2} s",
+        build.connections, build.seconds_to_listening
+    )];
+    rows.push(format!(
+        "  SERVING (index built) after {:.2} s {}",
+        build.seconds_to_serving,
+        verdict(build.target(TIME_TO_SERVING), " s")
+    ));
+    rows.push(match build.rss_increase_mb() {
         Some(mb) => format!(
-            "RSS +{mb:.1} MB ({:.1} -> {:.1} MiB; target <= {INDEX_RSS_MB} MB{})",
-            build.rss_before_mib.unwrap_or_default(),
-            build.rss_after_mib.unwrap_or_default(),
-            verdict(mb <= INDEX_RSS_MB)
+            "  RSS at SERVING {}, +{mb:.1} MB over the server before the rows ({}) {}",
+            mib(build.rss_serving_mib),
+            mib(build.rss_before_mib),
+            verdict(build.target(RSS_INCREASE), " MB")
         ),
-        None => "RSS not measured".to_owned(),
-    };
-    format!(
-        "{backend:<9} {} connections: listening after {:.2} s (target <= {INDEX_BUILD_SECONDS} s{}), {rss}",
-        build.connections,
-        build.seconds,
-        verdict(build.seconds <= INDEX_BUILD_SECONDS)
-    )
+        None => format!(
+            "  RSS at SERVING {}, increase not measured",
+            mib(build.rss_serving_mib)
+        ),
+    });
+    rows.push(match build.peak_over_serving() {
+        Some(factor) => format!(
+            "  peak RSS during the build {}, {factor:.2} x RSS at SERVING {}",
+            mib(build.peak_rss_mib),
+            verdict(build.target(PEAK_OVER_SERVING), " x")
+        ),
+        None => "  peak RSS during the build not measured".to_owned(),
+    });
+    rows
 }
 
 #[cfg(test)]
@@ -525,6 +785,114 @@ mod tests {
         assert_eq!(
             ratio.note.as_deref(),
             Some("77% of the calls over p99 were due within one 100 ms")
+        );
+    }
+
+    #[test]
+    fn an_index_build_is_reported_from_start_to_serving_with_its_three_targets() {
+        // 1,010,000 connections: judged. Built in time, within its memory,
+        // but its peak is 1.71 times what it keeps.
+        let build = IndexBuild::new(1_010_000, 0.13, 3.02, Some(28.8), Some(92.2), Some(157.8));
+        let rows = index_rows("postgres", &build);
+        assert_eq!(
+            rows,
+            [
+                "postgres  1010000 connections: listening after 0.13 s",
+                "  SERVING (index built) after 3.02 s (target <= 10 s: met)",
+                "  RSS at SERVING 92.2 MiB, +66.5 MB over the server before the rows (28.8 MiB) (target <= 150 MB: met)",
+                "  peak RSS during the build 157.8 MiB, 1.71 x RSS at SERVING (target <= 1.5 x: NOT MET)",
+            ]
+        );
+        let verdicts: Vec<_> = build.targets.iter().map(|t| (t.name, t.met)).collect();
+        assert_eq!(
+            verdicts,
+            [
+                ("time to SERVING, s", Some(true)),
+                ("RSS increase at SERVING, MB", Some(true)),
+                ("peak RSS during the build / RSS at SERVING", Some(false)),
+            ]
+        );
+
+        // The JSON holds the measures, and each target with its verdict.
+        let mut report = Report::new(&4, false);
+        report.index_build("postgres", build);
+        let json: serde_json::Value = serde_json::from_str(&report.json().unwrap()).unwrap();
+        let build = &json["index_builds"]["postgres"];
+        assert_eq!(build["seconds_to_serving"], 3.02);
+        assert_eq!(build["peak_rss_mib"], 157.8);
+        assert_eq!(build["targets"][0]["at_most"], 10.0);
+        assert_eq!(build["targets"][1]["met"], true);
+        assert_eq!(
+            build["targets"][2]["name"],
+            "peak RSS during the build / RSS at SERVING"
+        );
+        assert_eq!(build["targets"][2]["met"], false);
+    }
+
+    #[test]
+    fn a_small_index_build_is_reported_but_not_judged() {
+        let build = IndexBuild::new(22_000, 0.05, 0.09, Some(20.0), Some(300.0), None);
+        assert!(build.targets.iter().all(|t| t.met.is_none()));
+        assert_eq!(
+            index_rows("sqlite", &build)[1..],
+            [
+                "  SERVING (index built) after 0.09 s (target <= 10 s)",
+                "  RSS at SERVING 300.0 MiB, +293.6 MB over the server before the rows (20.0 MiB) (target <= 150 MB)",
+                "  peak RSS during the build not measured",
+            ]
+        );
+    }
+
+    #[test]
+    fn watches_and_token_bound_checks_under_writes_are_judged_and_only_faults_fail_the_run() {
+        let mut results = UnderWrites {
+            watches: 96,
+            watch_events: 20_000,
+            watches_ended: [
+                (crate::under_writes::STILL_OPEN.to_owned(), 95),
+                (format!("Aborted/{TOO_SLOW}"), 1),
+            ]
+            .into(),
+            checkers: 4,
+            token_checks: 3_000,
+            token_check_p50_ms: 1.5,
+            token_check_p99_ms: 4.25,
+            token_check_max_ms: 1_002.0,
+            token_checks_at_fallback: 1,
+            ..UnderWrites::default()
+        };
+        results.judge();
+        assert_eq!(
+            under_writes_rows("postgres", &results),
+            [
+                "postgres  96 watches received 20000 events; ended: Aborted/ERROR_REASON_WATCH_CONSUMER_TOO_SLOW: 1, \
+                 still open at the end: 95; too slow: 1 (target 0: NOT MET)",
+                "  3000 token-bound CheckAccess (4 checkers): p50 1.50 ms, p99 4.25 ms, max 1002.00 ms; \
+                 1 s or more (the fallback): 1 (target 0: NOT MET); stale: 0",
+            ]
+        );
+        // Missed targets are reported, not failures.
+        let mut report = Report::new(&4, false);
+        report.under_writes("postgres", results.clone());
+        assert!(report.problems().is_empty(), "{:?}", report.problems());
+        let json: serde_json::Value = serde_json::from_str(&report.json().unwrap()).unwrap();
+        let targets = &json["under_writes"]["postgres"]["targets"];
+        assert_eq!(targets[0]["met"], false);
+        assert_eq!(targets[1]["name"], "watches ended as too slow");
+
+        // A stale answer, a failed check and a watch that ended otherwise fail it.
+        results.stale = 2;
+        results.errors.insert("check: Unavailable".to_owned(), 1);
+        results.watches_ended.insert("Internal".to_owned(), 1);
+        let mut report = Report::new(&4, false);
+        report.under_writes("sqlite", results);
+        assert_eq!(
+            report.problems(),
+            [
+                "under writes (sqlite): 2 stale token-bound answers",
+                "under writes (sqlite): checkers failed: check: Unavailable: 1",
+                "under writes (sqlite): 1 watches ended: Internal",
+            ]
         );
     }
 

@@ -158,6 +158,7 @@ async fn soak(
     command.arg("--metrics-listen").arg(metrics.to_string());
     let log = work.join("server-soak.log");
     let server = Server::start("server (postgres)", command, address, &log).await?;
+    server.serving(crate::SERVING_TIMEOUT).await?;
     let pid = server.pid().context("the server exited")?;
     let target = Target::connect(&server.url(), options.channels).await?;
     let mix = Arc::new(seed_mix(&target, url, options.row_every).await?);

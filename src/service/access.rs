@@ -25,12 +25,11 @@ use super::{ChangeTokens, ServiceError, change_feed::ChangeFeed};
 use crate::{
     db::Reader,
     domain::{
-        ConnectionId, ConnectionRecord, ConnectionState, DataType, DataTypes, OrganizationId,
-        Snapshot, VariantArray,
+        ConnectionId, ConnectionState, DataType, DataTypes, OrganizationId, Snapshot, VariantArray,
     },
     entity::{
         change_log::{self, LogEntry},
-        connection,
+        connection::{self, AccessRow},
     },
 };
 
@@ -128,12 +127,12 @@ fn bits(data_types: &DataTypes) -> u8 {
 }
 
 impl Entry {
-    fn of(record: &ConnectionRecord) -> Self {
+    fn of(row: &AccessRow) -> Self {
         Self {
-            id: record.id.uuid(),
-            version: low_bits(record.version),
-            state: record.state,
-            data_types: bits(&record.data_types),
+            id: row.id.uuid(),
+            version: low_bits(row.version),
+            state: row.state,
+            data_types: bits(&row.data_types),
         }
     }
 }
@@ -210,29 +209,26 @@ impl Access {
     /// committed after a snapshot taken before it began are applied
     /// afterwards, so nothing newer is lost.
     async fn load(&self) -> Result<(), ServiceError> {
-        // Room for them all at once: growing a large array on the way would
-        // hold it and its double at the same time.
+        // The array is sized once, from a count; connections made after it
+        // go to the table's hash table instead (see `table::Builder`). Only
+        // what the index keeps is read, a page at a time.
         let count = connection::count(&self.reader).await?;
-        let mut read = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+        let mut table = table::Builder::new(usize::try_from(count).unwrap_or(0));
         let mut after = None;
         loop {
-            let page = connection::all_after(&self.reader, after, BUILD_PAGE).await?;
-            read.extend(page.iter().map(|record| {
-                (
-                    (
-                        record.parties.source.uuid(),
-                        record.parties.destination.uuid(),
-                    ),
-                    Entry::of(record),
-                )
-            }));
+            let page = connection::access_rows_after(&self.reader, after, BUILD_PAGE).await?;
+            for row in &page {
+                table.push(
+                    (row.parties.source.uuid(), row.parties.destination.uuid()),
+                    Entry::of(row),
+                );
+            }
             match page.last() {
                 Some(last) if page.len() as u64 == BUILD_PAGE => after = Some(last.id),
                 _ => break,
             }
         }
-        let table = Table::build(read);
-        *self.index.entries.write().expect("never poisoned") = table;
+        *self.index.entries.write().expect("never poisoned") = table.build();
         Ok(())
     }
 

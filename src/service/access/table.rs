@@ -22,15 +22,57 @@ pub(super) struct Table {
     added: HashMap<Key, Entry>,
 }
 
+/// A [`Table`] being built from entries read one at a time, in any order,
+/// at most one per key.
+#[derive(Debug)]
+pub(super) struct Builder {
+    /// Sized once, never grown: growing a large array holds it and its
+    /// double (the old and the new allocation) at the same time.
+    sorted: Vec<(Key, Entry)>,
+    /// Entries beyond the size expected (connections made after it was
+    /// counted).
+    more: HashMap<Key, Entry>,
+}
+
+impl Builder {
+    /// A builder that expects about `expected` entries.
+    pub(super) fn new(expected: usize) -> Self {
+        Self {
+            sorted: Vec::with_capacity(expected),
+            more: HashMap::new(),
+        }
+    }
+
+    /// Adds the entry of `key`.
+    pub(super) fn push(&mut self, key: Key, entry: Entry) {
+        if self.sorted.len() < self.sorted.capacity() {
+            self.sorted.push((key, entry));
+        } else {
+            self.more.insert(key, entry);
+        }
+    }
+
+    /// The table: the entries expected, sorted in place, and any more in
+    /// its hash table as if added since.
+    pub(super) fn build(self) -> Table {
+        let Self { mut sorted, more } = self;
+        sorted.sort_unstable_by_key(|(key, _)| *key);
+        Table {
+            built: sorted,
+            added: more,
+        }
+    }
+}
+
 impl Table {
     /// A table of `entries`, in any order, at most one per key.
-    pub(super) fn build(mut entries: Vec<(Key, Entry)>) -> Self {
-        entries.sort_unstable_by_key(|(key, _)| *key);
-        entries.shrink_to_fit();
-        Self {
-            built: entries,
-            added: HashMap::new(),
+    #[cfg(test)]
+    pub(super) fn build(entries: Vec<(Key, Entry)>) -> Self {
+        let mut builder = Builder::new(entries.len());
+        for (key, entry) in entries {
+            builder.push(key, entry);
         }
+        builder.build()
     }
 
     /// How many connections it holds.
@@ -110,6 +152,32 @@ mod tests {
         table.upsert(key(9, 9), entry(99, 2, Active));
         table.upsert(key(9, 9), entry(99, 1, Pending));
         assert_eq!(table.get(&key(9, 9)), Some(entry(99, 2, Active)));
+        assert_eq!(table.len(), 4);
+    }
+
+    #[test]
+    fn entries_beyond_the_size_expected_are_kept_without_growing_the_array() {
+        use ConnectionState::{Active, Pending};
+        let mut builder = Builder::new(2);
+        let capacity = builder.sorted.capacity();
+        builder.push(key(5, 1), entry(51, 1, Active));
+        builder.push(key(1, 5), entry(15, 3, Active));
+        builder.push(key(3, 3), entry(33, 1, Pending));
+        builder.push(key(0, 0), entry(0, 7, Active));
+        assert_eq!(builder.sorted.capacity(), capacity, "the array grew");
+        let mut table = builder.build();
+        assert_eq!(table.len(), 4);
+        for (k, e) in [
+            (key(5, 1), entry(51, 1, Active)),
+            (key(1, 5), entry(15, 3, Active)),
+            (key(3, 3), entry(33, 1, Pending)),
+            (key(0, 0), entry(0, 7, Active)),
+        ] {
+            assert_eq!(table.get(&k), Some(e));
+        }
+        // Those beyond it take later changes like any other.
+        table.upsert(key(3, 3), entry(33, 2, Active));
+        assert_eq!(table.get(&key(3, 3)), Some(entry(33, 2, Active)));
         assert_eq!(table.len(), 4);
     }
 
