@@ -431,10 +431,15 @@ mod tests {
             reason: None,
             request_id: None,
         };
-        connections.transition(destination, activate).await.unwrap();
+        let Outcome::Fresh(activated) =
+            connections.transition(destination, activate).await.unwrap()
+        else {
+            panic!("no request_id: nothing to replay")
+        };
 
         let feed = ChangeFeed::new(db.clone().into());
-        let access = Access::new(db.clone().into(), ChangeTokens::new(tokens));
+        let change_tokens = ChangeTokens::new(tokens);
+        let access = Access::new(db.clone().into(), change_tokens.clone());
         let question = AccessQuestion {
             source,
             destination,
@@ -453,6 +458,10 @@ mod tests {
             answer.connection,
             Some((record.id, ConnectionState::Active))
         );
+        // Its token holds the activation: a place to resume after it.
+        let answered = change_tokens.verify(&answer.change_token, "t").unwrap();
+        let written = change_tokens.verify(&activated.change_token, "t").unwrap();
+        assert!(answered.covers(&written), "{answered:?} {written:?}");
 
         let stop = CancellationToken::new();
         tokio::spawn({
