@@ -48,6 +48,18 @@ impl DisplayName {
     }
 }
 
+/// Who makes a call with an API key: the organization the key acts for, and
+/// the key itself (its ID, and its display name as it is now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The organization.
+    pub organization: OrganizationId,
+    /// The key.
+    pub api_key: ApiKeyId,
+    /// The key's display name.
+    pub api_key_name: std::sync::Arc<str>,
+}
+
 /// An organization.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Organization {

@@ -3,7 +3,7 @@
 
 use sea_orm::{ActiveValue::Set, QueryOrder, QuerySelect, entity::prelude::*};
 
-use crate::domain::{ApiKey, ApiKeyId, OrganizationId};
+use crate::domain::{ApiKey, ApiKeyId, Caller, OrganizationId};
 
 /// An API key; only the SHA-256 digest of its secret is stored.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -91,25 +91,35 @@ pub async fn find(
     }))
 }
 
-/// The query for the organization and digest of the unrevoked key whose
-/// secret has the digest `presented`.
+/// The query for the organization, ID, display name and digest of the
+/// unrevoked key whose secret has the digest `presented`.
 pub fn lookup_query(presented: &[u8; 32]) -> Select<Entity> {
     Entity::find()
         .select_only()
         .column(Column::OrganizationId)
+        .column(Column::Id)
+        .column(Column::DisplayName)
         .column(Column::SecretSha256)
         .filter(Column::SecretSha256.eq(presented.to_vec()))
         .filter(Column::RevokeTime.is_null())
 }
 
-/// The organization and digest of the unrevoked key whose secret has the
-/// digest `presented`, if there is one.
+/// Who calls with the unrevoked key whose secret has the digest
+/// `presented`, and the key's stored digest, if there is one.
 pub async fn lookup(
     conn: &impl ConnectionTrait,
     presented: &[u8; 32],
-) -> Result<Option<(OrganizationId, Vec<u8>)>, DbErr> {
-    let found: Option<(Uuid, Vec<u8>)> = lookup_query(presented).into_tuple().one(conn).await?;
-    Ok(found.map(|(organization, digest)| (organization.into(), digest)))
+) -> Result<Option<(Caller, Vec<u8>)>, DbErr> {
+    let found: Option<(Uuid, Uuid, String, Vec<u8>)> =
+        lookup_query(presented).into_tuple().one(conn).await?;
+    Ok(found.map(|(organization, id, name, digest)| {
+        let caller = Caller {
+            organization: organization.into(),
+            api_key: id.into(),
+            api_key_name: name.into(),
+        };
+        (caller, digest)
+    }))
 }
 
 fn from_row(row: Model) -> ApiKey {

@@ -7,7 +7,7 @@ use tonic::metadata::MetadataMap;
 use std::sync::Arc;
 
 use crate::{
-    domain::OrganizationId,
+    domain::{Caller, OrganizationId},
     service::{ApiKeys, ServiceError, api_keys::digest, watch::StillAuthorized},
 };
 
@@ -50,39 +50,44 @@ impl Authenticator {
         Self { keys }
     }
 
-    /// The calling organization. Missing metadata is `ApiKeyMissing`; a
-    /// malformed, unknown or revoked key is `ApiKeyInvalid`.
-    pub async fn organization(
-        &self,
-        metadata: &MetadataMap,
-    ) -> Result<OrganizationId, ServiceError> {
+    /// Who calls: the key's organization, and the key. Missing metadata is
+    /// `ApiKeyMissing`; a malformed, unknown or revoked key is
+    /// `ApiKeyInvalid`.
+    pub async fn caller(&self, metadata: &MetadataMap) -> Result<Caller, ServiceError> {
         let secret = bearer(metadata).map_err(|err| match err {
             BearerError::Missing => ServiceError::ApiKeyMissing,
             BearerError::Malformed => ServiceError::ApiKeyInvalid,
         })?;
-        let organization = self.keys.authenticate(secret).await?;
-        tracing::Span::current().record("caller", tracing::field::display(organization));
-        Ok(organization)
+        let caller = self.keys.authenticate(secret).await?;
+        let span = tracing::Span::current();
+        span.record("caller", tracing::field::display(caller.organization));
+        span.record("api_key", tracing::field::display(caller.api_key));
+        Ok(caller)
     }
-}
 
-impl Authenticator {
-    /// The calling organization, as [`organization`](Self::organization),
-    /// and a check that its key is still valid, for streams that stay open
-    /// after the call began.
-    pub async fn organization_while_valid(
+    /// The calling organization (see [`caller`](Self::caller)).
+    pub async fn organization(
         &self,
         metadata: &MetadataMap,
-    ) -> Result<(OrganizationId, StillAuthorized), ServiceError> {
-        let organization = self.organization(metadata).await?;
+    ) -> Result<OrganizationId, ServiceError> {
+        Ok(self.caller(metadata).await?.organization)
+    }
+
+    /// Who calls, as [`caller`](Self::caller), and a check that its key is
+    /// still valid, for streams that stay open after the call began.
+    pub async fn caller_while_valid(
+        &self,
+        metadata: &MetadataMap,
+    ) -> Result<(Caller, StillAuthorized), ServiceError> {
+        let caller = self.caller(metadata).await?;
         let secret = bearer(metadata).map_err(|_| ServiceError::ApiKeyInvalid)?;
         let presented = digest(secret);
-        let keys = self.keys.clone();
+        let (keys, organization) = (self.keys.clone(), caller.organization);
         let check: StillAuthorized = Arc::new(move || {
             let keys = keys.clone();
             Box::pin(async move { keys.still_valid(presented, organization).await })
         });
-        Ok((organization, check))
+        Ok((caller, check))
     }
 }
 

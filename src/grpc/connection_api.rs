@@ -233,10 +233,8 @@ impl ConnectionService for ConnectionApi {
         &self,
         request: Request<WatchConnectionEventsRequest>,
     ) -> Result<Response<Self::WatchConnectionEventsStream>, Status> {
-        let (caller, still_authorized) = self
-            .auth
-            .organization_while_valid(request.metadata())
-            .await?;
+        let (caller, still_authorized) = self.auth.caller_while_valid(request.metadata()).await?;
+        let caller = caller.organization;
         let request = request.into_inner();
         let role = validate::role_filter(request.role)
             .map_err(|violation| crate::service::ServiceError::InvalidArgument(vec![violation]))?;

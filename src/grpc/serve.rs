@@ -253,7 +253,8 @@ where
         let span = tracing::info_span!(
             "grpc",
             method = %request.uri().path(),
-            caller = tracing::field::Empty
+            caller = tracing::field::Empty,
+            api_key = tracing::field::Empty
         );
         let response = self.service.clone().oneshot(request).instrument(span);
         Box::pin(async move {

@@ -9,7 +9,11 @@
 //! raced with the revocation; one revoked elsewhere (another replica, the CLI)
 //! within that TTL, inside the 5 seconds SPEC allows. Open streams re-check
 //! their key ([`ApiKeys::still_valid`]) the same way, so they cost at most one
-//! lookup per key per TTL however many are open.
+//! lookup per key per TTL however many are open. A key used in the last
+//! [`REFRESH_AHEAD`] of its TTL is verified again in the background (once at
+//! a time), so a busy key's calls never wait for a lookup when it expires;
+//! the revocation bound is the same, since what a refresh finds replaces
+//! what is remembered.
 //!
 //! Presented secrets cost a database lookup only when they can matter: one
 //! that cannot be a key (not `cnx_` and 43 base64url characters) is refused
@@ -26,13 +30,13 @@
 //! out leave nothing behind.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     num::NonZeroU32,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -46,7 +50,7 @@ use tracing::instrument;
 use super::{ServiceError, now, random_bytes, time_of};
 use crate::{
     db::{self, Reader},
-    domain::{ApiKey, ApiKeyId, OrganizationId},
+    domain::{ApiKey, ApiKeyId, Caller, OrganizationId},
     entity::{api_key, organization},
 };
 
@@ -62,6 +66,10 @@ pub const SECRET_LEN: usize = SECRET_PREFIX.len() + SECRET_BODY_LEN;
 /// How long a verified key is trusted before the database is asked again;
 /// the longest a key revoked on another replica keeps working there.
 pub const VERIFIED_KEY_TTL: Duration = Duration::from_secs(2);
+/// A key used this close to the end of its [`VERIFIED_KEY_TTL`] is verified
+/// again in the background, so that its calls keep being answered from
+/// memory instead of waiting for a lookup when it expires.
+pub const REFRESH_AHEAD: Duration = Duration::from_millis(500);
 /// Most verified keys remembered; beyond it the least used are forgotten.
 const VERIFIED_KEY_CAPACITY: u64 = 100_000;
 /// How long a key that verified keeps skipping the lookup limit.
@@ -92,8 +100,10 @@ pub struct ApiKeys {
     db: DatabaseConnection,
     /// Reads outside transactions.
     reader: Reader,
-    /// Digest of a verified secret -> its organization.
-    verified: Cache<[u8; 32], OrganizationId>,
+    /// Digest of a verified secret -> who calls with it, and since when.
+    verified: Cache<[u8; 32], Verified>,
+    /// Digests being verified again in the background (see [`REFRESH_AHEAD`]).
+    refreshing: Arc<Mutex<HashSet<[u8; 32]>>>,
     /// Digests of secrets that verified lately: their lookups are not limited.
     known: Cache<[u8; 32], ()>,
     /// Digests of well-formed secrets that matched no key.
@@ -109,6 +119,17 @@ pub struct ApiKeys {
     revocations: Arc<AtomicU64>,
     /// Presented secrets looked up in the database so far.
     lookups: Arc<AtomicU64>,
+    /// Of those, the lookups of keys verified again in the background.
+    refreshes: Arc<AtomicU64>,
+    /// Calls that waited for a lookup (their own or a shared one).
+    waits: Arc<AtomicU64>,
+}
+
+/// A key that verified, and when.
+#[derive(Debug, Clone)]
+struct Verified {
+    caller: Caller,
+    at: Instant,
 }
 
 impl std::fmt::Debug for ApiKeys {
@@ -129,6 +150,7 @@ impl ApiKeys {
                 .max_capacity(VERIFIED_KEY_CAPACITY)
                 .time_to_live(VERIFIED_KEY_TTL)
                 .build(),
+            refreshing: Arc::default(),
             known: Cache::builder()
                 .max_capacity(VERIFIED_KEY_CAPACITY)
                 .time_to_idle(KNOWN_KEY_TTL)
@@ -144,6 +166,8 @@ impl ApiKeys {
             inflight: Arc::default(),
             revocations: Arc::new(AtomicU64::new(0)),
             lookups: Arc::new(AtomicU64::new(0)),
+            refreshes: Arc::new(AtomicU64::new(0)),
+            waits: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -151,6 +175,18 @@ impl ApiKeys {
     /// malformed, recently verified and recently unknown ones cost none.
     pub fn lookups(&self) -> u64 {
         self.lookups.load(Ordering::SeqCst)
+    }
+
+    /// Of [`lookups`](Self::lookups), those made in the background to verify
+    /// a key in use again before it expired.
+    pub fn refreshes(&self) -> u64 {
+        self.refreshes.load(Ordering::SeqCst)
+    }
+
+    /// How many calls waited for a lookup (of their own, or shared) instead
+    /// of being answered from memory.
+    pub fn waits(&self) -> u64 {
+        self.waits.load(Ordering::SeqCst)
     }
 
     /// Creates a key for `organization_id`; returns it with its secret, which
@@ -219,27 +255,33 @@ impl ApiKeys {
     /// The organization a presented secret acts for. Unknown, malformed and
     /// revoked keys are all `ApiKeyInvalid`; a secret that waited too long
     /// for its lookup turn is `KeyLookupsThrottled`.
-    pub async fn authenticate(&self, secret: &str) -> Result<OrganizationId, ServiceError> {
+    pub async fn authenticate(&self, secret: &str) -> Result<Caller, ServiceError> {
         if !well_formed(secret) {
             return Err(ServiceError::ApiKeyInvalid);
         }
         self.verify(digest(secret)).await
     }
 
-    /// The organization of the key with digest `presented`: from memory if it
+    /// Who calls with the key with digest `presented`: from memory if it
     /// verified within [`VERIFIED_KEY_TTL`] (or matched no key within
-    /// [`UNKNOWN_KEY_TTL`]), otherwise looked up.
-    async fn verify(&self, presented: [u8; 32]) -> Result<OrganizationId, ServiceError> {
+    /// [`UNKNOWN_KEY_TTL`]), otherwise looked up. A key used in the last
+    /// [`REFRESH_AHEAD`] of its time in memory is verified again in the
+    /// background.
+    async fn verify(&self, presented: [u8; 32]) -> Result<Caller, ServiceError> {
         // Looking up a digest reveals nothing usable about the secret (finding
         // a preimage of SHA-256 is infeasible), so this needs no constant time.
-        if let Some(organization) = self.verified.get(&presented) {
-            return Ok(organization);
+        if let Some(verified) = self.verified.get(&presented) {
+            if verified.at.elapsed() >= VERIFIED_KEY_TTL.saturating_sub(REFRESH_AHEAD) {
+                self.refresh(presented);
+            }
+            return Ok(verified.caller);
         }
         if self.unknown.contains_key(&presented) {
             return Err(ServiceError::ApiKeyInvalid);
         }
         // Concurrent calls with the same secret share one lookup. The waiter
         // leaves it however this call ends, cancelled included.
+        self.waits.fetch_add(1, Ordering::SeqCst);
         let waiter = Waiter::join(&self.inflight, presented);
         let outcome = waiter
             .lookup()
@@ -260,17 +302,49 @@ impl ApiKeys {
         })
     }
 
+    /// Verifies the key with digest `presented` again, in the background,
+    /// unless that is under way: what it finds replaces what is remembered
+    /// (a revoked key is forgotten).
+    fn refresh(&self, presented: [u8; 32]) {
+        let started = self
+            .refreshing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(presented);
+        if !started {
+            return;
+        }
+        let keys = self.clone();
+        tokio::spawn(async move {
+            keys.refreshes.fetch_add(1, Ordering::SeqCst);
+            if let Err(LookupFailure::Database(err)) = keys.look_up_again(presented).await {
+                tracing::warn!(error = %err, "cannot verify an API key in use again");
+            }
+            keys.refreshing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&presented);
+        });
+    }
+
     /// Looks `presented` up in the database, within the lookup limit unless
     /// it verified lately, and remembers what it found.
-    async fn look_up(&self, presented: [u8; 32]) -> Result<OrganizationId, LookupFailure> {
+    async fn look_up(&self, presented: [u8; 32]) -> Result<Caller, LookupFailure> {
         // A lookup that answered after this call missed the caches, but
         // before it joined, left its answer there.
-        if let Some(organization) = self.verified.get(&presented) {
-            return Ok(organization);
+        if let Some(verified) = self.verified.get(&presented) {
+            return Ok(verified.caller);
         }
         if self.unknown.contains_key(&presented) {
             return Err(LookupFailure::Invalid);
         }
+        self.look_up_again(presented).await
+    }
+
+    /// Looks `presented` up in the database whatever is remembered of it,
+    /// within the lookup limit unless it verified lately, and remembers what
+    /// it found.
+    async fn look_up_again(&self, presented: [u8; 32]) -> Result<Caller, LookupFailure> {
         if !self.known.contains_key(&presented) {
             tokio::time::timeout(self.lookup_wait, self.new_key_lookups.until_ready())
                 .await
@@ -284,9 +358,13 @@ impl ApiKeys {
         match found {
             // The lookup is by digest; the constant-time comparison makes the
             // final decision independent of where the bytes differ.
-            Some((organization, stored)) if bool::from(stored.ct_eq(&presented)) => {
+            Some((caller, stored)) if bool::from(stored.ct_eq(&presented)) => {
                 self.known.insert(presented, ());
-                self.verified.insert(presented, organization);
+                let verified = Verified {
+                    caller: caller.clone(),
+                    at: Instant::now(),
+                };
+                self.verified.insert(presented, verified);
                 // The lookup may have read the key just before a revocation
                 // counted since it began: do not remember it past this call.
                 // (A revocation counted after this check invalidates after
@@ -294,10 +372,11 @@ impl ApiKeys {
                 if self.revocations.load(Ordering::SeqCst) != revocations {
                     self.verified.invalidate(&presented);
                 }
-                Ok(organization)
+                Ok(caller)
             }
             _ => {
                 self.known.invalidate(&presented);
+                self.verified.invalidate(&presented);
                 self.unknown.insert(presented, ());
                 Err(LookupFailure::Invalid)
             }
@@ -317,7 +396,7 @@ enum LookupFailure {
 }
 
 /// A lookup in flight, shared by the calls presenting the same secret.
-type SharedLookup = Arc<tokio::sync::OnceCell<Result<OrganizationId, LookupFailure>>>;
+type SharedLookup = Arc<tokio::sync::OnceCell<Result<Caller, LookupFailure>>>;
 
 /// The lookups in flight, by digest.
 type Inflight = Mutex<HashMap<[u8; 32], SharedLookup>>;
@@ -402,7 +481,7 @@ impl ApiKeys {
         presented: [u8; 32],
         organization: OrganizationId,
     ) -> Result<(), ServiceError> {
-        if self.verify(presented).await? == organization {
+        if self.verify(presented).await?.organization == organization {
             Ok(())
         } else {
             Err(ServiceError::ApiKeyInvalid)
@@ -446,8 +525,8 @@ mod tests {
     #[tokio::test]
     async fn a_verified_key_is_remembered_and_not_looked_up_again() {
         let (keys, org, secret) = setup().await;
-        assert_eq!(keys.authenticate(&secret).await.unwrap(), org);
-        assert_eq!(keys.authenticate(&secret).await.unwrap(), org);
+        assert_eq!(keys.authenticate(&secret).await.unwrap().organization, org);
+        assert_eq!(keys.authenticate(&secret).await.unwrap().organization, org);
         assert_eq!(keys.lookups(), 1);
     }
 
@@ -494,7 +573,7 @@ mod tests {
     #[tokio::test]
     async fn new_secrets_are_looked_up_at_a_limited_rate_but_known_keys_are_not() {
         let (mut keys, org, secret) = setup().await;
-        assert_eq!(keys.authenticate(&secret).await.unwrap(), org);
+        assert_eq!(keys.authenticate(&secret).await.unwrap().organization, org);
         // No waiting for a turn: refused as soon as the limit is reached.
         keys.lookup_wait = Duration::ZERO;
         let mut new_secrets = 0;
@@ -523,7 +602,7 @@ mod tests {
         // expires, whatever the limit.
         let lookups = keys.lookups();
         keys.verified.invalidate_all();
-        assert_eq!(keys.authenticate(&secret).await.unwrap(), org);
+        assert_eq!(keys.authenticate(&secret).await.unwrap().organization, org);
         assert_eq!(keys.lookups(), lookups + 1);
     }
 
@@ -532,7 +611,7 @@ mod tests {
         let (keys, org, secret) = setup().await;
         let calls = (0..300).map(|_| keys.authenticate(&secret));
         for result in futures_util::future::join_all(calls).await {
-            assert_eq!(result.unwrap(), org);
+            assert_eq!(result.unwrap().organization, org);
         }
         assert_eq!(keys.lookups(), 1);
     }
@@ -599,8 +678,8 @@ mod tests {
         // A caller arriving now shares the lookup the second still waits for.
         let third = keys.authenticate(&secret);
         let (second, third) = futures_util::future::join(second, third).await;
-        assert_eq!(second.unwrap(), org);
-        assert_eq!(third.unwrap(), org);
+        assert_eq!(second.unwrap().organization, org);
+        assert_eq!(third.unwrap().organization, org);
         assert_eq!(keys.lookups(), 1);
         assert_eq!(in_flight(&keys), 0);
     }
@@ -609,7 +688,7 @@ mod tests {
     async fn checks_of_open_streams_cost_at_most_one_lookup_per_verification_period() {
         let (keys, org, secret) = setup().await;
         let presented = digest(&secret);
-        assert_eq!(keys.authenticate(&secret).await.unwrap(), org);
+        assert_eq!(keys.authenticate(&secret).await.unwrap().organization, org);
         let (started, lookups) = (std::time::Instant::now(), keys.lookups());
         // A hundred streams of the key, each checking every 50 ms (twenty
         // times as often as a watch does) for two and a half periods.
@@ -679,7 +758,7 @@ mod tests {
     #[tokio::test]
     async fn a_revoked_key_is_refused_at_once() {
         let (keys, org, secret) = setup().await;
-        assert_eq!(keys.authenticate(&secret).await.unwrap(), org);
+        assert_eq!(keys.authenticate(&secret).await.unwrap().organization, org);
         let key = keys.list(org).await.unwrap().remove(0);
         keys.revoke(key.id).await.unwrap();
         assert!(matches!(
@@ -690,5 +769,49 @@ mod tests {
             keys.authenticate(&secret).await,
             Err(ServiceError::ApiKeyInvalid)
         ));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_in_use_is_verified_again_before_it_expires_so_its_calls_never_wait() {
+        let (keys, org, secret) = setup().await;
+        assert_eq!(keys.authenticate(&secret).await.unwrap().organization, org);
+        assert_eq!(keys.waits(), 1, "the first call looks the key up");
+        let started = std::time::Instant::now();
+        while started.elapsed() < 3 * VERIFIED_KEY_TTL {
+            assert_eq!(keys.authenticate(&secret).await.unwrap().organization, org);
+            assert_eq!(
+                keys.waits(),
+                1,
+                "a call waited for a lookup {:?} in",
+                started.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(keys.refreshes() >= 2, "{} refreshes", keys.refreshes());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_key_in_use_that_is_revoked_elsewhere_still_stops_within_the_verification_period() {
+        let (keys, org, secret) = setup().await;
+        // Another replica over the same database.
+        let elsewhere = ApiKeys::new(keys.db.clone(), keys.reader.clone());
+        assert_eq!(keys.authenticate(&secret).await.unwrap().organization, org);
+        // In use for a while, so that it has been verified again.
+        let started = std::time::Instant::now();
+        while started.elapsed() < VERIFIED_KEY_TTL + VERIFIED_KEY_TTL / 2 {
+            keys.authenticate(&secret).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let key = elsewhere.list(org).await.unwrap().remove(0);
+        elsewhere.revoke(key.id).await.unwrap();
+        let revoked = std::time::Instant::now();
+        while keys.authenticate(&secret).await.is_ok() {
+            assert!(
+                revoked.elapsed() <= VERIFIED_KEY_TTL,
+                "still accepted {:?} after the revocation",
+                revoked.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
