@@ -56,6 +56,10 @@ pub struct Caller {
     pub key: AsciiMetadataValue,
     /// The API key itself.
     pub secret: String,
+    /// The key's ID.
+    pub key_id: String,
+    /// The key's display name.
+    pub key_name: String,
 }
 
 /// Makes an organization and an API key for it through the AdminService.
@@ -74,16 +78,23 @@ pub async fn caller(channel: Channel, admin_token: &str, name: &str) -> anyhow::
         .into_inner()
         .organization
         .ok_or_else(|| anyhow::anyhow!("no organization in the response"))?;
+    let key_name = "benchmark".to_owned();
     let mut request = Request::new(CreateApiKeyRequest {
         organization_id: organization.id.clone(),
-        display_name: "benchmark".to_owned(),
+        display_name: key_name.clone(),
     });
     request.metadata_mut().insert("authorization", token);
-    let secret = admin.create_api_key(request).await?.into_inner().secret;
+    let created = admin.create_api_key(request).await?.into_inner();
+    let key_id = created
+        .api_key
+        .ok_or_else(|| anyhow::anyhow!("no API key in the response"))?
+        .id;
     Ok(Caller {
         id: organization.id,
-        key: crate::workload::bearer(&secret),
-        secret,
+        key: crate::workload::bearer(&created.secret),
+        secret: created.secret,
+        key_id,
+        key_name,
     })
 }
 

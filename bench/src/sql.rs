@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use connections::{
     domain::{
-        Action, Change, ConnectionId, ConnectionRecord, DataType, DataTypes, OrganizationId,
-        Parties,
+        Action, ApiKeyId, Caller as Acting, Change, ConnectionId, ConnectionRecord, DataType,
+        DataTypes, OrganizationId,
     },
     entity::{api_key::lookup_query, connection, connection_event},
 };
@@ -57,23 +57,27 @@ fn authenticate() -> anyhow::Result<String> {
 
 /// The guarded update and the event of an activation by the destination, of
 /// the connection read into the `c_` variables (at version `:c_version`;
-/// the new version is `:next`).
+/// the new version is `:next`), made with the key `:key_id` named
+/// `:key_name`.
 fn activate() -> anyhow::Result<(String, String)> {
-    let parties = Parties {
-        source: OrganizationId::from(uuid::Uuid::nil()),
-        destination: OrganizationId::from(uuid::Uuid::max()),
+    let acting = |organization: uuid::Uuid| Acting {
+        organization: OrganizationId::from(organization),
+        api_key: ApiKeyId::from(organization),
+        api_key_name: "benchmark".into(),
     };
+    let (source, destination) = (acting(uuid::Uuid::nil()), acting(uuid::Uuid::max()));
     let data_types = DataTypes::new([DataType::Inquiry])?;
     let (pending, _) = ConnectionRecord::create(
         ConnectionId::from(uuid::Uuid::nil()),
-        parties,
+        &source,
+        destination.organization,
         data_types,
         sea_orm::prelude::DateTimeUtc::UNIX_EPOCH,
     );
     let (active, event) = pending
         .apply(Change {
             action: Action::Activate,
-            caller: parties.destination,
+            caller: destination,
             etag: None,
             reason: None,
             at: sea_orm::prelude::DateTimeUtc::UNIX_EPOCH,
@@ -112,6 +116,8 @@ fn activate() -> anyhow::Result<(String, String)> {
             "'ACTIVE'",
             ":caller",
             "'DESTINATION'",
+            ":key_id",
+            ":key_name",
             "NULL",
             "now()",
         ],
@@ -127,6 +133,8 @@ pub fn defines(caller: &Caller) -> Vec<(String, String)> {
         .collect();
     vec![
         ("caller".to_owned(), caller.id.clone()),
+        ("key_id".to_owned(), caller.key_id.clone()),
+        ("key_name".to_owned(), caller.key_name.clone()),
         ("digest".to_owned(), format!("\\x{digest}")),
     ]
 }
@@ -214,6 +222,10 @@ mod tests {
         assert!(
             insert.contains("VALUES (gen_random_uuid(), :c_id, :next, 'ACTIVATED'"),
             "{insert}"
+        );
+        assert!(
+            insert.contains(":caller, 'DESTINATION', :key_id, :key_name, NULL, now()"),
+            "the event names the acting key: {insert}"
         );
         assert!(authenticate().unwrap().contains(":digest"));
     }

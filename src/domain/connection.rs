@@ -8,6 +8,7 @@ use sha2::{Digest, Sha256};
 use super::{
     Named,
     ids::{ConnectionId, OrganizationId},
+    organization::{ActorKey, Caller},
 };
 
 /// The lifecycle state of a connection. Its stored (and logged) name is the
@@ -189,8 +190,8 @@ pub fn transition(
 pub struct Change {
     /// What to do.
     pub action: Action,
-    /// The organization asking.
-    pub caller: OrganizationId,
+    /// Who asks: the organization, and the API key it calls with.
+    pub caller: Caller,
     /// If given, the change applies only to the version with this etag.
     pub etag: Option<String>,
     /// Why, for a deactivation (other actions ignore it; empty means none).
@@ -216,6 +217,8 @@ pub struct NewEvent {
     pub actor: OrganizationId,
     /// The actor's role in the connection.
     pub actor_role: Role,
+    /// The API key the actor called with.
+    pub actor_key: ActorKey,
     /// The reason given, if any.
     pub reason: Option<String>,
     /// When it happened.
@@ -223,14 +226,20 @@ pub struct NewEvent {
 }
 
 impl ConnectionRecord {
-    /// A new PENDING connection `id` between `parties`, created at the time
-    /// `id` embeds (`created`), and the event that records its creation.
+    /// A new PENDING connection `id` from `source` (the caller) to
+    /// `destination`, created at the time `id` embeds (`created`), and the
+    /// event that records its creation.
     pub fn create(
         id: ConnectionId,
-        parties: Parties,
+        source: &Caller,
+        destination: OrganizationId,
         data_types: DataTypes,
         created: DateTime<Utc>,
     ) -> (Self, NewEvent) {
+        let parties = Parties {
+            source: source.organization,
+            destination,
+        };
         let record = Self {
             id,
             parties,
@@ -252,6 +261,7 @@ impl ConnectionRecord {
             to_state: record.state,
             actor: parties.source,
             actor_role: Role::Source,
+            actor_key: source.key(),
             reason: None,
             create_time: created,
         };
@@ -263,7 +273,7 @@ impl ConnectionRecord {
     pub fn apply(&self, change: Change) -> Result<(Self, NewEvent), TransitionError> {
         let role = self
             .parties
-            .role_of(change.caller)
+            .role_of(change.caller.organization)
             .ok_or(TransitionError::NotAParty)?;
         let etag_matches = change.etag.is_none_or(|etag| etag == self.etag());
         let state = transition(self.state, change.action, Some(role), etag_matches)?;
@@ -290,8 +300,9 @@ impl ConnectionRecord {
             event_type: change.action.event_type(),
             from_state: Some(self.state),
             to_state: state,
-            actor: change.caller,
+            actor: change.caller.organization,
             actor_role: role,
+            actor_key: change.caller.key(),
             reason,
             create_time: at,
         };
@@ -483,6 +494,9 @@ pub struct ConnectionEvent {
     pub actor_organization_id: OrganizationId,
     /// The actor's role in the connection.
     pub actor_role: Role,
+    /// The API key the actor called with, as it was then; `None` for events
+    /// recorded before keys were recorded.
+    pub actor_key: Option<ActorKey>,
     /// The reason given, if any.
     pub reason: Option<String>,
     /// When it happened.
@@ -652,17 +666,34 @@ mod tests {
         assert!("pending".parse::<ConnectionState>().is_err());
     }
 
+    /// A caller from `organization` with a key of its own named `name`.
+    fn calling(organization: OrganizationId, name: &str) -> Caller {
+        Caller {
+            organization,
+            api_key: crate::domain::ApiKeyId::generate(),
+            api_key_name: name.into(),
+        }
+    }
+
     fn created() -> ConnectionRecord {
         let id = ConnectionId::generate();
-        let parties = Parties {
-            source: OrganizationId::generate(),
-            destination: OrganizationId::generate(),
-        };
+        let source = calling(OrganizationId::generate(), "source's key");
         let types = DataTypes::new([DataType::Inquiry]).unwrap();
-        ConnectionRecord::create(id, parties, types, DateTime::UNIX_EPOCH).0
+        ConnectionRecord::create(
+            id,
+            &source,
+            OrganizationId::generate(),
+            types,
+            DateTime::UNIX_EPOCH,
+        )
+        .0
     }
 
     fn change(record: &ConnectionRecord, action: Action, caller: OrganizationId) -> Change {
+        by_key(record, action, calling(caller, "a key"))
+    }
+
+    fn by_key(record: &ConnectionRecord, action: Action, caller: Caller) -> Change {
         Change {
             action,
             caller,
@@ -685,9 +716,11 @@ mod tests {
         let record = created();
         assert_eq!(record.state, Pending);
         assert_eq!(record.version, 1);
+        let creator = calling(record.parties.source, "ci-deployer");
         let (again, event) = ConnectionRecord::create(
             record.id,
-            record.parties,
+            &creator,
+            record.parties.destination,
             record.data_types.clone(),
             record.create_time,
         );
@@ -698,6 +731,13 @@ mod tests {
             (event.actor, event.actor_role),
             (record.parties.source, Role::Source)
         );
+        assert_eq!(
+            event.actor_key,
+            ActorKey {
+                id: creator.api_key,
+                display_name: "ci-deployer".to_owned()
+            }
+        );
         assert_eq!(event.sequence, 1);
     }
 
@@ -706,8 +746,9 @@ mod tests {
         let pending = created();
         let destination = pending.parties.destination;
         let at = DateTime::from_timestamp(1_000, 0).unwrap();
+        let activator = calling(destination, "activator");
         let (active, event) = pending
-            .apply(change(&pending, Action::Activate, destination))
+            .apply(by_key(&pending, Action::Activate, activator.clone()))
             .unwrap();
         assert_eq!(active.state, Active);
         assert_eq!(active.version, 2);
@@ -726,14 +767,23 @@ mod tests {
                 to_state: Active,
                 actor: destination,
                 actor_role: Role::Destination,
+                actor_key: ActorKey {
+                    id: activator.api_key,
+                    display_name: "activator".to_owned(),
+                },
                 reason: None,
                 create_time: at,
             }
         );
 
+        // Another key of the same organization: the event names it.
+        let deactivator = calling(destination, "deactivator");
         let (inactive, event) = active
-            .apply(change(&active, Action::Deactivate, destination))
+            .apply(by_key(&active, Action::Deactivate, deactivator.clone()))
             .unwrap();
+        assert_eq!(event.actor, destination);
+        assert_eq!(event.actor_key, deactivator.key());
+        assert_ne!(event.actor_key.id, activator.api_key);
         assert_eq!(inactive.deactivated_by, Some(Role::Destination));
         assert_eq!(inactive.deactivation_reason.as_deref(), Some("audit"));
         assert_eq!(inactive.deactivate_time, Some(at));

@@ -13,7 +13,7 @@ pub use connection::{
 };
 pub use ids::{ApiKeyId, ConnectionId, OrganizationId};
 pub use names::Named;
-pub use organization::{ApiKey, Caller, DisplayName, Organization};
+pub use organization::{ActorKey, ApiKey, Caller, DisplayName, Organization};
 pub use page::PageSize;
 pub use snapshot::Snapshot;
 pub use strum::VariantArray;

@@ -60,6 +60,26 @@ pub struct Caller {
     pub api_key_name: std::sync::Arc<str>,
 }
 
+impl Caller {
+    /// The key, as a change it makes records it.
+    pub fn key(&self) -> ActorKey {
+        ActorKey {
+            id: self.api_key,
+            display_name: self.api_key_name.to_string(),
+        }
+    }
+}
+
+/// The API key that made a change, as the change's event records it: its ID,
+/// and its display name as it was at the time (a copy, never the secret).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActorKey {
+    /// The key.
+    pub id: ApiKeyId,
+    /// Its display name when it acted.
+    pub display_name: String,
+}
+
 /// An organization.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Organization {

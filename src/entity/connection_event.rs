@@ -26,6 +26,12 @@ pub struct Model {
     pub actor_organization_id: Uuid,
     /// `SOURCE` or `DESTINATION`.
     pub actor_role: String,
+    /// The API key the actor called with; `None` for events written before
+    /// keys were recorded (or by a release that did not record them).
+    pub actor_api_key_id: Option<Uuid>,
+    /// That key's display name when it acted (a copy: never the secret);
+    /// set exactly when `actor_api_key_id` is.
+    pub actor_api_key_display_name: Option<String>,
     /// Reason given, if any.
     pub reason: Option<String>,
     /// When it happened.
@@ -56,7 +62,7 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{change_log, unreadable};
-use crate::domain::{ConnectionEvent, ConnectionId, Named, NewEvent, Snapshot};
+use crate::domain::{ActorKey, ConnectionEvent, ConnectionId, Named, NewEvent, Snapshot};
 
 /// The insert that appends `event` as event `id`, at the position of the
 /// transaction it runs in (computed by the database in the same statement),
@@ -88,6 +94,8 @@ pub fn append_statement(backend: DbBackend, id: Uuid, event: &NewEvent) -> State
             Column::ToState,
             Column::ActorOrganizationId,
             Column::ActorRole,
+            Column::ActorApiKeyId,
+            Column::ActorApiKeyDisplayName,
             Column::Reason,
             Column::CreateTime,
             Column::Position,
@@ -101,6 +109,8 @@ pub fn append_statement(backend: DbBackend, id: Uuid, event: &NewEvent) -> State
             event.to_state.as_str().into(),
             event.actor.uuid().into(),
             event.actor_role.as_str().into(),
+            event.actor_key.id.uuid().into(),
+            event.actor_key.display_name.clone().into(),
             event.reason.clone().into(),
             event.create_time.into(),
             position,
@@ -171,6 +181,18 @@ pub(super) fn event_from(row: Model) -> Result<ConnectionEvent, DbErr> {
         to_state: row.to_state.parse().map_err(|err| bad(&err))?,
         actor_organization_id: row.actor_organization_id.into(),
         actor_role: row.actor_role.parse().map_err(|err| bad(&err))?,
+        actor_key: match (row.actor_api_key_id, row.actor_api_key_display_name) {
+            (Some(id), Some(display_name)) => Some(ActorKey {
+                id: id.into(),
+                display_name,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(bad(
+                    &"an actor key without its name, or a name without its key",
+                ));
+            }
+        },
         reason: row.reason,
         create_time: row.create_time,
     })

@@ -47,7 +47,7 @@ impl ConnectionApi {
         &self,
         request: Request<TransitionFields>,
     ) -> Result<(proto::Connection, String), Status> {
-        let caller = self.auth.organization(request.metadata()).await?;
+        let caller = self.auth.caller(request.metadata()).await?;
         let fields = request.into_inner();
         let (id, etag, request_id, reason) = (
             validate::id("connection_id", &fields.connection_id, ConnectionId::parse),
@@ -59,7 +59,7 @@ impl ConnectionApi {
         let connection = self
             .connections
             .transition(
-                caller,
+                &caller,
                 TransitionRequest {
                     id,
                     action: fields.action,
@@ -88,7 +88,7 @@ impl ConnectionService for ConnectionApi {
         &self,
         request: Request<CreateConnectionRequest>,
     ) -> Result<Response<CreateConnectionResponse>, Status> {
-        let caller = self.auth.organization(request.metadata()).await?;
+        let caller = self.auth.caller(request.metadata()).await?;
         let request = request.into_inner();
         let (destination, data_types, request_id) = (
             validate::id(
@@ -103,7 +103,7 @@ impl ConnectionService for ConnectionApi {
         let connection = self
             .connections
             .create(
-                caller,
+                &caller,
                 NewConnection {
                     destination,
                     data_types,

@@ -138,6 +138,11 @@ impl From<domain::ConnectionRecord> for proto::Connection {
 
 impl From<domain::ConnectionEvent> for proto::ConnectionEvent {
     fn from(event: domain::ConnectionEvent) -> Self {
+        // Empty for events recorded before keys were.
+        let (actor_api_key_id, actor_api_key_display_name) =
+            event.actor_key.map_or_else(Default::default, |key| {
+                (key.id.to_string(), key.display_name)
+            });
         Self {
             id: event.id.hyphenated().to_string(),
             connection_id: event.connection_id.to_string(),
@@ -152,6 +157,8 @@ impl From<domain::ConnectionEvent> for proto::ConnectionEvent {
             actor_role: proto::ConnectionRole::from(event.actor_role).into(),
             reason: event.reason.unwrap_or_default(),
             create_time: Some(timestamp(event.create_time)),
+            actor_api_key_id,
+            actor_api_key_display_name,
         }
     }
 }

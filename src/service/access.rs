@@ -415,12 +415,14 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn until_the_index_is_built_checks_read_the_database() {
-        let (db, tokens, source, destination) = testing::two_organizations().await;
+        let (db, tokens, source_key, destination_key) = testing::two_organizations().await;
+        let (source, destination) = (source_key.organization, destination_key.organization);
         let connections = Connections::new(db.clone(), db.clone().into(), tokens.clone(), |_| {
             Vec::new()
         });
         let new = testing::inquiries_to(destination);
-        let Outcome::Fresh(Written { record, .. }) = connections.create(source, new).await.unwrap()
+        let Outcome::Fresh(Written { record, .. }) =
+            connections.create(&source_key, new).await.unwrap()
         else {
             panic!("no request_id: nothing to replay")
         };
@@ -431,8 +433,10 @@ mod tests {
             reason: None,
             request_id: None,
         };
-        let Outcome::Fresh(activated) =
-            connections.transition(destination, activate).await.unwrap()
+        let Outcome::Fresh(activated) = connections
+            .transition(&destination_key, activate)
+            .await
+            .unwrap()
         else {
             panic!("no request_id: nothing to replay")
         };

@@ -272,7 +272,7 @@ mod tests {
         let mut reading = feed.subscribe().await.unwrap();
         let behind = feed.subscribe().await.unwrap();
         Connections::new(db.clone(), db.clone().into(), tokens, |_| Vec::new())
-            .create(source, testing::inquiries_to(destination))
+            .create(&source, testing::inquiries_to(destination.organization))
             .await
             .unwrap();
         feed.read_new().await.unwrap();

@@ -17,8 +17,8 @@ pub use crate::entity::connection::ListFilter;
 use crate::{
     db,
     domain::{
-        Action, Change, ConnectionEvent, ConnectionId, ConnectionRecord, DataTypes, Named,
-        OrganizationId, PageSize, Parties, Role, Snapshot, TransitionError,
+        Action, Caller, Change, ConnectionEvent, ConnectionId, ConnectionRecord, DataTypes, Named,
+        OrganizationId, PageSize, Role, Snapshot, TransitionError,
     },
     entity::{connection, connection_event, organization},
 };
@@ -107,19 +107,21 @@ impl Connections {
         &self.replays
     }
 
-    /// Creates a PENDING connection from `caller` to `new.destination`.
-    #[instrument(skip_all, fields(caller = %caller, destination = %new.destination))]
+    /// Creates a PENDING connection from `caller`'s organization to
+    /// `new.destination`; its event names `caller`'s key.
+    #[instrument(skip_all, fields(caller = %caller.organization, destination = %new.destination))]
     pub async fn create(
         &self,
-        caller: OrganizationId,
+        caller: &Caller,
         new: NewConnection,
     ) -> Result<Outcome<Written>, ServiceError> {
-        if new.destination == caller {
+        let source = caller.organization;
+        if new.destination == source {
             return Err(ServiceError::SelfConnection);
         }
         let key = new.request_id.clone().map(|request_id| {
             IdempotencyKey::new(
-                caller,
+                source,
                 "CreateConnection",
                 request_id,
                 &[
@@ -135,24 +137,25 @@ impl Connections {
         if !organization::exists(&*txn, new.destination).await? {
             return Err(ServiceError::OrganizationNotFound);
         }
-        if let Some(existing) = connection::find_pair(&*txn, caller, new.destination).await? {
+        if let Some(existing) = connection::find_pair(&*txn, source, new.destination).await? {
             return Err(ServiceError::ConnectionAlreadyExists {
                 connection_id: existing,
             });
         }
 
         let id = ConnectionId::generate();
-        let parties = Parties {
-            source: caller,
-            destination: new.destination,
-        };
-        let (record, event) =
-            ConnectionRecord::create(id, parties, new.data_types, time_of(id.uuid()));
+        let (record, event) = ConnectionRecord::create(
+            id,
+            caller,
+            new.destination,
+            new.data_types,
+            time_of(id.uuid()),
+        );
         if let Err(err) = connection::insert(&*txn, &record).await {
             if db::error::unique_violation(&err) {
                 // A concurrent create of the same pair committed first.
                 drop(txn);
-                return match connection::find_pair(&self.reader, caller, new.destination).await? {
+                return match connection::find_pair(&self.reader, source, new.destination).await? {
                     Some(connection_id) => {
                         Err(ServiceError::ConnectionAlreadyExists { connection_id })
                     }
@@ -198,16 +201,18 @@ impl Connections {
         }))
     }
 
-    /// Activates, deactivates or reactivates a connection.
-    #[instrument(skip_all, fields(caller = %caller, connection_id = %request.id, action = ?request.action))]
+    /// Activates, deactivates or reactivates a connection; its event names
+    /// `caller`'s key.
+    #[instrument(skip_all, fields(caller = %caller.organization, connection_id = %request.id, action = ?request.action))]
     pub async fn transition(
         &self,
-        caller: OrganizationId,
+        caller: &Caller,
         request: TransitionRequest,
     ) -> Result<Outcome<Written>, ServiceError> {
+        let organization = caller.organization;
         let key = request.request_id.clone().map(|request_id| {
             IdempotencyKey::new(
-                caller,
+                organization,
                 operation(request.action),
                 request_id,
                 &[
@@ -221,13 +226,13 @@ impl Connections {
             Begun::Fresh(txn) => txn,
             Begun::Done(response) => return Ok(Outcome::Replayed(response)),
         };
-        let current = connection::secure_find(&*txn, caller, request.id)
+        let current = connection::secure_find(&*txn, organization, request.id)
             .await?
             .ok_or(ServiceError::ConnectionNotFound)?;
         let (next, event) = current
             .apply(Change {
                 action: request.action,
-                caller,
+                caller: caller.clone(),
                 etag: request.etag,
                 reason: request.reason,
                 at: now(),
@@ -378,7 +383,7 @@ mod tests {
     use super::*;
     use crate::service::testing;
 
-    async fn setup() -> (Connections, OrganizationId, OrganizationId) {
+    async fn setup() -> (Connections, Caller, Caller) {
         let (db, tokens, source, destination) = testing::two_organizations().await;
         (
             Connections::new(db.clone(), db.into(), tokens, |_| Vec::new()),
@@ -391,7 +396,7 @@ mod tests {
     async fn a_guarded_update_from_a_stale_read_writes_nothing() {
         let (service, source, destination) = setup().await;
         let stale = service
-            .create(source, testing::inquiries_to(destination))
+            .create(&source, testing::inquiries_to(destination.organization))
             .await
             .unwrap();
         let Outcome::Fresh(Written { record: stale, .. }) = stale else {
@@ -400,7 +405,7 @@ mod tests {
         // Another writer changes the connection after our read.
         let activated = service
             .transition(
-                destination,
+                &destination,
                 TransitionRequest {
                     id: stale.id,
                     action: Action::Activate,
@@ -422,7 +427,7 @@ mod tests {
         let (deactivated, _) = stale
             .apply(Change {
                 action: Action::Deactivate,
-                caller: source,
+                caller: source.clone(),
                 etag: None,
                 reason: None,
                 at: now(),
@@ -438,9 +443,17 @@ mod tests {
         );
         drop(txn);
 
-        assert_eq!(service.get(source, stale.id).await.unwrap(), activated);
+        assert_eq!(
+            service.get(source.organization, stale.id).await.unwrap(),
+            activated
+        );
         let events = service
-            .list_events(source, stale.id, PageSize::from_request(0).unwrap(), None)
+            .list_events(
+                source.organization,
+                stale.id,
+                PageSize::from_request(0).unwrap(),
+                None,
+            )
             .await
             .unwrap();
         assert_eq!(events.items.len(), 2);

@@ -66,11 +66,11 @@ pub(crate) mod testing {
     use migration::{Migrator, MigratorTrait};
     use sea_orm::DatabaseConnection;
 
-    use super::{Organizations, PageTokens, connections::NewConnection};
+    use super::{ApiKeys, Organizations, PageTokens, connections::NewConnection};
     use crate::{
         config::DatabaseSettings,
         db::connect,
-        domain::{DataType, DataTypes, DisplayName, OrganizationId},
+        domain::{Caller, DataType, DataTypes, DisplayName, OrganizationId},
     };
 
     /// A connection to `destination` sharing inquiries, with no request ID.
@@ -82,22 +82,27 @@ pub(crate) mod testing {
         }
     }
 
-    /// A new in-memory SQLite database, migrated, with two organizations:
-    /// the database, the page tokens, and the organizations' IDs.
-    pub async fn two_organizations() -> (
-        DatabaseConnection,
-        PageTokens,
-        OrganizationId,
-        OrganizationId,
-    ) {
+    /// A new in-memory SQLite database, migrated, with two organizations,
+    /// each calling with a key of its own: the database, the page tokens,
+    /// and the two callers.
+    pub async fn two_organizations() -> (DatabaseConnection, PageTokens, Caller, Caller) {
         let db = connect(&DatabaseSettings::new("sqlite::memory:"))
             .await
             .unwrap();
         Migrator::up(&db, None).await.unwrap();
         let tokens = PageTokens::new([1; 32]);
         let orgs = Organizations::new(db.clone(), db.clone().into(), tokens.clone());
-        let source = orgs.create(DisplayName::parse("S").unwrap()).await.unwrap();
-        let destination = orgs.create(DisplayName::parse("D").unwrap()).await.unwrap();
-        (db, tokens, source.id, destination.id)
+        let keys = ApiKeys::new(db.clone(), db.clone().into());
+        let mut callers = Vec::new();
+        for name in ["S", "D"] {
+            let org = orgs
+                .create(DisplayName::parse(name).unwrap())
+                .await
+                .unwrap();
+            let (_, secret) = keys.create(org.id, format!("{name}'s key")).await.unwrap();
+            callers.push(keys.authenticate(&secret).await.unwrap());
+        }
+        let [source, destination] = <[Caller; 2]>::try_from(callers).unwrap();
+        (db, tokens, source, destination)
     }
 }

@@ -544,7 +544,7 @@ mod tests {
             WatchLimits::default(),
         );
         let party = Party {
-            organization: source,
+            organization: source.organization,
             role: None,
         };
         let mut stream = watches
@@ -561,16 +561,16 @@ mod tests {
         // Nobody reads while writes commit, each published in a batch of its
         // own: far more than the stream's channel and the feed's buffer hold.
         let Outcome::Fresh(Written { record, .. }) = connections
-            .create(source, testing::inquiries_to(destination))
+            .create(&source, testing::inquiries_to(destination.organization))
             .await
             .unwrap()
         else {
             panic!("no request_id: nothing to replay")
         };
         let steps = [
-            (destination, Action::Activate),
-            (source, Action::Deactivate),
-            (source, Action::Reactivate),
+            (&destination, Action::Activate),
+            (&source, Action::Deactivate),
+            (&source, Action::Reactivate),
         ];
         for round in 0..20 {
             for (caller, action) in steps {
@@ -624,7 +624,7 @@ mod tests {
             WatchLimits::default(),
         );
         let party = Party {
-            organization: source,
+            organization: source.organization,
             role: None,
         };
         let mut stream = watches

@@ -4,13 +4,15 @@
 
 use connections::{
     db,
-    domain::{Action, Change, ConnectionId, OrganizationId},
+    domain::{Action, ApiKeyId, Caller, Change, ConnectionId, OrganizationId},
     entity::{change_log, connection, connection_event},
     proto::{ActivateConnectionRequest, CreateConnectionRequest, DataType},
 };
 use sea_orm::{Database, DatabaseConnection};
 
-use crate::support::{AppOptions, TestOrg, require_postgres, spawn_app, spawn_replicas};
+use crate::support::{
+    AppOptions, FIRST_KEY_NAME, TestOrg, require_postgres, spawn_app, spawn_replicas,
+};
 
 /// The whole log below its horizon: (position, connection, sequence).
 async fn read_log(db: &DatabaseConnection) -> Vec<(i64, ConnectionId, i64)> {
@@ -56,10 +58,14 @@ async fn activate_without_committing(
     destination: &TestOrg,
     id: &str,
 ) -> db::WriteTransaction {
-    let caller = OrganizationId::parse(&destination.id).unwrap();
+    let caller = Caller {
+        organization: OrganizationId::parse(&destination.id).unwrap(),
+        api_key: ApiKeyId::parse(&destination.key_id).unwrap(),
+        api_key_name: FIRST_KEY_NAME.into(),
+    };
     let id = ConnectionId::parse(id).unwrap();
     let txn = db::begin_write(db).await.unwrap();
-    let current = connection::secure_find(&*txn, caller, id)
+    let current = connection::secure_find(&*txn, caller.organization, id)
         .await
         .unwrap()
         .unwrap();
@@ -209,10 +215,16 @@ async fn events_from_before_the_change_log_come_first_oldest_first() {
     let db = Database::connect(&url).await.unwrap();
     let logged = log_of_at_least(&db, 6).await;
 
-    // Undo the change log (and the notification and epochs on it) and
-    // apply it again: the events it finds are numbered below zero, in the
-    // order they happened.
-    Migrator::down(&db, Some(3)).await.unwrap();
+    // Undo the change log (and every migration after it) and apply it
+    // again: the events it finds are numbered below zero, in the order they
+    // happened.
+    let migrations = Migrator::migrations();
+    let change_log = migrations
+        .iter()
+        .position(|m| m.name().ends_with("_change_log"))
+        .expect("the change log's migration");
+    let since = u32::try_from(migrations.len() - change_log).unwrap();
+    Migrator::down(&db, Some(since)).await.unwrap();
     Migrator::up(&db, None).await.unwrap();
     let renumbered = log_of_at_least(&db, 6).await;
     db.close().await.unwrap();

@@ -8,7 +8,9 @@ use connections::{
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::support::{TestOrg, assert_error, spawn_app, unknown_id, violated_fields};
+use crate::support::{
+    FIRST_KEY_NAME, TestOrg, assert_error, spawn_app, unknown_id, violated_fields,
+};
 
 fn request(destination: &str, data_types: &[DataType]) -> CreateConnectionRequest {
     CreateConnectionRequest {
@@ -228,6 +230,8 @@ fn created_event(event_id: &str, connection: &Connection, source: &TestOrg) -> C
         actor_role: ConnectionRole::Source as i32,
         reason: String::new(),
         create_time: connection.create_time,
+        actor_api_key_id: source.key_id.clone(),
+        actor_api_key_display_name: FIRST_KEY_NAME.to_owned(),
     }
 }
 

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use connections::proto::{
-    ConnectionEvent, ConnectionRole, CreateApiKeyRequest, CreateConnectionRequest,
-    CreateConnectionResponse, DataType, ListApiKeysRequest, RevokeApiKeyRequest,
-    WatchConnectionEventsRequest, WatchConnectionEventsResponse,
+    ConnectionEvent, ConnectionRole, CreateConnectionRequest, CreateConnectionResponse, DataType,
+    ListApiKeysRequest, RevokeApiKeyRequest, WatchConnectionEventsRequest,
+    WatchConnectionEventsResponse,
 };
 use tonic::{Code, Status, Streaming};
 
@@ -461,19 +461,7 @@ async fn the_stalled_watches_of_a_revoked_key_end_at_once_and_give_their_slots_b
         .unwrap()
         .into_inner()
         .api_keys;
-    let other = admin
-        .create_api_key(CreateApiKeyRequest {
-            organization_id: source.id.clone(),
-            display_name: "other".to_owned(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .secret;
-    let other = TestOrg {
-        id: source.id.clone(),
-        key: other,
-    };
+    let other = app.new_key(&source, "other").await;
 
     // Every stream the organization may open, through a channel that takes
     // little before the client reads, and nobody reads: they stall.

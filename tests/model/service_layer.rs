@@ -5,13 +5,13 @@ use connections::{
     config::DatabaseSettings,
     db::{Reader, connect},
     domain::{
-        Action, ConnectionId, ConnectionRecord, DataType, DataTypes, DisplayName, OrganizationId,
-        PageSize,
+        Action, Caller, ConnectionId, ConnectionRecord, DataType, DataTypes, DisplayName,
+        OrganizationId, PageSize,
     },
     grpc::convert::{self, encode_connection},
     proto,
     service::{
-        Connections, ListFilter, NewConnection, Organizations, PageTokens, ServiceError,
+        ApiKeys, Connections, ListFilter, NewConnection, Organizations, PageTokens, ServiceError,
         TransitionRequest, Written, idempotency::Outcome,
     },
 };
@@ -30,6 +30,7 @@ use crate::database::TestDatabase;
 pub struct ServiceLayer {
     connections: Connections,
     organizations: Organizations,
+    api_keys: ApiKeys,
     db: DatabaseConnection,
     reader: Reader,
     /// Dropped last: removes the database.
@@ -57,6 +58,7 @@ impl ServiceLayer {
                 encode_connection,
             ),
             organizations: Organizations::new(db.clone(), reader.clone(), tokens),
+            api_keys: ApiKeys::new(db.clone(), reader.clone()),
             db,
             reader,
             _database: database,
@@ -144,20 +146,30 @@ fn page_size(value: i32) -> Result<PageSize, Failure> {
 
 impl Layer for ServiceLayer {
     type Record = Returned;
-    type Caller = OrganizationId;
+    type Caller = Caller;
 
-    async fn organization(&self, name: &str) -> (String, OrganizationId) {
+    async fn organization(&self, name: &str) -> (String, Caller) {
         let org = self
             .organizations
             .create(DisplayName::parse(name).unwrap())
             .await
             .expect("create organization");
-        (org.id.to_string(), org.id)
+        let (_, secret) = self
+            .api_keys
+            .create(org.id, format!("{name}'s key"))
+            .await
+            .expect("create API key");
+        let caller = self
+            .api_keys
+            .authenticate(&secret)
+            .await
+            .expect("the new key");
+        (org.id.to_string(), caller)
     }
 
     async fn create(
         &self,
-        caller: &OrganizationId,
+        caller: &Caller,
         destination: &str,
         data_types: &[DataType],
         request_id: Option<&str>,
@@ -169,7 +181,7 @@ impl Layer for ServiceLayer {
             request_id: request_id.map(str::to_owned),
         };
         self.connections
-            .create(*caller, new)
+            .create(caller, new)
             .await
             .map(Returned::from)
             .map_err(|err| failure(err, None))
@@ -177,7 +189,7 @@ impl Layer for ServiceLayer {
 
     async fn transition(
         &self,
-        caller: &OrganizationId,
+        caller: &Caller,
         action: Action,
         id: &str,
         etag: Option<&str>,
@@ -192,16 +204,16 @@ impl Layer for ServiceLayer {
             request_id: request_id.map(str::to_owned),
         };
         self.connections
-            .transition(*caller, request)
+            .transition(caller, request)
             .await
             .map(Returned::from)
             .map_err(|err| failure(err, Some(action)))
     }
 
-    async fn get(&self, caller: &OrganizationId, id: &str) -> Result<Returned, Failure> {
+    async fn get(&self, caller: &Caller, id: &str) -> Result<Returned, Failure> {
         let id = parse(id, ConnectionId::parse)?;
         self.connections
-            .get(*caller, id)
+            .get(caller.organization, id)
             .await
             .map(Returned::Record)
             .map_err(|err| failure(err, None))
@@ -209,7 +221,7 @@ impl Layer for ServiceLayer {
 
     async fn list(
         &self,
-        caller: &OrganizationId,
+        caller: &Caller,
         filter: &Filter,
         page_size_: i32,
         page_token: Option<&str>,
@@ -224,7 +236,12 @@ impl Layer for ServiceLayer {
         };
         let page = self
             .connections
-            .list(*caller, filter, page_size(page_size_)?, page_token)
+            .list(
+                caller.organization,
+                filter,
+                page_size(page_size_)?,
+                page_token,
+            )
             .await
             .map_err(|err| failure(err, None))?;
         Ok(Page {
@@ -235,7 +252,7 @@ impl Layer for ServiceLayer {
 
     async fn list_events(
         &self,
-        caller: &OrganizationId,
+        caller: &Caller,
         id: &str,
         page_size_: i32,
         page_token: Option<&str>,
@@ -243,7 +260,7 @@ impl Layer for ServiceLayer {
         let id = parse(id, ConnectionId::parse)?;
         let page = self
             .connections
-            .list_events(*caller, id, page_size(page_size_)?, page_token)
+            .list_events(caller.organization, id, page_size(page_size_)?, page_token)
             .await
             .map_err(|err| failure(err, None))?;
         Ok(Page {

@@ -32,7 +32,8 @@ use tonic::{Status, transport::Channel};
 
 use super::{
     clients::{
-        ADMIN_TOKEN, Admin, Bearer, Connections, Organizations, TestOrg, connections_on, new_org_on,
+        ADMIN_TOKEN, Admin, Bearer, Connections, Organizations, TestOrg, connections_on,
+        new_key_on, new_org_on,
     },
     database::{TestDatabase, with_address},
 };
@@ -381,6 +382,12 @@ impl TestApp {
     /// A new organization with one API key.
     pub async fn new_org(&self, name: &str) -> TestOrg {
         new_org_on(&self.channel, name).await
+    }
+
+    /// Another API key of `org`'s organization, named `name`: the
+    /// organization as it calls with that key.
+    pub async fn new_key(&self, org: &TestOrg, name: &str) -> TestOrg {
+        new_key_on(&self.channel, &org.id, name).await
     }
 
     /// Creates a connection from `source` to `destination` sharing inquiries.

@@ -53,7 +53,10 @@ pub type Admin = AdminServiceClient<InterceptedService<Channel, Bearer>>;
 #[derive(Debug, Clone)]
 pub struct TestOrg {
     pub id: String,
+    /// The key's secret.
     pub key: String,
+    /// The key's ID.
+    pub key_id: String,
 }
 
 /// A ConnectionService client on `channel` calling as `org`.
@@ -61,8 +64,12 @@ pub fn connections_on(channel: &Channel, org: &TestOrg) -> Connections {
     ConnectionServiceClient::with_interceptor(channel.clone(), Bearer::new(&org.key))
 }
 
-/// A new organization with one API key, made through the AdminService of
-/// the server at the other end of `channel` (with the tests' admin token).
+/// The display name of the key every test organization starts with.
+pub const FIRST_KEY_NAME: &str = "tests";
+
+/// A new organization with one API key (named [`FIRST_KEY_NAME`]), made
+/// through the AdminService of the server at the other end of `channel`
+/// (with the tests' admin token).
 pub async fn new_org_on(channel: &Channel, name: &str) -> TestOrg {
     let mut admin = AdminServiceClient::with_interceptor(channel.clone(), Bearer::new(ADMIN_TOKEN));
     let org = admin
@@ -74,17 +81,26 @@ pub async fn new_org_on(channel: &Channel, name: &str) -> TestOrg {
         .into_inner()
         .organization
         .unwrap();
-    let key = admin
+    new_key_on(channel, &org.id, FIRST_KEY_NAME).await
+}
+
+/// A new API key of organization `organization_id`, named `name`, made
+/// through the AdminService of the server at the other end of `channel`:
+/// the organization as it calls with that key.
+pub async fn new_key_on(channel: &Channel, organization_id: &str, name: &str) -> TestOrg {
+    let mut admin = AdminServiceClient::with_interceptor(channel.clone(), Bearer::new(ADMIN_TOKEN));
+    let created = admin
         .create_api_key(CreateApiKeyRequest {
-            organization_id: org.id.clone(),
-            display_name: "tests".to_owned(),
+            organization_id: organization_id.to_owned(),
+            display_name: name.to_owned(),
         })
         .await
         .expect("create API key")
         .into_inner();
     TestOrg {
-        id: org.id,
-        key: key.secret,
+        id: organization_id.to_owned(),
+        key: created.secret,
+        key_id: created.api_key.expect("the key").id,
     }
 }
 

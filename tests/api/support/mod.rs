@@ -29,7 +29,8 @@ pub use app::{
     AppOptions, TestApp, spawn_app, spawn_app_on, spawn_app_with, spawn_replica_of, spawn_replicas,
 };
 pub use clients::{
-    ADMIN_TOKEN, Bearer, TestOrg, assert_error, metric_sample, unknown_id, violated_fields,
+    ADMIN_TOKEN, Bearer, FIRST_KEY_NAME, TestOrg, assert_error, metric_sample, unknown_id,
+    violated_fields,
 };
 pub use database::{TestDatabase, postgres_url, require_postgres};
 

@@ -54,6 +54,7 @@ pub fn new_org(url: &str, name: &str) -> TestOrg {
     TestOrg {
         id,
         key: key["secret"].as_str().unwrap().to_owned(),
+        key_id: key["id"].as_str().unwrap().to_owned(),
     }
 }
 
