@@ -3,6 +3,7 @@
 //! is set (each test gets a database of its own).
 
 mod access;
+mod actors;
 mod admin;
 mod auth;
 mod change_log;

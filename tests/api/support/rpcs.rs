@@ -163,6 +163,34 @@ pub async fn call(
     secret: &str,
     request: Encoded,
 ) -> Result<Vec<u8>, Status> {
+    let (mut grpc, request, path) = prepare(channel, rpc, secret, request).await?;
+    grpc.unary(request, path, EncodedCodec)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Calls the server-streaming `rpc` with `request`, authenticated with
+/// `secret`; returns the stream of encoded messages, or the status.
+pub async fn call_streaming(
+    channel: &Channel,
+    rpc: &Rpc,
+    secret: &str,
+    request: Encoded,
+) -> Result<tonic::Streaming<Vec<u8>>, Status> {
+    let (mut grpc, request, path) = prepare(channel, rpc, secret, request).await?;
+    grpc.server_streaming(request, path, EncodedCodec)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// A client ready to call on `channel`, the request carrying `secret`, and
+/// the path of `rpc`.
+async fn prepare(
+    channel: &Channel,
+    rpc: &Rpc,
+    secret: &str,
+    request: Encoded,
+) -> Result<(tonic::client::Grpc<Channel>, Request<Vec<u8>>, PathAndQuery), Status> {
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready()
         .await
@@ -173,9 +201,7 @@ pub async fn call(
         format!("Bearer {secret}").parse().expect("ASCII secret"),
     );
     let path = PathAndQuery::from_str(&rpc.path()).expect("a path");
-    grpc.unary(request, path, EncodedCodec)
-        .await
-        .map(tonic::Response::into_inner)
+    Ok((grpc, request, path))
 }
 
 /// A codec for messages already encoded: bytes in, bytes out.
