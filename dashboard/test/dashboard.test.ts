@@ -193,6 +193,11 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
     assert.deepEqual(connections[0]!.dataTypes, [DataType.INQUIRY, DataType.TRANSACTION]);
     const { events } = await server.connections(a).listConnectionEvents({ connectionId: connections[0]!.id });
     assert.equal(events.length, 5);
+    // Each page's calls were made with the key it signed in with.
+    assert.deepEqual(
+      events.map((e) => e.actorApiKeyId),
+      [a.keyId, b.keyId, b.keyId, a.keyId, b.keyId],
+    );
 
     await pageA.getByRole("link", { name: "Back to connections" }).click();
     await pageA.getByRole("link", { name: `To ${b.name}` }).waitFor();
@@ -239,6 +244,48 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
     await seeState(page, "Inactive");
     const { connection: now } = await server.connections(f).getConnection({ connectionId: connection!.id });
     assert.equal(now!.state, ConnectionState.INACTIVE, "nothing was overwritten");
+  });
+
+  it("names the API key that made each change, the page's own included", async () => {
+    const t = server.newOrg("Tango Trust");
+    const deployer = server.newKey(t, "ci-deployer");
+    const u = server.newOrg("Uniform Underwriting");
+    const page = await newPage();
+    // Signed in with the organization's second key: the page's calls are made with it.
+    await signIn(page, deployer);
+    await fillNewConnection(page, u, ["Accounts"]);
+    await page.getByRole("button", { name: "Create connection" }).click();
+    await seeState(page, "Pending");
+    await page.locator("ol.history li").first().waitFor();
+    assert.match((await history(page))[0]!, /Tango Trust \(the source, by key 'ci-deployer'\) created the connection/);
+
+    // The other party acts with its own key; the open page names it.
+    const id = page.url().split("/").pop()!;
+    await server.connections(u).activateConnection({ connectionId: id });
+    await seeState(page, "Active");
+    await page.locator("ol.history li").nth(1).waitFor({ timeout: SEEN_WITHIN });
+    assert.match(
+      (await history(page))[1]!,
+      /Uniform Underwriting \(the destination, by key 'dashboard tests'\) activated it/,
+    );
+    await page.getByRole("button", { name: "Deactivate" }).click();
+    await page.getByRole("button", { name: "Confirm" }).click();
+    await seeState(page, "Inactive");
+    await page.locator("ol.history li").nth(2).waitFor({ timeout: SEEN_WITHIN });
+    assert.match((await history(page))[2]!, /\(the source, by key 'ci-deployer'\) deactivated it/);
+    await assertAccessible(page, "a history naming keys");
+
+    // The API says the same: the page's key, never the organization's other one.
+    const { events } = await server.connections(t).listConnectionEvents({ connectionId: id });
+    assert.deepEqual(
+      events.map((e) => [e.actorApiKeyId, e.actorApiKeyDisplayName]),
+      [
+        [deployer.keyId, "ci-deployer"],
+        [u.keyId, "dashboard tests"],
+        [deployer.keyId, "ci-deployer"],
+      ],
+    );
+    assert.notEqual(deployer.keyId, t.keyId);
   });
 
   it("refuses a revoked key with a sentence", async () => {

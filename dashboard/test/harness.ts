@@ -126,11 +126,16 @@ export class Server {
     return JSON.parse(out.split("\n")[0]!) as Record<string, unknown>;
   }
 
-  /** A new organization with an API key. */
+  /** A new organization with an API key named "dashboard tests". */
   newOrg(name: string): Org {
     const org = this.cli("admin", "create-org", "--name", name);
-    const key = this.cli("admin", "create-key", "--org", String(org.id), "--name", "dashboard tests");
-    return { id: String(org.id), keyId: String(key.id), key: String(key.secret), name };
+    return this.newKey({ id: String(org.id), name }, "dashboard tests");
+  }
+
+  /** Another API key of `org`, named `keyName`: the organization as it calls with that key. */
+  newKey(org: Pick<Org, "id" | "name">, keyName: string): Org {
+    const key = this.cli("admin", "create-key", "--org", org.id, "--name", keyName);
+    return { id: org.id, keyId: String(key.id), key: String(key.secret), name: org.name };
   }
 
   /** ConnectionService as `org`, over gRPC-Web, to check through the API what the page did. */

@@ -398,12 +398,18 @@ function append(events: ConnectionEvent[], event: ConnectionEvent): boolean {
   return true;
 }
 
+/**
+ * One event: when, which organization in which role, with which of its API keys (events recorded
+ * before keys were name none), what it did.
+ */
 function HistoryEntry({ event }: { event: ConnectionEvent }) {
   const actor = useOrganizationName(event.actorOrganizationId);
+  const key = event.actorApiKeyDisplayName;
   return (
     <li>
       <time dateTime={iso(event.createTime)}>{when(event.createTime)}</time>:{" "}
-      <strong>{actor ?? "An organization"}</strong> ({ROLE_WORDS[event.actorRole]}) {EVENT_WORDS[event.type]}
+      <strong>{actor ?? "An organization"}</strong> ({ROLE_WORDS[event.actorRole]}
+      {key ? <span class="key">, by key '{key}'</span> : null}) {EVENT_WORDS[event.type]}
       {event.toState !== ConnectionState.UNSPECIFIED ? ` (now ${STATE_WORDS[event.toState]})` : ""}.
       {event.reason ? <span class="reason"> Reason: {event.reason}</span> : null}
     </li>
