@@ -296,6 +296,9 @@ def test_lifecycle(server, stub):
     assert all(e.connection_id == conn.id for e in events)
     assert [e.actor_organization_id for e in events] == [
         source.id, destination.id, source.id, source.id, destination.id]
+    # Each event names the API key that made it (each organization here has one).
+    assert {e.actor_api_key_display_name for e in events} == {"python tests"}
+    assert len({e.actor_api_key_id for e in events}) == 2 and all(e.actor_api_key_id for e in events)
     assert events[-1].to_state == now.state
 
 

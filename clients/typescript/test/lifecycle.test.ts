@@ -268,6 +268,9 @@ for (const variant of VARIANTS) {
         events.map((e) => e.actorOrganizationId),
         [source.id, destination.id, source.id, source.id, destination.id],
       );
+      // Each event names the API key that made it (each organization here has one).
+      assert.ok(events.every((e) => e.actorApiKeyId !== "" && e.actorApiKeyDisplayName === "typescript tests"));
+      assert.equal(new Set(events.map((e) => e.actorApiKeyId)).size, 2);
       assert.equal(events.at(-1)?.toState, now.connection?.state);
     });
   });
