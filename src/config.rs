@@ -33,7 +33,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Apply pending migrations, then serve gRPC until SIGINT or SIGTERM.
+    /// Apply pending migrations (unless --no-migrate), then serve gRPC until
+    /// SIGINT or SIGTERM.
     Serve(Box<Settings>),
     /// Apply pending migrations and exit.
     Migrate(DatabaseSettings),
@@ -207,6 +208,18 @@ pub struct Settings {
         value_parser = FalseyValueParser::new(),
     )]
     pub dashboard: bool,
+
+    /// Do not apply pending migrations at start, for deployments that run
+    /// `connections migrate` as a step of their own: the server then refuses
+    /// to start (exit code 3) while the database lacks a migration it needs.
+    /// `CONNECTIONS_MIGRATE=false` does the same.
+    #[arg(
+        long = "no-migrate",
+        env = "CONNECTIONS_MIGRATE",
+        value_parser = FalseyValueParser::new(),
+        action = ArgAction::SetFalse,
+    )]
+    pub migrate: bool,
 
     /// Address for Prometheus metrics (GET /metrics); off by default.
     #[arg(long, env = "CONNECTIONS_METRICS_LISTEN")]

@@ -6,7 +6,6 @@ use std::{
     time::Duration,
 };
 
-use migration::{Migrator, MigratorTrait};
 use sea_orm::{
     ConnAcquireErr, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
     DatabaseTransaction, DbBackend, DbErr, SqliteTransactionMode, TransactionOptions,
@@ -271,29 +270,87 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTransaction, Db
 }
 
 /// Connects to the database and applies pending migrations (see [`migrate`]).
-pub async fn connect_and_migrate(settings: &DatabaseSettings) -> Result<DatabaseConnection, DbErr> {
+pub async fn connect_and_migrate(
+    settings: &DatabaseSettings,
+) -> Result<(DatabaseConnection, Schema), DbErr> {
     let db = connect(settings).await?;
-    migrate(&db).await?;
-    Ok(db)
+    let schema = migrate(&db).await?;
+    Ok((db, schema))
 }
 
 /// The PostgreSQL advisory lock held while migrating ("cnx-migr" in ASCII).
 pub const MIGRATION_LOCK: i64 = 0x636e_782d_6d69_6772;
+
+/// The database's schema compared with this release's migrations.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Schema {
+    /// This release's migrations that the database has not applied, in order.
+    pub pending: Vec<String>,
+    /// Migrations the database has applied that this release does not know,
+    /// oldest first: a later release applied them.
+    pub unknown: Vec<String>,
+}
+
+impl Schema {
+    fn of(status: &migration::applied::Status) -> Self {
+        Self {
+            pending: status
+                .pending
+                .iter()
+                .map(|migration| migration.name().to_owned())
+                .collect(),
+            unknown: status.unknown.clone(),
+        }
+    }
+
+    /// Logs a warning if the schema is newer than this release. It still
+    /// serves: migrations only add to the schema, and what it does not know
+    /// of, it neither reads nor needs.
+    pub fn warn_if_newer(&self) {
+        if !self.unknown.is_empty() {
+            tracing::warn!(
+                unknown_migrations = %self.unknown.join(", "),
+                "the database's schema is newer than this release: it has migrations this \
+                 release does not know ({}), applied by a later release; going on, since \
+                 migrations only add to the schema",
+                self.unknown.join(", ")
+            );
+        }
+    }
+}
+
+/// How the database's schema compares with this release's, read without
+/// changing anything.
+pub async fn schema(db: &DatabaseConnection) -> Result<Schema, DbErr> {
+    Ok(Schema::of(&migration::applied::status(db).await?))
+}
 
 /// Applies pending migrations in one write transaction, so that replicas
 /// started together take turns: on PostgreSQL the transaction first takes an
 /// advisory lock (released when it ends, or when its session dies), on SQLite
 /// it holds the write lock from the start. The first replica applies every
 /// pending migration, or none if one fails; the others then find nothing left
-/// to do.
-pub async fn migrate(db: &DatabaseConnection) -> Result<(), DbErr> {
+/// to do. Migrations a later release applied are left alone (see
+/// [`migration::applied`]). Returns the schema as it is then: nothing
+/// pending, and what this release does not know.
+pub async fn migrate(db: &DatabaseConnection) -> Result<Schema, DbErr> {
     let txn = begin_write(db).await?;
     if db.get_database_backend() == DbBackend::Postgres {
         txn.execute_unprepared(&format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"))
             .await?;
     }
-    Migrator::up(&*txn, None).await?;
-    txn.commit().await
+    let status = migration::applied::status(&*txn).await?;
+    for migration in &status.pending {
+        migration::applied::apply(&*txn, migration.as_ref()).await?;
+    }
+    txn.commit().await?;
+    for migration in &status.pending {
+        tracing::info!(migration = migration.name(), "migration applied");
+    }
+    Ok(Schema {
+        pending: Vec::new(),
+        unknown: status.unknown,
+    })
 }
 
 /// A short name of the backend, for logs (never the URL: it may hold a password).

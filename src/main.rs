@@ -8,7 +8,7 @@ use connections::{
     db,
     domain::{ApiKeyId, DisplayName, OrganizationId, PageSize},
     service::{ApiKeys, Organizations, PageTokens, secrets},
-    startup::Application,
+    startup::{Application, StartupError},
     telemetry,
 };
 use serde_json::json;
@@ -49,8 +49,19 @@ async fn main() -> ExitCode {
         Err(err) => {
             tracing::error!(error = %err, "failed");
             eprintln!("error: {err}");
-            ExitCode::FAILURE
+            exit_code(err.as_ref())
         }
+    }
+}
+
+/// What the process exits with after `err`: 1, or a code of its own for a
+/// failure a deployment may want to tell apart. (Invalid options exit with 2,
+/// from the command line parser.)
+fn exit_code(err: &(dyn std::error::Error + 'static)) -> ExitCode {
+    match err.downcast_ref::<StartupError>() {
+        // Serving without migrating on a database that needs `connections migrate`.
+        Some(StartupError::SchemaBehind { .. }) => ExitCode::from(3),
+        _ => ExitCode::FAILURE,
     }
 }
 
@@ -97,7 +108,8 @@ fn shutdown_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'stati
 }
 
 async fn migrate(settings: DatabaseSettings) -> Result<(), Error> {
-    let db = db::connect_and_migrate(&settings).await?;
+    let (db, schema) = db::connect_and_migrate(&settings).await?;
+    schema.warn_if_newer();
     connections::entity::change_log::continue_after_move(&db).await?;
     db.close().await?;
     tracing::info!("migrations applied");
@@ -113,7 +125,8 @@ fn rfc3339(time: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 async fn admin(args: AdminArgs) -> Result<(), Error> {
-    let db = db::connect_and_migrate(&args.database).await?;
+    let (db, schema) = db::connect_and_migrate(&args.database).await?;
+    schema.warn_if_newer();
     let tokens = PageTokens::new(secrets::shared_key(&db, PageTokens::SECRET_NAME).await?);
     let organizations = Organizations::new(db.clone(), db.clone().into(), tokens);
     let keys = ApiKeys::new(db.clone(), db.clone().into());

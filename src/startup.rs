@@ -30,6 +30,18 @@ pub enum StartupError {
     /// Connecting to, or migrating, the database failed.
     #[error("database: {0}")]
     Database(#[from] DbErr),
+    /// Serving without migrating (`--no-migrate`), on a database that lacks
+    /// migrations this release needs.
+    #[error(
+        "the database's schema is older than this release: {} migration(s) pending ({}); \
+         run `connections migrate` of this release first, or serve without --no-migrate",
+        pending.len(),
+        pending.join(", ")
+    )]
+    SchemaBehind {
+        /// The migrations the database lacks, in order.
+        pending: Vec<String>,
+    },
     /// Binding the listen address failed.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -68,10 +80,25 @@ pub struct Application {
 }
 
 impl Application {
-    /// Checks the transport settings, connects, migrates and binds.
+    /// Checks the transport settings, connects, migrates (unless told not
+    /// to) and binds. A database whose schema is newer than this release
+    /// (migrations a later release applied) is served, with a warning; one
+    /// that still lacks this release's migrations is refused without
+    /// `settings.migrate` ([`StartupError::SchemaBehind`]).
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let transport = Transport::new(&settings)?;
-        let db = db::connect_and_migrate(&settings.database).await?;
+        let db = db::connect(&settings.database).await?;
+        let schema = if settings.migrate {
+            db::migrate(&db).await?
+        } else {
+            db::schema(&db).await?
+        };
+        if !schema.pending.is_empty() {
+            return Err(StartupError::SchemaBehind {
+                pending: schema.pending,
+            });
+        }
+        schema.warn_if_newer();
         change_log::continue_after_move(&db).await?;
         let reader = db::Reader::new(&db, &settings.database)?;
         let health_db = db::connect(&DatabaseSettings {

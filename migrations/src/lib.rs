@@ -2,8 +2,15 @@
 //!
 //! Migrations are append-only: once released, a migration is never edited; a
 //! schema change is a new migration at the end of [`Migrator::migrations`].
+//! A migration only expands the schema, so that the previous release keeps
+//! serving on it (see ARCHITECTURE.md, "Change the schema").
+//!
+//! Apply them with [`applied`] (as `connections::db::migrate` does), never
+//! with `MigratorTrait::up`: see [`applied`] for why.
 
 pub use sea_orm_migration::prelude::*;
+
+pub mod applied;
 
 mod m20261128_000001_create_organizations;
 mod m20261128_000002_create_api_keys;
@@ -17,7 +24,7 @@ mod m20261201_000009_change_log_notify;
 mod m20261207_000010_change_log_epochs;
 mod m20261207_000011_event_actor_api_key;
 
-/// Applies the service's migrations in order.
+/// The service's migrations, in order.
 pub struct Migrator;
 
 #[async_trait::async_trait]

@@ -503,14 +503,12 @@ mod tests {
         domain::DisplayName,
         service::{Organizations, PageTokens},
     };
-    use migration::{Migrator, MigratorTrait};
-
     /// API keys over a new database, and a key of a new organization.
     async fn setup() -> (ApiKeys, OrganizationId, String) {
         let db = connect(&DatabaseSettings::new("sqlite::memory:"))
             .await
             .unwrap();
-        Migrator::up(&db, None).await.unwrap();
+        crate::db::migrate(&db).await.unwrap();
         let organizations =
             Organizations::new(db.clone(), db.clone().into(), PageTokens::new([1; 32]));
         let org = organizations

@@ -299,11 +299,10 @@ mod tests {
 
     #[tokio::test]
     async fn expired_records_are_deleted_oldest_first_in_batches_of_the_limit() {
-        use migration::{Migrator, MigratorTrait};
         let db = db::connect(&crate::config::DatabaseSettings::new("sqlite::memory:"))
             .await
             .unwrap();
-        Migrator::up(&db, None).await.unwrap();
+        db::migrate(&db).await.unwrap();
         let org = uuid::Uuid::now_v7();
         let cutoff = Utc::now() - chrono::Duration::hours(24);
         insert_records(&db, org, cutoff - chrono::Duration::hours(1), 2_500).await;

@@ -63,7 +63,6 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
 pub(crate) mod testing {
     //! What the business layer's tests start from.
 
-    use migration::{Migrator, MigratorTrait};
     use sea_orm::DatabaseConnection;
 
     use super::{ApiKeys, Organizations, PageTokens, connections::NewConnection};
@@ -89,7 +88,7 @@ pub(crate) mod testing {
         let db = connect(&DatabaseSettings::new("sqlite::memory:"))
             .await
             .unwrap();
-        Migrator::up(&db, None).await.unwrap();
+        crate::db::migrate(&db).await.unwrap();
         let tokens = PageTokens::new([1; 32]);
         let orgs = Organizations::new(db.clone(), db.clone().into(), tokens.clone());
         let keys = ApiKeys::new(db.clone(), db.clone().into());

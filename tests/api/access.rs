@@ -368,14 +368,13 @@ async fn a_server_started_later_builds_its_index_from_the_database_and_keeps_it_
 #[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and pass --include-ignored"]
 async fn a_replica_started_during_a_burst_of_writes_keeps_its_index_current_however_small_its_feed_buffer()
  {
-    use migration::{Migrator, MigratorTrait};
     use sea_orm::{ConnectionTrait, Database};
 
     crate::support::require_postgres();
     // 60,000 connections the index must read whenever it starts over.
     let (database, url) = crate::support::TestDatabase::create(false).await;
     let db = Database::connect(&url).await.unwrap();
-    Migrator::up(&db, None).await.unwrap();
+    connections::db::migrate(&db).await.unwrap();
     let bulk = |prefix: &str| format!("('{prefix}' || lpad(to_hex(n), 12, '0'))::uuid");
     db.execute_unprepared(&format!(
         "INSERT INTO organizations (id, display_name, create_time) \

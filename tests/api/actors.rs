@@ -395,7 +395,7 @@ async fn events_recorded_without_a_key_read_back_with_the_key_fields_empty() {
     append_as_previous_release(&*txn, &created).await;
     txn.commit().await.unwrap();
 
-    Migrator::up(&db, None).await.unwrap();
+    db::migrate(&db).await.unwrap();
 
     // During the rolling upgrade, the previous release activates it.
     let change = |record: &ConnectionRecord, action, caller| {

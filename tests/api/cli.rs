@@ -363,3 +363,128 @@ async fn sigterm_while_serve_waits_for_the_migration_lock_stops_it_at_once() {
     assert_stopped_during_start_up(took, &output);
     replica.close().await.unwrap();
 }
+
+/// The tables of the SQLite database at `path`.
+async fn tables(url: &str) -> Vec<String> {
+    use sea_orm::{ConnectionTrait, Database, Statement};
+    let db = Database::connect(url).await.unwrap();
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+        ))
+        .await
+        .unwrap();
+    db.close().await.unwrap();
+    rows.iter()
+        .map(|row| row.try_get::<String>("", "name").unwrap())
+        .collect()
+}
+
+fn remove_database(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.to_path_buf().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+/// What `connections migrate` on `url` did.
+fn migrate(url: &str) -> std::process::Output {
+    Command::new(BIN)
+        .arg("migrate")
+        .env("CONNECTIONS_DATABASE_URL", url)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap()
+}
+
+/// `serve --no-migrate` (or `CONNECTIONS_MIGRATE=false`) is for deployments
+/// that run `connections migrate` as a step of their own: on a database that
+/// still needs it, the server does not start, says what to run, exits with
+/// code 3 and leaves the database as it was. Once migrated, it serves.
+#[tokio::test]
+async fn serve_without_migrating_refuses_a_database_that_needs_migrate_with_exit_code_3() {
+    let (url, path) = database_url();
+    for from_env in [false, true] {
+        let mut command = serve_command(&url);
+        match from_env {
+            false => command.arg("--no-migrate"),
+            true => command.env("CONNECTIONS_MIGRATE", "false"),
+        };
+        let output = exits_within_10_seconds(command);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(3), "{stderr}");
+        assert!(stderr.contains("run `connections migrate`"), "{stderr}");
+        assert!(
+            stderr.contains("m20261128_000001_create_organizations"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        let tables = tables(&url).await;
+        assert!(tables.is_empty(), "serve --no-migrate made {tables:?}");
+    }
+
+    let output = migrate(&url);
+    assert!(output.status.success(), "{output:?}");
+    for (args, env) in [
+        (&["--no-migrate"][..], &[][..]),
+        (&[][..], &[("CONNECTIONS_MIGRATE", "false")][..]),
+    ] {
+        let server = crate::support::process::Server::start_with(&url, args, env).await;
+        let org = crate::support::process::new_org(&url, "After migrate");
+        server
+            .client(&org)
+            .get_connection(connections::proto::GetConnectionRequest {
+                connection_id: crate::support::unknown_id(),
+            })
+            .await
+            .expect_err("no such connection");
+        server.signal("-TERM");
+        assert!(server.wait().await.success());
+    }
+    remove_database(&path);
+}
+
+/// A database a later release has migrated (a migration this release does
+/// not know) is served, with or without `--no-migrate`, and the log names
+/// the migration; `connections migrate` succeeds on it too.
+#[tokio::test]
+async fn serve_on_a_schema_newer_than_the_release_serves_and_logs_the_unknown_migrations() {
+    let (url, path) = database_url();
+    let db = connections::db::connect(&connections::config::DatabaseSettings::new(&url))
+        .await
+        .unwrap();
+    connections::db::migrate(&db).await.unwrap();
+    let later = crate::migrations::apply_a_later_release_s_migration(&db).await;
+    db.close().await.unwrap();
+
+    for args in [&[][..], &["--no-migrate"][..]] {
+        let server = crate::support::process::Server::start_with(&url, args, &[]).await;
+        let org = crate::support::process::new_org(&url, "On a newer schema");
+        let own = OrganizationServiceClient::with_interceptor(
+            server.channel.clone(),
+            Bearer::new(&org.key),
+        )
+        .get_organization(GetOrganizationRequest::default())
+        .await
+        .expect("serves")
+        .into_inner();
+        assert_eq!(own.organization.unwrap().id, org.id);
+        let log = server.log();
+        assert!(
+            log.lines().any(|line| line.contains("WARN")
+                && line.contains("newer")
+                && line.contains(later)),
+            "{args:?}: {log}"
+        );
+        server.signal("-TERM");
+        assert!(server.wait().await.success());
+    }
+
+    let output = migrate(&url);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains(later), "{stderr}");
+    remove_database(&path);
+}

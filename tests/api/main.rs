@@ -31,5 +31,6 @@ mod standard_services;
 mod support;
 mod transitions;
 mod transports;
+mod upgrade;
 mod watch;
 mod watch_guarantees;

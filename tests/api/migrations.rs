@@ -1,4 +1,5 @@
-//! Schema migrations when several replicas start at once.
+//! Schema migrations: several replicas starting at once, where each
+//! migration is recorded, and a schema newer or older than the release.
 
 use chrono::{DateTime, Utc};
 use connections::{
@@ -8,13 +9,66 @@ use connections::{
     grpc::convert::encode_connection,
     service::idempotency::{Claim, IdempotencyKey, claim},
 };
-use migration::{Migrator, MigratorTrait};
+use migration::{
+    Migrator, MigratorTrait,
+    applied::{self, FIRST_RELEASE, FIRST_RELEASE_TABLE, LATER_TABLE},
+};
 use sea_orm::{
-    ConnectionTrait, Statement,
-    sea_query::{Alias, Query},
+    ConnectionTrait, DatabaseConnection, Statement,
+    sea_query::{Alias, ColumnDef, Query, Table},
 };
 
 use crate::support::{AppOptions, TestDatabase, spawn_replicas};
+
+/// A migration of a release later than this build, which this build does
+/// not know: it adds a table.
+struct LaterMigration;
+
+/// The name of [`LaterMigration`].
+pub const LATER_MIGRATION: &str = "m20991231_000099_a_later_release_s_table";
+
+impl migration::MigrationName for LaterMigration {
+    fn name(&self) -> &str {
+        LATER_MIGRATION
+    }
+}
+
+#[migration::async_trait::async_trait]
+impl migration::MigrationTrait for LaterMigration {
+    async fn up(&self, manager: &migration::SchemaManager) -> Result<(), sea_orm::DbErr> {
+        manager
+            .create_table(
+                Table::create()
+                    .table(Alias::new("a_later_release_s_table"))
+                    .col(ColumnDef::new(Alias::new("id")).integer().primary_key())
+                    .to_owned(),
+            )
+            .await
+    }
+}
+
+/// Applies, to the migrated database `db`, a migration of a later release
+/// that this build does not know, as that release's `connections migrate`
+/// would; returns its name.
+pub async fn apply_a_later_release_s_migration(db: &DatabaseConnection) -> &'static str {
+    let txn = db::begin_write(db).await.unwrap();
+    applied::apply(&*txn, &LaterMigration).await.unwrap();
+    txn.commit().await.unwrap();
+    LATER_MIGRATION
+}
+
+/// The versions recorded in `table`, in order.
+async fn recorded(db: &DatabaseConnection, table: &str) -> Vec<String> {
+    db.query_all_raw(Statement::from_string(
+        db.get_database_backend(),
+        format!("SELECT version FROM {table} ORDER BY version"),
+    ))
+    .await
+    .unwrap_or_else(|err| panic!("the records in {table}: {err}"))
+    .iter()
+    .map(|row| row.try_get("", "version").expect("version"))
+    .collect()
+}
 
 /// A rollout starts every replica at the same moment against a database that
 /// has pending migrations: each replica must start, and each migration must
@@ -31,16 +85,11 @@ async fn replicas_starting_together_on_a_new_database_all_start_and_apply_each_m
     .await;
 
     let db = &replicas[0].server_db;
-    let applied: Vec<String> = db
-        .query_all_raw(Statement::from_string(
-            db.get_database_backend(),
-            "SELECT version FROM seaql_migrations ORDER BY version",
-        ))
-        .await
-        .expect("migration records")
-        .iter()
-        .map(|row| row.try_get("", "version").expect("version"))
-        .collect();
+    let mut applied = recorded(db, FIRST_RELEASE_TABLE).await;
+    assert_eq!(db::schema(db).await.unwrap(), db::Schema::default());
+    if Migrator::migrations().len() > FIRST_RELEASE.len() {
+        applied.extend(recorded(db, LATER_TABLE).await);
+    }
     let expected: Vec<String> = Migrator::migrations()
         .iter()
         .map(|migration| migration.name().to_owned())
@@ -133,7 +182,7 @@ async fn a_request_id_recorded_as_json_before_an_upgrade_replays_the_same_respon
         .to_owned();
     db.execute(&insert).await.unwrap();
 
-    Migrator::up(&db, None).await.unwrap();
+    db::migrate(&db).await.unwrap();
 
     let txn = db::begin_write(&db).await.unwrap();
     let Claim::Replay(recorded) = claim(&*txn, &key).await.unwrap() else {
@@ -143,5 +192,105 @@ async fn a_request_id_recorded_as_json_before_an_upgrade_replays_the_same_respon
     // Recorded before change tokens existed: it replays without one.
     assert_eq!(recorded.change_token, "");
     txn.rollback().await.unwrap();
+    db.close().await.unwrap();
+}
+
+/// The migrations of the first release, applied as it applies them.
+struct FirstRelease;
+
+impl MigratorTrait for FirstRelease {
+    fn migrations() -> Vec<Box<dyn migration::MigrationTrait>> {
+        Migrator::migrations()
+            .into_iter()
+            .take(FIRST_RELEASE.len())
+            .collect()
+    }
+}
+
+/// The first release (v0.1.0) records its migrations in `seaql_migrations`
+/// and refuses to start when that table names a migration it does not know.
+/// Its migrations are this build's first ones, recorded there; every later
+/// one is recorded elsewhere.
+#[tokio::test]
+async fn only_the_first_release_s_migrations_are_recorded_where_the_first_release_reads() {
+    let names: Vec<String> = Migrator::migrations()
+        .iter()
+        .map(|migration| migration.name().to_owned())
+        .collect();
+    assert_eq!(names[..FIRST_RELEASE.len()], FIRST_RELEASE);
+    for name in &names[FIRST_RELEASE.len()..] {
+        assert_eq!(applied::table_of(name), LATER_TABLE, "{name}");
+    }
+
+    let (_database, url) = TestDatabase::create(false).await;
+    let db = db::connect(&DatabaseSettings::new(url)).await.unwrap();
+    let schema = db::migrate(&db).await.unwrap();
+    assert_eq!(schema, db::Schema::default());
+    assert_eq!(recorded(&db, FIRST_RELEASE_TABLE).await, FIRST_RELEASE);
+
+    // A later release's migration, and the check the first release makes
+    // at every start: sea-orm-migration's own, on `seaql_migrations`.
+    apply_a_later_release_s_migration(&db).await;
+    let first_release_pending = FirstRelease::get_pending_migrations(&db)
+        .await
+        .expect("the first release's check of its migrations passes");
+    assert!(
+        first_release_pending.is_empty(),
+        "{:?}",
+        first_release_pending
+            .iter()
+            .map(|migration| migration.name().to_owned())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(recorded(&db, FIRST_RELEASE_TABLE).await, FIRST_RELEASE);
+    let mut later = names[FIRST_RELEASE.len()..].to_vec();
+    later.push(LATER_MIGRATION.to_owned());
+    assert_eq!(recorded(&db, LATER_TABLE).await, later);
+    db.close().await.unwrap();
+}
+
+/// sea-orm-migration's `Migrator::up` refuses to run on a database that
+/// has a migration it does not know. This release migrates such a database
+/// (a later release migrated it, and this one still serves or is rolled
+/// back to): it applies what it lacks and leaves the rest.
+#[tokio::test]
+async fn a_schema_with_a_later_release_s_migration_is_migrated_and_reported_newer() {
+    let (_database, url) = TestDatabase::create(false).await;
+    let db = db::connect(&DatabaseSettings::new(url)).await.unwrap();
+    db::migrate(&db).await.unwrap();
+    apply_a_later_release_s_migration(&db).await;
+    // And one of this release's migrations still to apply.
+    Migrator::down(&db, Some(1)).await.unwrap();
+    let last = FIRST_RELEASE[FIRST_RELEASE.len() - 1].to_owned();
+
+    let before = db::schema(&db).await.unwrap();
+    assert_eq!(before.pending, std::slice::from_ref(&last));
+    assert_eq!(before.unknown, [LATER_MIGRATION]);
+    let after = db::migrate(&db).await.expect("migrates a newer schema");
+    assert_eq!(after.pending, Vec::<String>::new());
+    assert_eq!(after.unknown, [LATER_MIGRATION]);
+    assert_eq!(db::schema(&db).await.unwrap(), after);
+    assert_eq!(recorded(&db, FIRST_RELEASE_TABLE).await, FIRST_RELEASE);
+    db.close().await.unwrap();
+}
+
+/// Reading the schema's state changes nothing, even on an empty database:
+/// a server started with `--no-migrate` leaves it as it found it.
+#[tokio::test]
+async fn reading_the_schema_of_an_empty_database_finds_every_migration_pending_and_creates_nothing()
+{
+    let (_database, url) = TestDatabase::create(false).await;
+    let db = db::connect(&DatabaseSettings::new(url)).await.unwrap();
+    let schema = db::schema(&db).await.unwrap();
+    let every: Vec<String> = Migrator::migrations()
+        .iter()
+        .map(|migration| migration.name().to_owned())
+        .collect();
+    assert_eq!(schema.pending, every);
+    assert!(schema.unknown.is_empty());
+    let manager = migration::SchemaManager::new(&db);
+    for table in [FIRST_RELEASE_TABLE, LATER_TABLE, "organizations"] {
+        assert!(!manager.has_table(table).await.unwrap(), "{table}");
+    }
     db.close().await.unwrap();
 }

@@ -15,7 +15,6 @@ use connections::{
         TransitionRequest, Written, idempotency::Outcome,
     },
 };
-use migration::{Migrator, MigratorTrait};
 use proptest::test_runner::TestCaseError;
 use prost::Message;
 use sea_orm::DatabaseConnection;
@@ -47,7 +46,7 @@ impl ServiceLayer {
             max_connections: 4,
         };
         let db = connect(&settings).await.expect("test database");
-        Migrator::up(&db, None).await.expect("migrations");
+        connections::db::migrate(&db).await.expect("migrations");
         let reader = Reader::new(&db, &settings).expect("read pool");
         let tokens = PageTokens::new([7; 32]);
         Self {

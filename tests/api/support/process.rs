@@ -66,6 +66,8 @@ pub struct Server {
     pub channel: Channel,
     /// Where it listens.
     pub addr: std::net::SocketAddr,
+    /// Where its standard error (its log) goes.
+    log: LogFile,
 }
 
 impl Server {
@@ -76,23 +78,30 @@ impl Server {
 
     /// [`Server::start`], with more options and environment variables.
     pub async fn start_with(url: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_binary(BIN, url, args, env).await
+    }
+
+    /// [`Server::start_with`], running the binary at `bin` (e.g. a previous
+    /// release's).
+    pub async fn start_binary(bin: &str, url: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
+        let log = LogFile::new();
         #[allow(clippy::zombie_processes)] // waited for in `wait` or on drop
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(args)
             .envs(env.iter().copied())
             .env("CONNECTIONS_DATABASE_URL", url)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log.0).expect("a log file"))
             .spawn()
-            .expect("start server");
-        for _ in 0..200 {
+            .unwrap_or_else(|err| panic!("start {bin}: {err}"));
+        for _ in 0..400 {
             if let Ok(channel) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
                 .unwrap()
                 .connect()
@@ -102,16 +111,22 @@ impl Server {
                     child: Some(child),
                     channel,
                     addr: ([127, 0, 0, 1], port).into(),
+                    log,
                 };
             }
             if let Some(status) = child.try_wait().expect("poll the server") {
-                panic!("the server exited at start: {status}");
+                panic!("the server exited at start: {status}\n{}", log.read());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = child.kill();
         let _ = child.wait();
-        panic!("server did not start");
+        panic!("server did not start\n{}", log.read());
+    }
+
+    /// What the server has logged so far.
+    pub fn log(&self) -> String {
+        self.log.read()
     }
 
     /// A client calling as `org`.
@@ -178,5 +193,27 @@ impl Drop for Server {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A server's log: a file in the temporary directory, removed on drop.
+struct LogFile(std::path::PathBuf);
+
+impl LogFile {
+    fn new() -> Self {
+        Self(std::env::temp_dir().join(format!("connections-serve-{}.log", uuid::Uuid::now_v7())))
+    }
+
+    /// The text logged so far.
+    fn read(&self) -> String {
+        std::fs::read(&self.0)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for LogFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
