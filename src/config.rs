@@ -221,6 +221,17 @@ pub struct Settings {
     )]
     pub migrate: bool,
 
+    /// Write an access log: one JSON line per call on standard output (the
+    /// diagnostic log goes to standard error), naming the method, gRPC code
+    /// and reason, caller, duration, peer and request ID. Never a secret.
+    #[arg(
+        long = "access-log",
+        env = "CONNECTIONS_ACCESS_LOG",
+        value_parser = FalseyValueParser::new(),
+        action = ArgAction::SetTrue,
+    )]
+    pub access_log: bool,
+
     /// Address for Prometheus metrics (GET /metrics); off by default.
     #[arg(long, env = "CONNECTIONS_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -545,6 +556,24 @@ pub enum AdminCommand {
     },
     /// List every organization.
     ListOrgs,
+    /// Print the audit log, oldest first, one JSON object per line: every
+    /// organization created and API key created or revoked, with the
+    /// credential that did it.
+    Audit {
+        /// Only this action: organization.created, api_key.created or
+        /// api_key.revoked.
+        #[arg(long)]
+        action: Option<String>,
+        /// Only entries about this organization's or API key's ID.
+        #[arg(long)]
+        target: Option<String>,
+        /// Only entries made at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only entries made before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
+    },
 }
 
 #[cfg(test)]

@@ -6,8 +6,11 @@ use clap::Parser;
 use connections::{
     config::{AdminArgs, AdminCommand, Cli, Command, DatabaseSettings, LogFormat, Settings},
     db,
-    domain::{ApiKeyId, DisplayName, OrganizationId, PageSize},
-    service::{ApiKeys, Organizations, PageTokens, secrets},
+    domain::{
+        Actor, ApiKeyId, AuditAction, AuditFilter, DisplayName, OrganizationId, PageSize,
+        VariantArray,
+    },
+    service::{ApiKeys, AuditLog, Organizations, PageTokens, secrets},
     startup::{Application, StartupError},
     telemetry,
 };
@@ -128,8 +131,9 @@ async fn admin(args: AdminArgs) -> Result<(), Error> {
     let (db, schema) = db::connect_and_migrate(&args.database).await?;
     schema.warn_if_newer();
     let tokens = PageTokens::new(secrets::shared_key(&db, PageTokens::SECRET_NAME).await?);
-    let organizations = Organizations::new(db.clone(), db.clone().into(), tokens);
+    let organizations = Organizations::new(db.clone(), db.clone().into(), tokens.clone());
     let keys = ApiKeys::new(db.clone(), db.clone().into());
+    let actor = Actor::command_line();
     let organization_json = |org: connections::domain::Organization| {
         json!({
             "id": org.id.to_string(),
@@ -151,7 +155,9 @@ async fn admin(args: AdminArgs) -> Result<(), Error> {
     match args.command {
         AdminCommand::CreateOrg { name } => {
             let name = DisplayName::parse(&name).map_err(|err| format!("--name {err}"))?;
-            print(&organization_json(organizations.create(name).await?));
+            print(&organization_json(
+                organizations.create(&actor, name).await?,
+            ));
         }
         AdminCommand::CreateKey { org, name } => {
             let org = OrganizationId::parse(&org).map_err(|err| format!("--org {err}"))?;
@@ -163,14 +169,79 @@ async fn admin(args: AdminArgs) -> Result<(), Error> {
                     .as_str()
                     .to_owned()
             };
-            let (key, secret) = keys.create(org, name).await?;
+            let (key, secret) = keys.create(&actor, org, name).await?;
             let mut value = key_json(&key);
             value["secret"] = json!(secret);
             print(&value);
         }
         AdminCommand::RevokeKey { key } => {
             let id = ApiKeyId::parse(&key).map_err(|err| format!("--key {err}"))?;
-            print(&key_json(&keys.revoke(id).await?));
+            print(&key_json(&keys.revoke(&actor, id).await?));
+        }
+        AdminCommand::Audit {
+            action,
+            target,
+            since,
+            until,
+        } => {
+            let time = |option: &str, value: Option<String>| {
+                value
+                    .map(|value| {
+                        chrono::DateTime::parse_from_rfc3339(&value)
+                            .map(|time| time.to_utc())
+                            .map_err(|err| format!("--{option} must be an RFC 3339 time: {err}"))
+                    })
+                    .transpose()
+            };
+            let filter = AuditFilter {
+                action: action
+                    .map(|action| {
+                        action.parse::<AuditAction>().map_err(|_| {
+                            format!(
+                                "--action must be one of {}",
+                                AuditAction::VARIANTS
+                                    .iter()
+                                    .map(|a| a.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            )
+                        })
+                    })
+                    .transpose()?,
+                target_id: target
+                    .map(|target| {
+                        connections::domain::ids::parse_uuid(&target)
+                            .map_err(|err| format!("--target {err}"))
+                    })
+                    .transpose()?,
+                start_time: time("since", since)?,
+                end_time: time("until", until)?,
+            };
+            let log = AuditLog::of(&db, tokens);
+            let page_size = PageSize::from_request(500).expect("positive");
+            let mut token: Option<String> = None;
+            loop {
+                let page = log.list(&filter, page_size, token.as_deref()).await?;
+                for event in page.items {
+                    print(&json!({
+                        "id": event.id.to_string(),
+                        "occur_time": rfc3339(event.occur_time),
+                        "action": event.action.to_string(),
+                        "credential_kind": event.credential_kind.to_string(),
+                        "credential_id": event.credential_id,
+                        "target_type": event.target_type.to_string(),
+                        "target_id": event.target_id.to_string(),
+                        "organization_id": event.organization_id.to_string(),
+                        "target_display_name": event.target_display_name,
+                        "peer": event.peer,
+                        "request_id": event.request_id,
+                    }));
+                }
+                match page.next_page_token {
+                    Some(next) => token = Some(next),
+                    None => break,
+                }
+            }
         }
         AdminCommand::ListOrgs => {
             let page_size = PageSize::from_request(500).expect("positive");

@@ -14,13 +14,15 @@ use crate::{
     db,
     entity::change_log,
     grpc::{
-        AdminToken, convert,
+        AdminToken,
+        call::AccessLog,
+        convert,
         server::{self, Services, Transport, TransportError},
     },
     metrics::{self, Metrics},
     service::{
-        Access, ApiKeys, ChangeFeed, ChangeTokens, Connections, Organizations, PageTokens,
-        WatchLimits, Watches, secrets,
+        Access, ApiKeys, AuditLog, ChangeFeed, ChangeTokens, Connections, Organizations,
+        PageTokens, WatchLimits, Watches, secrets,
     },
 };
 
@@ -128,11 +130,12 @@ impl Application {
                     unread_timeout: settings.watch_unread_timeout,
                 },
             ),
-            organizations: Organizations::new(db.clone(), reader.clone(), tokens),
+            organizations: Organizations::new(db.clone(), reader.clone(), tokens.clone()),
+            audit: AuditLog::new(reader.clone(), tokens),
             api_keys: ApiKeys::new(db.clone(), reader.clone()),
             admin_token: AdminToken::new(settings.admin_token.as_ref()),
             access: access.clone(),
-            access_check_token: AdminToken::new(settings.access_check_token.as_ref()),
+            access_check_token: AdminToken::access_check(settings.access_check_token.as_ref()),
         };
         let listener = bind(settings.listen).await?;
         let metrics_listener = match settings.metrics_listen {
@@ -230,8 +233,13 @@ impl Application {
             ))
         });
         let stopping = CancellationToken::new();
-        let (routes, health_reporter) =
-            server::register(self.services, self.settings.dashboard, &stopping)?;
+        let access_log = self.settings.access_log.then(AccessLog::stdout);
+        let (routes, health_reporter) = server::register(
+            self.services,
+            self.settings.dashboard,
+            access_log,
+            &stopping,
+        )?;
 
         health::report_now(
             &self.health_db,

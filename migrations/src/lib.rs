@@ -23,6 +23,7 @@ mod m20261201_000008_change_log;
 mod m20261201_000009_change_log_notify;
 mod m20261207_000010_change_log_epochs;
 mod m20261207_000011_event_actor_api_key;
+mod m20261207_000012_audit_events;
 
 /// The service's migrations, in order.
 pub struct Migrator;
@@ -42,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000009_change_log_notify::Migration),
             Box::new(m20261207_000010_change_log_epochs::Migration),
             Box::new(m20261207_000011_event_actor_api_key::Migration),
+            Box::new(m20261207_000012_audit_events::Migration),
         ]
     }
 }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 pub struct InvalidId;
 
 /// Parses a UUID in hyphenated form (36 characters; either letter case).
-fn parse_uuid(s: &str) -> Result<Uuid, InvalidId> {
+pub fn parse_uuid(s: &str) -> Result<Uuid, InvalidId> {
     if s.len() != 36 {
         return Err(InvalidId);
     }

@@ -1,5 +1,6 @@
 //! Pure domain types and rules: no I/O.
 
+pub mod audit;
 pub mod connection;
 pub mod ids;
 pub mod names;
@@ -7,6 +8,9 @@ pub mod organization;
 pub mod page;
 pub mod snapshot;
 
+pub use audit::{
+    Actor, AuditAction, AuditEvent, AuditFilter, Credential, CredentialKind, TargetType,
+};
 pub use connection::{
     Action, Change, ConnectionEvent, ConnectionRecord, ConnectionState, DataType, DataTypes,
     EventType, NewEvent, Parties, Role, TransitionError, transition,

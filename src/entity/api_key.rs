@@ -65,19 +65,19 @@ pub async fn list(
     Ok(rows.into_iter().map(from_row).collect())
 }
 
-/// Marks key `id` revoked at `at`, unless it already is.
+/// Marks key `id` revoked at `at`, unless it already is; whether it did.
 pub async fn revoke(
     conn: &impl ConnectionTrait,
     id: ApiKeyId,
     at: DateTimeUtc,
-) -> Result<(), DbErr> {
-    Entity::update_many()
+) -> Result<bool, DbErr> {
+    let result = Entity::update_many()
         .col_expr(Column::RevokeTime, at.into())
         .filter(Column::Id.eq(id.uuid()))
         .filter(Column::RevokeTime.is_null())
         .exec(conn)
         .await?;
-    Ok(())
+    Ok(result.rows_affected > 0)
 }
 
 /// Key `id` and the digest of its secret, if it exists.

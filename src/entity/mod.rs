@@ -5,6 +5,7 @@
 //! domain cannot read is a [`DbErr::Type`].
 
 pub mod api_key;
+pub mod audit_event;
 pub mod change_log;
 pub mod connection;
 pub mod connection_event;

@@ -4,17 +4,19 @@ use tonic::{Request, Response, Status};
 
 use super::{
     AdminToken,
+    call::{self, RequestId},
     validate::{self, AllOk},
 };
 use crate::{
-    domain::{ApiKeyId, DisplayName, OrganizationId},
+    domain::{Actor, ApiKeyId, AuditFilter, DisplayName, OrganizationId},
     proto::{
         CreateApiKeyRequest, CreateApiKeyResponse, CreateOrganizationRequest,
         CreateOrganizationResponse, ListApiKeysRequest, ListApiKeysResponse,
-        ListOrganizationsRequest, ListOrganizationsResponse, RevokeApiKeyRequest,
-        RevokeApiKeyResponse, admin_service_server::AdminService,
+        ListAuditEventsRequest, ListAuditEventsResponse, ListOrganizationsRequest,
+        ListOrganizationsResponse, RevokeApiKeyRequest, RevokeApiKeyResponse,
+        admin_service_server::AdminService,
     },
-    service::{ApiKeys, FieldViolation, Organizations},
+    service::{ApiKeys, AuditLog, FieldViolation, Organizations, ServiceError},
 };
 
 /// The gRPC adapter for operators, guarded by the admin token.
@@ -23,16 +25,38 @@ pub struct AdminApi {
     token: AdminToken,
     organizations: Organizations,
     keys: ApiKeys,
+    audit: AuditLog,
 }
 
 impl AdminApi {
-    /// Serves `organizations` and `keys` to holders of `token`.
-    pub fn new(token: AdminToken, organizations: Organizations, keys: ApiKeys) -> Self {
+    /// Serves `organizations`, `keys` and the `audit` log to holders of
+    /// `token`.
+    pub fn new(
+        token: AdminToken,
+        organizations: Organizations,
+        keys: ApiKeys,
+        audit: AuditLog,
+    ) -> Self {
         Self {
             token,
             organizations,
             keys,
+            audit,
         }
+    }
+
+    /// Who makes a change: the admin token (checked), from the request's
+    /// peer, under its request ID.
+    fn actor<T>(&self, request: &Request<T>) -> Result<Actor, ServiceError> {
+        self.token.check(request.metadata())?;
+        Ok(Actor {
+            credential: self.token.credential(),
+            peer: call::peer(request.extensions()).map(|peer| peer.to_string()),
+            request_id: request
+                .extensions()
+                .get::<RequestId>()
+                .map(|id| id.as_str().to_owned()),
+        })
     }
 }
 
@@ -54,10 +78,10 @@ impl AdminService for AdminApi {
         &self,
         request: Request<CreateOrganizationRequest>,
     ) -> Result<Response<CreateOrganizationResponse>, Status> {
-        self.token.check(request.metadata())?;
+        let actor = self.actor(&request)?;
         let request = request.into_inner();
         let (name,) = (display_name(&request.display_name),).all_ok()?;
-        let organization = self.organizations.create(name).await?;
+        let organization = self.organizations.create(&actor, name).await?;
         Ok(Response::new(CreateOrganizationResponse {
             organization: Some(organization.into()),
         }))
@@ -85,7 +109,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<CreateApiKeyRequest>,
     ) -> Result<Response<CreateApiKeyResponse>, Status> {
-        self.token.check(request.metadata())?;
+        let actor = self.actor(&request)?;
         let request = request.into_inner();
         let (organization_id, name) = (
             validate::id(
@@ -96,7 +120,7 @@ impl AdminService for AdminApi {
             optional_display_name(&request.display_name),
         )
             .all_ok()?;
-        let (key, secret) = self.keys.create(organization_id, name).await?;
+        let (key, secret) = self.keys.create(&actor, organization_id, name).await?;
         Ok(Response::new(CreateApiKeyResponse {
             api_key: Some(key.into()),
             secret,
@@ -125,7 +149,7 @@ impl AdminService for AdminApi {
         &self,
         request: Request<RevokeApiKeyRequest>,
     ) -> Result<Response<RevokeApiKeyResponse>, Status> {
-        self.token.check(request.metadata())?;
+        let actor = self.actor(&request)?;
         let request = request.into_inner();
         let (id,) = (validate::id(
             "api_key_id",
@@ -133,9 +157,46 @@ impl AdminService for AdminApi {
             ApiKeyId::parse,
         ),)
             .all_ok()?;
-        let key = self.keys.revoke(id).await?;
+        let key = self.keys.revoke(&actor, id).await?;
         Ok(Response::new(RevokeApiKeyResponse {
             api_key: Some(key.into()),
+        }))
+    }
+
+    async fn list_audit_events(
+        &self,
+        request: Request<ListAuditEventsRequest>,
+    ) -> Result<Response<ListAuditEventsResponse>, Status> {
+        self.token.check(request.metadata())?;
+        let request = request.into_inner();
+        let (page_size, page_token, action, target_id, start_time, end_time) = (
+            validate::page_size(request.page_size),
+            validate::page_token(&request.page_token),
+            validate::audit_action_filter(request.action),
+            validate::optional_id(
+                "target_id",
+                &request.target_id,
+                crate::domain::ids::parse_uuid,
+            ),
+            validate::optional_time("start_time", request.start_time),
+            validate::optional_time("end_time", request.end_time),
+        )
+            .all_ok()?;
+        if let (Some(start), Some(end)) = (start_time, end_time)
+            && end <= start
+        {
+            return Err(ServiceError::invalid_field("end_time", "must be after start_time").into());
+        }
+        let filter = AuditFilter {
+            action,
+            target_id,
+            start_time,
+            end_time,
+        };
+        let page = self.audit.list(&filter, page_size, page_token).await?;
+        Ok(Response::new(ListAuditEventsResponse {
+            audit_events: page.items.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
         }))
     }
 }

@@ -6,8 +6,9 @@ use tonic::metadata::MetadataMap;
 
 use std::sync::Arc;
 
+use super::call::{self, Presented};
 use crate::{
-    domain::{Caller, OrganizationId},
+    domain::{Caller, Credential, OrganizationId},
     service::{ApiKeys, ServiceError, api_keys::digest, watch::StillAuthorized},
 };
 
@@ -59,6 +60,10 @@ impl Authenticator {
             BearerError::Malformed => ServiceError::ApiKeyInvalid,
         })?;
         let caller = self.keys.authenticate(secret).await?;
+        call::note(Presented::ApiKey {
+            organization: caller.organization,
+            api_key: caller.api_key,
+        });
         let span = tracing::Span::current();
         span.record("caller", tracing::field::display(caller.organization));
         span.record("api_key", tracing::field::display(caller.api_key));
@@ -91,11 +96,17 @@ impl Authenticator {
     }
 }
 
-/// The operator's admin token, kept only as a SHA-256 digest.
+/// An operator's token (the admin token, or the access-check token), kept
+/// only as a SHA-256 digest.
 #[derive(Clone)]
 pub struct AdminToken {
     digest: Option<[u8; 32]>,
+    /// What a call it accepts is noted as (see [`call::note`]).
+    presented: Presented,
 }
+
+/// Bytes of a token's digest its fingerprint shows.
+const FINGERPRINT_BYTES: usize = 8;
 
 impl std::fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -114,7 +125,31 @@ impl AdminToken {
             .map(|t| t.expose_secret().trim())
             .filter(|t| !t.is_empty())
             .map(digest);
-        Self { digest }
+        Self {
+            digest,
+            presented: Presented::AdminToken,
+        }
+    }
+
+    /// The access-check token: as [`new`](Self::new), but the calls it
+    /// accepts are noted as made with the access-check token.
+    pub fn access_check(token: Option<&SecretString>) -> Self {
+        Self {
+            presented: Presented::AccessCheckToken,
+            ..Self::new(token)
+        }
+    }
+
+    /// The token as the audit log names it: the start of its digest in hex,
+    /// from which the token cannot be recovered. Empty when none is set.
+    pub fn credential(&self) -> Credential {
+        let fingerprint = self.digest.map_or_else(String::new, |digest| {
+            digest[..FINGERPRINT_BYTES]
+                .iter()
+                .map(|byte| format!("{byte:02x}"))
+                .collect()
+        });
+        Credential::AdminToken { fingerprint }
     }
 
     /// Whether a token is configured.
@@ -132,6 +167,7 @@ impl AdminToken {
             .ok_or(ServiceError::AdminTokenInvalid)?;
         let presented = bearer(metadata).map_err(|_| ServiceError::AdminTokenInvalid)?;
         if bool::from(digest(presented).ct_eq(expected)) {
+            call::note(self.presented.clone());
             Ok(())
         } else {
             Err(ServiceError::AdminTokenInvalid)

@@ -89,6 +89,53 @@ pub fn data_type(value: proto::DataType) -> Option<domain::DataType> {
     }
 }
 
+/// The domain audit action of a protobuf value; `None` for UNSPECIFIED.
+pub fn audit_action(value: proto::AuditAction) -> Option<domain::AuditAction> {
+    match value {
+        proto::AuditAction::Unspecified => None,
+        proto::AuditAction::OrganizationCreated => Some(domain::AuditAction::OrganizationCreated),
+        proto::AuditAction::ApiKeyCreated => Some(domain::AuditAction::ApiKeyCreated),
+        proto::AuditAction::ApiKeyRevoked => Some(domain::AuditAction::ApiKeyRevoked),
+    }
+}
+
+impl From<domain::AuditAction> for proto::AuditAction {
+    fn from(value: domain::AuditAction) -> Self {
+        match value {
+            domain::AuditAction::OrganizationCreated => Self::OrganizationCreated,
+            domain::AuditAction::ApiKeyCreated => Self::ApiKeyCreated,
+            domain::AuditAction::ApiKeyRevoked => Self::ApiKeyRevoked,
+        }
+    }
+}
+
+impl From<domain::CredentialKind> for proto::CredentialKind {
+    fn from(value: domain::CredentialKind) -> Self {
+        match value {
+            domain::CredentialKind::AdminToken => Self::AdminToken,
+            domain::CredentialKind::Cli => Self::Cli,
+            domain::CredentialKind::ApiKey => Self::ApiKey,
+        }
+    }
+}
+
+impl From<domain::AuditEvent> for proto::AuditEvent {
+    fn from(event: domain::AuditEvent) -> Self {
+        Self {
+            id: event.id.to_string(),
+            occur_time: Some(timestamp(event.occur_time)),
+            action: proto::AuditAction::from(event.action).into(),
+            credential_kind: proto::CredentialKind::from(event.credential_kind).into(),
+            credential_id: event.credential_id.unwrap_or_default(),
+            target_id: event.target_id.to_string(),
+            organization_id: event.organization_id.to_string(),
+            target_display_name: event.target_display_name,
+            peer: event.peer.unwrap_or_default(),
+            request_id: event.request_id.unwrap_or_default(),
+        }
+    }
+}
+
 /// The domain role of a protobuf value; `None` for UNSPECIFIED.
 pub fn role(value: proto::ConnectionRole) -> Option<domain::Role> {
     match value {

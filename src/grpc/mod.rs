@@ -5,6 +5,7 @@
 pub mod access_api;
 pub mod admin_api;
 pub mod auth;
+pub mod call;
 pub mod connection_api;
 pub mod convert;
 pub mod deadline;

@@ -254,7 +254,8 @@ where
             "grpc",
             method = %request.uri().path(),
             caller = tracing::field::Empty,
-            api_key = tracing::field::Empty
+            api_key = tracing::field::Empty,
+            request_id = tracing::field::Empty
         );
         let response = self.service.clone().oneshot(request).instrument(span);
         Box::pin(async move {

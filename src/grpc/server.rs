@@ -24,6 +24,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::{
     AccessApi, AdminApi, AdminToken, Authenticator, ConnectionApi, OrganizationApi,
+    call::{AccessLog, CallLayer},
     deadline::Deadline,
     drain::EndStreamsLayer,
     incoming::{self, AcceptLimits},
@@ -38,7 +39,7 @@ use crate::{
         connection_service_server::ConnectionServiceServer,
         organization_service_server::OrganizationServiceServer,
     },
-    service::{Access, ApiKeys, Connections, Organizations, Watches},
+    service::{Access, ApiKeys, AuditLog, Connections, Organizations, Watches},
 };
 
 /// Largest request message accepted, in bytes. Every valid request is far smaller.
@@ -69,6 +70,8 @@ pub struct Services {
     pub access: Access,
     /// The credential that may call CheckAccess only.
     pub access_check_token: AdminToken,
+    /// The audit log: AdminService.
+    pub audit: AuditLog,
 }
 
 /// The services whose health is reported. The whole server ("") comes last,
@@ -115,12 +118,14 @@ pub fn served_methods() -> Vec<String> {
 
 /// Every service the server offers: the API, health and reflection (v1 and
 /// v1alpha, with the google.rpc types so tools can decode error details),
-/// and, with `dashboard`, the dashboard's page at `/`. Their streams end once
+/// and, with `dashboard`, the dashboard's page at `/`; each call gets a
+/// request ID, and with `access_log`, a line there. Their streams end once
 /// `stopping` is cancelled (see [`EndStreamsLayer`]). Returns them with the
 /// reporter that sets their health.
 pub fn register(
     services: Services,
     dashboard: bool,
+    access_log: Option<AccessLog>,
     stopping: &CancellationToken,
 ) -> Result<(Routes, HealthReporter), tonic_reflection::server::Error> {
     let Services {
@@ -131,6 +136,7 @@ pub fn register(
         admin_token,
         access,
         access_check_token,
+        audit,
     } = services;
     let auth = Authenticator::new(api_keys.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -167,7 +173,7 @@ pub fn register(
             .max_encoding_message_size(MAX_ENCODING_MESSAGE_SIZE),
         )
         .add_service(
-            AdminServiceServer::new(AdminApi::new(admin_token, organizations, api_keys))
+            AdminServiceServer::new(AdminApi::new(admin_token, organizations, api_keys, audit))
                 .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
                 .max_encoding_message_size(MAX_ENCODING_MESSAGE_SIZE),
         );
@@ -175,9 +181,12 @@ pub fn register(
     // HTTP/1.1 request with 400, so the page's routes are merged after it.
     // Streams are ended inside the translation, so that a gRPC-Web stream
     // gets the stop's trailers in its body as every other stream does.
+    // Each call's request ID, credential and access log line are taken
+    // inside the translation too, where every call is gRPC.
     let grpc = routes
         .into_axum_router()
         .layer(EndStreamsLayer::new(stopping.clone()))
+        .layer(CallLayer::new(access_log))
         .layer(tonic_web::GrpcWebLayer::new());
     let routes = if dashboard {
         grpc.merge(crate::dashboard::router())
@@ -368,15 +377,20 @@ fn read(path: &Path) -> Result<Vec<u8>, TransportError> {
 }
 
 /// Headers a browser may send and read in gRPC-Web calls.
-const GRPC_WEB_REQUEST_HEADERS: [&str; 5] = [
+const GRPC_WEB_REQUEST_HEADERS: [&str; 6] = [
     "authorization",
     "content-type",
     "grpc-timeout",
     "x-grpc-web",
+    "x-request-id",
     "x-user-agent",
 ];
-const GRPC_WEB_RESPONSE_HEADERS: [&str; 3] =
-    ["grpc-status", "grpc-message", "grpc-status-details-bin"];
+const GRPC_WEB_RESPONSE_HEADERS: [&str; 4] = [
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    "x-request-id",
+];
 
 /// CORS for gRPC-Web: only the configured origins get CORS headers.
 fn cors_layer(origins: &[String]) -> Result<CorsLayer, TransportError> {

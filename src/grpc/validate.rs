@@ -157,6 +157,33 @@ pub fn state_filter(value: i32) -> Checked<Option<crate::domain::ConnectionState
         .map_err(|_| FieldViolation::new("state", format!("{value} is not a connection state")))
 }
 
+/// An audit action filter: UNSPECIFIED means every action.
+pub fn audit_action_filter(value: i32) -> Checked<Option<crate::domain::AuditAction>> {
+    proto::AuditAction::try_from(value)
+        .map(convert::audit_action)
+        .map_err(|_| FieldViolation::new("action", format!("{value} is not an audit action")))
+}
+
+/// An optional time: unset means absent; a set one must be a valid
+/// timestamp (seconds from 0001-01-01 to 9999-12-31, nanos within a second).
+pub fn optional_time(
+    field: &'static str,
+    value: Option<prost_types::Timestamp>,
+) -> Checked<Option<chrono::DateTime<chrono::Utc>>> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    // Timestamp's documented range: 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+    const RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
+    let nanos = u32::try_from(value.nanos)
+        .ok()
+        .filter(|n| *n < 1_000_000_000);
+    match (RANGE.contains(&value.seconds), nanos) {
+        (true, Some(nanos)) => Ok(chrono::DateTime::from_timestamp(value.seconds, nanos)),
+        _ => Err(FieldViolation::new(field, "is not a valid timestamp")),
+    }
+}
+
 /// Combines checks: all values, or every violation found.
 pub trait AllOk {
     /// The checked values.

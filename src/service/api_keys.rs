@@ -47,10 +47,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::instrument;
 
-use super::{ServiceError, now, random_bytes, time_of};
+use super::{ServiceError, audit, now, random_bytes, time_of};
 use crate::{
     db::{self, Reader},
-    domain::{ApiKey, ApiKeyId, Caller, OrganizationId},
+    domain::{Actor, ApiKey, ApiKeyId, AuditAction, Caller, OrganizationId},
     entity::{api_key, organization},
 };
 
@@ -189,11 +189,13 @@ impl ApiKeys {
         self.waits.load(Ordering::SeqCst)
     }
 
-    /// Creates a key for `organization_id`; returns it with its secret, which
-    /// is not stored and cannot be recovered.
-    #[instrument(skip(self, display_name))]
+    /// Creates a key for `organization_id`, recording `actor` in the audit
+    /// log; returns it with its secret, which is not stored and cannot be
+    /// recovered.
+    #[instrument(skip(self, actor, display_name))]
     pub async fn create(
         &self,
+        actor: &Actor,
         organization_id: OrganizationId,
         display_name: String,
     ) -> Result<(ApiKey, String), ServiceError> {
@@ -215,6 +217,15 @@ impl ApiKeys {
             return Err(ServiceError::OrganizationNotFound);
         }
         api_key::insert(&*txn, &key, digest(&secret)).await?;
+        audit::record(
+            &*txn,
+            actor,
+            AuditAction::ApiKeyCreated,
+            id.uuid(),
+            organization_id,
+            &key.display_name,
+        )
+        .await?;
         txn.commit().await?;
         tracing::info!(api_key_id = %key.id, prefix = %key.prefix, "API key created");
         Ok((key, secret))
@@ -229,12 +240,25 @@ impl ApiKeys {
         Ok(api_key::list(&self.reader, organization_id).await?)
     }
 
-    /// Revokes a key; revoking a revoked key changes nothing.
-    #[instrument(skip(self))]
-    pub async fn revoke(&self, id: ApiKeyId) -> Result<ApiKey, ServiceError> {
+    /// Revokes a key, recording `actor` in the audit log; revoking a revoked
+    /// key changes nothing and records nothing.
+    #[instrument(skip(self, actor))]
+    pub async fn revoke(&self, actor: &Actor, id: ApiKeyId) -> Result<ApiKey, ServiceError> {
         let txn = db::begin_write(&self.db).await?;
-        api_key::revoke(&*txn, id, now()).await?;
-        let found = api_key::find(&*txn, id).await;
+        let revoked = api_key::revoke(&*txn, id, now()).await?;
+        let found = match api_key::find(&*txn, id).await {
+            Ok(Some((key, stored))) if revoked => audit::record(
+                &*txn,
+                actor,
+                AuditAction::ApiKeyRevoked,
+                id.uuid(),
+                key.organization_id,
+                &key.display_name,
+            )
+            .await
+            .map(|_| Some((key, stored))),
+            other => other,
+        };
         let committed = txn.commit().await;
         self.revocations.fetch_add(1, Ordering::SeqCst);
         let (key, stored) = match (found, committed) {
@@ -512,11 +536,21 @@ mod tests {
         let organizations =
             Organizations::new(db.clone(), db.clone().into(), PageTokens::new([1; 32]));
         let org = organizations
-            .create(DisplayName::parse("O").unwrap())
+            .create(
+                &crate::domain::Actor::command_line(),
+                DisplayName::parse("O").unwrap(),
+            )
             .await
             .unwrap();
         let keys = ApiKeys::new(db.clone(), db.into());
-        let (_, secret) = keys.create(org.id, "k".to_owned()).await.unwrap();
+        let (_, secret) = keys
+            .create(
+                &crate::domain::Actor::command_line(),
+                org.id,
+                "k".to_owned(),
+            )
+            .await
+            .unwrap();
         (keys, org.id, secret)
     }
 
@@ -729,7 +763,10 @@ mod tests {
         here.still_valid(presented, org).await.unwrap();
         let lookups = here.lookups();
         let key = elsewhere.list(org).await.unwrap().remove(0);
-        elsewhere.revoke(key.id).await.unwrap();
+        elsewhere
+            .revoke(&crate::domain::Actor::command_line(), key.id)
+            .await
+            .unwrap();
         let revoked = std::time::Instant::now();
         loop {
             match here.still_valid(presented, org).await {
@@ -758,7 +795,9 @@ mod tests {
         let (keys, org, secret) = setup().await;
         assert_eq!(keys.authenticate(&secret).await.unwrap().organization, org);
         let key = keys.list(org).await.unwrap().remove(0);
-        keys.revoke(key.id).await.unwrap();
+        keys.revoke(&crate::domain::Actor::command_line(), key.id)
+            .await
+            .unwrap();
         assert!(matches!(
             keys.still_valid(digest(&secret), org).await,
             Err(ServiceError::ApiKeyInvalid)
@@ -801,7 +840,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let key = elsewhere.list(org).await.unwrap().remove(0);
-        elsewhere.revoke(key.id).await.unwrap();
+        elsewhere
+            .revoke(&crate::domain::Actor::command_line(), key.id)
+            .await
+            .unwrap();
         let revoked = std::time::Instant::now();
         while keys.authenticate(&secret).await.is_ok() {
             assert!(

@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod api_keys;
+pub mod audit;
 pub mod change_feed;
 pub mod change_token;
 pub mod connections;
@@ -14,6 +15,7 @@ pub mod watch;
 
 pub use access::{Access, AccessAnswer, AccessQuestion, Checker};
 pub use api_keys::ApiKeys;
+pub use audit::AuditLog;
 pub use change_feed::ChangeFeed;
 pub use change_token::ChangeTokens;
 pub use connections::{Connections, ListFilter, NewConnection, TransitionRequest, Written};
@@ -95,10 +97,20 @@ pub(crate) mod testing {
         let mut callers = Vec::new();
         for name in ["S", "D"] {
             let org = orgs
-                .create(DisplayName::parse(name).unwrap())
+                .create(
+                    &crate::domain::Actor::command_line(),
+                    DisplayName::parse(name).unwrap(),
+                )
                 .await
                 .unwrap();
-            let (_, secret) = keys.create(org.id, format!("{name}'s key")).await.unwrap();
+            let (_, secret) = keys
+                .create(
+                    &crate::domain::Actor::command_line(),
+                    org.id,
+                    format!("{name}'s key"),
+                )
+                .await
+                .unwrap();
             callers.push(keys.authenticate(&secret).await.unwrap());
         }
         let [source, destination] = <[Caller; 2]>::try_from(callers).unwrap();

@@ -3,10 +3,10 @@
 use sea_orm::DatabaseConnection;
 use tracing::instrument;
 
-use super::{Page, PageTokens, ServiceError, time_of};
+use super::{Page, PageTokens, ServiceError, audit, time_of};
 use crate::{
     db::{self, Reader},
-    domain::{DisplayName, Organization, OrganizationId, PageSize},
+    domain::{Actor, AuditAction, DisplayName, Organization, OrganizationId, PageSize},
     entity::organization,
 };
 
@@ -34,9 +34,13 @@ impl Organizations {
             .ok_or(ServiceError::OrganizationNotFound)
     }
 
-    /// Creates an organization.
-    #[instrument(skip(self))]
-    pub async fn create(&self, display_name: DisplayName) -> Result<Organization, ServiceError> {
+    /// Creates an organization, recording `actor` in the audit log.
+    #[instrument(skip(self, actor))]
+    pub async fn create(
+        &self,
+        actor: &Actor,
+        display_name: DisplayName,
+    ) -> Result<Organization, ServiceError> {
         let id = OrganizationId::generate();
         let org = Organization {
             id,
@@ -45,6 +49,15 @@ impl Organizations {
         };
         let txn = db::begin_write(&self.db).await?;
         organization::insert(&*txn, &org).await?;
+        audit::record(
+            &*txn,
+            actor,
+            AuditAction::OrganizationCreated,
+            id.uuid(),
+            id,
+            &org.display_name,
+        )
+        .await?;
         txn.commit().await?;
         tracing::info!(organization_id = %org.id, "organization created");
         Ok(org)

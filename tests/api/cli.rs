@@ -160,6 +160,59 @@ fn admin_commands_reject_malformed_input_with_a_message() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("--org"));
 }
 
+/// Admin commands on the database directly are audited as the command line
+/// (no peer, no request ID); `admin audit` prints the log as JSON lines,
+/// filtered by action, target and time.
+#[test]
+fn admin_commands_are_audited_as_the_command_line_and_admin_audit_prints_the_log() {
+    let (url, _path) = database_url();
+    let org = &run(&url, &["admin", "create-org", "--name", "Acme Bank"])[0];
+    let org_id = org["id"].as_str().unwrap().to_owned();
+    let key = &run(
+        &url,
+        &["admin", "create-key", "--org", &org_id, "--name", "ci"],
+    )[0];
+    let key_id = key["id"].as_str().unwrap().to_owned();
+    run(&url, &["admin", "revoke-key", "--key", &key_id]);
+
+    let entries = run(&url, &["admin", "audit"]);
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        ["organization.created", "api_key.created", "api_key.revoked"]
+    );
+    for entry in &entries {
+        assert_eq!(entry["credential_kind"], "cli");
+        assert_eq!(entry["credential_id"], Value::Null);
+        assert_eq!(entry["peer"], Value::Null);
+        assert_eq!(entry["request_id"], Value::Null);
+        assert_eq!(entry["organization_id"], org_id.as_str());
+    }
+    assert_eq!(entries[1]["target_id"], key_id.as_str());
+    assert_eq!(entries[1]["target_display_name"], "ci");
+
+    let revoked = run(&url, &["admin", "audit", "--action", "api_key.revoked"]);
+    assert_eq!(revoked.len(), 1);
+    let about_org = run(&url, &["admin", "audit", "--target", &org_id]);
+    assert_eq!(about_org.len(), 1);
+    assert_eq!(about_org[0]["action"], "organization.created");
+    let since = entries[2]["occur_time"].as_str().unwrap();
+    assert!(!run(&url, &["admin", "audit", "--since", since]).is_empty());
+    assert!(run(&url, &["admin", "audit", "--until", "2000-01-01T00:00:00Z"]).is_empty());
+
+    let output = Command::new(BIN)
+        .args(["admin", "audit", "--action", "organization.deleted"])
+        .env("CONNECTIONS_DATABASE_URL", &url)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--action must be one of"), "{stderr}");
+}
+
 /// A CORS origin that would admit any site (`*`), sandboxed frames and local
 /// files (`null`), or that is not an origin at all, stops `serve` before it
 /// starts: a sentence and exit code 2, never a panic. A comma-separated list

@@ -3,8 +3,10 @@
 //! is set (each test gets a database of its own).
 
 mod access;
+mod access_log;
 mod actors;
 mod admin;
+mod audit;
 mod auth;
 mod change_log;
 mod cli;

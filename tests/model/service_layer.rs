@@ -5,7 +5,7 @@ use connections::{
     config::DatabaseSettings,
     db::{Reader, connect},
     domain::{
-        Action, Caller, ConnectionId, ConnectionRecord, DataType, DataTypes, DisplayName,
+        Action, Actor, Caller, ConnectionId, ConnectionRecord, DataType, DataTypes, DisplayName,
         OrganizationId, PageSize,
     },
     grpc::convert::{self, encode_connection},
@@ -150,12 +150,12 @@ impl Layer for ServiceLayer {
     async fn organization(&self, name: &str) -> (String, Caller) {
         let org = self
             .organizations
-            .create(DisplayName::parse(name).unwrap())
+            .create(&Actor::command_line(), DisplayName::parse(name).unwrap())
             .await
             .expect("create organization");
         let (_, secret) = self
             .api_keys
-            .create(org.id, format!("{name}'s key"))
+            .create(&Actor::command_line(), org.id, format!("{name}'s key"))
             .await
             .expect("create API key");
         let caller = self

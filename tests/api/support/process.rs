@@ -3,7 +3,7 @@
 
 use std::{
     net::TcpListener,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::Duration,
 };
 
@@ -97,8 +97,10 @@ impl Server {
             .envs(env.iter().copied())
             .env("CONNECTIONS_DATABASE_URL", url)
             .env_remove("RUST_LOG")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log.0).expect("a log file"))
+            // Its standard output (the access log, when on) and standard
+            // error (its log) both go to the log file.
+            .stdout(log.file())
+            .stderr(log.file())
             .spawn()
             .unwrap_or_else(|err| panic!("start {bin}: {err}"));
         for _ in 0..400 {
@@ -202,6 +204,16 @@ struct LogFile(std::path::PathBuf);
 impl LogFile {
     fn new() -> Self {
         Self(std::env::temp_dir().join(format!("connections-serve-{}.log", uuid::Uuid::now_v7())))
+    }
+
+    /// The file, opened to append: several handles write without
+    /// overwriting each other.
+    fn file(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.0)
+            .expect("a log file")
     }
 
     /// The text logged so far.
