@@ -331,7 +331,11 @@ async fn every_call_of_a_lifecycle_leaves_one_access_log_line_and_no_secret_is_p
     let result = admin
         .list_audit_events(call(next(), ListAuditEventsRequest::default()))
         .await;
-    assert_eq!(result.as_ref().unwrap().get_ref().audit_events.len(), 5);
+    let audited = &result.as_ref().unwrap().get_ref().audit_events;
+    assert_eq!(audited.len(), 5, "2 organizations, 2 keys, 1 revocation");
+    for entry in audited {
+        println!("audit: {entry:?}");
+    }
     expected.push(ok(
         "/connections.v1.AdminService/ListAuditEvents",
         result,
