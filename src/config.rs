@@ -47,9 +47,13 @@ pub enum Command {
 /// [`Settings::from_environment`]) and change a few fields.
 #[derive(Debug, Clone, Args)]
 pub struct Settings {
-    /// Address to listen on.
-    #[arg(long, env = "CONNECTIONS_LISTEN", default_value = DEFAULT_LISTEN)]
+    /// Address to listen on: an IP address or a host name, and a port.
+    #[arg(long, env = "CONNECTIONS_LISTEN", default_value = DEFAULT_LISTEN, value_parser = parse_listen)]
     pub listen: SocketAddr,
+
+    /// Not an option: says to use --listen.
+    #[arg(long, hide = true, value_parser = no_port_option)]
+    pub port: Option<u16>,
 
     /// Database settings.
     #[command(flatten)]
@@ -233,7 +237,7 @@ pub struct Settings {
     pub access_log: bool,
 
     /// Address for Prometheus metrics (GET /metrics); off by default.
-    #[arg(long, env = "CONNECTIONS_METRICS_LISTEN")]
+    #[arg(long, env = "CONNECTIONS_METRICS_LISTEN", value_parser = parse_listen)]
     pub metrics_listen: Option<SocketAddr>,
 
     /// Work besides answering calls (not options: fixed in production,
@@ -277,7 +281,8 @@ pub struct DatabaseSettings {
         long = "database-url",
         env = "CONNECTIONS_DATABASE_URL",
         default_value = DEFAULT_DATABASE_URL,
-        hide_env_values = true
+        hide_env_values = true,
+        global = true
     )]
     pub url: String,
 
@@ -286,7 +291,8 @@ pub struct DatabaseSettings {
         id = "db_max_connections",
         long = "db-max-connections",
         env = "CONNECTIONS_DB_MAX_CONNECTIONS",
-        default_value_t = 16
+        default_value_t = 16,
+        global = true
     )]
     pub max_connections: u32,
 }
@@ -447,6 +453,34 @@ fn parse_any_duration(value: &str) -> Result<Duration, String> {
     }
 }
 
+/// An address to listen on: `IP:PORT`, or `HOST:PORT` with a host name that
+/// resolves (its first address is taken, e.g. `localhost:50051`).
+fn parse_listen(value: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    let usage = "an address and a port, e.g. 127.0.0.1:50051, [::1]:50051 or localhost:50051";
+    if !value.contains(':') {
+        return Err(format!("{value:?} has no port: give {usage}"));
+    }
+    let mut addrs = value
+        .to_socket_addrs()
+        .map_err(|err| format!("cannot resolve {value:?} ({err}): give {usage}"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{value:?} resolves to no address: give {usage}"))
+}
+
+/// `--port`, which does not exist: refused with the option to use instead.
+fn no_port_option(_: &str) -> Result<u16, String> {
+    Err(
+        "there is no --port option; give the address and port together with --listen, e.g. \
+         --listen 127.0.0.1:50051"
+            .to_owned(),
+    )
+}
+
 /// An origin a browser may call from: `http(s)://host[:port]`, surrounding
 /// spaces trimmed, in its serialized form. A wildcard would let any site
 /// call the API with a user's key, and `null` admits sandboxed frames and
@@ -554,8 +588,20 @@ pub enum AdminCommand {
         #[arg(long)]
         key: String,
     },
+    /// For trying the service: on a database with no organizations yet,
+    /// create two ("Acme Bank" and "Orbit Credit Union") with an API key
+    /// each, and print them with their keys' secrets, one per line. Refused
+    /// on a database that already has organizations.
+    Quickstart,
     /// List every organization.
     ListOrgs,
+    /// List an organization's API keys, revoked ones included (never their
+    /// secrets).
+    ListKeys {
+        /// The organization's ID.
+        #[arg(long)]
+        org: String,
+    },
     /// Print the audit log, oldest first, one JSON object per line: every
     /// organization created and API key created or revoked, with the
     /// credential that did it.
@@ -574,6 +620,20 @@ pub enum AdminCommand {
         #[arg(long)]
         until: Option<String>,
     },
+}
+
+impl AdminCommand {
+    /// Whether the command only reads: it then never creates a database
+    /// that does not exist.
+    pub fn reads_only(&self) -> bool {
+        match self {
+            Self::ListOrgs | Self::ListKeys { .. } | Self::Audit { .. } => true,
+            Self::Quickstart
+            | Self::CreateOrg { .. }
+            | Self::CreateKey { .. }
+            | Self::RevokeKey { .. } => false,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -77,19 +77,79 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
         tokio::time::sleep(Duration::from_millis(10)).await;
         connected = Database::connect(options.clone()).await;
     }
-    connected.map_err(|err| {
-        // Driver errors may quote the whole URL, password included.
-        let message = err.to_string();
-        let redacted = redact(&settings.url);
-        if message.contains(&settings.url) || message.contains('@') || redacted.contains("***") {
-            DbErr::Custom(format!(
-                "cannot connect to {redacted}: {}",
-                message.replace(&settings.url, &redacted)
-            ))
-        } else {
-            err
-        }
-    })
+    match connected {
+        Ok(db) => Ok(db),
+        Err(err) => Err(DbErr::Custom(why_not_connected(&settings.url, &err).await)),
+    }
+}
+
+/// Why connecting to `url` failed with `err`, for people: where it tried and
+/// the system's reason (connection refused, no such directory, permission
+/// denied) rather than the pool's timeout. Never the password.
+async fn why_not_connected(url: &str, err: &DbErr) -> String {
+    use std::str::FromStr;
+    let redacted = redact(url);
+    // Driver errors may quote the whole URL, password included.
+    let driver = err.to_string().replace(url, &redacted);
+    if url.starts_with("sqlite:") {
+        let Ok(options) = sqlx::sqlite::SqliteConnectOptions::from_str(url) else {
+            return format!("{redacted} is not a SQLite URL: {driver}");
+        };
+        let path = options.get_filename();
+        let reason = match path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            Some(dir) if !dir.is_dir() => {
+                format!("its directory {} does not exist", dir.display())
+            }
+            _ => match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+            {
+                Err(os) => os.to_string(),
+                Ok(_) => driver,
+            },
+        };
+        return format!(
+            "cannot open the SQLite database {}: {reason}",
+            path.display()
+        );
+    }
+    if let Ok(options) = sqlx::postgres::PgConnectOptions::from_str(url) {
+        let (host, port) = (options.get_host().to_owned(), options.get_port());
+        let reached = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect((host.as_str(), port)),
+        )
+        .await;
+        let at = format!("PostgreSQL at {host}:{port}");
+        return match reached {
+            Ok(Err(os)) => format!("cannot connect to {at}: {}", os.kind()),
+            Err(_) => format!("cannot connect to {at}: no answer within 2 s"),
+            Ok(Ok(_)) => format!("cannot connect to {at} ({redacted}): {driver}"),
+        };
+    }
+    format!("cannot connect to {redacted}: {driver}")
+}
+
+/// A database error as a sentence for people: without the "Custom Error"
+/// wrapping of the messages this crate writes itself.
+pub fn describe(err: &DbErr) -> String {
+    match err {
+        DbErr::Custom(message) => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The file of a SQLite `url` when it does not exist (`None` for other
+/// databases, in-memory ones, and files that exist).
+pub fn missing_sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    use std::str::FromStr;
+    if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
+        return None;
+    }
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+    let path = options.get_filename();
+    (!path.as_os_str().is_empty() && !path.exists()).then(|| path.to_path_buf())
 }
 
 /// Creates the SQLite database file of `url`, if there is none yet, readable

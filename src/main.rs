@@ -42,6 +42,7 @@ async fn main() -> ExitCode {
         std::io::stderr,
     ));
 
+    let serving = matches!(cli.command, Command::Serve(_));
     let result = match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::Migrate(args) => migrate(args).await,
@@ -50,10 +51,24 @@ async fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!(error = %err, "failed");
-            eprintln!("error: {err}");
+            // Once: in the server's log (which may be JSON), or for a command
+            // run by hand, as one line on stderr.
+            let sentence = sentence(err.as_ref());
+            if serving {
+                tracing::error!(error = %sentence, "failed");
+            } else {
+                eprintln!("error: {sentence}");
+            }
             exit_code(err.as_ref())
         }
+    }
+}
+
+/// `err` for people (a database error without its wrapping).
+fn sentence(err: &(dyn std::error::Error + 'static)) -> String {
+    match err.downcast_ref::<sea_orm::DbErr>() {
+        Some(db_err) => db::describe(db_err),
+        None => err.to_string(),
     }
 }
 
@@ -128,6 +143,16 @@ fn rfc3339(time: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 async fn admin(args: AdminArgs) -> Result<(), Error> {
+    if args.command.reads_only()
+        && let Some(path) = db::missing_sqlite_file(&args.database.url)
+    {
+        return Err(format!(
+            "there is no database at {}: this command reads an existing one and creates none; \
+             check --database-url (or CONNECTIONS_DATABASE_URL)",
+            path.display()
+        )
+        .into());
+    }
     let (db, schema) = db::connect_and_migrate(&args.database).await?;
     schema.warn_if_newer();
     let tokens = PageTokens::new(secrets::shared_key(&db, PageTokens::SECRET_NAME).await?);
@@ -241,6 +266,40 @@ async fn admin(args: AdminArgs) -> Result<(), Error> {
                     Some(next) => token = Some(next),
                     None => break,
                 }
+            }
+        }
+        AdminCommand::Quickstart => {
+            let first = PageSize::from_request(1).expect("positive");
+            if !organizations.list(first, None).await?.items.is_empty() {
+                return Err(
+                    "this database already has organizations: quickstart only sets up a \
+                     new database for trying the service; use create-org and create-key"
+                        .into(),
+                );
+            }
+            for (name, key_name) in [
+                ("Acme Bank", "Acme Bank dashboard"),
+                ("Orbit Credit Union", "Orbit Credit Union dashboard"),
+            ] {
+                let name = DisplayName::parse(name).expect("a valid name");
+                let org = organizations.create(&actor, name).await?;
+                let (key, secret) = keys.create(&actor, org.id, key_name.to_owned()).await?;
+                let mut value = organization_json(org);
+                value["api_key_id"] = json!(key.id.to_string());
+                value["api_key_secret"] = json!(secret);
+                print(&value);
+            }
+            eprintln!(
+                "Two organizations, each with an API key. Start the server with \
+                 `connections serve`, open http://127.0.0.1:50051/ and sign in with either \
+                 api_key_secret; sign in with the other in a second browser window to play \
+                 the other party."
+            );
+        }
+        AdminCommand::ListKeys { org } => {
+            let org = OrganizationId::parse(&org).map_err(|err| format!("--org {err}"))?;
+            for key in keys.list(org).await? {
+                print(&key_json(&key));
             }
         }
         AdminCommand::ListOrgs => {

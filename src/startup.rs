@@ -30,7 +30,7 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
     /// Connecting to, or migrating, the database failed.
-    #[error("database: {0}")]
+    #[error("database: {}", db::describe(.0))]
     Database(#[from] DbErr),
     /// Serving without migrating (`--no-migrate`), on a database that lacks
     /// migrations this release needs.
@@ -89,6 +89,12 @@ impl Application {
     /// `settings.migrate` ([`StartupError::SchemaBehind`]).
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let transport = Transport::new(&settings)?;
+        // The ports first: a server that cannot listen touches no database.
+        let listener = bind(settings.listen).await?;
+        let metrics_listener = match settings.metrics_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let db = db::connect(&settings.database).await?;
         let schema = if settings.migrate {
             db::migrate(&db).await?
@@ -136,11 +142,6 @@ impl Application {
             admin_token: AdminToken::new(settings.admin_token.as_ref()),
             access: access.clone(),
             access_check_token: AdminToken::access_check(settings.access_check_token.as_ref()),
-        };
-        let listener = bind(settings.listen).await?;
-        let metrics_listener = match settings.metrics_listen {
-            Some(addr) => Some(bind(addr).await?),
-            None => None,
         };
         Ok(Self {
             settings,
@@ -284,9 +285,13 @@ impl Application {
             database = db::backend_name(&self.db),
             tls = self.transport.tls_mode(),
             admin_service = if admin_service { "enabled" } else { "disabled" },
-            dashboard = if self.settings.dashboard { "/" } else { "off" },
+            dashboard = if self.settings.dashboard { "on" } else { "off" },
             "serving gRPC"
         );
+        if self.settings.dashboard {
+            let url = dashboard_url(local_addr, self.transport.tls_mode() != "off");
+            tracing::info!(%url, "open the dashboard in a browser");
+        }
         let serve = self
             .transport
             .serve(routes, metrics, self.listener, stopping.clone());
@@ -321,4 +326,31 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartupError::Bind { addr, source })
+}
+
+/// Where a browser on this machine finds the dashboard of a server bound to
+/// `addr`: a wildcard address (`0.0.0.0`, `::`) is reached on loopback.
+pub fn dashboard_url(addr: SocketAddr, tls: bool) -> String {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    let ip = match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{}/", SocketAddr::new(ip, addr.port()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dashboard_url;
+
+    #[test]
+    fn the_dashboard_url_names_an_address_a_browser_can_open() {
+        let url = |addr: &str, tls| dashboard_url(addr.parse().unwrap(), tls);
+        assert_eq!(url("127.0.0.1:50051", false), "http://127.0.0.1:50051/");
+        assert_eq!(url("0.0.0.0:8080", true), "https://127.0.0.1:8080/");
+        assert_eq!(url("[::]:50051", false), "http://[::1]:50051/");
+        assert_eq!(url("[::1]:50051", false), "http://[::1]:50051/");
+    }
 }

@@ -2,16 +2,18 @@
 # End-to-end tests of the Python client against the real server binary.
 #
 # Creates .venv (once), installs the pinned requirements, generates the stubs into gen/ and runs
-# pytest. It builds nothing: run `cargo build --bin connections` first, or set CONNECTIONS_BIN.
+# pytest. It builds nothing: it runs CONNECTIONS_BIN, else the newer of the debug and release builds
+# (target/debug/connections, target/release/connections); build one first.
 # Exits non-zero on any failure, including when pytest collects no test.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 here=$(pwd)
 
-export CONNECTIONS_BIN=${CONNECTIONS_BIN:-$here/../../target/debug/connections}
+# shellcheck source=../connections-bin.sh
+source "$here/../connections-bin.sh"
 if [[ ! -x $CONNECTIONS_BIN ]]; then
     echo "run_tests.sh: no connections binary at $CONNECTIONS_BIN" >&2
-    echo "run_tests.sh: build it first with 'cargo build --bin connections' in the repository root, or set CONNECTIONS_BIN" >&2
+    echo "run_tests.sh: build it first with 'cargo build --bin connections' (or --release) in the repository root, or set CONNECTIONS_BIN" >&2
     exit 1
 fi
 

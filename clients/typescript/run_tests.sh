@@ -5,17 +5,19 @@
 # from another package-lock.json), generates src/gen with buf + protoc-gen-es (local plugin, no
 # network), type-checks with tsc, and runs test/lifecycle.test.ts (end to end) and
 # test/resumable-watch.test.ts (scripted streams) with Node's test runner.
-# It builds nothing: run `cargo build --bin connections` first, or set CONNECTIONS_BIN.
+# It builds nothing: it runs CONNECTIONS_BIN, else the newer of the debug and release builds
+# (target/debug/connections, target/release/connections); build one first.
 # Extra arguments go to `node --test`, e.g. --test-name-pattern='gRPC-Web'.
 # Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 here=$(pwd)
 
-export CONNECTIONS_BIN=${CONNECTIONS_BIN:-$here/../../target/debug/connections}
+# shellcheck source=../connections-bin.sh
+source "$here/../connections-bin.sh"
 if [[ ! -x $CONNECTIONS_BIN ]]; then
     echo "run_tests.sh: no connections binary at $CONNECTIONS_BIN" >&2
-    echo "run_tests.sh: build it first with 'cargo build --bin connections' in the repository root, or set CONNECTIONS_BIN" >&2
+    echo "run_tests.sh: build it first with 'cargo build --bin connections' (or --release) in the repository root, or set CONNECTIONS_BIN" >&2
     exit 1
 fi
 CONNECTIONS_BIN=$(cd "$(dirname "$CONNECTIONS_BIN")" && pwd)/$(basename "$CONNECTIONS_BIN")

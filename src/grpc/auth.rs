@@ -9,7 +9,11 @@ use std::sync::Arc;
 use super::call::{self, Presented};
 use crate::{
     domain::{Caller, Credential, OrganizationId},
-    service::{ApiKeys, ServiceError, api_keys::digest, watch::StillAuthorized},
+    service::{
+        AdminTokenProblem, ApiKeys, KeyProblem, ServiceError,
+        api_keys::{SECRET_PREFIX, digest},
+        watch::StillAuthorized,
+    },
 };
 
 /// Longest `authorization` value examined; longer ones are refused unread.
@@ -43,23 +47,43 @@ fn bearer(metadata: &MetadataMap) -> Result<&str, BearerError> {
 #[derive(Debug, Clone)]
 pub struct Authenticator {
     keys: ApiKeys,
+    /// Recognised to say so when it is sent instead of an API key.
+    admin_token: AdminToken,
 }
 
 impl Authenticator {
     /// Authenticates against the keys in `keys`.
     pub fn new(keys: ApiKeys) -> Self {
-        Self { keys }
+        Self {
+            keys,
+            admin_token: AdminToken::new(None),
+        }
+    }
+
+    /// Also tells a caller that sends `admin_token` instead of an API key so.
+    pub fn recognizing(self, admin_token: AdminToken) -> Self {
+        Self {
+            admin_token,
+            ..self
+        }
     }
 
     /// Who calls: the key's organization, and the key. Missing metadata is
-    /// `ApiKeyMissing`; a malformed, unknown or revoked key is
-    /// `ApiKeyInvalid`.
+    /// `ApiKeyMissing`; anything else that is not a valid key is
+    /// `ApiKeyInvalid`, with its [`KeyProblem`].
     pub async fn caller(&self, metadata: &MetadataMap) -> Result<Caller, ServiceError> {
         let secret = bearer(metadata).map_err(|err| match err {
             BearerError::Missing => ServiceError::ApiKeyMissing,
-            BearerError::Malformed => ServiceError::ApiKeyInvalid,
+            BearerError::Malformed => ServiceError::ApiKeyInvalid(KeyProblem::NotBearer),
         })?;
-        let caller = self.keys.authenticate(secret).await?;
+        let caller = match self.keys.authenticate(secret).await {
+            Err(ServiceError::ApiKeyInvalid(KeyProblem::Malformed))
+                if self.admin_token.matches(secret) =>
+            {
+                return Err(ServiceError::ApiKeyInvalid(KeyProblem::AdminToken));
+            }
+            other => other?,
+        };
         call::note(Presented::ApiKey {
             organization: caller.organization,
             api_key: caller.api_key,
@@ -85,7 +109,8 @@ impl Authenticator {
         metadata: &MetadataMap,
     ) -> Result<(Caller, StillAuthorized), ServiceError> {
         let caller = self.caller(metadata).await?;
-        let secret = bearer(metadata).map_err(|_| ServiceError::ApiKeyInvalid)?;
+        let secret =
+            bearer(metadata).map_err(|_| ServiceError::ApiKeyInvalid(KeyProblem::NotBearer))?;
         let presented = digest(secret);
         let (keys, organization) = (self.keys.clone(), caller.organization);
         let check: StillAuthorized = Arc::new(move || {
@@ -157,21 +182,36 @@ impl AdminToken {
         self.digest.is_some()
     }
 
-    /// Succeeds only if the metadata carries the configured token. Digests of
-    /// equal length are compared in constant time, so neither the token's
-    /// content nor its length leaks through timing.
+    /// Succeeds only if the metadata carries the configured token; else says
+    /// what is wrong ([`AdminTokenProblem`]).
     pub fn check(&self, metadata: &MetadataMap) -> Result<(), ServiceError> {
-        let expected = self
-            .digest
-            .as_ref()
-            .ok_or(ServiceError::AdminTokenInvalid)?;
-        let presented = bearer(metadata).map_err(|_| ServiceError::AdminTokenInvalid)?;
-        if bool::from(digest(presented).ct_eq(expected)) {
+        use AdminTokenProblem as P;
+        if self.digest.is_none() {
+            return Err(ServiceError::AdminTokenInvalid(P::NotConfigured));
+        }
+        let presented = bearer(metadata).map_err(|err| {
+            ServiceError::AdminTokenInvalid(match err {
+                BearerError::Missing => P::Missing,
+                BearerError::Malformed => P::NotBearer,
+            })
+        })?;
+        if self.matches(presented) {
             call::note(self.presented.clone());
             Ok(())
+        } else if presented.starts_with(SECRET_PREFIX) {
+            Err(ServiceError::AdminTokenInvalid(P::ApiKey))
         } else {
-            Err(ServiceError::AdminTokenInvalid)
+            Err(ServiceError::AdminTokenInvalid(P::Wrong))
         }
+    }
+
+    /// Whether `presented` is the configured token. Digests of equal length
+    /// are compared in constant time, so neither the token's content nor its
+    /// length leaks through timing.
+    pub fn matches(&self, presented: &str) -> bool {
+        self.digest
+            .as_ref()
+            .is_some_and(|expected| bool::from(digest(presented).ct_eq(expected)))
     }
 }
 
@@ -199,17 +239,19 @@ mod tests {
                 .check(&metadata(Some("Bearer  s3cret-token ")))
                 .is_ok()
         );
-        for bad in [
-            None,
-            Some("Bearer wrong"),
-            Some("Bearer s3cret-token-and-more"),
-            Some("Basic s3cret-token"),
-            Some("s3cret-token"),
+        use AdminTokenProblem as P;
+        for (bad, problem) in [
+            (None, P::Missing),
+            (Some("Bearer wrong"), P::Wrong),
+            (Some("Bearer s3cret-token-and-more"), P::Wrong),
+            (Some("Bearer cnx_an-organizations-key"), P::ApiKey),
+            (Some("Basic s3cret-token"), P::NotBearer),
+            (Some("s3cret-token"), P::NotBearer),
         ] {
             assert!(
                 matches!(
                     token.check(&metadata(bad)),
-                    Err(ServiceError::AdminTokenInvalid)
+                    Err(ServiceError::AdminTokenInvalid(p)) if p == problem
                 ),
                 "{bad:?}"
             );
@@ -225,7 +267,9 @@ mod tests {
             assert!(!token.is_configured());
             assert!(matches!(
                 token.check(&metadata(Some("Bearer "))),
-                Err(ServiceError::AdminTokenInvalid)
+                Err(ServiceError::AdminTokenInvalid(
+                    AdminTokenProblem::NotConfigured
+                ))
             ));
         }
     }

@@ -138,7 +138,7 @@ pub fn register(
         access_check_token,
         audit,
     } = services;
-    let auth = Authenticator::new(api_keys.clone());
+    let auth = Authenticator::new(api_keys.clone()).recognizing(admin_token.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     let reflection = || {
         tonic_reflection::server::Builder::configure()

@@ -22,8 +22,8 @@ impl From<ServiceError> for Status {
         let mut violations: Vec<FieldViolation> = Vec::new();
         let (code, reason) = match &err {
             E::ApiKeyMissing => (Code::Unauthenticated, ErrorReason::ApiKeyMissing),
-            E::ApiKeyInvalid => (Code::Unauthenticated, ErrorReason::ApiKeyInvalid),
-            E::AdminTokenInvalid => (Code::Unauthenticated, ErrorReason::AdminTokenInvalid),
+            E::ApiKeyInvalid(_) => (Code::Unauthenticated, ErrorReason::ApiKeyInvalid),
+            E::AdminTokenInvalid(_) => (Code::Unauthenticated, ErrorReason::AdminTokenInvalid),
             E::KeyLookupsThrottled => (Code::Unavailable, ErrorReason::AuthenticationThrottled),
             E::InvalidArgument(fields) => {
                 violations.extend(fields.iter().cloned());
@@ -101,7 +101,10 @@ impl From<ServiceError> for Status {
         for violation in violations {
             details.add_bad_request_violation(violation.field, violation.description);
         }
-        Status::with_error_details(code, err.to_string(), details)
+        // The reason ends the message too, so that it shows with any tool,
+        // not only with clients that decode the details.
+        let message = format!("{err} ({})", reason.as_str_name());
+        Status::with_error_details(code, message, details)
     }
 }
 
@@ -110,6 +113,46 @@ mod tests {
     use super::*;
     use crate::domain::{Action, ConnectionId, ConnectionState};
     use sea_orm::DbErr;
+
+    /// The reasons README's error table names (its first table after
+    /// "### Errors"), each with the code of its row.
+    fn readme_reasons() -> Vec<(String, String)> {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("### Errors").expect("an Errors section")..];
+        let mut rows = Vec::new();
+        for line in section
+            .lines()
+            .skip_while(|line| !line.starts_with("| code"))
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+        {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let (code, reasons) = (cells[1], cells[2]);
+            // The reasons are the `NAME`s in the cell, before any note in
+            // parentheses that itself names nothing in back quotes.
+            for name in reasons.split('`').skip(1).step_by(2) {
+                if name.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+                    rows.push((code.to_owned(), format!("ERROR_REASON_{name}")));
+                }
+            }
+        }
+        rows
+    }
+
+    #[test]
+    fn the_readme_error_table_names_every_reason_once() {
+        let mut listed: Vec<String> = readme_reasons().into_iter().map(|(_, r)| r).collect();
+        listed.sort();
+        let mut reasons: Vec<String> = (1..100)
+            .filter_map(|value| ErrorReason::try_from(value).ok())
+            .map(|reason| reason.as_str_name().to_owned())
+            .collect();
+        reasons.sort();
+        assert_eq!(
+            listed, reasons,
+            "README's error table and the ErrorReason enum differ"
+        );
+    }
 
     fn error_info(status: &Status) -> tonic_types::ErrorInfo {
         status.get_details_error_info().expect("ErrorInfo detail")
@@ -151,7 +194,7 @@ mod tests {
         );
         assert_eq!(
             status.message(),
-            "cannot activate a connection that is active"
+            "cannot activate a connection that is active (ERROR_REASON_INVALID_STATE_TRANSITION)"
         );
     }
 
@@ -195,7 +238,7 @@ mod tests {
             "SELECT secret FROM table".into(),
         )));
         assert_eq!(status.code(), Code::Internal);
-        assert_eq!(status.message(), "internal error");
+        assert_eq!(status.message(), "internal error (ERROR_REASON_INTERNAL)");
         assert_eq!(error_info(&status).reason, "ERROR_REASON_INTERNAL");
     }
 

@@ -47,7 +47,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tracing::instrument;
 
-use super::{ServiceError, audit, now, random_bytes, time_of};
+use super::{ServiceError, audit, error::KeyProblem, now, random_bytes, time_of};
 use crate::{
     db::{self, Reader},
     domain::{Actor, ApiKey, ApiKeyId, AuditAction, Caller, OrganizationId},
@@ -276,12 +276,12 @@ impl ApiKeys {
         Ok(key)
     }
 
-    /// The organization a presented secret acts for. Unknown, malformed and
-    /// revoked keys are all `ApiKeyInvalid`; a secret that waited too long
+    /// The organization a presented secret acts for. Malformed, unknown and
+    /// revoked keys are `ApiKeyInvalid`; a secret that waited too long
     /// for its lookup turn is `KeyLookupsThrottled`.
     pub async fn authenticate(&self, secret: &str) -> Result<Caller, ServiceError> {
         if !well_formed(secret) {
-            return Err(ServiceError::ApiKeyInvalid);
+            return Err(ServiceError::ApiKeyInvalid(KeyProblem::Malformed));
         }
         self.verify(digest(secret)).await
     }
@@ -301,7 +301,7 @@ impl ApiKeys {
             return Ok(verified.caller);
         }
         if self.unknown.contains_key(&presented) {
-            return Err(ServiceError::ApiKeyInvalid);
+            return Err(ServiceError::ApiKeyInvalid(KeyProblem::UnknownOrRevoked));
         }
         // Concurrent calls with the same secret share one lookup. The waiter
         // leaves it however this call ends, cancelled included.
@@ -320,7 +320,7 @@ impl ApiKeys {
             .clone();
         drop(waiter);
         outcome.map_err(|failure| match failure {
-            LookupFailure::Invalid => ServiceError::ApiKeyInvalid,
+            LookupFailure::Invalid => ServiceError::ApiKeyInvalid(KeyProblem::UnknownOrRevoked),
             LookupFailure::Throttled => ServiceError::KeyLookupsThrottled,
             LookupFailure::Database(err) => err.into(),
         })
@@ -508,7 +508,7 @@ impl ApiKeys {
         if self.verify(presented).await?.organization == organization {
             Ok(())
         } else {
-            Err(ServiceError::ApiKeyInvalid)
+            Err(ServiceError::ApiKeyInvalid(KeyProblem::UnknownOrRevoked))
         }
     }
 }
@@ -581,7 +581,7 @@ mod tests {
             assert!(
                 matches!(
                     keys.authenticate(&presented).await,
-                    Err(ServiceError::ApiKeyInvalid)
+                    Err(ServiceError::ApiKeyInvalid(_))
                 ),
                 "{presented:?}"
             );
@@ -596,7 +596,7 @@ mod tests {
         for _ in 0..5 {
             assert!(matches!(
                 keys.authenticate(&unknown).await,
-                Err(ServiceError::ApiKeyInvalid)
+                Err(ServiceError::ApiKeyInvalid(_))
             ));
         }
         assert_eq!(keys.lookups(), 1);
@@ -613,7 +613,7 @@ mod tests {
             let random = format!("{SECRET_PREFIX}{new_secrets:A>43}");
             let lookups = keys.lookups();
             match keys.authenticate(&random).await {
-                Err(ServiceError::ApiKeyInvalid) => new_secrets += 1,
+                Err(ServiceError::ApiKeyInvalid(_)) => new_secrets += 1,
                 Err(ServiceError::KeyLookupsThrottled) => {
                     assert_eq!(keys.lookups(), lookups, "a refused secret was looked up");
                     break new_secrets;
@@ -775,7 +775,7 @@ mod tests {
                     "still valid {:?} after the revocation",
                     revoked.elapsed()
                 ),
-                Err(ServiceError::ApiKeyInvalid) => break,
+                Err(ServiceError::ApiKeyInvalid(_)) => break,
                 Err(other) => panic!("{other:?}"),
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -785,7 +785,7 @@ mod tests {
         // And the revoked key now costs no more lookups.
         assert!(matches!(
             here.still_valid(presented, org).await,
-            Err(ServiceError::ApiKeyInvalid)
+            Err(ServiceError::ApiKeyInvalid(_))
         ));
         assert_eq!(here.lookups(), lookups + 1);
     }
@@ -800,11 +800,11 @@ mod tests {
             .unwrap();
         assert!(matches!(
             keys.still_valid(digest(&secret), org).await,
-            Err(ServiceError::ApiKeyInvalid)
+            Err(ServiceError::ApiKeyInvalid(_))
         ));
         assert!(matches!(
             keys.authenticate(&secret).await,
-            Err(ServiceError::ApiKeyInvalid)
+            Err(ServiceError::ApiKeyInvalid(_))
         ));
     }
 

@@ -28,22 +28,69 @@ impl FieldViolation {
     }
 }
 
+/// Why an API key was refused. Unknown and revoked keys share one problem:
+/// telling them apart would tell whoever holds a guessed or leaked secret
+/// whether it was ever a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyProblem {
+    /// The `authorization` metadata is not `Bearer <key>`.
+    #[error("the authorization metadata must be \"Bearer <API key>\"")]
+    NotBearer,
+    /// Not shaped like an API key.
+    #[error(
+        "the API key is malformed: keys start with \"cnx_\" and are 47 characters long; send the \
+         whole secret CreateApiKey returned"
+    )]
+    Malformed,
+    /// Well-formed, but no key has this secret, or its key is revoked.
+    #[error("the API key is not valid: it is unknown or revoked; ask your operator for a new one")]
+    UnknownOrRevoked,
+    /// The operator's admin token, sent where an organization's key belongs.
+    #[error(
+        "this is the admin token, which only AdminService takes; send an organization's API key"
+    )]
+    AdminToken,
+}
+
+/// Why a call to AdminService was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AdminTokenProblem {
+    /// The server was started without an admin token.
+    #[error(
+        "this server has no admin token configured, so AdminService is disabled; start it with \
+         --admin-token or CONNECTIONS_ADMIN_TOKEN"
+    )]
+    NotConfigured,
+    /// No `authorization` metadata.
+    #[error("missing credentials: send the metadata \"authorization: Bearer <admin token>\"")]
+    Missing,
+    /// The `authorization` metadata is not `Bearer <token>`.
+    #[error("the authorization metadata must be \"Bearer <admin token>\"")]
+    NotBearer,
+    /// An organization's API key, sent where the admin token belongs.
+    #[error("this is an organization's API key; AdminService takes the admin token")]
+    ApiKey,
+    /// Some other token.
+    #[error("the admin token is not valid")]
+    Wrong,
+}
+
 /// Everything that can go wrong in a call, as the service layer reports it.
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     /// No `authorization` metadata.
     #[error("missing credentials: send the metadata \"authorization: Bearer <API key>\"")]
     ApiKeyMissing,
-    /// Unknown, malformed or revoked API key.
-    #[error("the API key is not valid")]
-    ApiKeyInvalid,
+    /// An API key that cannot be used; each problem says what to do.
+    #[error("{0}")]
+    ApiKeyInvalid(KeyProblem),
     /// Too many API keys not seen lately were presented at once: the lookup
     /// was not made.
     #[error("too many unknown API keys are being presented; retry with backoff")]
     KeyLookupsThrottled,
-    /// Admin token missing, wrong, or none configured.
-    #[error("the admin token is missing or not valid")]
-    AdminTokenInvalid,
+    /// The admin token is missing or wrong, or none is configured.
+    #[error("{0}")]
+    AdminTokenInvalid(AdminTokenProblem),
     /// One or more malformed fields.
     #[error("invalid request: {}", describe(.0))]
     InvalidArgument(Vec<FieldViolation>),

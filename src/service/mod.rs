@@ -19,7 +19,7 @@ pub use audit::AuditLog;
 pub use change_feed::ChangeFeed;
 pub use change_token::ChangeTokens;
 pub use connections::{Connections, ListFilter, NewConnection, TransitionRequest, Written};
-pub use error::{FieldViolation, ServiceError};
+pub use error::{AdminTokenProblem, FieldViolation, KeyProblem, ServiceError};
 pub use organizations::Organizations;
 pub use page_token::PageTokens;
 pub use watch::{WatchItem, WatchLimits, WatchStart, Watches};

@@ -66,6 +66,133 @@ async fn unknown_or_malformed_keys_are_unauthenticated_api_key_invalid() {
     assert_error(&status, Code::Unauthenticated, "API_KEY_INVALID");
 }
 
+/// Each credential mistake says what is wrong, and ends with its reason.
+#[tokio::test]
+async fn each_credential_mistake_has_a_message_of_its_own() {
+    let app = spawn_app().await;
+    let org = app.new_org("A").await;
+    let revoked = app.new_key(&org, "old").await;
+    app.admin()
+        .revoke_api_key(RevokeApiKeyRequest {
+            api_key_id: revoked.key_id.clone(),
+        })
+        .await
+        .unwrap();
+    let with_authorization = |value: String| {
+        let mut request = Request::new(ListConnectionsRequest::default());
+        request
+            .metadata_mut()
+            .insert("authorization", value.parse().unwrap());
+        request
+    };
+    let cases = [
+        (
+            None,
+            "API_KEY_MISSING",
+            "missing credentials: send the metadata \"authorization: Bearer <API key>\"",
+        ),
+        (
+            Some(org.key.clone()),
+            "API_KEY_INVALID",
+            "the authorization metadata must be \"Bearer <API key>\"",
+        ),
+        (
+            Some(format!("Bearer {}", &org.key[..20])),
+            "API_KEY_INVALID",
+            "the API key is malformed",
+        ),
+        (
+            Some(format!("Bearer cnx_{}", "A".repeat(43))),
+            "API_KEY_INVALID",
+            "the API key is not valid: it is unknown or revoked",
+        ),
+        (
+            Some(format!("Bearer {}", revoked.key)),
+            "API_KEY_INVALID",
+            "the API key is not valid: it is unknown or revoked",
+        ),
+        (
+            Some(format!("Bearer {}", crate::support::ADMIN_TOKEN)),
+            "API_KEY_INVALID",
+            "this is the admin token, which only AdminService takes",
+        ),
+    ];
+    for (authorization, reason, message) in cases {
+        let request = match authorization {
+            Some(value) => with_authorization(value),
+            None => Request::new(ListConnectionsRequest::default()),
+        };
+        let status = app
+            .connections_with(Bearer::none())
+            .list_connections(request)
+            .await
+            .unwrap_err();
+        assert_error(&status, Code::Unauthenticated, reason);
+        assert!(
+            status.message().starts_with(message),
+            "{:?} does not start with {message:?}",
+            status.message()
+        );
+        assert!(
+            status
+                .message()
+                .ends_with(&format!("(ERROR_REASON_{reason})")),
+            "{:?}",
+            status.message()
+        );
+    }
+
+    // AdminService: an organization's key, another token, no token.
+    for (bearer, message) in [
+        (
+            Bearer::new(&org.key),
+            "this is an organization's API key; AdminService takes the admin token",
+        ),
+        (
+            Bearer::new("some-other-token-of-enough-length-0123"),
+            "the admin token is not valid",
+        ),
+        (
+            Bearer::none(),
+            "missing credentials: send the metadata \"authorization: Bearer <admin token>\"",
+        ),
+    ] {
+        let status = app
+            .admin_with(bearer)
+            .list_api_keys(ListApiKeysRequest {
+                organization_id: org.id.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_error(&status, Code::Unauthenticated, "ADMIN_TOKEN_INVALID");
+        assert!(
+            status.message().starts_with(message),
+            "{:?}",
+            status.message()
+        );
+    }
+    let without_admin = crate::support::spawn_app_with(crate::support::AppOptions {
+        admin_token: None,
+        ..Default::default()
+    })
+    .await;
+    let status = without_admin
+        .admin()
+        .list_api_keys(ListApiKeysRequest {
+            organization_id: org.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_error(&status, Code::Unauthenticated, "ADMIN_TOKEN_INVALID");
+    assert!(
+        status
+            .message()
+            .starts_with("this server has no admin token configured, so AdminService is disabled"),
+        "{:?}",
+        status.message()
+    );
+}
+
 #[tokio::test]
 async fn unauthenticated_callers_learn_nothing_about_their_request() {
     let app = spawn_app().await;

@@ -15,6 +15,7 @@ mod concurrency;
 mod crash;
 mod create_connection;
 mod dashboard;
+mod first_hour;
 mod hostile_input;
 mod lifecycle;
 mod listing;

@@ -175,7 +175,10 @@ async fn an_outsider_sees_not_found_exactly_as_for_an_id_that_does_not_exist() {
         }
         for status in statuses {
             assert_error(&status, Code::NotFound, "CONNECTION_NOT_FOUND");
-            assert_eq!(status.message(), "connection not found");
+            assert_eq!(
+                status.message(),
+                "connection not found (ERROR_REASON_CONNECTION_NOT_FOUND)"
+            );
         }
     }
 
