@@ -100,7 +100,11 @@ export function problem(err: unknown): Problem {
   const error = ConnectError.from(err);
   const info = error.findDetails(ErrorInfoSchema)[0];
   const reason = info ? reasonOf(info.reason) : ErrorReason.UNSPECIFIED;
-  const unavailable = [Code.Unavailable, Code.DeadlineExceeded, Code.ResourceExhausted].includes(error.code);
+  // A request the browser could not send at all (the server is down, the network failed) ends
+  // in fetch's TypeError, which Connect reports as UNKNOWN: the service could not be reached.
+  const unreachable = error.code === Code.Unknown && (err instanceof TypeError || error.cause instanceof TypeError);
+  const unavailable =
+    unreachable || [Code.Unavailable, Code.DeadlineExceeded, Code.ResourceExhausted].includes(error.code);
   let sentence = SENTENCES[reason];
   if (reason === ErrorReason.UNSPECIFIED && unavailable) {
     sentence = "The service cannot be reached right now.";
