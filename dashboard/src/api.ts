@@ -100,12 +100,19 @@ export function problem(err: unknown): Problem {
   const error = ConnectError.from(err);
   const info = error.findDetails(ErrorInfoSchema)[0];
   const reason = info ? reasonOf(info.reason) : ErrorReason.UNSPECIFIED;
-  const unavailable = [Code.Unavailable, Code.DeadlineExceeded, Code.ResourceExhausted].includes(error.code);
+  // A request the browser could not send at all (the server is down, the network failed) ends
+  // in fetch's TypeError, which Connect reports as UNKNOWN: the service could not be reached.
+  const unreachable = error.code === Code.Unknown && (err instanceof TypeError || error.cause instanceof TypeError);
+  const unavailable =
+    unreachable || [Code.Unavailable, Code.DeadlineExceeded, Code.ResourceExhausted].includes(error.code);
   let sentence = SENTENCES[reason];
   if (reason === ErrorReason.UNSPECIFIED && unavailable) {
     sentence = "The service cannot be reached right now.";
   } else if (reason === ErrorReason.INVALID_ARGUMENT && error.rawMessage) {
-    sentence = `${sentence} (${error.rawMessage})`;
+    // The server ends its message with the reason's name, for tools; people
+    // are given the sentence instead.
+    const detail = error.rawMessage.replace(/ \(ERROR_REASON_[A-Z_]+\)$/, "");
+    sentence = `${sentence} (${detail})`;
   }
   return {
     sentence,

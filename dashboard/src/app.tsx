@@ -1,80 +1,24 @@
 /**
- * The "Connect > Connections" page: sign-in, the organization's information, and the views
- * (list, new connection, detail) chosen by the URL's fragment.
+ * The dashboard: sign-in, the navigation (Connect › Connections, Organization › Information), a
+ * one-line reminder of the signed-in organization, and the view the URL's fragment names. The
+ * session (./session.ts) and the navigation (./nav.ts) live in modules of their own, so that the
+ * views import them and this module imports the views, never the other way round.
  */
-import { createContext } from "preact";
-import { useCallback, useContext, useEffect, useRef, useState } from "preact/hooks";
+import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 
-import { createApi, ErrorReason, problem, session, type Api, type Problem } from "./api.js";
+import { createApi, ErrorReason, problem, session } from "./api.js";
+import type { Problem } from "./api.js";
 import type { Organization } from "./gen/connections/v1/resources_pb.js";
 import { LiveFeed } from "./live.js";
+import { go, type Route, useRoute } from "./nav.js";
+import { type Session, SessionContext } from "./session.js";
+import { CopyId } from "./views/copy.js";
 import { ConnectionDetail } from "./views/detail.js";
+import { OrganizationInformation } from "./views/information.js";
 import { ConnectionsList } from "./views/list.js";
 import { LiveStatus } from "./views/live.js";
 import { NewConnection } from "./views/new.js";
 import { ProblemNote } from "./views/problem.js";
-
-/** What every view needs: the clients, the signed-in organization, and names of others. */
-export interface Session {
-  api: Api;
-  me: Organization;
-  /** The display name of organization `id`, looked up once per page load. */
-  nameOf(id: string): Promise<string>;
-  /** The page's one stream of changes, shared by the views; closed on sign-out. */
-  live: LiveFeed;
-}
-
-const SessionContext = createContext<Session | null>(null);
-
-export function useSession(): Session {
-  const value = useContext(SessionContext);
-  if (!value) throw new Error("no session");
-  return value;
-}
-
-/** The display name of organization `id`, once known. */
-export function useOrganizationName(id: string): string | undefined {
-  const { nameOf } = useSession();
-  const [name, setName] = useState<string>();
-  useEffect(() => {
-    let live = true;
-    setName(undefined);
-    nameOf(id).then(
-      (found) => live && setName(found),
-      () => live && setName(undefined),
-    );
-    return () => {
-      live = false;
-    };
-  }, [id, nameOf]);
-  return name;
-}
-
-/** The view the fragment names: `#/`, `#/new` or `#/connections/<id>`. */
-type Route = { view: "list" } | { view: "new" } | { view: "detail"; id: string };
-
-function route(): Route {
-  const hash = window.location.hash.replace(/^#/, "");
-  if (hash === "/new") return { view: "new" };
-  const detail = /^\/connections\/([0-9a-fA-F-]{36})$/.exec(hash);
-  if (detail) return { view: "detail", id: detail[1].toLowerCase() };
-  return { view: "list" };
-}
-
-/** Shows another view. */
-export function go(path: string): void {
-  window.location.hash = path;
-}
-
-function useRoute(): Route {
-  const [current, setCurrent] = useState(route);
-  useEffect(() => {
-    const changed = () => setCurrent(route());
-    window.addEventListener("hashchange", changed);
-    return () => window.removeEventListener("hashchange", changed);
-  }, []);
-  return current;
-}
 
 export function App() {
   const [signedIn, setSignedIn] = useState<Session | null>(null);
@@ -136,17 +80,51 @@ export function App() {
   }
   return (
     <SessionContext.Provider value={signedIn}>
+      <SignedIn me={signedIn.me} onSignOut={signOut} />
+    </SessionContext.Provider>
+  );
+}
+
+/** The title of the browser tab for each view. */
+const TITLES: Record<Route["view"], string> = {
+  list: "Connect › Connections",
+  new: "New connection · Connect › Connections",
+  detail: "Connection · Connect › Connections",
+  information: "Organization › Information",
+};
+
+function SignedIn({ me, onSignOut }: { me: Organization; onSignOut: () => void }) {
+  const current = useRoute();
+  useEffect(() => {
+    document.title = TITLES[current.view];
+  }, [current.view]);
+  const onInformation = current.view === "information";
+  return (
+    <>
       <header class="top">
-        <p class="brand">Connect › Connections</p>
-        <button type="button" onClick={signOut}>
+        <nav aria-label="Main" class="main-nav">
+          <span class="nav-item">
+            <span class="nav-section">Connect ›</span>{" "}
+            <a href="#/" aria-current={onInformation ? undefined : "page"}>
+              Connections
+            </a>
+          </span>
+          <span class="nav-item">
+            <span class="nav-section">Organization ›</span>{" "}
+            <a href="#/organization" aria-current={onInformation ? "page" : undefined}>
+              Information
+            </a>
+          </span>
+        </nav>
+        <button type="button" onClick={onSignOut}>
           Sign out
         </button>
       </header>
       <main class="page">
-        <OrganizationInformation organization={signedIn.me} />
-        <Views />
+        {onInformation ? null : <OrganizationLine organization={me} />}
+        <Views current={current} />
       </main>
-    </SessionContext.Provider>
+    </>
   );
 }
 
@@ -184,34 +162,20 @@ function SignIn({ onSubmit, refusal }: { onSubmit: (key: string) => Promise<void
   );
 }
 
-function OrganizationInformation({ organization }: { organization: Organization }) {
-  const [copied, setCopied] = useState("");
-  const copy = async () => {
-    try {
-      await navigator.clipboard.writeText(organization.id);
-      setCopied("Copied.");
-    } catch {
-      setCopied("Select the ID to copy it.");
-    }
-  };
+/**
+ * The signed-in organization in one line, on every page but Information (which shows it in full):
+ * its name, and the Organization ID a partner needs, with "Copy".
+ */
+function OrganizationLine({ organization }: { organization: Organization }) {
   return (
-    <section class="card" aria-labelledby="organization-heading">
-      <h2 id="organization-heading">{organization.displayName}</h2>
-      <div class="id-row">
-        <label for="organization-id">Organization ID</label>
-        <input id="organization-id" class="id" readOnly value={organization.id} />
-        <button type="button" onClick={copy}>
-          Copy
-        </button>
-        <span role="status">{copied}</span>
-      </div>
-      <p class="hint">Give this ID to an organization that wants to share data with yours.</p>
+    <section class="org-line" aria-label="Your organization">
+      <strong class="org-name">{organization.displayName}</strong>
+      <CopyId id={organization.id} />
     </section>
   );
 }
 
-function Views() {
-  const current = useRoute();
+function Views({ current }: { current: Route }) {
   const heading = useRef<HTMLDivElement>(null);
   // Move focus to the view that was opened, for keyboard and screen reader users.
   useEffect(() => {
@@ -224,6 +188,8 @@ function Views() {
         <NewConnection />
       ) : current.view === "detail" ? (
         <ConnectionDetail id={current.id} />
+      ) : current.view === "information" ? (
+        <OrganizationInformation />
       ) : (
         <ConnectionsList />
       )}

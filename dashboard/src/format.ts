@@ -41,11 +41,49 @@ export const EVENT_WORDS: Record<ConnectionEventType, string> = {
   [ConnectionEventType.REACTIVATED]: "reactivated it",
 };
 
-const DATE = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
+const DATE = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
 
-/** A timestamp for people, or "—" when there is none. */
+/** A timestamp for people, to the second, or "—" when there is none. */
 export function when(time: Timestamp | undefined): string {
   return time ? DATE.format(timestampDate(time)) : "—";
+}
+
+const RELATIVE = new Intl.RelativeTimeFormat("en", { numeric: "auto" });
+const UNITS: ReadonlyArray<[Intl.RelativeTimeFormatUnit, number]> = [
+  ["year", 365 * 24 * 3600],
+  ["month", 30 * 24 * 3600],
+  ["week", 7 * 24 * 3600],
+  ["day", 24 * 3600],
+  ["hour", 3600],
+  ["minute", 60],
+];
+
+/** How long ago `time` was, from `now` (ms): "just now", "3 minutes ago", "yesterday". */
+export function ago(time: Timestamp | undefined, now: number): string {
+  if (!time) return "—";
+  const seconds = Math.round((timestampDate(time).getTime() - now) / 1000);
+  if (Math.abs(seconds) < 60) return "just now";
+  for (const [unit, size] of UNITS) {
+    if (Math.abs(seconds) >= size) return RELATIVE.format(Math.trunc(seconds / size), unit);
+  }
+  return "just now";
+}
+
+const LIST = new Intl.ListFormat("en", { style: "long", type: "conjunction" });
+
+/** Words joined as people list them: "Inquiries and Accounts". */
+export function listWords(words: string[]): string {
+  return LIST.format(words);
+}
+
+/** The data types, listed in words: "Inquiries and Accounts". */
+export function dataTypeList(types: DataType[]): string {
+  return listWords(types.map((t) => DATA_TYPES.find(([value]) => value === t)?.[1] ?? "Unknown"));
+}
+
+/** The end of an ID, enough to tell two apart at a glance (the start of a UUIDv7 is a time). */
+export function shortId(id: string): string {
+  return `…${id.slice(-8)}`;
 }
 
 /** The same timestamp in ISO 8601, for <time datetime>. */

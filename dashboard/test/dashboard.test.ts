@@ -7,16 +7,30 @@
  *   CONNECTIONS_BIN=../target/debug/connections node --import tsx --test test/dashboard.test.ts
  */
 import assert from "node:assert/strict";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
+import { gzipSync } from "node:zlib";
 import { after, before, describe, it } from "node:test";
 import AxeBuilder from "@axe-core/playwright";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Browser, BrowserContext, Page } from "playwright-core";
 
 import { ConnectionState, DataType } from "../src/gen/connections/v1/resources_pb.js";
-import { context, launch, type Org, SCREENSHOTS, Server, signIn } from "./harness.js";
+import {
+  context,
+  DIST_ASSETS,
+  DOC_SCREENSHOTS,
+  launch,
+  type Org,
+  SCREENSHOTS,
+  Server,
+  signIn,
+} from "./harness.js";
 
+/** The longest a test may take. */
 const TIMEOUT = 120_000;
+/** The longest the whole suite may take. */
+const SUITE_TIMEOUT = 30 * 60_000;
 /** Long enough for another party's change to reach an open page over its stream. */
 const SEEN_WITHIN = 10_000;
 /** The server's heartbeat interval in these tests. */
@@ -112,8 +126,8 @@ async function assertAccessible(page: Page, what: string): Promise<void> {
 }
 
 /** The state the detail page shows, once it shows `word`. */
-async function seeState(page: Page, word: "Pending" | "Active" | "Inactive"): Promise<void> {
-  await page.locator(".fields .state", { hasText: new RegExp(`^${word}$`) }).waitFor({ timeout: SEEN_WITHIN });
+async function seeState(page: Page, word: "Pending" | "Active" | "Inactive", timeout = SEEN_WITHIN): Promise<void> {
+  await page.locator(".state-row .state", { hasText: new RegExp(`^${word}$`) }).waitFor({ timeout });
 }
 
 /** Fills the new-connection form for `destination`, once the page has shown its name. */
@@ -124,8 +138,28 @@ async function fillNewConnection(page: Page, destination: Org, types: string[]):
   for (const type of types) await page.getByRole("checkbox", { name: type }).check();
 }
 
-describe("the dashboard", { timeout: TIMEOUT }, () => {
-  it("takes two organizations through the whole lifecycle", async () => {
+/** The page's width beyond the window's (positive: it scrolls sideways). */
+async function overflow(page: Page): Promise<number> {
+  return await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+}
+
+/** The row of the list for the connection with the organization named `name`. */
+function rowOf(page: Page, name: string) {
+  return page.locator("tr.connection", { has: page.getByRole("link", { name, exact: true }) });
+}
+
+/** The width of the first state badge matching `word` on the page, in CSS pixels. */
+async function badgeWidth(page: Page, word: string): Promise<number> {
+  const box = await page.locator(".state", { hasText: new RegExp(`^${word}$`) }).first().boundingBox();
+  assert.ok(box, `a ${word} badge is shown`);
+  return box.width;
+}
+
+/** An exact time as the page writes it, to the second (e.g. "Dec 7, 2025, 2:12:05 PM"). */
+const WITH_SECONDS = /\d{1,2}:\d{2}:\d{2}/;
+
+describe("the dashboard", { timeout: SUITE_TIMEOUT }, () => {
+  it("takes two organizations through the whole lifecycle", { timeout: TIMEOUT }, async () => {
     const a = server.newOrg("Acme Lending");
     const b = server.newOrg("Beta Bureau");
     const pageA = await newPage();
@@ -160,7 +194,7 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
     await pageB.getByRole("tab", { name: "Inbound" }).click();
     const row = pageB.getByRole("link", { name: `From ${a.name}` });
     await row.waitFor({ timeout: SEEN_WITHIN });
-    assert.match((await pageB.locator("li.connection").first().textContent())!, /Pending/);
+    assert.match((await pageB.locator("tr.connection").first().textContent())!, /Pending/);
     await assertAccessible(pageB, "the list");
     await row.click();
     await pageB.getByRole("button", { name: "Activate", exact: true }).click();
@@ -199,12 +233,12 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
       [a.keyId, b.keyId, b.keyId, a.keyId, b.keyId],
     );
 
-    await pageA.getByRole("link", { name: "Back to connections" }).click();
+    await pageA.getByRole("link", { name: "Back to the list" }).click();
     await pageA.getByRole("link", { name: `To ${b.name}` }).waitFor();
     await pageA.screenshot({ path: join(SCREENSHOTS, "list.jpg"), type: "jpeg", quality: 80 });
   });
 
-  it("creates one connection when Create connection is clicked twice", async () => {
+  it("creates one connection when Create connection is clicked twice", { timeout: TIMEOUT }, async () => {
     const c = server.newOrg("Cobalt Credit");
     const d = server.newOrg("Delta Data");
     const page = await newPage();
@@ -223,7 +257,7 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
     assert.equal(events.length, 1);
   });
 
-  it("tells a stale page that the connection changed, and shows its state now", async () => {
+  it("tells a stale page that the connection changed, and shows its state now", { timeout: TIMEOUT }, async () => {
     const e = server.newOrg("Echo Exchange");
     const f = server.newOrg("Foxtrot Finance");
     const { connection } = await server
@@ -246,7 +280,7 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
     assert.equal(now!.state, ConnectionState.INACTIVE, "nothing was overwritten");
   });
 
-  it("names the API key that made each change, the page's own included", async () => {
+  it("names the API key that made each change, the page's own included", { timeout: TIMEOUT }, async () => {
     const t = server.newOrg("Tango Trust");
     const deployer = server.newKey(t, "ci-deployer");
     const u = server.newOrg("Uniform Underwriting");
@@ -264,15 +298,16 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
     await server.connections(u).activateConnection({ connectionId: id });
     await seeState(page, "Active");
     await page.locator("ol.history li").nth(1).waitFor({ timeout: SEEN_WITHIN });
+    // Newest first.
     assert.match(
-      (await history(page))[1]!,
+      (await history(page))[0]!,
       /Uniform Underwriting \(the destination, by key 'dashboard tests'\) activated it/,
     );
     await page.getByRole("button", { name: "Deactivate" }).click();
     await page.getByRole("button", { name: "Confirm" }).click();
     await seeState(page, "Inactive");
     await page.locator("ol.history li").nth(2).waitFor({ timeout: SEEN_WITHIN });
-    assert.match((await history(page))[2]!, /\(the source, by key 'ci-deployer'\) deactivated it/);
+    assert.match((await history(page))[0]!, /\(the source, by key 'ci-deployer'\) deactivated it/);
     await assertAccessible(page, "a history naming keys");
 
     // The API says the same: the page's key, never the organization's other one.
@@ -288,7 +323,7 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
     assert.notEqual(deployer.keyId, t.keyId);
   });
 
-  it("refuses a revoked key with a sentence", async () => {
+  it("refuses a revoked key with a sentence", { timeout: TIMEOUT }, async () => {
     const g = server.newOrg("Golf Group");
     server.cli("admin", "revoke-key", "--key", g.keyId);
     const page = await newPage();
@@ -301,7 +336,7 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
     assert.equal(await page.getByRole("heading", { name: "Connections", exact: true }).count(), 0);
   });
 
-  it("can be used with the keyboard alone", async () => {
+  it("can be used with the keyboard alone", { timeout: TIMEOUT }, async () => {
     const j = server.newOrg("Juliet Journals");
     const k = server.newOrg("Kilo Keys");
     const page = await newPage();
@@ -335,7 +370,7 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
     await tabTo("Create connection");
     await page.keyboard.press("Enter");
     await seeState(page, "Pending");
-    await page.waitForFunction(() => document.activeElement?.textContent === "Connection");
+    await page.waitForFunction(() => document.activeElement?.textContent?.startsWith("Connection"));
     await tabTo("Deactivate");
     await page.keyboard.press("Enter");
     await tabTo("Reason");
@@ -345,7 +380,7 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
     await page.getByText("Reason: Typed, not clicked").waitFor();
   });
 
-  it("works at 375 px wide", async () => {
+  it("works at 375 px wide", { timeout: TIMEOUT }, async () => {
     const h = server.newOrg("Hotel Holdings");
     const i = server.newOrg("India Insights");
     await server.connections(h).createConnection({ destinationOrganizationId: i.id, dataTypes: [DataType.ACCOUNT] });
@@ -364,7 +399,7 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
     assert.equal(await page.evaluate(() => window.sessionStorage.length), 0, "signing out forgets the key");
   });
 
-  it("shows another party's change on the list as it happens, without polling", async () => {
+  it("shows another party's change on the list as it happens, without polling", { timeout: TIMEOUT }, async () => {
     const l = server.newOrg("Lima Loans");
     const m = server.newOrg("Mike Markets");
     const { page, requests } = await newRecordedPage(server);
@@ -379,7 +414,7 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
     const { connection } = await server
       .connections(l)
       .createConnection({ destinationOrganizationId: m.id, dataTypes: [DataType.INQUIRY] });
-    const row = page.locator("li.connection", { hasText: `From ${l.name}` });
+    const row = rowOf(page, `From ${l.name}`);
     await row.waitFor({ timeout: SEEN_WITHIN });
     assert.match((await row.textContent())!, /Pending/);
     await server.connections(l).deactivateConnection({ connectionId: connection!.id, reason: "Not yet" });
@@ -398,13 +433,13 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
     // One stream for the page, whichever views it shows.
     await page.getByRole("link", { name: `From ${l.name}` }).click();
     await seeState(page, "Inactive");
-    await page.getByRole("link", { name: "Back to connections" }).click();
+    await page.getByRole("link", { name: "Back to the list" }).click();
     await page.getByRole("tab", { name: "Inbound" }).click();
     await row.waitFor();
     assert.equal(calls(requests, "WatchConnectionEvents"), 1, "one stream for the page");
   });
 
-  it("appends another party's event to the open detail page as it happens", async () => {
+  it("appends another party's event to the open detail page as it happens", { timeout: TIMEOUT }, async () => {
     const n = server.newOrg("November Notes");
     const o = server.newOrg("Oscar Orders");
     const { connection } = await server
@@ -432,7 +467,7 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
     await page.locator("ol.history li").nth(2).waitFor({ timeout: SEEN_WITHIN });
     const entries = await history(page);
     assert.equal(entries.length, 3);
-    assert.match(entries[2]!, /reactivated it \(now Pending\)/);
+    assert.match(entries[0]!, /reactivated it \(now Pending\)/);
     assert.equal(calls(requests, "ListConnectionEvents"), read, "the event was appended, not read again");
     // O's own action shows once, though it arrives both in the answer and on the stream.
     await page.getByRole("button", { name: "Activate", exact: true }).click();
@@ -447,7 +482,7 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
     assert.deepEqual(requests.slice(sent), [], "no request while nothing changed");
   });
 
-  it("recovers after the server restarts, with the changes made while it was away", async () => {
+  it("recovers after the server restarts, with the changes made while it was away", { timeout: TIMEOUT }, async () => {
     // A server of its own, to restart without disturbing the other tests' pages.
     const own = await Server.start({ CONNECTIONS_WATCH_HEARTBEAT_INTERVAL: HEARTBEAT });
     try {
@@ -476,7 +511,7 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
       await own.connections(q).reactivateConnection({ connectionId: id });
       await sleep(2_000);
       assert.equal(
-        await page.locator(".fields .state").textContent(),
+        await page.locator(".state-row .state").textContent(),
         "Inactive",
         "nothing else brings the change while the stream is down",
       );
@@ -485,13 +520,13 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
       await page.unroute(`**${WATCH}`);
       await seeState(page, "Pending").catch(async () => {
         // The backoff may be up to 30 s by now.
-        await page.locator(".fields .state", { hasText: /^Pending$/ }).waitFor({ timeout: 40_000 });
+        await seeState(page, "Pending", 40_000);
       });
       await seeLive(page);
       assert.equal(await down.count(), 0, "no longer reconnecting");
       const entries = await history(page);
       assert.equal(entries.length, 3, "each event once");
-      assert.match(entries[2]!, /reactivated it/);
+      assert.match(entries[0]!, /reactivated it/);
       assert.equal(calls(requests, "ListConnectionEvents"), read, "resumed from its token, not from a new snapshot");
 
       // A plain restart: the page reconnects on its own; a change made after it shows.
@@ -506,7 +541,7 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
     }
   });
 
-  it("shares the organization's stream limit, and gives its stream back on sign-out", async () => {
+  it("shares the organization's stream limit, and gives its stream back on sign-out", { timeout: TIMEOUT }, async () => {
     const r = server.newOrg("Romeo Rates");
     const s = server.newOrg("Sierra Savings");
     // The organization's 16 streams are taken.
@@ -550,5 +585,382 @@ describe("the dashboard", { timeout: TIMEOUT }, () => {
     } finally {
       for (const h of held) h.close();
     }
+  });
+  it("has an Organization › Information page with the name, the ID with Copy, and the creation time", { timeout: TIMEOUT }, async () => {
+    const v = server.newOrg("Victor Ventures");
+    const page = await newPage();
+    await signIn(page, v);
+    const nav = page.getByRole("navigation", { name: "Main" });
+    assert.match((await nav.textContent())!.replace(/\s+/g, " "), /Connect › Connections.*Organization › Information/);
+
+    // On every other page, the organization is one line: name, ID and Copy side by side.
+    const line = page.locator(".org-line");
+    const lineBox = (await line.boundingBox())!;
+    assert.ok(lineBox.height < 60, `the organization line is one line high (${lineBox.height} px)`);
+    const tops = await Promise.all(
+      [line.getByText(v.name), page.getByRole("textbox", { name: "Organization ID", exact: true }), page.getByRole("button", { name: "Copy" })].map(
+        async (l) => {
+          const box = (await l.boundingBox())!;
+          return box.y + box.height / 2;
+        },
+      ),
+    );
+    assert.ok(Math.max(...tops) - Math.min(...tops) < 8, `name, ID and Copy on one line: ${tops.join(", ")}`);
+
+    await nav.getByRole("link", { name: "Information", exact: true }).click();
+    await page.getByRole("heading", { name: "Information", exact: true }).waitFor();
+    assert.equal(await nav.getByRole("link", { name: "Information", exact: true }).getAttribute("aria-current"), "page");
+    await page.waitForFunction(() => document.title === "Organization › Information");
+    const fields = page.locator("dl.fields");
+    assert.equal(await fields.locator(".org-name").textContent(), v.name);
+    // The ID once, with Copy (the one-line reminder is not repeated here).
+    const id = page.getByRole("textbox", { name: "Organization ID", exact: true });
+    assert.equal(await id.count(), 1);
+    assert.equal(await id.inputValue(), v.id);
+    await page.getByRole("button", { name: "Copy" }).click();
+    assert.equal(await page.evaluate(() => navigator.clipboard.readText()), v.id);
+    await page.getByRole("status").filter({ hasText: "Copied." }).waitFor();
+    // Created: an exact time, just now (the organization was made by this test).
+    const created = fields.locator("dd time").first();
+    const at = Date.parse((await created.getAttribute("datetime"))!);
+    assert.ok(Math.abs(Date.now() - at) < 5 * 60_000, "the creation time is the organization's");
+    assert.match((await created.textContent())!, WITH_SECONDS);
+    assert.match((await fields.textContent())!, /Created.*\(just now\)/);
+    await assertAccessible(page, "the Information page");
+    // The page the new-connection form points to exists: its link leads here.
+    await nav.getByRole("link", { name: "Connections", exact: true }).click();
+    await page.getByRole("heading", { name: "Connections", exact: true }).waitFor();
+  });
+
+  it("lists connections in a table a person can read down, with actions where they are needed", { timeout: TIMEOUT }, async () => {
+    const w = server.newOrg("Whiskey Wealth");
+    const x = server.newOrg("Xray Exchange");
+    const y = server.newOrg("Yankee Yields");
+    const zId = server.newOrgId("Zulu Zinc");
+    // Outbound, Pending: waits for Zulu Zinc.
+    await server.connections(w).createConnection({ destinationOrganizationId: zId, dataTypes: [DataType.INQUIRY] });
+    // Outbound, Active.
+    const { connection: active } = await server
+      .connections(w)
+      .createConnection({ destinationOrganizationId: y.id, dataTypes: [DataType.INQUIRY, DataType.ACCOUNT] });
+    await server.connections(y).activateConnection({ connectionId: active!.id });
+    // Inbound, Pending: waits for Whiskey Wealth.
+    const { connection: inbound } = await server
+      .connections(x)
+      .createConnection({ destinationOrganizationId: w.id, dataTypes: [DataType.TRANSACTION] });
+
+    const page = await newPage();
+    await signIn(page, w);
+    await page.getByRole("tab", { name: "All" }).click();
+    await rowOf(page, "To Zulu Zinc").waitFor();
+    const table = page.getByRole("table");
+    assert.deepEqual(
+      (await table.getByRole("columnheader").allTextContents()).map((t) => t.trim()),
+      ["Other organization", "Direction", "State", "Data types", "Last change"],
+    );
+    const zulu = rowOf(page, "To Zulu Zinc");
+    await zulu.getByText("Waiting for Zulu Zinc").waitFor();
+    assert.match((await zulu.textContent())!, /Outbound/);
+    // The other organization's ID, shorter, with the whole of it on hover.
+    const shortened = zulu.locator(".id");
+    assert.equal(await shortened.getAttribute("title"), zId);
+    assert.ok((await shortened.textContent())!.length < 12);
+    // Last change: relative, the exact time to the second in the title.
+    const changed = zulu.locator("td[data-label='Last change'] time");
+    assert.match((await changed.textContent())!, /^(just now|\d+ minutes? ago)$/);
+    assert.match((await changed.getAttribute("title"))!, WITH_SECONDS);
+    // Badges as wide as their word.
+    assert.ok((await badgeWidth(page, "Active")) < 120, "an Active badge is narrow at 1280 px");
+    // Filters on one baseline.
+    const bottoms = await Promise.all(
+      [page.getByLabel("State", { exact: true }), page.getByLabel("Other organization's ID (optional)", { exact: true }), page.getByRole("button", { name: "Refresh" })].map(
+        async (l) => {
+          const box = (await l.boundingBox())!;
+          return Math.round(box.y + box.height);
+        },
+      ),
+    );
+    assert.ok(Math.max(...bottoms) - Math.min(...bottoms) <= 2, `filters on one baseline: ${bottoms.join(", ")}`);
+    // One page: no pager.
+    assert.equal(await page.getByRole("navigation", { name: "Pages" }).count(), 0, "no pager for a single page");
+    assert.equal(await page.getByRole("button", { name: "Next" }).count(), 0);
+
+    // The inbound Pending one waits on this organization: it says so, and can be activated here.
+    const xray = rowOf(page, "From Xray Exchange");
+    await xray.getByText("Needs your action").waitFor();
+    assert.equal(await zulu.getByText("Needs your action").count(), 0);
+    await assertAccessible(page, "the list as a table");
+    await xray.getByRole("button", { name: "Activate", exact: true }).click();
+    await xray.locator(".state", { hasText: /^Active$/ }).waitFor({ timeout: SEEN_WITHIN });
+    assert.equal(await xray.getByText("Needs your action").count(), 0);
+    assert.ok(!page.url().includes("/connections/"), "Activate in the row stays on the list");
+    const { connection: now } = await server.connections(w).getConnection({ connectionId: inbound!.id });
+    assert.equal(now!.state, ConnectionState.ACTIVE);
+
+    // A click anywhere on a row opens it; so does Enter on its link.
+    await rowOf(page, "To Yankee Yields").locator("td[data-label='Data types']").click();
+    await page.getByRole("heading", { name: "Connection to Yankee Yields" }).waitFor();
+    assert.ok(page.url().endsWith(`#/connections/${active!.id}`));
+    await page.goBack();
+    await rowOf(page, "To Zulu Zinc").getByRole("link").focus();
+    await page.keyboard.press("Enter");
+    await page.getByRole("heading", { name: "Connection to Zulu Zinc" }).waitFor();
+
+    // At 375 px: stacked rows, narrow badges, no sideways scrolling.
+    const narrow = await newPage({ width: 375, height: 740 });
+    await signIn(narrow, w);
+    await narrow.getByRole("tab", { name: "All" }).click();
+    const first = rowOf(narrow, "To Zulu Zinc");
+    await first.waitFor();
+    assert.ok((await overflow(narrow)) <= 0, "the table fits 375 px");
+    assert.ok((await badgeWidth(narrow, "Active")) < 120, "an Active badge is narrow at 375 px");
+    const party = (await first.locator("td[data-label='Other organization']").boundingBox())!;
+    const state = (await first.locator("td[data-label='State']").boundingBox())!;
+    assert.ok(state.y >= party.y + party.height - 1, "a row's cells are stacked");
+    await assertAccessible(narrow, "the table at 375 px");
+    await narrow.screenshot({ path: join(SCREENSHOTS, "list-375.png") });
+  });
+
+  it("shows Previous and Next only when there is another page", { timeout: TIMEOUT }, async () => {
+    const big = server.newOrg("Bravo Bulk");
+    const many = Array.from({ length: 21 }, (_, n) => server.newOrgId(`Partner ${n + 1}`));
+    for (const id of many) {
+      await server.connections(big).createConnection({ destinationOrganizationId: id, dataTypes: [DataType.INQUIRY] });
+    }
+    const page = await newPage();
+    await signIn(page, big);
+    await rowOf(page, "To Partner 21").waitFor();
+    assert.equal(await page.getByRole("button", { name: "Previous" }).count(), 0, "no Previous on the first page");
+    await page.getByRole("button", { name: "Next" }).click();
+    await rowOf(page, "To Partner 1").waitFor();
+    assert.equal(await page.locator("tr.connection").count(), 1);
+    assert.equal(await page.getByRole("button", { name: "Next" }).count(), 0, "no Next on the last page");
+    await page.getByRole("button", { name: "Previous" }).click();
+    await rowOf(page, "To Partner 21").waitFor();
+  });
+
+  it("says what to do next when there are no connections", { timeout: TIMEOUT }, async () => {
+    const e = server.newOrg("Empty Estates");
+    const page = await newPage();
+    await signIn(page, e);
+    const empty = page.locator(".empty");
+    await empty.getByText("No connections here yet.").waitFor();
+    // Outbound: create one.
+    await empty.filter({ hasText: /To share data, choose New connection and paste the Organization ID/ }).waitFor();
+    await page.getByRole("tab", { name: "Inbound" }).click();
+    await empty.getByText("No connections here yet.").waitFor();
+    await empty.filter({ hasText: /copy your Organization ID \(above\) and give it to your partner/ }).waitFor();
+    assert.doesNotMatch((await empty.textContent())!, /To share data/);
+    await page.getByRole("tab", { name: "All" }).click();
+    await empty.filter({ hasText: /To share data/ }).filter({ hasText: /copy your Organization ID/ }).waitFor();
+    const all = (await empty.textContent())!;
+    assert.match(all, /copy your Organization ID/);
+    assert.match(all, /New connection/);
+    assert.equal(await page.getByRole("navigation", { name: "Pages" }).count(), 0);
+    await assertAccessible(page, "the empty list");
+  });
+
+  it("sums a connection up, says what happens next, and shows only fields that have a value", { timeout: TIMEOUT }, async () => {
+    const src = server.newOrg("Sunrise Savings");
+    const dst = server.newOrg("Orbit Credit Union");
+    const { connection } = await server
+      .connections(src)
+      .createConnection({ destinationOrganizationId: dst.id, dataTypes: [DataType.INQUIRY, DataType.ACCOUNT] });
+    const id = connection!.id;
+    const page = await newPage();
+    await signIn(page, src);
+    await page.goto(`/#/connections/${id}`);
+    await seeState(page, "Pending");
+    await page.getByRole("heading", { name: "Connection to Orbit Credit Union" }).waitFor();
+    const summary = page.locator(".summary");
+    await summary.filter({ hasText: /^Pending since just now; to share Inquiries and Accounts with Orbit Credit Union$/ }).waitFor();
+    assert.equal(await page.locator(".next-step").textContent(), "Waiting for Orbit Credit Union to activate.");
+    // Empty fields and the etag are not shown.
+    const terms = await page.locator("dl.fields dt").allTextContents();
+    assert.deepEqual(terms, ["Source", "Destination", "Data shared", "Created", "Last changed", "Connection ID"]);
+    assert.equal(await page.getByText("Version").count(), 0, "no Version");
+    assert.doesNotMatch((await page.locator("main").textContent())!, new RegExp(connection!.etag));
+    // The actions beside the state, above the summary; Refresh below, with the history.
+    const deactivate = (await page.getByRole("button", { name: "Deactivate" }).boundingBox())!;
+    const badge = (await page.locator(".state-row .state").boundingBox())!;
+    assert.ok(Math.abs(deactivate.y + deactivate.height / 2 - (badge.y + badge.height / 2)) < 12, "Deactivate beside the state");
+    assert.ok(deactivate.y < (await summary.boundingBox())!.y, "the actions come before the summary");
+    const refresh = (await page.getByRole("button", { name: "Refresh" }).boundingBox())!;
+    assert.ok(refresh.y > (await page.locator("dl.fields").boundingBox())!.y, "Refresh is not in the header");
+
+    // The destination activates: the open page sums it up again.
+    await server.connections(dst).activateConnection({ connectionId: id });
+    await seeState(page, "Active");
+    await summary.filter({ hasText: /^Active since (just now|\d+ minutes? ago); sharing Inquiries and Accounts with Orbit Credit Union$/ }).waitFor({ timeout: SEEN_WITHIN });
+    const since = summary.locator("time");
+    assert.match((await since.getAttribute("title"))!, WITH_SECONDS);
+
+    // The reason shows only while the connection is Inactive.
+    await server.connections(dst).deactivateConnection({ connectionId: id, reason: "Annual review" });
+    await seeState(page, "Inactive");
+    await page.locator("dl.fields dt", { hasText: "Deactivation reason" }).waitFor({ timeout: SEEN_WITHIN });
+    assert.equal(await page.locator("dl.fields .reason-field").textContent(), "Annual review");
+    assert.match((await summary.textContent())!, /deactivated by Orbit Credit Union; nothing is shared/);
+    assert.equal(await page.locator(".next-step").textContent(), "Reactivate it to ask Orbit Credit Union to activate it again.");
+    await page.getByRole("button", { name: "Reactivate" }).click();
+    await seeState(page, "Pending");
+    await page.locator("ol.history li").nth(3).waitFor({ timeout: SEEN_WITHIN });
+    assert.equal(await page.locator("dl.fields dt", { hasText: "Deactivation reason" }).count(), 0);
+    assert.ok((await page.locator("dl.fields dt").allTextContents()).includes("Last deactivated"));
+
+    // History: newest first, times to the second, the reason set apart.
+    const entries = await history(page);
+    assert.match(entries[0]!, /reactivated it/);
+    assert.match(entries[1]!, /deactivated it/);
+    assert.match(entries[3]!, /created the connection/);
+    for (const time of await page.locator("ol.history li time").allTextContents()) assert.match(time, WITH_SECONDS);
+    const reason = page.locator("ol.history li .reason");
+    assert.equal(await reason.textContent(), "Reason: Annual review");
+    assert.equal(await reason.evaluate((el) => getComputedStyle(el).display), "block", "the reason on a line of its own");
+    await assertAccessible(page, "the detail page with its summary");
+
+    // The destination's view of a Pending one: its action is needed.
+    const other = await newPage();
+    await signIn(other, dst);
+    await other.goto(`/#/connections/${id}`);
+    await seeState(other, "Pending");
+    await other.locator(".next-step").filter({ hasText: /^Needs your action: Activate it to start receiving Inquiries and Accounts/ }).waitFor();
+    await other.locator(".summary").filter({ hasText: /Sunrise Savings asks to share Inquiries and Accounts with you$/ }).waitFor();
+  });
+
+  it("asks before deactivating, and keeps a reason being typed when the other party acts", { timeout: TIMEOUT }, async () => {
+    const src = server.newOrg("Quartz Capital");
+    const dst = server.newOrg("Orbit Credit Union");
+    const { connection } = await server
+      .connections(src)
+      .createConnection({ destinationOrganizationId: dst.id, dataTypes: [DataType.ACCOUNT] });
+    const id = connection!.id;
+    const page = await newPage();
+    await signIn(page, src);
+    await page.goto(`/#/connections/${id}`);
+    await seeState(page, "Pending");
+    await seeLive(page);
+    await page.getByRole("button", { name: "Deactivate" }).click();
+    const form = page.locator("form.confirm");
+    await form
+      .getByText("Deactivate the connection to Orbit Credit Union? Sharing stops at once.", { exact: true })
+      .waitFor();
+    assert.equal(await form.getByRole("button", { name: "Confirm" }).count(), 1);
+    assert.equal(await form.getByRole("button", { name: "Cancel" }).count(), 1);
+    await page.getByRole("textbox", { name: "Reason" }).fill("Moving to a new provider");
+    await assertAccessible(page, "the deactivation form");
+
+    // The other party activates meanwhile: the form and what was typed stay, with a notice.
+    await server.connections(dst).activateConnection({ connectionId: id });
+    await seeState(page, "Active");
+    await form
+      .getByRole("status")
+      .filter({ hasText: "This connection changed while this was open: it is now Active." })
+      .waitFor({ timeout: SEEN_WITHIN });
+    assert.equal(await page.getByRole("textbox", { name: "Reason" }).inputValue(), "Moving to a new provider");
+    await page.getByRole("button", { name: "Confirm" }).click();
+    await seeState(page, "Inactive");
+    const { connection: now } = await server.connections(src).getConnection({ connectionId: id });
+    assert.equal(now!.deactivationReason, "Moving to a new provider");
+
+    // Cancel closes it; a deactivation by the other party while it is open leaves nothing to confirm.
+    await page.getByRole("button", { name: "Reactivate" }).click();
+    await seeState(page, "Pending");
+    await page.getByRole("button", { name: "Deactivate" }).click();
+    await page.getByRole("textbox", { name: "Reason" }).fill("Second thoughts");
+    await server.connections(dst).deactivateConnection({ connectionId: id, reason: "Declined" });
+    await seeState(page, "Inactive");
+    await form.getByRole("status").filter({ hasText: "it is now Inactive" }).waitFor({ timeout: SEEN_WITHIN });
+    assert.equal(await page.getByRole("textbox", { name: "Reason" }).inputValue(), "Second thoughts");
+    assert.ok(await page.getByRole("button", { name: "Confirm" }).isDisabled());
+    await page.getByRole("button", { name: "Cancel" }).click();
+    assert.equal(await form.count(), 0);
+  });
+
+  it("offers Try again on a page that failed while the server was down, and loads it when it is back", { timeout: TIMEOUT }, async () => {
+    const own = await Server.start({ CONNECTIONS_WATCH_HEARTBEAT_INTERVAL: HEARTBEAT });
+    try {
+      const r = own.newOrg("Restart Realty");
+      const s2 = own.newOrg("Second Source");
+      const { connection } = await own
+        .connections(s2)
+        .createConnection({ destinationOrganizationId: r.id, dataTypes: [DataType.INQUIRY] });
+      const page = await newRecordedPage(own).then((p) => p.page);
+      await signIn(page, r);
+      await page.getByRole("tab", { name: "Inbound" }).click();
+      await rowOf(page, "From Second Source").waitFor();
+      await seeLive(page);
+      await own.restart(async () => {
+        // While the server is down, the connection is opened: it cannot load.
+        await page.evaluate((id) => (window.location.hash = `/connections/${id}`), connection!.id);
+        const problem = page.getByRole("alert").filter({ hasText: "The service cannot be reached right now." });
+        await problem.waitFor({ timeout: SEEN_WITHIN });
+        await problem.getByRole("button", { name: "Try again" }).waitFor();
+        await assertAccessible(page, "a page that failed to load");
+      });
+      // Back: the page loads by itself once its live status returns, without Try again.
+      await seeState(page, "Pending", 40_000);
+      await seeLive(page);
+      assert.equal(await page.getByRole("button", { name: "Try again" }).count(), 0);
+      await page.locator("ol.history li").first().waitFor({ timeout: SEEN_WITHIN });
+    } finally {
+      await own.stop();
+    }
+  });
+
+  it("keeps the page's code within its budget (150 KB gzipped)", { timeout: TIMEOUT }, () => {
+    let total = 0;
+    for (const file of readdirSync(DIST_ASSETS)) {
+      total += gzipSync(readFileSync(join(DIST_ASSETS, file)), { level: 9 }).length;
+    }
+    assert.ok(total > 10_000, "the built assets are there");
+    assert.ok(total < 150 * 1024, `the assets are ${total} bytes gzipped`);
+  });
+
+  it("takes the README's screenshots", { timeout: TIMEOUT }, async () => {
+    const me = server.newOrg("Northwind Bank");
+    const orbit = server.newOrg("Orbit Credit Union");
+    const summit = server.newOrg("Summit Payroll");
+    const cedar = server.newOrg("Cedar Insurance");
+    const harbor = server.newOrgId("Harbor Mortgage");
+    const mine = server.connections(me);
+    const { connection: active } = await mine.createConnection({
+      destinationOrganizationId: orbit.id,
+      dataTypes: [DataType.INQUIRY, DataType.ACCOUNT],
+    });
+    await server.connections(orbit).activateConnection({ connectionId: active!.id });
+    const { connection: closed } = await server
+      .connections(cedar)
+      .createConnection({ destinationOrganizationId: me.id, dataTypes: [DataType.VERIFICATION] });
+    await mine.activateConnection({ connectionId: closed!.id });
+    await server.connections(cedar).deactivateConnection({ connectionId: closed!.id, reason: "Policy renewal" });
+    await mine.createConnection({ destinationOrganizationId: harbor, dataTypes: [DataType.TRANSACTION] });
+    await server
+      .connections(summit)
+      .createConnection({ destinationOrganizationId: me.id, dataTypes: [DataType.ACCOUNT, DataType.TRANSACTION] });
+
+    const page = await newPage({ width: 1280, height: 720 });
+    await signIn(page, me);
+    await page.getByRole("tab", { name: "All" }).click();
+    await rowOf(page, "From Summit Payroll").getByText("Needs your action").waitFor();
+    await rowOf(page, "To Harbor Mortgage").getByText("Waiting for Harbor Mortgage").waitFor();
+    await seeLive(page);
+    await page.screenshot({ path: join(DOC_SCREENSHOTS, "list.png") });
+
+    await rowOf(page, "To Orbit Credit Union").getByRole("link").click();
+    await seeState(page, "Active");
+    await page.locator("ol.history li").nth(1).waitFor();
+    await page.screenshot({ path: join(DOC_SCREENSHOTS, "detail.png"), fullPage: true });
+
+    await page.getByRole("link", { name: "Connections", exact: true }).click();
+    await fillNewConnection(page, cedar, ["Verifications", "Accounts"]);
+    await page.screenshot({ path: join(DOC_SCREENSHOTS, "new-connection.png") });
+
+    const narrow = await newPage({ width: 375, height: 812 });
+    await signIn(narrow, me);
+    await narrow.getByRole("tab", { name: "All" }).click();
+    await rowOf(narrow, "From Summit Payroll").getByText("Needs your action").waitFor();
+    await seeLive(narrow);
+    await narrow.screenshot({ path: join(DOC_SCREENSHOTS, "list-375.png") });
   });
 });

@@ -1,22 +1,25 @@
 /**
- * One connection: every field, its history, and the actions the caller may take now. Each action
- * is sent with the etag of the connection as shown, so a change made meanwhile by the other party
- * is never overwritten: the page says so and shows the current state. An event of this connection
- * arriving on the page's stream (see ../live.ts) loads the connection again and joins the history.
+ * One connection: a summary line and what happens next, the actions the caller may take now beside
+ * its state, the fields that have a value, and its history, newest first. Each action is sent with
+ * the etag of the connection as shown, so a change made meanwhile by the other party is never
+ * overwritten: the page says so and shows the current state. An event of this connection arriving
+ * on the page's stream (see ../live.ts) loads the connection again and joins the history; a reason
+ * being typed for a deactivation stays, with a notice that the connection changed.
  */
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 
 import { ErrorReason, newRequestId, problem, type Problem } from "../api.js";
-import { useOrganizationName, useSession } from "../app.js";
-import { dataTypeWords, EVENT_WORDS, iso, ROLE_WORDS, STATE_WORDS, when } from "../format.js";
+import { dataTypeList, dataTypeWords, EVENT_WORDS, iso, ROLE_WORDS, STATE_WORDS, when } from "../format.js";
 import {
   type Connection,
   type ConnectionEvent,
   ConnectionRole,
   ConnectionState,
 } from "../gen/connections/v1/resources_pb.js";
-import { useCoalesced, useLive } from "./live.js";
+import { useOrganizationName, useSession } from "../session.js";
+import { useCoalesced, useLive, useReloadWhenLive } from "./live.js";
 import { ProblemNote } from "./problem.js";
+import { Ago } from "./time.js";
 
 type Action = "Activate" | "Deactivate" | "Reactivate";
 
@@ -30,12 +33,36 @@ const CHANGED_MEANWHILE = [
   ErrorReason.INVALID_STATE_TRANSITION,
 ];
 
+/** The longest reason the API accepts. */
+const REASON_MAX = 500;
+
+/** The caller's role in `connection`. */
+function roleOf(connection: Connection, me: string): ConnectionRole {
+  return connection.sourceOrganizationId === me
+    ? ConnectionRole.SOURCE
+    : connection.destinationOrganizationId === me
+      ? ConnectionRole.DESTINATION
+      : ConnectionRole.UNSPECIFIED;
+}
+
+/** The actions the caller may take on `connection` now. */
+function allowedActions(connection: Connection, role: ConnectionRole): Action[] {
+  const allowed: Action[] = [];
+  if (role === ConnectionRole.DESTINATION && connection.state === ConnectionState.PENDING) allowed.push("Activate");
+  if (connection.state === ConnectionState.PENDING || connection.state === ConnectionState.ACTIVE) {
+    allowed.push("Deactivate");
+  }
+  if (role === ConnectionRole.SOURCE && connection.state === ConnectionState.INACTIVE) allowed.push("Reactivate");
+  return allowed;
+}
+
 export function ConnectionDetail({ id }: { id: string }) {
   const { api, me } = useSession();
   const [connection, setConnection] = useState<Connection | null>(null);
   const [refusal, setRefusal] = useState<Problem | null>(null);
   const [actionRefusal, setActionRefusal] = useState<Problem | null>(null);
-  const [confirming, setConfirming] = useState(false);
+  // The etag of the connection when the deactivation form was opened; null while it is closed.
+  const [confirming, setConfirming] = useState<string | null>(null);
   const [reason, setReason] = useState("");
   const [busy, setBusy] = useState(false);
   const [historyVersion, setHistoryVersion] = useState(0);
@@ -78,39 +105,30 @@ export function ConnectionDetail({ id }: { id: string }) {
   useEffect(() => {
     setConnection(null);
     setActionRefusal(null);
-    setConfirming(false);
+    setConfirming(null);
+    setReason("");
     void load();
   }, [load]);
+  // Failed while the server was away: load again as soon as it is back.
+  useReloadWhenLive(refusal !== null && refusal.retryable, () => void refresh());
 
   if (!connection) {
     return (
       // The same heading element as when loaded, so the focus stays on it.
       <section aria-labelledby="detail-heading">
         <p>
-          <a href="#/">Back to connections</a>
+          <a href="#/">Back to the list</a>
         </p>
-        <div class="heading-row">
-          <h2 id="detail-heading" tabIndex={-1}>
-            Connection
-          </h2>
-        </div>
+        <h2 id="detail-heading" tabIndex={-1}>
+          Connection
+        </h2>
         {refusal ? <ProblemNote problem={refusal} onRetry={() => void refresh()} /> : <p role="status">Loading…</p>}
       </section>
     );
   }
 
-  const role =
-    connection.sourceOrganizationId === me.id
-      ? ConnectionRole.SOURCE
-      : connection.destinationOrganizationId === me.id
-        ? ConnectionRole.DESTINATION
-        : ConnectionRole.UNSPECIFIED;
-  const allowed: Action[] = [];
-  if (role === ConnectionRole.DESTINATION && connection.state === ConnectionState.PENDING) allowed.push("Activate");
-  if (connection.state === ConnectionState.PENDING || connection.state === ConnectionState.ACTIVE) {
-    allowed.push("Deactivate");
-  }
-  if (role === ConnectionRole.SOURCE && connection.state === ConnectionState.INACTIVE) allowed.push("Reactivate");
+  const role = roleOf(connection, me.id);
+  const allowed = allowedActions(connection, role);
 
   const act = async (action: Action) => {
     const shown = connection;
@@ -138,14 +156,17 @@ export function ConnectionDetail({ id }: { id: string }) {
     setActionRefusal(null);
     try {
       await intent.current.run();
-      setConfirming(false);
-      setReason("");
+      if (action === "Deactivate") {
+        setConfirming(null);
+        setReason("");
+      }
       setHistoryVersion((v) => v + 1);
     } catch (err) {
       const refused = problem(err);
       setActionRefusal(refused);
       if (CHANGED_MEANWHILE.includes(refused.reason)) {
-        setConfirming(false);
+        // A reason being written stays: the form says the connection changed.
+        if (action !== "Deactivate") setConfirming(null);
         setHistoryVersion((v) => v + 1);
         const now = await load();
         if (now && now.etag !== shown.etag) {
@@ -164,25 +185,58 @@ export function ConnectionDetail({ id }: { id: string }) {
     }
   };
 
+  const other =
+    role === ConnectionRole.SOURCE ? connection.destinationOrganizationId : connection.sourceOrganizationId;
+  const stateWord = STATE_WORDS[connection.state];
+
   return (
     <section aria-labelledby="detail-heading">
       <p>
-        <a href="#/">Back to connections</a>
+        <a href="#/">Back to the list</a>
       </p>
-      <div class="heading-row">
-        <h2 id="detail-heading" tabIndex={-1}>
-          Connection
-        </h2>
-        <button type="button" onClick={() => void refresh()}>
-          Refresh
-        </button>
+      <h2 id="detail-heading" tabIndex={-1}>
+        Connection
+        <HeadingName role={role} other={other} />
+      </h2>
+      <div class="state-row">
+        <span class={`state state-${stateWord.toLowerCase()}`}>{stateWord}</span>
+        <div class="actions" aria-label="Actions" role="group">
+          {allowed.includes("Activate") ? (
+            <button type="button" class="primary" disabled={busy} onClick={() => void act("Activate")}>
+              Activate
+            </button>
+          ) : null}
+          {allowed.includes("Deactivate") && confirming === null ? (
+            <button type="button" disabled={busy} onClick={() => setConfirming(connection.etag)}>
+              Deactivate
+            </button>
+          ) : null}
+          {allowed.includes("Reactivate") ? (
+            <button type="button" class="primary" disabled={busy} onClick={() => void act("Reactivate")}>
+              Reactivate
+            </button>
+          ) : null}
+        </div>
       </div>
+      <Summary connection={connection} role={role} other={other} />
       <ProblemNote problem={refusal} onRetry={() => void refresh()} />
+      {confirming !== null ? (
+        <ConfirmDeactivate
+          connection={connection}
+          role={role}
+          other={other}
+          openedAt={confirming}
+          canDeactivate={allowed.includes("Deactivate")}
+          reason={reason}
+          setReason={setReason}
+          busy={busy}
+          onConfirm={() => void act("Deactivate")}
+          onCancel={() => setConfirming(null)}
+        />
+      ) : null}
+      <ProblemNote problem={actionRefusal} onRetry={retry} />
+
       <dl class="fields card">
-        <dt>State</dt>
-        <dd>
-          <span class={`state state-${STATE_WORDS[connection.state].toLowerCase()}`}>{STATE_WORDS[connection.state]}</span>
-        </dd>
         <dt>Source</dt>
         <dd>
           <Party id={connection.sourceOrganizationId} you={role === ConnectionRole.SOURCE} />
@@ -195,78 +249,184 @@ export function ConnectionDetail({ id }: { id: string }) {
         <dd>{dataTypeWords(connection.dataTypes)}</dd>
         <dt>Created</dt>
         <dd>
-          <time dateTime={iso(connection.createTime)}>{when(connection.createTime)}</time>
+          <Exact time={connection.createTime} />
         </dd>
         <dt>Last changed</dt>
         <dd>
-          <time dateTime={iso(connection.updateTime)}>{when(connection.updateTime)}</time>
+          <Exact time={connection.updateTime} />
         </dd>
-        <dt>Last activated</dt>
-        <dd>{when(connection.activateTime)}</dd>
-        <dt>Last deactivated</dt>
-        <dd>
-          {when(connection.deactivateTime)}
-          {connection.deactivatedBy !== ConnectionRole.UNSPECIFIED ? ` by ${ROLE_WORDS[connection.deactivatedBy]}` : ""}
-        </dd>
-        <dt>Deactivation reason</dt>
-        <dd>{connection.deactivationReason || "—"}</dd>
+        {connection.activateTime ? (
+          <>
+            <dt>Last activated</dt>
+            <dd>
+              <Exact time={connection.activateTime} />
+            </dd>
+          </>
+        ) : null}
+        {connection.deactivateTime ? (
+          <>
+            <dt>Last deactivated</dt>
+            <dd>
+              <Exact time={connection.deactivateTime} />
+              {connection.deactivatedBy !== ConnectionRole.UNSPECIFIED
+                ? ` by ${ROLE_WORDS[connection.deactivatedBy]}`
+                : ""}
+            </dd>
+          </>
+        ) : null}
+        {connection.state === ConnectionState.INACTIVE && connection.deactivationReason ? (
+          <>
+            <dt>Deactivation reason</dt>
+            <dd class="reason-field">{connection.deactivationReason}</dd>
+          </>
+        ) : null}
         <dt>Connection ID</dt>
         <dd class="id">{connection.id}</dd>
-        <dt>Version</dt>
-        <dd class="id">{connection.etag}</dd>
       </dl>
 
-      <div class="actions" aria-label="Actions" role="group">
-        {allowed.includes("Activate") ? (
-          <button type="button" class="primary" disabled={busy} onClick={() => void act("Activate")}>
-            Activate
-          </button>
-        ) : null}
-        {allowed.includes("Deactivate") && !confirming ? (
-          <button type="button" disabled={busy} onClick={() => setConfirming(true)}>
-            Deactivate
-          </button>
-        ) : null}
-        {allowed.includes("Reactivate") ? (
-          <button type="button" class="primary" disabled={busy} onClick={() => void act("Reactivate")}>
-            Reactivate
-          </button>
-        ) : null}
-        {allowed.length === 0 ? <p class="hint">There is nothing for your organization to do here now.</p> : null}
-      </div>
-      {confirming && allowed.includes("Deactivate") ? (
-        <form
-          class="card"
-          onSubmit={(event) => {
-            event.preventDefault();
-            if (!busy) void act("Deactivate");
-          }}
-        >
-          <label for="reason">Reason</label>
-          <input
-            id="reason"
-            value={reason}
-            maxLength={1000}
-            aria-describedby="reason-hint"
-            onInput={(event) => setReason(event.currentTarget.value)}
-          />
-          <p id="reason-hint" class="hint">
-            Optional. Both organizations see it in the history.
-          </p>
-          <div class="actions">
-            <button type="submit" class="danger" disabled={busy}>
-              Confirm
-            </button>
-            <button type="button" onClick={() => setConfirming(false)}>
-              Cancel
-            </button>
-          </div>
-        </form>
-      ) : null}
-      <ProblemNote problem={actionRefusal} onRetry={retry} />
-
-      <History key={connection.id} id={connection.id} version={historyVersion} />
+      <History key={connection.id} id={connection.id} version={historyVersion} onRefresh={() => void refresh()} />
     </section>
+  );
+}
+
+/** An exact time, to the second. */
+function Exact({ time }: { time: Connection["createTime"] }) {
+  return <time dateTime={iso(time)}>{when(time)}</time>;
+}
+
+/** " to Orbit Credit Union" or " from …", once the name is known. */
+function HeadingName({ role, other }: { role: ConnectionRole; other: string }) {
+  const name = useOrganizationName(other);
+  return <>{name ? (role === ConnectionRole.SOURCE ? ` to ${name}` : ` from ${name}`) : ""}</>;
+}
+
+/**
+ * The connection in a sentence ("Active since 3 minutes ago; sharing Inquiries and Accounts with
+ * Orbit Credit Union"), then what happens next ("Waiting for Orbit Credit Union to activate").
+ */
+function Summary({ connection, role, other }: { connection: Connection; role: ConnectionRole; other: string }) {
+  const name = useOrganizationName(other) ?? "the other organization";
+  const types = dataTypeList(connection.dataTypes);
+  const source = role === ConnectionRole.SOURCE;
+  let what: string;
+  let next: string;
+  let needsAction = false;
+  switch (connection.state) {
+    case ConnectionState.ACTIVE:
+      what = source ? `sharing ${types} with ${name}` : `receiving ${types} from ${name}`;
+      next = "Either organization can deactivate it; sharing then stops at once.";
+      break;
+    case ConnectionState.PENDING:
+      what = source ? `to share ${types} with ${name}` : `${name} asks to share ${types} with you`;
+      if (source) {
+        next = `Waiting for ${name} to activate.`;
+      } else {
+        needsAction = true;
+        next = `Activate it to start receiving ${types}, or deactivate it to decline.`;
+      }
+      break;
+    case ConnectionState.INACTIVE: {
+      const by =
+        connection.deactivatedBy === ConnectionRole.UNSPECIFIED
+          ? ""
+          : connection.deactivatedBy === role
+            ? " by your organization"
+            : ` by ${name}`;
+      what = `deactivated${by}; nothing is shared`;
+      next = source
+        ? `Reactivate it to ask ${name} to activate it again.`
+        : `Only ${name} can reactivate it; you would then activate it again.`;
+      break;
+    }
+    default:
+      what = "";
+      next = "";
+  }
+  return (
+    <>
+      <p class="summary">
+        {STATE_WORDS[connection.state]} since <Ago time={connection.updateTime} />
+        {what ? `; ${what}` : ""}
+      </p>
+      <p class={needsAction ? "next-step needs" : "next-step"}>
+        {needsAction ? <strong>Needs your action: </strong> : null}
+        {next}
+      </p>
+    </>
+  );
+}
+
+/**
+ * "Deactivate the connection to …? Sharing stops at once.", with the Reason box. When the
+ * connection changes while it is open (the other party acted), it stays open with what was typed,
+ * and says so.
+ */
+function ConfirmDeactivate({
+  connection,
+  role,
+  other,
+  openedAt,
+  canDeactivate,
+  reason,
+  setReason,
+  busy,
+  onConfirm,
+  onCancel,
+}: {
+  connection: Connection;
+  role: ConnectionRole;
+  other: string;
+  openedAt: string;
+  canDeactivate: boolean;
+  reason: string;
+  setReason: (reason: string) => void;
+  busy: boolean;
+  onConfirm: () => void;
+  onCancel: () => void;
+}) {
+  const name = useOrganizationName(other) ?? "the other organization";
+  const changed = connection.etag !== openedAt;
+  return (
+    <form
+      class="card confirm"
+      aria-labelledby="confirm-question"
+      onSubmit={(event) => {
+        event.preventDefault();
+        if (!busy && canDeactivate) onConfirm();
+      }}
+    >
+      <p id="confirm-question" class="question">
+        Deactivate the connection {role === ConnectionRole.SOURCE ? "to" : "from"} {name}? Sharing stops at once.
+      </p>
+      {changed ? (
+        <p class="notice" role="status">
+          {`This connection changed while this was open: it is now ${STATE_WORDS[connection.state]}. `}
+          {canDeactivate
+            ? "Confirm to deactivate it as it is now."
+            : "There is nothing left to deactivate; what you typed stays here until you cancel."}
+        </p>
+      ) : null}
+      <label for="reason">Reason</label>
+      <input
+        id="reason"
+        value={reason}
+        maxLength={REASON_MAX}
+        autocomplete="off"
+        aria-describedby="reason-hint"
+        onInput={(event) => setReason(event.currentTarget.value)}
+      />
+      <p id="reason-hint" class="hint">
+        Optional. Both organizations see it in the history.
+      </p>
+      <div class="actions">
+        <button type="submit" class="danger" disabled={busy || !canDeactivate}>
+          Confirm
+        </button>
+        <button type="button" onClick={onCancel}>
+          Cancel
+        </button>
+      </div>
+    </form>
   );
 }
 
@@ -293,12 +453,12 @@ interface Shown {
 }
 
 /**
- * The history, oldest first, 50 events at a time. An event of this connection arriving on the
+ * The history, newest first; read from the API (oldest first) 50 events at a time. An event of this connection arriving on the
  * page's stream is appended when it is the next one after those shown (and every page is shown);
  * one that arrives while a page is on its way is kept and appended when it arrives, unless the page
  * has it already. `version` changes when the connection is refreshed or changed by this page.
  */
-function History({ id, version }: { id: string; version: number }) {
+function History({ id, version, onRefresh }: { id: string; version: number; onRefresh: () => void }) {
   const { api } = useSession();
   const [shown, setShown] = useState<Shown>({ events: [], next: "", loaded: false });
   const [refusal, setRefusal] = useState<Problem | null>(null);
@@ -367,21 +527,28 @@ function History({ id, version }: { id: string; version: number }) {
   useEffect(() => {
     void fetch(false);
   }, [fetch, version]);
+  // Failed while the server was away: load again as soon as it is back.
+  useReloadWhenLive(refusal !== null && refusal.retryable, () => void fetch(false));
 
   return (
     <section aria-labelledby="history-heading">
-      <h3 id="history-heading">History</h3>
-      <ProblemNote problem={refusal} />
-      <ol class="history">
-        {shown.events.map((event) => (
-          <HistoryEntry key={event.id} event={event} />
-        ))}
-      </ol>
+      <div class="heading-row">
+        <h3 id="history-heading">History</h3>
+        <button type="button" onClick={onRefresh}>
+          Refresh
+        </button>
+      </div>
+      <ProblemNote problem={refusal} onRetry={() => void fetch(false)} />
       {shown.next ? (
         <button type="button" onClick={() => void fetch(true)}>
           Later events
         </button>
       ) : null}
+      <ol class="history" reversed>
+        {[...shown.events].reverse().map((event) => (
+          <HistoryEntry key={event.id} event={event} />
+        ))}
+      </ol>
     </section>
   );
 }
@@ -411,7 +578,7 @@ function HistoryEntry({ event }: { event: ConnectionEvent }) {
       <strong>{actor ?? "An organization"}</strong> ({ROLE_WORDS[event.actorRole]}
       {key ? <span class="key">, by key '{key}'</span> : null}) {EVENT_WORDS[event.type]}
       {event.toState !== ConnectionState.UNSPECIFIED ? ` (now ${STATE_WORDS[event.toState]})` : ""}.
-      {event.reason ? <span class="reason"> Reason: {event.reason}</span> : null}
+      {event.reason ? <span class="reason">Reason: {event.reason}</span> : null}
     </li>
   );
 }

@@ -1,21 +1,24 @@
 /**
- * The caller's connections: Outbound, Inbound or All, filtered, newest first, a page at a time.
- * The page shown is loaded again when an event of the organization's connections arrives (see
- * ../live.ts), never on a timer.
+ * The caller's connections: Outbound, Inbound or All, filtered, newest first, a page at a time, as
+ * a table (stacked rows on a narrow screen). A row opens its connection; an inbound Pending one
+ * that waits on the caller says so and can be activated from the row. The page shown is loaded
+ * again when an event of the organization's connections arrives (see ../live.ts), never on a timer.
  */
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 
-import { isId, problem, type Problem } from "../api.js";
-import { go, useOrganizationName, useSession } from "../app.js";
-import { dataTypeWords, iso, STATE_WORDS, when } from "../format.js";
+import { isId, newRequestId, problem, type Problem } from "../api.js";
+import { dataTypeWords, shortId, STATE_WORDS } from "../format.js";
+import { go } from "../nav.js";
+import { useOrganizationName, useSession } from "../session.js";
 import {
   type Connection,
   type ConnectionEvent,
   ConnectionRole,
   ConnectionState,
 } from "../gen/connections/v1/resources_pb.js";
-import { useCoalesced, useLive } from "./live.js";
+import { useCoalesced, useLive, useReloadWhenLive } from "./live.js";
 import { ProblemNote } from "./problem.js";
+import { Ago } from "./time.js";
 
 /** Connections per page. */
 const PAGE_SIZE = 20;
@@ -75,6 +78,8 @@ export function ConnectionsList() {
   useEffect(() => {
     void load();
   }, [load]);
+  // Failed while the server was away: load again as soon as it is back.
+  useReloadWhenLive(refusal !== null && refusal.retryable, reload);
 
   // A new filter starts again from the first page.
   const refilter = (change: () => void) => {
@@ -142,54 +147,107 @@ export function ConnectionsList() {
               <option value={ConnectionState.INACTIVE}>Inactive</option>
             </select>
           </div>
-          <div>
-            <label for="counterparty-filter">Other organization's ID</label>
+          <div class="grow">
+            <label for="counterparty-filter">Other organization's ID (optional)</label>
             <input
               id="counterparty-filter"
               class="id"
               value={counterparty}
+              autocomplete="off"
+              spellcheck={false}
               aria-invalid={counterpartyInvalid}
-              aria-describedby="counterparty-hint"
+              aria-describedby={counterpartyInvalid ? "counterparty-hint" : undefined}
               onInput={(event) => refilter(() => setCounterparty(event.currentTarget.value))}
             />
-            <span id="counterparty-hint" class="hint">
-              {counterpartyInvalid ? "An organization ID has 36 characters, like the one above." : "Optional."}
-            </span>
           </div>
           <button type="button" onClick={() => void load()}>
             Refresh
           </button>
         </div>
+        {counterpartyInvalid ? (
+          <p id="counterparty-hint" class="hint">
+            An organization ID has 36 characters, like yours above.
+          </p>
+        ) : null}
         <ProblemNote problem={refusal} onRetry={() => void load()} />
         {items === null ? (
-          <p role="status">Loading…</p>
+          refusal ? null : (
+            <p role="status">Loading…</p>
+          )
         ) : items.length === 0 ? (
-          <p>No connections here yet.</p>
+          <Empty role={role} filtered={state !== ConnectionState.UNSPECIFIED || filterId !== "" || page > 0} />
         ) : (
-          <ul class="connections" aria-label="Connections">
-            {items.map((connection) => (
-              <ConnectionRow key={connection.id} connection={connection} me={me.id} />
-            ))}
-          </ul>
+          <table class="connections">
+            <caption class="visually-hidden">
+              {TABS.find(([, value]) => value === role)![0]} connections, newest first
+            </caption>
+            <thead>
+              <tr>
+                <th scope="col">Other organization</th>
+                <th scope="col">Direction</th>
+                <th scope="col">State</th>
+                <th scope="col">Data types</th>
+                <th scope="col">Last change</th>
+              </tr>
+            </thead>
+            <tbody>
+              {items.map((connection) => (
+                <ConnectionRow key={connection.id} connection={connection} me={me.id} onActivated={reload} />
+              ))}
+            </tbody>
+          </table>
         )}
-        <nav class="pager" aria-label="Pages">
-          <button type="button" disabled={page === 0} onClick={() => setPage(page - 1)}>
-            Previous
-          </button>
-          <span>Page {page + 1}</span>
-          <button
-            type="button"
-            disabled={!next}
-            onClick={() => {
-              setTokens([...tokens.slice(0, page + 1), next]);
-              setPage(page + 1);
-            }}
-          >
-            Next
-          </button>
-        </nav>
+        {page > 0 || next ? (
+          <nav class="pager" aria-label="Pages">
+            {page > 0 ? (
+              <button type="button" onClick={() => setPage(page - 1)}>
+                Previous
+              </button>
+            ) : null}
+            <span>Page {page + 1}</span>
+            {next ? (
+              <button
+                type="button"
+                onClick={() => {
+                  setTokens([...tokens.slice(0, page + 1), next]);
+                  setPage(page + 1);
+                }}
+              >
+                Next
+              </button>
+            ) : null}
+          </nav>
+        ) : null}
       </div>
     </section>
+  );
+}
+
+/** What to do when there is nothing to show. */
+function Empty({ role, filtered }: { role: ConnectionRole; filtered: boolean }) {
+  if (filtered) {
+    return (
+      <div class="empty">
+        <p>No connections here yet.</p>
+        <p class="hint">None match these filters. Choose "Any state" or clear the other organization's ID.</p>
+      </div>
+    );
+  }
+  return (
+    <div class="empty">
+      <p>No connections here yet.</p>
+      {role !== ConnectionRole.SOURCE ? (
+        <p>
+          To receive data, copy your Organization ID (above) and give it to your partner: they create the
+          connection, and you activate it here.
+        </p>
+      ) : null}
+      {role !== ConnectionRole.DESTINATION ? (
+        <p>
+          To share data, choose <strong>New connection</strong> and paste the Organization ID your partner gave you.
+        </p>
+      ) : null}
+    </div>
   );
 }
 
@@ -208,23 +266,92 @@ function concerns(event: ConnectionEvent, me: string, role: ConnectionRole): boo
   return mine === role || mine === ConnectionRole.UNSPECIFIED;
 }
 
-function ConnectionRow({ connection, me }: { connection: Connection; me: string }) {
+/**
+ * One connection as a table row. The other organization's name is a link (for the keyboard and
+ * screen readers); a click anywhere else on the row opens the connection too.
+ */
+function ConnectionRow({
+  connection,
+  me,
+  onActivated,
+}: {
+  connection: Connection;
+  me: string;
+  onActivated: () => void;
+}) {
+  const { api } = useSession();
   const outbound = connection.sourceOrganizationId === me;
   const other = outbound ? connection.destinationOrganizationId : connection.sourceOrganizationId;
   const name = useOrganizationName(other);
+  const pending = connection.state === ConnectionState.PENDING;
+  const stateWord = STATE_WORDS[connection.state];
+  const href = `#/connections/${connection.id}`;
+  const [busy, setBusy] = useState(false);
+  const [refusal, setRefusal] = useState<Problem | null>(null);
+  // One request_id per version of the connection shown: a retry sends the same one.
+  const intent = useRef<{ etag: string; requestId: string } | null>(null);
+
+  const activate = async () => {
+    if (intent.current?.etag !== connection.etag) intent.current = { etag: connection.etag, requestId: newRequestId() };
+    setBusy(true);
+    setRefusal(null);
+    try {
+      await api.connections.activateConnection({
+        connectionId: connection.id,
+        etag: connection.etag,
+        requestId: intent.current.requestId,
+      });
+      onActivated();
+    } catch (err) {
+      setRefusal(problem(err));
+      onActivated();
+    } finally {
+      setBusy(false);
+    }
+  };
+
   return (
-    <li class="connection">
-      <a href={`#/connections/${connection.id}`}>
-        {outbound ? "To " : "From "}
-        {name ?? "an organization"}
-      </a>
-      <span class={`state state-${STATE_WORDS[connection.state].toLowerCase()}`}>{STATE_WORDS[connection.state]}</span>
-      <span class="id">{other}</span>
-      <span>{dataTypeWords(connection.dataTypes)}</span>
-      <span class="times">
-        Created <time dateTime={iso(connection.createTime)}>{when(connection.createTime)}</time>, changed{" "}
-        <time dateTime={iso(connection.updateTime)}>{when(connection.updateTime)}</time>
-      </span>
-    </li>
+    <tr
+      class="connection"
+      onClick={(event) => {
+        // Links, buttons and selected text keep their own meaning.
+        if ((event.target as HTMLElement).closest("a, button")) return;
+        if (window.getSelection()?.toString()) return;
+        go(href.slice(1));
+      }}
+    >
+      <td data-label="Other organization" class="party">
+        <div>
+          {/* The name read out says the direction too: "To Orbit Credit Union". */}
+          <a href={href} aria-label={`${outbound ? "To" : "From"} ${name ?? "an organization"}`}>
+            {name ?? "An organization"}
+          </a>
+          <span class="id muted" title={other}>
+            {shortId(other)}
+          </span>
+        </div>
+      </td>
+      <td data-label="Direction">{outbound ? "Outbound" : "Inbound"}</td>
+      <td data-label="State" class="state-cell">
+        <div>
+          <span class={`state state-${stateWord.toLowerCase()}`}>{stateWord}</span>
+          {pending && !outbound ? (
+            <span class="next">
+              <strong class="needs">Needs your action</strong>
+              <button type="button" class="primary small" disabled={busy} onClick={() => void activate()}>
+                Activate
+              </button>
+            </span>
+          ) : pending ? (
+            <span class="next muted">Waiting for {name ?? "the other organization"}</span>
+          ) : null}
+          <ProblemNote problem={refusal} onRetry={() => void activate()} />
+        </div>
+      </td>
+      <td data-label="Data types">{dataTypeWords(connection.dataTypes)}</td>
+      <td data-label="Last change">
+        <Ago time={connection.updateTime} />
+      </td>
+    </tr>
   );
 }

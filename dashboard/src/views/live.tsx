@@ -1,7 +1,7 @@
 /** How views follow the page's live changes (see ../live.ts), and the status line that tells of them. */
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 
-import { useSession } from "../app.js";
+import { useSession } from "../session.js";
 import type { LiveListener, LiveState } from "../live.js";
 
 /**
@@ -49,6 +49,25 @@ export function useCoalesced(load: () => Promise<unknown>): () => void {
       }
     })();
   }, []);
+}
+
+/**
+ * Runs `reload` when the page's live status returns (the stream opens again, e.g. after the server
+ * restarted) while `failed` is true: a view that could not load while the server was away loads
+ * by itself once it is back.
+ */
+export function useReloadWhenLive(failed: boolean, reload: () => void): void {
+  const { live } = useSession();
+  const latest = useRef({ failed, reload });
+  latest.current = { failed, reload };
+  useEffect(() => {
+    let previous: LiveState["kind"] | null = null;
+    return live.watchState((state) => {
+      const returned = state.kind === "live" && previous !== null && previous !== "live";
+      previous = state.kind;
+      if (returned && latest.current.failed) latest.current.reload();
+    });
+  }, [live]);
 }
 
 const TIME = new Intl.DateTimeFormat(undefined, { timeStyle: "medium" });

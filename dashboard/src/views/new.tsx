@@ -5,7 +5,8 @@
 import { useEffect, useRef, useState } from "preact/hooks";
 
 import { ErrorReason, isId, newRequestId, problem, type Problem } from "../api.js";
-import { go, useSession } from "../app.js";
+import { go } from "../nav.js";
+import { useSession } from "../session.js";
 import { DATA_TYPES } from "../format.js";
 import { DataType } from "../gen/connections/v1/resources_pb.js";
 import { ProblemNote } from "./problem.js";
