@@ -389,6 +389,9 @@ describe("the dashboard", { timeout: SUITE_TIMEOUT }, () => {
     await page.getByRole("link", { name: `To ${i.name}` }).waitFor();
     const overflow = async () => page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert.ok((await overflow()) <= 0, "the list fits the width");
+    // The organization takes two short lines: its name, then the ID with Copy.
+    const orgLine = (await page.locator(".org-line").boundingBox())!;
+    assert.ok(orgLine.height < 90, `the organization line is at most two lines high (${orgLine.height} px)`);
     await assertAccessible(page, "the list at 375 px");
     await page.getByRole("link", { name: `To ${i.name}` }).click();
     await seeState(page, "Pending");
