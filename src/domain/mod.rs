@@ -7,6 +7,7 @@ pub mod names;
 pub mod organization;
 pub mod page;
 pub mod snapshot;
+pub mod webhook;
 
 pub use audit::{
     Actor, AuditAction, AuditEvent, AuditFilter, Credential, CredentialKind, TargetType,
