@@ -52,7 +52,7 @@ pub struct Settings {
     pub listen: SocketAddr,
 
     /// Not an option: says to use --listen.
-    #[arg(long, hide = true, value_parser = no_port_option)]
+    #[arg(long, hide = true, num_args = 0..=1, default_missing_value = "", value_parser = no_port_option)]
     pub port: Option<u16>,
 
     /// Database settings.
@@ -454,7 +454,7 @@ fn parse_any_duration(value: &str) -> Result<Duration, String> {
 }
 
 /// An address to listen on: `IP:PORT`, or `HOST:PORT` with a host name that
-/// resolves (its first address is taken, e.g. `localhost:50051`).
+/// resolves (its first IPv4 address is taken, else its first address).
 fn parse_listen(value: &str) -> Result<SocketAddr, String> {
     use std::net::ToSocketAddrs;
     if let Ok(addr) = value.parse() {
@@ -464,11 +464,18 @@ fn parse_listen(value: &str) -> Result<SocketAddr, String> {
     if !value.contains(':') {
         return Err(format!("{value:?} has no port: give {usage}"));
     }
-    let mut addrs = value
+    let addrs: Vec<SocketAddr> = value
         .to_socket_addrs()
-        .map_err(|err| format!("cannot resolve {value:?} ({err}): give {usage}"))?;
+        .map_err(|err| format!("cannot resolve {value:?} ({err}): give {usage}"))?
+        .collect();
+    // An IPv4 address first: `localhost` then means 127.0.0.1, the address
+    // the quick start and most clients use, even where it resolves to ::1
+    // first.
     addrs
-        .next()
+        .iter()
+        .find(|addr| addr.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
         .ok_or_else(|| format!("{value:?} resolves to no address: give {usage}"))
 }
 
@@ -624,7 +631,7 @@ pub enum AdminCommand {
 
 impl AdminCommand {
     /// Whether the command only reads: it then never creates a database
-    /// that does not exist.
+    /// that does not exist, nor migrates one.
     pub fn reads_only(&self) -> bool {
         match self {
             Self::ListOrgs | Self::ListKeys { .. } | Self::Audit { .. } => true,

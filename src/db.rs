@@ -115,6 +115,13 @@ async fn why_not_connected(url: &str, err: &DbErr) -> String {
         );
     }
     if let Ok(options) = sqlx::postgres::PgConnectOptions::from_str(url) {
+        if let Some(socket) = options.get_socket() {
+            return format!(
+                "cannot connect to PostgreSQL on the socket {}: {driver}",
+                socket.display()
+            );
+        }
+        // The pool reports only that it timed out: connecting once says why.
         let (host, port) = (options.get_host().to_owned(), options.get_port());
         let reached = tokio::time::timeout(
             Duration::from_secs(2),
@@ -123,9 +130,12 @@ async fn why_not_connected(url: &str, err: &DbErr) -> String {
         .await;
         let at = format!("PostgreSQL at {host}:{port}");
         return match reached {
-            Ok(Err(os)) => format!("cannot connect to {at}: {}", os.kind()),
+            Ok(Err(os)) if os.kind() == std::io::ErrorKind::ConnectionRefused => {
+                format!("cannot connect to {at}: connection refused")
+            }
+            Ok(Err(os)) => format!("cannot connect to {at}: {os}"),
             Err(_) => format!("cannot connect to {at}: no answer within 2 s"),
-            Ok(Ok(_)) => format!("cannot connect to {at} ({redacted}): {driver}"),
+            Ok(Ok(_)) => format!("cannot connect to {at}: {driver}"),
         };
     }
     format!("cannot connect to {redacted}: {driver}")

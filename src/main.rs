@@ -153,7 +153,21 @@ async fn admin(args: AdminArgs) -> Result<(), Error> {
         )
         .into());
     }
-    let (db, schema) = db::connect_and_migrate(&args.database).await?;
+    // Commands that only read change nothing, the schema included: a
+    // deployment that migrates as a step of its own decides when.
+    let (db, schema) = if args.command.reads_only() {
+        let db = db::connect(&args.database).await?;
+        let schema = db::schema(&db).await?;
+        if !schema.pending.is_empty() {
+            return Err(StartupError::SchemaBehind {
+                pending: schema.pending,
+            }
+            .into());
+        }
+        (db, schema)
+    } else {
+        db::connect_and_migrate(&args.database).await?
+    };
     schema.warn_if_newer();
     let tokens = PageTokens::new(secrets::shared_key(&db, PageTokens::SECRET_NAME).await?);
     let organizations = Organizations::new(db.clone(), db.clone().into(), tokens.clone());
@@ -242,6 +256,11 @@ async fn admin(args: AdminArgs) -> Result<(), Error> {
                 start_time: time("since", since)?,
                 end_time: time("until", until)?,
             };
+            if let (Some(start), Some(end)) = (filter.start_time, filter.end_time)
+                && end <= start
+            {
+                return Err("--until must be after --since".into());
+            }
             let log = AuditLog::of(&db, tokens);
             let page_size = PageSize::from_request(500).expect("positive");
             let mut token: Option<String> = None;

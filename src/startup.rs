@@ -32,11 +32,12 @@ pub enum StartupError {
     /// Connecting to, or migrating, the database failed.
     #[error("database: {}", db::describe(.0))]
     Database(#[from] DbErr),
-    /// Serving without migrating (`--no-migrate`), on a database that lacks
-    /// migrations this release needs.
+    /// Serving without migrating (`--no-migrate`), or reading with an admin
+    /// command, on a database that lacks migrations this release needs.
     #[error(
         "the database's schema is older than this release: {} migration(s) pending ({}); \
-         run `connections migrate` of this release first, or serve without --no-migrate",
+         run `connections migrate` of this release first (`serve` migrates at start unless \
+         --no-migrate)",
         pending.len(),
         pending.join(", ")
     )]
@@ -82,19 +83,19 @@ pub struct Application {
 }
 
 impl Application {
-    /// Checks the transport settings, connects, migrates (unless told not
-    /// to) and binds. A database whose schema is newer than this release
+    /// Checks the transport settings, takes its ports, connects, migrates
+    /// (unless told not to), and listens. A database whose schema is newer than this release
     /// (migrations a later release applied) is served, with a warning; one
     /// that still lacks this release's migrations is refused without
     /// `settings.migrate` ([`StartupError::SchemaBehind`]).
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         let transport = Transport::new(&settings)?;
-        // The ports first: a server that cannot listen touches no database.
-        let listener = bind(settings.listen).await?;
-        let metrics_listener = match settings.metrics_listen {
-            Some(addr) => Some(bind(addr).await?),
-            None => None,
-        };
+        // The ports are taken first, so that a server that cannot have them
+        // touches no database; they are listened on only once the database
+        // is migrated, so that until then nothing accepts calls it cannot
+        // serve (a TCP probe or a client fails over at once).
+        let port = reserve(settings.listen)?;
+        let metrics_port = settings.metrics_listen.map(reserve).transpose()?;
         let db = db::connect(&settings.database).await?;
         let schema = if settings.migrate {
             db::migrate(&db).await?
@@ -143,6 +144,11 @@ impl Application {
             access: access.clone(),
             access_check_token: AdminToken::access_check(settings.access_check_token.as_ref()),
         };
+        let listener = listen(port, settings.listen)?;
+        let metrics_listener = metrics_port
+            .zip(settings.metrics_listen)
+            .map(|(port, addr)| listen(port, addr))
+            .transpose()?;
         Ok(Self {
             settings,
             transport,
@@ -234,7 +240,13 @@ impl Application {
             ))
         });
         let stopping = CancellationToken::new();
-        let access_log = self.settings.access_log.then(AccessLog::stdout);
+        let (access_log, access_log_writer) = match self.settings.access_log {
+            true => {
+                let (log, writer) = AccessLog::stdout();
+                (Some(log), Some(writer))
+            }
+            false => (None, None),
+        };
         let (routes, health_reporter) = server::register(
             self.services,
             self.settings.dashboard,
@@ -311,6 +323,9 @@ impl Application {
             }
         }
 
+        if let Some(writer) = access_log_writer {
+            writer.finish(std::time::Duration::from_secs(2)).await;
+        }
         for task in tasks {
             task.stop().await;
         }
@@ -322,9 +337,29 @@ impl Application {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
-    TcpListener::bind(addr)
-        .await
+/// `addr`, bound but not listened on yet: a port in use elsewhere fails
+/// here, while connecting to it is still refused.
+fn reserve(addr: SocketAddr) -> Result<tokio::net::TcpSocket, StartupError> {
+    let bind = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As TcpListener::bind does: a restarted server may take its port
+        // while connections of the one before are still closing.
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        Ok(socket)
+    };
+    bind().map_err(|source| StartupError::Bind { addr, source })
+}
+
+/// Starts listening on a port [`reserve`] took.
+fn listen(socket: tokio::net::TcpSocket, addr: SocketAddr) -> Result<TcpListener, StartupError> {
+    socket
+        .listen(1024)
         .map_err(|source| StartupError::Bind { addr, source })
 }
 

@@ -2,11 +2,13 @@
 //! created, API keys created and revoked), each with the credential that did
 //! it, the target, and where the request came from.
 //!
-//! Entries are never changed or deleted: a trigger refuses every UPDATE and
-//! DELETE on the table, on PostgreSQL and SQLite alike, whoever asks,
-//! including the service's own database user. (Removing an entry takes
-//! dropping the trigger first, which needs the table's owner and leaves its
-//! own trace in the database's logs.)
+//! Entries are never changed or deleted: triggers refuse every UPDATE and
+//! DELETE (and TRUNCATE on PostgreSQL) on the table, and on SQLite an INSERT
+//! that would replace an entry (`INSERT OR REPLACE` deletes without firing
+//! DELETE triggers). They hold for every user of the database but the
+//! table's owner, who may disable or drop them: where that matters, migrate
+//! as an owner role and serve as a role granted only SELECT and INSERT on
+//! `audit_events` (README, "Audit log").
 //!
 //! Expand only: a new table; the previous release neither reads nor writes
 //! it.
@@ -79,11 +81,16 @@ impl MigrationTrait for Migration {
             }
             _ => {
                 for (name, operation) in [
-                    ("audit_events_no_update", "UPDATE"),
-                    ("audit_events_no_delete", "DELETE"),
+                    ("audit_events_no_update", "UPDATE ON audit_events"),
+                    ("audit_events_no_delete", "DELETE ON audit_events"),
+                    (
+                        "audit_events_no_replace",
+                        "INSERT ON audit_events \
+                         WHEN EXISTS (SELECT 1 FROM audit_events WHERE id = NEW.id)",
+                    ),
                 ] {
                     db.execute_unprepared(&format!(
-                        "CREATE TRIGGER {name} BEFORE {operation} ON audit_events \
+                        "CREATE TRIGGER {name} BEFORE {operation} \
                          BEGIN SELECT RAISE(ABORT, '{REFUSAL}'); END"
                     ))
                     .await?;

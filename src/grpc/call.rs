@@ -6,7 +6,9 @@
 //! trailers-only response, or in the trailers).
 //!
 //! - The request ID is the caller's `x-request-id` when it is usable (1 to
-//!   [`MAX_REQUEST_ID_LEN`] visible ASCII characters), else a new UUIDv7. The
+//!   [`MAX_REQUEST_ID_LEN`] characters of `A-Z a-z 0-9 - _ . : / + =`, which
+//!   UUIDs, trace IDs and base64 fit), else a new UUIDv7. Callers choose
+//!   theirs, so request IDs are not unique: they correlate. The
 //!   response carries it back in `x-request-id`; logs, the access log and the
 //!   audit log name it, so one ID follows a call everywhere.
 //! - The credential is noted by the authentication step ([`note`]) in a
@@ -22,7 +24,10 @@ use std::{
     io::Write,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     task::{Context, Poll},
     time::Instant,
 };
@@ -55,7 +60,9 @@ impl RequestId {
             .filter(|id| {
                 !id.is_empty()
                     && id.len() <= MAX_REQUEST_ID_LEN
-                    && id.iter().all(|b| b.is_ascii_graphic())
+                    && id
+                        .iter()
+                        .all(|&b| b.is_ascii_alphanumeric() || b"-_.:/+=".contains(&b))
             })
             .and_then(|id| std::str::from_utf8(id).ok());
         Self(match given {
@@ -124,10 +131,27 @@ pub fn note(credential: Presented) {
     });
 }
 
-/// Where access log lines go: one JSON object per line.
+/// Lines waiting for the writer thread, at most; more are dropped (and
+/// counted) rather than making a call wait.
+const ACCESS_LOG_BACKLOG: usize = 8192;
+
+/// Where access log lines go: one JSON object per line, written by a thread
+/// of its own, so that a slow reader of the output (a stalled pipe, a full
+/// disk) never blocks a call. While it cannot keep up, lines beyond
+/// [`ACCESS_LOG_BACKLOG`] are dropped and counted, and a warning says how
+/// many once it catches up.
 #[derive(Clone)]
 pub struct AccessLog {
-    sink: Arc<Mutex<Box<dyn Write + Send>>>,
+    lines: std::sync::mpsc::SyncSender<Vec<u8>>,
+    counts: Arc<Counts>,
+}
+
+/// Lines queued, written and dropped.
+#[derive(Debug, Default)]
+struct Counts {
+    queued: AtomicU64,
+    written: AtomicU64,
+    dropped: AtomicU64,
 }
 
 impl std::fmt::Debug for AccessLog {
@@ -138,15 +162,59 @@ impl std::fmt::Debug for AccessLog {
 
 impl AccessLog {
     /// Lines to standard output.
-    pub fn stdout() -> Self {
+    pub fn stdout() -> (Self, AccessLogWriter) {
         Self::to(std::io::stdout())
     }
 
-    /// Lines to `writer`.
-    pub fn to(writer: impl Write + Send + 'static) -> Self {
-        Self {
-            sink: Arc::new(Mutex::new(Box::new(writer))),
-        }
+    /// Lines to `writer`, from a thread of its own, which ends once every
+    /// clone of the log is dropped and the lines sent are written: wait for
+    /// it with [`AccessLogWriter::finish`].
+    pub fn to(writer: impl Write + Send + 'static) -> (Self, AccessLogWriter) {
+        let (lines, received) = std::sync::mpsc::sync_channel::<Vec<u8>>(ACCESS_LOG_BACKLOG);
+        let counts = Arc::new(Counts::default());
+        let counted = counts.clone();
+        let spawned = std::thread::Builder::new()
+            .name("access-log".to_owned())
+            .spawn(move || {
+                let mut out = std::io::BufWriter::new(writer);
+                let mut reported = 0;
+                while let Ok(line) = received.recv() {
+                    let _ = out.write_all(&line);
+                    let mut written = 1;
+                    // Write what is queued together, then flush.
+                    while let Ok(line) = received.try_recv() {
+                        let _ = out.write_all(&line);
+                        written += 1;
+                    }
+                    let _ = out.flush();
+                    counted.written.fetch_add(written, Ordering::SeqCst);
+                    let lost = counted.dropped.load(Ordering::Relaxed);
+                    if lost > reported {
+                        tracing::warn!(
+                            dropped = lost - reported,
+                            "access log lines dropped: its output could not keep up"
+                        );
+                        reported = lost;
+                    }
+                }
+            });
+        let thread = match spawned {
+            Ok(thread) => Some(thread),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot start the access log's writer");
+                None
+            }
+        };
+        let writer = AccessLogWriter {
+            thread,
+            counts: counts.clone(),
+        };
+        (Self { lines, counts }, writer)
+    }
+
+    /// Lines dropped so far because the writer could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.counts.dropped.load(Ordering::Relaxed)
     }
 
     fn write(&self, line: &Line<'_>) {
@@ -154,9 +222,37 @@ impl AccessLog {
             return;
         };
         text.push(b'\n');
-        let mut sink = self.sink.lock().unwrap_or_else(PoisonError::into_inner);
-        // A log that cannot be written must not fail the call.
-        let _ = sink.write_all(&text).and_then(|()| sink.flush());
+        // Counted before it is sent, so that the writer never finds more
+        // written than queued.
+        self.counts.queued.fetch_add(1, Ordering::SeqCst);
+        if self.lines.try_send(text).is_err() {
+            self.counts.queued.fetch_sub(1, Ordering::SeqCst);
+            self.counts.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The thread that writes the access log (see [`AccessLog::to`]).
+#[derive(Debug)]
+pub struct AccessLogWriter {
+    thread: Option<std::thread::JoinHandle<()>>,
+    counts: Arc<Counts>,
+}
+
+impl AccessLogWriter {
+    /// Waits, for at most `timeout`, until every line queued so far is
+    /// written: once the server has stopped, so that the last calls' lines
+    /// are not lost when the process exits.
+    pub async fn finish(self, timeout: std::time::Duration) {
+        let Some(thread) = self.thread else { return };
+        let deadline = tokio::time::Instant::now() + timeout;
+        let counts = &self.counts;
+        while counts.written.load(Ordering::SeqCst) < counts.queued.load(Ordering::SeqCst)
+            && !thread.is_finished()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 }
 
@@ -251,6 +347,9 @@ where
         let response = PRESENTED.scope(slot, self.inner.call(request));
         Box::pin(async move {
             let mut response = response.await?;
+            // As the client will get it (the transport's layers outside
+            // make the same change).
+            super::limits::message_too_large_is_resource_exhausted(response.headers_mut());
             if let Some(header) = header {
                 response.headers_mut().insert(REQUEST_ID_HEADER, header);
             }
@@ -408,12 +507,76 @@ mod tests {
             None,
             Some(too_long.as_bytes()),
             Some(&b"with space"[..]),
+            Some(&b"<script>"[..]),
             Some(&b"caf\xc3\xa9"[..]),
         ] {
             let id = RequestId::of(&headers(unusable));
             let parsed = uuid::Uuid::parse_str(id.as_str()).expect("a generated UUID");
             assert_eq!(parsed.get_version_num(), 7, "{unusable:?}");
         }
+    }
+
+    /// An output that takes nothing until it is opened, then keeps what it
+    /// is given.
+    struct Gate {
+        open: std::sync::mpsc::Receiver<()>,
+        opened: bool,
+        kept: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl Write for Gate {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if !self.opened {
+                let _ = self.open.recv();
+                self.opened = true;
+            }
+            self.kept.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stalled_output_never_holds_up_a_call_and_lines_beyond_the_backlog_are_counted() {
+        let (open, gate) = std::sync::mpsc::channel();
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let (log, writer) = AccessLog::to(Gate {
+            open: gate,
+            opened: false,
+            kept: kept.clone(),
+        });
+        let line = Line {
+            time: String::new(),
+            method: "/a.B/C",
+            code: "OK".to_owned(),
+            reason: None,
+            credential: None,
+            organization_id: None,
+            api_key_id: None,
+            duration_ms: 1.0,
+            peer: None,
+            request_id: "r",
+        };
+        let sent = ACCESS_LOG_BACKLOG + 100;
+        let started = Instant::now();
+        for _ in 0..sent {
+            log.write(&line);
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "writing lines waited for the output"
+        );
+        let dropped = log.dropped() as usize;
+        // The channel holds the backlog and the writer's buffer a few lines
+        // more: the rest are dropped.
+        assert!((1..=100).contains(&dropped), "{dropped} dropped");
+        open.send(()).unwrap();
+        writer.finish(std::time::Duration::from_secs(10)).await;
+        let written = kept.lock().unwrap().split(|&b| b == b'\n').count() - 1;
+        assert_eq!(written, sent - dropped, "every line not dropped is written");
     }
 
     #[test]

@@ -47,7 +47,7 @@ fn header_list_size<B>(request: &Request<B>) -> usize {
 
 /// Rewrites a trailers-only OUT_OF_RANGE "message too large" status, in
 /// `headers`, to RESOURCE_EXHAUSTED.
-fn message_too_large_is_resource_exhausted(headers: &mut HeaderMap) {
+pub(super) fn message_too_large_is_resource_exhausted(headers: &mut HeaderMap) {
     let Some(status) = tonic::Status::from_header_map(headers) else {
         return;
     };

@@ -259,7 +259,13 @@ impl ApiKeys {
             .map(|_| Some((key, stored))),
             other => other,
         };
-        let committed = txn.commit().await;
+        // A revocation without its audit entry is never committed: dropping
+        // the transaction rolls both back (on SQLite a failed statement
+        // leaves the transaction open, so committing would keep the rest).
+        let committed = match &found {
+            Ok(_) => txn.commit().await,
+            Err(_) => Ok(()),
+        };
         self.revocations.fetch_add(1, Ordering::SeqCst);
         let (key, stored) = match (found, committed) {
             (Ok(found), Ok(())) => found.ok_or(ServiceError::ApiKeyNotFound)?,

@@ -324,8 +324,12 @@ fn exits_within_10_seconds(mut command: Command) -> std::process::Output {
 
 /// `connections serve` on `url`, its stderr captured.
 fn spawn_serve(url: &str) -> std::process::Child {
+    spawn_serve_on(url, free_port())
+}
+
+fn spawn_serve_on(url: &str, port: u16) -> std::process::Child {
     Command::new(BIN)
-        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("CONNECTIONS_DATABASE_URL", url)
         .env_remove("RUST_LOG")
         .stdout(Stdio::null())
@@ -393,7 +397,8 @@ async fn sigterm_while_serve_waits_for_the_migration_lock_stops_it_at_once() {
         ))
         .await
         .unwrap();
-    let server = spawn_serve(&url);
+    let port = free_port();
+    let server = spawn_serve_on(&url, port);
     let waiting = "SELECT count(*) AS n FROM pg_locks WHERE locktype = 'advisory' AND NOT granted";
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
@@ -413,6 +418,15 @@ async fn sigterm_while_serve_waits_for_the_migration_lock_stops_it_at_once() {
     })
     .await
     .expect("the server waits for the migration lock");
+    // Its port is taken but not listened on yet: a client (or a TCP probe)
+    // is refused at once rather than left waiting on a server that cannot
+    // answer.
+    let refused = tokio::net::TcpStream::connect(("127.0.0.1", port)).await;
+    assert_eq!(
+        refused.map(|_| ()).map_err(|err| err.kind()),
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "a server still migrating accepts connections"
+    );
     let (took, output) = terminate(server).await;
     assert_stopped_during_start_up(took, &output);
     replica.close().await.unwrap();

@@ -284,6 +284,29 @@ fn a_read_only_admin_command_creates_no_database_and_names_the_file_it_looked_fo
     }
 }
 
+#[tokio::test]
+async fn a_read_only_admin_command_never_migrates_and_names_connections_migrate() {
+    use sea_orm::{ConnectionTrait, Database, Statement};
+    let dir = Dir::new();
+    // A database file with no schema yet.
+    std::fs::File::create(dir.0.join("empty.db")).unwrap();
+    let url = dir.sqlite_url("empty.db");
+    let output = run(&dir.0, &["admin", "list-orgs", "--database-url", &url]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("run `connections migrate`"), "{stderr}");
+    let db = Database::connect(&url).await.unwrap();
+    let tables = db
+        .query_all_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT name FROM sqlite_master WHERE type = 'table'",
+        ))
+        .await
+        .unwrap();
+    assert!(tables.is_empty(), "list-orgs migrated the database");
+    db.close().await.unwrap();
+}
+
 #[test]
 fn serve_names_the_database_it_cannot_reach_and_why() {
     let dir = Dir::new();
