@@ -67,7 +67,7 @@ impl RequestId {
             .and_then(|id| std::str::from_utf8(id).ok());
         Self(match given {
             Some(id) => id.into(),
-            None => uuid::Uuid::now_v7().to_string().into(),
+            None => new_request_id().to_string().into(),
         })
     }
 
@@ -75,6 +75,25 @@ impl RequestId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// A new UUIDv7 for a call that brought no request ID, made without a system
+/// call or a lock: the time in milliseconds, then a counter started at a
+/// random value once per process (so IDs of one process never repeat, and
+/// those of two processes collide only by chance).
+fn new_request_id() -> uuid::Uuid {
+    use std::sync::LazyLock;
+    static COUNTER: LazyLock<AtomicU64> =
+        LazyLock::new(|| AtomicU64::new(u64::from_ne_bytes(crate::service::random_bytes::<8>())));
+    static SALT: LazyLock<[u8; 2]> = LazyLock::new(crate::service::random_bytes::<2>);
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64);
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes();
+    let mut rest = [0u8; 10];
+    rest[..2].copy_from_slice(&*SALT);
+    rest[2..].copy_from_slice(&count);
+    uuid::Builder::from_unix_timestamp_millis(millis, &rest).into_uuid()
 }
 
 /// The client's address, from the connect info the server put in the
