@@ -17,7 +17,8 @@ use std::{
 
 use http::{HeaderMap, Request, Response, StatusCode, Version};
 
-use super::server::MAX_HEADER_LIST_SIZE;
+/// Largest header list (metadata) accepted per request, in bytes.
+pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 
 /// Bytes HTTP/2 adds to each header field when it sizes a header list
 /// (RFC 9113, section 6.5.2).

@@ -46,8 +46,7 @@ use crate::{
 pub const MAX_DECODING_MESSAGE_SIZE: usize = 64 * 1024;
 /// Largest response message sent, in bytes (a page of 500 connections fits).
 pub const MAX_ENCODING_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
-/// Largest header list (metadata) accepted per request, in bytes.
-pub const MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+pub use super::limits::MAX_HEADER_LIST_SIZE;
 /// Concurrent calls allowed on one HTTP/2 connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 256;
 /// Calls running longer than this fail with CANCELLED (server-side deadline).
