@@ -247,7 +247,7 @@ impl ConnectionService for ConnectionApi {
             organization: caller,
             role,
         };
-        let stream = self.watches.watch(party, start, still_authorized)?;
+        let stream = self.watches.watch(party, start, still_authorized).await?;
         Ok(Response::new(Box::pin(stream.map(|item| {
             let item = item?;
             Ok(WatchConnectionEventsResponse {

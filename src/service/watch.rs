@@ -187,13 +187,29 @@ impl Watches {
     /// Opens a watch of `party`'s events from `start`. `still_authorized` is
     /// checked every [`AUTHORIZATION_CHECK`] while the stream is open, and
     /// before each batch of events.
-    pub fn watch(
+    ///
+    /// The start is fixed before this returns: a change committed after it
+    /// returns is in the stream whatever `start` is, so a caller that has
+    /// the response may write and expect to see its writes.
+    pub async fn watch(
         &self,
         party: Party,
         start: WatchStart,
         still_authorized: StillAuthorized,
     ) -> Result<WatchStream, ServiceError> {
         let slot = self.claim(party.organization)?;
+        // Subscribed before the start is read, so the feed misses nothing
+        // the start does not hold.
+        let subscription = self
+            .feed
+            .subscribe()
+            .await
+            .ok_or_else(|| ServiceError::internal("the change feed has not started"))?;
+        let start = match start {
+            WatchStart::After(seen) => seen,
+            WatchStart::Beginning => Snapshot::empty(),
+            WatchStart::Now => change_log::snapshot(&self.reader).await?,
+        };
         let (sender, receiver) = mpsc::channel(READY);
         let (ended, outcome) = oneshot::channel();
         let read = Arc::new(Mutex::new(Instant::now()));
@@ -208,12 +224,12 @@ impl Watches {
             ),
             read: read.clone(),
             waiting_since: None,
-            start: Snapshot::empty(),
-            seen: Snapshot::empty(),
+            seen: start.clone(),
+            start,
         };
         let task = tokio::spawn(async move {
             let _slot = slot;
-            stream.run(start).await
+            stream.run(subscription).await
         });
         // The task's end, told to the consumer: a failure (a panic too) ends
         // the stream with its error.
@@ -332,24 +348,16 @@ struct Stream {
 struct Gone;
 
 impl Stream {
-    /// Sends from `start` until the client goes away (`Ok`) or the stream
-    /// must end with an error.
-    async fn run(mut self, start: WatchStart) -> Result<Gone, ServiceError> {
-        let Subscription {
+    /// Sends from the start until the client goes away (`Ok`) or the stream
+    /// must end with an error; `subscription` was taken before the start
+    /// was read.
+    async fn run(
+        mut self,
+        Subscription {
             horizon: caught_up,
             mut batches,
-        } = self
-            .watches
-            .feed
-            .subscribe()
-            .await
-            .ok_or_else(|| ServiceError::internal("the change feed has not started"))?;
-        self.start = match start {
-            WatchStart::After(seen) => seen,
-            WatchStart::Beginning => Snapshot::empty(),
-            WatchStart::Now => change_log::snapshot(&self.watches.reader).await?,
-        };
-        self.seen = self.start.clone();
+        }: Subscription,
+    ) -> Result<Gone, ServiceError> {
         // The feed takes over at `caught_up`: below it every change the start
         // does not hold comes from the database, then `cursor` is there.
         let mut cursor = self.start.xmin().max(caught_up);
@@ -553,6 +561,7 @@ mod tests {
                 WatchStart::Now,
                 Arc::new(|| Box::pin(async { Ok(()) })),
             )
+            .await
             .unwrap();
         // The first heartbeat: the watch has started.
         let first = stream.next().await.unwrap().unwrap();
@@ -633,6 +642,7 @@ mod tests {
                 WatchStart::Beginning,
                 Arc::new(|| panic!("a bug in the authorization check")),
             )
+            .await
             .unwrap();
         // Maybe its first heartbeat (the error goes ahead of what is unread),
         // then the error, then the end.

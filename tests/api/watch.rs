@@ -228,6 +228,29 @@ async fn without_a_token_or_from_beginning_a_watch_starts_now_and_role_filters()
 }
 
 #[tokio::test]
+async fn a_watch_that_starts_now_sees_a_write_made_as_soon_as_its_response_arrives() {
+    let app = spawn_app().await;
+    let source = app.new_org("S").await;
+    for round in 0..20 {
+        let destination = app.new_org(&format!("D{round}")).await;
+        let id = create(&app, &source, &destination)
+            .await
+            .connection
+            .unwrap()
+            .id;
+        // No message read first: the response alone says the start is fixed.
+        let mut stream = watch(&app, &source, WatchConnectionEventsRequest::default())
+            .await
+            .unwrap();
+        app.activate(&destination, &id, "").await.unwrap();
+        let (events, _) = tokio::time::timeout(EXPECT, next_events(&mut stream, 1))
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the write was not sent"));
+        assert_eq!(keys(&events), [(id, 2)], "round {round}");
+    }
+}
+
+#[tokio::test]
 async fn an_idle_watch_gets_heartbeats_whose_token_resumes_it() {
     let app = spawn_app_with(AppOptions {
         watch_heartbeat_interval: Duration::from_millis(200),
