@@ -7,6 +7,7 @@
 pub mod change_feed;
 pub mod health;
 pub mod sweeper;
+pub mod webhooks;
 
 use std::{
     future::Future,
