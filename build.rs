@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "connections/v1/organization_service.proto",
     "connections/v1/admin_service.proto",
     "connections/v1/access_service.proto",
+    "connections/v1/webhook_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -5,6 +5,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum, builder::FalseyValueParser};
 use secrecy::SecretString;
 
+use crate::domain::webhook::RetrySchedule;
+
 /// The embedded default database: a SQLite file in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://connections.db?mode=rwc";
 /// The default listen address.
@@ -240,6 +242,10 @@ pub struct Settings {
     #[arg(long, env = "CONNECTIONS_METRICS_LISTEN", value_parser = parse_listen)]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Webhook settings.
+    #[command(flatten)]
+    pub webhooks: WebhookOptions,
+
     /// Work besides answering calls (not options: fixed in production,
     /// shortened by tests).
     #[arg(skip)]
@@ -378,6 +384,93 @@ pub struct TlsSettings {
         requires = "tls_cert"
     )]
     pub client_ca: Option<PathBuf>,
+}
+
+/// How webhooks are delivered (SPEC section 10).
+#[derive(Debug, Clone, Args)]
+pub struct WebhookOptions {
+    /// Allow webhook URLs with `http` and addresses in private networks
+    /// (loopback, private, link-local, ...), for development and tests only:
+    /// in production they would let a caller reach the server's own network.
+    #[arg(
+        long = "webhook-allow-private-addresses",
+        env = "CONNECTIONS_WEBHOOK_ALLOW_PRIVATE_ADDRESSES",
+        value_parser = FalseyValueParser::new(),
+        action = ArgAction::SetTrue,
+    )]
+    pub allow_private_addresses: bool,
+
+    /// The waits between a failed delivery and the next attempt, each with
+    /// up to 20% added at random; after the last the event is given up.
+    #[arg(
+        long = "webhook-retry-schedule",
+        env = "CONNECTIONS_WEBHOOK_RETRY_SCHEDULE",
+        default_value = "5s,5m,30m,2h,5h,10h,10h",
+        value_parser = RetrySchedule::parse
+    )]
+    pub retry_schedule: RetrySchedule,
+
+    /// Most webhook endpoints one organization may have.
+    #[arg(
+        long = "webhook-endpoints-per-organization",
+        env = "CONNECTIONS_WEBHOOK_ENDPOINTS_PER_ORGANIZATION",
+        default_value_t = 20,
+        value_parser = clap::value_parser!(u32).range(1..=1000)
+    )]
+    pub endpoints_per_organization: u32,
+
+    /// How long a rotated-out signing secret keeps signing beside the new
+    /// one: `24h`.
+    #[arg(
+        long = "webhook-secret-overlap",
+        env = "CONNECTIONS_WEBHOOK_SECRET_OVERLAP",
+        default_value = "24h",
+        value_parser = parse_duration
+    )]
+    pub secret_overlap: Duration,
+
+    /// An endpoint whose every delivery attempt has failed this long is
+    /// disabled (its events stay queued): `120h` (5 days).
+    #[arg(
+        long = "webhook-disable-after",
+        env = "CONNECTIONS_WEBHOOK_DISABLE_AFTER",
+        default_value = "120h",
+        value_parser = parse_positive_duration
+    )]
+    pub disable_after: Duration,
+
+    /// How long a delivery attempt may take to get the receiver's status:
+    /// `15s`. Longer is a failed attempt (`timeout`).
+    #[arg(
+        long = "webhook-timeout",
+        env = "CONNECTIONS_WEBHOOK_TIMEOUT",
+        default_value = "15s",
+        value_parser = parse_positive_duration
+    )]
+    pub timeout: Duration,
+
+    /// File holding the key that encrypts webhook signing secrets (base64
+    /// of 32 random bytes, e.g. `head -c 32 /dev/urandom | base64`), so
+    /// that a copy of the database alone cannot sign a delivery. Every
+    /// replica must have the same. Default with SQLite: `<database
+    /// file>.webhook-key`, created if missing; with PostgreSQL, none: the
+    /// key is then kept in the database, with a warning at start.
+    #[arg(long = "webhook-key-file", env = "CONNECTIONS_WEBHOOK_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+}
+
+impl Default for WebhookOptions {
+    fn default() -> Self {
+        Self {
+            allow_private_addresses: false,
+            retry_schedule: RetrySchedule::default(),
+            endpoints_per_organization: 20,
+            secret_overlap: Duration::from_secs(24 * 3600),
+            disable_after: Duration::from_secs(120 * 3600),
+            timeout: Duration::from_secs(15),
+            key_file: None,
+        }
+    }
 }
 
 /// How often the server's background tasks run.

@@ -153,13 +153,19 @@ pub fn describe(err: &DbErr) -> String {
 /// The file of a SQLite `url` when it does not exist (`None` for other
 /// databases, in-memory ones, and files that exist).
 pub fn missing_sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    sqlite_file(url).filter(|path| !path.exists())
+}
+
+/// The file of a SQLite `url` (`None` for other databases and in-memory
+/// ones).
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     use std::str::FromStr;
     if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
         return None;
     }
     let options = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
     let path = options.get_filename();
-    (!path.as_os_str().is_empty() && !path.exists()).then(|| path.to_path_buf())
+    (!path.as_os_str().is_empty()).then(|| path.to_path_buf())
 }
 
 /// Creates the SQLite database file of `url`, if there is none yet, readable

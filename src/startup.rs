@@ -9,7 +9,13 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 
 use crate::{
-    background::{self, Activity, change_feed, health, sweeper},
+    background::{
+        self, Activity, change_feed, health, sweeper,
+        webhooks::{
+            deliver::{self, DeliveryMetrics},
+            http::{Sender, SenderOptions},
+        },
+    },
     config::{DatabaseSettings, Settings},
     db,
     entity::change_log,
@@ -22,7 +28,8 @@ use crate::{
     metrics::{self, Metrics},
     service::{
         Access, ApiKeys, AuditLog, ChangeFeed, ChangeTokens, Connections, Organizations,
-        PageTokens, WatchLimits, Watches, secrets,
+        PageTokens, WatchLimits, Watches, WebhookKey, WebhookSettings, Webhooks, secrets,
+        webhook_delivery::Deliveries,
     },
 };
 
@@ -59,6 +66,18 @@ pub enum StartupError {
     /// Building the reflection service failed.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The webhook HTTP client cannot be set up (for example, no root
+    /// certificates to trust).
+    #[error("webhook deliveries: {0}")]
+    WebhookSender(String),
+    /// The webhook key file cannot be read or made.
+    #[error("webhook key file {path}: {problem}")]
+    WebhookKey {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
 }
 
 /// A server bound to its ports, connected and migrated, ready to run.
@@ -80,6 +99,10 @@ pub struct Application {
     feed: ChangeFeed,
     /// The access index.
     access: Access,
+    /// The webhook deliveries of this replica.
+    deliveries: Deliveries,
+    /// What the webhook deliverer counts.
+    webhook_metrics: DeliveryMetrics,
 }
 
 impl Application {
@@ -119,6 +142,28 @@ impl Application {
         let feed = ChangeFeed::with_buffer(reader.clone(), settings.watch_buffer as usize);
         feed.start().await?;
         let access = Access::new(reader.clone(), ChangeTokens::new(tokens.clone()));
+        let webhook_key = webhook_key(&settings, &db).await?;
+        let webhook_options = &settings.webhooks;
+        let deliveries = Deliveries::new(
+            db.clone(),
+            reader.clone(),
+            webhook_key.clone(),
+            webhook_options.retry_schedule.clone(),
+            webhook_options.disable_after,
+        );
+        let webhooks = Webhooks::new(
+            db.clone(),
+            reader.clone(),
+            tokens.clone(),
+            webhook_key,
+            WebhookSettings {
+                endpoints_per_organization: webhook_options.endpoints_per_organization as usize,
+                allow_private_addresses: webhook_options.allow_private_addresses,
+                secret_overlap: webhook_options.secret_overlap,
+            },
+            convert::webhook_body,
+        )
+        .notifying(feed.clone());
         let services = Services {
             connections: Connections::new(
                 db.clone(),
@@ -126,7 +171,8 @@ impl Application {
                 tokens.clone(),
                 convert::encode_connection,
             )
-            .notifying(feed.clone()),
+            .notifying(feed.clone())
+            .queueing_webhooks(convert::webhook_body),
             watches: Watches::new(
                 reader.clone(),
                 feed.clone(),
@@ -143,6 +189,7 @@ impl Application {
             admin_token: AdminToken::new(settings.admin_token.as_ref()),
             access: access.clone(),
             access_check_token: AdminToken::access_check(settings.access_check_token.as_ref()),
+            webhooks,
         };
         let listener = listen(port, settings.listen)?;
         let metrics_listener = metrics_port
@@ -161,6 +208,8 @@ impl Application {
             sweeper: Arc::default(),
             feed,
             access,
+            deliveries,
+            webhook_metrics: DeliveryMetrics::default(),
         })
     }
 
@@ -284,6 +333,18 @@ impl Application {
         if let Some(options) = self.reader.postgres_options() {
             tasks.push(change_feed::listen(self.feed.clone(), options));
         }
+        let sender = Sender::new(SenderOptions {
+            allow_private: self.settings.webhooks.allow_private_addresses,
+            timeout: self.settings.webhooks.timeout,
+            ..SenderOptions::default()
+        })
+        .map_err(|err| StartupError::WebhookSender(err.to_string()))?;
+        tasks.push(deliver::start(
+            self.deliveries,
+            sender,
+            self.feed.commits(),
+            self.webhook_metrics,
+        ));
         if let (Some(listener), Some(metrics)) = (self.metrics_listener, metrics.clone()) {
             tasks.push(background::Task::start(|stop| async move {
                 if let Err(err) = metrics::serve(listener, metrics, stop).await {
@@ -334,6 +395,74 @@ impl Application {
         self.health_db.close().await?;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// The secret whose key encrypts webhook signing secrets (see
+/// `--webhook-key-file`).
+const WEBHOOK_KEY_SECRET: &str = "webhook_secret_key";
+
+/// The key that encrypts webhook signing secrets: from the key file (by
+/// default beside a SQLite database, created if missing); on PostgreSQL
+/// without one, a key kept in the database (with a warning); for an
+/// in-memory database, a random one.
+async fn webhook_key(
+    settings: &Settings,
+    db: &DatabaseConnection,
+) -> Result<WebhookKey, StartupError> {
+    let sqlite = db::sqlite_file(&settings.database.url);
+    let path = match (&settings.webhooks.key_file, &sqlite) {
+        (Some(path), _) => path.clone(),
+        (None, Some(database)) => {
+            let mut path = database.clone().into_os_string();
+            path.push(".webhook-key");
+            path.into()
+        }
+        (None, None) if db.get_database_backend() == sea_orm::DbBackend::Postgres => {
+            tracing::warn!(
+                "no --webhook-key-file: webhook signing secrets are encrypted with a key kept in \
+                 the database, so a copy of the database alone can sign deliveries"
+            );
+            return Ok(WebhookKey::new(
+                secrets::shared_key(db, WEBHOOK_KEY_SECRET).await?,
+            ));
+        }
+        (None, None) => return Ok(WebhookKey::random()),
+    };
+    read_key_file(&path, sqlite.is_some()).map_err(|problem| StartupError::WebhookKey {
+        path: path.display().to_string(),
+        problem,
+    })
+}
+
+/// The key in `path` (base64 of 32 bytes); with `create`, a new random one
+/// is written there, readable by its owner only, if the file is missing.
+fn read_key_file(path: &std::path::Path, create: bool) -> Result<WebhookKey, String> {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    use std::io::Write;
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let bytes = STANDARD
+                .decode(text.trim())
+                .map_err(|_| "is not base64 (make one with `head -c 32 /dev/urandom | base64`)")?;
+            let key: [u8; 32] = bytes
+                .try_into()
+                .map_err(|_| "must hold 32 bytes (`head -c 32 /dev/urandom | base64`)")?;
+            Ok(WebhookKey::new(key))
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound && create => {
+            let key = crate::service::webhooks::random_key();
+            let mut file = std::fs::OpenOptions::new();
+            file.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut file, 0o600);
+            file.open(path)
+                .and_then(|mut file| writeln!(file, "{}", STANDARD.encode(key)))
+                .map_err(|err| format!("cannot create it: {err}"))?;
+            tracing::info!(path = %path.display(), "webhook key file created");
+            Ok(WebhookKey::new(key))
+        }
+        Err(err) => Err(err.to_string()),
     }
 }
 

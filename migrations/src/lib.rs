@@ -24,6 +24,7 @@ mod m20261201_000009_change_log_notify;
 mod m20261207_000010_change_log_epochs;
 mod m20261207_000011_event_actor_api_key;
 mod m20261207_000012_audit_events;
+mod m20261207_000013_webhooks;
 
 /// The service's migrations, in order.
 pub struct Migrator;
@@ -44,6 +45,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000010_change_log_epochs::Migration),
             Box::new(m20261207_000011_event_actor_api_key::Migration),
             Box::new(m20261207_000012_audit_events::Migration),
+            Box::new(m20261207_000013_webhooks::Migration),
         ]
     }
 }

@@ -225,6 +225,25 @@ pub struct NewEvent {
     pub create_time: DateTime<Utc>,
 }
 
+impl NewEvent {
+    /// The event as recorded with ID `id`.
+    pub fn recorded(&self, id: uuid::Uuid) -> ConnectionEvent {
+        ConnectionEvent {
+            id,
+            connection_id: self.connection_id,
+            sequence: self.sequence,
+            event_type: self.event_type,
+            from_state: self.from_state,
+            to_state: self.to_state,
+            actor_organization_id: self.actor,
+            actor_role: self.actor_role,
+            actor_key: Some(self.actor_key.clone()),
+            reason: self.reason.clone(),
+            create_time: self.create_time,
+        }
+    }
+}
+
 impl ConnectionRecord {
     /// A new PENDING connection `id` from `source` (the caller) to
     /// `destination`, created at the time `id` embeds (`created`), and the
@@ -307,6 +326,50 @@ impl ConnectionRecord {
             create_time: at,
         };
         Ok((next, event))
+    }
+
+    /// The connection as its history `events` (in sequence order, from its
+    /// creation) leaves it, given what no event records: its parties and
+    /// data types. `None` if the history does not start with a creation.
+    pub fn replay(
+        parties: Parties,
+        data_types: DataTypes,
+        events: &[ConnectionEvent],
+    ) -> Option<Self> {
+        let (first, rest) = events.split_first()?;
+        if first.event_type != EventType::Created {
+            return None;
+        }
+        let mut record = Self {
+            id: first.connection_id,
+            parties,
+            state: first.to_state,
+            data_types,
+            version: first.sequence,
+            create_time: first.create_time,
+            update_time: first.create_time,
+            activate_time: None,
+            deactivate_time: None,
+            deactivated_by: None,
+            deactivation_reason: None,
+        };
+        for event in rest {
+            let at = event.create_time;
+            record.state = event.to_state;
+            record.version = event.sequence;
+            record.update_time = at;
+            match event.event_type {
+                EventType::Created => return None,
+                EventType::Activated => record.activate_time = Some(at),
+                EventType::Deactivated => {
+                    record.deactivate_time = Some(at);
+                    record.deactivated_by = Some(event.actor_role);
+                    record.deactivation_reason.clone_from(&event.reason);
+                }
+                EventType::Reactivated => {}
+            }
+        }
+        Some(record)
     }
 }
 
@@ -849,6 +912,55 @@ mod tests {
             Some(Role::Destination)
         );
         assert_eq!(parties.role_of(OrganizationId::generate()), None);
+    }
+
+    #[test]
+    fn replaying_a_history_gives_the_connection_every_step_left() {
+        let source = calling(OrganizationId::generate(), "source key");
+        let destination = calling(OrganizationId::generate(), "destination key");
+        let id = ConnectionId::generate();
+        let data_types = DataTypes::new([DataType::Inquiry]).unwrap();
+        let (mut record, first) = ConnectionRecord::create(
+            id,
+            &source,
+            destination.organization,
+            data_types.clone(),
+            Utc::now(),
+        );
+        let mut events = vec![first.recorded(uuid::Uuid::now_v7())];
+        let steps = [
+            (&destination, Action::Activate, None),
+            (&source, Action::Deactivate, Some("paused".to_owned())),
+            (&source, Action::Reactivate, None),
+            (&destination, Action::Activate, None),
+            (&destination, Action::Deactivate, None),
+        ];
+        for (caller, action, reason) in steps {
+            assert_eq!(
+                ConnectionRecord::replay(record.parties, data_types.clone(), &events).as_ref(),
+                Some(&record)
+            );
+            let (next, event) = record
+                .apply(Change {
+                    action,
+                    caller: caller.clone(),
+                    etag: None,
+                    reason,
+                    at: Utc::now(),
+                })
+                .unwrap();
+            events.push(event.recorded(uuid::Uuid::now_v7()));
+            record = next;
+        }
+        assert_eq!(
+            ConnectionRecord::replay(record.parties, data_types.clone(), &events).as_ref(),
+            Some(&record)
+        );
+        assert_eq!(
+            ConnectionRecord::replay(record.parties, data_types, &events[1..]),
+            None,
+            "a history must start with the creation"
+        );
     }
 
     #[test]

@@ -70,6 +70,10 @@ id_type!(
     /// Identifies an API key.
     ApiKeyId
 );
+id_type!(
+    /// Identifies a webhook endpoint.
+    WebhookEndpointId
+);
 
 #[cfg(test)]
 mod tests {

@@ -16,7 +16,7 @@ pub use connection::{
     Action, Change, ConnectionEvent, ConnectionRecord, ConnectionState, DataType, DataTypes,
     EventType, NewEvent, Parties, Role, TransitionError, transition,
 };
-pub use ids::{ApiKeyId, ConnectionId, OrganizationId};
+pub use ids::{ApiKeyId, ConnectionId, OrganizationId, WebhookEndpointId};
 pub use names::Named;
 pub use organization::{ActorKey, ApiKey, Caller, DisplayName, Organization};
 pub use page::PageSize;

@@ -4,6 +4,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use chrono::{DateTime, Utc};
+
+use super::{EventType, Named, OrganizationId, WebhookEndpointId};
+
 use base64::{Engine, engine::general_purpose::STANDARD};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -178,6 +182,16 @@ impl WebhookUrl {
     pub fn domain(&self) -> Option<&str> {
         self.0.domain()
     }
+
+    /// The port connected to: the URL's, or its scheme's.
+    pub fn port_or_default(&self) -> u16 {
+        self.0.port_or_known_default().unwrap_or(443)
+    }
+
+    /// The URL.
+    pub fn url(&self) -> &url::Url {
+        &self.0
+    }
 }
 
 /// A signing secret's key: the bytes after [`SECRET_PREFIX`], base64-decoded.
@@ -197,6 +211,11 @@ impl SigningKey {
         let encoded = secret.strip_prefix(SECRET_PREFIX)?;
         let bytes = STANDARD.decode(encoded).ok()?;
         (24..=64).contains(&bytes.len()).then_some(Self(bytes))
+    }
+
+    /// The key of `bytes` (a secret as stored).
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self(bytes)
     }
 
     /// The secret of `bytes`, as it is shown once to its owner.
@@ -222,8 +241,248 @@ pub fn signature_header(keys: &[&SigningKey], id: &str, timestamp: i64, body: &[
         .join(" ")
 }
 
+/// Longest endpoint description, in characters.
+pub const MAX_DESCRIPTION_CHARS: usize = 500;
+
+/// A webhook endpoint as its owner sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookEndpoint {
+    /// Identifier (UUIDv7).
+    pub id: WebhookEndpointId,
+    /// The organization whose connections' events it receives.
+    pub organization_id: OrganizationId,
+    /// Where deliveries go.
+    pub url: String,
+    /// Free text for the owner.
+    pub description: String,
+    /// The event types it takes; empty: all.
+    pub event_types: EventTypes,
+    /// Whether deliveries are paused.
+    pub disabled: bool,
+    /// Why the server disabled it, if it did.
+    pub disabled_reason: Option<String>,
+    /// Creation time.
+    pub create_time: DateTime<Utc>,
+    /// Last change.
+    pub update_time: DateTime<Utc>,
+}
+
+/// A set of event types, distinct and in declaration order; empty means
+/// every type.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventTypes(Vec<EventType>);
+
+impl EventTypes {
+    /// The set of `types` (duplicates collapsed).
+    pub fn new(types: impl IntoIterator<Item = EventType>) -> Self {
+        let mut types: Vec<EventType> = types.into_iter().collect();
+        types.sort_by_key(|t| *t as u8);
+        types.dedup();
+        Self(types)
+    }
+
+    /// The types; empty means all.
+    pub fn as_slice(&self) -> &[EventType] {
+        &self.0
+    }
+
+    /// Whether an event of type `event` is taken.
+    pub fn takes(&self, event: EventType) -> bool {
+        self.0.is_empty() || self.0.contains(&event)
+    }
+
+    /// The stored form: `""` for all, else `,CREATED,ACTIVATED,`, so that
+    /// a type is matched with `LIKE '%,NAME,%'`.
+    pub fn to_storage(&self) -> String {
+        if self.0.is_empty() {
+            return String::new();
+        }
+        let mut stored = String::from(",");
+        for t in &self.0 {
+            stored.push_str(t.as_str());
+            stored.push(',');
+        }
+        stored
+    }
+
+    /// Reads the stored form.
+    pub fn from_storage(stored: &str) -> Result<Self, strum::ParseError> {
+        stored
+            .split(',')
+            .filter(|name| !name.is_empty())
+            .map(str::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Self::new)
+    }
+}
+
+/// The `type` of a delivery's body: `connection.` and the event's verb.
+pub fn delivery_type(event: EventType) -> &'static str {
+    match event {
+        EventType::Created => "connection.created",
+        EventType::Activated => "connection.activated",
+        EventType::Deactivated => "connection.deactivated",
+        EventType::Reactivated => "connection.reactivated",
+    }
+}
+
+/// What came of a delivery attempt (stored as its number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// The receiver answered 2xx.
+    Succeeded = 1,
+    /// It failed and will be tried again.
+    WillRetry = 2,
+    /// It failed for the last time (or the receiver answered 410).
+    GaveUp = 3,
+}
+
+impl DeliveryOutcome {
+    /// The outcome stored as `value`.
+    pub fn from_stored(value: i16) -> Option<Self> {
+        match value {
+            1 => Some(Self::Succeeded),
+            2 => Some(Self::WillRetry),
+            3 => Some(Self::GaveUp),
+            _ => None,
+        }
+    }
+}
+
+/// One attempt to deliver an event, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryAttempt {
+    /// Identifier (UUIDv7).
+    pub id: uuid::Uuid,
+    /// The endpoint.
+    pub endpoint_id: WebhookEndpointId,
+    /// The event sent (the `webhook-id`).
+    pub event_id: uuid::Uuid,
+    /// The change token sent with it.
+    pub change_token: String,
+    /// 1 for the first attempt of the event, then 2, 3, ...
+    pub attempt: i32,
+    /// The receiver's status, if one came.
+    pub http_status: Option<u16>,
+    /// Why no status came, or the start of the receiver's answer.
+    pub error: Option<String>,
+    /// From sending to the status (or the failure).
+    pub duration: std::time::Duration,
+    /// When it was made.
+    pub attempt_time: DateTime<Utc>,
+    /// When the event goes again, if it does.
+    pub next_attempt_time: Option<DateTime<Utc>>,
+    /// What came of it.
+    pub outcome: DeliveryOutcome,
+}
+
+/// The waits between a failed attempt and the next: after the last, the
+/// event is given up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetrySchedule(Vec<std::time::Duration>);
+
+impl Default for RetrySchedule {
+    fn default() -> Self {
+        Self::parse("5s,5m,30m,2h,5h,10h,10h").expect("the default schedule parses")
+    }
+}
+
+impl RetrySchedule {
+    /// Reads a comma-separated list of durations, each a whole number and a
+    /// unit (`ms`, `s`, `m`, `h`), e.g. `5s,5m,30m`. At most 20 waits, each
+    /// at most 7 days; an empty list means no retry.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let mut waits = Vec::new();
+        for part in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let split = part
+                .find(|c: char| !c.is_ascii_digit())
+                .ok_or_else(|| format!("{part:?} has no unit (ms, s, m or h)"))?;
+            let (number, unit) = part.split_at(split);
+            let number: u64 = number
+                .parse()
+                .map_err(|_| format!("{part:?} does not start with a whole number"))?;
+            let wait = match unit {
+                "ms" => std::time::Duration::from_millis(number),
+                "s" => std::time::Duration::from_secs(number),
+                "m" => std::time::Duration::from_secs(number.saturating_mul(60)),
+                "h" => std::time::Duration::from_secs(number.saturating_mul(3600)),
+                _ => return Err(format!("{part:?}: the unit must be ms, s, m or h")),
+            };
+            if wait > std::time::Duration::from_secs(7 * 24 * 3600) {
+                return Err(format!("{part:?} is longer than 7 days"));
+            }
+            waits.push(wait);
+        }
+        if waits.len() > 20 {
+            return Err("at most 20 retries".to_owned());
+        }
+        Ok(Self(waits))
+    }
+
+    /// The wait after failed attempt number `attempt` (1 for the first),
+    /// before jitter; `None` once the attempts are spent.
+    pub fn after(&self, attempt: i32) -> Option<std::time::Duration> {
+        let index = usize::try_from(attempt).ok()?.checked_sub(1)?;
+        self.0.get(index).copied()
+    }
+
+    /// The wait, with up to 20% added at random (`unit` in `[0, 1)`), so
+    /// that deliveries failed together do not all come back together; at
+    /// least `retry_after` when the receiver asked for it.
+    pub fn jittered(
+        wait: std::time::Duration,
+        unit: f64,
+        retry_after: Option<std::time::Duration>,
+    ) -> std::time::Duration {
+        let jittered = wait.mul_f64(1.0 + 0.2 * unit.clamp(0.0, 1.0));
+        retry_after.map_or(jittered, |asked| jittered.max(asked))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn event_types_are_stored_so_that_one_type_matches_by_like() {
+        let types = EventTypes::new([
+            EventType::Deactivated,
+            EventType::Created,
+            EventType::Created,
+        ]);
+        assert_eq!(types.to_storage(), ",CREATED,DEACTIVATED,");
+        assert_eq!(
+            EventTypes::from_storage(&types.to_storage()).unwrap(),
+            types
+        );
+        assert!(types.takes(EventType::Created) && !types.takes(EventType::Activated));
+        assert_eq!(EventTypes::default().to_storage(), "");
+        assert!(EventTypes::default().takes(EventType::Reactivated));
+        assert!(EventTypes::from_storage(",NOPE,").is_err());
+    }
+
+    #[test]
+    fn the_retry_schedule_reads_units_and_ends_after_its_last_wait() {
+        use std::time::Duration;
+        let schedule = RetrySchedule::default();
+        assert_eq!(schedule.after(1), Some(Duration::from_secs(5)));
+        assert_eq!(schedule.after(2), Some(Duration::from_secs(300)));
+        assert_eq!(schedule.after(7), Some(Duration::from_secs(36_000)));
+        assert_eq!(schedule.after(8), None);
+        assert_eq!(schedule.after(0), None);
+        let short = RetrySchedule::parse("100ms, 1s").unwrap();
+        assert_eq!(short.after(1), Some(Duration::from_millis(100)));
+        assert_eq!(RetrySchedule::parse("").unwrap().after(1), None);
+        for bad in ["5", "5x", "s", "-1s", "8d", "200h"] {
+            assert!(RetrySchedule::parse(bad).is_err(), "{bad}");
+        }
+        let wait = Duration::from_secs(10);
+        assert_eq!(RetrySchedule::jittered(wait, 0.0, None), wait);
+        assert_eq!(RetrySchedule::jittered(wait, 0.999_999, None).as_secs(), 11);
+        assert_eq!(
+            RetrySchedule::jittered(wait, 0.5, Some(Duration::from_secs(60))),
+            Duration::from_secs(60)
+        );
+    }
+
     use super::*;
 
     fn ip(s: &str) -> IpAddr {

@@ -120,17 +120,25 @@ pub fn append_statement(backend: DbBackend, id: Uuid, event: &NewEvent) -> State
     backend.build(&insert)
 }
 
+/// An event as appended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The event, with its new ID.
+    pub event: ConnectionEvent,
+    /// Its position in the change log.
+    pub position: i64,
+    /// What the reader of the write's change token has seen once the
+    /// transaction commits: the write itself and every change that had
+    /// committed before it.
+    pub seen: Snapshot,
+}
+
 /// Appends `event` to its connection's history (with a new UUIDv7) and to
-/// the change log, inside the write transaction `txn`. Returns its position,
-/// and what the reader of the write's change token has seen once the
-/// transaction commits: the write itself and every change that had
-/// committed before it.
-pub async fn append(
-    txn: &impl ConnectionTrait,
-    event: &NewEvent,
-) -> Result<(i64, Snapshot), DbErr> {
+/// the change log, inside the write transaction `txn`.
+pub async fn append(txn: &impl ConnectionTrait, event: &NewEvent) -> Result<Appended, DbErr> {
     let backend = txn.get_database_backend();
-    let statement = append_statement(backend, Uuid::now_v7(), event);
+    let id = Uuid::now_v7();
+    let statement = append_statement(backend, id, event);
     let row = txn
         .query_one_raw(statement)
         .await?
@@ -141,7 +149,11 @@ pub async fn append(
         // Writers take turns: every lower position has committed.
         _ => Snapshot::before(position),
     };
-    Ok((position, before.with(position)))
+    Ok(Appended {
+        event: event.recorded(id),
+        position,
+        seen: before.with(position),
+    })
 }
 
 /// The events of connection `id` after sequence number `after`, oldest

@@ -12,6 +12,9 @@ pub mod connection_event;
 pub mod idempotency_record;
 pub mod organization;
 pub mod server_secret;
+pub mod webhook_attempt;
+pub mod webhook_endpoint;
+pub mod webhook_queue;
 
 use sea_orm::DbErr;
 

@@ -210,6 +210,98 @@ impl From<domain::ConnectionEvent> for proto::ConnectionEvent {
     }
 }
 
+/// The domain event type of an API one; `None` for UNSPECIFIED.
+pub fn event_type(value: proto::ConnectionEventType) -> Option<domain::EventType> {
+    match value {
+        proto::ConnectionEventType::Unspecified => None,
+        proto::ConnectionEventType::Created => Some(domain::EventType::Created),
+        proto::ConnectionEventType::Activated => Some(domain::EventType::Activated),
+        proto::ConnectionEventType::Deactivated => Some(domain::EventType::Deactivated),
+        proto::ConnectionEventType::Reactivated => Some(domain::EventType::Reactivated),
+    }
+}
+
+impl From<domain::webhook::WebhookEndpoint> for proto::WebhookEndpoint {
+    fn from(endpoint: domain::webhook::WebhookEndpoint) -> Self {
+        Self {
+            id: endpoint.id.to_string(),
+            organization_id: endpoint.organization_id.to_string(),
+            url: endpoint.url,
+            description: endpoint.description,
+            event_types: endpoint
+                .event_types
+                .as_slice()
+                .iter()
+                .map(|&t| proto::ConnectionEventType::from(t).into())
+                .collect(),
+            disabled: endpoint.disabled,
+            disabled_reason: endpoint.disabled_reason.unwrap_or_default(),
+            create_time: Some(timestamp(endpoint.create_time)),
+            update_time: Some(timestamp(endpoint.update_time)),
+        }
+    }
+}
+
+impl From<domain::webhook::DeliveryAttempt> for proto::WebhookDelivery {
+    fn from(attempt: domain::webhook::DeliveryAttempt) -> Self {
+        use domain::webhook::DeliveryOutcome as O;
+        let outcome = match attempt.outcome {
+            O::Succeeded => proto::WebhookDeliveryOutcome::Succeeded,
+            O::WillRetry => proto::WebhookDeliveryOutcome::WillRetry,
+            O::GaveUp => proto::WebhookDeliveryOutcome::GaveUp,
+        };
+        Self {
+            id: attempt.id.hyphenated().to_string(),
+            endpoint_id: attempt.endpoint_id.to_string(),
+            event_id: attempt.event_id.hyphenated().to_string(),
+            change_token: attempt.change_token,
+            attempt: attempt.attempt,
+            http_status: attempt.http_status.map_or(0, i32::from),
+            error: attempt.error.unwrap_or_default(),
+            duration: prost_types::Duration::try_from(attempt.duration).ok(),
+            attempt_time: Some(timestamp(attempt.attempt_time)),
+            next_attempt_time: attempt.next_attempt_time.map(timestamp),
+            outcome: outcome.into(),
+        }
+    }
+}
+
+/// The body of a webhook delivery of `event` (SPEC section 10): its type,
+/// its time, and the event, the connection as it left it and the change
+/// token after it, the messages in the proto3 JSON mapping.
+pub fn webhook_body(
+    event: &domain::ConnectionEvent,
+    record: &domain::ConnectionRecord,
+    change_token: &str,
+) -> String {
+    let body = serde_json::json!({
+        "type": domain::webhook::delivery_type(event.event_type),
+        "timestamp": event.create_time.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+        "data": {
+            "event": proto_json(&proto::ConnectionEvent::from(event.clone()), "connections.v1.ConnectionEvent"),
+            "connection": proto_json(&proto::Connection::from(record.clone()), "connections.v1.Connection"),
+            "change_token": change_token,
+        },
+    });
+    body.to_string()
+}
+
+/// `message` in the proto3 JSON mapping.
+fn proto_json(message: &impl Message, name: &str) -> serde_json::Value {
+    static POOL: std::sync::LazyLock<prost_reflect::DescriptorPool> =
+        std::sync::LazyLock::new(|| {
+            prost_reflect::DescriptorPool::decode(proto::FILE_DESCRIPTOR_SET)
+                .expect("the API's descriptors decode")
+        });
+    let descriptor = POOL
+        .get_message_by_name(name)
+        .expect("the message is in the API's descriptors");
+    let dynamic =
+        prost_reflect::DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
+            .expect("a message decodes as itself");
+    serde_json::to_value(&dynamic).expect("a message serializes to JSON")
+}
+
 impl From<domain::Organization> for proto::Organization {
     fn from(org: domain::Organization) -> Self {
         Self {

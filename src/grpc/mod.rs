@@ -17,9 +17,11 @@ pub mod serve;
 pub mod server;
 pub mod status;
 pub mod validate;
+pub mod webhook_api;
 
 pub use access_api::AccessApi;
 pub use admin_api::AdminApi;
 pub use auth::{AdminToken, Authenticator};
 pub use connection_api::ConnectionApi;
 pub use organization_api::OrganizationApi;
+pub use webhook_api::WebhookApi;

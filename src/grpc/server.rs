@@ -23,7 +23,7 @@ use tonic_health::server::HealthReporter;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::{
-    AccessApi, AdminApi, AdminToken, Authenticator, ConnectionApi, OrganizationApi,
+    AccessApi, AdminApi, AdminToken, Authenticator, ConnectionApi, OrganizationApi, WebhookApi,
     call::{AccessLog, CallLayer},
     deadline::Deadline,
     drain::EndStreamsLayer,
@@ -38,8 +38,9 @@ use crate::{
         self, access_service_server::AccessServiceServer, admin_service_server::AdminServiceServer,
         connection_service_server::ConnectionServiceServer,
         organization_service_server::OrganizationServiceServer,
+        webhook_service_server::WebhookServiceServer,
     },
-    service::{Access, ApiKeys, AuditLog, Connections, Organizations, Watches},
+    service::{Access, ApiKeys, AuditLog, Connections, Organizations, Watches, Webhooks},
 };
 
 /// Largest request message accepted, in bytes. Every valid request is far smaller.
@@ -71,15 +72,18 @@ pub struct Services {
     pub access_check_token: AdminToken,
     /// The audit log: AdminService.
     pub audit: AuditLog,
+    /// Webhook endpoints: WebhookService.
+    pub webhooks: Webhooks,
 }
 
 /// The services whose health is reported. The whole server ("") comes last,
 /// so once it reports a status, every service reports the same.
-pub const HEALTH_SERVICES: [&str; 5] = [
+pub const HEALTH_SERVICES: [&str; 6] = [
     <ConnectionServiceServer<ConnectionApi> as NamedService>::NAME,
     <OrganizationServiceServer<OrganizationApi> as NamedService>::NAME,
     <AdminServiceServer<AdminApi> as NamedService>::NAME,
     <AccessServiceServer<AccessApi> as NamedService>::NAME,
+    <WebhookServiceServer<WebhookApi> as NamedService>::NAME,
     "",
 ];
 
@@ -136,6 +140,7 @@ pub fn register(
         access,
         access_check_token,
         audit,
+        webhooks,
     } = services;
     let auth = Authenticator::new(api_keys.clone()).recognizing(admin_token.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
@@ -170,6 +175,11 @@ pub fn register(
             ))
             .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_ENCODING_MESSAGE_SIZE),
+        )
+        .add_service(
+            WebhookServiceServer::new(WebhookApi::new(auth.clone(), webhooks))
+                .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_ENCODING_MESSAGE_SIZE),
         )
         .add_service(
             AdminServiceServer::new(AdminApi::new(admin_token, organizations, api_keys, audit))

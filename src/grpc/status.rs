@@ -63,6 +63,18 @@ impl From<ServiceError> for Status {
             E::ConnectionNotFound => (Code::NotFound, ErrorReason::ConnectionNotFound),
             E::OrganizationNotFound => (Code::NotFound, ErrorReason::OrganizationNotFound),
             E::ApiKeyNotFound => (Code::NotFound, ErrorReason::ApiKeyNotFound),
+            E::WebhookEndpointNotFound => (Code::NotFound, ErrorReason::WebhookEndpointNotFound),
+            E::WebhookUrlNotAllowed(problem) => {
+                violations.push(FieldViolation::new("url", problem.clone()));
+                (Code::InvalidArgument, ErrorReason::WebhookUrlNotAllowed)
+            }
+            E::WebhookEndpointLimitExceeded { limit } => {
+                metadata.insert("limit".to_owned(), limit.to_string());
+                (
+                    Code::ResourceExhausted,
+                    ErrorReason::WebhookEndpointLimitExceeded,
+                )
+            }
             E::ConnectionAlreadyExists { connection_id } => {
                 metadata.insert("connection_id".to_owned(), connection_id.to_string());
                 (Code::AlreadyExists, ErrorReason::ConnectionAlreadyExists)

@@ -126,6 +126,64 @@ pub fn data_types(values: &[i32]) -> Checked<DataTypes> {
     DataTypes::new(types).map_err(|err| FieldViolation::new(FIELD, err.to_string()))
 }
 
+/// Most event types accepted in one request, duplicates included.
+pub const MAX_EVENT_TYPES: usize = 32;
+
+/// `event_types` of a webhook endpoint: each a known non-UNSPECIFIED value;
+/// none means every type.
+pub fn event_types(values: &[i32]) -> Checked<crate::domain::webhook::EventTypes> {
+    const FIELD: &str = "event_types";
+    if values.len() > MAX_EVENT_TYPES {
+        return Err(FieldViolation::new(
+            FIELD,
+            format!("must have at most {MAX_EVENT_TYPES} entries"),
+        ));
+    }
+    values
+        .iter()
+        .map(|&value| {
+            proto::ConnectionEventType::try_from(value)
+                .ok()
+                .and_then(convert::event_type)
+                .ok_or_else(|| {
+                    FieldViolation::new(
+                        FIELD,
+                        format!("{value} is not an event type (UNSPECIFIED is not allowed)"),
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(crate::domain::webhook::EventTypes::new)
+}
+
+/// A webhook endpoint's `url`: present, and short enough to look at (the
+/// service checks the rest).
+pub fn webhook_url(field: &'static str, value: &str) -> Checked<String> {
+    if value.is_empty() {
+        return Err(FieldViolation::new(field, "is required"));
+    }
+    if value.len() > 4 * crate::domain::webhook::MAX_URL_CHARS {
+        return Err(FieldViolation::new(
+            field,
+            format!(
+                "must be at most {} characters",
+                crate::domain::webhook::MAX_URL_CHARS
+            ),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// A webhook endpoint's optional `description`.
+pub fn description(value: &str) -> Checked<String> {
+    optional_text(
+        "description",
+        value,
+        crate::domain::webhook::MAX_DESCRIPTION_CHARS,
+    )
+    .map(Option::unwrap_or_default)
+}
+
 /// One required data type.
 pub fn data_type(field: &'static str, value: i32) -> Checked<crate::domain::DataType> {
     proto::DataType::try_from(value)

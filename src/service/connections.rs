@@ -12,15 +12,20 @@ use super::{
     ChangeFeed, ChangeTokens, Page, PageTokens, ServiceError,
     idempotency::{self, Claim, Encode, IdempotencyKey, Outcome, Recorded},
     now, time_of,
+    webhooks::{self, WebhookBody},
 };
 pub use crate::entity::connection::ListFilter;
 use crate::{
     db,
     domain::{
         Action, Caller, Change, ConnectionEvent, ConnectionId, ConnectionRecord, DataTypes, Named,
-        OrganizationId, PageSize, Role, Snapshot, TransitionError,
+        OrganizationId, PageSize, Role, TransitionError,
     },
-    entity::{connection, connection_event, organization},
+    entity::{
+        connection,
+        connection_event::{self, Appended},
+        organization,
+    },
 };
 
 /// The connections business layer.
@@ -36,6 +41,9 @@ pub struct Connections {
     encode: Encode<ConnectionRecord>,
     /// Told of every commit.
     feed: ChangeFeed,
+    /// Makes the body of each event's webhook deliveries; `None`: events are
+    /// not queued for webhooks.
+    webhook_body: Option<WebhookBody>,
 }
 
 /// A connection as a write left it, and the change token just after the
@@ -92,7 +100,16 @@ impl Connections {
             encode,
             feed: ChangeFeed::new(reader.clone()),
             reader,
+            webhook_body: None,
         }
+    }
+
+    /// Queues every event, in the transaction that writes it, for the
+    /// webhook endpoints of both parties that take it, with the body `body`
+    /// makes.
+    pub fn queueing_webhooks(mut self, body: WebhookBody) -> Self {
+        self.webhook_body = Some(body);
+        self
     }
 
     /// Tells `feed` of every commit, so that it follows this process's
@@ -314,21 +331,31 @@ impl Connections {
         }
     }
 
-    /// Records what the call returns for its request_id, if any, and
-    /// commits: `record` is the connection as the call left it, and
-    /// `(position, seen)` the position of the event it wrote and what a
-    /// reader has seen once it commits.
+    /// Queues the event the call wrote for webhooks, records what the call
+    /// returns for its request_id, if any, and commits: `record` is the
+    /// connection as the call left it, and `appended` the event it wrote.
     async fn commit(
         &self,
         txn: db::WriteTransaction,
         key: Option<&IdempotencyKey>,
         record: ConnectionRecord,
-        (position, seen): (i64, Snapshot),
+        appended: Appended,
     ) -> Result<Written, ServiceError> {
         let written = Written {
-            change_token: self.change_tokens.issue(&seen),
+            change_token: self.change_tokens.issue(&appended.seen),
             record,
         };
+        if let Some(body) = self.webhook_body {
+            webhooks::queue(
+                &*txn,
+                &appended,
+                &written.record,
+                &written.change_token,
+                body,
+            )
+            .await?;
+        }
+        let position = appended.position;
         if let Some(key) = key {
             let recorded = Recorded {
                 response: (self.encode)(&written.record),

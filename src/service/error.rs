@@ -128,6 +128,20 @@ pub enum ServiceError {
     /// No such API key.
     #[error("API key not found")]
     ApiKeyNotFound,
+    /// No such webhook endpoint, or it is another organization's.
+    #[error("webhook endpoint not found")]
+    WebhookEndpointNotFound,
+    /// A webhook URL that deliveries may not go to.
+    #[error("url {0}")]
+    WebhookUrlNotAllowed(String),
+    /// The organization has as many webhook endpoints as it may.
+    #[error(
+        "this organization already has {limit} webhook endpoints, the most allowed; delete one first"
+    )]
+    WebhookEndpointLimitExceeded {
+        /// The limit.
+        limit: usize,
+    },
     /// The caller already has a connection to this destination.
     #[error("a connection to this destination already exists: {connection_id}")]
     ConnectionAlreadyExists {

@@ -12,6 +12,8 @@ pub mod organizations;
 pub mod page_token;
 pub mod secrets;
 pub mod watch;
+pub mod webhook_delivery;
+pub mod webhooks;
 
 pub use access::{Access, AccessAnswer, AccessQuestion, Checker};
 pub use api_keys::ApiKeys;
@@ -23,6 +25,7 @@ pub use error::{AdminTokenProblem, FieldViolation, KeyProblem, ServiceError};
 pub use organizations::Organizations;
 pub use page_token::PageTokens;
 pub use watch::{WatchItem, WatchLimits, WatchStart, Watches};
+pub use webhooks::{WebhookKey, WebhookSettings, Webhooks};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use uuid::Uuid;

@@ -37,3 +37,4 @@ mod transports;
 mod upgrade;
 mod watch;
 mod watch_guarantees;
+mod webhooks;

@@ -1,3 +1,6 @@
-//! Webhook deliveries: the HTTP client that posts them to partner endpoints ([`http`]).
+//! Webhook deliveries: the deliverer that sends each endpoint's queue
+//! ([`deliver`]) and the HTTP client that posts them to partner endpoints
+//! ([`http`]).
 
+pub mod deliver;
 pub mod http;

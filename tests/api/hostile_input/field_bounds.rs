@@ -7,8 +7,9 @@ use connections::{
     domain::organization::MAX_DISPLAY_NAME_CHARS,
     grpc::validate::{MAX_DATA_TYPES, MAX_ETAG_LEN, MAX_REQUEST_ID_CHARS},
     proto::{
-        CheckAccessRequest, CreateApiKeyRequest, CreateConnectionRequest, DataType,
-        ListConnectionsRequest,
+        CheckAccessRequest, CreateApiKeyRequest, CreateConnectionRequest,
+        CreateWebhookEndpointRequest, DataType, ListConnectionsRequest,
+        RecoverWebhookDeliveriesRequest,
     },
     service::page_token::MAX_PAGE_TOKEN_LEN,
 };
@@ -42,6 +43,16 @@ fn valid_request(rpc: &Rpc, organization_id: &str, connection_id: &str) -> Encod
         }),
         "CheckAccess" => Encoded::of(&CheckAccessRequest {
             data_type: DataType::Inquiry as i32,
+            ..Default::default()
+        }),
+        // Test servers allow private addresses.
+        "CreateWebhookEndpoint" => Encoded::of(&CreateWebhookEndpointRequest {
+            url: "http://127.0.0.1:9/".to_owned(),
+            ..Default::default()
+        }),
+        // Any token passes validation; the service reads it.
+        "RecoverWebhookDeliveries" => Encoded::of(&RecoverWebhookDeliveriesRequest {
+            after_change_token: "read-later".to_owned(),
             ..Default::default()
         }),
         _ => Encoded::default(),
@@ -149,6 +160,11 @@ async fn organization_and_api_key_ids_must_be_36_character_uuids() {
         ("CreateApiKey", "organization_id"),
         ("ListApiKeys", "organization_id"),
         ("RevokeApiKey", "api_key_id"),
+        ("GetWebhookEndpoint", "endpoint_id"),
+        ("DeleteWebhookEndpoint", "endpoint_id"),
+        ("RotateWebhookSecret", "endpoint_id"),
+        ("ListWebhookDeliveries", "endpoint_id"),
+        ("RecoverWebhookDeliveries", "endpoint_id"),
     ] {
         assert!(seen.contains(&known), "{known:?} missing from {seen:?}");
     }
@@ -172,6 +188,7 @@ async fn request_ids_are_bounded_to_255_characters_on_every_rpc_that_takes_one()
             "ActivateConnection",
             "DeactivateConnection",
             "ReactivateConnection",
+            "CreateWebhookEndpoint",
         ],
     );
     for (len, refused) in [
@@ -181,10 +198,12 @@ async fn request_ids_are_bounded_to_255_characters_on_every_rpc_that_takes_one()
         // Multi-byte characters: the limit counts characters, not bytes.
         let request_id = "é".repeat(len);
         for rpc in &rpcs {
-            // What names nothing: an organization to connect to, or a connection.
+            // What names nothing: an organization to connect to, or a
+            // connection; an endpoint names only its URL, and is made.
             let not_found = match rpc.method.as_str() {
-                "CreateConnection" => "ORGANIZATION_NOT_FOUND",
-                _ if rpc.field("connection_id").is_some() => "CONNECTION_NOT_FOUND",
+                "CreateConnection" => Some("ORGANIZATION_NOT_FOUND"),
+                "CreateWebhookEndpoint" => None,
+                _ if rpc.field("connection_id").is_some() => Some("CONNECTION_NOT_FOUND"),
                 other => panic!("{other} takes a request_id: say what it answers here"),
             };
             let request = valid_request(rpc, &unknown_id(), &unknown_id())
@@ -192,10 +211,12 @@ async fn request_ids_are_bounded_to_255_characters_on_every_rpc_that_takes_one()
             let result = call(&app, &org, rpc, request).await;
             if refused {
                 assert_refused(result, rpc, "request_id");
-            } else {
+            } else if let Some(not_found) = not_found {
                 // Valid: the call goes on to look up what it names.
                 let status = result.expect_err(&rpc.method);
                 assert_error(&status, Code::NotFound, not_found);
+            } else {
+                result.unwrap_or_else(|status| panic!("{}: {status:?}", rpc.method));
             }
         }
     }
@@ -293,6 +314,8 @@ async fn page_tokens_over_256_characters_are_refused_by_every_list() {
             "ListConnectionEvents",
             "ListOrganizations",
             "ListConnections",
+            "ListWebhookEndpoints",
+            "ListWebhookDeliveries",
         ],
     );
     for token in ["A".repeat(MAX_PAGE_TOKEN_LEN + 1), "A".repeat(10_000)] {

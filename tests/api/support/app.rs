@@ -13,13 +13,16 @@ use std::{
 
 use connections::{
     background::Activity,
-    config::{BackgroundSettings, DatabaseSettings, LogFormat, Settings, TlsSettings},
+    config::{
+        BackgroundSettings, DatabaseSettings, LogFormat, Settings, TlsSettings, WebhookOptions,
+    },
     db::Reader,
-    domain::Action,
+    domain::{Action, webhook::RetrySchedule},
     proto::{
         self, CreateConnectionRequest, admin_service_client::AdminServiceClient,
         connection_service_client::ConnectionServiceClient,
         organization_service_client::OrganizationServiceClient,
+        webhook_service_client::WebhookServiceClient,
     },
     service::ApiKeys,
     startup::{Application, StartupError},
@@ -32,7 +35,7 @@ use tonic::{Status, transport::Channel};
 
 use super::{
     clients::{
-        ADMIN_TOKEN, Admin, Bearer, Connections, Organizations, TestOrg, connections_on,
+        ADMIN_TOKEN, Admin, Bearer, Connections, Organizations, TestOrg, Webhooks, connections_on,
         new_key_on, new_org_on,
     },
     database::{TestDatabase, with_address},
@@ -166,6 +169,9 @@ pub struct AppOptions {
     pub watch_buffer: u32,
     /// How often the change log is read for other replicas' changes.
     pub change_feed_poll_interval: Duration,
+    /// Webhooks: private addresses allowed (receivers are on 127.0.0.1)
+    /// and retries within a second, unless a test says otherwise.
+    pub webhooks: WebhookOptions,
 }
 
 impl Default for AppOptions {
@@ -197,6 +203,12 @@ impl Default for AppOptions {
             watch_unread_timeout: server.watch_unread_timeout,
             watch_buffer: server.watch_buffer,
             change_feed_poll_interval: BackgroundSettings::default().change_feed_poll_interval,
+            webhooks: WebhookOptions {
+                allow_private_addresses: true,
+                retry_schedule: RetrySchedule::parse("100ms,200ms,300ms").unwrap(),
+                timeout: Duration::from_secs(5),
+                ..WebhookOptions::default()
+            },
         }
     }
 }
@@ -298,6 +310,7 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
         watch_heartbeat_interval: options.watch_heartbeat_interval,
         watch_unread_timeout: options.watch_unread_timeout,
         watch_buffer: options.watch_buffer,
+        webhooks: options.webhooks.clone(),
         background: BackgroundSettings {
             health_check_interval: Duration::from_millis(100),
             request_id_retention: options.request_id_retention,
@@ -369,6 +382,10 @@ impl TestApp {
 
     pub fn organizations(&self, org: &TestOrg) -> Organizations {
         OrganizationServiceClient::with_interceptor(self.channel.clone(), Bearer::new(&org.key))
+    }
+
+    pub fn webhooks(&self, org: &TestOrg) -> Webhooks {
+        WebhookServiceClient::with_interceptor(self.channel.clone(), Bearer::new(&org.key))
     }
 
     pub fn admin(&self) -> Admin {

@@ -5,6 +5,7 @@ use connections::proto::{
     CreateApiKeyRequest, CreateOrganizationRequest, admin_service_client::AdminServiceClient,
     connection_service_client::ConnectionServiceClient,
     organization_service_client::OrganizationServiceClient,
+    webhook_service_client::WebhookServiceClient,
 };
 use tonic::{
     Code, Request, Status,
@@ -48,6 +49,7 @@ impl Interceptor for Bearer {
 pub type Connections = ConnectionServiceClient<InterceptedService<Channel, Bearer>>;
 pub type Organizations = OrganizationServiceClient<InterceptedService<Channel, Bearer>>;
 pub type Admin = AdminServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Webhooks = WebhookServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// An organization with an API key.
 #[derive(Debug, Clone)]

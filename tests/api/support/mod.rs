@@ -11,6 +11,7 @@
 //! - `process`: the real binary in processes of its own.
 //! - `rng`: the one seeded random generator.
 //! - `watching`: WatchConnectionEvents requests and reading streams.
+//! - `receiver`: an HTTP receiver of webhook deliveries.
 
 pub mod app;
 pub mod clients;
@@ -19,6 +20,7 @@ pub mod http2;
 pub mod own_postgres;
 pub mod process;
 pub mod proxy;
+pub mod receiver;
 pub mod rng;
 pub mod rpcs;
 pub mod watching;

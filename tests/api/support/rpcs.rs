@@ -61,7 +61,12 @@ impl Rpc {
     pub fn secret<'a>(&self, org: &'a TestOrg) -> &'a str {
         match self.service.strip_prefix(PACKAGE) {
             Some(".AdminService") => ADMIN_TOKEN,
-            Some(".ConnectionService" | ".OrganizationService" | ".AccessService") => &org.key,
+            Some(
+                ".ConnectionService"
+                | ".OrganizationService"
+                | ".AccessService"
+                | ".WebhookService",
+            ) => &org.key,
             _ => panic!("which credential calls {}? Add it here", self.service),
         }
     }

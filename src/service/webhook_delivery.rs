@@ -1,0 +1,312 @@
+//! What a deliverer needs of the database: the endpoints it holds the lease
+//! of, the events due for them (first in line per connection), and the
+//! record of each attempt with its consequences (the event delivered,
+//! postponed or given up; the endpoint disabled).
+//!
+//! Each replica runs one deliverer; an endpoint is delivered to by the one
+//! replica that holds its lease. A lease lasts [`LEASE`] and is renewed well
+//! before it ends; a replica that dies loses its leases when they end, and
+//! another takes them over. A deliverer records an attempt only while it
+//! still holds the endpoint's lease, so a replica that lost one (stalled
+//! past its end) cannot reorder what its successor does; what it sent is
+//! sent again by the successor, with the same `webhook-id` and body.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use uuid::Uuid;
+
+use super::{ServiceError, WebhookKey, now, random_bytes};
+use crate::{
+    db,
+    domain::{
+        WebhookEndpointId,
+        webhook::{DeliveryAttempt, DeliveryOutcome, RetrySchedule, SigningKey, WebhookUrl},
+    },
+    entity::{webhook_attempt, webhook_endpoint, webhook_queue},
+};
+
+/// How long a lease lasts: a replica killed without a chance to give its
+/// leases back holds them at most this long.
+pub const LEASE: Duration = Duration::from_secs(30);
+
+/// How often a deliverer renews its leases.
+pub const RENEW_EVERY: Duration = Duration::from_secs(10);
+
+/// Most endpoints one replica holds.
+pub const MOST_ENDPOINTS: u64 = 1000;
+
+/// An endpoint a deliverer holds, ready to send to.
+#[derive(Debug, Clone)]
+pub struct HeldEndpoint {
+    /// Its ID.
+    pub id: WebhookEndpointId,
+    /// Where to send (checked again at each connection).
+    pub url: WebhookUrl,
+    /// The keys that sign: the current secret's, and the previous one's
+    /// while it still signs.
+    pub keys: Vec<SigningKey>,
+    /// Paused: nothing is sent.
+    pub disabled: bool,
+}
+
+/// An event due for an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    /// The endpoint.
+    pub endpoint_id: Uuid,
+    /// The event: the `webhook-id`.
+    pub event_id: Uuid,
+    /// Its connection.
+    pub connection_id: Uuid,
+    /// The number of this attempt (1 for the first).
+    pub attempt: i32,
+    /// The change token in the body.
+    pub change_token: String,
+    /// The body.
+    pub body: String,
+}
+
+/// What an attempt came to, as the sender saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sent {
+    /// The receiver's status, if one came.
+    pub status: Option<u16>,
+    /// Why no status came (`timeout`, `connect`, ...), or with a status the
+    /// start of the receiver's answer.
+    pub error: Option<String>,
+    /// How long the receiver asked to be left alone (429, 503).
+    pub retry_after: Option<Duration>,
+    /// From sending to the status or failure.
+    pub duration: Duration,
+    /// When the attempt began.
+    pub attempt_time: DateTime<Utc>,
+}
+
+impl Sent {
+    fn succeeded(&self) -> bool {
+        self.status
+            .is_some_and(|status| (200..300).contains(&status))
+    }
+}
+
+/// What recording an attempt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recorded {
+    /// The attempt's outcome.
+    pub outcome: DeliveryOutcome,
+    /// Whether the endpoint was disabled by it.
+    pub disabled: bool,
+    /// False if the lease had been lost: nothing was recorded.
+    pub held: bool,
+}
+
+/// The delivery side of webhooks for one replica.
+#[derive(Debug, Clone)]
+pub struct Deliveries {
+    db: DatabaseConnection,
+    reader: db::Reader,
+    key: WebhookKey,
+    /// This replica, as the owner of its leases.
+    owner: Uuid,
+    schedule: RetrySchedule,
+    /// An endpoint failing every attempt this long is disabled.
+    disable_after: Duration,
+}
+
+impl Deliveries {
+    /// The deliveries of a replica (its own, new owner ID) over `db`.
+    pub fn new(
+        db: DatabaseConnection,
+        reader: db::Reader,
+        key: WebhookKey,
+        schedule: RetrySchedule,
+        disable_after: Duration,
+    ) -> Self {
+        Self {
+            db,
+            reader,
+            key,
+            owner: Uuid::now_v7(),
+            schedule,
+            disable_after,
+        }
+    }
+
+    /// Takes the lease of the endpoints no replica holds (every one of them
+    /// with `renew`, extending those this one holds), then returns every
+    /// endpoint this replica holds.
+    pub async fn lease(&self, renew: bool) -> Result<Vec<HeldEndpoint>, ServiceError> {
+        let at = now();
+        let until = at + chrono::Duration::from_std(LEASE).expect("the lease is short");
+        let txn = db::begin_write(&self.db).await?;
+        webhook_endpoint::lease(&*txn, self.owner, at, until, MOST_ENDPOINTS, renew).await?;
+        txn.commit().await?;
+        let rows = webhook_endpoint::Entity::find()
+            .filter(webhook_endpoint::Column::LeaseOwner.eq(self.owner))
+            .all(&self.reader)
+            .await?;
+        rows.into_iter().map(|row| self.held(row, at)).collect()
+    }
+
+    fn held(
+        &self,
+        row: webhook_endpoint::Model,
+        at: DateTime<Utc>,
+    ) -> Result<HeldEndpoint, ServiceError> {
+        let id = WebhookEndpointId::from(row.id);
+        let mut keys = vec![SigningKey::from_bytes(self.key.open(id, &row.secret)?)];
+        if let (Some(previous), Some(expire)) =
+            (&row.previous_secret, row.previous_secret_expire_time)
+            && expire > at
+        {
+            keys.push(SigningKey::from_bytes(self.key.open(id, previous)?));
+        }
+        // Stored URLs passed the rules when they were stored; each
+        // connection checks its address again.
+        let url = WebhookUrl::parse(&row.url, true)
+            .map_err(|problem| ServiceError::internal(format!("stored webhook URL {problem}")))?;
+        Ok(HeldEndpoint {
+            id,
+            url,
+            keys,
+            disabled: row.disabled,
+        })
+    }
+
+    /// Gives back this replica's leases (when it stops).
+    pub async fn release(&self) -> Result<(), ServiceError> {
+        let txn = db::begin_write(&self.db).await?;
+        webhook_endpoint::release(&*txn, self.owner).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// The events due now for `endpoints`, first in line for their
+    /// connection, soonest due first: at most `limit`.
+    pub async fn due(&self, endpoints: &[Uuid], limit: u64) -> Result<Vec<Due>, ServiceError> {
+        let rows = webhook_queue::due_heads(&self.reader, endpoints, now(), limit).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| Due {
+                endpoint_id: row.endpoint_id,
+                event_id: row.event_id,
+                connection_id: row.connection_id,
+                attempt: row.attempts + 1,
+                change_token: row.change_token,
+                body: row.body,
+            })
+            .collect())
+    }
+
+    /// When the next event queued for `endpoints` is due.
+    pub async fn next_due(
+        &self,
+        endpoints: &[Uuid],
+    ) -> Result<Option<DateTime<Utc>>, ServiceError> {
+        Ok(webhook_queue::next_due(&self.reader, endpoints).await?)
+    }
+
+    /// Records the attempt `sent` of `due`, and what follows from it: a
+    /// success takes the event off the queue; 410 Gone disables the
+    /// endpoint (the event stays queued, for when it is enabled again); any
+    /// other failure postpones the event by the schedule's next wait (at
+    /// least what Retry-After asked on 429 and 503), or gives it up after
+    /// the last. An endpoint failing every attempt for the configured time
+    /// is disabled.
+    pub async fn record(&self, due: &Due, sent: &Sent) -> Result<Recorded, ServiceError> {
+        let txn = db::begin_write(&self.db).await?;
+        let held = webhook_endpoint::Entity::find_by_id(due.endpoint_id)
+            .filter(webhook_endpoint::Column::LeaseOwner.eq(self.owner))
+            .one(&*txn)
+            .await?
+            .is_some();
+        if !held {
+            return Ok(Recorded {
+                outcome: DeliveryOutcome::WillRetry,
+                disabled: false,
+                held: false,
+            });
+        }
+        let at = now();
+        let gone = sent.status == Some(410);
+        let (outcome, next) = if sent.succeeded() {
+            webhook_queue::remove(&*txn, due.endpoint_id, due.event_id).await?;
+            (DeliveryOutcome::Succeeded, None)
+        } else if gone {
+            webhook_queue::postpone(&*txn, due.endpoint_id, due.event_id, due.attempt, at).await?;
+            (DeliveryOutcome::WillRetry, None)
+        } else if let Some(wait) = self.schedule.after(due.attempt) {
+            let asked = matches!(sent.status, Some(429 | 503))
+                .then_some(sent.retry_after)
+                .flatten();
+            let wait = RetrySchedule::jittered(wait, unit_random(), asked);
+            let next = at + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+            webhook_queue::postpone(&*txn, due.endpoint_id, due.event_id, due.attempt, next)
+                .await?;
+            (DeliveryOutcome::WillRetry, Some(next))
+        } else {
+            webhook_queue::remove(&*txn, due.endpoint_id, due.event_id).await?;
+            (DeliveryOutcome::GaveUp, None)
+        };
+        let error = if gone {
+            Some("the endpoint was disabled: the receiver answered 410 Gone".to_owned())
+        } else {
+            sent.error.clone()
+        };
+        webhook_attempt::insert(
+            &*txn,
+            &DeliveryAttempt {
+                id: Uuid::now_v7(),
+                endpoint_id: due.endpoint_id.into(),
+                event_id: due.event_id,
+                change_token: due.change_token.clone(),
+                attempt: due.attempt,
+                http_status: sent.status,
+                error,
+                duration: sent.duration,
+                attempt_time: sent.attempt_time,
+                next_attempt_time: next,
+                outcome,
+            },
+        )
+        .await?;
+        let disable_before =
+            at - chrono::Duration::from_std(self.disable_after).unwrap_or(chrono::Duration::MAX);
+        let disabled = webhook_endpoint::record_health(
+            &*txn,
+            due.endpoint_id,
+            sent.succeeded(),
+            at,
+            disable_before,
+            gone.then_some("the receiver answered 410 Gone"),
+        )
+        .await?;
+        txn.commit().await?;
+        if disabled {
+            tracing::warn!(endpoint_id = %due.endpoint_id, "webhook endpoint disabled");
+        }
+        Ok(Recorded {
+            outcome,
+            disabled,
+            held: true,
+        })
+    }
+
+    /// Per endpoint with queued events: how many, and when the oldest was
+    /// queued.
+    pub async fn backlog(&self) -> Result<Vec<(Uuid, i64, DateTime<Utc>)>, ServiceError> {
+        Ok(webhook_queue::backlog(&self.reader).await?)
+    }
+}
+
+/// The time of an attempt that starts now, at the precision stored.
+pub fn attempt_time() -> DateTime<Utc> {
+    now()
+}
+
+/// A random number in `[0, 1)`.
+fn unit_random() -> f64 {
+    (u64::from_be_bytes(random_bytes()) >> 11) as f64 / (1u64 << 53) as f64
+}
