@@ -43,7 +43,9 @@ use crate::{
     domain::{ConnectionState, Named, VariantArray},
     entity::connection,
     grpc::server::served_methods,
-    service::{Access, ChangeFeed, Watches, idempotency::ReplayCounts},
+    service::{
+        Access, ChangeFeed, Watches, idempotency::ReplayCounts, webhook_delivery::DeliveryMetrics,
+    },
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -101,9 +103,30 @@ impl Metrics {
         reader: Reader,
         replays: &ReplayCounts,
         followers: Followers,
+        webhooks: &DeliveryMetrics,
         count_interval: Duration,
     ) -> Self {
         let mut registry = Registry::default();
+        registry.register(
+            "webhook_delivery_attempts",
+            "Webhook delivery attempts made by this server, by outcome",
+            webhooks.attempts.clone(),
+        );
+        registry.register(
+            "webhook_deliveries_in_flight",
+            "Webhook delivery attempts in flight on this server",
+            webhooks.in_flight.clone(),
+        );
+        registry.register(
+            "webhook_queued_events",
+            "Events queued and not yet delivered for the webhook endpoints this server delivers to",
+            webhooks.queued.clone(),
+        );
+        registry.register(
+            "webhook_oldest_undelivered_event_age_seconds",
+            "Age of the oldest undelivered event of the webhook endpoints this server delivers to",
+            webhooks.oldest_undelivered_seconds.clone(),
+        );
         let calls = Family::<CallLabels, Counter>::default();
         registry.register(
             "grpc_server_handled",

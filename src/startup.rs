@@ -12,7 +12,7 @@ use crate::{
     background::{
         self, Activity, change_feed, health, sweeper,
         webhooks::{
-            deliver::{self, DeliveryMetrics},
+            deliver,
             http::{Sender, SenderOptions},
         },
     },
@@ -29,7 +29,7 @@ use crate::{
     service::{
         Access, ApiKeys, AuditLog, ChangeFeed, ChangeTokens, Connections, Organizations,
         PageTokens, WatchLimits, Watches, WebhookKey, WebhookSettings, Webhooks, secrets,
-        webhook_delivery::Deliveries,
+        webhook_delivery::{Deliveries, DeliveryMetrics},
     },
 };
 
@@ -285,6 +285,7 @@ impl Application {
                     watches: self.services.watches.clone(),
                     access: self.access.clone(),
                 },
+                &self.webhook_metrics,
                 intervals.connection_count_interval,
             ))
         });

@@ -14,6 +14,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 use uuid::Uuid;
 
@@ -304,6 +305,39 @@ impl Deliveries {
 /// The time of an attempt that starts now, at the precision stored.
 pub fn attempt_time() -> DateTime<Utc> {
     now()
+}
+
+/// What the deliverer counts, for metrics.
+#[derive(Debug, Clone, Default)]
+pub struct DeliveryMetrics {
+    /// Attempts by outcome (`succeeded`, `will_retry`, `gave_up`).
+    pub attempts: Family<OutcomeLabel, Counter>,
+    /// Attempts in flight now.
+    pub in_flight: Gauge,
+    /// Events queued and not yet delivered, over every endpoint this
+    /// replica holds.
+    pub queued: Gauge,
+    /// Age in seconds of the oldest undelivered event of the endpoints this
+    /// replica holds (0 if none).
+    pub oldest_undelivered_seconds: Gauge,
+}
+
+/// The `outcome` label of a delivery attempt.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `succeeded`, `will_retry` or `gave_up`.
+    pub outcome: &'static str,
+}
+
+/// The label of attempts with `outcome`.
+pub fn outcome_label(outcome: DeliveryOutcome) -> OutcomeLabel {
+    OutcomeLabel {
+        outcome: match outcome {
+            DeliveryOutcome::Succeeded => "succeeded",
+            DeliveryOutcome::WillRetry => "will_retry",
+            DeliveryOutcome::GaveUp => "gave_up",
+        },
+    }
 }
 
 /// A random number in `[0, 1)`.

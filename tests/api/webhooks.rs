@@ -18,7 +18,7 @@ use connections::{
 use tonic::Code;
 
 use crate::support::{
-    AppOptions, TestApp, TestOrg, assert_error,
+    AppOptions, TestApp, TestOrg, assert_error, metric_sample,
     receiver::{Answer, Delivery, Receiver},
     spawn_app, spawn_app_with, unknown_id, violated_fields,
 };
@@ -561,7 +561,11 @@ async fn a_failing_receiver_gets_the_connection_s_events_in_order_once_it_recove
 
 #[tokio::test]
 async fn an_event_is_given_up_after_the_last_retry_and_the_connection_s_next_event_goes_on() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(AppOptions {
+        metrics: true,
+        ..AppOptions::default()
+    })
+    .await;
     let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
     let receiver = Receiver::start().await;
     // The creation fails every attempt (1 + 3 retries); the rest succeed.
@@ -575,9 +579,25 @@ async fn an_event_is_given_up_after_the_last_retry_and_the_connection_s_next_eve
     let delivered = receiver.wait_for_delivered(1).await;
     assert_eq!(types(&delivered), ["connection.activated"]);
     assert_eq!(receiver.requests().len(), 5);
-    let failed = attempts(&app, &source, &created.endpoint.unwrap().id, true, 4).await;
+    let endpoint_id = created.endpoint.unwrap().id;
+    attempts(&app, &source, &endpoint_id, false, 5).await;
+    let failed = attempts(&app, &source, &endpoint_id, true, 4).await;
     assert_eq!(failed[0].attempt, 4);
     assert_eq!(failed[0].outcome(), WebhookDeliveryOutcome::GaveUp);
+    let text = app.metrics_text().await;
+    let attempts = |outcome: &str| {
+        metric_sample(
+            &text,
+            &format!("webhook_delivery_attempts_total{{outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(attempts("will_retry"), Some(3.0), "{text}");
+    assert_eq!(attempts("gave_up"), Some(1.0));
+    assert_eq!(attempts("succeeded"), Some(1.0));
+    assert_eq!(
+        metric_sample(&text, "webhook_deliveries_in_flight"),
+        Some(0.0)
+    );
 }
 
 #[tokio::test]

@@ -20,15 +20,16 @@ use std::{
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
-use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use tokio::{sync::watch, task::JoinSet};
 use uuid::Uuid;
 
 use super::http::{Attempt, Sender};
 use crate::{
     background::Task,
-    domain::webhook::{DeliveryOutcome, signature_header},
-    service::webhook_delivery::{Deliveries, Due, HeldEndpoint, RENEW_EVERY, Sent},
+    domain::webhook::signature_header,
+    service::webhook_delivery::{
+        Deliveries, DeliveryMetrics, Due, HeldEndpoint, RENEW_EVERY, Sent, outcome_label,
+    },
 };
 
 /// Deliveries in flight at once on one replica.
@@ -40,38 +41,6 @@ pub const PER_ENDPOINT: usize = 16;
 /// The longest the deliverer waits before it looks at the queue again, and
 /// how often it takes the leases of endpoints no replica holds.
 pub const LOOK_EVERY: Duration = Duration::from_secs(1);
-
-/// What the deliverer counts, for metrics.
-#[derive(Debug, Clone, Default)]
-pub struct DeliveryMetrics {
-    /// Attempts by outcome (`succeeded`, `will_retry`, `gave_up`).
-    pub attempts: Family<OutcomeLabel, Counter>,
-    /// Attempts in flight now.
-    pub in_flight: Gauge,
-    /// Events queued and not yet delivered, over every endpoint this
-    /// replica holds.
-    pub queued: Gauge,
-    /// Age in seconds of the oldest undelivered event of the endpoints this
-    /// replica holds (0 if none).
-    pub oldest_undelivered_seconds: Gauge,
-}
-
-/// The `outcome` label of a delivery attempt.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-pub struct OutcomeLabel {
-    /// `succeeded`, `will_retry` or `gave_up`.
-    pub outcome: &'static str,
-}
-
-fn outcome_label(outcome: DeliveryOutcome) -> OutcomeLabel {
-    OutcomeLabel {
-        outcome: match outcome {
-            DeliveryOutcome::Succeeded => "succeeded",
-            DeliveryOutcome::WillRetry => "will_retry",
-            DeliveryOutcome::GaveUp => "gave_up",
-        },
-    }
-}
 
 /// Starts delivering: `commits` changes at every commit this replica makes
 /// or hears of. At a stop, attempts in flight are abandoned (their events
