@@ -37,4 +37,5 @@ mod transports;
 mod upgrade;
 mod watch;
 mod watch_guarantees;
+mod webhook_replicas;
 mod webhooks;
