@@ -127,6 +127,8 @@ def new_server(tmp, *args, env=None):
                     "in the repository root, or set CONNECTIONS_BIN")
     base = {k: v for k, v in os.environ.items() if not k.startswith("CONNECTIONS_")}
     base["CONNECTIONS_DATABASE_URL"] = f"sqlite://{tmp}/c.db?mode=rwc"
+    # Webhook endpoints on http://127.0.0.1 (test_webhooks.py's receiver) are accepted.
+    base["CONNECTIONS_WEBHOOK_ALLOW_PRIVATE_ADDRESSES"] = "true"
     base.update(env or {})
     srv = Server(target=f"127.0.0.1:{free_port()}", env=base, log_path=str(tmp / "server.log"),
                  args=args)

@@ -3,8 +3,8 @@
 #
 # Installs the locked dependencies (npm ci, only when node_modules is missing or was installed
 # from another package-lock.json), generates src/gen with buf + protoc-gen-es (local plugin, no
-# network), type-checks with tsc, and runs test/lifecycle.test.ts (end to end) and
-# test/resumable-watch.test.ts (scripted streams) with Node's test runner.
+# network), type-checks with tsc, and runs test/lifecycle.test.ts and test/webhooks.test.ts (end to
+# end) and test/resumable-watch.test.ts (scripted streams) with Node's test runner.
 # It builds nothing: it runs CONNECTIONS_BIN, else the newer of the debug and release builds
 # (target/debug/connections, target/release/connections); build one first.
 # Extra arguments go to `node --test`, e.g. --test-name-pattern='gRPC-Web'.
@@ -34,4 +34,4 @@ tsc --noEmit -p .
 
 echo "==> node --test ($(node --version), binary $CONNECTIONS_BIN)"
 # Each test and hook has its own timeout; this bounds the whole run as a last resort.
-timeout --kill-after=10 600 node --import tsx --test --test-reporter=tap "$@" test/lifecycle.test.ts test/resumable-watch.test.ts
+timeout --kill-after=10 600 node --import tsx --test --test-reporter=tap "$@" test/lifecycle.test.ts test/webhooks.test.ts test/resumable-watch.test.ts

@@ -1,8 +1,8 @@
 /**
  * Small helpers around the generated connections.v1 code (src/gen, written by `npx buf generate`)
  * and Connect for Node.js: a transport that speaks gRPC (HTTP/2) or gRPC-Web (HTTP/1.1 or HTTP/2)
- * and carries an API key on every call, typed clients for ConnectionService, OrganizationService
- * and AccessService, the google.rpc.ErrorInfo of a refused call, and `ResumableWatch`, which
+ * and carries an API key on every call, typed clients for ConnectionService, OrganizationService,
+ * AccessService and WebhookService, the google.rpc.ErrorInfo of a refused call, and `ResumableWatch`, which
  * follows WatchConnectionEvents across disconnections without losing or repeating an event.
  */
 import * as http from "node:http";
@@ -19,6 +19,7 @@ import {
 import { ErrorReason, ErrorReasonSchema } from "./gen/connections/v1/errors_pb.js";
 import { OrganizationService } from "./gen/connections/v1/organization_service_pb.js";
 import { ConnectionRole } from "./gen/connections/v1/resources_pb.js";
+import { WebhookService } from "./gen/connections/v1/webhook_service_pb.js";
 import { type ErrorInfo, ErrorInfoSchema } from "./gen/google/rpc/error_details_pb.js";
 
 export { Code, ConnectError, ErrorReason };
@@ -49,6 +50,8 @@ export interface ConnectionsClient {
   organizations: Client<typeof OrganizationService>;
   /** CheckAccess: with a party's API key, or the access-check (or admin) token as `apiKey`. */
   access: Client<typeof AccessService>;
+  /** The caller's webhook endpoints, their secrets and delivery attempts. */
+  webhooks: Client<typeof WebhookService>;
   transport: Transport;
   /** Closes the underlying HTTP connection(s), so that the process can exit. */
   close(): void;
@@ -85,13 +88,14 @@ export function createConnectionsTransport(options: ConnectOptions): { transport
   return { transport, close: () => agent.destroy() };
 }
 
-/** Clients of ConnectionService, OrganizationService and AccessService acting for the API key's holder. */
+/** Clients of ConnectionService, OrganizationService, AccessService and WebhookService acting for the API key's holder. */
 export function connect(options: ConnectOptions): ConnectionsClient {
   const { transport, close } = createConnectionsTransport(options);
   return {
     connections: createClient(ConnectionService, transport),
     organizations: createClient(OrganizationService, transport),
     access: createClient(AccessService, transport),
+    webhooks: createClient(WebhookService, transport),
     transport,
     close,
   };

@@ -59,7 +59,8 @@ export class Server {
 
   /**
    * A temporary directory and database; nothing runs yet. Fails clearly without the binary.
-   * `settings`: CONNECTIONS_* environment variables for the server (e.g. its tokens).
+   * `settings`: CONNECTIONS_* environment variables for the server (e.g. its tokens). Webhook
+   * endpoints on private addresses (http://127.0.0.1:...) are always allowed.
    */
   static async prepare(settings: Record<string, string> = {}): Promise<Server> {
     try {
@@ -75,6 +76,8 @@ export class Server {
       Object.entries(process.env).filter(([k]) => !k.startsWith("CONNECTIONS_")),
     );
     env.CONNECTIONS_DATABASE_URL = `sqlite://${tmp}/c.db?mode=rwc`;
+    // Webhook endpoints on http://127.0.0.1 (the receiver of webhooks.test.ts) are accepted.
+    env.CONNECTIONS_WEBHOOK_ALLOW_PRIVATE_ADDRESSES = "true";
     Object.assign(env, settings);
     return new Server(tmp, env, `127.0.0.1:${await freePort()}`);
   }
