@@ -44,9 +44,15 @@ pub enum Relation {}
 
 impl ActiveModelBehavior for ActiveModel {}
 
-/// Records `attempt`.
-pub async fn insert(conn: &impl ConnectionTrait, attempt: &DeliveryAttempt) -> Result<(), DbErr> {
-    Entity::insert(ActiveModel {
+/// Records `attempts`.
+pub async fn insert_all(
+    conn: &impl ConnectionTrait,
+    attempts: &[DeliveryAttempt],
+) -> Result<(), DbErr> {
+    if attempts.is_empty() {
+        return Ok(());
+    }
+    Entity::insert_many(attempts.iter().map(|attempt| ActiveModel {
         id: Set(attempt.id),
         endpoint_id: Set(attempt.endpoint_id.uuid()),
         event_id: Set(attempt.event_id),
@@ -58,7 +64,7 @@ pub async fn insert(conn: &impl ConnectionTrait, attempt: &DeliveryAttempt) -> R
         attempt_time: Set(attempt.attempt_time),
         next_attempt_time: Set(attempt.next_attempt_time),
         outcome: Set(attempt.outcome as i16),
-    })
+    }))
     .exec_without_returning(conn)
     .await?;
     Ok(())

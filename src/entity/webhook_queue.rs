@@ -171,11 +171,15 @@ pub async fn next_due(
         .map(Option::flatten)
 }
 
-/// Removes the event from the endpoint's queue (delivered or given up).
-pub async fn remove(conn: &impl ConnectionTrait, endpoint: Uuid, event: Uuid) -> Result<(), DbErr> {
+/// Removes `events` from the endpoint's queue (delivered or given up).
+pub async fn remove_all(
+    conn: &impl ConnectionTrait,
+    endpoint: Uuid,
+    events: &[Uuid],
+) -> Result<(), DbErr> {
     Entity::delete_many()
         .filter(Column::EndpointId.eq(endpoint))
-        .filter(Column::EventId.eq(event))
+        .filter(Column::EventId.is_in(events.iter().copied()))
         .exec(conn)
         .await?;
     Ok(())

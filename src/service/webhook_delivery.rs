@@ -11,11 +11,14 @@
 //! past its end) cannot reorder what its successor does; what it sent is
 //! sent again by the successor, with the same `webhook-id` and body.
 
-use std::time::Duration;
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect};
 use uuid::Uuid;
 
 use super::{ServiceError, WebhookKey, now, random_bytes};
@@ -209,56 +212,76 @@ impl Deliveries {
         Ok(webhook_queue::next_due(&self.reader, endpoints).await?)
     }
 
-    /// Records the attempt `sent` of `due`, and what follows from it: a
-    /// success takes the event off the queue; 410 Gone disables the
-    /// endpoint (the event stays queued, for when it is enabled again); any
-    /// other failure postpones the event by the schedule's next wait (at
-    /// least what Retry-After asked on 429 and 503), or gives it up after
-    /// the last. An endpoint failing every attempt for the configured time
-    /// is disabled.
-    pub async fn record(&self, due: &Due, sent: &Sent) -> Result<Recorded, ServiceError> {
+    /// Records the attempts `sent` (each of its `Due`), in one transaction,
+    /// and what follows from each: a success takes the event off the queue;
+    /// 410 Gone disables the endpoint (the event stays queued, for when it
+    /// is enabled again); any other failure postpones the event by the
+    /// schedule's next wait (at least what Retry-After asked on 429 and
+    /// 503), or gives it up after the last. An endpoint failing every
+    /// attempt for the configured time is disabled. Attempts on endpoints
+    /// whose lease this replica no longer holds are not recorded.
+    pub async fn record_all(&self, sent: &[(Due, Sent)]) -> Result<Vec<Recorded>, ServiceError> {
         let txn = db::begin_write(&self.db).await?;
-        let held = webhook_endpoint::Entity::find_by_id(due.endpoint_id)
+        let endpoints: Vec<Uuid> = sent.iter().map(|(due, _)| due.endpoint_id).collect();
+        let held: HashSet<Uuid> = webhook_endpoint::Entity::find()
+            .select_only()
+            .column(webhook_endpoint::Column::Id)
             .filter(webhook_endpoint::Column::LeaseOwner.eq(self.owner))
-            .one(&*txn)
+            .filter(webhook_endpoint::Column::Id.is_in(endpoints))
+            .into_tuple::<Uuid>()
+            .all(&*txn)
             .await?
-            .is_some();
-        if !held {
-            return Ok(Recorded {
-                outcome: DeliveryOutcome::WillRetry,
-                disabled: false,
-                held: false,
-            });
-        }
+            .into_iter()
+            .collect();
         let at = now();
-        let gone = sent.status == Some(410);
-        let (outcome, next) = if sent.succeeded() {
-            webhook_queue::remove(&*txn, due.endpoint_id, due.event_id).await?;
-            (DeliveryOutcome::Succeeded, None)
-        } else if gone {
-            webhook_queue::postpone(&*txn, due.endpoint_id, due.event_id, due.attempt, at).await?;
-            (DeliveryOutcome::WillRetry, None)
-        } else if let Some(wait) = self.schedule.after(due.attempt) {
-            let asked = matches!(sent.status, Some(429 | 503))
-                .then_some(sent.retry_after)
-                .flatten();
-            let wait = RetrySchedule::jittered(wait, unit_random(), asked);
-            let next = at + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
-            webhook_queue::postpone(&*txn, due.endpoint_id, due.event_id, due.attempt, next)
-                .await?;
-            (DeliveryOutcome::WillRetry, Some(next))
-        } else {
-            webhook_queue::remove(&*txn, due.endpoint_id, due.event_id).await?;
-            (DeliveryOutcome::GaveUp, None)
-        };
-        let error = if gone {
-            Some("the endpoint was disabled: the receiver answered 410 Gone".to_owned())
-        } else {
-            sent.error.clone()
-        };
-        webhook_attempt::insert(
-            &*txn,
-            &DeliveryAttempt {
+        let mut results = Vec::with_capacity(sent.len());
+        let mut delivered: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+        let mut attempts = Vec::new();
+        // Per endpoint: whether its latest attempt succeeded, and whether it
+        // answered 410.
+        let mut health: HashMap<Uuid, (bool, bool)> = HashMap::new();
+        for (due, sent) in sent {
+            if !held.contains(&due.endpoint_id) {
+                results.push(Recorded {
+                    outcome: DeliveryOutcome::WillRetry,
+                    disabled: false,
+                    held: false,
+                });
+                continue;
+            }
+            let gone = sent.status == Some(410);
+            let (outcome, next) = if sent.succeeded() {
+                delivered
+                    .entry(due.endpoint_id)
+                    .or_default()
+                    .push(due.event_id);
+                (DeliveryOutcome::Succeeded, None)
+            } else if gone {
+                webhook_queue::postpone(&*txn, due.endpoint_id, due.event_id, due.attempt, at)
+                    .await?;
+                (DeliveryOutcome::WillRetry, None)
+            } else if let Some(wait) = self.schedule.after(due.attempt) {
+                let asked = matches!(sent.status, Some(429 | 503))
+                    .then_some(sent.retry_after)
+                    .flatten();
+                let wait = RetrySchedule::jittered(wait, unit_random(), asked);
+                let next = at + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+                webhook_queue::postpone(&*txn, due.endpoint_id, due.event_id, due.attempt, next)
+                    .await?;
+                (DeliveryOutcome::WillRetry, Some(next))
+            } else {
+                delivered
+                    .entry(due.endpoint_id)
+                    .or_default()
+                    .push(due.event_id);
+                (DeliveryOutcome::GaveUp, None)
+            };
+            let error = if gone {
+                Some("the endpoint was disabled: the receiver answered 410 Gone".to_owned())
+            } else {
+                sent.error.clone()
+            };
+            attempts.push(DeliveryAttempt {
                 id: Uuid::now_v7(),
                 endpoint_id: due.endpoint_id.into(),
                 event_id: due.event_id,
@@ -270,29 +293,42 @@ impl Deliveries {
                 attempt_time: sent.attempt_time,
                 next_attempt_time: next,
                 outcome,
-            },
-        )
-        .await?;
+            });
+            let entry = health.entry(due.endpoint_id).or_insert((false, false));
+            *entry = (sent.succeeded(), entry.1 || gone);
+            results.push(Recorded {
+                outcome,
+                disabled: false,
+                held: true,
+            });
+        }
+        for (endpoint, events) in &delivered {
+            webhook_queue::remove_all(&*txn, *endpoint, events).await?;
+        }
+        webhook_attempt::insert_all(&*txn, &attempts).await?;
         let disable_before =
             at - chrono::Duration::from_std(self.disable_after).unwrap_or(chrono::Duration::MAX);
-        let disabled = webhook_endpoint::record_health(
-            &*txn,
-            due.endpoint_id,
-            sent.succeeded(),
-            at,
-            disable_before,
-            gone.then_some("the receiver answered 410 Gone"),
-        )
-        .await?;
-        txn.commit().await?;
-        if disabled {
-            tracing::warn!(endpoint_id = %due.endpoint_id, "webhook endpoint disabled");
+        let mut disabled = HashSet::new();
+        for (endpoint, (succeeded, gone)) in health {
+            let now_disabled = webhook_endpoint::record_health(
+                &*txn,
+                endpoint,
+                succeeded && !gone,
+                at,
+                disable_before,
+                gone.then_some("the receiver answered 410 Gone"),
+            )
+            .await?;
+            if now_disabled {
+                tracing::warn!(endpoint_id = %endpoint, "webhook endpoint disabled");
+                disabled.insert(endpoint);
+            }
         }
-        Ok(Recorded {
-            outcome,
-            disabled,
-            held: true,
-        })
+        txn.commit().await?;
+        for ((due, _), recorded) in sent.iter().zip(&mut results) {
+            recorded.disabled = disabled.contains(&due.endpoint_id);
+        }
+        Ok(results)
     }
 
     /// Per endpoint with queued events: how many, and when the oldest was

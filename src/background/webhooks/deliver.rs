@@ -79,9 +79,12 @@ pub fn start(
             tokio::select! {
                 () = stop.cancelled() => break,
                 Some(done) = deliverer.running.join_next() => {
-                    if let Ok((due, sent)) = done {
-                        deliverer.finished(due, sent).await;
+                    // Every attempt that has ended, recorded together.
+                    let mut ended: Vec<_> = done.into_iter().collect();
+                    while let Some(done) = deliverer.running.try_join_next() {
+                        ended.extend(done);
                     }
+                    deliverer.finished(ended).await;
                 }
                 _ = commits.changed() => {}
                 () = tokio::time::sleep(wait) => {}
@@ -187,34 +190,36 @@ impl Deliverer {
         }
     }
 
-    /// Records an attempt that ended.
-    async fn finished(&mut self, due: Due, sent: Sent) {
-        self.busy.remove(&(due.endpoint_id, due.connection_id));
-        if let Some(count) = self.per_endpoint.get_mut(&due.endpoint_id) {
-            *count -= 1;
-            if *count == 0 {
-                self.per_endpoint.remove(&due.endpoint_id);
-            }
-        }
-        self.metrics.in_flight.dec();
-        match self.deliveries.record(&due, &sent).await {
-            Ok(recorded) if recorded.held => {
-                self.metrics
-                    .attempts
-                    .get_or_create(&outcome_label(recorded.outcome))
-                    .inc();
-                if recorded.disabled {
-                    // Sent no more until it is enabled again.
-                    self.held.remove(&due.endpoint_id);
+    /// Records attempts that ended.
+    async fn finished(&mut self, ended: Vec<(Due, Sent)>) {
+        for (due, _) in &ended {
+            self.busy.remove(&(due.endpoint_id, due.connection_id));
+            if let Some(count) = self.per_endpoint.get_mut(&due.endpoint_id) {
+                *count -= 1;
+                if *count == 0 {
+                    self.per_endpoint.remove(&due.endpoint_id);
                 }
             }
-            Ok(_) => {
-                // Another replica holds it now: it sends the event again.
-                self.held.remove(&due.endpoint_id);
+            self.metrics.in_flight.dec();
+        }
+        match self.deliveries.record_all(&ended).await {
+            Ok(recorded) => {
+                for ((due, _), recorded) in ended.iter().zip(recorded) {
+                    if !recorded.held || recorded.disabled {
+                        // Another replica holds it now (and sends the event
+                        // again), or it is disabled: nothing more is sent.
+                        self.held.remove(&due.endpoint_id);
+                        continue;
+                    }
+                    self.metrics
+                        .attempts
+                        .get_or_create(&outcome_label(recorded.outcome))
+                        .inc();
+                }
             }
             Err(err) => {
-                // The event stays queued and goes again.
-                tracing::warn!(error = %err, endpoint_id = %due.endpoint_id, "cannot record a webhook attempt");
+                // The events stay queued and go again.
+                tracing::warn!(error = %err, attempts = ended.len(), "cannot record webhook attempts");
             }
         }
     }
