@@ -103,6 +103,8 @@ pub struct Application {
     deliveries: Deliveries,
     /// What the webhook deliverer counts.
     webhook_metrics: DeliveryMetrics,
+    /// Notified when a call changes a webhook endpoint.
+    endpoints_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Application {
@@ -164,6 +166,7 @@ impl Application {
             convert::webhook_body,
         )
         .notifying(feed.clone());
+        let endpoints_changed = webhooks.endpoints_changed();
         let services = Services {
             connections: Connections::new(
                 db.clone(),
@@ -210,6 +213,7 @@ impl Application {
             access,
             deliveries,
             webhook_metrics: DeliveryMetrics::default(),
+            endpoints_changed,
         })
     }
 
@@ -344,6 +348,7 @@ impl Application {
             self.deliveries,
             sender,
             self.feed.commits(),
+            self.endpoints_changed,
             self.webhook_metrics,
         ));
         if let (Some(listener), Some(metrics)) = (self.metrics_listener, metrics.clone()) {

@@ -151,7 +151,18 @@ impl Deliveries {
             .filter(webhook_endpoint::Column::LeaseOwner.eq(self.owner))
             .all(&self.reader)
             .await?;
-        rows.into_iter().map(|row| self.held(row, at)).collect()
+        // One endpoint that cannot be read does not stop the others.
+        Ok(rows
+            .into_iter()
+            .filter_map(|row| {
+                let id = row.id;
+                self.held(row, at)
+                    .inspect_err(|err| {
+                        tracing::error!(endpoint_id = %id, error = %err, "webhook endpoint skipped");
+                    })
+                    .ok()
+            })
+            .collect())
     }
 
     fn held(

@@ -193,6 +193,9 @@ pub struct Webhooks {
     body: WebhookBody,
     /// Told of recoveries, so that deliverers look at the queue at once.
     feed: ChangeFeed,
+    /// Told of every change to an endpoint, so that this process's
+    /// deliverer takes it into account at once.
+    endpoints_changed: Arc<tokio::sync::Notify>,
 }
 
 impl Webhooks {
@@ -215,6 +218,7 @@ impl Webhooks {
             body,
             feed: ChangeFeed::new(reader.clone()),
             reader,
+            endpoints_changed: Arc::default(),
         }
     }
 
@@ -222,6 +226,12 @@ impl Webhooks {
     pub fn notifying(mut self, feed: ChangeFeed) -> Self {
         self.feed = feed;
         self
+    }
+
+    /// Notified whenever this process changes an endpoint (creates,
+    /// updates, rotates, deletes or recovers it).
+    pub fn endpoints_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.endpoints_changed.clone()
     }
 
     /// Creates an endpoint for `caller`'s organization and returns it with
@@ -292,6 +302,7 @@ impl Webhooks {
             idempotency::complete(&*txn, key, recorded).await?;
         }
         txn.commit().await?;
+        self.endpoints_changed.notify_one();
         tracing::info!(endpoint_id = %id, "webhook endpoint created");
         Ok(WithSecret {
             endpoint,
@@ -364,8 +375,7 @@ impl Webhooks {
         endpoint.update_time = now();
         webhook_endpoint::update(&*txn, &endpoint).await?;
         txn.commit().await?;
-        // Enabled again: its deliverer looks at the queue at once.
-        self.feed.committed(i64::MIN);
+        self.endpoints_changed.notify_one();
         Ok(endpoint)
     }
 
@@ -383,6 +393,7 @@ impl Webhooks {
         webhook_queue::clear(&*txn, id.uuid()).await?;
         webhook_attempt::clear(&*txn, id.uuid()).await?;
         txn.commit().await?;
+        self.endpoints_changed.notify_one();
         tracing::info!("webhook endpoint deleted");
         Ok(())
     }
@@ -414,6 +425,7 @@ impl Webhooks {
         )
         .await?;
         txn.commit().await?;
+        self.endpoints_changed.notify_one();
         tracing::info!("webhook secret rotated");
         Ok((SigningKey::secret_of(&secret), expire))
     }
@@ -521,7 +533,7 @@ impl Webhooks {
                 break;
             }
         }
-        self.feed.committed(i64::MIN);
+        self.endpoints_changed.notify_one();
         tracing::info!(queued, "webhook deliveries recovered");
         Ok(queued)
     }

@@ -825,3 +825,130 @@ async fn recovering_after_a_change_token_sends_every_later_event_again_with_the_
         .unwrap_err();
     assert_error(&invalid, Code::InvalidArgument, "INVALID_CHANGE_TOKEN");
 }
+
+#[tokio::test]
+async fn a_connection_whose_events_fail_does_not_hold_back_another_s() {
+    let app = app_with(|webhooks| {
+        webhooks.retry_schedule = RetrySchedule::parse(&["300ms"; 20].join(",")).unwrap();
+    })
+    .await;
+    let (source, stuck, flowing) = (
+        app.new_org("S").await,
+        app.new_org("Stuck").await,
+        app.new_org("Flowing").await,
+    );
+    let stuck_id = app.connect(&source, &stuck).await.id;
+    let receiver = Receiver::start().await;
+    let failing = stuck_id.clone();
+    receiver.answer_with(move |_, delivery| {
+        if delivery.connection_id() == failing {
+            Answer::Status(500, Vec::new())
+        } else {
+            Answer::Status(200, Vec::new())
+        }
+    });
+    endpoint(&app, &source, &receiver.url("/"), &[]).await;
+    app.activate(&stuck, &stuck_id, "").await.unwrap();
+    receiver
+        .wait_until(
+            Duration::from_secs(10),
+            "the stuck connection's first attempt",
+            |r| !r.is_empty(),
+        )
+        .await;
+    let flowing_id = app.connect(&source, &flowing).await.id;
+    app.activate(&flowing, &flowing_id, "").await.unwrap();
+    let delivered = receiver.wait_for_delivered(2).await;
+    assert!(delivered.iter().all(|d| d.connection_id() == flowing_id));
+    assert_eq!(
+        types(&delivered),
+        ["connection.created", "connection.activated"]
+    );
+    assert!(
+        receiver
+            .requests()
+            .iter()
+            .filter(|d| d.connection_id() == stuck_id)
+            .all(|d| d.sequence() == 2),
+        "the stuck connection's event is retried meanwhile, nothing after it"
+    );
+}
+
+#[tokio::test]
+async fn an_endpoint_failing_every_attempt_for_long_enough_is_disabled_keeping_its_queue() {
+    let app = app_with(|webhooks| {
+        webhooks.retry_schedule = RetrySchedule::parse(&["100ms"; 20].join(",")).unwrap();
+        webhooks.disable_after = Duration::from_millis(700);
+    })
+    .await;
+    let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
+    let receiver = Receiver::start().await;
+    receiver.answer_with(|_, _| Answer::Status(502, Vec::new()));
+    let endpoint_id = endpoint(&app, &source, &receiver.url("/"), &[])
+        .await
+        .endpoint
+        .unwrap()
+        .id;
+    app.connect(&source, &destination).await;
+    let mut client = app.webhooks(&source);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let disabled = loop {
+        let endpoint = client
+            .get_webhook_endpoint(GetWebhookEndpointRequest {
+                endpoint_id: endpoint_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .endpoint
+            .unwrap();
+        if endpoint.disabled || tokio::time::Instant::now() > deadline {
+            break endpoint;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(disabled.disabled, "still enabled after 10 s");
+    assert!(
+        disabled
+            .disabled_reason
+            .contains("every delivery attempt failed since"),
+        "{disabled:?}"
+    );
+    let attempts_then = receiver.requests().len();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        receiver.requests().len(),
+        attempts_then,
+        "no attempt while disabled"
+    );
+
+    receiver.answer_with(|_, _| Answer::Status(200, Vec::new()));
+    client
+        .update_webhook_endpoint(UpdateWebhookEndpointRequest {
+            endpoint: Some(WebhookEndpoint {
+                id: endpoint_id,
+                disabled: false,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["disabled".to_owned()],
+            }),
+        })
+        .await
+        .unwrap();
+    let delivered = receiver.wait_for_delivered(1).await;
+    assert_eq!(types(&delivered), ["connection.created"]);
+}
+
+#[tokio::test]
+async fn a_new_endpoint_s_first_event_is_sent_at_once() {
+    let app = spawn_app().await;
+    let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
+    let receiver = Receiver::start().await;
+    endpoint(&app, &source, &receiver.url("/"), &[]).await;
+    let written = std::time::Instant::now();
+    app.connect(&source, &destination).await;
+    let delivered = receiver.wait_for_delivered(1).await;
+    let took = delivered[0].at - written;
+    assert!(took < Duration::from_millis(500), "took {took:?}");
+}

@@ -20,7 +20,10 @@ use std::{
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue};
-use tokio::{sync::watch, task::JoinSet};
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinSet,
+};
 use uuid::Uuid;
 
 use super::http::{Attempt, Sender};
@@ -43,12 +46,14 @@ pub const PER_ENDPOINT: usize = 16;
 pub const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// Starts delivering: `commits` changes at every commit this replica makes
-/// or hears of. At a stop, attempts in flight are abandoned (their events
+/// or hears of, `endpoints_changed` is notified when this process changes
+/// an endpoint. At a stop, attempts in flight are abandoned (their events
 /// stay queued and go again) and the leases are given back.
 pub fn start(
     deliveries: Deliveries,
     sender: Sender,
     commits: watch::Receiver<i64>,
+    endpoints_changed: Arc<Notify>,
     metrics: DeliveryMetrics,
 ) -> Task {
     Task::start(|stop| async move {
@@ -87,6 +92,8 @@ pub fn start(
                     deliverer.finished(ended).await;
                 }
                 _ = commits.changed() => {}
+                // An endpoint changed here: read the endpoints again now.
+                () = endpoints_changed.notified() => looked = None,
                 () = tokio::time::sleep(wait) => {}
             }
         }
