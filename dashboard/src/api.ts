@@ -8,14 +8,16 @@ import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { ConnectionService } from "./gen/connections/v1/connection_service_pb.js";
 import { ErrorReason } from "./gen/connections/v1/errors_pb.js";
 import { OrganizationService } from "./gen/connections/v1/organization_service_pb.js";
+import { WebhookService } from "./gen/connections/v1/webhook_service_pb.js";
 import { ErrorInfoSchema } from "./gen/google/rpc/error_details_pb.js";
 
 export { Code, ConnectError, ErrorReason };
 
-/** Typed clients of the two services an organization may call. */
+/** Typed clients of the services an organization may call. */
 export interface Api {
   connections: Client<typeof ConnectionService>;
   organizations: Client<typeof OrganizationService>;
+  webhooks: Client<typeof WebhookService>;
 }
 
 /** Clients that send `apiKey` as "authorization: Bearer <apiKey>". */
@@ -32,6 +34,7 @@ export function createApi(apiKey: string): Api {
   return {
     connections: createClient(ConnectionService, transport),
     organizations: createClient(OrganizationService, transport),
+    webhooks: createClient(WebhookService, transport),
   };
 }
 
@@ -60,6 +63,8 @@ export interface Problem {
   retryable: boolean;
   /** ErrorInfo metadata, e.g. the existing connection's ID for ALREADY_EXISTS. */
   metadata: Record<string, string>;
+  /** The server's own message, without the reason's name at its end. */
+  detail?: string;
 }
 
 const SENTENCES: Record<ErrorReason, string> = {
@@ -93,6 +98,10 @@ const SENTENCES: Record<ErrorReason, string> = {
   [ErrorReason.WATCH_CONSUMER_TOO_SLOW]: "The page fell behind the list of changes. It catches up by itself.",
   [ErrorReason.CALLER_NOT_PARTY]: "Your organization is not part of this connection.",
   [ErrorReason.SERVER_STOPPING]: "The server is restarting. Try again in a moment.",
+  [ErrorReason.WEBHOOK_ENDPOINT_NOT_FOUND]: "This webhook endpoint does not exist any more.",
+  [ErrorReason.WEBHOOK_URL_NOT_ALLOWED]: "Deliveries cannot be sent to this URL.",
+  [ErrorReason.WEBHOOK_ENDPOINT_LIMIT_EXCEEDED]:
+    "Your organization has as many webhook endpoints as it may. Delete one to add another.",
 };
 
 /** The sentence and details of a failed call. */
@@ -103,15 +112,18 @@ export function problem(err: unknown): Problem {
   // A request the browser could not send at all (the server is down, the network failed) ends
   // in fetch's TypeError, which Connect reports as UNKNOWN: the service could not be reached.
   const unreachable = error.code === Code.Unknown && (err instanceof TypeError || error.cause instanceof TypeError);
+  // A limit of the organization's own (its number of webhook endpoints) is not lifted by waiting.
   const unavailable =
-    unreachable || [Code.Unavailable, Code.DeadlineExceeded, Code.ResourceExhausted].includes(error.code);
+    unreachable ||
+    ([Code.Unavailable, Code.DeadlineExceeded, Code.ResourceExhausted].includes(error.code) &&
+      reason !== ErrorReason.WEBHOOK_ENDPOINT_LIMIT_EXCEEDED);
+  // The server ends its message with the reason's name, for tools; people
+  // are given the sentence instead.
+  const detail = error.rawMessage.replace(/ \(ERROR_REASON_[A-Z_]+\)$/, "");
   let sentence = SENTENCES[reason];
   if (reason === ErrorReason.UNSPECIFIED && unavailable) {
     sentence = "The service cannot be reached right now.";
-  } else if (reason === ErrorReason.INVALID_ARGUMENT && error.rawMessage) {
-    // The server ends its message with the reason's name, for tools; people
-    // are given the sentence instead.
-    const detail = error.rawMessage.replace(/ \(ERROR_REASON_[A-Z_]+\)$/, "");
+  } else if (reason === ErrorReason.INVALID_ARGUMENT && detail) {
     sentence = `${sentence} (${detail})`;
   }
   return {
@@ -119,6 +131,7 @@ export function problem(err: unknown): Problem {
     reason,
     retryable: unavailable || reason === ErrorReason.DATABASE_UNAVAILABLE,
     metadata: info?.metadata ?? {},
+    detail,
   };
 }
 

@@ -1,8 +1,9 @@
 /**
- * The dashboard: sign-in, the navigation (Connect › Connections, Organization › Information), a
- * one-line reminder of the signed-in organization, and the view the URL's fragment names. The
- * session (./session.ts) and the navigation (./nav.ts) live in modules of their own, so that the
- * views import them and this module imports the views, never the other way round.
+ * The dashboard: sign-in, the navigation (Connect › Connections and Webhooks, Organization ›
+ * Information), a one-line reminder of the signed-in organization, and the view the URL's
+ * fragment names. The session (./session.ts) and the navigation (./nav.ts) live in modules of
+ * their own, so that the views import them and this module imports the views, never the other
+ * way round.
  */
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 
@@ -19,6 +20,7 @@ import { ConnectionsList } from "./views/list.js";
 import { LiveStatus } from "./views/live.js";
 import { NewConnection } from "./views/new.js";
 import { ProblemNote } from "./views/problem.js";
+import { Webhooks } from "./views/webhooks.js";
 
 export function App() {
   const [signedIn, setSignedIn] = useState<Session | null>(null);
@@ -90,6 +92,7 @@ const TITLES: Record<Route["view"], string> = {
   list: "Connect › Connections",
   new: "New connection · Connect › Connections",
   detail: "Connection · Connect › Connections",
+  webhooks: "Connect › Webhooks",
   information: "Organization › Information",
 };
 
@@ -99,14 +102,18 @@ function SignedIn({ me, onSignOut }: { me: Organization; onSignOut: () => void }
     document.title = TITLES[current.view];
   }, [current.view]);
   const onInformation = current.view === "information";
+  const onWebhooks = current.view === "webhooks";
   return (
     <>
       <header class="top">
         <nav aria-label="Main" class="main-nav">
           <span class="nav-item">
             <span class="nav-section">Connect ›</span>{" "}
-            <a href="#/" aria-current={onInformation ? undefined : "page"}>
+            <a href="#/" aria-current={onInformation || onWebhooks ? undefined : "page"}>
               Connections
+            </a>{" "}
+            <a href="#/webhooks" aria-current={onWebhooks ? "page" : undefined}>
+              Webhooks
             </a>
           </span>
           <span class="nav-item">
@@ -190,6 +197,8 @@ function Views({ current }: { current: Route }) {
         <ConnectionDetail id={current.id} />
       ) : current.view === "information" ? (
         <OrganizationInformation />
+      ) : current.view === "webhooks" ? (
+        <Webhooks />
       ) : (
         <ConnectionsList />
       )}

@@ -1,5 +1,5 @@
 /** Words and formats the page shows for the API's values. */
-import { timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
+import { type Duration, timestampDate, type Timestamp } from "@bufbuild/protobuf/wkt";
 
 import {
   ConnectionEventType,
@@ -27,6 +27,20 @@ export function dataTypeWords(types: DataType[]): string {
   return types.map((t) => DATA_TYPES.find(([value]) => value === t)?.[1] ?? "Unknown").join(", ");
 }
 
+/** The event types a webhook endpoint may receive, with the checkbox label of each. */
+export const EVENT_TYPES: ReadonlyArray<[ConnectionEventType, string]> = [
+  [ConnectionEventType.CREATED, "Created"],
+  [ConnectionEventType.ACTIVATED, "Activated"],
+  [ConnectionEventType.DEACTIVATED, "Deactivated"],
+  [ConnectionEventType.REACTIVATED, "Reactivated"],
+];
+
+/** An endpoint's event types in words: "Created and Activated", or "All events" for none. */
+export function eventTypeList(types: ConnectionEventType[]): string {
+  if (types.length === 0) return "All events";
+  return listWords(types.map((t) => EVENT_TYPES.find(([value]) => value === t)?.[1] ?? "Unknown"));
+}
+
 export const ROLE_WORDS: Record<ConnectionRole, string> = {
   [ConnectionRole.UNSPECIFIED]: "",
   [ConnectionRole.SOURCE]: "the source",
@@ -46,6 +60,15 @@ const DATE = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle
 /** A timestamp for people, to the second, or "—" when there is none. */
 export function when(time: Timestamp | undefined): string {
   return time ? DATE.format(timestampDate(time)) : "—";
+}
+
+const TIME_OF_DAY = new Intl.DateTimeFormat(undefined, { timeStyle: "medium" });
+
+/** A timestamp for people, to the second: the time of day alone when it is today. */
+export function whenToday(time: Timestamp | undefined): string {
+  if (!time) return "—";
+  const date = timestampDate(time);
+  return date.toDateString() === new Date().toDateString() ? TIME_OF_DAY.format(date) : DATE.format(date);
 }
 
 const RELATIVE = new Intl.RelativeTimeFormat("en", { numeric: "auto" });
@@ -84,6 +107,13 @@ export function dataTypeList(types: DataType[]): string {
 /** The end of an ID, enough to tell two apart at a glance (the start of a UUIDv7 is a time). */
 export function shortId(id: string): string {
   return `…${id.slice(-8)}`;
+}
+
+/** A duration as people read it: "38 ms", "2.4 s". */
+export function took(duration: Duration | undefined): string {
+  if (!duration) return "—";
+  const ms = Number(duration.seconds) * 1000 + duration.nanos / 1e6;
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
 }
 
 /** The same timestamp in ISO 8601, for <time datetime>. */

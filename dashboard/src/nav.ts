@@ -4,6 +4,7 @@
  *   #/                       Connect › Connections (the list)
  *   #/new                    a new connection
  *   #/connections/<id>       one connection
+ *   #/webhooks               Connect › Webhooks
  *   #/organization           Organization › Information
  */
 import { useEffect, useState } from "preact/hooks";
@@ -12,12 +13,14 @@ export type Route =
   | { view: "list" }
   | { view: "new" }
   | { view: "detail"; id: string }
+  | { view: "webhooks" }
   | { view: "information" };
 
 export function route(): Route {
   const hash = window.location.hash.replace(/^#/, "");
   if (hash === "/new") return { view: "new" };
   if (hash === "/organization") return { view: "information" };
+  if (hash === "/webhooks") return { view: "webhooks" };
   const detail = /^\/connections\/([0-9a-fA-F-]{36})$/.exec(hash);
   if (detail) return { view: "detail", id: detail[1].toLowerCase() };
   return { view: "list" };

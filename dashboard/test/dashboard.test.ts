@@ -8,12 +8,15 @@
  */
 import assert from "node:assert/strict";
 import { readdirSync, readFileSync } from "node:fs";
+import { createServer as createHttpServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { after, before, describe, it } from "node:test";
 import AxeBuilder from "@axe-core/playwright";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Browser, BrowserContext, Page } from "playwright-core";
+import { Webhook } from "standardwebhooks";
 
 import { ConnectionState, DataType } from "../src/gen/connections/v1/resources_pb.js";
 import {
@@ -35,6 +38,8 @@ const SUITE_TIMEOUT = 30 * 60_000;
 const SEEN_WITHIN = 10_000;
 /** The server's heartbeat interval in these tests. */
 const HEARTBEAT = "1s";
+/** The server's webhook retries in these tests: one, 5 s after a failure; then the event is given up. */
+const RETRY_SCHEDULE = "5s";
 /** The page's interval when it polled: a window of twice this with no request shows it does not. */
 const OLD_POLL_MS = 3_000;
 /** What the page says while its stream is open. */
@@ -46,7 +51,10 @@ let browser: Browser;
 const contexts: Array<{ context: BrowserContext; requests: string[]; origin: string }> = [];
 
 before(async () => {
-  server = await Server.start({ CONNECTIONS_WATCH_HEARTBEAT_INTERVAL: HEARTBEAT });
+  server = await Server.start({
+    CONNECTIONS_WATCH_HEARTBEAT_INTERVAL: HEARTBEAT,
+    CONNECTIONS_WEBHOOK_RETRY_SCHEDULE: RETRY_SCHEDULE,
+  });
   browser = await launch();
 });
 
@@ -153,6 +161,83 @@ async function badgeWidth(page: Page, word: string): Promise<number> {
   const box = await page.locator(".state", { hasText: new RegExp(`^${word}$`) }).first().boundingBox();
   assert.ok(box, `a ${word} badge is shown`);
   return box.width;
+}
+
+/** A request a test's webhook receiver was sent: its headers (lower-case names) and body. */
+interface Received {
+  headers: Record<string, string>;
+  body: string;
+}
+
+/** An HTTP server on 127.0.0.1 that records every request and answers `status`. */
+interface Receiver {
+  url: string;
+  received: Received[];
+  status: number;
+  close(): Promise<void>;
+}
+
+/** Starts a webhook receiver that answers 204 until told otherwise. */
+async function startReceiver(): Promise<Receiver> {
+  const receiver: Receiver = { url: "", received: [], status: 204, close: async () => {} };
+  const http = createHttpServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (chunk: Buffer) => chunks.push(chunk));
+    req.on("end", () => {
+      const headers: Record<string, string> = {};
+      for (const [name, value] of Object.entries(req.headers)) headers[name] = String(value);
+      receiver.received.push({ headers, body: Buffer.concat(chunks).toString("utf8") });
+      const status = receiver.status;
+      res.writeHead(status, { "content-type": "text/plain" });
+      res.end(status === 204 ? undefined : `answered ${status}`);
+    });
+  });
+  await new Promise<void>((resolve) => http.listen(0, "127.0.0.1", resolve));
+  receiver.url = `http://127.0.0.1:${(http.address() as AddressInfo).port}/webhooks`;
+  receiver.close = () =>
+    new Promise((resolve) => {
+      http.closeAllConnections();
+      http.close(() => resolve());
+    });
+  return receiver;
+}
+
+/** The value `check` returns once it is truthy; fails after `timeout` ms. */
+async function until<T>(what: string, check: () => T | undefined | null | false, timeout = SEEN_WITHIN): Promise<T> {
+  const end = Date.now() + timeout;
+  for (;;) {
+    const value = check();
+    if (value) return value;
+    if (Date.now() > end) assert.fail(`${what} within ${timeout} ms`);
+    await sleep(100);
+  }
+}
+
+/** A delivery's body, as the Standard Webhooks library verified it with `secret`. */
+interface Payload {
+  type: string;
+  data: { event: { id: string }; connection: { id: string }; change_token: string };
+}
+
+function verified(secret: string, delivery: Received): Payload {
+  return new Webhook(secret).verify(delivery.body, delivery.headers) as Payload;
+}
+
+/** Opens Connect › Webhooks from the navigation. */
+async function openWebhooks(page: Page): Promise<void> {
+  await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Webhooks" }).click();
+  await page.getByRole("heading", { name: "Webhooks", exact: true }).waitFor();
+  await page.waitForFunction(() => document.title === "Connect › Webhooks");
+}
+
+/** The Webhooks page's item for the endpoint at `url`. */
+function endpointItem(page: Page, url: string) {
+  return page.locator("li.endpoint", { has: page.getByRole("heading", { name: url, exact: true }) });
+}
+
+/** The rows of the Deliveries table, newest first, as text. */
+async function deliveryRows(page: Page): Promise<string[]> {
+  return await page.locator("tr.delivery").allTextContents();
 }
 
 /** An exact time as the page writes it, to the second (e.g. "Dec 7, 2025, 2:12:05 PM"). */
@@ -908,6 +993,368 @@ describe("the dashboard", { timeout: SUITE_TIMEOUT }, () => {
       await page.locator("ol.history li").first().waitFor({ timeout: SEEN_WITHIN });
     } finally {
       await own.stop();
+    }
+  });
+
+  it("adds a webhook endpoint, shows its secret once, and lists the signed deliveries its receiver got", { timeout: TIMEOUT }, async () => {
+    const w = server.newOrg("Whiskey Wholesale");
+    const x = server.newOrg("Xray Exchange");
+    const receiver = await startReceiver();
+    try {
+      const page = await newPage({ width: 1280, height: 720 });
+      await signIn(page, w);
+      await openWebhooks(page);
+      const nav = page.getByRole("navigation", { name: "Main" });
+      assert.equal(await nav.getByRole("link", { name: "Webhooks" }).getAttribute("aria-current"), "page");
+      assert.equal(await nav.getByRole("link", { name: "Connections" }).getAttribute("aria-current"), null);
+      await page.getByText("No webhook endpoints yet.").waitFor();
+      assert.equal(await page.getByRole("heading", { name: "Deliveries" }).count(), 0, "no deliveries without an endpoint");
+      await assertAccessible(page, "the Webhooks page without endpoints");
+
+      // The form opens with the focus on the URL; a URL the server refuses is told next to it.
+      await page.getByRole("button", { name: "Add endpoint" }).click();
+      const url = page.getByRole("textbox", { name: "Endpoint URL" });
+      await page.waitForFunction(() => document.activeElement?.id === "endpoint-url");
+      for (const type of ["Created", "Activated", "Deactivated", "Reactivated"]) {
+        assert.equal(await page.getByRole("checkbox", { name: type, exact: true }).isChecked(), false);
+      }
+      await url.fill("ftp://127.0.0.1/webhooks");
+      await page.getByRole("button", { name: "Create endpoint" }).click();
+      const refused = page.getByRole("alert").filter({ hasText: "Deliveries cannot be sent to this URL: it must use https." });
+      await refused.waitFor();
+      assert.equal(await url.getAttribute("aria-invalid"), "true");
+      assert.equal(await refused.getAttribute("id"), await url.getAttribute("aria-describedby"), "the URL field is described by the refusal");
+      await assertAccessible(page, "a refused webhook URL");
+      await page.screenshot({ path: join(SCREENSHOTS, "new-endpoint.jpg"), type: "jpeg", quality: 80 });
+      await url.fill(receiver.url);
+      assert.equal(await page.getByRole("alert").count(), 0, "typing clears the refusal");
+      await page.getByRole("textbox", { name: "Description (optional)" }).fill("Order sync");
+      await assertAccessible(page, "the new-endpoint form");
+      await page.getByRole("button", { name: "Create endpoint" }).click();
+
+      // The secret, once, with a note that says so, and Copy secret.
+      const secretBox = page.getByRole("textbox", { name: "Signing secret" });
+      await secretBox.waitFor();
+      const secret = await secretBox.inputValue();
+      assert.match(secret, /^whsec_[A-Za-z0-9+/]{43}=$/);
+      await page.getByText("Store this signing secret now: it will not be shown again.").waitFor();
+      assert.equal(await page.evaluate(() => document.activeElement?.id.startsWith("secret-")), true, "the focus is on the secret");
+      await page.getByRole("button", { name: "Copy secret" }).click();
+      await page.getByRole("status").filter({ hasText: "Copied." }).waitFor();
+      assert.equal(await page.evaluate(() => navigator.clipboard.readText()), secret);
+      await page.screenshot({ path: join(SCREENSHOTS, "webhook-secret.jpg"), type: "jpeg", quality: 80 });
+
+      const item = endpointItem(page, receiver.url);
+      const text = (await item.textContent())!;
+      assert.match(text, /Enabled/);
+      assert.match(text, /EventsAll events/);
+      assert.match(text, /DescriptionOrder sync/);
+      const { endpoints } = await server.webhooks(w).listWebhookEndpoints({});
+      assert.deepEqual(
+        endpoints.map((e) => [e.url, e.description, e.eventTypes, e.disabled]),
+        [[receiver.url, "Order sync", [], false]],
+      );
+      await page.getByRole("heading", { name: "Deliveries" }).waitFor();
+      await page.getByText("No delivery attempts yet.").waitFor();
+
+      // An event of W's connections reaches the receiver, signed with that secret, and is listed
+      // under Deliveries without a reload.
+      await seeLive(page);
+      const { connection } = await server
+        .connections(w)
+        .createConnection({ destinationOrganizationId: x.id, dataTypes: [DataType.INQUIRY] });
+      const delivery = await until("a delivery at the receiver", () => receiver.received[0]);
+      const payload = verified(secret, delivery);
+      assert.equal(payload.type, "connection.created");
+      assert.equal(payload.data.connection.id, connection!.id);
+      assert.equal(delivery.headers["webhook-id"], payload.data.event.id);
+      assert.throws(() => verified(secret, { ...delivery, body: delivery.body.replace("created", "activated") }));
+      const row = page.locator("tr.delivery").first();
+      await row.waitFor({ timeout: SEEN_WITHIN });
+      const cells = await row.locator("td").allTextContents();
+      assert.match(cells[0]!, WITH_SECONDS);
+      assert.equal(cells[1], `…${payload.data.event.id.slice(-8)}`);
+      assert.equal(await row.locator("td[data-label=Event] .id").getAttribute("title"), payload.data.event.id);
+      assert.deepEqual(cells.slice(2, 5), ["1", "Delivered", "HTTP 204"]);
+      assert.match(cells[5]!, /^\d+(\.\d)? m?s$/);
+      assert.equal(cells[6], "—");
+      await assertAccessible(page, "the Webhooks page with a delivery");
+
+      // Hidden, the secret is nowhere: not on the page, not after a reload.
+      await page.getByRole("button", { name: "Hide secret" }).click();
+      assert.equal(await secretBox.count(), 0);
+      await page.reload();
+      await endpointItem(page, receiver.url).waitFor();
+      await page.locator("tr.delivery").first().waitFor();
+      assert.doesNotMatch((await page.locator("main").textContent())!, /whsec_/);
+
+      // A receiver that answers 410 Gone has the server disable its endpoint: the open page shows
+      // the attempt and the endpoint's new state.
+      await seeLive(page);
+      receiver.status = 410;
+      await server.connections(x).activateConnection({ connectionId: connection!.id });
+      await page.locator("tr.delivery").first().filter({ hasText: "HTTP 410" }).waitFor({ timeout: SEEN_WITHIN });
+      const disabled = endpointItem(page, receiver.url);
+      await disabled.locator(".state", { hasText: /^Disabled$/ }).waitFor({ timeout: SEEN_WITHIN });
+      await disabled
+        .getByText(/^Disabled by the service \(.*410 Gone\)\. Its events are kept: enable it to resume/)
+        .waitFor();
+      await disabled.getByRole("button", { name: "Enable" }).waitFor();
+
+      // Cancelling the form gives the focus back to Add endpoint.
+      await page.getByRole("button", { name: "Add endpoint" }).click();
+      await page.getByRole("button", { name: "Cancel" }).click();
+      await page.waitForFunction(() => document.activeElement?.textContent === "Add endpoint");
+    } finally {
+      await receiver.close();
+    }
+  });
+
+  it("rotates a webhook secret, disables and enables the endpoint, recovers after a change token, and deletes it after a confirmation", { timeout: TIMEOUT }, async () => {
+    const y = server.newOrg("Yankee Yields");
+    const z = server.newOrg("Zulu Zinc");
+    const receiver = await startReceiver();
+    try {
+      const { secret: first } = await server.webhooks(y).createWebhookEndpoint({ url: receiver.url });
+      const page = await newPage();
+      await signIn(page, y);
+      await openWebhooks(page);
+      const item = endpointItem(page, receiver.url);
+      await item.waitFor();
+      await seeLive(page);
+
+      // Rotate: the new secret, once, and until when the previous one signs too.
+      await item.getByRole("button", { name: "Rotate secret" }).click();
+      const secretBox = item.getByRole("textbox", { name: "Signing secret" });
+      await secretBox.waitFor();
+      const second = await secretBox.inputValue();
+      assert.match(second, /^whsec_/);
+      assert.notEqual(second, first);
+      const note = item.locator(".secret .notice");
+      assert.match((await note.textContent())!, /it will not be shown again\..*The previous secret also signs every delivery until .+: switch your receiver/);
+      assert.match((await note.locator("time").textContent())!, WITH_SECONDS);
+      await item.getByRole("button", { name: "Copy secret" }).click();
+      assert.equal(await page.evaluate(() => navigator.clipboard.readText()), second);
+      await assertAccessible(page, "a rotated secret");
+      await page.screenshot({ path: join(SCREENSHOTS, "webhook-rotated.jpg"), type: "jpeg", quality: 80 });
+      // The server's deliverer reads the endpoint's secrets again every second.
+      await sleep(1_500);
+
+      // While both sign, a delivery verifies with either.
+      const { connection } = await server
+        .connections(y)
+        .createConnection({ destinationOrganizationId: z.id, dataTypes: [DataType.ACCOUNT] });
+      const id = connection!.id;
+      const created = await until("the first delivery", () => receiver.received[0]);
+      assert.equal(created.headers["webhook-signature"]!.split(" ").length, 2, "two signatures");
+      assert.equal(verified(second, created).type, "connection.created");
+      assert.equal(verified(first, created).type, "connection.created");
+      await page.locator("tr.delivery").first().waitFor({ timeout: SEEN_WITHIN });
+
+      // A failed attempt: Will retry, with the receiver's status and answer and the next attempt's time.
+      receiver.status = 500;
+      await server.connections(z).activateConnection({ connectionId: id });
+      await until("the second delivery", () => receiver.received[1]);
+      const failed = page.locator("tr.delivery", { hasText: "Will retry" }).first();
+      await failed.waitFor({ timeout: SEEN_WITHIN });
+      const cells = await failed.locator("td").allTextContents();
+      assert.deepEqual(cells.slice(2, 5), ["1", "Will retry", "HTTP 500: answered 500"]);
+      assert.match(cells[6]!, WITH_SECONDS);
+      await page.getByRole("checkbox", { name: "Failed only" }).check();
+      await page.waitForFunction(() => document.querySelectorAll("tr.delivery").length === 1);
+      const onlyFailed = await deliveryRows(page);
+      assert.equal(onlyFailed.length, 1);
+      assert.match(onlyFailed[0]!, /Will retry/);
+      await page.getByRole("checkbox", { name: "Failed only" }).uncheck();
+      // The retry (after about 5 s) succeeds, and shows by itself once it is due.
+      receiver.status = 204;
+      await page
+        .locator("tr.delivery")
+        .first()
+        .filter({ hasText: /^.+…\w{8}2Delivered/ })
+        .waitFor({ timeout: 30_000 });
+      const rows = await deliveryRows(page);
+      assert.equal(rows.length, 3, "newest first: the retry, the failure, the first delivery");
+      assert.match(rows[1]!, /Will retry/);
+      assert.match(rows[2]!, /1DeliveredHTTP 204/);
+
+      // Disabled, it is sent nothing; enabled, it gets what was kept meanwhile.
+      await item.getByRole("button", { name: "Disable" }).click();
+      await item.locator(".state", { hasText: /^Disabled$/ }).waitFor();
+      await item.getByText("Its events are kept: enable it to resume deliveries where they stopped.").waitFor();
+      assert.equal((await server.webhooks(y).listWebhookEndpoints({})).endpoints[0]!.disabled, true);
+      // The server's deliverer reads the endpoint's state again every second.
+      await sleep(1_500);
+      const before = receiver.received.length;
+      await server.connections(y).deactivateConnection({ connectionId: id, reason: "Paused" });
+      await sleep(2_500);
+      assert.equal(receiver.received.length, before, "nothing is sent to a disabled endpoint");
+      await item.getByRole("button", { name: "Enable" }).click();
+      await item.locator(".state", { hasText: /^Enabled$/ }).waitFor();
+      const resumed = await until("the kept event", () => receiver.received[before]);
+      assert.equal(verified(second, resumed).type, "connection.deactivated");
+
+      // Recover after the first delivery's change token: the two later events are sent again.
+      await item.getByRole("button", { name: "Recover" }).click();
+      const tokenBox = item.getByRole("textbox", { name: "Change token" });
+      await tokenBox.fill("not-a-change-token");
+      await item.getByRole("button", { name: "Queue events again" }).click();
+      await item.getByRole("alert").filter({ hasText: "This is not a change token of this service." }).waitFor();
+      await assertAccessible(page, "the recover form with a refusal");
+      await tokenBox.fill(verified(second, created).data.change_token);
+      const sent = receiver.received.length;
+      await item.getByRole("button", { name: "Queue events again" }).click();
+      await item.getByRole("status").filter({ hasText: "2 events queued for delivery." }).waitFor();
+      assert.equal(await tokenBox.count(), 0, "the form closes");
+      await until("the recovered events", () => receiver.received.length >= sent + 2);
+      const again = receiver.received.slice(sent).map((d) => verified(second, d).type);
+      assert.deepEqual(again, ["connection.activated", "connection.deactivated"]);
+      assert.deepEqual(
+        receiver.received.slice(sent).map((d) => d.headers["webhook-id"]),
+        [receiver.received[1]!.headers["webhook-id"], resumed.headers["webhook-id"]],
+        "the same webhook-id as the first time",
+      );
+
+      // Delete asks first; Cancel keeps it.
+      await item.getByRole("button", { name: "Delete" }).click();
+      const confirm = item.locator("form.confirm");
+      await confirm.getByText(`Delete the endpoint ${receiver.url}? Deliveries to it stop at once`).waitFor();
+      await assertAccessible(page, "the delete confirmation");
+      await confirm.getByRole("button", { name: "Cancel" }).click();
+      assert.equal(await confirm.count(), 0);
+      assert.equal((await server.webhooks(y).listWebhookEndpoints({})).endpoints.length, 1);
+      await item.getByRole("button", { name: "Delete" }).click();
+      await confirm.getByRole("button", { name: "Confirm" }).click();
+      await page.getByRole("status").filter({ hasText: `The endpoint ${receiver.url} was deleted.` }).waitFor();
+      await page.getByText("No webhook endpoints yet.").waitFor();
+      assert.equal(await item.count(), 0);
+      assert.equal(await page.getByRole("heading", { name: "Deliveries" }).count(), 0);
+      assert.equal((await server.webhooks(y).listWebhookEndpoints({})).endpoints.length, 0);
+    } finally {
+      await receiver.close();
+    }
+  });
+
+  it("refuses webhook URLs the server does not allow, and an endpoint past the limit, with the reason", { timeout: TIMEOUT }, async () => {
+    // A server as in production (no private addresses), with room for one endpoint.
+    const own = await Server.start(
+      { CONNECTIONS_WATCH_HEARTBEAT_INTERVAL: HEARTBEAT, CONNECTIONS_WEBHOOK_ENDPOINTS_PER_ORGANIZATION: "1" },
+      { privateWebhooks: false },
+    );
+    try {
+      const v = own.newOrg("Victor Ventures");
+      const page = (await newRecordedPage(own)).page;
+      await signIn(page, v);
+      await openWebhooks(page);
+      await page.getByRole("button", { name: "Add endpoint" }).click();
+      const url = page.getByRole("textbox", { name: "Endpoint URL" });
+      const create = page.getByRole("button", { name: "Create endpoint" });
+      for (const [value, told] of [
+        ["http://127.0.0.1:8080/webhooks", "Deliveries cannot be sent to this URL: it must use https."],
+        ["https://127.0.0.1/webhooks", "Deliveries cannot be sent to this URL: it must not name a loopback address."],
+        ["https://10.1.2.3/webhooks", "Deliveries cannot be sent to this URL: it must not name a private address."],
+        ["webhooks.example.com", "This URL is not valid: it is not an absolute URL"],
+      ] as const) {
+        await url.fill(value);
+        await create.click();
+        const alert = page.getByRole("alert");
+        await alert.waitFor();
+        assert.ok((await alert.textContent())!.startsWith(told), `${value}: ${await alert.textContent()}`);
+        assert.equal(await alert.getByRole("button", { name: "Try again" }).count(), 0);
+      }
+      assert.equal((await own.webhooks(v).listWebhookEndpoints({})).endpoints.length, 0);
+
+      await url.fill("https://hooks.partner.invalid/connections");
+      await page.getByRole("checkbox", { name: "Activated", exact: true }).check();
+      await page.getByRole("checkbox", { name: "Deactivated", exact: true }).check();
+      await create.click();
+      await page.getByRole("textbox", { name: "Signing secret" }).waitFor();
+      const item = endpointItem(page, "https://hooks.partner.invalid/connections");
+      assert.match((await item.textContent())!, /EventsActivated and Deactivated/);
+
+      await page.getByRole("button", { name: "Add endpoint" }).click();
+      await url.fill("https://hooks.partner.invalid/second");
+      await create.click();
+      const limit = page.getByRole("alert").filter({ hasText: "Your organization has as many webhook endpoints as it may. Delete one to add another." });
+      await limit.waitFor();
+      assert.equal(await limit.getByRole("button", { name: "Try again" }).count(), 0, "waiting does not lift the limit");
+      await assertAccessible(page, "the endpoint limit");
+    } finally {
+      await own.stop();
+    }
+  });
+
+  it("shows the Webhooks page wide and at 375 px, and takes its screenshots for the README", { timeout: TIMEOUT }, async () => {
+    const n = server.newOrg("Northwind Bank");
+    const o = server.newOrg("Orbit Credit Union");
+    const receiver = await startReceiver();
+    try {
+      await server.webhooks(n).createWebhookEndpoint({ url: receiver.url, description: "Ledger sync" });
+      const { connection } = await server
+        .connections(n)
+        .createConnection({ destinationOrganizationId: o.id, dataTypes: [DataType.INQUIRY, DataType.ACCOUNT] });
+      await until("the first delivery", () => receiver.received[0]);
+      await server.connections(o).activateConnection({ connectionId: connection!.id });
+      await until("the second delivery", () => receiver.received[1]);
+      // The receiver is down: the third event is tried again once, then given up.
+      receiver.status = 503;
+      await server.connections(o).deactivateConnection({ connectionId: connection!.id, reason: "Annual review" });
+      await until("the third delivery", () => receiver.received[2]);
+
+      const wide = await newPage({ width: 1280, height: 720 });
+      await signIn(wide, n);
+      await openWebhooks(wide);
+      await wide.locator("tr.delivery").nth(2).waitFor();
+      await seeLive(wide);
+      // The retry shows by itself once it is due.
+      await wide.locator("tr.delivery").nth(3).waitFor({ timeout: 20_000 });
+      const rows = await deliveryRows(wide);
+      assert.match(rows[0]!, /2Gave upHTTP 503: answered 503\d+ m?s—$/);
+      assert.match(rows[1]!, /1Will retryHTTP 503: answered 503\d+ m?s\d{1,2}:\d{2}:\d{2}/);
+      assert.match(rows[2]!, /1DeliveredHTTP 204/);
+      await wide.getByRole("checkbox", { name: "Failed only" }).check();
+      await wide.waitForFunction(() => document.querySelectorAll("tr.delivery").length === 2);
+      await wide.getByRole("checkbox", { name: "Failed only" }).uncheck();
+      await wide.locator("tr.delivery").nth(3).waitFor();
+      // A table a person reads across: one line per attempt.
+      const row = (await wide.locator("tr.delivery").first().boundingBox())!;
+      assert.ok(row.height < 50, `an attempt takes one line (${row.height} px)`);
+      await assertAccessible(wide, "the Webhooks page with deliveries");
+      await wide.screenshot({ path: join(DOC_SCREENSHOTS, "webhooks.png"), fullPage: true });
+
+      const page = await newPage({ width: 375, height: 812 });
+      await signIn(page, n);
+      await openWebhooks(page);
+      const item = endpointItem(page, receiver.url);
+      await item.waitFor();
+      await page.locator("tr.delivery").nth(2).waitFor();
+      await seeLive(page);
+      assert.ok((await overflow(page)) <= 0, "the Webhooks page fits the width");
+      // A delivery's cells are stacked, each with its label.
+      const first = page.locator("tr.delivery").first();
+      const time = (await first.locator("td[data-label=Time]").boundingBox())!;
+      const outcome = (await first.locator("td[data-label=Outcome]").boundingBox())!;
+      assert.ok(outcome.y >= time.y + time.height - 1, "a delivery's cells are stacked");
+      await assertAccessible(page, "the Webhooks page at 375 px");
+      await page.screenshot({ path: join(DOC_SCREENSHOTS, "webhooks-375.png") });
+
+      await item.getByRole("button", { name: "Rotate secret" }).click();
+      await item.getByRole("textbox", { name: "Signing secret" }).waitFor();
+      await item.getByRole("button", { name: "Recover" }).click();
+      await item.getByRole("textbox", { name: "Change token" }).waitFor();
+      await item.getByRole("button", { name: "Delete" }).click();
+      await item.locator("form.confirm").waitFor();
+      assert.ok((await overflow(page)) <= 0, "the secret and the forms fit the width");
+      await assertAccessible(page, "a secret and the forms at 375 px");
+      await page.screenshot({ path: join(SCREENSHOTS, "webhook-forms-375.png"), fullPage: true });
+      await page.getByRole("button", { name: "Add endpoint" }).click();
+      await page.getByRole("textbox", { name: "Endpoint URL" }).fill("ftp://example.com/webhooks");
+      await page.getByRole("button", { name: "Create endpoint" }).click();
+      await page.getByRole("alert").filter({ hasText: "it must use https" }).waitFor();
+      assert.ok((await overflow(page)) <= 0, "the new-endpoint form fits the width");
+      await assertAccessible(page, "the new-endpoint form at 375 px");
+    } finally {
+      await receiver.close();
     }
   });
 

@@ -1,7 +1,8 @@
 /**
  * What the browser tests run against: the real `connections` binary (CONNECTIONS_BIN, or
  * ../target/debug/connections) serving the embedded page over a temporary SQLite database, with
- * organizations and keys made by `connections admin`; and Debian's Chromium (CHROMIUM_PATH, or
+ * organizations and keys made by `connections admin`, and webhook deliveries allowed to this
+ * machine's own addresses (unless a test asks otherwise); and Debian's Chromium (CHROMIUM_PATH, or
  * /usr/bin/chromium) driven by playwright-core. Nothing downloads a browser. Every wait is bounded.
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
@@ -10,11 +11,13 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import type { DescService } from "@bufbuild/protobuf";
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core";
 
 import { ConnectionService } from "../src/gen/connections/v1/connection_service_pb.js";
+import { WebhookService } from "../src/gen/connections/v1/webhook_service_pb.js";
 
 /** dashboard/ */
 export const PACKAGE_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "..");
@@ -65,12 +68,17 @@ export class Server {
     readonly tmp: string,
     readonly env: NodeJS.ProcessEnv,
     readonly port: number,
+    readonly flags: string[],
   ) {
     this.baseUrl = `http://127.0.0.1:${port}`;
   }
 
-  /** Starts the server; `extra` adds environment variables (e.g. an admin token). */
-  static async start(extra: NodeJS.ProcessEnv = {}): Promise<Server> {
+  /**
+   * Starts the server; `extra` adds environment variables (e.g. an admin token). Webhook endpoints
+   * may be http URLs on 127.0.0.1 (where the tests' receivers listen) unless `privateWebhooks` is
+   * false: the server then refuses them, as in production.
+   */
+  static async start(extra: NodeJS.ProcessEnv = {}, { privateWebhooks = true } = {}): Promise<Server> {
     accessSync(BIN, constants.X_OK);
     const tmp = mkdtempSync(join(tmpdir(), "connections-dashboard-"));
     const env: NodeJS.ProcessEnv = Object.fromEntries(
@@ -78,7 +86,8 @@ export class Server {
     );
     Object.assign(env, extra);
     env.CONNECTIONS_DATABASE_URL = `sqlite://${tmp}/c.db?mode=rwc`;
-    const server = new Server(tmp, env, await freePort());
+    const flags = privateWebhooks ? ["--webhook-allow-private-addresses"] : [];
+    const server = new Server(tmp, env, await freePort(), flags);
     await server.spawn("w");
     return server;
   }
@@ -88,7 +97,7 @@ export class Server {
     const log = openSync(join(this.tmp, "server.log"), flags);
     let child: ChildProcess;
     try {
-      child = spawn(BIN, ["serve", "--listen", `127.0.0.1:${this.port}`], {
+      child = spawn(BIN, ["serve", "--listen", `127.0.0.1:${this.port}`, ...this.flags], {
         env: this.env,
         stdio: ["ignore", log, log],
       });
@@ -151,6 +160,15 @@ export class Server {
 
   /** ConnectionService as `org`, over gRPC-Web, to check through the API what the page did. */
   connections(org: Org): Client<typeof ConnectionService> {
+    return this.client(ConnectionService, org);
+  }
+
+  /** WebhookService as `org`, over gRPC-Web. */
+  webhooks(org: Org): Client<typeof WebhookService> {
+    return this.client(WebhookService, org);
+  }
+
+  private client<S extends DescService>(service: S, org: Org): Client<S> {
     const transport = createGrpcWebTransport({
       baseUrl: this.baseUrl,
       interceptors: [
@@ -160,7 +178,7 @@ export class Server {
         },
       ],
     });
-    return createClient(ConnectionService, transport);
+    return createClient(service, transport);
   }
 
   /** Ends the server process: SIGTERM, then SIGKILL if it has not exited within 30 s. */
