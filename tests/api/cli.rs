@@ -142,7 +142,7 @@ async fn operators_bootstrap_with_admin_commands_then_serve_and_stop_on_sigterm(
     );
     assert!(!logs.contains(&secret), "an API key was logged");
 
-    for suffix in ["", "-wal", "-shm"] {
+    for suffix in ["", "-wal", "-shm", ".webhook-key"] {
         let mut file = path.clone().into_os_string();
         file.push(suffix);
         let _ = std::fs::remove_file(file);
@@ -450,7 +450,7 @@ async fn tables(url: &str) -> Vec<String> {
 }
 
 fn remove_database(path: &std::path::Path) {
-    for suffix in ["", "-wal", "-shm"] {
+    for suffix in ["", "-wal", "-shm", ".webhook-key"] {
         let mut file = path.to_path_buf().into_os_string();
         file.push(suffix);
         let _ = std::fs::remove_file(file);

@@ -68,10 +68,14 @@ async fn a_replica_killed_while_delivering_loses_no_event_and_another_carries_on
     let key_file = key_dir.join("webhook.key");
     std::fs::write(&key_file, "c2l4dGVlbi1ieXRlcy1rZXkhIHNpeHRlZW4tYnl0ZXM=\n").unwrap();
     let key_file = key_file.to_str().unwrap().to_owned();
+    // Small pools: tests on other databases of the cluster share its
+    // connection slots.
     let args = [
         "--webhook-allow-private-addresses",
         "--webhook-key-file",
         &key_file,
+        "--db-max-connections",
+        "4",
     ];
     let env = [(
         "CONNECTIONS_WEBHOOK_RETRY_SCHEDULE",
@@ -180,6 +184,8 @@ async fn a_replica_killed_while_delivering_loses_no_event_and_another_carries_on
         "webhooks across a SIGKILL: {total} events, {} requests, {repeats} repeats",
         deliveries.len()
     );
+    drop(second);
+    let _ = std::fs::remove_dir_all(key_dir);
 }
 
 #[tokio::test]

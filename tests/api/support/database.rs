@@ -58,7 +58,7 @@ impl Drop for TestDatabase {
     fn drop(&mut self) {
         match self {
             Self::Sqlite(path) => {
-                for suffix in ["", "-wal", "-shm"] {
+                for suffix in ["", "-wal", "-shm", ".webhook-key"] {
                     let mut file = path.clone().into_os_string();
                     file.push(suffix);
                     let _ = std::fs::remove_file(file);

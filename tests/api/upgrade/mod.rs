@@ -409,6 +409,10 @@ async fn the_previous_release_and_this_one_serve_side_by_side_through_an_upgrade
                 while !traffic.is_cancelled() {
                     round(&fleet, &worker, n).await;
                     n += 1;
+                    // A round that fails at once never waits: give the
+                    // runtime a turn, so that a failed test ends instead of
+                    // spinning here.
+                    tokio::task::yield_now().await;
                 }
             })
         })
