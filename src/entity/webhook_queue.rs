@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    QueryOrder, QuerySelect,
+    DbBackend, QueryOrder, QuerySelect, Statement,
     entity::prelude::*,
     sea_query::{Alias, Expr, ExprTrait, OnConflict, Query},
 };
@@ -123,6 +123,20 @@ pub async fn due_heads(
     if endpoints.is_empty() {
         return Ok(Vec::new());
     }
+    if conn.get_database_backend() == DbBackend::Postgres {
+        let mut heads = Vec::new();
+        for endpoint in endpoints {
+            let statement = Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                HEADS_POSTGRES,
+                [(*endpoint).into(), now.into(), (limit as i64).into()],
+            );
+            heads.extend(Entity::find().from_raw_sql(statement).all(conn).await?);
+        }
+        heads.sort_by_key(|head| (head.next_attempt_time, head.position));
+        heads.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        return Ok(heads);
+    }
     let earlier = Alias::new("earlier");
     let first_in_line = Expr::exists(
         Query::select()
@@ -152,6 +166,27 @@ pub async fn due_heads(
         .all(conn)
         .await
 }
+
+/// The first event of each connection queued for endpoint `$1`, if due at
+/// `$2`, soonest due first, at most `$3` (PostgreSQL). The connections are
+/// found by a loose scan of the `(endpoint, connection, position)` index,
+/// one index descent per connection, so the cost follows the number of
+/// connections, not of queued events.
+const HEADS_POSTGRES: &str = "\
+WITH RECURSIVE lanes(connection_id) AS ( \
+    (SELECT connection_id FROM webhook_queue WHERE endpoint_id = $1 \
+     ORDER BY connection_id LIMIT 1) \
+    UNION ALL \
+    SELECT (SELECT q.connection_id FROM webhook_queue q \
+            WHERE q.endpoint_id = $1 AND q.connection_id > l.connection_id \
+            ORDER BY q.connection_id LIMIT 1) \
+    FROM lanes l WHERE l.connection_id IS NOT NULL) \
+SELECT h.* FROM lanes l CROSS JOIN LATERAL ( \
+    SELECT * FROM webhook_queue q \
+    WHERE q.endpoint_id = $1 AND q.connection_id = l.connection_id \
+    ORDER BY q.position LIMIT 1) h \
+WHERE h.next_attempt_time <= $2 \
+ORDER BY h.next_attempt_time, h.position LIMIT $3";
 
 /// When the next queued event of `endpoints` is due, if any is queued.
 pub async fn next_due(
