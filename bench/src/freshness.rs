@@ -55,7 +55,7 @@ const MEASURED: usize = 16;
 const BURST: Duration = Duration::from_secs(60);
 /// How often the harness vacuums the tables the writers rewrite when the
 /// PostgreSQL server's autovacuum is off (see [`vacuum_until`]).
-const VACUUM_EVERY: Duration = Duration::from_secs(10);
+pub(crate) const VACUUM_EVERY: Duration = Duration::from_secs(10);
 
 /// Options of `bench freshness`.
 #[derive(Debug, Clone, clap::Args)]
@@ -173,7 +173,11 @@ async fn measure(
                 VACUUM_EVERY.as_secs()
             );
             results.vacuumed_by_harness = true;
-            Some(tokio::spawn(vacuum_until(db, vacuuming.clone())))
+            Some(tokio::spawn(vacuum_until(
+                db,
+                vacuuming.clone(),
+                "connections, connection_events",
+            )))
         }
         None => None,
     };
@@ -327,7 +331,9 @@ async fn measure(
 }
 
 /// A connection to the database of `url` if its server's autovacuum is off.
-async fn autovacuum_off(url: &str) -> anyhow::Result<Option<sea_orm::DatabaseConnection>> {
+pub(crate) async fn autovacuum_off(
+    url: &str,
+) -> anyhow::Result<Option<sea_orm::DatabaseConnection>> {
     use sea_orm::ConnectionTrait;
     let db = connections::db::connect(&connections::config::DatabaseSettings::new(url.to_owned()))
         .await?;
@@ -342,13 +348,15 @@ async fn autovacuum_off(url: &str) -> anyhow::Result<Option<sea_orm::DatabaseCon
     Ok((autovacuum == "off").then_some(db))
 }
 
-/// Vacuums the tables the writers rewrite every [`VACUUM_EVERY`] while
-/// `running`, as autovacuum would: the writers update the same few hundred
-/// rows all the time, and without it their dead versions pile up and slow
-/// every write and every read of the change log, more the longer the run.
-async fn vacuum_until(
+/// Vacuums `tables` (the tables the writers rewrite) every
+/// [`VACUUM_EVERY`] while `running`, as autovacuum would: the writers update
+/// the same few hundred rows all the time, and without it their dead
+/// versions pile up and slow every write and every read of the change log,
+/// more the longer the run.
+pub(crate) async fn vacuum_until(
     db: sea_orm::DatabaseConnection,
     running: Arc<AtomicBool>,
+    tables: &'static str,
 ) -> anyhow::Result<()> {
     use sea_orm::ConnectionTrait;
     while running.load(Ordering::SeqCst) {
@@ -356,7 +364,7 @@ async fn vacuum_until(
         while running.load(Ordering::SeqCst) && Instant::now() < next {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        db.execute_unprepared("VACUUM (ANALYZE) connections, connection_events")
+        db.execute_unprepared(&format!("VACUUM (ANALYZE) {tables}"))
             .await?;
     }
     db.close().await?;

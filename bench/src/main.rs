@@ -13,6 +13,7 @@ mod seed;
 mod soak;
 mod sql;
 mod under_writes;
+mod webhooks;
 mod workload;
 
 use std::{
@@ -60,6 +61,11 @@ enum Commands {
     /// other, that no answer is older than its change token, and what open
     /// and stalled watches cost in memory.
     Freshness(freshness::FreshnessOptions),
+    /// Measures webhook deliveries on PostgreSQL to a receiver in this
+    /// process: latency from commit to arrival with two replicas and
+    /// writers on both, how fast a backlog drains (beside bare HTTP POSTs
+    /// to the same receiver), and the memory of 1,000 endpoints.
+    Webhooks(webhooks::WebhookOptions),
     /// Serves the hello-world baseline (started by the benchmark itself).
     #[command(hide = true)]
     HelloServer {
@@ -161,6 +167,7 @@ fn main() -> anyhow::Result<()> {
         Some(Commands::HelloServer { listen }) => runtime.block_on(hello::serve(listen)),
         Some(Commands::Soak(options)) => runtime.block_on(soak::run(options)),
         Some(Commands::Freshness(options)) => runtime.block_on(freshness::run(options)),
+        Some(Commands::Webhooks(options)) => runtime.block_on(webhooks::run(options)),
         None => {
             if cli.options.smoke {
                 let o = &mut cli.options;

@@ -833,7 +833,7 @@ async fn scrape_metrics(metrics: SocketAddr) -> Scraped {
 }
 
 /// GET /metrics, over plain HTTP/1.0.
-async fn scrape(metrics: SocketAddr) -> anyhow::Result<String> {
+pub(crate) async fn scrape(metrics: SocketAddr) -> anyhow::Result<String> {
     let mut stream = tokio::net::TcpStream::connect(metrics).await?;
     stream
         .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {metrics}\r\n\r\n").as_bytes())
@@ -851,7 +851,7 @@ async fn scrape(metrics: SocketAddr) -> anyhow::Result<String> {
 }
 
 /// The value of the sample `name` (with its labels) in Prometheus text.
-fn gauge(text: &str, name: &str) -> Option<f64> {
+pub(crate) fn gauge(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
 }

@@ -257,10 +257,19 @@ type Idle = Mutex<VecDeque<(PoolEntry, u8)>>;
 /// connections. Each call takes a connection nobody is changing, so the calls
 /// never race each other; every response must show the expected new state.
 pub fn cycles(target: Target, pool: Vec<PoolEntry>) -> Call {
+    observed_cycles(target, pool, None)
+}
+
+/// Sees the connection each successful write returns, as soon as it returns.
+pub type Observer = Arc<dyn Fn(&Connection) + Send + Sync>;
+
+/// [`cycles`], showing each successful write's connection to `observer`.
+pub fn observed_cycles(target: Target, pool: Vec<PoolEntry>, observer: Option<Observer>) -> Call {
     let idle: Arc<Idle> = Arc::new(Mutex::new(pool.into_iter().map(|e| (e, 0)).collect()));
     call(move |i| {
         let mut client = target.connections(i);
         let idle = idle.clone();
+        let observer = observer.clone();
         async move {
             let Some((entry, step)) = idle.lock().unwrap().pop_front() else {
                 return Err("write pool exhausted".to_owned());
@@ -300,7 +309,12 @@ pub fn cycles(target: Target, pool: Vec<PoolEntry>) -> Call {
                     .map(|r| (r.into_inner().connection, ConnectionState::Pending)),
             };
             let outcome = match result {
-                Ok((Some(connection), expected)) if connection.state() == expected => Ok(()),
+                Ok((Some(connection), expected)) if connection.state() == expected => {
+                    if let Some(observer) = &observer {
+                        observer(&connection);
+                    }
+                    Ok(())
+                }
                 Ok(_) => Err(bad("unexpected state")),
                 Err(status) => Err(code_of(&status)),
             };
