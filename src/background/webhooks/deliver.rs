@@ -39,7 +39,7 @@ use crate::{
 pub const IN_FLIGHT: usize = 64;
 
 /// Deliveries in flight at once to one endpoint.
-pub const PER_ENDPOINT: usize = 16;
+pub const PER_ENDPOINT: usize = 32;
 
 /// The longest the deliverer waits before it looks at the queue again, and
 /// how often it takes the leases of endpoints no replica holds.
