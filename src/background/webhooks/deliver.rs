@@ -184,6 +184,11 @@ impl Deliverer {
         if started > 0 {
             return Duration::ZERO;
         }
+        // What is due waits for attempts in flight (its connection's, or
+        // room): their ends wake the loop; do not poll meanwhile.
+        if !self.running.is_empty() {
+            return LOOK_EVERY;
+        }
         match self.deliveries.next_due(&enabled).await {
             Ok(Some(next)) => (next - chrono::Utc::now())
                 .to_std()
