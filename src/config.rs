@@ -454,7 +454,8 @@ pub struct WebhookOptions {
     /// that a copy of the database alone cannot sign a delivery. Every
     /// replica must have the same. Default with SQLite: `<database
     /// file>.webhook-key`, created if missing; with PostgreSQL, none: the
-    /// key is then kept in the database, with a warning at start.
+    /// server then neither creates webhook endpoints (FAILED_PRECONDITION,
+    /// `WEBHOOKS_NOT_CONFIGURED`) nor delivers, and warns at start.
     #[arg(long = "webhook-key-file", env = "CONNECTIONS_WEBHOOK_KEY_FILE")]
     pub key_file: Option<PathBuf>,
 }

@@ -99,8 +99,8 @@ pub struct Application {
     feed: ChangeFeed,
     /// The access index.
     access: Access,
-    /// The webhook deliveries of this replica.
-    deliveries: Deliveries,
+    /// The webhook deliveries of this replica: none without a webhook key.
+    deliveries: Option<Deliveries>,
     /// What the webhook deliverer counts.
     webhook_metrics: DeliveryMetrics,
     /// Notified when a call changes a webhook endpoint.
@@ -146,13 +146,15 @@ impl Application {
         let access = Access::new(reader.clone(), ChangeTokens::new(tokens.clone()));
         let webhook_key = webhook_key(&settings, &db).await?;
         let webhook_options = &settings.webhooks;
-        let deliveries = Deliveries::new(
-            db.clone(),
-            reader.clone(),
-            webhook_key.clone(),
-            webhook_options.retry_schedule.clone(),
-            webhook_options.disable_after,
-        );
+        let deliveries = webhook_key.clone().map(|key| {
+            Deliveries::new(
+                db.clone(),
+                reader.clone(),
+                key,
+                webhook_options.retry_schedule.clone(),
+                webhook_options.disable_after,
+            )
+        });
         let webhooks = Webhooks::new(
             db.clone(),
             reader.clone(),
@@ -344,13 +346,15 @@ impl Application {
             ..SenderOptions::default()
         })
         .map_err(|err| StartupError::WebhookSender(err.to_string()))?;
-        tasks.push(deliver::start(
-            self.deliveries,
-            sender,
-            self.feed.commits(),
-            self.endpoints_changed,
-            self.webhook_metrics,
-        ));
+        if let Some(deliveries) = self.deliveries {
+            tasks.push(deliver::start(
+                deliveries,
+                sender,
+                self.feed.commits(),
+                self.endpoints_changed,
+                self.webhook_metrics,
+            ));
+        }
         if let (Some(listener), Some(metrics)) = (self.metrics_listener, metrics.clone()) {
             tasks.push(background::Task::start(|stop| async move {
                 if let Err(err) = metrics::serve(listener, metrics, stop).await {
@@ -404,18 +408,15 @@ impl Application {
     }
 }
 
-/// The secret whose key encrypts webhook signing secrets (see
-/// `--webhook-key-file`).
-const WEBHOOK_KEY_SECRET: &str = "webhook_secret_key";
-
 /// The key that encrypts webhook signing secrets: from the key file (by
-/// default beside a SQLite database, created if missing); on PostgreSQL
-/// without one, a key kept in the database (with a warning); for an
-/// in-memory database, a random one.
+/// default beside a SQLite database, created if missing); for an in-memory
+/// database, a random one. On PostgreSQL without a key file, none (with a
+/// warning): a key kept in the database would let a copy of it sign
+/// deliveries, so this server then neither makes secrets nor delivers.
 async fn webhook_key(
     settings: &Settings,
     db: &DatabaseConnection,
-) -> Result<WebhookKey, StartupError> {
+) -> Result<Option<WebhookKey>, StartupError> {
     let sqlite = db::sqlite_file(&settings.database.url);
     let path = match (&settings.webhooks.key_file, &sqlite) {
         (Some(path), _) => path.clone(),
@@ -426,19 +427,19 @@ async fn webhook_key(
         }
         (None, None) if db.get_database_backend() == sea_orm::DbBackend::Postgres => {
             tracing::warn!(
-                "no --webhook-key-file: webhook signing secrets are encrypted with a key kept in \
-                 the database, so a copy of the database alone can sign deliveries"
+                "no --webhook-key-file: this server neither creates webhook endpoints nor \
+                 delivers webhooks (give every replica the same key file to turn them on)"
             );
-            return Ok(WebhookKey::new(
-                secrets::shared_key(db, WEBHOOK_KEY_SECRET).await?,
-            ));
+            return Ok(None);
         }
-        (None, None) => return Ok(WebhookKey::random()),
+        (None, None) => return Ok(Some(WebhookKey::random())),
     };
-    read_key_file(&path, sqlite.is_some()).map_err(|problem| StartupError::WebhookKey {
-        path: path.display().to_string(),
-        problem,
-    })
+    read_key_file(&path, sqlite.is_some())
+        .map(Some)
+        .map_err(|problem| StartupError::WebhookKey {
+            path: path.display().to_string(),
+            problem,
+        })
 }
 
 /// The key in `path` (base64 of 32 bytes); with `create`, a new random one

@@ -490,10 +490,17 @@ async fn start_replica(
 ) -> anyhow::Result<Replica> {
     let address = free_address()?;
     let metrics = free_address()?;
+    // Every replica gets the same key, as in production.
+    let key_file = work.join("webhook.key");
+    if !key_file.exists() {
+        std::fs::write(&key_file, "YmVuY2htYXJrIHdlYmhvb2sga2V5LCAzMiBieXRlcyE=\n")?;
+    }
     let mut command: Command = crate::service_command(server_bin, address, url);
     command
         .arg("--metrics-listen")
         .arg(metrics.to_string())
+        .arg("--webhook-key-file")
+        .arg(&key_file)
         .arg("--webhook-allow-private-addresses")
         .arg("--webhook-retry-schedule")
         .arg(RETRY_SCHEDULE);

@@ -102,6 +102,8 @@ const SENTENCES: Record<ErrorReason, string> = {
   [ErrorReason.WEBHOOK_URL_NOT_ALLOWED]: "Deliveries cannot be sent to this URL.",
   [ErrorReason.WEBHOOK_ENDPOINT_LIMIT_EXCEEDED]:
     "Your organization has as many webhook endpoints as it may. Delete one to add another.",
+  [ErrorReason.WEBHOOKS_NOT_CONFIGURED]:
+    "Webhooks are not set up on this server yet. Ask its operator to give it a webhook key.",
 };
 
 /** The sentence and details of a failed call. */

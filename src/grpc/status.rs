@@ -75,6 +75,9 @@ impl From<ServiceError> for Status {
                     ErrorReason::WebhookEndpointLimitExceeded,
                 )
             }
+            E::WebhooksNotConfigured => {
+                (Code::FailedPrecondition, ErrorReason::WebhooksNotConfigured)
+            }
             E::ConnectionAlreadyExists { connection_id } => {
                 metadata.insert("connection_id".to_owned(), connection_id.to_string());
                 (Code::AlreadyExists, ErrorReason::ConnectionAlreadyExists)

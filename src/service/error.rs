@@ -142,6 +142,12 @@ pub enum ServiceError {
         /// The limit.
         limit: usize,
     },
+    /// This server has no key to seal webhook secrets with (PostgreSQL
+    /// without `--webhook-key-file`).
+    #[error(
+        "webhooks are not configured on this server: its operator must start it with --webhook-key-file"
+    )]
+    WebhooksNotConfigured,
     /// The caller already has a connection to this destination.
     #[error("a connection to this destination already exists: {connection_id}")]
     ConnectionAlreadyExists {

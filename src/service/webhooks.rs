@@ -188,7 +188,8 @@ pub struct Webhooks {
     reader: db::Reader,
     tokens: PageTokens,
     change_tokens: ChangeTokens,
-    key: WebhookKey,
+    /// None: this server was started without a key, and makes no secrets.
+    key: Option<WebhookKey>,
     settings: WebhookSettings,
     body: WebhookBody,
     /// Told of recoveries, so that deliverers look at the queue at once.
@@ -200,12 +201,13 @@ pub struct Webhooks {
 
 impl Webhooks {
     /// The layer over `db`, reading through `reader`, sealing secrets with
-    /// `key`, and making recovered deliveries' bodies with `body`.
+    /// `key` (without one, creating an endpoint or rotating its secret is
+    /// refused), and making recovered deliveries' bodies with `body`.
     pub fn new(
         db: DatabaseConnection,
         reader: db::Reader,
         tokens: PageTokens,
-        key: WebhookKey,
+        key: Option<WebhookKey>,
         settings: WebhookSettings,
         body: WebhookBody,
     ) -> Self {
@@ -228,6 +230,11 @@ impl Webhooks {
         self
     }
 
+    /// The key that seals secrets, if this server has one.
+    fn key(&self) -> Result<&WebhookKey, ServiceError> {
+        self.key.as_ref().ok_or(ServiceError::WebhooksNotConfigured)
+    }
+
     /// Notified whenever this process changes an endpoint (creates,
     /// updates, rotates, deletes or recovers it).
     pub fn endpoints_changed(&self) -> Arc<tokio::sync::Notify> {
@@ -244,6 +251,7 @@ impl Webhooks {
         new: NewEndpoint,
     ) -> Result<WithSecret, ServiceError> {
         let organization = caller.organization;
+        let sealing = self.key()?;
         check_description(&new.description)?;
         let url = self.check_url(&new.url).await?;
         let key = new.request_id.clone().map(|request_id| {
@@ -293,7 +301,7 @@ impl Webhooks {
             update_time: at,
         };
         let secret = random_bytes::<32>();
-        webhook_endpoint::insert(&*txn, &endpoint, self.key.seal(id, &secret)).await?;
+        webhook_endpoint::insert(&*txn, &endpoint, sealing.seal(id, &secret)).await?;
         if let Some(key) = &key {
             let recorded = Recorded {
                 response: id.uuid().as_bytes().to_vec(),
@@ -406,6 +414,7 @@ impl Webhooks {
         organization: OrganizationId,
         id: WebhookEndpointId,
     ) -> Result<(String, DateTime<Utc>), ServiceError> {
+        let sealing = self.key()?;
         let txn = db::begin_write(&self.db).await?;
         let row = webhook_endpoint::find_owned(&*txn, organization, id)
             .await?
@@ -415,15 +424,8 @@ impl Webhooks {
             + chrono::Duration::from_std(self.settings.secret_overlap)
                 .unwrap_or(chrono::Duration::MAX);
         let secret = random_bytes::<32>();
-        webhook_endpoint::rotate(
-            &*txn,
-            id,
-            self.key.seal(id, &secret),
-            row.secret,
-            expire,
-            at,
-        )
-        .await?;
+        webhook_endpoint::rotate(&*txn, id, sealing.seal(id, &secret), row.secret, expire, at)
+            .await?;
         txn.commit().await?;
         self.endpoints_changed.notify_one();
         tracing::info!("webhook secret rotated");
@@ -561,7 +563,7 @@ impl Webhooks {
         let row = webhook_endpoint::find_owned(&self.db, organization, id)
             .await?
             .ok_or(ServiceError::WebhookEndpointNotFound)?;
-        let secret = self.key.open(id, &row.secret)?;
+        let secret = self.key()?.open(id, &row.secret)?;
         Ok(WithSecret {
             endpoint: row.endpoint()?,
             secret: SigningKey::secret_of(&secret),

@@ -15,12 +15,13 @@ use connections::{
         WebhookDelivery, WebhookDeliveryOutcome, WebhookEndpoint,
     },
 };
+use sea_orm::{ConnectionTrait, DbBackend, Statement};
 use tonic::Code;
 
 use crate::support::{
     AppOptions, TestApp, TestOrg, assert_error, metric_sample,
     receiver::{Answer, Delivery, Receiver},
-    spawn_app, spawn_app_with, unknown_id, violated_fields,
+    require_postgres, spawn_app, spawn_app_with, unknown_id, violated_fields,
 };
 
 /// Creates an endpoint of `org` at `url` taking `types` (none: all).
@@ -678,13 +679,35 @@ async fn gone_disables_the_endpoint_and_enabling_it_delivers_what_was_queued() {
     );
 }
 
-#[tokio::test]
-async fn redirects_refused_connections_and_hangs_are_failed_attempts() {
-    let app = app_with(|webhooks| {
+/// A server that gives up on an attempt after 500 ms and retries every
+/// 100 ms.
+async fn impatient_app() -> TestApp {
+    app_with(|webhooks| {
         webhooks.timeout = Duration::from_millis(500);
         webhooks.retry_schedule = RetrySchedule::parse("100ms,100ms,100ms,100ms").unwrap();
     })
-    .await;
+    .await
+}
+
+/// The attempts of `org`'s endpoint `created`, oldest first, once there
+/// are `count`: each one's HTTP status, error class and outcome.
+async fn outcomes(
+    app: &TestApp,
+    org: &TestOrg,
+    created: &CreateWebhookEndpointResponse,
+    count: usize,
+) -> Vec<(i32, String, WebhookDeliveryOutcome)> {
+    let id = &created.endpoint.as_ref().unwrap().id;
+    let mut seen = attempts(app, org, id, false, count).await;
+    seen.reverse();
+    seen.iter()
+        .map(|d| (d.http_status, d.error.clone(), d.outcome()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_redirect_is_a_failed_attempt_and_is_never_followed() {
+    let app = impatient_app().await;
     let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
     let receiver = Receiver::start().await;
     let target = receiver.url("/elsewhere");
@@ -692,47 +715,108 @@ async fn redirects_refused_connections_and_hangs_are_failed_attempts() {
         move |count, delivery| match (delivery.path.as_str(), count) {
             ("/elsewhere", _) => Answer::Status(200, Vec::new()),
             (_, 0) => Answer::Status(307, vec![("location", target.clone())]),
-            (_, 1) => Answer::Hang(Duration::from_secs(3)),
-            (_, 2) => Answer::SlowBody(Duration::from_secs(2)),
             _ => Answer::Status(200, Vec::new()),
         },
     );
     let created = endpoint(&app, &source, &receiver.url("/"), &[]).await;
+    app.connect(&source, &destination).await;
+
+    let delivered = receiver.wait_for_delivered(1).await;
+    assert_eq!(delivered.len(), 1);
+    assert!(
+        receiver.requests().iter().all(|d| d.path == "/"),
+        "the redirect was followed: {:?}",
+        receiver.requests()
+    );
+    assert_eq!(
+        outcomes(&app, &source, &created, 2).await,
+        [
+            (
+                307,
+                "answer from the receiver".to_owned(),
+                WebhookDeliveryOutcome::WillRetry
+            ),
+            (200, String::new(), WebhookDeliveryOutcome::Succeeded),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_receiver_that_hangs_past_the_timeout_is_a_failed_attempt() {
+    let app = impatient_app().await;
+    let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
+    let receiver = Receiver::start().await;
+    receiver.answer_with(|count, _| match count {
+        0 => Answer::Hang(Duration::from_secs(3)),
+        _ => Answer::Status(200, Vec::new()),
+    });
+    let created = endpoint(&app, &source, &receiver.url("/"), &[]).await;
+    app.connect(&source, &destination).await;
+
+    let delivered = receiver.wait_for_delivered(1).await;
+    assert_eq!(types(&delivered), ["connection.created"]);
+    let seen = outcomes(&app, &source, &created, 2).await;
+    assert_eq!(
+        seen,
+        [
+            (0, "timeout".to_owned(), WebhookDeliveryOutcome::WillRetry),
+            (200, String::new(), WebhookDeliveryOutcome::Succeeded),
+        ]
+    );
+    // The second attempt went out after the timeout, not after the hang.
+    let requests = receiver.requests();
+    let waited = requests[1].at - requests[0].at;
+    assert!(
+        waited < Duration::from_secs(3),
+        "the retry waited for the hang: {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_failed_attempt() {
+    let app = impatient_app().await;
+    let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
-    let refused = endpoint(&app, &destination, &format!("http://{closed}/"), &[]).await;
+    let refused = endpoint(&app, &source, &format!("http://{closed}/"), &[]).await;
     app.connect(&source, &destination).await;
 
-    // The redirect is an attempt that failed, the hang another; the slow
-    // body's status counts.
-    let delivered = receiver.wait_for_delivered(1).await;
-    assert!(
-        receiver.requests().iter().all(|d| d.path == "/"),
-        "never followed"
-    );
-    assert_eq!(delivered.len(), 1);
-    let mut seen = attempts(&app, &source, &created.endpoint.unwrap().id, false, 3).await;
-    seen.reverse();
+    let seen = outcomes(&app, &source, &refused, 2).await;
+    assert!(seen.len() >= 2, "{seen:?}");
+    for attempt in &seen {
+        assert_eq!(
+            attempt,
+            &(0, "connect".to_owned(), WebhookDeliveryOutcome::WillRetry)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_slow_body_does_not_hold_up_the_status_that_came_before_it() {
+    let app = impatient_app().await;
+    let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
+    let receiver = Receiver::start().await;
+    // 200 at once, then a body that takes four times the timeout.
+    receiver.answer_with(|_, _| Answer::SlowBody(Duration::from_secs(2)));
+    let created = endpoint(&app, &source, &receiver.url("/"), &[]).await;
+    let id = app.connect(&source, &destination).await.id;
+    app.activate(&destination, &id, "").await.unwrap();
+
+    let delivered = receiver.wait_for_delivered(2).await;
     assert_eq!(
-        seen.iter()
-            .map(|d| (d.http_status, d.error.as_str(), d.outcome()))
-            .collect::<Vec<_>>(),
-        [
-            (
-                307,
-                "answer from the receiver",
-                WebhookDeliveryOutcome::WillRetry
-            ),
-            (0, "timeout", WebhookDeliveryOutcome::WillRetry),
-            (200, "", WebhookDeliveryOutcome::Succeeded),
-        ]
+        types(&delivered),
+        ["connection.created", "connection.activated"]
     );
-    let connect_failures =
-        attempts(&app, &destination, &refused.endpoint.unwrap().id, false, 1).await;
-    assert_eq!(connect_failures[0].error, "connect");
-    assert_eq!(connect_failures[0].http_status, 0);
+    assert_eq!(
+        outcomes(&app, &source, &created, 2).await,
+        [
+            (200, String::new(), WebhookDeliveryOutcome::Succeeded),
+            (200, String::new(), WebhookDeliveryOutcome::Succeeded),
+        ],
+        "each delivered at its first attempt"
+    );
 }
 
 #[tokio::test]
@@ -951,4 +1035,55 @@ async fn a_new_endpoint_s_first_event_is_sent_at_once() {
     let delivered = receiver.wait_for_delivered(1).await;
     let took = delivered[0].at - written;
     assert!(took < Duration::from_millis(500), "took {took:?}");
+}
+
+#[tokio::test]
+#[ignore = "needs PostgreSQL: set TEST_DATABASE_URL and pass --include-ignored"]
+async fn a_postgres_server_without_a_key_file_refuses_to_make_secrets_and_says_how_to_fix_it() {
+    let (server, _) = require_postgres();
+    let mut options = AppOptions {
+        postgres_server: Some(server),
+        ..AppOptions::default()
+    };
+    options.webhooks.key_file = None;
+    let app = spawn_app_with(options).await;
+    let owner = app.new_org("Owner").await;
+    let mut client = app.webhooks(&owner);
+    let refused = client
+        .create_webhook_endpoint(CreateWebhookEndpointRequest {
+            url: "http://127.0.0.1:9/".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_error(
+        &refused,
+        Code::FailedPrecondition,
+        "WEBHOOKS_NOT_CONFIGURED",
+    );
+    assert!(
+        refused.message().contains("--webhook-key-file"),
+        "{}",
+        refused.message()
+    );
+    // Nothing was stored; reading works as ever.
+    let listed = client
+        .list_webhook_endpoints(ListWebhookEndpointsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.endpoints.is_empty());
+    // No secret of the server's own was kept in the database either.
+    let kept = app
+        .server_db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT count(*) AS n FROM server_secrets WHERE name LIKE 'webhook%'",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<i64>("", "n")
+        .unwrap();
+    assert_eq!(kept, 0);
 }

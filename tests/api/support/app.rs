@@ -169,9 +169,26 @@ pub struct AppOptions {
     pub watch_buffer: u32,
     /// How often the change log is read for other replicas' changes.
     pub change_feed_poll_interval: Duration,
-    /// Webhooks: private addresses allowed (receivers are on 127.0.0.1)
-    /// and retries within a second, unless a test says otherwise.
+    /// Webhooks: private addresses allowed (receivers are on 127.0.0.1),
+    /// retries within a second and the tests' key file, unless a test says
+    /// otherwise.
     pub webhooks: WebhookOptions,
+}
+
+/// A webhook key file every test server may share (the same key each
+/// time, so that replicas of one database agree).
+fn test_webhook_key_file() -> PathBuf {
+    static FILE: LazyLock<PathBuf> = LazyLock::new(|| {
+        let path = std::env::temp_dir().join("connections-test.webhook-key");
+        // Written beside it, then renamed: test processes running at once
+        // never read half a file.
+        let written = path.with_extension(format!("webhook-key.{}", std::process::id()));
+        std::fs::write(&written, "dGhlIHRlc3RzIHdlYmhvb2sga2V5LCAzMiBieXRlcyE=\n")
+            .expect("write the tests' webhook key file");
+        std::fs::rename(&written, &path).expect("place the tests' webhook key file");
+        path
+    });
+    FILE.clone()
 }
 
 impl Default for AppOptions {
@@ -207,6 +224,7 @@ impl Default for AppOptions {
                 allow_private_addresses: true,
                 retry_schedule: RetrySchedule::parse("100ms,200ms,300ms").unwrap(),
                 timeout: Duration::from_secs(5),
+                key_file: Some(test_webhook_key_file()),
                 ..WebhookOptions::default()
             },
         }
