@@ -1,5 +1,7 @@
 //! Compiles the protobuf API with `protox` (a pure-Rust protobuf compiler, so no
 //! system `protoc` is needed) and generates the tonic servers and clients.
+//! `google.rpc.Status` (googleapis' `google/rpc/status.proto`, kept unchanged
+//! in `proto/`) is not generated again: the code uses tonic-types' type.
 
 use std::{env, path::PathBuf};
 
@@ -27,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .extern_path(".google.rpc", "::tonic_types::pb")
         .compile_fds(file_descriptors)?;
     Ok(())
 }

@@ -68,8 +68,9 @@ pub struct Settings {
     #[arg(long, env = "CONNECTIONS_ADMIN_TOKEN", hide_env_values = true, value_parser = AdminTokenParser)]
     pub admin_token: Option<SecretString>,
 
-    /// Token that may call AccessService.CheckAccess for any pair of
-    /// organizations and nothing else, for the services that move the data.
+    /// Token that may call AccessService (CheckAccess, BatchCheckAccess) for
+    /// any pair of organizations and nothing else, for the services that move
+    /// the data.
     /// At least 32 characters; surrounding whitespace is ignored.
     #[arg(long, env = "CONNECTIONS_ACCESS_CHECK_TOKEN", hide_env_values = true, value_parser = AdminTokenParser)]
     pub access_check_token: Option<SecretString>,
@@ -241,6 +242,18 @@ pub struct Settings {
     /// Address for Prometheus metrics (GET /metrics); off by default.
     #[arg(long, env = "CONNECTIONS_METRICS_LISTEN", value_parser = parse_listen)]
     pub metrics_listen: Option<SocketAddr>,
+
+    /// How long a PENDING connection waits for its destination to activate
+    /// it before the service deactivates it (an EXPIRED event), counted from
+    /// its creation or reactivation: `30d`; `0`: for ever. A change applies
+    /// to connections created or reactivated from then on.
+    #[arg(
+        long = "pending-expiry",
+        env = "CONNECTIONS_PENDING_EXPIRY",
+        default_value = "30d",
+        value_parser = parse_duration
+    )]
+    pub pending_expiry: Duration,
 
     /// Webhook settings.
     #[command(flatten)]
@@ -489,6 +502,8 @@ pub struct BackgroundSettings {
     /// How long the metrics' count of connections by state is reused before
     /// the database is asked again, however many scrapes arrive.
     pub connection_count_interval: Duration,
+    /// How often PENDING connections past their expire time are expired.
+    pub expiry_sweep_interval: Duration,
 }
 
 impl Default for BackgroundSettings {
@@ -499,6 +514,7 @@ impl Default for BackgroundSettings {
             request_id_sweep_interval: Duration::from_secs(10 * 60),
             connection_count_interval: Duration::from_secs(15),
             change_feed_poll_interval: Duration::from_millis(100),
+            expiry_sweep_interval: Duration::from_secs(10),
         }
     }
 }
@@ -535,14 +551,15 @@ fn parse_any_duration(value: &str) -> Result<Duration, String> {
     let (number, unit) = value.split_at(split);
     let number: u64 = number
         .parse()
-        .map_err(|_| format!("{value:?} is not a duration such as 10s, 500ms or 2m"))?;
+        .map_err(|_| format!("{value:?} is not a duration such as 10s, 500ms, 2m or 30d"))?;
     match unit {
         "ms" => Ok(Duration::from_millis(number)),
         "" | "s" => Ok(Duration::from_secs(number)),
         "m" => Ok(Duration::from_secs(number.saturating_mul(60))),
         "h" => Ok(Duration::from_secs(number.saturating_mul(3600))),
+        "d" => Ok(Duration::from_secs(number.saturating_mul(24 * 3600))),
         _ => Err(format!(
-            "{value:?} is not a duration such as 10s, 500ms or 2m"
+            "{value:?} is not a duration such as 10s, 500ms, 2m or 30d"
         )),
     }
 }
@@ -867,7 +884,8 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        for bad in ["", "s", "1d", "-1s", "1.5s"] {
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        for bad in ["", "s", "1w", "-1s", "1.5s", "400d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
         assert_eq!(

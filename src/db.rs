@@ -7,9 +7,9 @@ use std::{
 };
 
 use sea_orm::{
-    ConnAcquireErr, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
-    DatabaseTransaction, DbBackend, DbErr, SqliteTransactionMode, TransactionOptions,
-    TransactionTrait, sqlx,
+    AccessMode, ConnAcquireErr, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DatabaseTransaction, DbBackend, DbErr, IsolationLevel, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait, sqlx,
 };
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -345,6 +345,62 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTransaction, Db
     .await
 }
 
+/// A transaction that only reads, every statement of it under one snapshot
+/// of the database (see [`begin_read`]). Dereferences to the transaction.
+/// Dropped without [`finish`](Self::finish) (an error returned early, a
+/// cancelled call), it is rolled back when its connection goes back to the
+/// pool.
+pub struct ReadTransaction(DatabaseTransaction);
+
+impl std::ops::Deref for ReadTransaction {
+    type Target = DatabaseTransaction;
+
+    fn deref(&self) -> &DatabaseTransaction {
+        &self.0
+    }
+}
+
+impl ReadTransaction {
+    /// Ends the transaction, in a task of its own (see
+    /// [`WriteTransaction`]'s `end`).
+    pub async fn finish(self) -> Result<(), DbErr> {
+        run_to_end(self.0.commit()).await
+    }
+}
+
+/// Begins a transaction whose reads all see one snapshot: on PostgreSQL
+/// `REPEATABLE READ` and `READ ONLY` (the snapshot is taken at its first
+/// statement, and `pg_current_snapshot()` reports that one); on SQLite a
+/// deferred transaction, which in WAL mode reads the database as it was at
+/// its first read, and never holds off writers.
+pub async fn begin_read(db: &DatabaseConnection) -> Result<ReadTransaction, DbErr> {
+    let (options, mut retries) = match db.get_database_backend() {
+        DbBackend::Postgres => (
+            TransactionOptions {
+                isolation_level: Some(IsolationLevel::RepeatableRead),
+                access_mode: Some(AccessMode::ReadOnly),
+                ..TransactionOptions::default()
+            },
+            db.get_postgres_connection_pool()
+                .options()
+                .get_max_connections(),
+        ),
+        _ => (TransactionOptions::default(), 0),
+    };
+    // `BEGIN` runs in a task of its own, as in `begin_write`, and is tried
+    // again on another connection when the database closed this one.
+    let db = db.clone();
+    run_to_end(async move {
+        loop {
+            match db.begin_with_options(options).await {
+                Err(err) if retries > 0 && error::closed_by_database(&err) => retries -= 1,
+                begun => break begun.map(ReadTransaction),
+            }
+        }
+    })
+    .await
+}
+
 /// Connects to the database and applies pending migrations (see [`migrate`]).
 pub async fn connect_and_migrate(
     settings: &DatabaseSettings,
@@ -416,6 +472,9 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<Schema, DbErr> {
             .await?;
     }
     let status = migration::applied::status(&*txn).await?;
+    if !status.pending.is_empty() && db.get_database_backend() == DbBackend::Postgres {
+        lock_in_writers_order(&txn).await?;
+    }
     for migration in &status.pending {
         migration::applied::apply(&*txn, migration.as_ref()).await?;
     }
@@ -427,6 +486,34 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<Schema, DbErr> {
         pending: Vec::new(),
         unknown: status.unknown,
     })
+}
+
+/// Takes the tables every change writes, in the order a change writes them
+/// (`connections`, then `connection_events`), before any migration alters
+/// either: migrations applied together may alter them in the other order
+/// (an earlier migration the events, a later one the connections), and a
+/// change of a replica still serving, holding the one and waiting for the
+/// other, would then deadlock with the migration. Both are held until the
+/// migrations commit, as an ALTER TABLE would hold them; a database that
+/// has neither yet is left as it is.
+async fn lock_in_writers_order(txn: &WriteTransaction) -> Result<(), DbErr> {
+    let exists = txn
+        .query_one_raw(sea_orm::Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT to_regclass('connections') IS NOT NULL \
+             AND to_regclass('connection_events') IS NOT NULL AS present",
+        ))
+        .await?
+        .map(|row| row.try_get::<bool>("", "present"))
+        .transpose()?
+        .unwrap_or(false);
+    if exists {
+        txn.execute_unprepared(
+            "LOCK TABLE connections, connection_events IN ACCESS EXCLUSIVE MODE",
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// A short name of the backend, for logs (never the URL: it may hold a password).

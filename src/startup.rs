@@ -1,7 +1,7 @@
 //! Builds the server from its [`Settings`] and runs it. Shared by `main` and
 //! the integration tests, so the tests exercise the production wiring.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::net::TcpListener;
@@ -10,7 +10,7 @@ use tonic_health::ServingStatus;
 
 use crate::{
     background::{
-        self, Activity, change_feed, health, sweeper,
+        self, Activity, change_feed, expiry, health, sweeper,
         webhooks::{
             deliver,
             http::{Sender, SenderOptions},
@@ -95,6 +95,8 @@ pub struct Application {
     health_db: DatabaseConnection,
     /// What the request_id sweeper has done.
     sweeper: Arc<Activity>,
+    /// The connections layer, for the expiry sweep.
+    expirer: Connections,
     /// The change log, as this process follows it.
     feed: ChangeFeed,
     /// The access index.
@@ -143,7 +145,11 @@ impl Application {
         let tokens = PageTokens::new(secrets::shared_key(&db, PageTokens::SECRET_NAME).await?);
         let feed = ChangeFeed::with_buffer(reader.clone(), settings.watch_buffer as usize);
         feed.start().await?;
-        let access = Access::new(reader.clone(), ChangeTokens::new(tokens.clone()));
+        let access = Access::new(
+            db.clone(),
+            reader.clone(),
+            ChangeTokens::new(tokens.clone()),
+        );
         let webhook_key = webhook_key(&settings, &db).await?;
         let webhook_options = &settings.webhooks;
         let deliveries = webhook_key.clone().map(|key| {
@@ -177,7 +183,8 @@ impl Application {
                 convert::encode_connection,
             )
             .notifying(feed.clone())
-            .queueing_webhooks(convert::webhook_body),
+            .queueing_webhooks(convert::webhook_body)
+            .expiring_after(pending_lifetime(settings.pending_expiry)),
             watches: Watches::new(
                 reader.clone(),
                 feed.clone(),
@@ -201,6 +208,7 @@ impl Application {
             .zip(settings.metrics_listen)
             .map(|(port, addr)| listen(port, addr))
             .transpose()?;
+        let expirer = services.connections.clone();
         Ok(Self {
             settings,
             transport,
@@ -211,6 +219,7 @@ impl Application {
             reader,
             health_db,
             sweeper: Arc::default(),
+            expirer,
             feed,
             access,
             deliveries,
@@ -331,6 +340,7 @@ impl Application {
                 self.sweeper,
             ),
             change_feed::start(self.feed.clone(), intervals.change_feed_poll_interval),
+            expiry::start(self.expirer, intervals.expiry_sweep_interval),
             change_feed::start_index(
                 self.access,
                 self.feed.clone(),
@@ -471,6 +481,12 @@ fn read_key_file(path: &std::path::Path, create: bool) -> Result<WebhookKey, Str
         }
         Err(err) => Err(err.to_string()),
     }
+}
+
+/// How long a connection may stay PENDING: `None` (for ever) for zero.
+fn pending_lifetime(expiry: Duration) -> Option<chrono::TimeDelta> {
+    (!expiry.is_zero())
+        .then(|| chrono::TimeDelta::from_std(expiry).unwrap_or(chrono::TimeDelta::MAX))
 }
 
 /// `addr`, bound but not listened on yet: a port in use elsewhere fails

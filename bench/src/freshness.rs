@@ -383,6 +383,7 @@ pub(crate) async fn measured(target: &Target, count: usize) -> anyhow::Result<Ve
             .connections(0)
             .create_connection(authorized(
                 CreateConnectionRequest {
+                    message: String::new(),
                     destination_organization_id: destination.id.clone(),
                     data_types: vec![DataType::Transaction.into()],
                     request_id: String::new(),

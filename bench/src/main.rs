@@ -33,7 +33,7 @@ use tokio::process::Command;
 use crate::{
     load::{Window, closed_loop, open_loop},
     process::{Server, free_address, status_mib},
-    report::{IndexBuild, Line, Report},
+    report::{IndexBuild, Line, Report, batch_line},
     seed::{Bulk, Caller},
     workload::{PoolEntry, Target},
 };
@@ -154,6 +154,8 @@ const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
 /// so under load the lookup is one query per key per 2 s, not per call.
 const AUTHENTICATES_EVERY_CALL: bool = false;
 const BENCH_DATABASE: &str = "connections_bench";
+/// Questions in each BatchCheckAccess of its line.
+const BATCH_ITEMS: usize = 100;
 /// How long a server may take to report SERVING (to build its CheckAccess
 /// index) after it starts.
 const SERVING_TIMEOUT: Duration = Duration::from_secs(300);
@@ -421,6 +423,17 @@ async fn backend(
     let rate = peak.throughput() * options.load_fraction;
     let at_rate = open_loop(check, rate, window).await;
     report.add(Line::open("CheckAccess", name, &at_rate, rate));
+    eprintln!("{name}: BatchCheckAccess");
+    let batch = workload::batch_check_access(
+        target.clone(),
+        small.key.clone(),
+        small.id.clone(),
+        options.small,
+        BATCH_ITEMS,
+    );
+    let (outcome, cpu) = closed(batch, c, window, pid).await;
+    report.add(Line::closed(&batch_line(BATCH_ITEMS), name, &outcome, c).with_cpu(cpu));
+    report.batch_checks(name, BATCH_ITEMS);
 
     eprintln!("{name}: ListConnections");
     for (owner, rows, label) in [
@@ -647,6 +660,7 @@ async fn write_pool(target: &Target, side: usize) -> anyhow::Result<Vec<PoolEntr
             batch.spawn(async move {
                 let request = workload::authorized(
                     connections::proto::CreateConnectionRequest {
+                        message: String::new(),
                         destination_organization_id: destination.id.clone(),
                         data_types: vec![connections::proto::DataType::Transaction.into()],
                         request_id: String::new(),

@@ -360,6 +360,114 @@ fn under_writes_rows(backend: &str, results: &UnderWrites) -> Vec<String> {
     ]
 }
 
+/// The name of the BatchCheckAccess line of `items` questions per call.
+pub fn batch_line(items: usize) -> String {
+    format!("BatchCheckAccess, {items} items")
+}
+
+/// Batches of access checks must answer at least this many times as many
+/// questions per second as single CheckAccess calls at the same concurrency.
+const BATCH_ITEMS_OVER_SINGLE: f64 = 10.0;
+/// A batch's p99 at most this many times a single CheckAccess's p99, at the
+/// same concurrency.
+const BATCH_P99_OVER_SINGLE: f64 = 2.0;
+
+/// BatchCheckAccess beside CheckAccess, both closed loop at the same
+/// concurrency on the same server, with the two targets.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchChecks {
+    /// Questions per BatchCheckAccess call.
+    pub items_per_call: usize,
+    /// Batches per second.
+    pub calls_per_s: f64,
+    /// Questions answered per second, in batches.
+    pub items_per_s: f64,
+    /// A batch's latency, ms.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Single CheckAccess calls per second, and their p99, ms.
+    pub single_calls_per_s: f64,
+    pub single_p99_ms: f64,
+    /// Items/s over single calls/s, and p99 over single p99, each judged.
+    pub targets: Vec<Ratio>,
+}
+
+impl BatchChecks {
+    /// The batch line of `items` per call beside the single-check line.
+    pub fn new(items_per_call: usize, batch: &Line, single: &Line) -> Self {
+        let items_per_s = batch.throughput * items_per_call as f64;
+        let (p99, single_p99) = (
+            batch.p99_ms.unwrap_or(f64::NAN),
+            single.p99_ms.unwrap_or(f64::NAN),
+        );
+        let judged = |name: &str, value: f64, target: f64, higher_is_better: bool| Ratio {
+            name: name.to_owned(),
+            value,
+            target: Some(target),
+            higher_is_better,
+            met: Some(if higher_is_better {
+                value >= target
+            } else {
+                value <= target
+            }),
+            note: None,
+        };
+        Self {
+            items_per_call,
+            calls_per_s: batch.throughput,
+            items_per_s,
+            p50_ms: batch.p50_ms,
+            p99_ms: p99,
+            single_calls_per_s: single.throughput,
+            single_p99_ms: single_p99,
+            targets: vec![
+                judged(
+                    "items/s / single CheckAccess calls/s",
+                    items_per_s / single.throughput,
+                    BATCH_ITEMS_OVER_SINGLE,
+                    true,
+                ),
+                judged(
+                    "p99 / single CheckAccess p99",
+                    p99 / single_p99,
+                    BATCH_P99_OVER_SINGLE,
+                    false,
+                ),
+            ],
+        }
+    }
+}
+
+/// The batch line with its items/s, then one row per target.
+fn batch_rows(backend: &str, batch: &BatchChecks) -> Vec<String> {
+    let mut rows = vec![format!(
+        "{backend:<9} {}: {:.0} calls/s, p50 {:.2} ms, p99 {:.2} ms, {:.0} items/s \
+         (CheckAccess: {:.0} calls/s, p99 {:.2} ms)",
+        batch_line(batch.items_per_call),
+        batch.calls_per_s,
+        batch.p50_ms,
+        batch.p99_ms,
+        batch.items_per_s,
+        batch.single_calls_per_s,
+        batch.single_p99_ms,
+    )];
+    for target in &batch.targets {
+        rows.push(format!(
+            "  {} {:.2} (target {} {}: {})",
+            target.name,
+            target.value,
+            if target.higher_is_better { ">=" } else { "<=" },
+            target.target.unwrap_or(f64::NAN),
+            if target.met == Some(true) {
+                "met"
+            } else {
+                "not met"
+            }
+        ));
+    }
+    rows
+}
+
 /// Everything one run measured.
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -378,6 +486,8 @@ pub struct Report {
     /// Watches and token-bound CheckAccess while the transitions ran, by
     /// backend.
     pub under_writes: BTreeMap<String, UnderWrites>,
+    /// BatchCheckAccess beside CheckAccess, by backend.
+    pub batch_checks: BTreeMap<String, BatchChecks>,
     /// Ours / baseline.
     pub ratios: Vec<Ratio>,
 }
@@ -393,6 +503,7 @@ impl Report {
             peak_rss_mib: BTreeMap::new(),
             index_builds: BTreeMap::new(),
             under_writes: BTreeMap::new(),
+            batch_checks: BTreeMap::new(),
             ratios: Vec::new(),
         }
     }
@@ -425,6 +536,23 @@ impl Report {
             eprintln!("  {row}");
         }
         self.under_writes.insert(backend.to_owned(), results);
+    }
+
+    /// Sets the closed-loop BatchCheckAccess line of `items` per call beside
+    /// the CheckAccess line of `backend`, judges the targets and prints them
+    /// (nothing when either line is missing).
+    pub fn batch_checks(&mut self, backend: &str, items: usize) {
+        let (Some(batch), Some(single)) = (
+            self.find(&batch_line(items), backend, "closed"),
+            self.find("CheckAccess", backend, "closed"),
+        ) else {
+            return;
+        };
+        let batch = BatchChecks::new(items, batch, single);
+        for row in batch_rows(backend, &batch) {
+            eprintln!("  {row}");
+        }
+        self.batch_checks.insert(backend.to_owned(), batch);
     }
 
     fn find(&self, name: &str, backend: &str, mode: &str) -> Option<&Line> {
@@ -614,6 +742,14 @@ impl Report {
             println!("\nwatches and token-bound CheckAccess while the transitions run");
             for (backend, results) in &self.under_writes {
                 for row in under_writes_rows(backend, results) {
+                    println!("  {row}");
+                }
+            }
+        }
+        if !self.batch_checks.is_empty() {
+            println!("\nBatchCheckAccess beside CheckAccess, at the same concurrency");
+            for (backend, batch) in &self.batch_checks {
+                for row in batch_rows(backend, batch) {
                     println!("  {row}");
                 }
             }
@@ -894,6 +1030,41 @@ mod tests {
                 "under writes (sqlite): 1 watches ended: Internal",
             ]
         );
+    }
+
+    #[test]
+    fn a_batch_line_is_reported_in_items_and_judged_against_single_checks() {
+        let mut report = Report::new(&32, false);
+        report.add(Line {
+            throughput: 50_000.0,
+            p99_ms: Some(3.0),
+            ..line("CheckAccess", 250_000, &[])
+        });
+        // Without its batch line, nothing is judged.
+        report.batch_checks("sqlite", 100);
+        assert!(report.batch_checks.is_empty());
+        report.add(Line {
+            throughput: 6_000.0,
+            p50_ms: 4.0,
+            p99_ms: Some(7.5),
+            ..line(&batch_line(100), 30_000, &[])
+        });
+        report.batch_checks("sqlite", 100);
+        let batch = &report.batch_checks["sqlite"];
+        assert_eq!(batch.items_per_s, 600_000.0);
+        assert_eq!(
+            batch_rows("sqlite", batch),
+            [
+                "sqlite    BatchCheckAccess, 100 items: 6000 calls/s, p50 4.00 ms, p99 7.50 ms, \
+                 600000 items/s (CheckAccess: 50000 calls/s, p99 3.00 ms)",
+                "  items/s / single CheckAccess calls/s 12.00 (target >= 10: met)",
+                "  p99 / single CheckAccess p99 2.50 (target <= 2: not met)",
+            ]
+        );
+        let json: serde_json::Value = serde_json::from_str(&report.json().unwrap()).unwrap();
+        let targets = &json["batch_checks"]["sqlite"]["targets"];
+        assert_eq!(targets[0]["met"], true);
+        assert_eq!(targets[1]["met"], false);
     }
 
     #[test]

@@ -504,6 +504,7 @@ impl Mix {
         let n = 1 + workload::scatter(i, self.ids.len()) as u64;
         let request = workload::authorized(
             CreateConnectionRequest {
+                message: String::new(),
                 destination_organization_id: seed::organization_id(n),
                 data_types: vec![DataType::Inquiry.into()],
                 request_id: String::new(),

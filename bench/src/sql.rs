@@ -73,6 +73,7 @@ fn activate() -> anyhow::Result<(String, String)> {
         destination.organization,
         data_types,
         sea_orm::prelude::DateTimeUtc::UNIX_EPOCH,
+        connections::domain::Invitation::default(),
     );
     let (active, event) = pending
         .apply(Change {
@@ -80,6 +81,8 @@ fn activate() -> anyhow::Result<(String, String)> {
             caller: destination,
             etag: None,
             reason: None,
+            message: None,
+            pending_lifetime: None,
             at: sea_orm::prelude::DateTimeUtc::UNIX_EPOCH,
         })
         .map_err(|err| anyhow::anyhow!("{err:?}"))?;
@@ -97,6 +100,11 @@ fn activate() -> anyhow::Result<(String, String)> {
             ":c_create_time",
             "now()",
             "now()",
+            "NULL",
+            "NULL",
+            "NULL",
+            // The seeded connections have no invitation message; an
+            // activation ends the expiry.
             "NULL",
             "NULL",
             "NULL",
@@ -120,6 +128,7 @@ fn activate() -> anyhow::Result<(String, String)> {
             ":key_name",
             "NULL",
             "now()",
+            "NULL",
         ],
     )?;
     Ok((update, insert))

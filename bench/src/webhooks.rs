@@ -943,6 +943,7 @@ async fn partner_pool(
                 let created = client
                     .create_connection(authorized(
                         CreateConnectionRequest {
+                            message: String::new(),
                             destination_organization_id: destination.id.clone(),
                             data_types: vec![DataType::Transaction.into()],
                             request_id: String::new(),

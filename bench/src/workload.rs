@@ -9,10 +9,11 @@ use std::{
 };
 
 use connections::proto::{
-    ActivateConnectionRequest, CheckAccessRequest, Connection, ConnectionState,
-    CreateConnectionRequest, DataType, DeactivateConnectionRequest, GetConnectionRequest,
-    ListConnectionsRequest, ReactivateConnectionRequest,
-    access_service_client::AccessServiceClient, connection_service_client::ConnectionServiceClient,
+    ActivateConnectionRequest, BatchCheckAccessRequest, CheckAccessRequest, Connection,
+    ConnectionState, CreateConnectionRequest, DataType, DeactivateConnectionRequest,
+    GetConnectionRequest, ListConnectionsRequest, ReactivateConnectionRequest,
+    access_service_client::AccessServiceClient, check_access_result,
+    connection_service_client::ConnectionServiceClient,
 };
 use tonic::{
     Request,
@@ -133,6 +134,82 @@ pub fn check_access(target: Target, key: AsciiMetadataValue, source: String, cou
             let active = reply.state == ConnectionState::Active as i32;
             if reply.allowed != active || reply.change_token.is_empty() {
                 return Err(bad("answer"));
+            }
+            Ok(())
+        }
+    })
+}
+
+/// BatchCheckAccess of `items` questions like [`check_access`]'s (INQUIRY
+/// from `source` to bulk organizations at random among `1..=count`): checks
+/// that every item is answered, in order, as a single check would be, and
+/// that every answer carries the batch's change token. The IDs are written
+/// out once, not per question, so that the generator spends its time on
+/// calls.
+pub fn batch_check_access(
+    target: Target,
+    key: AsciiMetadataValue,
+    source: String,
+    count: u64,
+    items: usize,
+) -> Call {
+    // (destination organization, connection) of bulk organization n + 1.
+    let bulk: Arc<Vec<(String, String)>> = Arc::new(
+        (1..=count)
+            .map(|n| {
+                (
+                    crate::seed::organization_id(n),
+                    crate::seed::connection_id(n),
+                )
+            })
+            .collect(),
+    );
+    call(move |i| {
+        let mut client = AccessServiceClient::new(target.channel(i));
+        let key = key.clone();
+        let bulk = bulk.clone();
+        let asked: Vec<usize> = (0..items as u64)
+            .map(|k| scatter(i.wrapping_mul(items as u64).wrapping_add(k), bulk.len()))
+            .collect();
+        let request = authorized(
+            BatchCheckAccessRequest {
+                checks: asked
+                    .iter()
+                    .map(|&n| CheckAccessRequest {
+                        source_organization_id: source.clone(),
+                        destination_organization_id: bulk[n].0.clone(),
+                        data_type: DataType::Inquiry.into(),
+                        at_least_change_token: String::new(),
+                    })
+                    .collect(),
+                at_least_change_token: String::new(),
+            },
+            &key,
+        );
+        async move {
+            let reply = client
+                .batch_check_access(request)
+                .await
+                .map_err(|s| code_of(&s))?
+                .into_inner();
+            if reply.results.len() != asked.len() || reply.change_token.is_empty() {
+                return Err(bad("results"));
+            }
+            for (n, result) in asked.into_iter().zip(reply.results) {
+                let answer = match result.result {
+                    Some(check_access_result::Result::Response(answer)) => answer,
+                    Some(check_access_result::Result::Error(status)) => {
+                        return Err(bad(format!("item refused: {}", status.message)));
+                    }
+                    None => return Err(bad("an empty result")),
+                };
+                if answer.connection_id != bulk[n].1 {
+                    return Err(bad("connection"));
+                }
+                let active = answer.state == ConnectionState::Active as i32;
+                if answer.allowed != active || answer.change_token != reply.change_token {
+                    return Err(bad("answer"));
+                }
             }
             Ok(())
         }
@@ -349,6 +426,7 @@ pub fn create(
             let destination = destination(n);
             let request = authorized(
                 CreateConnectionRequest {
+                    message: String::new(),
                     destination_organization_id: destination.clone(),
                     data_types: vec![DataType::Inquiry.into(), DataType::Account.into()],
                     request_id: String::new(),

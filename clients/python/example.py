@@ -60,9 +60,11 @@ def main():
 
         # The source creates the connection. A request_id makes the call safe to retry:
         # a retry with the same request_id returns the first response and changes nothing.
+        # The optional message goes to the destination with the invitation.
         create = cs.CreateConnectionRequest(
             destination_organization_id=args.destination_id,
             data_types=[res.DATA_TYPE_INQUIRY, res.DATA_TYPE_ACCOUNT],
+            message="Hello from the example: please activate to receive our inquiries.",
             request_id=str(uuid.uuid4()),
         )
         created = stub.CreateConnection(create, metadata=src, timeout=10)
@@ -70,6 +72,13 @@ def main():
         print(f"created {conn.id}: {res.ConnectionState.Name(conn.state)}")
         retried = stub.CreateConnection(create, metadata=src, timeout=10).connection
         print(f"retried with the same request_id: same response: {retried == conn}")
+
+        # The destination reads the invitation: its message, and until when it may activate it.
+        invitation = stub.GetConnection(cs.GetConnectionRequest(connection_id=conn.id),
+                                        metadata=dst, timeout=10).connection
+        expires = (invitation.expire_time.ToJsonString() if invitation.HasField("expire_time")
+                   else "never")
+        print(f"invitation: {invitation.invitation_message!r}, expires {expires}")
 
         # Only the destination may activate: the source is refused, with a machine-readable reason.
         try:

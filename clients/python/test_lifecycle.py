@@ -165,22 +165,39 @@ def access(channel):
     return acc_grpc.AccessServiceStub(channel)
 
 
-def refusal(call):
-    """Runs call(), which must fail; returns (status code, google.rpc.ErrorInfo)."""
+def unpacked(status, message_class):
+    """The details of a google.rpc.Status that are message_class messages, decoded."""
+    found = []
+    for detail in status.details:
+        if detail.Is(message_class.DESCRIPTOR):
+            message = message_class()
+            detail.Unpack(message)
+            found.append(message)
+    return found
+
+
+def error_info(status):
+    """The one google.rpc.ErrorInfo of a google.rpc.Status, with the service's domain."""
+    infos = unpacked(status, error_details_pb2.ErrorInfo)
+    assert len(infos) == 1, f"expected one ErrorInfo, got {status.details}"
+    assert infos[0].domain == "connections.v1"
+    return infos[0]
+
+
+def refused_status(call):
+    """Runs call(), which must fail; returns (status code, its google.rpc.Status)."""
     with pytest.raises(grpc.RpcError) as caught:
         call()
     err = caught.value
     status = rpc_status.from_call(err)
     assert status is not None, f"no status details on {err.code()}: {err.details()}"
-    infos = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            infos.append(info)
-    assert len(infos) == 1, f"expected one ErrorInfo, got {status.details}"
-    assert infos[0].domain == "connections.v1"
-    return err.code(), infos[0]
+    return err.code(), status
+
+
+def refusal(call):
+    """Runs call(), which must fail; returns (status code, google.rpc.ErrorInfo)."""
+    code, status = refused_status(call)
+    return code, error_info(status)
 
 
 def test_lifecycle(server, stub):
@@ -316,6 +333,8 @@ def test_example_program(server):
     assert done.returncode == 0, f"example.py exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
     out = done.stdout
     assert "retried with the same request_id: same response: True" in out
+    assert ("invitation: 'Hello from the example: please activate to receive our inquiries.', "
+            "expires ") in out
     assert "PERMISSION_DENIED ERROR_REASON_CALLER_NOT_DESTINATION (connections.v1)" in out
     assert "activated by the destination: CONNECTION_STATE_ACTIVE" in out
     assert "#2 CONNECTION_EVENT_TYPE_ACTIVATED" in out
@@ -690,3 +709,344 @@ def test_check_access(server, stub, access):
         t = stub.DeactivateConnection(cs.DeactivateConnectionRequest(connection_id=conn_id),
                                       metadata=destination.auth, timeout=TIMEOUT).change_token
         assert check(caller, res.DATA_TYPE_ACCOUNT, t) == (False, conn_id, I), round_
+
+
+# --- Invitations: messages and expiry ---------------------------------------------------------
+
+EXPIRED = res.CONNECTION_EVENT_TYPE_EXPIRED
+DEFAULT_PENDING_LIFETIME_NS = 30 * 24 * 3600 * 10**9  # the server's default --pending-expiry
+
+
+def violations(status):
+    """The fields named by the google.rpc.BadRequest details of a google.rpc.Status."""
+    return [v.field for bad in unpacked(status, error_details_pb2.BadRequest)
+            for v in bad.field_violations]
+
+
+def refused_message(call):
+    """Runs call(), which must be refused for its invitation message: INVALID_ARGUMENT with a
+    BadRequest violation on `message` and nothing else."""
+    code, status = refused_status(call)
+    assert (code, error_info(status).reason) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                 "ERROR_REASON_INVALID_ARGUMENT")
+    assert violations(status) == ["message"], status
+
+
+def lifetime_ns(conn, since):
+    """How long after `since` (a Timestamp) the connection's expire_time is, in nanoseconds."""
+    assert conn.HasField("expire_time"), f"no expire_time on {conn}"
+    return conn.expire_time.ToNanoseconds() - since.ToNanoseconds()
+
+
+def test_invitation_message(server, stub):
+    source = server.new_org("Invitation Source")
+    destination = server.new_org("Invitation Destination")
+    S, D = source.auth, destination.auth
+    P, A = res.CONNECTION_STATE_PENDING, res.CONNECTION_STATE_ACTIVE
+
+    def create(message):
+        return stub.CreateConnection(
+            cs.CreateConnectionRequest(destination_organization_id=destination.id,
+                                       data_types=[res.DATA_TYPE_ACCOUNT], message=message),
+            metadata=S, timeout=TIMEOUT)
+
+    # Control characters other than line breaks and tabs are refused, and so is a message longer
+    # than 1,000 characters; nothing is created.
+    for bad in ("Please activate\x07", "Hello\x00there", "Report \x1b[2J ready", "x" * 1001):
+        refused_message(lambda: create(bad))
+    assert stub.ListConnections(cs.ListConnectionsRequest(), metadata=S,
+                                timeout=TIMEOUT).connections == []
+
+    # The message is kept trimmed of the white space around it; line breaks and tabs inside stay.
+    text = "Hello from Acme Bank,\n\tplease activate our account feed.\r\nThanks!"
+    created = create(f"  {text}\n\n ")
+    conn = created.connection
+    assert (conn.state, conn.invitation_message) == (P, text)
+    # A pending connection waits for its destination for the default lifetime, 30 days.
+    assert lifetime_ns(conn, conn.create_time) == DEFAULT_PENDING_LIFETIME_NS
+
+    # The destination sees it on the connection and on the CREATED event.
+    seen = stub.GetConnection(cs.GetConnectionRequest(connection_id=conn.id), metadata=D,
+                              timeout=TIMEOUT).connection
+    assert seen == conn
+    inbound = stub.ListConnections(cs.ListConnectionsRequest(role=res.CONNECTION_ROLE_DESTINATION),
+                                   metadata=D, timeout=TIMEOUT).connections
+    assert [(c.id, c.invitation_message) for c in inbound] == [(conn.id, text)]
+    events = stub.ListConnectionEvents(cs.ListConnectionEventsRequest(connection_id=conn.id),
+                                       metadata=D, timeout=TIMEOUT).events
+    assert [(e.type, e.message, e.actor_organization_id) for e in events] == [
+        (CREATED, text, source.id)]
+
+    # Once active, it no longer expires; the message stays the latest invitation's.
+    activated = stub.ActivateConnection(cs.ActivateConnectionRequest(connection_id=conn.id),
+                                        metadata=D, timeout=TIMEOUT).connection
+    assert (activated.state, activated.invitation_message) == (A, text)
+    assert not activated.HasField("expire_time")
+
+    # A reactivation is a new invitation, with a message of its own (checked as on create)...
+    stub.DeactivateConnection(cs.DeactivateConnectionRequest(connection_id=conn.id),
+                              metadata=S, timeout=TIMEOUT)
+    reactivate = cs.ReactivateConnectionRequest(connection_id=conn.id, message="Again\x1b[0m")
+    refused_message(lambda: stub.ReactivateConnection(reactivate, metadata=S, timeout=TIMEOUT))
+    longest = "y" * 1000
+    reactivate.message = f"\n{longest}\t "
+    again = stub.ReactivateConnection(reactivate, metadata=S, timeout=TIMEOUT).connection
+    assert (again.state, again.invitation_message) == (P, longest)
+    assert lifetime_ns(again, again.update_time) == DEFAULT_PENDING_LIFETIME_NS
+    seen = stub.GetConnection(cs.GetConnectionRequest(connection_id=conn.id), metadata=D,
+                              timeout=TIMEOUT).connection
+    assert seen.invitation_message == longest
+
+    # ...and a reactivation without one leaves the connection without a message.
+    stub.DeactivateConnection(cs.DeactivateConnectionRequest(connection_id=conn.id),
+                              metadata=D, timeout=TIMEOUT)
+    silent = stub.ReactivateConnection(cs.ReactivateConnectionRequest(connection_id=conn.id),
+                                       metadata=S, timeout=TIMEOUT).connection
+    assert (silent.state, silent.invitation_message) == (P, "")
+
+    # The history keeps each invitation's message, on CREATED and REACTIVATED events only.
+    request = cs.ListConnectionEventsRequest(connection_id=conn.id)
+    history = stub.ListConnectionEvents(request, metadata=D, timeout=TIMEOUT).events
+    assert stub.ListConnectionEvents(request, metadata=S, timeout=TIMEOUT).events == history
+    assert [(e.type, e.message) for e in history] == [
+        (CREATED, text), (ACTIVATED, ""), (DEACTIVATED, ""), (REACTIVATED, longest),
+        (DEACTIVATED, ""), (REACTIVATED, "")]
+
+
+def test_pending_connections_expire(tmp_path):
+    # A server of its own, on which a pending connection waits two seconds for its destination.
+    srv = new_server(tmp_path, "--pending-expiry", "2s")
+    source, destination = srv.orgs
+    other = srv.new_org("Expiry Other Source")
+    S, D = source.auth, destination.auth
+    P, A, I = (res.CONNECTION_STATE_PENDING, res.CONNECTION_STATE_ACTIVE,
+               res.CONNECTION_STATE_INACTIVE)
+    try:
+        srv.start()
+        with grpc.insecure_channel(srv.target) as channel:
+            stub = cs_grpc.ConnectionServiceStub(channel)
+
+            def create(org, message=""):
+                return stub.CreateConnection(
+                    cs.CreateConnectionRequest(destination_organization_id=destination.id,
+                                               data_types=[res.DATA_TYPE_INQUIRY],
+                                               message=message),
+                    metadata=org.auth, timeout=TIMEOUT).connection
+
+            def get(conn_id):
+                return stub.GetConnection(cs.GetConnectionRequest(connection_id=conn_id),
+                                          metadata=D, timeout=TIMEOUT).connection
+
+            def activate(conn_id):
+                return stub.ActivateConnection(cs.ActivateConnectionRequest(connection_id=conn_id),
+                                               metadata=D, timeout=TIMEOUT)
+
+            # The destination watches; the expiry comes to it like any other change.
+            pump = Pump(ResumableWatch(stub, D, from_beginning=True, idle_timeout=30))
+            try:
+                first = create(source, "Valid for two seconds")
+                assert lifetime_ns(first, first.create_time) == 2 * 10**9
+
+                # The service expires it at its first sweep after expire_time (sweeps run every
+                # 10 s): an EXPIRED event that no organization made.
+                created, expired = pump.events(2, timeout=30)
+                assert summary([created, expired]) == [(1, CREATED), (2, EXPIRED)]
+                e = expired.event
+                assert (e.connection_id, e.from_state, e.to_state) == (first.id, P, I)
+                assert (e.actor_organization_id, e.actor_role) == (
+                    "", res.CONNECTION_ROLE_UNSPECIFIED)
+                assert (e.actor_api_key_id, e.actor_api_key_display_name) == ("", "")
+                assert (e.reason, e.message) == ("", "")
+                assert e.create_time.ToNanoseconds() >= first.expire_time.ToNanoseconds()
+                history = stub.ListConnectionEvents(
+                    cs.ListConnectionEventsRequest(connection_id=first.id), metadata=S,
+                    timeout=TIMEOUT).events
+                assert list(history) == [created.event, expired.event]
+                expired_conn = get(first.id)
+                assert expired_conn.state == I
+                assert not expired_conn.HasField("expire_time")
+                # No longer PENDING: there is nothing to activate.
+                code, info = refusal(lambda: activate(first.id))
+                assert (code, info.reason) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                               "ERROR_REASON_INVALID_STATE_TRANSITION")
+
+                # A sweep has just run (it wrote that event) and the next is about 10 s away. A
+                # connection created now is past its expire_time 2 s later but still PENDING: the
+                # destination's activation is refused for the expiry and changes nothing.
+                second = create(other)
+                time.sleep(max(0.0, second.expire_time.ToNanoseconds() / 1e9 - time.time()) + 0.3)
+                code, info = refusal(lambda: activate(second.id))
+                assert (code, info.reason) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                               "ERROR_REASON_CONNECTION_EXPIRED")
+                assert get(second.id).etag == second.etag
+                # The next sweep expires it.
+                got = pump.events(2, timeout=30)
+                assert [(m.event.connection_id, m.event.sequence, m.event.type) for m in got] == [
+                    (second.id, 1, CREATED), (second.id, 2, EXPIRED)]
+
+                # The source invites again, with a new lifetime; an activation in time succeeds.
+                again = stub.ReactivateConnection(
+                    cs.ReactivateConnectionRequest(connection_id=first.id, message="Second try"),
+                    metadata=S, timeout=TIMEOUT).connection
+                assert (again.state, again.invitation_message) == (P, "Second try")
+                assert lifetime_ns(again, again.update_time) == 2 * 10**9
+                activated = activate(first.id).connection
+                assert activated.state == A
+                assert not activated.HasField("expire_time")
+                got = pump.events(2)
+                assert summary(got) == [(3, REACTIVATED), (4, ACTIVATED)]
+                assert got[0].event.message == "Second try"
+            finally:
+                pump.stop()
+    finally:
+        code = srv.stop() if srv.process else None
+    assert code == 0, f"server exited {code} after SIGTERM:\n{srv.log()}"
+
+
+# --- BatchCheckAccess, and the list's data_type filter ------------------------------------------
+
+def grpc_code(number):
+    """The grpc.StatusCode of a google.rpc.Status code."""
+    return next(c for c in grpc.StatusCode if c.value[0] == number)
+
+
+def test_batch_check_access(server, stub, access):
+    dst = server.new_org("Batch Destination")
+    s_both, s_account, s_pending, s_inactive = (
+        server.new_org(f"Batch Source {n}") for n in ("Both", "Account", "Pending", "Inactive"))
+    x, y = server.new_org("Batch Other Source"), server.new_org("Batch Other Destination")
+    operator = (("authorization", f"Bearer {ACCESS_CHECK_TOKEN}"),)
+    INQ, ACC, TXN = res.DATA_TYPE_INQUIRY, res.DATA_TYPE_ACCOUNT, res.DATA_TYPE_TRANSACTION
+    U, P, A, I = (res.CONNECTION_STATE_UNSPECIFIED, res.CONNECTION_STATE_PENDING,
+                  res.CONNECTION_STATE_ACTIVE, res.CONNECTION_STATE_INACTIVE)
+
+    both = create_and_activate(stub, s_both, dst, (INQ, ACC))[0].connection.id
+    account = create_and_activate(stub, s_account, dst, (ACC,))[0].connection.id
+    pending = stub.CreateConnection(
+        cs.CreateConnectionRequest(destination_organization_id=dst.id, data_types=[INQ]),
+        metadata=s_pending.auth, timeout=TIMEOUT).connection.id
+    inactive = create_and_activate(stub, s_inactive, dst, (INQ,))[0].connection.id
+    stub.DeactivateConnection(cs.DeactivateConnectionRequest(connection_id=inactive),
+                              metadata=dst.auth, timeout=TIMEOUT)
+    # A pair the destination is no party to; its activation is the last change made.
+    others = create_and_activate(stub, x, y, (INQ,))
+    token = others[1].change_token
+
+    def question(src, dst_id, data_type):
+        return acc.CheckAccessRequest(source_organization_id=src.id,
+                                      destination_organization_id=dst_id, data_type=data_type)
+
+    checks = [
+        question(s_both, dst.id, INQ),
+        question(s_account, dst.id, INQ),       # a type the connection does not include
+        question(x, y.id, INQ),                 # not the caller's pair: refused, alone
+        question(s_account, dst.id, ACC),
+        question(s_pending, dst.id, INQ),
+        question(s_inactive, dst.id, INQ),
+        question(dst, s_both.id, INQ),          # the other direction: no connection
+        question(s_both, dst.id, res.DATA_TYPE_UNSPECIFIED),  # malformed: refused, alone
+        question(s_both, dst.id, ACC),
+        question(s_both, dst.id, INQ),          # asked twice, answered twice
+    ]
+
+    def batch(caller, items, at_least=token):
+        return access.BatchCheckAccess(
+            acc.BatchCheckAccessRequest(checks=items, at_least_change_token=at_least),
+            metadata=caller, timeout=TIMEOUT)
+
+    answer = batch(dst.auth, checks)
+    assert answer.change_token
+    assert len(answer.results) == len(checks)
+    outcome = [r.WhichOneof("result") for r in answer.results]
+    assert outcome == ["response"] * 2 + ["error"] + ["response"] * 4 + ["error"] + ["response"] * 2
+    # Every answer reflects the one state the batch's change token names.
+    assert {r.response.change_token for r in answer.results if r.HasField("response")} == {
+        answer.change_token}
+    assert [(r.response.allowed, r.response.connection_id, r.response.state)
+            for r in answer.results if r.HasField("response")] == [
+        (True, both, A), (False, account, A), (True, account, A), (False, pending, P),
+        (False, inactive, I), (False, "", U), (True, both, A), (True, both, A)]
+
+    # The item about another pair is refused in its own status, as CheckAccess refuses it.
+    denied = answer.results[2].error
+    assert grpc_code(denied.code) == grpc.StatusCode.PERMISSION_DENIED
+    assert error_info(denied).reason == "ERROR_REASON_CALLER_NOT_PARTY"
+    malformed = answer.results[7].error
+    assert grpc_code(malformed.code) == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_info(malformed).reason == "ERROR_REASON_INVALID_ARGUMENT"
+    assert violations(malformed) == ["data_type"]
+
+    # Each result is what CheckAccess answers alone, item by item, in the request's order.
+    for i, (item, result) in enumerate(zip(checks, answer.results)):
+        single = acc.CheckAccessRequest()
+        single.CopyFrom(item)
+        single.at_least_change_token = answer.change_token
+        if result.HasField("response"):
+            alone = access.CheckAccess(single, metadata=dst.auth, timeout=TIMEOUT)
+            assert (alone.allowed, alone.connection_id, alone.state) == (
+                result.response.allowed, result.response.connection_id, result.response.state), i
+        else:
+            code, status = refused_status(
+                lambda: access.CheckAccess(single, metadata=dst.auth, timeout=TIMEOUT))
+            assert (code, status.message) == (grpc_code(result.error.code), result.error.message), i
+            assert error_info(status) == error_info(result.error), i
+            assert violations(status) == violations(result.error), i
+
+    # The operator's access-check token may ask about any pair.
+    by_operator = batch(operator, checks)
+    assert [r.WhichOneof("result") for r in by_operator.results] == (
+        outcome[:2] + ["response"] + outcome[3:])
+    other_pair = by_operator.results[2].response
+    assert (other_pair.allowed, other_pair.connection_id, other_pair.state) == (
+        True, others[0].connection.id, A)
+    for mine, theirs in zip(answer.results, by_operator.results):
+        if mine.HasField("response"):
+            assert (mine.response.allowed, mine.response.connection_id, mine.response.state) == (
+                theirs.response.allowed, theirs.response.connection_id, theirs.response.state)
+
+    # An item may not carry its own token (the batch has one): that item alone is refused.
+    own_token = acc.CheckAccessRequest()
+    own_token.CopyFrom(checks[0])
+    own_token.at_least_change_token = token
+    mixed = batch(dst.auth, [checks[0], own_token])
+    assert mixed.results[0].response.allowed
+    assert grpc_code(mixed.results[1].error.code) == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(mixed.results[1].error) == ["at_least_change_token"]
+
+    # 1 to 1,000 checks; what concerns the whole call fails the whole call.
+    assert len(batch(operator, [checks[0]] * 1000).results) == 1000
+    for items in ([], [checks[0]] * 1001):
+        code, status = refused_status(lambda: batch(operator, items))
+        assert (code, error_info(status).reason) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                     "ERROR_REASON_INVALID_ARGUMENT")
+        assert violations(status) == ["checks"]
+    code, info = refusal(lambda: batch(dst.auth, checks, at_least=altered(token)))
+    assert (code, info.reason) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                   "ERROR_REASON_INVALID_CHANGE_TOKEN")
+    code, info = refusal(lambda: batch((), checks))
+    assert (code, info.reason) == (grpc.StatusCode.UNAUTHENTICATED, "ERROR_REASON_API_KEY_MISSING")
+
+    # ListConnections' data_type filter: with state ACTIVE and role DESTINATION, the connections
+    # over which the destination may receive the type now, newest first; without a state, every
+    # connection that includes it.
+    def listed(org, **filters):
+        return [c.id for c in stub.ListConnections(cs.ListConnectionsRequest(**filters),
+                                                   metadata=org.auth, timeout=TIMEOUT).connections]
+
+    DST, SRC = res.CONNECTION_ROLE_DESTINATION, res.CONNECTION_ROLE_SOURCE
+    assert listed(dst, role=DST, state=A, data_type=INQ) == [both]
+    assert listed(dst, role=DST, state=A, data_type=ACC) == [account, both]
+    assert listed(dst, role=DST, state=A, data_type=TXN) == []
+    assert listed(dst, role=DST, data_type=INQ) == [inactive, pending, both]
+    assert listed(dst, role=DST) == [inactive, pending, account, both]
+    assert listed(s_both, role=SRC, state=A, data_type=ACC) == [both]
+    assert listed(s_account, role=SRC, state=A, data_type=INQ) == []
+    # A data mover's two views agree: the list names exactly the sources the batch allows.
+    sources = [s_both, s_account, s_pending, s_inactive, x]
+    for data_type in (INQ, ACC, TXN):
+        answers = batch(dst.auth, [question(s, dst.id, data_type) for s in sources]).results
+        allowed = {s.id for s, r in zip(sources, answers) if r.response.allowed}
+        page = stub.ListConnections(
+            cs.ListConnectionsRequest(role=DST, state=A, data_type=data_type),
+            metadata=dst.auth, timeout=TIMEOUT).connections
+        assert {c.source_organization_id for c in page} == allowed, res.DataType.Name(data_type)

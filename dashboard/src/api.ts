@@ -104,6 +104,8 @@ const SENTENCES: Record<ErrorReason, string> = {
     "Your organization has as many webhook endpoints as it may. Delete one to add another.",
   [ErrorReason.WEBHOOKS_NOT_CONFIGURED]:
     "Webhooks are not set up on this server yet. Ask its operator to give it a webhook key.",
+  [ErrorReason.CONNECTION_EXPIRED]:
+    "This invitation expired before it was activated. The source can send it again.",
 };
 
 /** The sentence and details of a failed call. */
@@ -135,6 +137,16 @@ export function problem(err: unknown): Problem {
     metadata: info?.metadata ?? {},
     detail,
   };
+}
+
+/**
+ * What the server found wrong with the request's `field` when it refused it as INVALID_ARGUMENT
+ * ("must not contain control characters"), or null. Its message names each field it refused,
+ * "invalid request: message: …; data_types: …".
+ */
+export function fieldProblem(refused: Problem | null, field: string): string | null {
+  if (refused?.reason !== ErrorReason.INVALID_ARGUMENT) return null;
+  return new RegExp(`(?:^|[:;] )${field}: ([^;]+)`).exec(refused.detail ?? "")?.[1] ?? null;
 }
 
 function reasonOf(name: string): ErrorReason {

@@ -33,6 +33,7 @@ export const EVENT_TYPES: ReadonlyArray<[ConnectionEventType, string]> = [
   [ConnectionEventType.ACTIVATED, "Activated"],
   [ConnectionEventType.DEACTIVATED, "Deactivated"],
   [ConnectionEventType.REACTIVATED, "Reactivated"],
+  [ConnectionEventType.EXPIRED, "Expired"],
 ];
 
 /** An endpoint's event types in words: "Created and Activated", or "All events" for none. */
@@ -47,12 +48,17 @@ export const ROLE_WORDS: Record<ConnectionRole, string> = {
   [ConnectionRole.DESTINATION]: "the destination",
 };
 
+/**
+ * What happened, in the history: an organization's act, after its name ("Acme Bank (the source)
+ * activated it"), or the service's own (EXPIRED; no organization acted), a sentence by itself.
+ */
 export const EVENT_WORDS: Record<ConnectionEventType, string> = {
   [ConnectionEventType.UNSPECIFIED]: "changed",
   [ConnectionEventType.CREATED]: "created the connection",
   [ConnectionEventType.ACTIVATED]: "activated it",
   [ConnectionEventType.DEACTIVATED]: "deactivated it",
   [ConnectionEventType.REACTIVATED]: "reactivated it",
+  [ConnectionEventType.EXPIRED]: "Expired: the destination did not activate it in time",
 };
 
 const DATE = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });
@@ -90,6 +96,24 @@ export function ago(time: Timestamp | undefined, now: number): string {
     if (Math.abs(seconds) >= size) return RELATIVE.format(Math.trunc(seconds / size), unit);
   }
   return "just now";
+}
+
+const DAY = 24 * 3600;
+const HOUR = 3600;
+
+/**
+ * When a pending invitation expires, from `now` (ms), in words: "Expires in 30 days" (in days
+ * from two days on), "Expires in 36 hours", "Expires in 20 minutes", "Expired" once past.
+ */
+export function expiresIn(time: Timestamp, now: number): string {
+  const seconds = (timestampDate(time).getTime() - now) / 1000;
+  if (seconds <= 0) return "Expired";
+  if (seconds >= 2 * DAY) return `Expires ${RELATIVE.format(Math.round(seconds / DAY), "day")}`;
+  const hours = Math.round(seconds / HOUR);
+  if (hours >= 1) return `Expires ${RELATIVE.format(hours, "hour")}`;
+  const minutes = Math.round(seconds / 60);
+  if (minutes >= 1) return `Expires ${RELATIVE.format(minutes, "minute")}`;
+  return "Expires in less than a minute";
 }
 
 const LIST = new Intl.ListFormat("en", { style: "long", type: "conjunction" });

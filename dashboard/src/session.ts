@@ -27,13 +27,15 @@ export function useSession(): Session {
   return value;
 }
 
-/** The display name of organization `id`, once known. */
+/** The display name of organization `id`, once known; none for no ID (the service acted). */
 export function useOrganizationName(id: string): string | undefined {
   const { nameOf } = useSession();
   const [name, setName] = useState<string>();
   useEffect(() => {
     let live = true;
     setName(undefined);
+    // An empty ID would name the caller's own organization.
+    if (!id) return;
     nameOf(id).then(
       (found) => live && setName(found),
       () => live && setName(undefined),

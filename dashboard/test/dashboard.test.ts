@@ -14,11 +14,17 @@ import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { after, before, describe, it } from "node:test";
 import AxeBuilder from "@axe-core/playwright";
+import { timestampFromMs, timestampMs } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Browser, BrowserContext, Page } from "playwright-core";
 import { Webhook } from "standardwebhooks";
 
-import { ConnectionState, DataType } from "../src/gen/connections/v1/resources_pb.js";
+import {
+  ConnectionEventType,
+  ConnectionRole,
+  ConnectionState,
+  DataType,
+} from "../src/gen/connections/v1/resources_pb.js";
 import {
   context,
   DIST_ASSETS,
@@ -240,6 +246,10 @@ async function deliveryRows(page: Page): Promise<string[]> {
   return await page.locator("tr.delivery").allTextContents();
 }
 
+/** A day and an hour, in milliseconds. */
+const DAY_MS = 24 * 3600_000;
+const HOUR_MS = 3600_000;
+
 /** An exact time as the page writes it, to the second (e.g. "Dec 7, 2025, 2:12:05 PM"). */
 const WITH_SECONDS = /\d{1,2}:\d{2}:\d{2}/;
 
@@ -297,8 +307,9 @@ describe("the dashboard", { timeout: SUITE_TIMEOUT }, () => {
     await assertAccessible(pageA, "the detail page");
     await pageA.screenshot({ path: join(SCREENSHOTS, "detail.jpg"), type: "jpeg", quality: 80, fullPage: true });
 
-    // A reactivates; B activates again.
+    // A reactivates, after a confirmation; B activates again.
     await pageA.getByRole("button", { name: "Reactivate" }).click();
+    await pageA.getByRole("button", { name: "Confirm" }).click();
     await seeState(pageA, "Pending");
     await pageB.getByRole("button", { name: "Refresh" }).click();
     await seeState(pageB, "Pending");
@@ -862,7 +873,7 @@ describe("the dashboard", { timeout: SUITE_TIMEOUT }, () => {
     await page.getByRole("heading", { name: "Connection to Orbit Credit Union" }).waitFor();
     const summary = page.locator(".summary");
     await summary.filter({ hasText: /^Pending since just now; to share Inquiries and Accounts with Orbit Credit Union$/ }).waitFor();
-    assert.equal(await page.locator(".next-step").textContent(), "Waiting for Orbit Credit Union to activate.");
+    assert.equal(await page.locator(".next-step").textContent(), "Waiting for Orbit Credit Union to activate. Expires in 30 days.");
     // Empty fields and the etag are not shown.
     const terms = await page.locator("dl.fields dt").allTextContents();
     assert.deepEqual(terms, ["Source", "Destination", "Data shared", "Created", "Last changed", "Connection ID"]);
@@ -891,6 +902,7 @@ describe("the dashboard", { timeout: SUITE_TIMEOUT }, () => {
     assert.match((await summary.textContent())!, /deactivated by Orbit Credit Union; nothing is shared/);
     assert.equal(await page.locator(".next-step").textContent(), "Reactivate it to ask Orbit Credit Union to activate it again.");
     await page.getByRole("button", { name: "Reactivate" }).click();
+    await page.getByRole("button", { name: "Confirm" }).click();
     await seeState(page, "Pending");
     await page.locator("ol.history li").nth(3).waitFor({ timeout: SEEN_WITHIN });
     assert.equal(await page.locator("dl.fields dt", { hasText: "Deactivation reason" }).count(), 0);
@@ -953,6 +965,7 @@ describe("the dashboard", { timeout: SUITE_TIMEOUT }, () => {
 
     // Cancel closes it; a deactivation by the other party while it is open leaves nothing to confirm.
     await page.getByRole("button", { name: "Reactivate" }).click();
+    await page.getByRole("button", { name: "Confirm" }).click();
     await seeState(page, "Pending");
     await page.getByRole("button", { name: "Deactivate" }).click();
     await page.getByRole("textbox", { name: "Reason" }).fill("Second thoughts");
@@ -963,6 +976,289 @@ describe("the dashboard", { timeout: SUITE_TIMEOUT }, () => {
     assert.ok(await page.getByRole("button", { name: "Confirm" }).isDisabled());
     await page.getByRole("button", { name: "Cancel" }).click();
     assert.equal(await form.count(), 0);
+  });
+
+  it("sends a message with a new connection: the destination reads it as written, and when the invitation expires", { timeout: TIMEOUT }, async () => {
+    const src = server.newOrg("Maple Mortgage");
+    const dst = server.newOrg("Nimbus Notary");
+    const message =
+      "Hello Nimbus,\nthis is our <b>loan desk</b>: https://maple.example/partners/onboarding/" +
+      "a-long-path-that-does-not-fit-a-narrow-screen\n\tThank you!";
+    const page = await newPage();
+    await signIn(page, src);
+    await fillNewConnection(page, dst, ["Inquiries"]);
+    const box = page.getByRole("textbox", { name: "Message to the destination (optional)" });
+    assert.equal(await box.evaluate((el) => el.tagName), "TEXTAREA", "a field of several lines");
+    assert.equal(await box.getAttribute("maxlength"), "1000");
+    await box.fill(`  ${message}\n\n`);
+    await assertAccessible(page, "the new-connection form with a message");
+    await page.getByRole("button", { name: "Create connection" }).click();
+    await seeState(page, "Pending");
+    const id = page.url().split("/").pop()!;
+    const { connection } = await server.connections(dst).getConnection({ connectionId: id });
+    assert.equal(connection!.invitationMessage, message, "sent as typed, trimmed by the server");
+    const expireMs = timestampMs(connection!.expireTime!);
+    assert.ok(Math.abs(expireMs - (Date.now() + 30 * DAY_MS)) < 5 * 60_000, "the server's default of 30 days");
+    // The source sees its own message.
+    await page.locator("figure.invitation figcaption").filter({ hasText: /^Your message to Nimbus Notary$/ }).waitFor();
+    assert.equal(await page.locator("figure.invitation blockquote").textContent(), message);
+
+    // The destination: in the list, what it must do and by when.
+    const other = await newPage();
+    await signIn(other, dst);
+    await other.getByRole("tab", { name: "Inbound" }).click();
+    const row = rowOf(other, `From ${src.name}`);
+    await row.getByText("Needs your action").waitFor();
+    assert.equal(await row.locator("time.expiry").textContent(), "Expires in 30 days");
+    await row.getByRole("link").click();
+    await seeState(other, "Pending");
+
+    // The message as text: its tags shown, not applied; its line breaks and tab kept.
+    const invitation = other.locator("figure.invitation");
+    await invitation.waitFor();
+    assert.equal(await invitation.locator("figcaption").textContent(), "Message from Maple Mortgage");
+    const text = invitation.locator("blockquote");
+    assert.equal(await text.textContent(), message);
+    assert.equal(await invitation.locator("b").count(), 0, "not read as HTML");
+    assert.equal(await text.evaluate((el) => (el as HTMLElement).innerText), message, "line breaks kept");
+
+    // When it expires, in words, with the exact time on hover.
+    const expiry = other.locator(".next-step time.expiry");
+    assert.equal(await expiry.textContent(), "Expires in 30 days");
+    assert.ok(Math.abs(Date.parse((await expiry.getAttribute("datetime"))!) - expireMs) < 1_000);
+    assert.match((await expiry.getAttribute("title"))!, WITH_SECONDS);
+    assert.match(
+      (await other.locator(".next-step").textContent())!,
+      /^Needs your action: Activate it to start receiving Inquiries, or deactivate it to decline\. Expires in 30 days\.$/,
+    );
+
+    // The history keeps the message with the creation.
+    await other.locator("ol.history li").first().waitFor();
+    const entries = await history(other);
+    assert.match(entries[0]!, /Maple Mortgage \(the source, by key 'dashboard tests'\) created the connection \(now Pending\)\./);
+    const kept = other.locator("ol.history li .message");
+    assert.equal(await kept.evaluate((el) => (el as HTMLElement).innerText), `Message: ${message}`);
+    assert.equal(await kept.evaluate((el) => getComputedStyle(el).display), "block", "the message on lines of its own");
+    await assertAccessible(other, "an invitation with its message");
+    await other.screenshot({ path: join(SCREENSHOTS, "invitation.jpg"), type: "jpeg", quality: 80, fullPage: true });
+
+    // At 375 px, the long message wraps.
+    const narrow = await newPage({ width: 375, height: 740 });
+    await signIn(narrow, dst);
+    await narrow.goto(`/#/connections/${id}`);
+    await seeState(narrow, "Pending");
+    await narrow.locator("figure.invitation").waitFor();
+    await narrow.locator("ol.history li .message").waitFor();
+    assert.ok((await overflow(narrow)) <= 0, "the invitation fits the width");
+    await assertAccessible(narrow, "an invitation at 375 px");
+    await narrow.getByRole("link", { name: "Back to the list" }).click();
+    await narrow.getByRole("tab", { name: "Inbound" }).click();
+    await rowOf(narrow, `From ${src.name}`).locator("time.expiry").waitFor();
+    assert.ok((await overflow(narrow)) <= 0, "the list with an expiry fits the width");
+    await assertAccessible(narrow, "the list with an expiry at 375 px");
+  });
+
+  it("shows the server's refusal of a message with a control character next to it, and creates nothing", { timeout: TIMEOUT }, async () => {
+    const src = server.newOrg("Onyx Operations");
+    const dst = server.newOrg("Pine Payments");
+    const page = await newPage();
+    await signIn(page, src);
+    await fillNewConnection(page, dst, ["Accounts"]);
+    const box = page.getByRole("textbox", { name: "Message to the destination (optional)" });
+    await box.fill("Ring the bell\u0007 when ready");
+    assert.equal(await box.inputValue(), "Ring the bell\u0007 when ready", "the browser keeps the character");
+    await page.getByRole("button", { name: "Create connection" }).click();
+    const note = page.getByRole("alert").filter({ hasText: /^The message must not contain control characters\.$/ });
+    await note.waitFor();
+    assert.equal(await page.getByRole("alert").count(), 1, "told once, next to the field");
+    assert.equal(await box.getAttribute("aria-invalid"), "true");
+    assert.ok((await box.getAttribute("aria-describedby"))!.split(" ").includes((await note.getAttribute("id"))!));
+    assert.ok(page.url().endsWith("#/new"), "the form stays, with what was typed");
+    assert.equal(await box.inputValue(), "Ring the bell\u0007 when ready");
+    assert.equal((await server.connections(src).listConnections({})).connections.length, 0, "nothing was created");
+    await assertAccessible(page, "a refused message");
+
+    // Line breaks and tabs are allowed; once the message is corrected, the connection is created.
+    await box.fill("Ring the bell\twhen ready,\nplease.");
+    assert.equal(await page.getByRole("alert").count(), 0, "typing clears the refusal");
+    assert.equal(await box.getAttribute("aria-invalid"), "false");
+    await page.getByRole("button", { name: "Create connection" }).click();
+    await seeState(page, "Pending");
+    const { connections } = await server.connections(src).listConnections({});
+    assert.equal(connections.length, 1);
+    assert.equal(connections[0]!.invitationMessage, "Ring the bell\twhen ready,\nplease.");
+  });
+
+  it("reactivates with a new message, which replaces the last one for both organizations", { timeout: TIMEOUT }, async () => {
+    const src = server.newOrg("Quartz Quarry");
+    const dst = server.newOrg("Topaz Trust");
+    const { connection } = await server.connections(src).createConnection({
+      destinationOrganizationId: dst.id,
+      dataTypes: [DataType.ACCOUNT],
+      message: "First invitation",
+    });
+    const id = connection!.id;
+    await server.connections(dst).deactivateConnection({ connectionId: id, reason: "Not now" });
+    // On a narrow screen, where the form must fit too.
+    const page = await newPage({ width: 375, height: 740 });
+    await signIn(page, src);
+    await page.goto(`/#/connections/${id}`);
+    await seeState(page, "Inactive");
+    await seeLive(page);
+    const quote = page.locator("figure.invitation blockquote");
+    assert.equal(await quote.textContent(), "First invitation", "the last invitation's message");
+
+    // Reactivate asks first, with room for a message; Cancel changes nothing.
+    await page.getByRole("button", { name: "Reactivate" }).click();
+    const form = page.locator("form.confirm");
+    await form
+      .getByText("Reactivate the connection to Topaz Trust? Topaz Trust is asked to activate it again.", { exact: true })
+      .waitFor();
+    await form.getByRole("button", { name: "Cancel" }).click();
+    assert.equal(await form.count(), 0);
+    await sleep(500);
+    await seeState(page, "Inactive");
+    assert.equal((await server.connections(src).getConnection({ connectionId: id })).connection!.state, ConnectionState.INACTIVE);
+
+    await page.getByRole("button", { name: "Reactivate" }).click();
+    const box = form.getByRole("textbox", { name: "Message to the destination (optional)" });
+    assert.equal(await box.inputValue(), "", "a new invitation starts without a message");
+    assert.equal(await box.getAttribute("maxlength"), "1000");
+    await box.fill("Second invitation:\nthe new contract is signed.");
+    assert.ok((await overflow(page)) <= 0, "the reactivation form fits the width");
+    await assertAccessible(page, "the reactivation form at 375 px");
+    await form.getByRole("button", { name: "Confirm" }).click();
+    await seeState(page, "Pending");
+    assert.equal(await form.count(), 0, "the form closes");
+    await quote.filter({ hasText: /^Second invitation:/ }).waitFor();
+    assert.equal(await quote.evaluate((el) => (el as HTMLElement).innerText), "Second invitation:\nthe new contract is signed.");
+    assert.equal(await page.locator(".next-step").textContent(), "Waiting for Topaz Trust to activate. Expires in 30 days.");
+    await page.locator("ol.history li").nth(2).waitFor({ timeout: SEEN_WITHIN });
+    const entries = await history(page);
+    assert.match(entries[0]!, /reactivated it \(now Pending\)\.Message: Second invitation:/);
+    assert.match(entries[2]!, /created the connection \(now Pending\)\.Message: First invitation$/);
+
+    // The destination reads the new message.
+    const other = await newPage();
+    await signIn(other, dst);
+    await other.goto(`/#/connections/${id}`);
+    await seeState(other, "Pending");
+    const theirs = other.locator("figure.invitation");
+    await theirs.locator("blockquote").filter({ hasText: /^Second invitation:/ }).waitFor();
+    assert.equal(await theirs.locator("figcaption").textContent(), "Message from Quartz Quarry");
+    assert.match((await other.locator(".next-step time.expiry").textContent())!, /^Expires in 30 days$/);
+    const { events } = await server.connections(dst).listConnectionEvents({ connectionId: id });
+    assert.deepEqual(
+      events.map((e) => e.message),
+      ["First invitation", "", "Second invitation:\nthe new contract is signed."],
+    );
+
+    // A reactivation without a message leaves none: the old one is not shown again.
+    await server.connections(dst).deactivateConnection({ connectionId: id });
+    await seeState(page, "Inactive");
+    await page.getByRole("button", { name: "Reactivate" }).click();
+    await form.getByRole("button", { name: "Confirm" }).click();
+    await seeState(page, "Pending");
+    await page.locator("ol.history li").nth(4).waitFor({ timeout: SEEN_WITHIN });
+    assert.equal(await page.locator("figure.invitation").count(), 0);
+    await seeState(other, "Pending");
+    await other.locator("ol.history li").nth(4).waitFor({ timeout: SEEN_WITHIN });
+    assert.equal(await other.locator("figure.invitation").count(), 0);
+  });
+
+  it("expires an invitation not activated in time: the history says the service did, and a late activation is refused with a sentence", { timeout: TIMEOUT }, async () => {
+    // A server of its own whose invitations last 2 s.
+    const own = await Server.start({ CONNECTIONS_WATCH_HEARTBEAT_INTERVAL: HEARTBEAT, CONNECTIONS_PENDING_EXPIRY: "2s" });
+    try {
+      const src = own.newOrg("Quill Quotes");
+      const dst = own.newOrg("Raven Realty");
+      const elsewhere = own.newOrgId("Sigma Storage");
+      const page = (await newRecordedPage(own)).page;
+      await signIn(page, dst);
+      await seeLive(page);
+      // The service looks for expired invitations every 10 s. A first invitation, to another
+      // organization, shows when it has just looked: the one sent right after expires 2 s later,
+      // several seconds before it looks again, which leaves the time for a late activation.
+      const { connection: first } = await own
+        .connections(src)
+        .createConnection({ destinationOrganizationId: elsewhere, dataTypes: [DataType.ACCOUNT] });
+      for (const end = Date.now() + 15_000; ; await sleep(100)) {
+        const { connection: now } = await own.connections(src).getConnection({ connectionId: first!.id });
+        if (now!.state === ConnectionState.INACTIVE) break;
+        assert.ok(Date.now() < end, "the first invitation expires within 15 s");
+      }
+      const { connection } = await own.connections(src).createConnection({
+        destinationOrganizationId: dst.id,
+        dataTypes: [DataType.INQUIRY],
+        message: "Please activate by Friday",
+      });
+      const id = connection!.id;
+      await page.goto(`/#/connections/${id}`);
+      await seeState(page, "Pending");
+      await seeLive(page);
+      // Past its expire time, the page says so at once, not at its next half-minute tick.
+      const expiry = page.locator(".next-step time.expiry");
+      await expiry.filter({ hasText: /^Expired$/ }).waitFor({ timeout: 5_000 });
+      assert.match((await expiry.getAttribute("title"))!, WITH_SECONDS);
+
+      // The service has not expired it yet: the destination tries to activate it, and is told why not.
+      await page.getByRole("button", { name: "Activate", exact: true }).click();
+      await page
+        .getByRole("alert")
+        .filter({ hasText: "This invitation expired before it was activated. The source can send it again." })
+        .waitFor();
+      assert.equal((await own.connections(dst).getConnection({ connectionId: id })).connection!.state, ConnectionState.PENDING);
+      await assertAccessible(page, "a refused late activation");
+
+      // The service expires it; the open page shows it as the service's act, not an organization's.
+      await seeState(page, "Inactive", 15_000);
+      await page.locator("ol.history li").nth(1).waitFor({ timeout: SEEN_WITHIN });
+      const entries = await history(page);
+      assert.match(entries[0]!, /: Expired: the destination did not activate it in time \(now Inactive\)\.$/);
+      assert.doesNotMatch(entries[0]!, /the source|Quill Quotes|Raven Realty|by key|expired it/);
+      assert.match((await page.locator(".summary").textContent())!, /; expired before you activated it; nothing is shared$/);
+      assert.equal(await page.locator(".next-step").textContent(), "Only Quill Quotes can reactivate it; you would then activate it again.");
+      await assertAccessible(page, "an expired invitation");
+
+      // The source is told the same, and can invite again.
+      const source = (await newRecordedPage(own)).page;
+      await signIn(source, src);
+      await rowOf(source, "To Raven Realty").locator(".state", { hasText: /^Inactive$/ }).waitFor();
+      await source.goto(`/#/connections/${id}`);
+      await seeState(source, "Inactive");
+      await source.locator("ol.history li").nth(1).waitFor();
+      assert.match((await history(source))[0]!, /: Expired: the destination did not activate it in time \(now Inactive\)\.$/);
+      assert.match((await source.locator(".summary").textContent())!, /; expired before Raven Realty activated it; nothing is shared$/);
+      await source.getByRole("button", { name: "Reactivate" }).waitFor();
+      const { events } = await own.connections(src).listConnectionEvents({ connectionId: id });
+      assert.deepEqual(
+        events.map((e) => [e.type, e.actorOrganizationId, e.actorRole]),
+        [
+          [ConnectionEventType.CREATED, src.id, ConnectionRole.SOURCE],
+          [ConnectionEventType.EXPIRED, "", ConnectionRole.UNSPECIFIED],
+        ],
+      );
+    } finally {
+      await own.stop();
+    }
+  });
+
+  it("words an invitation's expiry in days, then hours, then minutes, then Expired", { timeout: TIMEOUT }, async () => {
+    const { expiresIn } = await import("../src/format.js");
+    const now = Date.parse("2026-03-02T09:00:00Z");
+    const at = (ms: number) => timestampFromMs(now + ms);
+    const words = (ms: number) => expiresIn(at(ms), now);
+    assert.equal(words(30 * DAY_MS - 1_000), "Expires in 30 days");
+    assert.equal(words(29 * DAY_MS + 9 * HOUR_MS), "Expires in 29 days");
+    assert.equal(words(2 * DAY_MS), "Expires in 2 days");
+    assert.equal(words(47 * HOUR_MS), "Expires in 47 hours");
+    assert.equal(words(36 * HOUR_MS), "Expires in 36 hours");
+    assert.equal(words(3 * HOUR_MS + 10 * 60_000), "Expires in 3 hours");
+    assert.equal(words(HOUR_MS), "Expires in 1 hour");
+    assert.equal(words(20 * 60_000), "Expires in 20 minutes");
+    assert.equal(words(20_000), "Expires in less than a minute");
+    assert.equal(words(0), "Expired");
+    assert.equal(words(-5 * DAY_MS), "Expired");
   });
 
   it("offers Try again on a page that failed while the server was down, and loads it when it is back", { timeout: TIMEOUT }, async () => {
@@ -1015,7 +1311,7 @@ describe("the dashboard", { timeout: SUITE_TIMEOUT }, () => {
       await page.getByRole("button", { name: "Add endpoint" }).click();
       const url = page.getByRole("textbox", { name: "Endpoint URL" });
       await page.waitForFunction(() => document.activeElement?.id === "endpoint-url");
-      for (const type of ["Created", "Activated", "Deactivated", "Reactivated"]) {
+      for (const type of ["Created", "Activated", "Deactivated", "Reactivated", "Expired"]) {
         assert.equal(await page.getByRole("checkbox", { name: type, exact: true }).isChecked(), false);
       }
       await url.fill("ftp://127.0.0.1/webhooks");
@@ -1377,6 +1673,7 @@ describe("the dashboard", { timeout: SUITE_TIMEOUT }, () => {
     const { connection: active } = await mine.createConnection({
       destinationOrganizationId: orbit.id,
       dataTypes: [DataType.INQUIRY, DataType.ACCOUNT],
+      message: "Hello Orbit team,\nthis connects our lending desk to your member inquiries, as agreed on Monday.",
     });
     await server.connections(orbit).activateConnection({ connectionId: active!.id });
     const { connection: closed } = await server
@@ -1404,6 +1701,9 @@ describe("the dashboard", { timeout: SUITE_TIMEOUT }, () => {
 
     await page.getByRole("link", { name: "Connections", exact: true }).click();
     await fillNewConnection(page, cedar, ["Verifications", "Accounts"]);
+    await page
+      .getByRole("textbox", { name: "Message to the destination (optional)" })
+      .fill("Hello Cedar,\nthe verifications for the policy renewals, as discussed.");
     await page.screenshot({ path: join(DOC_SCREENSHOTS, "new-connection.png") });
 
     const narrow = await newPage({ width: 375, height: 812 });

@@ -25,6 +25,7 @@ mod m20261207_000010_change_log_epochs;
 mod m20261207_000011_event_actor_api_key;
 mod m20261207_000012_audit_events;
 mod m20261207_000013_webhooks;
+mod m20261207_000014_invitations;
 
 /// The service's migrations, in order.
 pub struct Migrator;
@@ -46,6 +47,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000011_event_actor_api_key::Migration),
             Box::new(m20261207_000012_audit_events::Migration),
             Box::new(m20261207_000013_webhooks::Migration),
+            Box::new(m20261207_000014_invitations::Migration),
         ]
     }
 }

@@ -1,10 +1,12 @@
 //! Work the server does besides answering calls, one module per task: the
 //! database health monitor ([`health`]), the request_id sweeper
-//! ([`sweeper`]), and the change log's reader and access index
-//! ([`change_feed`]). Each starts as a [`Task`] that runs until it is stopped;
+//! ([`sweeper`]), the change log's reader and access index
+//! ([`change_feed`]), the expiry of pending connections ([`expiry`]) and the
+//! webhook deliverer ([`webhooks`]). Each starts as a [`Task`] that runs until it is stopped;
 //! the server stops every task, and waits for it, before it closes its pools.
 
 pub mod change_feed;
+pub mod expiry;
 pub mod health;
 pub mod sweeper;
 pub mod webhooks;

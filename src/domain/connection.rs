@@ -2,7 +2,7 @@
 
 use std::str::FromStr;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use sha2::{Digest, Sha256};
 
 use super::{
@@ -114,6 +114,9 @@ pub enum EventType {
     Deactivated,
     /// The source reactivated it.
     Reactivated,
+    /// The service deactivated it: its destination had not activated it
+    /// before its expire time.
+    Expired,
 }
 
 /// Why a transition is refused. The variants are in the order the checks run
@@ -134,6 +137,9 @@ pub enum TransitionError {
         /// The connection's current state.
         current: ConnectionState,
     },
+    /// An activation after the pending connection's expire time (before
+    /// the service has expired it).
+    Expired,
     /// The caller's etag does not match the connection's.
     EtagMismatch,
 }
@@ -198,6 +204,63 @@ pub struct Change {
     pub reason: Option<String>,
     /// When the change happens.
     pub at: DateTime<Utc>,
+    /// The invitation message, for a reactivation (other actions ignore
+    /// it; already trimmed and checked).
+    pub message: Option<String>,
+    /// How long a connection this change makes PENDING may stay so before
+    /// the service expires it; `None`: for ever.
+    pub pending_lifetime: Option<TimeDelta>,
+}
+
+/// Who made a change: a party to the connection, or the service itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventActor {
+    /// A party, through one of its API keys.
+    Party {
+        /// The organization.
+        organization: OrganizationId,
+        /// Its role in the connection.
+        role: Role,
+        /// The key it called with; `None` for events recorded before keys
+        /// were recorded.
+        key: Option<ActorKey>,
+    },
+    /// The service, on its own (an expiry).
+    Service,
+}
+
+impl EventActor {
+    /// The acting organization, if a party acted.
+    pub fn organization(&self) -> Option<OrganizationId> {
+        match self {
+            Self::Party { organization, .. } => Some(*organization),
+            Self::Service => None,
+        }
+    }
+
+    /// The acting party's role, if a party acted.
+    pub fn role(&self) -> Option<Role> {
+        match self {
+            Self::Party { role, .. } => Some(*role),
+            Self::Service => None,
+        }
+    }
+
+    /// The API key the acting party called with, if known.
+    pub fn key(&self) -> Option<&ActorKey> {
+        match self {
+            Self::Party { key, .. } => key.as_ref(),
+            Self::Service => None,
+        }
+    }
+
+    fn of(caller: &Caller, role: Role) -> Self {
+        Self::Party {
+            organization: caller.organization,
+            role,
+            key: Some(caller.key()),
+        }
+    }
 }
 
 /// An entry for a connection's history, before it is stored.
@@ -214,13 +277,11 @@ pub struct NewEvent {
     /// State after.
     pub to_state: ConnectionState,
     /// Who did it.
-    pub actor: OrganizationId,
-    /// The actor's role in the connection.
-    pub actor_role: Role,
-    /// The API key the actor called with.
-    pub actor_key: ActorKey,
+    pub actor: EventActor,
     /// The reason given, if any.
     pub reason: Option<String>,
+    /// The invitation message (creations and reactivations), if any.
+    pub message: Option<String>,
     /// When it happened.
     pub create_time: DateTime<Utc>,
 }
@@ -235,10 +296,9 @@ impl NewEvent {
             event_type: self.event_type,
             from_state: self.from_state,
             to_state: self.to_state,
-            actor_organization_id: self.actor,
-            actor_role: self.actor_role,
-            actor_key: Some(self.actor_key.clone()),
+            actor: self.actor.clone(),
             reason: self.reason.clone(),
+            message: self.message.clone(),
             create_time: self.create_time,
         }
     }
@@ -254,6 +314,7 @@ impl ConnectionRecord {
         destination: OrganizationId,
         data_types: DataTypes,
         created: DateTime<Utc>,
+        invitation: Invitation,
     ) -> (Self, NewEvent) {
         let parties = Parties {
             source: source.organization,
@@ -271,6 +332,8 @@ impl ConnectionRecord {
             deactivate_time: None,
             deactivated_by: None,
             deactivation_reason: None,
+            invitation_message: invitation.message.clone(),
+            expire_time: expiry(created, invitation.pending_lifetime),
         };
         let event = NewEvent {
             connection_id: id,
@@ -278,10 +341,9 @@ impl ConnectionRecord {
             event_type: EventType::Created,
             from_state: None,
             to_state: record.state,
-            actor: parties.source,
-            actor_role: Role::Source,
-            actor_key: source.key(),
+            actor: EventActor::of(source, Role::Source),
             reason: None,
+            message: invitation.message,
             create_time: created,
         };
         (record, event)
@@ -295,14 +357,21 @@ impl ConnectionRecord {
             .role_of(change.caller.organization)
             .ok_or(TransitionError::NotAParty)?;
         let etag_matches = change.etag.is_none_or(|etag| etag == self.etag());
-        let state = transition(self.state, change.action, Some(role), etag_matches)?;
+        let state = transition(self.state, change.action, Some(role), true)?;
+        if change.action == Action::Activate && self.is_expired_at(change.at) {
+            return Err(TransitionError::Expired);
+        }
+        if !etag_matches {
+            return Err(TransitionError::EtagMismatch);
+        }
 
         let at = change.at;
         let mut next = self.clone();
         next.state = state;
         next.version = self.version + 1;
         next.update_time = at;
-        let mut reason = None;
+        next.expire_time = None;
+        let (mut reason, mut message) = (None, None);
         match change.action {
             Action::Activate => next.activate_time = Some(at),
             Action::Deactivate => {
@@ -311,7 +380,11 @@ impl ConnectionRecord {
                 next.deactivated_by = Some(role);
                 next.deactivation_reason.clone_from(&reason);
             }
-            Action::Reactivate => {}
+            Action::Reactivate => {
+                message = change.message.filter(|message| !message.is_empty());
+                next.invitation_message.clone_from(&message);
+                next.expire_time = expiry(at, change.pending_lifetime);
+            }
         }
         let event = NewEvent {
             connection_id: self.id,
@@ -319,13 +392,46 @@ impl ConnectionRecord {
             event_type: change.action.event_type(),
             from_state: Some(self.state),
             to_state: state,
-            actor: change.caller.organization,
-            actor_role: role,
-            actor_key: change.caller.key(),
+            actor: EventActor::of(&change.caller, role),
             reason,
+            message,
             create_time: at,
         };
         Ok((next, event))
+    }
+
+    /// Whether this connection is PENDING past its expire time at `at`.
+    pub fn is_expired_at(&self, at: DateTime<Utc>) -> bool {
+        self.state == ConnectionState::Pending && self.expire_time.is_some_and(|time| at >= time)
+    }
+
+    /// The service's expiry of a PENDING connection its destination did not
+    /// activate in time (PENDING -> INACTIVE, by no party), at `at`; `None`
+    /// unless it is PENDING and its expire time has come.
+    pub fn expire(&self, at: DateTime<Utc>) -> Option<(Self, NewEvent)> {
+        if !self.is_expired_at(at) {
+            return None;
+        }
+        let mut next = self.clone();
+        next.state = ConnectionState::Inactive;
+        next.version = self.version + 1;
+        next.update_time = at;
+        next.deactivate_time = Some(at);
+        next.deactivated_by = None;
+        next.deactivation_reason = None;
+        next.expire_time = None;
+        let event = NewEvent {
+            connection_id: self.id,
+            sequence: next.version,
+            event_type: EventType::Expired,
+            from_state: Some(self.state),
+            to_state: next.state,
+            actor: EventActor::Service,
+            reason: None,
+            message: None,
+            create_time: at,
+        };
+        Some((next, event))
     }
 
     /// The connection as its history `events` (in sequence order, from its
@@ -352,6 +458,8 @@ impl ConnectionRecord {
             deactivate_time: None,
             deactivated_by: None,
             deactivation_reason: None,
+            invitation_message: first.message.clone(),
+            expire_time: None,
         };
         for event in rest {
             let at = event.create_time;
@@ -363,10 +471,15 @@ impl ConnectionRecord {
                 EventType::Activated => record.activate_time = Some(at),
                 EventType::Deactivated => {
                     record.deactivate_time = Some(at);
-                    record.deactivated_by = Some(event.actor_role);
+                    record.deactivated_by = event.actor.role();
                     record.deactivation_reason.clone_from(&event.reason);
                 }
-                EventType::Reactivated => {}
+                EventType::Reactivated => record.invitation_message.clone_from(&event.message),
+                EventType::Expired => {
+                    record.deactivate_time = Some(at);
+                    record.deactivated_by = None;
+                    record.deactivation_reason = None;
+                }
             }
         }
         Some(record)
@@ -519,6 +632,28 @@ pub struct ConnectionRecord {
     pub deactivated_by: Option<Role>,
     /// The reason given with the last deactivation.
     pub deactivation_reason: Option<String>,
+    /// The message of the latest invitation (its creation or latest
+    /// reactivation), if it had one.
+    pub invitation_message: Option<String>,
+    /// While PENDING: when the service expires it unless the destination
+    /// activates it first; `None` when it never expires, and once it is
+    /// not PENDING.
+    pub expire_time: Option<DateTime<Utc>>,
+}
+
+/// What the source says with a creation: its message, and how long the
+/// connection may wait for the destination.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Invitation {
+    /// The invitation message, already trimmed and checked.
+    pub message: Option<String>,
+    /// How long it may stay PENDING; `None`: for ever.
+    pub pending_lifetime: Option<TimeDelta>,
+}
+
+/// When a connection made PENDING at `at` expires, given its lifetime.
+fn expiry(at: DateTime<Utc>, lifetime: Option<TimeDelta>) -> Option<DateTime<Utc>> {
+    lifetime.and_then(|lifetime| at.checked_add_signed(lifetime))
 }
 
 impl ConnectionRecord {
@@ -554,14 +689,11 @@ pub struct ConnectionEvent {
     /// State after.
     pub to_state: ConnectionState,
     /// Who did it.
-    pub actor_organization_id: OrganizationId,
-    /// The actor's role in the connection.
-    pub actor_role: Role,
-    /// The API key the actor called with, as it was then; `None` for events
-    /// recorded before keys were recorded.
-    pub actor_key: Option<ActorKey>,
+    pub actor: EventActor,
     /// The reason given, if any.
     pub reason: Option<String>,
+    /// The invitation message (creations and reactivations), if any.
+    pub message: Option<String>,
     /// When it happened.
     pub create_time: DateTime<Utc>,
 }
@@ -748,6 +880,7 @@ mod tests {
             OrganizationId::generate(),
             types,
             DateTime::UNIX_EPOCH,
+            Invitation::default(),
         )
         .0
     }
@@ -762,6 +895,8 @@ mod tests {
             caller,
             etag: None,
             reason: Some("audit".to_owned()),
+            message: None,
+            pending_lifetime: None,
             at: DateTime::from_timestamp(1_000, 0).unwrap(),
         }
         .with_etag(record)
@@ -786,22 +921,24 @@ mod tests {
             record.parties.destination,
             record.data_types.clone(),
             record.create_time,
+            Invitation::default(),
         );
         assert_eq!(again, record);
         assert_eq!(event.event_type, EventType::Created);
         assert_eq!((event.from_state, event.to_state), (None, Pending));
         assert_eq!(
-            (event.actor, event.actor_role),
-            (record.parties.source, Role::Source)
-        );
-        assert_eq!(
-            event.actor_key,
-            ActorKey {
-                id: creator.api_key,
-                display_name: "ci-deployer".to_owned()
+            event.actor,
+            EventActor::Party {
+                organization: record.parties.source,
+                role: Role::Source,
+                key: Some(ActorKey {
+                    id: creator.api_key,
+                    display_name: "ci-deployer".to_owned()
+                }),
             }
         );
         assert_eq!(event.sequence, 1);
+        assert_eq!((record.expire_time, event.message), (None, None));
     }
 
     #[test]
@@ -828,13 +965,16 @@ mod tests {
                 event_type: EventType::Activated,
                 from_state: Some(Pending),
                 to_state: Active,
-                actor: destination,
-                actor_role: Role::Destination,
-                actor_key: ActorKey {
-                    id: activator.api_key,
-                    display_name: "activator".to_owned(),
+                actor: EventActor::Party {
+                    organization: destination,
+                    role: Role::Destination,
+                    key: Some(ActorKey {
+                        id: activator.api_key,
+                        display_name: "activator".to_owned(),
+                    }),
                 },
                 reason: None,
+                message: None,
                 create_time: at,
             }
         );
@@ -844,9 +984,9 @@ mod tests {
         let (inactive, event) = active
             .apply(by_key(&active, Action::Deactivate, deactivator.clone()))
             .unwrap();
-        assert_eq!(event.actor, destination);
-        assert_eq!(event.actor_key, deactivator.key());
-        assert_ne!(event.actor_key.id, activator.api_key);
+        assert_eq!(event.actor.organization(), Some(destination));
+        assert_eq!(event.actor.key(), Some(&deactivator.key()));
+        assert_ne!(event.actor.key().unwrap().id, activator.api_key);
         assert_eq!(inactive.deactivated_by, Some(Role::Destination));
         assert_eq!(inactive.deactivation_reason.as_deref(), Some("audit"));
         assert_eq!(inactive.deactivate_time, Some(at));
@@ -926,12 +1066,20 @@ mod tests {
             destination.organization,
             data_types.clone(),
             Utc::now(),
+            // A replay knows no lifetime: the expire time is not in the
+            // history.
+            Invitation {
+                message: Some("hello".to_owned()),
+                pending_lifetime: None,
+            },
         );
         let mut events = vec![first.recorded(uuid::Uuid::now_v7())];
+        // The text is the reason of a deactivation, the message of a
+        // reactivation.
         let steps = [
             (&destination, Action::Activate, None),
             (&source, Action::Deactivate, Some("paused".to_owned())),
-            (&source, Action::Reactivate, None),
+            (&source, Action::Reactivate, Some("again?".to_owned())),
             (&destination, Action::Activate, None),
             (&destination, Action::Deactivate, None),
         ];
@@ -945,7 +1093,9 @@ mod tests {
                     action,
                     caller: caller.clone(),
                     etag: None,
-                    reason,
+                    reason: reason.clone(),
+                    message: reason,
+                    pending_lifetime: None,
                     at: Utc::now(),
                 })
                 .unwrap();
@@ -961,6 +1111,131 @@ mod tests {
             None,
             "a history must start with the creation"
         );
+    }
+
+    fn with_lifetime(days: i64) -> (ConnectionRecord, Caller, Caller) {
+        let source = calling(OrganizationId::generate(), "source key");
+        let destination = calling(OrganizationId::generate(), "destination key");
+        let (record, _) = ConnectionRecord::create(
+            ConnectionId::generate(),
+            &source,
+            destination.organization,
+            DataTypes::new([DataType::Inquiry]).unwrap(),
+            DateTime::UNIX_EPOCH,
+            Invitation {
+                message: Some("Please share inquiries with us".to_owned()),
+                pending_lifetime: Some(TimeDelta::days(days)),
+            },
+        );
+        (record, source, destination)
+    }
+
+    fn asked(action: Action, caller: &Caller, at: DateTime<Utc>) -> Change {
+        Change {
+            action,
+            caller: caller.clone(),
+            etag: None,
+            reason: None,
+            message: None,
+            pending_lifetime: Some(TimeDelta::days(30)),
+            at,
+        }
+    }
+
+    #[test]
+    fn an_invitation_keeps_its_message_and_expires_after_its_lifetime() {
+        let (pending, _, destination) = with_lifetime(30);
+        let expiry = DateTime::UNIX_EPOCH + TimeDelta::days(30);
+        assert_eq!(pending.expire_time, Some(expiry));
+        assert_eq!(
+            pending.invitation_message.as_deref(),
+            Some("Please share inquiries with us")
+        );
+        let just_before = expiry - TimeDelta::milliseconds(1);
+        assert!(!pending.is_expired_at(just_before));
+        assert_eq!(pending.expire(just_before), None);
+
+        // From its expire time on, it cannot be activated, only expired.
+        assert_eq!(
+            pending.apply(asked(Action::Activate, &destination, expiry)),
+            Err(TransitionError::Expired)
+        );
+        let (expired, event) = pending.expire(expiry).unwrap();
+        assert_eq!(
+            (expired.state, expired.version, expired.expire_time),
+            (Inactive, 2, None)
+        );
+        assert_eq!(
+            (expired.deactivate_time, expired.deactivated_by),
+            (Some(expiry), None)
+        );
+        assert_eq!(event.event_type, EventType::Expired);
+        assert_eq!(
+            (event.from_state, event.to_state),
+            (Some(Pending), Inactive)
+        );
+        assert_eq!(event.actor, EventActor::Service);
+        assert_eq!(expired.expire(expiry + TimeDelta::days(1)), None);
+    }
+
+    #[test]
+    fn an_expired_activation_is_refused_after_role_and_state_and_before_the_etag() {
+        let (pending, source, destination) = with_lifetime(1);
+        let late = DateTime::UNIX_EPOCH + TimeDelta::days(2);
+        let mut stale = asked(Action::Activate, &destination, late);
+        stale.etag = Some("0000000000000000".to_owned());
+        assert_eq!(pending.apply(stale), Err(TransitionError::Expired));
+        assert_eq!(
+            pending.apply(asked(Action::Activate, &source, late)),
+            Err(TransitionError::WrongRole {
+                required: Role::Destination
+            })
+        );
+        // Deactivating an overdue invitation is still allowed.
+        assert!(
+            pending
+                .apply(asked(Action::Deactivate, &source, late))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn leaving_pending_ends_the_expiry_and_a_reactivation_starts_a_new_one_with_its_message() {
+        let (pending, source, destination) = with_lifetime(30);
+        let day = |n| DateTime::UNIX_EPOCH + TimeDelta::days(n);
+        let (active, _) = pending
+            .apply(asked(Action::Activate, &destination, day(1)))
+            .unwrap();
+        assert_eq!(active.expire_time, None);
+        assert!(!active.is_expired_at(day(100)));
+        let (inactive, _) = active
+            .apply(asked(Action::Deactivate, &destination, day(2)))
+            .unwrap();
+        let mut reactivate = asked(Action::Reactivate, &source, day(3));
+        reactivate.message = Some("We fixed the mapping".to_owned());
+        let (again, event) = inactive.apply(reactivate).unwrap();
+        assert_eq!(again.expire_time, Some(day(33)));
+        assert_eq!(
+            again.invitation_message.as_deref(),
+            Some("We fixed the mapping")
+        );
+        assert_eq!(event.message.as_deref(), Some("We fixed the mapping"));
+        // A reactivation without a message: the latest invitation has none.
+        let (inactive, _) = again
+            .apply(asked(Action::Deactivate, &source, day(4)))
+            .unwrap();
+        let (silent, event) = inactive
+            .apply(asked(Action::Reactivate, &source, day(5)))
+            .unwrap();
+        assert_eq!((&silent.invitation_message, event.message), (&None, None));
+        // Without a lifetime nothing expires.
+        let mut forever = asked(Action::Deactivate, &source, day(6));
+        let (inactive, _) = silent.apply(forever.clone()).unwrap();
+        forever.action = Action::Reactivate;
+        forever.pending_lifetime = None;
+        let (pending, _) = inactive.apply(forever).unwrap();
+        assert_eq!(pending.expire_time, None);
+        assert_eq!(pending.expire(day(10_000)), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub use audit::{
 };
 pub use connection::{
     Action, Change, ConnectionEvent, ConnectionRecord, ConnectionState, DataType, DataTypes,
-    EventType, NewEvent, Parties, Role, TransitionError, transition,
+    EventActor, EventType, Invitation, NewEvent, Parties, Role, TransitionError, transition,
 };
 pub use ids::{ApiKeyId, ConnectionId, OrganizationId, WebhookEndpointId};
 pub use names::Named;

@@ -323,6 +323,7 @@ pub fn delivery_type(event: EventType) -> &'static str {
         EventType::Activated => "connection.activated",
         EventType::Deactivated => "connection.deactivated",
         EventType::Reactivated => "connection.reactivated",
+        EventType::Expired => "connection.expired",
     }
 }
 

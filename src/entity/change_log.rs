@@ -212,6 +212,7 @@ struct LogRow {
     reason: Option<String>,
     create_time: chrono::DateTime<chrono::Utc>,
     position: i64,
+    message: Option<String>,
     source_organization_id: Uuid,
     destination_organization_id: Uuid,
     data_types: String,
@@ -243,6 +244,7 @@ impl LogRow {
                 reason: self.reason,
                 create_time: self.create_time,
                 position: self.position,
+                message: self.message,
             })?,
         })
     }

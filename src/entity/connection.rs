@@ -36,6 +36,14 @@ pub struct Model {
     pub deactivated_by: Option<String>,
     /// Reason given with the last deactivation.
     pub deactivation_reason: Option<String>,
+    /// The latest invitation's message.
+    pub invitation_message: Option<String>,
+    /// While PENDING: when it expires. The previous release leaves it as it
+    /// was when it changes the connection, so it counts only while the
+    /// connection is PENDING at `expire_version`.
+    pub expire_time: Option<DateTimeUtc>,
+    /// The version `expire_time` was set for.
+    pub expire_version: Option<i64>,
 }
 
 /// No relations are navigated through the ORM.
@@ -54,8 +62,8 @@ use uuid::Uuid;
 
 use super::unreadable;
 use crate::domain::{
-    ConnectionId, ConnectionRecord, ConnectionState, DataTypes, Named, OrganizationId, Parties,
-    Role,
+    ConnectionId, ConnectionRecord, ConnectionState, DataType, DataTypes, Named, OrganizationId,
+    Parties, Role,
 };
 
 /// ListConnections filters; `None` means "any".
@@ -67,6 +75,8 @@ pub struct ListFilter {
     pub state: Option<ConnectionState>,
     /// Only connections with this other organization.
     pub counterparty: Option<OrganizationId>,
+    /// Only connections that share this data type.
+    pub data_type: Option<DataType>,
 }
 
 /// The query for connection `id`, only if `caller` is one of its parties.
@@ -109,6 +119,18 @@ pub async fn lock_for_change(txn: &impl ConnectionTrait, id: ConnectionId) -> Re
     ))
     .await
     .map(drop)
+}
+
+/// Connection `id`, whoever its parties are (for the service's own work).
+pub async fn find(
+    conn: &impl ConnectionTrait,
+    id: ConnectionId,
+) -> Result<Option<ConnectionRecord>, DbErr> {
+    Entity::find_by_id(id.uuid())
+        .one(conn)
+        .await?
+        .map(record_from)
+        .transpose()
 }
 
 /// The ID of the connection from `source` to `destination`, if there is one.
@@ -290,7 +312,7 @@ pub fn list_side_query(
             Column::SourceOrganizationId,
         ),
     };
-    match filter.counterparty {
+    let query = match filter.counterparty {
         // At most one row: the unique (source, destination) index.
         Some(counterparty) => {
             let mut query = Entity::find()
@@ -305,7 +327,18 @@ pub fn list_side_query(
             query.order_by_desc(Column::Id)
         }
         None => keyset_page(own, caller, filter.state, after),
+    };
+    match filter.data_type {
+        Some(data_type) => query.filter(shares(data_type)),
+        None => query,
     }
+}
+
+/// Whether a connection's data types include `data_type`: its stored list
+/// (names joined by commas), fenced with commas, contains `,NAME,`.
+fn shares(data_type: DataType) -> SimpleExpr {
+    Expr::cust("(',' || \"connections\".\"data_types\" || ',')")
+        .like(format!("%,{},%", data_type.as_str()))
 }
 
 /// The caller's connections on one side, newest first, after the cursor.
@@ -369,19 +402,23 @@ fn active_model(record: &ConnectionRecord) -> ActiveModel {
         deactivate_time: Set(record.deactivate_time),
         deactivated_by: Set(record.deactivated_by.map(|r| r.as_str().to_owned())),
         deactivation_reason: Set(record.deactivation_reason.clone()),
+        invitation_message: Set(record.invitation_message.clone()),
+        expire_time: Set(record.expire_time),
+        expire_version: Set(record.expire_time.map(|_| record.version)),
     }
 }
 
 fn record_from(row: Model) -> Result<ConnectionRecord, DbErr> {
     let id = row.id;
     let bad = |err: &dyn std::fmt::Display| unreadable("connections", format!("{id}: {err}"));
+    let state = row.state.parse().map_err(|err| bad(&err))?;
     Ok(ConnectionRecord {
         id: row.id.into(),
         parties: Parties {
             source: row.source_organization_id.into(),
             destination: row.destination_organization_id.into(),
         },
-        state: row.state.parse().map_err(|err| bad(&err))?,
+        state,
         data_types: DataTypes::from_storage(&row.data_types).map_err(|err| bad(&err))?,
         version: row.version,
         create_time: row.create_time,
@@ -395,5 +432,9 @@ fn record_from(row: Model) -> Result<ConnectionRecord, DbErr> {
             .transpose()
             .map_err(|err| bad(&err))?,
         deactivation_reason: row.deactivation_reason,
+        invitation_message: row.invitation_message,
+        expire_time: row.expire_time.filter(|_| {
+            state == ConnectionState::Pending && row.expire_version == Some(row.version)
+        }),
     })
 }

@@ -22,9 +22,11 @@ pub struct Model {
     pub from_state: Option<String>,
     /// State after.
     pub to_state: String,
-    /// The organization that made the change.
+    /// The organization that made the change; [`SERVICE_ACTOR`] (the nil
+    /// UUID) when the service made it.
     pub actor_organization_id: Uuid,
-    /// `SOURCE` or `DESTINATION`.
+    /// `SOURCE`, `DESTINATION`, or [`SERVICE_ROLE`] when the service made
+    /// the change.
     pub actor_role: String,
     /// The API key the actor called with; `None` for events written before
     /// keys were recorded (or by a release that did not record them).
@@ -38,7 +40,16 @@ pub struct Model {
     pub create_time: DateTimeUtc,
     /// Its place in the change log (unique).
     pub position: i64,
+    /// The invitation message of a creation or reactivation.
+    pub message: Option<String>,
 }
+
+/// The `actor_organization_id` of a change the service made: the columns
+/// are not nullable (the previous release reads them), so no organization
+/// is stored as the nil UUID.
+pub const SERVICE_ACTOR: Uuid = Uuid::nil();
+/// The `actor_role` of a change the service made.
+pub const SERVICE_ROLE: &str = "SERVICE";
 
 /// The connection an event belongs to (joined by the change log's reads).
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -62,7 +73,9 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{change_log, unreadable};
-use crate::domain::{ActorKey, ConnectionEvent, ConnectionId, Named, NewEvent, Snapshot};
+use crate::domain::{
+    ActorKey, ConnectionEvent, ConnectionId, EventActor, Named, NewEvent, Snapshot,
+};
 
 /// The insert that appends `event` as event `id`, at the position of the
 /// transaction it runs in (computed by the database in the same statement),
@@ -99,6 +112,7 @@ pub fn append_statement(backend: DbBackend, id: Uuid, event: &NewEvent) -> State
             Column::Reason,
             Column::CreateTime,
             Column::Position,
+            Column::Message,
         ])
         .values_panic([
             id.into(),
@@ -107,13 +121,22 @@ pub fn append_statement(backend: DbBackend, id: Uuid, event: &NewEvent) -> State
             event.event_type.as_str().into(),
             event.from_state.map(|s| s.as_str()).into(),
             event.to_state.as_str().into(),
-            event.actor.uuid().into(),
-            event.actor_role.as_str().into(),
-            event.actor_key.id.uuid().into(),
-            event.actor_key.display_name.clone().into(),
+            event
+                .actor
+                .organization()
+                .map_or(SERVICE_ACTOR, |org| org.uuid())
+                .into(),
+            event
+                .actor
+                .role()
+                .map_or(SERVICE_ROLE, |r| r.as_str())
+                .into(),
+            event.actor.key().map(|key| key.id.uuid()).into(),
+            event.actor.key().map(|key| key.display_name.clone()).into(),
             event.reason.clone().into(),
             event.create_time.into(),
             position,
+            event.message.clone().into(),
         ])
         .returning(Query::returning().exprs(returning))
         .to_owned();
@@ -191,21 +214,40 @@ pub(super) fn event_from(row: Model) -> Result<ConnectionEvent, DbErr> {
             .transpose()
             .map_err(|err| bad(&err))?,
         to_state: row.to_state.parse().map_err(|err| bad(&err))?,
-        actor_organization_id: row.actor_organization_id.into(),
-        actor_role: row.actor_role.parse().map_err(|err| bad(&err))?,
-        actor_key: match (row.actor_api_key_id, row.actor_api_key_display_name) {
-            (Some(id), Some(display_name)) => Some(ActorKey {
-                id: id.into(),
-                display_name,
-            }),
-            (None, None) => None,
-            _ => {
-                return Err(bad(
-                    &"an actor key without its name, or a name without its key",
-                ));
-            }
-        },
+        actor: actor_from(
+            row.actor_organization_id,
+            &row.actor_role,
+            row.actor_api_key_id,
+            row.actor_api_key_display_name,
+        )
+        .map_err(|err| bad(&err))?,
         reason: row.reason,
+        message: row.message,
         create_time: row.create_time,
+    })
+}
+
+/// The actor of a stored event, from its four actor columns.
+pub(super) fn actor_from(
+    organization: Uuid,
+    role: &str,
+    key_id: Option<Uuid>,
+    key_name: Option<String>,
+) -> Result<EventActor, String> {
+    if role == SERVICE_ROLE && organization == SERVICE_ACTOR {
+        return Ok(EventActor::Service);
+    }
+    let key = match (key_id, key_name) {
+        (Some(id), Some(display_name)) => Some(ActorKey {
+            id: id.into(),
+            display_name,
+        }),
+        (None, None) => None,
+        _ => return Err("an actor key without its name, or a name without its key".to_owned()),
+    };
+    Ok(EventActor::Party {
+        organization: organization.into(),
+        role: role.parse().map_err(|err| format!("{err}"))?,
+        key,
     })
 }

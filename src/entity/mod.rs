@@ -9,6 +9,7 @@ pub mod audit_event;
 pub mod change_log;
 pub mod connection;
 pub mod connection_event;
+pub mod connection_expiry;
 pub mod idempotency_record;
 pub mod organization;
 pub mod server_secret;

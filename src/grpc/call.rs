@@ -121,7 +121,7 @@ pub enum Presented {
     },
     /// The operator's admin token.
     AdminToken,
-    /// The access-check token (CheckAccess only).
+    /// The access-check token (AccessService only).
     AccessCheckToken,
 }
 

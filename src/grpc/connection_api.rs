@@ -49,11 +49,12 @@ impl ConnectionApi {
     ) -> Result<(proto::Connection, String), Status> {
         let caller = self.auth.caller(request.metadata()).await?;
         let fields = request.into_inner();
-        let (id, etag, request_id, reason) = (
+        let (id, etag, request_id, reason, message) = (
             validate::id("connection_id", &fields.connection_id, ConnectionId::parse),
             validate::etag(&fields.etag),
             validate::request_id(&fields.request_id),
             validate::reason(&fields.reason),
+            validate::message(&fields.message),
         )
             .all_ok()?;
         let connection = self
@@ -65,6 +66,7 @@ impl ConnectionApi {
                     action: fields.action,
                     etag,
                     reason,
+                    message,
                     request_id,
                 },
             )
@@ -80,6 +82,7 @@ struct TransitionFields {
     etag: String,
     request_id: String,
     reason: String,
+    message: String,
 }
 
 #[tonic::async_trait]
@@ -90,7 +93,7 @@ impl ConnectionService for ConnectionApi {
     ) -> Result<Response<CreateConnectionResponse>, Status> {
         let caller = self.auth.caller(request.metadata()).await?;
         let request = request.into_inner();
-        let (destination, data_types, request_id) = (
+        let (destination, data_types, request_id, message) = (
             validate::id(
                 "destination_organization_id",
                 &request.destination_organization_id,
@@ -98,6 +101,7 @@ impl ConnectionService for ConnectionApi {
             ),
             validate::data_types(&request.data_types),
             validate::request_id(&request.request_id),
+            validate::message(&request.message),
         )
             .all_ok()?;
         let connection = self
@@ -108,6 +112,7 @@ impl ConnectionService for ConnectionApi {
                     destination,
                     data_types,
                     request_id,
+                    message,
                 },
             )
             .await?;
@@ -142,7 +147,7 @@ impl ConnectionService for ConnectionApi {
     ) -> Result<Response<ListConnectionsResponse>, Status> {
         let caller = self.auth.organization(request.metadata()).await?;
         let request = request.into_inner();
-        let (role, state, counterparty, page_size, page_token) = (
+        let (role, state, counterparty, data_type, page_size, page_token) = (
             validate::role_filter(request.role),
             validate::state_filter(request.state),
             validate::optional_id(
@@ -150,6 +155,7 @@ impl ConnectionService for ConnectionApi {
                 &request.counterparty_organization_id,
                 OrganizationId::parse,
             ),
+            validate::data_type_filter("data_type", request.data_type),
             validate::page_size(request.page_size),
             validate::page_token(&request.page_token),
         )
@@ -158,6 +164,7 @@ impl ConnectionService for ConnectionApi {
             role,
             state,
             counterparty,
+            data_type,
         };
         let page = self
             .connections
@@ -180,6 +187,7 @@ impl ConnectionService for ConnectionApi {
                 etag: r.etag,
                 request_id: r.request_id,
                 reason: String::new(),
+                message: String::new(),
             }))
             .await?;
         Ok(Response::new(ActivateConnectionResponse {
@@ -199,6 +207,7 @@ impl ConnectionService for ConnectionApi {
                 etag: r.etag,
                 request_id: r.request_id,
                 reason: r.reason,
+                message: String::new(),
             }))
             .await?;
         Ok(Response::new(DeactivateConnectionResponse {
@@ -218,6 +227,7 @@ impl ConnectionService for ConnectionApi {
                 etag: r.etag,
                 request_id: r.request_id,
                 reason: String::new(),
+                message: r.message,
             }))
             .await?;
         Ok(Response::new(ReactivateConnectionResponse {

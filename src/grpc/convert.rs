@@ -74,6 +74,7 @@ impl From<domain::EventType> for proto::ConnectionEventType {
             domain::EventType::Activated => Self::Activated,
             domain::EventType::Deactivated => Self::Deactivated,
             domain::EventType::Reactivated => Self::Reactivated,
+            domain::EventType::Expired => Self::Expired,
         }
     }
 }
@@ -179,16 +180,18 @@ impl From<domain::ConnectionRecord> for proto::Connection {
                 .into(),
             deactivation_reason: record.deactivation_reason.unwrap_or_default(),
             etag,
+            invitation_message: record.invitation_message.unwrap_or_default(),
+            expire_time: record.expire_time.map(timestamp),
         }
     }
 }
 
 impl From<domain::ConnectionEvent> for proto::ConnectionEvent {
     fn from(event: domain::ConnectionEvent) -> Self {
-        // Empty for events recorded before keys were.
+        // Empty for events recorded before keys were, and for the service.
         let (actor_api_key_id, actor_api_key_display_name) =
-            event.actor_key.map_or_else(Default::default, |key| {
-                (key.id.to_string(), key.display_name)
+            event.actor.key().map_or_else(Default::default, |key| {
+                (key.id.to_string(), key.display_name.clone())
             });
         Self {
             id: event.id.hyphenated().to_string(),
@@ -200,9 +203,18 @@ impl From<domain::ConnectionEvent> for proto::ConnectionEvent {
                 .map_or(proto::ConnectionState::Unspecified, Into::into)
                 .into(),
             to_state: proto::ConnectionState::from(event.to_state).into(),
-            actor_organization_id: event.actor_organization_id.to_string(),
-            actor_role: proto::ConnectionRole::from(event.actor_role).into(),
+            actor_organization_id: event
+                .actor
+                .organization()
+                .map(|org| org.to_string())
+                .unwrap_or_default(),
+            actor_role: event
+                .actor
+                .role()
+                .map_or(proto::ConnectionRole::Unspecified, Into::into)
+                .into(),
             reason: event.reason.unwrap_or_default(),
+            message: event.message.unwrap_or_default(),
             create_time: Some(timestamp(event.create_time)),
             actor_api_key_id,
             actor_api_key_display_name,
@@ -218,6 +230,7 @@ pub fn event_type(value: proto::ConnectionEventType) -> Option<domain::EventType
         proto::ConnectionEventType::Activated => Some(domain::EventType::Activated),
         proto::ConnectionEventType::Deactivated => Some(domain::EventType::Deactivated),
         proto::ConnectionEventType::Reactivated => Some(domain::EventType::Reactivated),
+        proto::ConnectionEventType::Expired => Some(domain::EventType::Expired),
     }
 }
 

@@ -43,8 +43,13 @@ use crate::{
     service::{Access, ApiKeys, AuditLog, Connections, Organizations, Watches, Webhooks},
 };
 
-/// Largest request message accepted, in bytes. Every valid request is far smaller.
+/// Largest request message accepted, in bytes (by every service but
+/// AccessService, see below). Every valid request is far smaller.
 pub const MAX_DECODING_MESSAGE_SIZE: usize = 64 * 1024;
+/// Largest request message AccessService accepts, in bytes: a
+/// BatchCheckAccess of 1,000 checks (`validate::MAX_BATCH_CHECKS`) takes up
+/// to 82 KB, and one over that bound reaches validation (INVALID_ARGUMENT).
+pub const MAX_ACCESS_DECODING_MESSAGE_SIZE: usize = 128 * 1024;
 /// Largest response message sent, in bytes (a page of 500 connections fits).
 pub const MAX_ENCODING_MESSAGE_SIZE: usize = 4 * 1024 * 1024;
 pub use super::limits::MAX_HEADER_LIST_SIZE;
@@ -64,11 +69,11 @@ pub struct Services {
     pub organizations: Organizations,
     /// API keys: AdminService, and every caller's authentication.
     pub api_keys: ApiKeys,
-    /// AdminService's credential (it may call CheckAccess too).
+    /// AdminService's credential (it may call AccessService too).
     pub admin_token: AdminToken,
     /// Access checks: AccessService.
     pub access: Access,
-    /// The credential that may call CheckAccess only.
+    /// The credential that may call AccessService only.
     pub access_check_token: AdminToken,
     /// The audit log: AdminService.
     pub audit: AuditLog,
@@ -173,7 +178,7 @@ pub fn register(
                 access_check_token,
                 access,
             ))
-            .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+            .max_decoding_message_size(MAX_ACCESS_DECODING_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_ENCODING_MESSAGE_SIZE),
         )
         .add_service(

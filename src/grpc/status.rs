@@ -97,6 +97,7 @@ impl From<ServiceError> for Status {
                     ErrorReason::InvalidStateTransition,
                 )
             }
+            E::ConnectionExpired => (Code::FailedPrecondition, ErrorReason::ConnectionExpired),
             E::EtagMismatch => (Code::Aborted, ErrorReason::EtagMismatch),
             E::ConcurrentModification => (Code::Aborted, ErrorReason::ConcurrentModification),
             E::DatabaseUnavailable(_) => (Code::Unavailable, ErrorReason::DatabaseUnavailable),

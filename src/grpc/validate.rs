@@ -12,10 +12,14 @@ use crate::{
 pub const MAX_REQUEST_ID_CHARS: usize = 255;
 /// Longest deactivation reason, in characters.
 pub const MAX_REASON_CHARS: usize = 500;
+/// Longest invitation message, in characters (after trimming).
+pub const MAX_MESSAGE_CHARS: usize = 1000;
 /// Longest etag accepted (ours are 16 characters).
 pub const MAX_ETAG_LEN: usize = 64;
 /// Most data types accepted in one request, duplicates included.
 pub const MAX_DATA_TYPES: usize = 32;
+/// Most checks in one BatchCheckAccess.
+pub const MAX_BATCH_CHECKS: usize = 1_000;
 
 type Checked<T> = Result<T, FieldViolation>;
 
@@ -76,6 +80,12 @@ pub fn request_id(value: &str) -> Checked<Option<String>> {
 /// The optional deactivation `reason`.
 pub fn reason(value: &str) -> Checked<Option<String>> {
     optional_text("reason", value, MAX_REASON_CHARS)
+}
+
+/// The optional invitation `message`, trimmed of leading and trailing
+/// white space (all white space: none).
+pub fn message(value: &str) -> Checked<Option<String>> {
+    optional_text("message", value.trim(), MAX_MESSAGE_CHARS)
 }
 
 /// The optional `etag` of a transition.
@@ -192,6 +202,17 @@ pub fn data_type(field: &'static str, value: i32) -> Checked<crate::domain::Data
         .ok_or_else(|| FieldViolation::new(field, format!("{value} is not a data type")))
 }
 
+/// An optional data type filter: UNSPECIFIED means any.
+pub fn data_type_filter(
+    field: &'static str,
+    value: i32,
+) -> Checked<Option<crate::domain::DataType>> {
+    if value == proto::DataType::Unspecified as i32 {
+        return Ok(None);
+    }
+    data_type(field, value).map(Some)
+}
+
 /// An optional change token: empty means absent. Longer ones are refused
 /// unread; the signature is checked by the service.
 pub fn change_token<'a>(field: &'static str, value: &'a str) -> Checked<Option<&'a str>> {
@@ -199,6 +220,27 @@ pub fn change_token<'a>(field: &'static str, value: &'a str) -> Checked<Option<&
         return Err(FieldViolation::new(field, "is not a change token"));
     }
     Ok((!value.is_empty()).then_some(value))
+}
+
+/// A list of `len` entries that must have between 1 and `max`.
+pub fn entries(field: &'static str, len: usize, max: usize) -> Checked<()> {
+    if len == 0 || len > max {
+        return Err(FieldViolation::new(
+            field,
+            format!("must have between 1 and {max} entries, not {len}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A field that must be left empty here; `description` says so, and what to
+/// do instead.
+pub fn empty(field: &'static str, value: &str, description: &str) -> Checked<()> {
+    if value.is_empty() {
+        Ok(())
+    } else {
+        Err(FieldViolation::new(field, description))
+    }
 }
 
 /// A role filter: UNSPECIFIED means either role.
@@ -416,6 +458,25 @@ mod tests {
         assert_eq!(
             state_filter(-1),
             violation("state", "-1 is not a connection state")
+        );
+    }
+
+    #[test]
+    fn lists_of_entries_are_bounded_at_both_ends() {
+        assert_eq!(entries("checks", 1, 3), Ok(()));
+        assert_eq!(entries("checks", 3, 3), Ok(()));
+        assert_eq!(
+            entries("checks", 0, 3),
+            violation("checks", "must have between 1 and 3 entries, not 0")
+        );
+        assert_eq!(
+            entries("checks", 4, 3),
+            violation("checks", "must have between 1 and 3 entries, not 4")
+        );
+        assert_eq!(empty("x", "", "must be empty"), Ok(()));
+        assert_eq!(
+            empty("x", "t", "must be empty"),
+            violation("x", "must be empty")
         );
     }
 

@@ -10,6 +10,12 @@
 //! so a check that names a change token waits (up to [`TOKEN_WAIT`]) for the
 //! index to hold every change the token holds, and otherwise reads the
 //! database: an answer is never older than the token it was asked for.
+//!
+//! A batch ([`Access::check_batch`]) waits for its token once, then reads
+//! every entry it asks about under one read of the index, so every answer
+//! comes from one state of it, named by one change token; when it reads the
+//! database instead, it reads every entry in one transaction, under one
+//! snapshot.
 
 use std::{
     sync::{Arc, Mutex, RwLock},
@@ -21,9 +27,11 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use sea_orm::DatabaseConnection;
+
 use super::{ChangeTokens, ServiceError, change_feed::ChangeFeed};
 use crate::{
-    db::Reader,
+    db::{self, Reader},
     domain::{
         ConnectionId, ConnectionState, DataType, DataTypes, OrganizationId, Snapshot, VariantArray,
     },
@@ -67,6 +75,28 @@ pub struct AccessQuestion {
     pub data_type: DataType,
     /// Changes the answer must reflect at least.
     pub at_least: Option<Snapshot>,
+}
+
+/// One question of a batch: an [`AccessQuestion`] without a token of its
+/// own (the batch has one for every question).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccessPair {
+    /// The organization that would send the data.
+    pub source: OrganizationId,
+    /// The organization that would receive it.
+    pub destination: OrganizationId,
+    /// The data.
+    pub data_type: DataType,
+}
+
+/// The answers to a batch of [`AccessPair`]s, all from one state.
+#[derive(Debug)]
+pub struct BatchAnswer {
+    /// One per question, in the order asked: the answer, or why the checker
+    /// may not ask it. Every answer's `change_token` is `change_token`.
+    pub answers: Vec<Result<AccessAnswer, ServiceError>>,
+    /// The changes every answer reflects.
+    pub change_token: String,
 }
 
 /// The answer to an [`AccessQuestion`].
@@ -153,6 +183,8 @@ struct Index {
 /// The access checks business layer. Clones share one index.
 #[derive(Debug, Clone)]
 pub struct Access {
+    /// For the reads a batch makes in one transaction.
+    db: DatabaseConnection,
     reader: Reader,
     tokens: ChangeTokens,
     index: Arc<Index>,
@@ -161,9 +193,10 @@ pub struct Access {
 impl Access {
     /// An index of the database read through `reader`, empty until
     /// [`follow`](Self::follow) has built it (checks read the database until
-    /// then).
-    pub fn new(reader: Reader, tokens: ChangeTokens) -> Self {
+    /// then; a batch reads it in a transaction of `db`).
+    pub fn new(db: DatabaseConnection, reader: Reader, tokens: ChangeTokens) -> Self {
         Self {
+            db,
             reader,
             tokens,
             index: Arc::new(Index {
@@ -255,6 +288,8 @@ impl Access {
                 () = tokio::time::sleep(RETRY) => {}
             }
         };
+        // The entries hold every change of the snapshot taken before them.
+        self.index.seen.send_replace(seen.clone());
         self.index.built.send_replace(true);
         tracing::info!(
             connections = self.len(),
@@ -334,26 +369,11 @@ impl Access {
         checker: Checker,
         question: AccessQuestion,
     ) -> Result<AccessAnswer, ServiceError> {
-        if let Checker::Organization(organization) = checker
-            && organization != question.source
-            && organization != question.destination
-        {
-            return Err(ServiceError::CallerNotParty);
-        }
-        if !self.is_built() {
+        may_ask(checker, question.source, question.destination)?;
+        if !self.reached(question.at_least.as_ref()).await {
             return self.check_in_database(question).await;
         }
         let key = (question.source.uuid(), question.destination.uuid());
-        if let Some(at_least) = &question.at_least {
-            let mut seen = self.index.seen.subscribe();
-            let reached =
-                tokio::time::timeout(TOKEN_WAIT, seen.wait_for(|seen| seen.covers(at_least)))
-                    .await
-                    .is_ok_and(|waited| waited.is_ok());
-            if !reached {
-                return self.check_in_database(question).await;
-            }
-        }
         let seen = self.seen();
         let entry = self.index.entries.read().expect("never poisoned").get(&key);
         Ok(self.answer(
@@ -361,6 +381,115 @@ impl Access {
             entry.map(|e| (e.id, e.state, e.data_types)),
             &seen,
         ))
+    }
+
+    /// Answers every question of `questions` for `checker`, from one state:
+    /// of the index once it holds every change of `at_least` (waiting for it
+    /// once), else of the database, in one transaction. A question the
+    /// checker may not ask is refused alone.
+    pub async fn check_batch(
+        &self,
+        checker: Checker,
+        questions: &[AccessPair],
+        at_least: Option<Snapshot>,
+    ) -> Result<BatchAnswer, ServiceError> {
+        let asked: Vec<Result<&AccessPair, ServiceError>> = questions
+            .iter()
+            .map(|q| may_ask(checker, q.source, q.destination).map(|()| q))
+            .collect();
+        if !self.reached(at_least.as_ref()).await {
+            return self.check_batch_in_database(asked, at_least).await;
+        }
+        let (seen, found) = {
+            let entries = self.index.entries.read().expect("never poisoned");
+            // Read while no change can be applied: `seen` is sent only once
+            // every change it holds is in the entries, so they hold at least
+            // what it names, and the same for every question.
+            let seen = self.seen();
+            let found: Vec<Option<Entry>> = asked
+                .iter()
+                .map(|asked| {
+                    let q = asked.as_ref().ok()?;
+                    entries.get(&(q.source.uuid(), q.destination.uuid()))
+                })
+                .collect();
+            (seen, found)
+        };
+        let change_token = self.tokens.issue(&seen);
+        let answers = asked
+            .into_iter()
+            .zip(found)
+            .map(|(asked, entry)| {
+                let q = asked?;
+                Ok(self.answer_with(
+                    q.data_type,
+                    entry.map(|e| (e.id, e.state, e.data_types)),
+                    &change_token,
+                ))
+            })
+            .collect();
+        Ok(BatchAnswer {
+            answers,
+            change_token,
+        })
+    }
+
+    /// Whether the index may answer a check that must reflect `at_least`:
+    /// it is built, and holds every change of `at_least` (waiting up to
+    /// [`TOKEN_WAIT`] for them).
+    async fn reached(&self, at_least: Option<&Snapshot>) -> bool {
+        if !self.is_built() {
+            return false;
+        }
+        let Some(at_least) = at_least else {
+            return true;
+        };
+        let mut seen = self.index.seen.subscribe();
+        tokio::time::timeout(TOKEN_WAIT, seen.wait_for(|seen| seen.covers(at_least)))
+            .await
+            .is_ok_and(|waited| waited.is_ok())
+    }
+
+    /// Answers a batch from the database, every question in one
+    /// transaction: for a token the index has not reached, or while the
+    /// index is being built.
+    async fn check_batch_in_database(
+        &self,
+        asked: Vec<Result<&AccessPair, ServiceError>>,
+        at_least: Option<Snapshot>,
+    ) -> Result<BatchAnswer, ServiceError> {
+        let txn = db::begin_read(&self.db).await?;
+        // The transaction's snapshot, which every read below sees; and the
+        // token's changes, which had committed before it was asked for.
+        let mut seen = change_log::snapshot(&*txn).await?;
+        if let Some(at_least) = &at_least {
+            seen = seen.union(at_least);
+        }
+        let mut found = Vec::with_capacity(asked.len());
+        for asked in &asked {
+            found.push(match asked {
+                Ok(q) => connection::find_between(&*txn, q.source, q.destination).await?,
+                Err(_) => None,
+            });
+        }
+        txn.finish().await?;
+        let change_token = self.tokens.issue(&seen);
+        let answers = asked
+            .into_iter()
+            .zip(found)
+            .map(|(asked, record)| {
+                let q = asked?;
+                Ok(self.answer_with(
+                    q.data_type,
+                    record.map(|r| (r.id.uuid(), r.state, bits(&r.data_types))),
+                    &change_token,
+                ))
+            })
+            .collect();
+        Ok(BatchAnswer {
+            answers,
+            change_token,
+        })
     }
 
     /// Answers from the database: for a token the index has not reached, or
@@ -390,13 +519,40 @@ impl Access {
         connection: Option<(Uuid, ConnectionState, u8)>,
         seen: &Snapshot,
     ) -> AccessAnswer {
+        self.answer_with(data_type, connection, &self.tokens.issue(seen))
+    }
+
+    fn answer_with(
+        &self,
+        data_type: DataType,
+        connection: Option<(Uuid, ConnectionState, u8)>,
+        change_token: &str,
+    ) -> AccessAnswer {
         AccessAnswer {
             allowed: connection.is_some_and(|(_, state, types)| {
                 state == ConnectionState::Active && types & bit(data_type) != 0
             }),
             connection: connection.map(|(id, state, _)| (id.into(), state)),
-            change_token: self.tokens.issue(seen),
+            change_token: change_token.to_owned(),
         }
+    }
+}
+
+/// Whether `checker` may ask about the connection from `source` to
+/// `destination`: an organization only about its own; the refusal depends
+/// on the question alone, so it tells nothing of the pair.
+fn may_ask(
+    checker: Checker,
+    source: OrganizationId,
+    destination: OrganizationId,
+) -> Result<(), ServiceError> {
+    match checker {
+        Checker::Organization(organization)
+            if organization != source && organization != destination =>
+        {
+            Err(ServiceError::CallerNotParty)
+        }
+        _ => Ok(()),
     }
 }
 
@@ -431,6 +587,7 @@ mod tests {
             action: Action::Activate,
             etag: None,
             reason: None,
+            message: None,
             request_id: None,
         };
         let Outcome::Fresh(activated) = connections
@@ -443,7 +600,7 @@ mod tests {
 
         let feed = ChangeFeed::new(db.clone().into());
         let change_tokens = ChangeTokens::new(tokens);
-        let access = Access::new(db.clone().into(), change_tokens.clone());
+        let access = Access::new(db.clone(), db.clone().into(), change_tokens.clone());
         let question = AccessQuestion {
             source,
             destination,
@@ -477,6 +634,208 @@ mod tests {
         let answer = access.check(Checker::Operator, question).await.unwrap();
         assert!(answer.allowed);
         stop.cancel();
+    }
+
+    /// Two organizations with a connection from the first to the second,
+    /// activated, and the access layer over their database with its feed
+    /// (which nothing notifies): the connection layer, the callers, the
+    /// connection's ID and the activation's change token.
+    async fn an_active_connection() -> (
+        Connections,
+        Access,
+        ChangeFeed,
+        ChangeTokens,
+        (crate::domain::Caller, crate::domain::Caller),
+        ConnectionId,
+        String,
+    ) {
+        let (db, tokens, source_key, destination_key) = testing::two_organizations().await;
+        let connections = Connections::new(db.clone(), db.clone().into(), tokens.clone(), |_| {
+            Vec::new()
+        });
+        let new = testing::inquiries_to(destination_key.organization);
+        let Outcome::Fresh(Written { record, .. }) =
+            connections.create(&source_key, new).await.unwrap()
+        else {
+            panic!("no request_id: nothing to replay")
+        };
+        let activate = TransitionRequest {
+            id: record.id,
+            action: Action::Activate,
+            etag: None,
+            reason: None,
+            message: None,
+            request_id: None,
+        };
+        let Outcome::Fresh(activated) = connections
+            .transition(&destination_key, activate)
+            .await
+            .unwrap()
+        else {
+            panic!("no request_id: nothing to replay")
+        };
+        let feed = ChangeFeed::new(db.clone().into());
+        let change_tokens = ChangeTokens::new(tokens);
+        let access = Access::new(db.clone(), db.into(), change_tokens.clone());
+        (
+            connections,
+            access,
+            feed,
+            change_tokens,
+            (source_key, destination_key),
+            record.id,
+            activated.change_token,
+        )
+    }
+
+    /// The questions of `pairs`, each for inquiries.
+    fn inquiries(pairs: &[(OrganizationId, OrganizationId)]) -> Vec<AccessPair> {
+        pairs
+            .iter()
+            .map(|&(source, destination)| AccessPair {
+                source,
+                destination,
+                data_type: DataType::Inquiry,
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_answers_as_single_checks_do_with_one_token_before_and_after_the_index_is_built()
+     {
+        let (_, access, feed, change_tokens, (source, destination), id, activated) =
+            an_active_connection().await;
+        let (source, destination) = (source.organization, destination.organization);
+        let outsider = OrganizationId::generate();
+        let pairs = [
+            (source, destination),
+            (destination, source),
+            (outsider, destination),
+            (source, destination),
+        ];
+        let questions = inquiries(&pairs);
+        let written = change_tokens.verify(&activated, "t").unwrap();
+
+        // An organization's batch: the pair it is not a party to is refused
+        // alone; every answer carries the batch's token, and single checks
+        // answer the same.
+        let assert_batch = async |access: &Access| {
+            let batch = access
+                .check_batch(Checker::Organization(source), &questions, None)
+                .await
+                .unwrap();
+            let answered = change_tokens.verify(&batch.change_token, "t").unwrap();
+            assert!(answered.covers(&written), "{answered:?} {written:?}");
+            assert_eq!(batch.answers.len(), 4);
+            for (answer, &(s, d)) in batch.answers.iter().zip(&pairs) {
+                let single = access
+                    .check(
+                        Checker::Organization(source),
+                        AccessQuestion {
+                            source: s,
+                            destination: d,
+                            data_type: DataType::Inquiry,
+                            at_least: None,
+                        },
+                    )
+                    .await;
+                match (answer, single) {
+                    (Ok(answer), Ok(single)) => {
+                        assert_eq!(answer.change_token, batch.change_token);
+                        assert_eq!(
+                            (answer.allowed, answer.connection),
+                            (single.allowed, single.connection)
+                        );
+                    }
+                    (Err(ServiceError::CallerNotParty), Err(ServiceError::CallerNotParty)) => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+            let allowed: Vec<_> = batch
+                .answers
+                .iter()
+                .map(|a| a.as_ref().map(|a| (a.allowed, a.connection)).ok())
+                .collect();
+            let active = Some((true, Some((id, ConnectionState::Active))));
+            assert_eq!(allowed, [active, Some((false, None)), None, active]);
+        };
+
+        // Not built: from the database, in one transaction.
+        assert!(!access.is_built());
+        assert_batch(&access).await;
+
+        let stop = CancellationToken::new();
+        tokio::spawn({
+            let (access, stop) = (access.clone(), stop.clone());
+            async move { access.follow(feed, Duration::from_secs(60), stop).await }
+        });
+        access.built().wait_for(|built| *built).await.unwrap();
+        // Built: from the index.
+        assert_batch(&access).await;
+        // The operator may ask about any pair.
+        let batch = access
+            .check_batch(Checker::Operator, &questions, Some(written))
+            .await
+            .unwrap();
+        assert!(batch.answers.iter().all(Result::is_ok));
+        stop.cancel();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_whose_token_the_index_does_not_reach_reads_the_database_in_one_snapshot() {
+        let (connections, access, _, change_tokens, (source, destination), id, _) =
+            an_active_connection().await;
+        // An index built as `follow` builds it, which then falls behind:
+        // nothing applies the changes committed after it.
+        let seen = change_log::snapshot(&access.reader).await.unwrap();
+        access.load().await.unwrap();
+        access.index.seen.send_replace(seen);
+        access.index.built.send_replace(true);
+        let deactivate = TransitionRequest {
+            id,
+            action: Action::Deactivate,
+            etag: None,
+            reason: None,
+            message: None,
+            request_id: None,
+        };
+        let Outcome::Fresh(deactivated) = connections
+            .transition(&destination, deactivate)
+            .await
+            .unwrap()
+        else {
+            panic!("no request_id: nothing to replay")
+        };
+        let written = change_tokens
+            .verify(&deactivated.change_token, "t")
+            .unwrap();
+        let questions = inquiries(&[
+            (source.organization, destination.organization),
+            (destination.organization, source.organization),
+        ]);
+
+        // Without the token, the index answers: it has not seen the change.
+        let batch = access
+            .check_batch(Checker::Operator, &questions, None)
+            .await
+            .unwrap();
+        assert!(batch.answers[0].as_ref().unwrap().allowed);
+        // With it, the batch waits for the index, then reads the database.
+        let started = tokio::time::Instant::now();
+        let batch = access
+            .check_batch(Checker::Operator, &questions, Some(written.clone()))
+            .await
+            .unwrap();
+        assert!(started.elapsed() >= TOKEN_WAIT);
+        let first = batch.answers[0].as_ref().unwrap();
+        assert!(!first.allowed);
+        assert_eq!(first.connection, Some((id, ConnectionState::Inactive)));
+        assert_eq!(batch.answers[1].as_ref().unwrap().connection, None);
+        let answered = change_tokens.verify(&batch.change_token, "t").unwrap();
+        assert!(answered.covers(&written), "{answered:?} {written:?}");
+        for answer in &batch.answers {
+            assert_eq!(answer.as_ref().unwrap().change_token, batch.change_token);
+        }
     }
 
     #[test]

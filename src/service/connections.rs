@@ -5,6 +5,7 @@
 //! result and its event in one write transaction; the write is guarded by the
 //! version that was read.
 
+use chrono::TimeDelta;
 use sea_orm::DatabaseConnection;
 use tracing::instrument;
 
@@ -18,13 +19,13 @@ pub use crate::entity::connection::ListFilter;
 use crate::{
     db,
     domain::{
-        Action, Caller, Change, ConnectionEvent, ConnectionId, ConnectionRecord, DataTypes, Named,
-        OrganizationId, PageSize, Role, TransitionError,
+        Action, Caller, Change, ConnectionEvent, ConnectionId, ConnectionRecord, DataTypes,
+        Invitation, Named, OrganizationId, PageSize, Role, TransitionError,
     },
     entity::{
         connection,
         connection_event::{self, Appended},
-        organization,
+        connection_expiry, organization,
     },
 };
 
@@ -44,6 +45,8 @@ pub struct Connections {
     /// Makes the body of each event's webhook deliveries; `None`: events are
     /// not queued for webhooks.
     webhook_body: Option<WebhookBody>,
+    /// How long a connection may stay PENDING; `None`: for ever.
+    pending_lifetime: Option<TimeDelta>,
 }
 
 /// A connection as a write left it, and the change token just after the
@@ -65,6 +68,8 @@ pub struct NewConnection {
     pub data_types: DataTypes,
     /// Makes the call safe to retry.
     pub request_id: Option<String>,
+    /// The invitation message, if any.
+    pub message: Option<String>,
 }
 
 /// A state change, already validated.
@@ -78,6 +83,8 @@ pub struct TransitionRequest {
     pub etag: Option<String>,
     /// Deactivation reason.
     pub reason: Option<String>,
+    /// Invitation message, for a reactivation.
+    pub message: Option<String>,
     /// Makes the call safe to retry.
     pub request_id: Option<String>,
 }
@@ -101,7 +108,15 @@ impl Connections {
             feed: ChangeFeed::new(reader.clone()),
             reader,
             webhook_body: None,
+            pending_lifetime: None,
         }
+    }
+
+    /// Lets connections stay PENDING at most `lifetime` (`None`: for ever);
+    /// see [`Connections::expire_due`].
+    pub fn expiring_after(mut self, lifetime: Option<TimeDelta>) -> Self {
+        self.pending_lifetime = lifetime;
+        self
     }
 
     /// Queues every event, in the transaction that writes it, for the
@@ -137,15 +152,14 @@ impl Connections {
             return Err(ServiceError::SelfConnection);
         }
         let key = new.request_id.clone().map(|request_id| {
-            IdempotencyKey::new(
-                source,
-                "CreateConnection",
-                request_id,
-                &[
-                    new.destination.uuid().as_bytes(),
-                    new.data_types.to_storage().as_bytes(),
-                ],
-            )
+            let destination = new.destination.uuid();
+            let data_types = new.data_types.to_storage();
+            let mut parameters = vec![destination.as_bytes().as_slice(), data_types.as_bytes()];
+            // Only when there is one: a call without a message fingerprints
+            // as it did before messages, so that its retries match across
+            // releases during an upgrade.
+            parameters.extend(new.message.as_deref().map(str::as_bytes));
+            IdempotencyKey::new(source, "CreateConnection", request_id, &parameters)
         });
         let txn = match self.begin(key.as_ref(), None).await? {
             Begun::Fresh(txn) => txn,
@@ -167,6 +181,10 @@ impl Connections {
             new.destination,
             new.data_types,
             time_of(id.uuid()),
+            Invitation {
+                message: new.message,
+                pending_lifetime: self.pending_lifetime,
+            },
         );
         if let Err(err) = connection::insert(&*txn, &record).await {
             if db::error::unique_violation(&err) {
@@ -180,6 +198,9 @@ impl Connections {
                 };
             }
             return Err(err.into());
+        }
+        if record.expire_time.is_some() {
+            connection_expiry::set(&*txn, id, record.expire_time).await?;
         }
         let appended = connection_event::append(&*txn, &event).await?;
         let written = self.commit(txn, key.as_ref(), record, appended).await?;
@@ -228,15 +249,19 @@ impl Connections {
     ) -> Result<Outcome<Written>, ServiceError> {
         let organization = caller.organization;
         let key = request.request_id.clone().map(|request_id| {
+            let id = request.id.uuid();
+            let mut parameters = vec![
+                id.as_bytes().as_slice(),
+                request.etag.as_deref().unwrap_or_default().as_bytes(),
+                request.reason.as_deref().unwrap_or_default().as_bytes(),
+            ];
+            // Only when there is one, as for a creation.
+            parameters.extend(request.message.as_deref().map(str::as_bytes));
             IdempotencyKey::new(
                 organization,
                 operation(request.action),
                 request_id,
-                &[
-                    request.id.uuid().as_bytes(),
-                    request.etag.as_deref().unwrap_or_default().as_bytes(),
-                    request.reason.as_deref().unwrap_or_default().as_bytes(),
-                ],
+                &parameters,
             )
         });
         let txn = match self.begin(key.as_ref(), Some(request.id)).await? {
@@ -253,15 +278,56 @@ impl Connections {
                 etag: request.etag,
                 reason: request.reason,
                 at: now(),
+                message: request.message,
+                pending_lifetime: self.pending_lifetime,
             })
             .map_err(|err| transition_error(err, request.action))?;
         if !connection::update_guarded(&*txn, current.version, &next).await? {
             return Err(ServiceError::ConcurrentModification);
         }
+        if current.expire_time != next.expire_time {
+            connection_expiry::set(&*txn, next.id, next.expire_time).await?;
+        }
         let appended = connection_event::append(&*txn, &event).await?;
         let written = self.commit(txn, key.as_ref(), next, appended).await?;
         tracing::info!(from = %current.state, to = %written.record.state, "connection changed");
         Ok(Outcome::Fresh(written))
+    }
+
+    /// Expires every PENDING connection whose expire time has come (at most
+    /// `limit`, soonest first), each in a transaction of its own, guarded
+    /// like any change: an activation that commits first wins, and the
+    /// connection is then left alone. Returns how many it expired.
+    #[instrument(skip_all)]
+    pub async fn expire_due(&self, limit: u64) -> Result<usize, ServiceError> {
+        let due = connection_expiry::due(&self.reader, now(), limit).await?;
+        let mut expired = 0;
+        for id in due {
+            let txn = match self.begin(None, Some(id)).await? {
+                Begun::Fresh(txn) => txn,
+                Begun::Done(_) => unreachable!("no request_id, nothing recorded"),
+            };
+            let Some(current) = connection::find(&*txn, id).await? else {
+                continue;
+            };
+            let Some((next, event)) = current.expire(now()) else {
+                // Activated, deactivated or reactivated since: not due.
+                if current.expire_time.is_none() {
+                    connection_expiry::set(&*txn, id, None).await?;
+                    txn.commit().await?;
+                }
+                continue;
+            };
+            if !connection::update_guarded(&*txn, current.version, &next).await? {
+                continue;
+            }
+            connection_expiry::set(&*txn, id, None).await?;
+            let appended = connection_event::append(&*txn, &event).await?;
+            self.commit(txn, None, next, appended).await?;
+            tracing::info!(connection_id = %id, "pending connection expired");
+            expired += 1;
+        }
+        Ok(expired)
     }
 
     /// The history of a connection the caller is a party to, oldest first.
@@ -386,7 +452,13 @@ fn list_scope(caller: OrganizationId, filter: &ListFilter) -> String {
     let counterparty = filter
         .counterparty
         .map_or_else(|| "*".to_owned(), |id| id.to_string());
-    format!("ListConnections|{caller}|{role}|{state}|{counterparty}")
+    let scope = format!("ListConnections|{caller}|{role}|{state}|{counterparty}");
+    // Only with the filter: tokens without it are bound as they were before
+    // it existed, so that they pass between releases during an upgrade.
+    match filter.data_type {
+        Some(data_type) => format!("{scope}|{data_type}"),
+        None => scope,
+    }
 }
 
 fn transition_error(err: TransitionError, action: Action) -> ServiceError {
@@ -401,6 +473,7 @@ fn transition_error(err: TransitionError, action: Action) -> ServiceError {
         TransitionError::InvalidState { current } => {
             ServiceError::InvalidStateTransition { action, current }
         }
+        TransitionError::Expired => ServiceError::ConnectionExpired,
         TransitionError::EtagMismatch => ServiceError::EtagMismatch,
     }
 }
@@ -438,6 +511,7 @@ mod tests {
                     action: Action::Activate,
                     etag: None,
                     reason: None,
+                    message: None,
                     request_id: None,
                 },
             )
@@ -457,6 +531,8 @@ mod tests {
                 caller: source.clone(),
                 etag: None,
                 reason: None,
+                message: None,
+                pending_lifetime: None,
                 at: now(),
             })
             .unwrap();

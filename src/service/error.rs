@@ -148,6 +148,11 @@ pub enum ServiceError {
         "webhooks are not configured on this server: its operator must start it with --webhook-key-file"
     )]
     WebhooksNotConfigured,
+    /// An activation after the pending connection's expire time.
+    #[error(
+        "this connection's invitation expired before it was activated; the source must reactivate it"
+    )]
+    ConnectionExpired,
     /// The caller already has a connection to this destination.
     #[error("a connection to this destination already exists: {connection_id}")]
     ConnectionAlreadyExists {

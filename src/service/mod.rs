@@ -15,7 +15,7 @@ pub mod watch;
 pub mod webhook_delivery;
 pub mod webhooks;
 
-pub use access::{Access, AccessAnswer, AccessQuestion, Checker};
+pub use access::{Access, AccessAnswer, AccessPair, AccessQuestion, BatchAnswer, Checker};
 pub use api_keys::ApiKeys;
 pub use audit::AuditLog;
 pub use change_feed::ChangeFeed;
@@ -83,6 +83,7 @@ pub(crate) mod testing {
             destination,
             data_types: DataTypes::new([DataType::Inquiry]).unwrap(),
             request_id: None,
+            message: None,
         }
     }
 

@@ -592,6 +592,7 @@ mod tests {
                             action,
                             etag: None,
                             reason: None,
+                            message: None,
                             request_id: None,
                         },
                     )

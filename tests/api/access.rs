@@ -41,6 +41,7 @@ async fn create(app: &TestApp, source: &TestOrg, destination: &TestOrg) -> (Stri
     let created = app
         .connections(source)
         .create_connection(CreateConnectionRequest {
+            message: String::new(),
             destination_organization_id: destination.id.clone(),
             data_types: vec![DataType::Inquiry.into()],
             request_id: String::new(),

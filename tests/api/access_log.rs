@@ -140,6 +140,7 @@ async fn every_call_of_a_lifecycle_leaves_one_access_log_line_and_no_secret_is_p
         .create_connection(call(
             next(),
             CreateConnectionRequest {
+                message: String::new(),
                 destination_organization_id: dest_id.clone(),
                 data_types: vec![DataType::Transaction.into()],
                 request_id: String::new(),

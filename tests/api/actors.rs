@@ -325,13 +325,14 @@ async fn append_as_previous_release(txn: &impl ConnectionTrait, event: &NewEvent
         event_type: Set(event.event_type.to_string()),
         from_state: Set(event.from_state.map(|state| state.to_string())),
         to_state: Set(event.to_state.to_string()),
-        actor_organization_id: Set(event.actor.uuid()),
-        actor_role: Set(event.actor_role.to_string()),
+        actor_organization_id: Set(event.actor.organization().unwrap().uuid()),
+        actor_role: Set(event.actor.role().unwrap().to_string()),
         actor_api_key_id: NotSet,
         actor_api_key_display_name: NotSet,
         reason: Set(event.reason.clone()),
         create_time: Set(event.create_time),
         position: Set(position),
+        message: NotSet,
     };
     connection_event::Entity::insert(row)
         .exec_without_returning(txn)
@@ -341,6 +342,32 @@ async fn append_as_previous_release(txn: &impl ConnectionTrait, event: &NewEvent
 
 /// A caller of `organization` with a key the database does not hold: the
 /// records the previous release wrote never name one.
+/// Inserts `record` as a release before invitations did: without the
+/// columns later migrations add.
+async fn insert_as_previous_release(txn: &impl ConnectionTrait, record: &ConnectionRecord) {
+    let row = connection::ActiveModel {
+        id: Set(record.id.uuid()),
+        source_organization_id: Set(record.parties.source.uuid()),
+        destination_organization_id: Set(record.parties.destination.uuid()),
+        state: Set(record.state.to_string()),
+        data_types: Set(record.data_types.to_storage()),
+        version: Set(record.version),
+        create_time: Set(record.create_time),
+        update_time: Set(record.update_time),
+        activate_time: Set(record.activate_time),
+        deactivate_time: Set(record.deactivate_time),
+        deactivated_by: Set(None),
+        deactivation_reason: Set(None),
+        invitation_message: NotSet,
+        expire_time: NotSet,
+        expire_version: NotSet,
+    };
+    connection::Entity::insert(row)
+        .exec_without_returning(txn)
+        .await
+        .unwrap();
+}
+
 fn previous_release(organization: OrganizationId) -> Caller {
     Caller {
         organization,
@@ -389,9 +416,10 @@ async fn events_recorded_without_a_key_read_back_with_the_key_fields_empty() {
         destination.id,
         DataTypes::new([DataType::Account]).unwrap(),
         now,
+        connections::domain::Invitation::default(),
     );
     let txn = db::begin_write(&db).await.unwrap();
-    connection::insert(&*txn, &pending).await.unwrap();
+    insert_as_previous_release(&*txn, &pending).await;
     append_as_previous_release(&*txn, &created).await;
     txn.commit().await.unwrap();
 
@@ -405,6 +433,8 @@ async fn events_recorded_without_a_key_read_back_with_the_key_fields_empty() {
                 caller,
                 etag: None,
                 reason: None,
+                message: None,
+                pending_lifetime: None,
                 at: chrono::Utc::now(),
             })
             .unwrap()

@@ -75,6 +75,8 @@ async fn activate_without_committing(
             caller,
             etag: None,
             reason: None,
+            message: None,
+            pending_lifetime: None,
             at: chrono::Utc::now(),
         })
         .unwrap();
@@ -154,6 +156,7 @@ async fn writes_return_a_change_token_and_a_retry_returns_the_same_one() {
     let app = spawn_app().await;
     let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
     let create = || CreateConnectionRequest {
+        message: String::new(),
         destination_organization_id: destination.id.clone(),
         data_types: vec![DataType::Inquiry.into()],
         request_id: "create-once".to_owned(),

@@ -62,6 +62,7 @@ async fn transition(
             {
                 client
                     .reactivate_connection(ReactivateConnectionRequest {
+                        message: String::new(),
                         connection_id,
                         request_id,
                         etag: String::new(),
@@ -310,6 +311,7 @@ async fn two_dozen_concurrent_creates_of_one_pair_across_replicas_give_one_conne
     let calls = (0..24).map(|i| {
         let mut client = replicas[i % 2].connections(&source);
         let request = CreateConnectionRequest {
+            message: String::new(),
             destination_organization_id: destination.id.clone(),
             data_types: vec![DataType::Transaction as i32],
             request_id: String::new(),

@@ -59,6 +59,7 @@ pub async fn step(
         Step::Reactivate => {
             connections_on(channel, source)
                 .reactivate_connection(ReactivateConnectionRequest {
+                    message: String::new(),
                     connection_id,
                     request_id,
                     etag: String::new(),
@@ -105,6 +106,7 @@ async fn after_kill_9_every_acknowledged_write_is_there_and_retries_execute_at_m
             let created = server
                 .client(&source)
                 .create_connection(connections::proto::CreateConnectionRequest {
+                    message: String::new(),
                     destination_organization_id: destination.id.clone(),
                     data_types: vec![1],
                     request_id: String::new(),
@@ -356,6 +358,7 @@ async fn sigterm_lets_calls_in_flight_complete_and_exits_zero() {
         let created = server
             .client(&source)
             .create_connection(connections::proto::CreateConnectionRequest {
+                message: String::new(),
                 destination_organization_id: destination.id.clone(),
                 data_types: vec![1],
                 request_id: String::new(),

@@ -14,6 +14,7 @@ use crate::support::{
 
 fn request(destination: &str, data_types: &[DataType]) -> CreateConnectionRequest {
     CreateConnectionRequest {
+        message: String::new(),
         destination_organization_id: destination.to_owned(),
         data_types: data_types.iter().map(|t| *t as i32).collect(),
         request_id: String::new(),
@@ -213,6 +214,12 @@ fn newly_created(
         deactivated_by: ConnectionRole::Unspecified as i32,
         deactivation_reason: String::new(),
         etag: etag(ConnectionId::parse(id).unwrap(), 1),
+        invitation_message: String::new(),
+        // The default pending lifetime: 30 days.
+        expire_time: created.map(|mut time| {
+            time.seconds += 30 * 24 * 3600;
+            time
+        }),
     }
 }
 
@@ -232,6 +239,7 @@ fn created_event(event_id: &str, connection: &Connection, source: &TestOrg) -> C
         create_time: connection.create_time,
         actor_api_key_id: source.key_id.clone(),
         actor_api_key_display_name: FIRST_KEY_NAME.to_owned(),
+        message: String::new(),
     }
 }
 

@@ -525,3 +525,108 @@ async fn a_page_that_ends_exactly_at_the_last_item_has_no_next_page_token() {
     assert_eq!(page.events.len(), 1);
     assert!(page.next_page_token.is_empty(), "a token past the end");
 }
+
+#[tokio::test]
+async fn a_data_type_filter_lists_the_active_connections_a_type_may_flow_over() {
+    use connections::proto::{CreateConnectionRequest, DataType};
+    let app = spawn_app().await;
+    let hub = app.new_org("Hub").await;
+    let mut expected_out = Vec::new();
+    let mut expected_in = Vec::new();
+    // Outbound: accounts on even partners; inbound: accounts on every third.
+    for i in 0..9 {
+        let partner = app.new_org(&format!("Partner {i}")).await;
+        let types = if i % 2 == 0 {
+            vec![DataType::Inquiry as i32, DataType::Account as i32]
+        } else {
+            vec![DataType::Transaction as i32]
+        };
+        let (source, destination) = if i % 3 == 0 {
+            (&partner, &hub)
+        } else {
+            (&hub, &partner)
+        };
+        let connection = app
+            .connections(source)
+            .create_connection(CreateConnectionRequest {
+                destination_organization_id: destination.id.clone(),
+                data_types: types,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .connection
+            .unwrap();
+        // All but the last are activated.
+        if i < 8 {
+            app.activate(destination, &connection.id, "").await.unwrap();
+            if i % 2 == 0 {
+                if i % 3 == 0 {
+                    expected_in.push(connection.id.clone());
+                } else {
+                    expected_out.push(connection.id.clone());
+                }
+            }
+        }
+    }
+    expected_out.reverse();
+    expected_in.reverse();
+    let listed = |role: ConnectionRole| {
+        list_all(
+            &app,
+            &hub,
+            ListConnectionsRequest {
+                role: role as i32,
+                state: ConnectionState::Active as i32,
+                data_type: DataType::Account as i32,
+                page_size: 1,
+                ..Default::default()
+            },
+        )
+    };
+    assert_eq!(listed(ConnectionRole::Source).await, expected_out);
+    assert_eq!(listed(ConnectionRole::Destination).await, expected_in);
+    // Without a state, the pending one counts too.
+    let any_state = list_all(
+        &app,
+        &hub,
+        ListConnectionsRequest {
+            data_type: DataType::Account as i32,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(any_state.len(), expected_out.len() + expected_in.len() + 1);
+    // A page token is bound to its filter.
+    let page = app
+        .connections(&hub)
+        .list_connections(ListConnectionsRequest {
+            data_type: DataType::Account as i32,
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let refused = app
+        .connections(&hub)
+        .list_connections(ListConnectionsRequest {
+            data_type: DataType::Inquiry as i32,
+            page_size: 1,
+            page_token: page.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_error(&refused, Code::InvalidArgument, "INVALID_PAGE_TOKEN");
+    let unknown = app
+        .connections(&hub)
+        .list_connections(ListConnectionsRequest {
+            data_type: 99,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&unknown), ["data_type"]);
+}

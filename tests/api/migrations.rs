@@ -134,6 +134,8 @@ async fn a_request_id_recorded_as_json_before_an_upgrade_replays_the_same_respon
         deactivate_time: Some(time("2026-11-30T12:05:00.5Z")),
         deactivated_by: Some(Role::Destination),
         deactivation_reason: Some("contract ended".to_owned()),
+        invitation_message: None,
+        expire_time: None,
     };
     // As the service serialized its record before the change.
     let old_json = serde_json::json!({

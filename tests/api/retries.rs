@@ -21,6 +21,7 @@ fn create_request(
     request_id: &str,
 ) -> CreateConnectionRequest {
     CreateConnectionRequest {
+        message: String::new(),
         destination_organization_id: destination.id.clone(),
         data_types: vec![data_type as i32],
         request_id: request_id.to_owned(),

@@ -113,6 +113,7 @@ async fn two_servers_and_the_admin_cli_write_one_sqlite_file_without_errors_or_l
         let created = servers[w % 2]
             .client(&source)
             .create_connection(CreateConnectionRequest {
+                message: String::new(),
                 destination_organization_id: destination.id.clone(),
                 data_types: vec![DataType::Account as i32],
                 request_id: String::new(),

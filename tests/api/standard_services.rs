@@ -224,6 +224,7 @@ async fn graceful_stop_completes_calls_in_flight_and_refuses_new_ones() {
         app.new_org("O").await,
     );
     let create = |destination: &TestOrg| CreateConnectionRequest {
+        message: String::new(),
         destination_organization_id: destination.id.clone(),
         data_types: vec![DataType::Inquiry as i32],
         request_id: String::new(),

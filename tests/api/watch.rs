@@ -52,6 +52,7 @@ async fn create(
 ) -> CreateConnectionResponse {
     app.connections(source)
         .create_connection(CreateConnectionRequest {
+            message: String::new(),
             destination_organization_id: destination.id.clone(),
             data_types: vec![DataType::Account.into()],
             request_id: String::new(),

@@ -187,6 +187,7 @@ async fn through_races_kills_stops_and_outages_a_watcher_sees_every_event_once_i
             .unwrap()
             .client(&source)
             .create_connection(CreateConnectionRequest {
+                message: String::new(),
                 destination_organization_id: destination.id.clone(),
                 data_types: vec![DataType::Inquiry.into()],
                 request_id: String::new(),

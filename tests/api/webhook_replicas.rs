@@ -104,6 +104,7 @@ async fn a_replica_killed_while_delivering_loses_no_event_and_another_carries_on
         let created = first
             .client(&source)
             .create_connection(CreateConnectionRequest {
+                message: String::new(),
                 destination_organization_id: destination.id.clone(),
                 data_types: vec![1],
                 request_id: String::new(),

@@ -6,7 +6,7 @@ use connections::{
     db::{Reader, connect},
     domain::{
         Action, Actor, Caller, ConnectionId, ConnectionRecord, DataType, DataTypes, DisplayName,
-        OrganizationId, PageSize,
+        OrganizationId, PageSize, Role,
     },
     grpc::convert::{self, encode_connection},
     proto,
@@ -178,6 +178,7 @@ impl Layer for ServiceLayer {
             data_types: DataTypes::new(data_types.iter().copied())
                 .map_err(|err| Failure::Unexpected(err.to_string()))?,
             request_id: request_id.map(str::to_owned),
+            message: None,
         };
         self.connections
             .create(caller, new)
@@ -200,6 +201,7 @@ impl Layer for ServiceLayer {
             action,
             etag: etag.map(str::to_owned),
             reason: reason.map(str::to_owned),
+            message: None,
             request_id: request_id.map(str::to_owned),
         };
         self.connections
@@ -226,6 +228,7 @@ impl Layer for ServiceLayer {
         page_token: Option<&str>,
     ) -> Result<Page<Returned>, Failure> {
         let filter = ListFilter {
+            data_type: None,
             role: filter.role,
             state: filter.state,
             counterparty: match &filter.counterparty {
@@ -272,8 +275,13 @@ impl Layer for ServiceLayer {
                     event_type: e.event_type,
                     from: e.from_state,
                     to: e.to_state,
-                    actor: e.actor_organization_id.to_string(),
-                    actor_role: e.actor_role,
+                    // The model makes no expiries: every change is a party's.
+                    actor: e
+                        .actor
+                        .organization()
+                        .map(|org| org.to_string())
+                        .unwrap_or_default(),
+                    actor_role: e.actor.role().unwrap_or(Role::Source),
                     reason: e.reason,
                 })
                 .collect(),

@@ -12,6 +12,7 @@
 import { randomUUID } from "node:crypto";
 import { parseArgs } from "node:util";
 import { equals } from "@bufbuild/protobuf";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
 
 import { Code, ConnectError, ResumableWatch, connect, enumName, errorInfo, type Protocol } from "./client.js";
 import {
@@ -63,9 +64,11 @@ const checker = accessCheckToken
 try {
   // The source creates the connection. A request_id makes the call safe to retry:
   // a retry with the same request_id returns the first response and changes nothing.
+  // The optional message goes to the destination with the invitation.
   const create = {
     destinationOrganizationId: destinationId,
     dataTypes: [DataType.INQUIRY, DataType.ACCOUNT],
+    message: "Hello from the example: please activate to receive our inquiries.",
     requestId: randomUUID(),
   };
   const created = await source.connections.createConnection(create);
@@ -73,6 +76,11 @@ try {
   console.log(`created ${conn.id}: ${state(conn.state)}`);
   const retried = await source.connections.createConnection(create);
   console.log(`retried with the same request_id: same response: ${equals(CreateConnectionResponseSchema, created, retried)}`);
+
+  // The destination reads the invitation: its message, and until when it may activate it.
+  const invitation = (await destination.connections.getConnection({ connectionId: conn.id })).connection!;
+  const expires = invitation.expireTime ? timestampDate(invitation.expireTime).toISOString() : "never";
+  console.log(`invitation: ${JSON.stringify(invitation.invitationMessage)}, expires ${expires}`);
 
   // Only the destination may activate: the source is refused, with a machine-readable reason.
   try {

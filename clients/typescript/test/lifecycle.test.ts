@@ -4,8 +4,9 @@
  *
  * One server for the file; the same full lifecycle runs over gRPC (HTTP/2), gRPC-Web over HTTP/1.1
  * and gRPC-Web over HTTP/2, each with a (source, destination) pair of its own, since a pair can
- * hold only one connection; so do the watch (ResumableWatch) and CheckAccess tests, and, on a
- * server of their own that they restart, the tests of a watch resuming across a restart.
+ * hold only one connection; so do the watch (ResumableWatch), CheckAccess, invitation message and
+ * BatchCheckAccess tests, and, on a server of their own, the tests of a watch resuming across a
+ * restart (which restart it) and of pending connections expiring (a 2 s pending lifetime).
  * Everything runs on 127.0.0.1, in temporary directories, bounded in time.
  *
  *   node --import tsx --test test/lifecycle.test.ts      (run_tests.sh does this)
@@ -15,8 +16,10 @@ import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
-import { equals, toBinary } from "@bufbuild/protobuf";
+import { equals, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
+import { anyUnpack, type Timestamp } from "@bufbuild/protobuf/wkt";
 
 import {
   Code,
@@ -30,6 +33,7 @@ import {
   type ConnectOptions,
   type WatchOptions,
 } from "../src/client.js";
+import { type CheckAccessRequestSchema, type CheckAccessResponse } from "../src/gen/connections/v1/access_service_pb.js";
 import {
   ActivateConnectionResponseSchema,
   CreateConnectionResponseSchema,
@@ -37,14 +41,18 @@ import {
   type WatchConnectionEventsResponse,
 } from "../src/gen/connections/v1/connection_service_pb.js";
 import {
+  type Connection,
   ConnectionEventSchema,
   ConnectionEventType,
   ConnectionRole,
   ConnectionState,
+  ConnectionSchema,
   ConnectionStateSchema,
   DataType,
+  DataTypeSchema,
 } from "../src/gen/connections/v1/resources_pb.js";
-import { type ErrorInfo, ErrorInfoSchema } from "../src/gen/google/rpc/error_details_pb.js";
+import { BadRequestSchema, type ErrorInfo, ErrorInfoSchema } from "../src/gen/google/rpc/error_details_pb.js";
+import { type Status } from "../src/gen/google/rpc/status_pb.js";
 import { type Org, PACKAGE_DIR, Server } from "./harness.js";
 
 interface Variant {
@@ -302,6 +310,7 @@ describe("example program", () => {
       { cwd: PACKAGE_DIR, timeout: TEST_TIMEOUT_MS - 5_000, encoding: "utf8" },
     );
     assert.match(stdout, /retried with the same request_id: same response: true/);
+    assert.match(stdout, /invitation: "Hello from the example: please activate to receive our inquiries\.", expires \d{4}-/);
     assert.match(stdout, /source may not activate: PermissionDenied ERROR_REASON_CALLER_NOT_DESTINATION \(connections\.v1\)/);
     assert.match(stdout, /activated by the destination: CONNECTION_STATE_ACTIVE/);
     assert.match(stdout, /#2 CONNECTION_EVENT_TYPE_ACTIVATED: CONNECTION_STATE_PENDING -> CONNECTION_STATE_ACTIVE by CONNECTION_ROLE_DESTINATION/);
@@ -694,6 +703,368 @@ for (const variant of VARIANTS) {
       // The server ends open streams with UNAVAILABLE when it stops (gRPC-Web included: its status
       // travels in a trailer frame at the end of the body).
       assert.equal(ended[0], Code.Unavailable, `what ended the stream at the stop: ${ended.map((c) => (c === undefined ? "no error" : Code[c]))}`);
+    });
+  });
+}
+
+// --- Invitations: messages and expiry; BatchCheckAccess and the list's data_type filter -------
+
+/** The server's default --pending-expiry: 30 days, in nanoseconds. */
+const DEFAULT_PENDING_LIFETIME_NS = 30n * 24n * 3600n * 1_000_000_000n;
+
+const nanos = (t: Timestamp | undefined): bigint => {
+  assert.ok(t, "the timestamp is set");
+  return t.seconds * 1_000_000_000n + BigInt(t.nanos);
+};
+
+/** How long after `since` the connection's expire_time is, in nanoseconds. */
+function lifetimeNs(conn: Connection, since: Timestamp | undefined): bigint {
+  assert.ok(conn.expireTime, `no expire_time on connection ${conn.id}`);
+  return nanos(conn.expireTime) - nanos(since);
+}
+
+/** The fields named by the google.rpc.BadRequest details of a refused call. */
+const violations = (err: ConnectError): string[] =>
+  err.findDetails(BadRequestSchema).flatMap((bad) => bad.fieldViolations.map((v) => v.field));
+
+/** Awaits a call that must be refused for its invitation message: INVALID_ARGUMENT, a violation on `message`. */
+async function refusedMessage(call: Promise<unknown>): Promise<void> {
+  const r = await refusal(call);
+  assert.deepEqual([r.code, r.info.reason], [Code.InvalidArgument, "ERROR_REASON_INVALID_ARGUMENT"]);
+  assert.deepEqual(violations(r.err), ["message"]);
+}
+
+/** A google.rpc.Status (a BatchCheckAccess item's error): its one ErrorInfo and its BadRequest fields. */
+function statusDetails(status: Status): { info: ErrorInfo; fields: string[] } {
+  const infos = status.details.flatMap((d) => anyUnpack(d, ErrorInfoSchema) ?? []);
+  assert.equal(infos.length, 1, `expected one ErrorInfo on ${Code[status.code]} "${status.message}", got ${infos.length}`);
+  assert.equal(infos[0]!.domain, "connections.v1");
+  const fields = status.details.flatMap((d) => anyUnpack(d, BadRequestSchema)?.fieldViolations.map((v) => v.field) ?? []);
+  return { info: infos[0]!, fields };
+}
+
+/** What a CheckAccess answer says, without its change token. */
+const said = (answer: CheckAccessResponse) => [answer.allowed, answer.connectionId, answer.state];
+
+for (const variant of VARIANTS) {
+  describe(`invitations and BatchCheckAccess over ${variant.name}`, () => {
+    const client = (apiKey?: string) => {
+      const c = connect({ baseUrl: server.baseUrl, apiKey, protocol: variant.protocol, httpVersion: variant.httpVersion });
+      clients.push(c);
+      return c;
+    };
+    const party = (name: string) => {
+      const org = server.newOrg(`${name} over ${variant.name}`);
+      return { org, c: client(org.key) };
+    };
+
+    it("an invitation's message reaches the destination; control characters are refused", { timeout: TEST_TIMEOUT_MS }, async () => {
+      const source = party("Invitation Source");
+      const destination = party("Invitation Destination");
+      const S = source.c.connections, D = destination.c.connections;
+      const { PENDING: P, ACTIVE: A } = ConnectionState;
+      const create = (message: string) =>
+        S.createConnection({ destinationOrganizationId: destination.org.id, dataTypes: [DataType.ACCOUNT], message });
+
+      // Control characters other than line breaks and tabs are refused, and so is a message longer
+      // than 1,000 characters; nothing is created.
+      for (const bad of ["Please activate\u0007", "Hello\u0000there", "Report \u001b[2J ready", "x".repeat(1001)]) {
+        await refusedMessage(create(bad));
+      }
+      assert.deepEqual((await S.listConnections({})).connections, []);
+
+      // The message is kept trimmed of the white space around it; line breaks and tabs inside stay.
+      const text = "Hello from Acme Bank,\n\tplease activate our account feed.\r\nThanks!";
+      const conn = (await create(`  ${text}\n\n `)).connection!;
+      assert.deepEqual([conn.state, conn.invitationMessage], [P, text]);
+      // A pending connection waits for its destination for the default lifetime, 30 days.
+      assert.equal(lifetimeNs(conn, conn.createTime), DEFAULT_PENDING_LIFETIME_NS);
+
+      // The destination sees it on the connection and on the CREATED event.
+      const seen = (await D.getConnection({ connectionId: conn.id })).connection!;
+      assert.ok(equals(ConnectionSchema, seen, conn));
+      const inbound = (await D.listConnections({ role: ConnectionRole.DESTINATION })).connections;
+      assert.deepEqual(inbound.map((c) => [c.id, c.invitationMessage]), [[conn.id, text]]);
+      const events = (await D.listConnectionEvents({ connectionId: conn.id })).events;
+      assert.deepEqual(events.map((e) => [e.type, e.message, e.actorOrganizationId]), [[T.CREATED, text, source.org.id]]);
+
+      // Once active, it no longer expires; the message stays the latest invitation's.
+      const activated = (await D.activateConnection({ connectionId: conn.id })).connection!;
+      assert.deepEqual([activated.state, activated.invitationMessage], [A, text]);
+      assert.equal(activated.expireTime, undefined);
+
+      // A reactivation is a new invitation, with a message of its own (checked as on create)...
+      await S.deactivateConnection({ connectionId: conn.id });
+      await refusedMessage(S.reactivateConnection({ connectionId: conn.id, message: "Again\u001b[0m" }));
+      const longest = "y".repeat(1000);
+      const again = (await S.reactivateConnection({ connectionId: conn.id, message: `\n${longest}\t ` })).connection!;
+      assert.deepEqual([again.state, again.invitationMessage], [P, longest]);
+      assert.equal(lifetimeNs(again, again.updateTime), DEFAULT_PENDING_LIFETIME_NS);
+      assert.equal((await D.getConnection({ connectionId: conn.id })).connection?.invitationMessage, longest);
+
+      // ...and a reactivation without one leaves the connection without a message.
+      await D.deactivateConnection({ connectionId: conn.id });
+      const silent = (await S.reactivateConnection({ connectionId: conn.id })).connection!;
+      assert.deepEqual([silent.state, silent.invitationMessage], [P, ""]);
+
+      // The history keeps each invitation's message, on CREATED and REACTIVATED events only.
+      const history = (await D.listConnectionEvents({ connectionId: conn.id })).events;
+      const historyForSource = (await S.listConnectionEvents({ connectionId: conn.id })).events;
+      assert.equal(historyForSource.length, history.length);
+      history.forEach((e, i) => assert.ok(equals(ConnectionEventSchema, e, historyForSource[i]!)));
+      assert.deepEqual(
+        history.map((e) => [e.type, e.message]),
+        [
+          [T.CREATED, text],
+          [T.ACTIVATED, ""],
+          [T.DEACTIVATED, ""],
+          [T.REACTIVATED, longest],
+          [T.DEACTIVATED, ""],
+          [T.REACTIVATED, ""],
+        ],
+      );
+    });
+
+    it("BatchCheckAccess answers items as CheckAccess would, one change token, refusals per item; the data_type list filter", { timeout: TEST_TIMEOUT_MS }, async () => {
+      const dst = party("Batch Destination");
+      const [both, account, pending, inactive] = ["Both", "Account", "Pending", "Inactive"].map((n) => party(`Batch Source ${n}`));
+      const x = party("Batch Other Source"), y = party("Batch Other Destination");
+      const operator = client(ACCESS_CHECK_TOKEN);
+      const D = dst.c.connections;
+      const { UNSPECIFIED: U, PENDING: P, ACTIVE: A, INACTIVE: I } = ConnectionState;
+      const { INQUIRY: INQ, ACCOUNT: ACC, TRANSACTION: TXN } = DataType;
+
+      const bothId = (await createAndActivate(both!.c.connections, D, dst.org.id, [INQ, ACC])).connectionId;
+      const accountId = (await createAndActivate(account!.c.connections, D, dst.org.id, [ACC])).connectionId;
+      const pendingId = (await pending!.c.connections.createConnection({ destinationOrganizationId: dst.org.id, dataTypes: [INQ] })).connection!.id;
+      const inactiveId = (await createAndActivate(inactive!.c.connections, D, dst.org.id, [INQ])).connectionId;
+      await D.deactivateConnection({ connectionId: inactiveId });
+      // A pair the destination is no party to; its activation is the last change made.
+      const others = await createAndActivate(x.c.connections, y.c.connections, y.org.id, [INQ]);
+      const token = others.activated.changeToken;
+
+      type Question = MessageInitShape<typeof CheckAccessRequestSchema>;
+      const question = (src: string, dstId: string, dataType: DataType): Question => ({
+        sourceOrganizationId: src,
+        destinationOrganizationId: dstId,
+        dataType,
+      });
+      const checks = [
+        question(both!.org.id, dst.org.id, INQ),
+        question(account!.org.id, dst.org.id, INQ), // a type the connection does not include
+        question(x.org.id, y.org.id, INQ), // not the caller's pair: refused, alone
+        question(account!.org.id, dst.org.id, ACC),
+        question(pending!.org.id, dst.org.id, INQ),
+        question(inactive!.org.id, dst.org.id, INQ),
+        question(dst.org.id, both!.org.id, INQ), // the other direction: no connection
+        question(both!.org.id, dst.org.id, DataType.UNSPECIFIED), // malformed: refused, alone
+        question(both!.org.id, dst.org.id, ACC),
+        question(both!.org.id, dst.org.id, INQ), // asked twice, answered twice
+      ];
+      const batch = (caller: ConnectionsClient, items: Question[], atLeastChangeToken = token) =>
+        caller.access.batchCheckAccess({ checks: items, atLeastChangeToken });
+
+      const answer = await batch(dst.c, checks);
+      assert.ok(answer.changeToken, "the batch names the change it reflects");
+      const outcome = answer.results.map((r) => r.result.case);
+      assert.deepEqual(outcome, ["response", "response", "error", "response", "response", "response", "response", "error", "response", "response"]);
+      const responses = answer.results.flatMap((r) => (r.result.case === "response" ? [r.result.value] : []));
+      // Every answer reflects the one state the batch's change token names.
+      assert.deepEqual(new Set(responses.map((r) => r.changeToken)), new Set([answer.changeToken]));
+      assert.deepEqual(responses.map(said), [
+        [true, bothId, A],
+        [false, accountId, A],
+        [true, accountId, A],
+        [false, pendingId, P],
+        [false, inactiveId, I],
+        [false, "", U],
+        [true, bothId, A],
+        [true, bothId, A],
+      ]);
+
+      // The item about another pair is refused in its own status, as CheckAccess refuses it.
+      const errorOf = (i: number) => {
+        const result = answer.results[i]!.result;
+        assert.equal(result.case, "error", `item ${i}`);
+        return result.value as Status;
+      };
+      const denied = errorOf(2);
+      assert.equal(denied.code, Code.PermissionDenied);
+      assert.equal(statusDetails(denied).info.reason, "ERROR_REASON_CALLER_NOT_PARTY");
+      const malformed = errorOf(7);
+      assert.equal(malformed.code, Code.InvalidArgument);
+      assert.equal(statusDetails(malformed).info.reason, "ERROR_REASON_INVALID_ARGUMENT");
+      assert.deepEqual(statusDetails(malformed).fields, ["data_type"]);
+
+      // Each result is what CheckAccess answers alone, item by item, in the request's order.
+      for (const [i, item] of checks.entries()) {
+        const single = dst.c.access.checkAccess({ ...item, atLeastChangeToken: answer.changeToken });
+        const result = answer.results[i]!.result;
+        if (result.case === "response") {
+          assert.deepEqual(said(await single), said(result.value), `item ${i}`);
+        } else {
+          const r = await refusal(single);
+          const expected = statusDetails(result.value!);
+          assert.deepEqual([r.code, r.err.rawMessage], [result.value!.code, result.value!.message], `item ${i}`);
+          assert.ok(equals(ErrorInfoSchema, r.info, expected.info), `item ${i}`);
+          assert.deepEqual(violations(r.err), expected.fields, `item ${i}`);
+        }
+      }
+
+      // The operator's access-check token may ask about any pair.
+      const byOperator = await batch(operator, checks);
+      assert.deepEqual(byOperator.results.map((r) => r.result.case), outcome.map((c, i) => (i === 2 ? "response" : c)));
+      byOperator.results.forEach((r, i) => {
+        const mine = answer.results[i]!.result;
+        if (r.result.case === "response" && mine.case === "response") assert.deepEqual(said(r.result.value), said(mine.value), `item ${i}`);
+      });
+      const theirs = byOperator.results[2]!.result;
+      assert.equal(theirs.case, "response");
+      assert.deepEqual(said(theirs.value as CheckAccessResponse), [true, others.connectionId, A]);
+
+      // An item may not carry its own token (the batch has one): that item alone is refused.
+      const mixed = await batch(dst.c, [checks[0]!, { ...checks[0]!, atLeastChangeToken: token }]);
+      assert.deepEqual(mixed.results.map((r) => r.result.case), ["response", "error"]);
+      const ownToken = mixed.results[1]!.result.value as Status;
+      assert.equal(ownToken.code, Code.InvalidArgument);
+      assert.deepEqual(statusDetails(ownToken).fields, ["at_least_change_token"]);
+
+      // 1 to 1,000 checks; what concerns the whole call fails the whole call.
+      const copies = (n: number) => Array.from({ length: n }, () => checks[0]!);
+      assert.equal((await batch(operator, copies(1000))).results.length, 1000);
+      for (const items of [[], copies(1001)]) {
+        const r = await refusal(batch(operator, items));
+        assert.deepEqual([r.code, r.info.reason], [Code.InvalidArgument, "ERROR_REASON_INVALID_ARGUMENT"]);
+        assert.deepEqual(violations(r.err), ["checks"]);
+      }
+      let r = await refusal(batch(dst.c, checks, altered(token)));
+      assert.deepEqual([r.code, r.info.reason], [Code.InvalidArgument, "ERROR_REASON_INVALID_CHANGE_TOKEN"]);
+      r = await refusal(batch(client(), checks));
+      assert.deepEqual([r.code, r.info.reason], [Code.Unauthenticated, "ERROR_REASON_API_KEY_MISSING"]);
+
+      // ListConnections' data_type filter: with state ACTIVE and role DESTINATION, the connections
+      // over which the destination may receive the type now, newest first; without a state, every
+      // connection that includes it.
+      const listed = async (c: ConnectionsClient, filters: Parameters<Connections["listConnections"]>[0]) =>
+        (await c.connections.listConnections(filters)).connections.map((conn) => conn.id);
+      const { DESTINATION: DST, SOURCE: SRC } = ConnectionRole;
+      assert.deepEqual(await listed(dst.c, { role: DST, state: A, dataType: INQ }), [bothId]);
+      assert.deepEqual(await listed(dst.c, { role: DST, state: A, dataType: ACC }), [accountId, bothId]);
+      assert.deepEqual(await listed(dst.c, { role: DST, state: A, dataType: TXN }), []);
+      assert.deepEqual(await listed(dst.c, { role: DST, dataType: INQ }), [inactiveId, pendingId, bothId]);
+      assert.deepEqual(await listed(dst.c, { role: DST }), [inactiveId, pendingId, accountId, bothId]);
+      assert.deepEqual(await listed(both!.c, { role: SRC, state: A, dataType: ACC }), [bothId]);
+      assert.deepEqual(await listed(account!.c, { role: SRC, state: A, dataType: INQ }), []);
+      // A data mover's two views agree: the list names exactly the sources the batch allows.
+      const sources = [both!, account!, pending!, inactive!, x].map((p) => p.org.id);
+      for (const dataType of [INQ, ACC, TXN]) {
+        const results = (await batch(dst.c, sources.map((s) => question(s, dst.org.id, dataType)))).results;
+        const allowed = sources.filter((_, i) => {
+          const res = results[i]!.result;
+          return res.case === "response" && res.value.allowed;
+        });
+        const page = (await D.listConnections({ role: DST, state: A, dataType })).connections;
+        assert.deepEqual(new Set(page.map((c) => c.sourceOrganizationId)), new Set(allowed), enumName(DataTypeSchema, dataType));
+      }
+    });
+  });
+
+  describe(`pending expiry over ${variant.name}`, () => {
+    // A server of its own, on which a pending connection waits two seconds for its destination.
+    let own: Server;
+    let source: Org, destination: Org, other: Org;
+    before(
+      async () => {
+        own = await Server.prepare({ CONNECTIONS_PENDING_EXPIRY: "2s" });
+        source = own.newOrg("Expiry Source");
+        destination = own.newOrg("Expiry Destination");
+        other = own.newOrg("Expiry Other Source");
+        await own.start(source);
+      },
+      { timeout: 120_000 },
+    );
+    after(
+      async () => {
+        if (!own) return;
+        try {
+          if (!own.started) return;
+          const { code, signal } = await own.stop();
+          assert.equal(signal, null, `server was killed by ${signal}:\n${own.log()}`);
+          assert.equal(code, 0, `server exited ${code} after SIGTERM:\n${own.log()}`);
+        } finally {
+          own.cleanup();
+        }
+      },
+      { timeout: 60_000 },
+    );
+
+    it("a pending connection expires (EXPIRED, no actor); activating it after expire_time is CONNECTION_EXPIRED", { timeout: TEST_TIMEOUT_MS }, async () => {
+      const options = { baseUrl: own.baseUrl, protocol: variant.protocol, httpVersion: variant.httpVersion };
+      const [sc, dc, oc] = [source, destination, other].map((org) => connect({ ...options, apiKey: org.key }));
+      clients.push(sc!, dc!, oc!);
+      const S = sc!.connections, D = dc!.connections;
+      const { UNSPECIFIED: U, PENDING: P, ACTIVE: A, INACTIVE: I } = ConnectionState;
+      const create = async (c: Connections, message = "") =>
+        (await c.createConnection({ destinationOrganizationId: destination.id, dataTypes: [DataType.INQUIRY], message })).connection!;
+      const get = async (connectionId: string) => (await D.getConnection({ connectionId })).connection!;
+
+      // The destination watches; the expiry comes to it like any other change.
+      const puller = watching(D, { fromBeginning: true });
+      try {
+        const first = await create(S, "Valid for two seconds");
+        assert.equal(lifetimeNs(first, first.createTime), 2_000_000_000n);
+
+        // The service expires it at its first sweep after expire_time (sweeps run every 10 s): an
+        // EXPIRED event that no organization made.
+        const [created, expired] = await puller.events(2, 30_000);
+        assert.deepEqual(summary([created!, expired!]), [[1, T.CREATED], [2, T.EXPIRED]]);
+        const e = expired!.event!;
+        assert.deepEqual([e.connectionId, e.fromState, e.toState], [first.id, P, I]);
+        assert.deepEqual([e.actorOrganizationId, e.actorRole, e.actorApiKeyId, e.actorApiKeyDisplayName], ["", U, "", ""]);
+        assert.deepEqual([e.reason, e.message], ["", ""]);
+        assert.ok(nanos(e.createTime) >= nanos(first.expireTime), "expired at or after its expire_time");
+        const history = (await S.listConnectionEvents({ connectionId: first.id })).events;
+        assert.equal(history.length, 2);
+        [created!, expired!].forEach((m, i) => assert.ok(equals(ConnectionEventSchema, m.event!, history[i]!), `event ${i + 1}`));
+        const expiredConn = await get(first.id);
+        assert.equal(expiredConn.state, I);
+        assert.equal(expiredConn.expireTime, undefined);
+        // No longer PENDING: there is nothing to activate.
+        let r = await refusal(D.activateConnection({ connectionId: first.id }));
+        assert.deepEqual([r.code, r.info.reason], [Code.FailedPrecondition, "ERROR_REASON_INVALID_STATE_TRANSITION"]);
+
+        // A sweep has just run (it wrote that event) and the next is about 10 s away. A connection
+        // created now is past its expire_time 2 s later but still PENDING: the destination's
+        // activation is refused for the expiry and changes nothing.
+        const second = await create(oc!.connections);
+        await sleep(Math.max(0, Number(nanos(second.expireTime) / 1_000_000n) - Date.now()) + 300);
+        r = await refusal(D.activateConnection({ connectionId: second.id }));
+        assert.deepEqual([r.code, r.info.reason], [Code.FailedPrecondition, "ERROR_REASON_CONNECTION_EXPIRED"]);
+        assert.equal(errorReason(r.err), ErrorReason.CONNECTION_EXPIRED);
+        assert.equal((await get(second.id)).etag, second.etag);
+        // The next sweep expires it.
+        const next = await puller.events(2, 30_000);
+        assert.deepEqual(
+          next.map((m) => [m.event!.connectionId, Number(m.event!.sequence), m.event!.type]),
+          [
+            [second.id, 1, T.CREATED],
+            [second.id, 2, T.EXPIRED],
+          ],
+        );
+
+        // The source invites again, with a new lifetime; an activation in time succeeds.
+        const again = (await S.reactivateConnection({ connectionId: first.id, message: "Second try" })).connection!;
+        assert.deepEqual([again.state, again.invitationMessage], [P, "Second try"]);
+        assert.equal(lifetimeNs(again, again.updateTime), 2_000_000_000n);
+        const activated = (await D.activateConnection({ connectionId: first.id })).connection!;
+        assert.equal(activated.state, A);
+        assert.equal(activated.expireTime, undefined);
+        const later = await puller.events(2);
+        assert.deepEqual(summary(later), [[3, T.REACTIVATED], [4, T.ACTIVATED]]);
+        assert.equal(later[0]!.event!.message, "Second try");
+      } finally {
+        puller.watch.close();
+      }
     });
   });
 }

@@ -1,27 +1,34 @@
 /**
- * One connection: a summary line and what happens next, the actions the caller may take now beside
- * its state, the fields that have a value, and its history, newest first. Each action is sent with
- * the etag of the connection as shown, so a change made meanwhile by the other party is never
- * overwritten: the page says so and shows the current state. An event of this connection arriving
- * on the page's stream (see ../live.ts) loads the connection again and joins the history; a reason
- * being typed for a deactivation stays, with a notice that the connection changed.
+ * One connection: a summary line and what happens next (with, while it is Pending, when the
+ * invitation expires), the message of the latest invitation, the actions the caller may take now
+ * beside its state, the fields that have a value, and its history, newest first. Each action is
+ * sent with the etag of the connection as shown, so a change made meanwhile by the other party is
+ * never overwritten: the page says so and shows the current state. An event of this connection
+ * arriving on the page's stream (see ../live.ts) loads the connection again and joins the history;
+ * a reason being typed for a deactivation, or a message for a reactivation, stays, with a notice
+ * that the connection changed.
  */
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 
-import { ErrorReason, newRequestId, problem, type Problem } from "../api.js";
+import { ErrorReason, fieldProblem, newRequestId, problem, type Problem } from "../api.js";
 import { dataTypeList, dataTypeWords, EVENT_WORDS, iso, ROLE_WORDS, STATE_WORDS, when } from "../format.js";
 import {
   type Connection,
   type ConnectionEvent,
+  ConnectionEventType,
   ConnectionRole,
   ConnectionState,
 } from "../gen/connections/v1/resources_pb.js";
 import { useOrganizationName, useSession } from "../session.js";
 import { useCoalesced, useLive, useReloadWhenLive } from "./live.js";
+import { MessageField } from "./message.js";
 import { ProblemNote } from "./problem.js";
-import { Ago } from "./time.js";
+import { Ago, Expires } from "./time.js";
 
 type Action = "Activate" | "Deactivate" | "Reactivate";
+
+/** The actions asked about before they are sent, with what was typed for them. */
+type Confirmed = Exclude<Action, "Activate">;
 
 /** What the user reads when the other party changed the connection after the page showed it. */
 const CHANGED_SINCE_OPENED = "This connection changed since you opened it. Here is its current state.";
@@ -61,12 +68,15 @@ export function ConnectionDetail({ id }: { id: string }) {
   const [connection, setConnection] = useState<Connection | null>(null);
   const [refusal, setRefusal] = useState<Problem | null>(null);
   const [actionRefusal, setActionRefusal] = useState<Problem | null>(null);
-  // The etag of the connection when the deactivation form was opened; null while it is closed.
-  const [confirming, setConfirming] = useState<string | null>(null);
+  // The action being confirmed, with the etag of the connection when its form was opened; null
+  // while none is.
+  const [confirming, setConfirming] = useState<{ action: Confirmed; openedAt: string } | null>(null);
   const [reason, setReason] = useState("");
+  const [message, setMessage] = useState("");
   const [busy, setBusy] = useState(false);
   const [historyVersion, setHistoryVersion] = useState(0);
-  // One request_id per intent (action, connection version, reason): a retry sends the same one.
+  // One request_id per intent (action, connection version, reason or message): a retry sends the
+  // same one.
   const intent = useRef<{ key: string; requestId: string; run: () => Promise<void> } | null>(null);
 
   // Only the newest answer is shown: one to an earlier request may be older.
@@ -107,6 +117,7 @@ export function ConnectionDetail({ id }: { id: string }) {
     setActionRefusal(null);
     setConfirming(null);
     setReason("");
+    setMessage("");
     void load();
   }, [load]);
   // Failed while the server was away: load again as soon as it is back.
@@ -132,7 +143,7 @@ export function ConnectionDetail({ id }: { id: string }) {
 
   const act = async (action: Action) => {
     const shown = connection;
-    const text = action === "Deactivate" ? reason.trim() : "";
+    const text = action === "Deactivate" ? reason.trim() : action === "Reactivate" ? message.trim() : "";
     const key = `${action}|${shown.id}|${shown.etag}|${text}`;
     if (intent.current?.key !== key) {
       const requestId = newRequestId();
@@ -143,7 +154,7 @@ export function ConnectionDetail({ id }: { id: string }) {
             ? await api.connections.activateConnection(request)
             : action === "Deactivate"
               ? await api.connections.deactivateConnection({ ...request, reason: text })
-              : await api.connections.reactivateConnection(request);
+              : await api.connections.reactivateConnection({ ...request, message: text });
         if (response.connection) {
           // Newer than any load still on its way.
           latest.current += 1;
@@ -156,17 +167,16 @@ export function ConnectionDetail({ id }: { id: string }) {
     setActionRefusal(null);
     try {
       await intent.current.run();
-      if (action === "Deactivate") {
-        setConfirming(null);
-        setReason("");
-      }
+      if (action === "Deactivate") setReason("");
+      if (action === "Reactivate") setMessage("");
+      if (action !== "Activate") setConfirming(null);
       setHistoryVersion((v) => v + 1);
     } catch (err) {
       const refused = problem(err);
       setActionRefusal(refused);
       if (CHANGED_MEANWHILE.includes(refused.reason)) {
-        // A reason being written stays: the form says the connection changed.
-        if (action !== "Deactivate") setConfirming(null);
+        // A reason or a message being written stays: the form says the connection changed.
+        if (action === "Activate") setConfirming(null);
         setHistoryVersion((v) => v + 1);
         const now = await load();
         if (now && now.etag !== shown.etag) {
@@ -188,6 +198,7 @@ export function ConnectionDetail({ id }: { id: string }) {
   const other =
     role === ConnectionRole.SOURCE ? connection.destinationOrganizationId : connection.sourceOrganizationId;
   const stateWord = STATE_WORDS[connection.state];
+  const confirm = (action: Confirmed) => setConfirming({ action, openedAt: connection.etag });
 
   return (
     <section aria-labelledby="detail-heading">
@@ -207,25 +218,26 @@ export function ConnectionDetail({ id }: { id: string }) {
             </button>
           ) : null}
           {allowed.includes("Deactivate") && confirming === null ? (
-            <button type="button" disabled={busy} onClick={() => setConfirming(connection.etag)}>
+            <button type="button" disabled={busy} onClick={() => confirm("Deactivate")}>
               Deactivate
             </button>
           ) : null}
-          {allowed.includes("Reactivate") ? (
-            <button type="button" class="primary" disabled={busy} onClick={() => void act("Reactivate")}>
+          {allowed.includes("Reactivate") && confirming === null ? (
+            <button type="button" class="primary" disabled={busy} onClick={() => confirm("Reactivate")}>
               Reactivate
             </button>
           ) : null}
         </div>
       </div>
       <Summary connection={connection} role={role} other={other} />
+      <Invitation message={connection.invitationMessage} role={role} other={other} />
       <ProblemNote problem={refusal} onRetry={() => void refresh()} />
-      {confirming !== null ? (
+      {confirming?.action === "Deactivate" ? (
         <ConfirmDeactivate
           connection={connection}
           role={role}
           other={other}
-          openedAt={confirming}
+          openedAt={confirming.openedAt}
           canDeactivate={allowed.includes("Deactivate")}
           reason={reason}
           setReason={setReason}
@@ -233,8 +245,24 @@ export function ConnectionDetail({ id }: { id: string }) {
           onConfirm={() => void act("Deactivate")}
           onCancel={() => setConfirming(null)}
         />
+      ) : confirming?.action === "Reactivate" ? (
+        <ConfirmReactivate
+          connection={connection}
+          other={other}
+          openedAt={confirming.openedAt}
+          canReactivate={allowed.includes("Reactivate")}
+          message={message}
+          setMessage={(value) => {
+            setMessage(value);
+            setActionRefusal(null);
+          }}
+          refusal={actionRefusal}
+          busy={busy}
+          onConfirm={() => void act("Reactivate")}
+          onCancel={() => setConfirming(null)}
+        />
       ) : null}
-      <ProblemNote problem={actionRefusal} onRetry={retry} />
+      {fieldProblem(actionRefusal, "message") ? null : <ProblemNote problem={actionRefusal} onRetry={retry} />}
 
       <dl class="fields card">
         <dt>Source</dt>
@@ -270,7 +298,7 @@ export function ConnectionDetail({ id }: { id: string }) {
               <Exact time={connection.deactivateTime} />
               {connection.deactivatedBy !== ConnectionRole.UNSPECIFIED
                 ? ` by ${ROLE_WORDS[connection.deactivatedBy]}`
-                : ""}
+                : " (expired)"}
             </dd>
           </>
         ) : null}
@@ -302,7 +330,8 @@ function HeadingName({ role, other }: { role: ConnectionRole; other: string }) {
 
 /**
  * The connection in a sentence ("Active since 3 minutes ago; sharing Inquiries and Accounts with
- * Orbit Credit Union"), then what happens next ("Waiting for Orbit Credit Union to activate").
+ * Orbit Credit Union"), then what happens next ("Waiting for Orbit Credit Union to activate.
+ * Expires in 30 days.").
  */
 function Summary({ connection, role, other }: { connection: Connection; role: ConnectionRole; other: string }) {
   const name = useOrganizationName(other) ?? "the other organization";
@@ -326,13 +355,12 @@ function Summary({ connection, role, other }: { connection: Connection; role: Co
       }
       break;
     case ConnectionState.INACTIVE: {
-      const by =
-        connection.deactivatedBy === ConnectionRole.UNSPECIFIED
-          ? ""
-          : connection.deactivatedBy === role
-            ? " by your organization"
-            : ` by ${name}`;
-      what = `deactivated${by}; nothing is shared`;
+      // No organization deactivated it: the service did, when the invitation expired.
+      const expired = connection.deactivatedBy === ConnectionRole.UNSPECIFIED;
+      const by = connection.deactivatedBy === role ? " by your organization" : ` by ${name}`;
+      what = expired
+        ? `expired before ${source ? name : "you"} activated it; nothing is shared`
+        : `deactivated${by}; nothing is shared`;
       next = source
         ? `Reactivate it to ask ${name} to activate it again.`
         : `Only ${name} can reactivate it; you would then activate it again.`;
@@ -351,8 +379,96 @@ function Summary({ connection, role, other }: { connection: Connection; role: Co
       <p class={needsAction ? "next-step needs" : "next-step"}>
         {needsAction ? <strong>Needs your action: </strong> : null}
         {next}
+        {connection.state === ConnectionState.PENDING && connection.expireTime ? (
+          <>
+            {" "}
+            <Expires time={connection.expireTime} />.
+          </>
+        ) : null}
       </p>
     </>
+  );
+}
+
+/**
+ * The message of the latest invitation (the creation, or the latest reactivation), as it was
+ * written: text, never markup, with its line breaks.
+ */
+function Invitation({ message, role, other }: { message: string; role: ConnectionRole; other: string }) {
+  const name = useOrganizationName(other);
+  if (!message) return null;
+  return (
+    <figure class="invitation card">
+      <figcaption>
+        {role === ConnectionRole.SOURCE
+          ? `Your message to ${name ?? "the destination"}`
+          : `Message from ${name ?? "the source"}`}
+      </figcaption>
+      <blockquote>{message}</blockquote>
+    </figure>
+  );
+}
+
+/**
+ * "Reactivate the connection to …?", with the message for the destination. When the connection
+ * changes while it is open, it stays open with what was typed, and says so; the server's refusal
+ * of the message is told next to it.
+ */
+function ConfirmReactivate({
+  connection,
+  other,
+  openedAt,
+  canReactivate,
+  message,
+  setMessage,
+  refusal,
+  busy,
+  onConfirm,
+  onCancel,
+}: {
+  connection: Connection;
+  other: string;
+  openedAt: string;
+  canReactivate: boolean;
+  message: string;
+  setMessage: (message: string) => void;
+  refusal: Problem | null;
+  busy: boolean;
+  onConfirm: () => void;
+  onCancel: () => void;
+}) {
+  const name = useOrganizationName(other) ?? "the other organization";
+  const changed = connection.etag !== openedAt;
+  return (
+    <form
+      class="card confirm"
+      aria-labelledby="confirm-question"
+      onSubmit={(event) => {
+        event.preventDefault();
+        if (!busy && canReactivate) onConfirm();
+      }}
+    >
+      <p id="confirm-question" class="question">
+        Reactivate the connection to {name}? {name} is asked to activate it again.
+      </p>
+      {changed ? (
+        <p class="notice" role="status">
+          {`This connection changed while this was open: it is now ${STATE_WORDS[connection.state]}. `}
+          {canReactivate
+            ? "Confirm to reactivate it as it is now."
+            : "There is nothing left to reactivate; what you typed stays here until you cancel."}
+        </p>
+      ) : null}
+      <MessageField id="reactivate-message" value={message} setValue={setMessage} refusal={refusal} />
+      <div class="actions">
+        <button type="submit" class="primary" disabled={busy || !canReactivate}>
+          Confirm
+        </button>
+        <button type="button" onClick={onCancel}>
+          Cancel
+        </button>
+      </div>
+    </form>
   );
 }
 
@@ -567,18 +683,28 @@ function append(events: ConnectionEvent[], event: ConnectionEvent): boolean {
 
 /**
  * One event: when, which organization in which role, with which of its API keys (events recorded
- * before keys were name none), what it did.
+ * before keys were name none), what it did; or, for an event no organization made (an expiry),
+ * what the service did. Then the reason of a deactivation, or the message of an invitation.
  */
 function HistoryEntry({ event }: { event: ConnectionEvent }) {
+  // The service expired it: no organization acted.
+  const byService = event.type === ConnectionEventType.EXPIRED;
   const actor = useOrganizationName(event.actorOrganizationId);
   const key = event.actorApiKeyDisplayName;
   return (
     <li>
       <time dateTime={iso(event.createTime)}>{when(event.createTime)}</time>:{" "}
-      <strong>{actor ?? "An organization"}</strong> ({ROLE_WORDS[event.actorRole]}
-      {key ? <span class="key">, by key '{key}'</span> : null}) {EVENT_WORDS[event.type]}
+      {byService ? (
+        EVENT_WORDS[event.type]
+      ) : (
+        <>
+          <strong>{actor ?? "An organization"}</strong> ({ROLE_WORDS[event.actorRole]}
+          {key ? <span class="key">, by key '{key}'</span> : null}) {EVENT_WORDS[event.type]}
+        </>
+      )}
       {event.toState !== ConnectionState.UNSPECIFIED ? ` (now ${STATE_WORDS[event.toState]})` : ""}.
       {event.reason ? <span class="reason">Reason: {event.reason}</span> : null}
+      {event.message ? <span class="message">Message: {event.message}</span> : null}
     </li>
   );
 }

@@ -1,8 +1,9 @@
 /**
  * The caller's connections: Outbound, Inbound or All, filtered, newest first, a page at a time, as
  * a table (stacked rows on a narrow screen). A row opens its connection; an inbound Pending one
- * that waits on the caller says so and can be activated from the row. The page shown is loaded
- * again when an event of the organization's connections arrives (see ../live.ts), never on a timer.
+ * that waits on the caller says so and can be activated from the row; a Pending one says when its
+ * invitation expires. The page shown is loaded again when an event of the organization's
+ * connections arrives (see ../live.ts), never on a timer.
  */
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 
@@ -18,7 +19,7 @@ import {
 } from "../gen/connections/v1/resources_pb.js";
 import { useCoalesced, useLive, useReloadWhenLive } from "./live.js";
 import { ProblemNote } from "./problem.js";
-import { Ago } from "./time.js";
+import { Ago, Expires } from "./time.js";
 
 /** Connections per page. */
 const PAGE_SIZE = 20;
@@ -344,6 +345,11 @@ function ConnectionRow({
             </span>
           ) : pending ? (
             <span class="next muted">Waiting for {name ?? "the other organization"}</span>
+          ) : null}
+          {pending && connection.expireTime ? (
+            <span class="expires muted">
+              <Expires time={connection.expireTime} />
+            </span>
           ) : null}
           <ProblemNote problem={refusal} onRetry={() => void activate()} />
         </div>

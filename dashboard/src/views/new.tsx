@@ -1,14 +1,16 @@
 /**
- * A new connection from the caller to a destination given by its Organization ID. The page looks
- * the destination up and shows its name before anything is created.
+ * A new connection from the caller to a destination given by its Organization ID, with an optional
+ * message for the destination. The page looks the destination up and shows its name before
+ * anything is created.
  */
 import { useEffect, useRef, useState } from "preact/hooks";
 
-import { ErrorReason, isId, newRequestId, problem, type Problem } from "../api.js";
+import { ErrorReason, fieldProblem, isId, newRequestId, problem, type Problem } from "../api.js";
 import { go } from "../nav.js";
 import { useSession } from "../session.js";
 import { DATA_TYPES } from "../format.js";
 import { DataType } from "../gen/connections/v1/resources_pb.js";
+import { MessageField } from "./message.js";
 import { ProblemNote } from "./problem.js";
 
 /** The destination as looked up: its name, or why there is none. */
@@ -18,12 +20,13 @@ export function NewConnection() {
   const { api, me } = useSession();
   const [destination, setDestination] = useState("");
   const [types, setTypes] = useState<DataType[]>([]);
+  const [message, setMessage] = useState("");
   const [lookup, setLookup] = useState<Lookup>(null);
   const [busy, setBusy] = useState(false);
   const [refusal, setRefusal] = useState<Problem | null>(null);
   const [typesMissing, setTypesMissing] = useState(false);
-  // One request_id per intent (destination and data types): a double click or a retry sends the
-  // same one, so the server creates one connection.
+  // One request_id per intent (destination, data types and message): a double click or a retry
+  // sends the same one, so the server creates one connection.
   const intent = useRef<{ key: string; requestId: string } | null>(null);
 
   const id = isId(destination) ? destination.trim().toLowerCase() : "";
@@ -62,13 +65,15 @@ export function NewConnection() {
       return;
     }
     const dataTypes = [...types].sort();
-    const key = `${id}|${dataTypes.join(",")}`;
+    const text = message.trim();
+    const key = `${id}|${dataTypes.join(",")}|${text}`;
     if (intent.current?.key !== key) intent.current = { key, requestId: newRequestId() };
     setBusy(true);
     try {
       const { connection } = await api.connections.createConnection({
         destinationOrganizationId: id,
         dataTypes,
+        message: text,
         requestId: intent.current.requestId,
       });
       if (connection) go(`/connections/${connection.id}`);
@@ -80,6 +85,7 @@ export function NewConnection() {
   };
 
   const ready = lookup !== null && "name" in lookup && lookup.id === id;
+  const wrongMessage = fieldProblem(refusal, "message") !== null;
   const existing = refusal?.reason === ErrorReason.CONNECTION_ALREADY_EXISTS ? refusal.metadata.connection_id : undefined;
 
   return (
@@ -143,6 +149,15 @@ export function NewConnection() {
             </p>
           ) : null}
         </fieldset>
+        <MessageField
+          id="message"
+          value={message}
+          setValue={(value) => {
+            setMessage(value);
+            setRefusal(null);
+          }}
+          refusal={refusal}
+        />
         <div class="actions">
           <button type="submit" class="primary" disabled={!ready || busy}>
             Create connection
@@ -151,9 +166,11 @@ export function NewConnection() {
             Cancel
           </button>
         </div>
-        <ProblemNote problem={refusal} onRetry={() => void create()}>
-          {existing ? <a href={`#/connections/${existing}`}>Open the existing connection</a> : null}
-        </ProblemNote>
+        {wrongMessage ? null : (
+          <ProblemNote problem={refusal} onRetry={() => void create()}>
+            {existing ? <a href={`#/connections/${existing}`}>Open the existing connection</a> : null}
+          </ProblemNote>
+        )}
       </form>
     </section>
   );

@@ -265,6 +265,7 @@ async fn oversized_or_out_of_range_data_type_lists_are_invalid_argument() {
     ] {
         let status = client
             .create_connection(CreateConnectionRequest {
+                message: String::new(),
                 destination_organization_id: b.id.clone(),
                 data_types: data_types.clone(),
                 request_id: String::new(),
@@ -282,6 +283,7 @@ async fn oversized_or_out_of_range_data_type_lists_are_invalid_argument() {
     // Exactly 32 entries (duplicates collapse) are accepted.
     client
         .create_connection(CreateConnectionRequest {
+            message: String::new(),
             destination_organization_id: b.id.clone(),
             data_types: vec![inquiry; MAX_DATA_TYPES],
             request_id: String::new(),

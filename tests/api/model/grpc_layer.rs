@@ -177,6 +177,7 @@ impl Layer for GrpcLayer {
         request_id: Option<&str>,
     ) -> Result<proto::Connection, Failure> {
         let request = proto::CreateConnectionRequest {
+            message: String::new(),
             destination_organization_id: destination.to_owned(),
             data_types: data_types.iter().copied().map(data_type_value).collect(),
             request_id: request_id.unwrap_or_default().to_owned(),
@@ -225,6 +226,7 @@ impl Layer for GrpcLayer {
                 assert!(reason.is_none(), "only deactivations have a reason");
                 client
                     .reactivate_connection(proto::ReactivateConnectionRequest {
+                        message: String::new(),
                         connection_id,
                         etag,
                         request_id,
@@ -265,6 +267,7 @@ impl Layer for GrpcLayer {
                 counterparty_organization_id: filter.counterparty.clone().unwrap_or_default(),
                 page_size,
                 page_token: page_token.unwrap_or_default().to_owned(),
+                data_type: 0,
             })
             .await
             .map_err(|s| failure(&s))?

@@ -169,6 +169,10 @@ pub struct AppOptions {
     pub watch_buffer: u32,
     /// How often the change log is read for other replicas' changes.
     pub change_feed_poll_interval: Duration,
+    /// How long a connection may stay PENDING (zero: for ever).
+    pub pending_expiry: Duration,
+    /// How often connections past their expire time are expired.
+    pub expiry_sweep_interval: Duration,
     /// Webhooks: private addresses allowed (receivers are on 127.0.0.1),
     /// retries within a second and the tests' key file, unless a test says
     /// otherwise.
@@ -220,6 +224,8 @@ impl Default for AppOptions {
             watch_unread_timeout: server.watch_unread_timeout,
             watch_buffer: server.watch_buffer,
             change_feed_poll_interval: BackgroundSettings::default().change_feed_poll_interval,
+            pending_expiry: server.pending_expiry,
+            expiry_sweep_interval: Duration::from_millis(100),
             webhooks: WebhookOptions {
                 allow_private_addresses: true,
                 retry_schedule: RetrySchedule::parse("100ms,200ms,300ms").unwrap(),
@@ -335,7 +341,9 @@ async fn start(database: Arc<TestDatabase>, url: String, options: &AppOptions) -
             request_id_sweep_interval: options.request_id_sweep_interval,
             connection_count_interval: options.connection_count_interval,
             change_feed_poll_interval: options.change_feed_poll_interval,
+            expiry_sweep_interval: options.expiry_sweep_interval,
         },
+        pending_expiry: options.pending_expiry,
         ..Settings::from_environment()
     })
     .await
@@ -429,6 +437,7 @@ impl TestApp {
     pub async fn connect(&self, source: &TestOrg, destination: &TestOrg) -> proto::Connection {
         self.connections(source)
             .create_connection(CreateConnectionRequest {
+                message: String::new(),
                 destination_organization_id: destination.id.clone(),
                 data_types: vec![proto::DataType::Inquiry as i32],
                 request_id: String::new(),
