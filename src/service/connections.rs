@@ -303,10 +303,8 @@ impl Connections {
         let due = connection_expiry::due(&self.reader, now(), limit).await?;
         let mut expired = 0;
         for id in due {
-            let txn = match self.begin(None, Some(id)).await? {
-                Begun::Fresh(txn) => txn,
-                Begun::Done(_) => unreachable!("no request_id, nothing recorded"),
-            };
+            let txn = db::begin_write(&self.db).await?;
+            connection::lock_for_change(&*txn, id).await?;
             let Some(current) = connection::find(&*txn, id).await? else {
                 continue;
             };
