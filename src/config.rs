@@ -721,14 +721,18 @@ pub enum AdminCommand {
         org: String,
     },
     /// Print the audit log, oldest first, one JSON object per line: every
-    /// organization created and API key created or revoked, with the
-    /// credential that did it.
+    /// organization created and API key created or revoked, and every change
+    /// an organization made to its webhook endpoints, with the credential
+    /// that did it.
     Audit {
-        /// Only this action: organization.created, api_key.created or
-        /// api_key.revoked.
+        /// Only this action: organization.created, api_key.created,
+        /// api_key.revoked, webhook_endpoint.created, webhook_endpoint.updated,
+        /// webhook_endpoint.deleted, webhook_endpoint.secret_rotated or
+        /// webhook_endpoint.deliveries_recovered.
         #[arg(long)]
         action: Option<String>,
-        /// Only entries about this organization's or API key's ID.
+        /// Only entries about this organization's, API key's or webhook
+        /// endpoint's ID.
         #[arg(long)]
         target: Option<String>,
         /// Only entries made at or after this time (RFC 3339).

@@ -1,5 +1,6 @@
-//! The audit log's records: operator actions, the credential that made each,
-//! and where the request came from.
+//! The audit log's records: operator actions, and changes organizations
+//! make to their webhook endpoints; the credential that made each, and where
+//! the request came from.
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
@@ -30,6 +31,25 @@ pub enum AuditAction {
     /// changes nothing and records nothing).
     #[strum(serialize = "api_key.revoked")]
     ApiKeyRevoked,
+    /// An organization created a webhook endpoint (a retry of the creation
+    /// with the same request_id records nothing).
+    #[strum(serialize = "webhook_endpoint.created")]
+    WebhookEndpointCreated,
+    /// An organization changed a webhook endpoint's URL, description, event
+    /// types or whether it is disabled.
+    #[strum(serialize = "webhook_endpoint.updated")]
+    WebhookEndpointUpdated,
+    /// An organization deleted a webhook endpoint (and its undelivered
+    /// events).
+    #[strum(serialize = "webhook_endpoint.deleted")]
+    WebhookEndpointDeleted,
+    /// An organization rotated a webhook endpoint's signing secret.
+    #[strum(serialize = "webhook_endpoint.secret_rotated")]
+    WebhookSecretRotated,
+    /// An organization queued past events again for a webhook endpoint
+    /// (only when the recovery queued at least one).
+    #[strum(serialize = "webhook_endpoint.deliveries_recovered")]
+    WebhookDeliveriesRecovered,
 }
 
 impl AuditAction {
@@ -38,6 +58,11 @@ impl AuditAction {
         match self {
             Self::OrganizationCreated => TargetType::Organization,
             Self::ApiKeyCreated | Self::ApiKeyRevoked => TargetType::ApiKey,
+            Self::WebhookEndpointCreated
+            | Self::WebhookEndpointUpdated
+            | Self::WebhookEndpointDeleted
+            | Self::WebhookSecretRotated
+            | Self::WebhookDeliveriesRecovered => TargetType::WebhookEndpoint,
         }
     }
 }
@@ -52,6 +77,8 @@ pub enum TargetType {
     Organization,
     /// An API key.
     ApiKey,
+    /// A webhook endpoint.
+    WebhookEndpoint,
 }
 
 /// The credential an action was made with.
@@ -162,7 +189,8 @@ pub struct AuditEvent {
 pub struct AuditFilter {
     /// Only this action.
     pub action: Option<AuditAction>,
-    /// Only entries about this target (an organization or an API key).
+    /// Only entries about this target (an organization, an API key or a
+    /// webhook endpoint).
     pub target_id: Option<Uuid>,
     /// Only entries made at or after this time.
     pub start_time: Option<DateTime<Utc>>,
@@ -182,11 +210,24 @@ mod tests {
     fn every_action_reads_back_from_its_name_and_names_its_target() {
         for action in AuditAction::VARIANTS {
             assert_eq!(AuditAction::from_str(&action.to_string()), Ok(*action));
+            // The columns' widths.
+            assert!(action.to_string().len() <= 64, "{action}");
+            assert!(action.target_type().to_string().len() <= 32, "{action}");
         }
         assert_eq!(AuditAction::ApiKeyRevoked.to_string(), "api_key.revoked");
         assert_eq!(
             AuditAction::OrganizationCreated.target_type(),
             TargetType::Organization
+        );
+        assert_eq!(
+            AuditAction::WebhookSecretRotated.to_string(),
+            "webhook_endpoint.secret_rotated"
+        );
+        assert_eq!(
+            AuditAction::WebhookEndpointDeleted
+                .target_type()
+                .to_string(),
+            "webhook_endpoint"
         );
     }
 

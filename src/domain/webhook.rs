@@ -6,7 +6,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use chrono::{DateTime, Utc};
 
-use super::{EventType, Named, OrganizationId, WebhookEndpointId};
+use super::{
+    EventType, Named, OrganizationId, WebhookEndpointId, organization::MAX_DISPLAY_NAME_CHARS,
+};
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use hmac::{Hmac, Mac};
@@ -267,6 +269,23 @@ pub struct WebhookEndpoint {
     pub update_time: DateTime<Utc>,
 }
 
+impl WebhookEndpoint {
+    /// What the audit log names it by: the origin of its URL (scheme, host
+    /// and port, as `https://hooks.example.com:8443`), cut to
+    /// [`MAX_DISPLAY_NAME_CHARS`] characters. Never the URL's path or query,
+    /// which may carry the receiver's own secret (a URL such as
+    /// `https://hooks.example.com/services/<token>` is a credential in
+    /// itself), nor the description, the owner's free text.
+    pub fn audit_name(&self) -> String {
+        url::Url::parse(&self.url)
+            .map(|url| url.origin().ascii_serialization())
+            .unwrap_or_default()
+            .chars()
+            .take(MAX_DISPLAY_NAME_CHARS)
+            .collect()
+    }
+}
+
 /// A set of event types, distinct and in declaration order; empty means
 /// every type.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -458,6 +477,31 @@ mod tests {
         assert_eq!(EventTypes::default().to_storage(), "");
         assert!(EventTypes::default().takes(EventType::Reactivated));
         assert!(EventTypes::from_storage(",NOPE,").is_err());
+    }
+
+    #[test]
+    fn an_endpoint_is_named_in_the_audit_log_by_its_url_s_origin_only() {
+        let named = |url: &str| {
+            WebhookEndpoint {
+                id: WebhookEndpointId::generate(),
+                organization_id: OrganizationId::generate(),
+                url: url.to_owned(),
+                description: "secret-looking text".to_owned(),
+                event_types: EventTypes::default(),
+                disabled: false,
+                disabled_reason: None,
+                create_time: DateTime::UNIX_EPOCH,
+                update_time: DateTime::UNIX_EPOCH,
+            }
+            .audit_name()
+        };
+        assert_eq!(
+            named("https://hooks.example.com/services/T0/B0/tok3n?key=s3cret"),
+            "https://hooks.example.com"
+        );
+        assert_eq!(named("http://127.0.0.1:8080/h"), "http://127.0.0.1:8080");
+        let long = format!("https://{}.example.com/", "a".repeat(300));
+        assert_eq!(named(&long).chars().count(), MAX_DISPLAY_NAME_CHARS);
     }
 
     #[test]

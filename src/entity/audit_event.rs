@@ -1,5 +1,6 @@
 //! The `audit_events` table: the append-only audit log of operator actions
-//! (the database refuses to change or delete a row). Its rows, the queries
+//! and of organizations' changes to their webhook endpoints (the database
+//! refuses to change or delete a row). Its rows, the queries
 //! that append and list them, and the mapping to domain entries.
 
 use std::str::FromStr;
@@ -24,7 +25,7 @@ pub struct Model {
     pub credential_kind: String,
     /// The admin token's fingerprint or the API key's ID; `None` for `cli`.
     pub credential_id: Option<String>,
-    /// `organization` or `api_key`.
+    /// `organization`, `api_key` or `webhook_endpoint`.
     pub target_type: String,
     /// The target's ID.
     pub target_id: Uuid,

@@ -3,8 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use super::{
-    AdminToken,
-    call::{self, RequestId},
+    AdminToken, call,
     validate::{self, AllOk},
 };
 use crate::{
@@ -49,14 +48,7 @@ impl AdminApi {
     /// peer, under its request ID.
     fn actor<T>(&self, request: &Request<T>) -> Result<Actor, ServiceError> {
         self.token.check(request.metadata())?;
-        Ok(Actor {
-            credential: self.token.credential(),
-            peer: call::peer(request.extensions()).map(|peer| peer.to_string()),
-            request_id: request
-                .extensions()
-                .get::<RequestId>()
-                .map(|id| id.as_str().to_owned()),
-        })
+        Ok(call::actor(self.token.credential(), request.extensions()))
     }
 }
 

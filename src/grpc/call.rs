@@ -39,7 +39,7 @@ use serde::Serialize;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic_types::StatusExt;
 
-use crate::domain::{ApiKeyId, OrganizationId};
+use crate::domain::{Actor, ApiKeyId, Credential, OrganizationId};
 
 /// The header that carries a call's request ID, both ways.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -94,6 +94,18 @@ fn new_request_id() -> uuid::Uuid {
     rest[..2].copy_from_slice(&*SALT);
     rest[2..].copy_from_slice(&count);
     uuid::Builder::from_unix_timestamp_millis(millis, &rest).into_uuid()
+}
+
+/// Who makes an audited change: `credential`, from the client's address,
+/// under the call's request ID (both read from the request's `extensions`).
+pub fn actor(credential: Credential, extensions: &http::Extensions) -> Actor {
+    Actor {
+        credential,
+        peer: peer(extensions).map(|peer| peer.to_string()),
+        request_id: extensions
+            .get::<RequestId>()
+            .map(|id| id.as_str().to_owned()),
+    }
 }
 
 /// The client's address, from the connect info the server put in the

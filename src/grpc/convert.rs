@@ -97,6 +97,19 @@ pub fn audit_action(value: proto::AuditAction) -> Option<domain::AuditAction> {
         proto::AuditAction::OrganizationCreated => Some(domain::AuditAction::OrganizationCreated),
         proto::AuditAction::ApiKeyCreated => Some(domain::AuditAction::ApiKeyCreated),
         proto::AuditAction::ApiKeyRevoked => Some(domain::AuditAction::ApiKeyRevoked),
+        proto::AuditAction::WebhookEndpointCreated => {
+            Some(domain::AuditAction::WebhookEndpointCreated)
+        }
+        proto::AuditAction::WebhookEndpointUpdated => {
+            Some(domain::AuditAction::WebhookEndpointUpdated)
+        }
+        proto::AuditAction::WebhookEndpointDeleted => {
+            Some(domain::AuditAction::WebhookEndpointDeleted)
+        }
+        proto::AuditAction::WebhookSecretRotated => Some(domain::AuditAction::WebhookSecretRotated),
+        proto::AuditAction::WebhookDeliveriesRecovered => {
+            Some(domain::AuditAction::WebhookDeliveriesRecovered)
+        }
     }
 }
 
@@ -106,6 +119,11 @@ impl From<domain::AuditAction> for proto::AuditAction {
             domain::AuditAction::OrganizationCreated => Self::OrganizationCreated,
             domain::AuditAction::ApiKeyCreated => Self::ApiKeyCreated,
             domain::AuditAction::ApiKeyRevoked => Self::ApiKeyRevoked,
+            domain::AuditAction::WebhookEndpointCreated => Self::WebhookEndpointCreated,
+            domain::AuditAction::WebhookEndpointUpdated => Self::WebhookEndpointUpdated,
+            domain::AuditAction::WebhookEndpointDeleted => Self::WebhookEndpointDeleted,
+            domain::AuditAction::WebhookSecretRotated => Self::WebhookSecretRotated,
+            domain::AuditAction::WebhookDeliveriesRecovered => Self::WebhookDeliveriesRecovered,
         }
     }
 }

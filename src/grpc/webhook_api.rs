@@ -3,11 +3,11 @@
 use tonic::{Request, Response, Status};
 
 use super::{
-    Authenticator, convert,
+    Authenticator, call, convert,
     validate::{self, AllOk},
 };
 use crate::{
-    domain::WebhookEndpointId,
+    domain::{Actor, Caller, Credential, WebhookEndpointId},
     proto::{
         CreateWebhookEndpointRequest, CreateWebhookEndpointResponse, DeleteWebhookEndpointRequest,
         DeleteWebhookEndpointResponse, GetWebhookEndpointRequest, GetWebhookEndpointResponse,
@@ -40,6 +40,12 @@ impl WebhookApi {
     }
 }
 
+/// Who changes an endpoint, as the audit log records it: `caller`'s API key,
+/// from the client's address, under the call's request ID.
+fn actor(caller: &Caller, extensions: &http::Extensions) -> Actor {
+    call::actor(Credential::ApiKey { id: caller.api_key }, extensions)
+}
+
 fn endpoint_id(field: &'static str, value: &str) -> Result<WebhookEndpointId, FieldViolation> {
     validate::id(field, value, WebhookEndpointId::parse)
 }
@@ -51,6 +57,7 @@ impl WebhookService for WebhookApi {
         request: Request<CreateWebhookEndpointRequest>,
     ) -> Result<Response<CreateWebhookEndpointResponse>, Status> {
         let caller = self.auth.caller(request.metadata()).await?;
+        let actor = actor(&caller, request.extensions());
         let request = request.into_inner();
         let (url, description, event_types, request_id) = (
             validate::webhook_url("url", &request.url),
@@ -62,7 +69,8 @@ impl WebhookService for WebhookApi {
         let created = self
             .webhooks
             .create(
-                &caller,
+                &actor,
+                caller.organization,
                 NewEndpoint {
                     url,
                     description,
@@ -111,7 +119,8 @@ impl WebhookService for WebhookApi {
         &self,
         request: Request<UpdateWebhookEndpointRequest>,
     ) -> Result<Response<UpdateWebhookEndpointResponse>, Status> {
-        let caller = self.auth.organization(request.metadata()).await?;
+        let caller = self.auth.caller(request.metadata()).await?;
+        let actor = actor(&caller, request.extensions());
         let request = request.into_inner();
         let endpoint = request.endpoint.unwrap_or_default();
         let paths = request
@@ -140,7 +149,8 @@ impl WebhookService for WebhookApi {
         let changed = self
             .webhooks
             .update(
-                caller,
+                &actor,
+                caller.organization,
                 id,
                 EndpointChanges {
                     url,
@@ -159,9 +169,12 @@ impl WebhookService for WebhookApi {
         &self,
         request: Request<DeleteWebhookEndpointRequest>,
     ) -> Result<Response<DeleteWebhookEndpointResponse>, Status> {
-        let caller = self.auth.organization(request.metadata()).await?;
+        let caller = self.auth.caller(request.metadata()).await?;
         let (id,) = (endpoint_id("endpoint_id", &request.get_ref().endpoint_id),).all_ok()?;
-        self.webhooks.delete(caller, id).await?;
+        let actor = actor(&caller, request.extensions());
+        self.webhooks
+            .delete(&actor, caller.organization, id)
+            .await?;
         Ok(Response::new(DeleteWebhookEndpointResponse {}))
     }
 
@@ -169,9 +182,13 @@ impl WebhookService for WebhookApi {
         &self,
         request: Request<RotateWebhookSecretRequest>,
     ) -> Result<Response<RotateWebhookSecretResponse>, Status> {
-        let caller = self.auth.organization(request.metadata()).await?;
+        let caller = self.auth.caller(request.metadata()).await?;
         let (id,) = (endpoint_id("endpoint_id", &request.get_ref().endpoint_id),).all_ok()?;
-        let (secret, expire) = self.webhooks.rotate(caller, id).await?;
+        let actor = actor(&caller, request.extensions());
+        let (secret, expire) = self
+            .webhooks
+            .rotate(&actor, caller.organization, id)
+            .await?;
         Ok(Response::new(RotateWebhookSecretResponse {
             secret,
             previous_secret_expire_time: Some(convert::timestamp(expire)),
@@ -204,7 +221,8 @@ impl WebhookService for WebhookApi {
         &self,
         request: Request<RecoverWebhookDeliveriesRequest>,
     ) -> Result<Response<RecoverWebhookDeliveriesResponse>, Status> {
-        let caller = self.auth.organization(request.metadata()).await?;
+        let caller = self.auth.caller(request.metadata()).await?;
+        let actor = actor(&caller, request.extensions());
         let request = request.into_inner();
         const FIELD: &str = "after_change_token";
         let (id, token) = (
@@ -214,7 +232,10 @@ impl WebhookService for WebhookApi {
         )
             .all_ok()?;
         let after = self.webhooks.recovery_start(token, FIELD)?;
-        let events_queued = self.webhooks.recover(caller, id, &after).await?;
+        let events_queued = self
+            .webhooks
+            .recover(&actor, caller.organization, id, &after)
+            .await?;
         Ok(Response::new(RecoverWebhookDeliveriesResponse {
             events_queued,
         }))

@@ -1,5 +1,6 @@
-//! The audit log: operator actions recorded in the transaction that makes
-//! them, and read back a page at a time.
+//! The audit log: operator actions, and organizations' changes to their
+//! webhook endpoints, recorded in the transaction that makes them, and read
+//! back a page at a time.
 
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbErr};
 

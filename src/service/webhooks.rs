@@ -2,6 +2,12 @@
 //! deleted by it; their signing secrets; the record of their deliveries; and
 //! the queueing of events for them.
 //!
+//! Every change an organization makes to an endpoint (created, updated,
+//! deleted, secret rotated, deliveries recovered) writes its audit log entry
+//! in the transaction that makes it, naming the API key that made it and the
+//! endpoint by its URL's origin ([`WebhookEndpoint::audit_name`]), never a
+//! secret.
+//!
 //! An event is queued, in the transaction that writes it, for every endpoint
 //! of both parties that takes its type ([`queue`]), with the body every
 //! attempt will send; the deliverer (`webhook_delivery`) sends the queue.
@@ -21,7 +27,7 @@ use sea_orm::{ConnectionTrait, DatabaseConnection};
 use tracing::instrument;
 
 use super::{
-    ChangeFeed, ChangeTokens, Page, PageTokens, ServiceError,
+    ChangeFeed, ChangeTokens, Page, PageTokens, ServiceError, audit,
     change_feed::LOG_PAGE,
     idempotency::{self, Claim, IdempotencyKey, Recorded},
     now, random_bytes,
@@ -29,8 +35,8 @@ use super::{
 use crate::{
     db,
     domain::{
-        Caller, ConnectionEvent, ConnectionId, ConnectionRecord, Named, OrganizationId, PageSize,
-        Snapshot, WebhookEndpointId,
+        Actor, AuditAction, ConnectionEvent, ConnectionId, ConnectionRecord, Named, OrganizationId,
+        PageSize, Snapshot, WebhookEndpointId,
         webhook::{
             self, DeliveryAttempt, EventTypes, MAX_DESCRIPTION_CHARS, SigningKey, UrlProblem,
             WebhookEndpoint, WebhookUrl,
@@ -241,16 +247,17 @@ impl Webhooks {
         self.endpoints_changed.clone()
     }
 
-    /// Creates an endpoint for `caller`'s organization and returns it with
-    /// its secret. A retry with the same request_id returns the endpoint
-    /// and its current secret.
-    #[instrument(skip_all, fields(caller = %caller.organization))]
+    /// Creates an endpoint for `organization` and returns it with its
+    /// secret, recording `actor` in the audit log. A retry with the same
+    /// request_id returns the endpoint and its current secret, and records
+    /// nothing.
+    #[instrument(skip_all, fields(caller = %organization))]
     pub async fn create(
         &self,
-        caller: &Caller,
+        actor: &Actor,
+        organization: OrganizationId,
         new: NewEndpoint,
     ) -> Result<WithSecret, ServiceError> {
-        let organization = caller.organization;
         let sealing = self.key()?;
         check_description(&new.description)?;
         let url = self.check_url(&new.url).await?;
@@ -302,6 +309,7 @@ impl Webhooks {
         };
         let secret = random_bytes::<32>();
         webhook_endpoint::insert(&*txn, &endpoint, sealing.seal(id, &secret)).await?;
+        audit_endpoint(&*txn, actor, AuditAction::WebhookEndpointCreated, &endpoint).await?;
         if let Some(key) = &key {
             let recorded = Recorded {
                 response: id.uuid().as_bytes().to_vec(),
@@ -345,10 +353,12 @@ impl Webhooks {
         }))
     }
 
-    /// Changes endpoint `id` of `organization` as `changes` says.
+    /// Changes endpoint `id` of `organization` as `changes` says, recording
+    /// `actor` in the audit log.
     #[instrument(skip_all, fields(caller = %organization, endpoint_id = %id))]
     pub async fn update(
         &self,
+        actor: &Actor,
         organization: OrganizationId,
         id: WebhookEndpointId,
         changes: EndpointChanges,
@@ -382,35 +392,45 @@ impl Webhooks {
         }
         endpoint.update_time = now();
         webhook_endpoint::update(&*txn, &endpoint).await?;
+        audit_endpoint(&*txn, actor, AuditAction::WebhookEndpointUpdated, &endpoint).await?;
         txn.commit().await?;
         self.endpoints_changed.notify_one();
         Ok(endpoint)
     }
 
-    /// Deletes endpoint `id` of `organization`, with its queue and record.
+    /// Deletes endpoint `id` of `organization`, with its queue and record,
+    /// recording `actor` in the audit log.
     #[instrument(skip_all, fields(caller = %organization, endpoint_id = %id))]
     pub async fn delete(
         &self,
+        actor: &Actor,
         organization: OrganizationId,
         id: WebhookEndpointId,
     ) -> Result<(), ServiceError> {
         let txn = db::begin_write(&self.db).await?;
+        let endpoint = webhook_endpoint::find_owned(&*txn, organization, id)
+            .await?
+            .ok_or(ServiceError::WebhookEndpointNotFound)?
+            .endpoint()?;
         if !webhook_endpoint::delete_owned(&*txn, organization, id).await? {
             return Err(ServiceError::WebhookEndpointNotFound);
         }
         webhook_queue::clear(&*txn, id.uuid()).await?;
         webhook_attempt::clear(&*txn, id.uuid()).await?;
+        audit_endpoint(&*txn, actor, AuditAction::WebhookEndpointDeleted, &endpoint).await?;
         txn.commit().await?;
         self.endpoints_changed.notify_one();
         tracing::info!("webhook endpoint deleted");
         Ok(())
     }
 
-    /// Gives endpoint `id` of `organization` a new secret; the current one
-    /// keeps signing until the returned time.
+    /// Gives endpoint `id` of `organization` a new secret, recording `actor`
+    /// in the audit log; the current one keeps signing until the returned
+    /// time.
     #[instrument(skip_all, fields(caller = %organization, endpoint_id = %id))]
     pub async fn rotate(
         &self,
+        actor: &Actor,
         organization: OrganizationId,
         id: WebhookEndpointId,
     ) -> Result<(String, DateTime<Utc>), ServiceError> {
@@ -424,8 +444,10 @@ impl Webhooks {
             + chrono::Duration::from_std(self.settings.secret_overlap)
                 .unwrap_or(chrono::Duration::MAX);
         let secret = random_bytes::<32>();
+        let endpoint = row.endpoint()?;
         webhook_endpoint::rotate(&*txn, id, sealing.seal(id, &secret), row.secret, expire, at)
             .await?;
+        audit_endpoint(&*txn, actor, AuditAction::WebhookSecretRotated, &endpoint).await?;
         txn.commit().await?;
         self.endpoints_changed.notify_one();
         tracing::info!("webhook secret rotated");
@@ -467,9 +489,16 @@ impl Webhooks {
     /// Queues again for endpoint `id` of `organization` every event of its
     /// organization's connections that `after` had not seen and that has
     /// committed, matching the endpoint's types. Returns how many.
+    ///
+    /// A recovery that queues anything is recorded in the audit log, by
+    /// `actor`, once: in the transaction of the first page that queues an
+    /// event, so that no event is queued again without the entry having
+    /// committed with it or before it. One that queues nothing changes
+    /// nothing, and records nothing.
     #[instrument(skip_all, fields(caller = %organization, endpoint_id = %id))]
     pub async fn recover(
         &self,
+        actor: &Actor,
         organization: OrganizationId,
         id: WebhookEndpointId,
         after: &Snapshot,
@@ -481,6 +510,7 @@ impl Webhooks {
         };
         let mut histories: HashMap<ConnectionId, Vec<ConnectionEvent>> = HashMap::new();
         let mut queued = 0_i64;
+        let mut audited = false;
         let mut last = None;
         loop {
             let read =
@@ -489,6 +519,7 @@ impl Webhooks {
             let full = read.entries.len() as u64 == LOG_PAGE;
             last = read.entries.last().map(|entry| entry.position).or(last);
             let txn = db::begin_write(&self.db).await?;
+            let queued_before = queued;
             for entry in &read.entries {
                 if !endpoint.event_types.takes(entry.event.event_type) {
                     continue;
@@ -529,6 +560,11 @@ impl Webhooks {
                 let parties = [organization.uuid(), organization.uuid()];
                 queued += webhook_queue::enqueue(&*txn, parties, Some(id.uuid()), &event, now())
                     .await? as i64;
+            }
+            if !audited && queued > queued_before {
+                let action = AuditAction::WebhookDeliveriesRecovered;
+                audit_endpoint(&*txn, actor, action, &endpoint).await?;
+                audited = true;
             }
             txn.commit().await?;
             if !full {
@@ -594,6 +630,27 @@ impl Webhooks {
         }
         Ok(url)
     }
+}
+
+/// Records `action` on `endpoint` by `actor` in the audit log, in the
+/// transaction `txn` that makes it: the endpoint named by its URL's origin
+/// only, so that no secret the URL may carry is copied into the log.
+async fn audit_endpoint(
+    txn: &impl ConnectionTrait,
+    actor: &Actor,
+    action: AuditAction,
+    endpoint: &WebhookEndpoint,
+) -> Result<(), ServiceError> {
+    audit::record(
+        txn,
+        actor,
+        action,
+        endpoint.id.uuid(),
+        endpoint.organization_id,
+        &endpoint.audit_name(),
+    )
+    .await?;
+    Ok(())
 }
 
 /// How long the check of a new URL waits for its host name to resolve. A
