@@ -7,9 +7,11 @@
  *   CONNECTIONS_BIN=../target/debug/connections node --import tsx --test test/dashboard.test.ts
  */
 import assert from "node:assert/strict";
-import { readdirSync, readFileSync } from "node:fs";
+import { execFileSync, spawn } from "node:child_process";
+import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { createServer as createHttpServer } from "node:http";
-import type { AddressInfo } from "node:net";
+import { type AddressInfo, createServer as createNetServer } from "node:net";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import { after, before, describe, it } from "node:test";
@@ -26,6 +28,7 @@ import {
   DataType,
 } from "../src/gen/connections/v1/resources_pb.js";
 import {
+  BIN,
   context,
   DIST_ASSETS,
   DOC_SCREENSHOTS,
@@ -253,7 +256,88 @@ const HOUR_MS = 3600_000;
 /** An exact time as the page writes it, to the second (e.g. "Dec 7, 2025, 2:12:05 PM"). */
 const WITH_SECONDS = /\d{1,2}:\d{2}:\d{2}/;
 
+/** A port nothing listens on now, on 127.0.0.1. */
+function freePort(): Promise<number> {
+  return new Promise((resolvePort, reject) => {
+    const probe = createNetServer();
+    probe.once("error", reject);
+    probe.listen(0, "127.0.0.1", () => {
+      const { port } = probe.address() as AddressInfo;
+      probe.close(() => resolvePort(port));
+    });
+  });
+}
+
 describe("the dashboard", { timeout: SUITE_TIMEOUT }, () => {
+  it("signs in with a key that README's quick start printed, on the database it made", { timeout: TIMEOUT }, async () => {
+    // README's quick start as written, in a new directory: `connections admin quickstart`, then
+    // `connections serve` on the embedded default (./connections.db), with no CONNECTIONS_*
+    // setting but the address (a free port rather than 50051).
+    const dir = mkdtempSync(join(tmpdir(), "connections-quickstart-"));
+    const env: NodeJS.ProcessEnv = Object.fromEntries(
+      Object.entries(process.env).filter(([name]) => !name.startsWith("CONNECTIONS_") && name !== "RUST_LOG"),
+    );
+    const printed = execFileSync(BIN, ["admin", "quickstart"], { cwd: dir, env, encoding: "utf8", timeout: 60_000 });
+    const organizations = printed
+      .trim()
+      .split("\n")
+      .map((line) => JSON.parse(line) as Record<string, string>);
+    assert.deepEqual(
+      organizations.map((o) => o.display_name),
+      ["Acme Bank", "Orbit Credit Union"],
+    );
+    const first = organizations[0]!;
+    const org: Org = { id: first.id!, keyId: first.api_key_id!, key: first.api_key_secret!, name: first.display_name! };
+
+    const port = await freePort();
+    const baseUrl = `http://127.0.0.1:${port}`;
+    const logPath = join(dir, "serve.log");
+    const log = openSync(logPath, "w");
+    const serve = spawn(BIN, ["serve"], {
+      cwd: dir,
+      env: { ...env, CONNECTIONS_LISTEN: `127.0.0.1:${port}` },
+      stdio: ["ignore", log, log],
+    });
+    closeSync(log);
+    const exited = new Promise<number | null>((r) => serve.once("exit", (code) => r(code)));
+    let code: number | null;
+    try {
+      let up = false;
+      for (let i = 0; i < 150 && !up && serve.exitCode === null; i++) {
+        up = await fetch(`${baseUrl}/`).then(
+          (r) => r.ok,
+          () => false,
+        );
+        if (!up) await sleep(200);
+      }
+      assert.ok(up, `the server answers:\n${readFileSync(logPath, "utf8")}`);
+
+      const opened = await browser.newContext({ viewport: { width: 1280, height: 900 }, baseURL: baseUrl });
+      const requests: string[] = [];
+      opened.on("request", (request) => requests.push(request.url()));
+      contexts.push({ context: opened, requests, origin: baseUrl });
+      const page = await opened.newPage();
+      await page.goto("/");
+      await page.getByRole("textbox", { name: "API key" }).fill(org.key);
+      await page.getByRole("button", { name: "Sign in" }).click();
+
+      // Signed in: the organization's name and ID, and its (empty) Connections page.
+      const line = page.getByRole("region", { name: "Your organization" });
+      await line.getByText(org.name, { exact: true }).waitFor({ timeout: SEEN_WITHIN });
+      assert.equal(await line.getByRole("textbox", { name: "Organization ID", exact: true }).inputValue(), org.id);
+      await page.getByRole("heading", { name: "Connections", exact: true }).waitFor();
+      const nav = page.getByRole("navigation", { name: "Main" });
+      assert.equal(await nav.getByRole("link", { name: "Connections", exact: true }).getAttribute("aria-current"), "page");
+      await page.locator(".empty").getByText("No connections here yet.").waitFor();
+      await seeLive(page);
+    } finally {
+      serve.kill("SIGTERM");
+      code = await exited;
+      rmSync(dir, { recursive: true, force: true });
+    }
+    assert.equal(code, 0, "the server stops on SIGTERM");
+  });
+
   it("takes two organizations through the whole lifecycle", { timeout: TIMEOUT }, async () => {
     const a = server.newOrg("Acme Lending");
     const b = server.newOrg("Beta Bureau");

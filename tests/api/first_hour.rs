@@ -90,7 +90,9 @@ fn quick_start_commands() -> Vec<String> {
 
 /// README's quick start, as written (with the binary cargo built for the
 /// tests in place of `cargo run --release --`, and a free port): the
-/// quickstart's keys sign in to the page the server serves.
+/// quickstart's keys sign in to the page the server serves. In Chromium:
+/// dashboard/test/dashboard.test.ts, "signs in with a key that README's
+/// quick start printed, on the database it made".
 #[tokio::test]
 async fn the_readme_quick_start_ends_in_a_dashboard_its_keys_sign_in_to() {
     let commands = quick_start_commands();
@@ -311,6 +313,8 @@ async fn a_read_only_admin_command_never_migrates_and_names_connections_migrate(
 fn serve_names_the_database_it_cannot_reach_and_why() {
     let dir = Dir::new();
     let closed = free_port();
+    // A path SQLite cannot open as a file: the OS says why.
+    std::fs::create_dir(dir.0.join("a-directory")).unwrap();
     let cases = [
         (
             format!("postgres://postgres@127.0.0.1:{closed}/postgres"),
@@ -322,6 +326,13 @@ fn serve_names_the_database_it_cannot_reach_and_why() {
                 "cannot open the SQLite database {}: its directory {} does not exist",
                 dir.0.join("missing-directory/data.db").display(),
                 dir.0.join("missing-directory").display()
+            ),
+        ),
+        (
+            dir.sqlite_url("a-directory"),
+            format!(
+                "cannot open the SQLite database {}: Is a directory",
+                dir.0.join("a-directory").display()
             ),
         ),
     ];
