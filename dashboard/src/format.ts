@@ -34,6 +34,10 @@ export const EVENT_TYPES: ReadonlyArray<[ConnectionEventType, string]> = [
   [ConnectionEventType.DEACTIVATED, "Deactivated"],
   [ConnectionEventType.REACTIVATED, "Reactivated"],
   [ConnectionEventType.EXPIRED, "Expired"],
+  [ConnectionEventType.DATA_TYPES_CHANGED, "Data types changed"],
+  [ConnectionEventType.DATA_TYPES_PROPOSED, "Data types proposed"],
+  [ConnectionEventType.DATA_TYPES_APPROVED, "Data types approved"],
+  [ConnectionEventType.DATA_TYPES_DECLINED, "Data types declined"],
 ];
 
 /** An endpoint's event types in words: "Created and Activated", or "All events" for none. */
@@ -59,6 +63,10 @@ export const EVENT_WORDS: Record<ConnectionEventType, string> = {
   [ConnectionEventType.DEACTIVATED]: "deactivated it",
   [ConnectionEventType.REACTIVATED]: "reactivated it",
   [ConnectionEventType.EXPIRED]: "Expired: the destination did not activate it in time",
+  [ConnectionEventType.DATA_TYPES_CHANGED]: "changed the data types",
+  [ConnectionEventType.DATA_TYPES_PROPOSED]: "proposed data types",
+  [ConnectionEventType.DATA_TYPES_APPROVED]: "approved the data types waiting for approval",
+  [ConnectionEventType.DATA_TYPES_DECLINED]: "declined the data types waiting for approval",
 };
 
 const DATE = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "medium" });

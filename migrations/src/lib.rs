@@ -26,6 +26,7 @@ mod m20261207_000011_event_actor_api_key;
 mod m20261207_000012_audit_events;
 mod m20261207_000013_webhooks;
 mod m20261207_000014_invitations;
+mod m20261207_000015_data_type_changes;
 
 /// The service's migrations, in order.
 pub struct Migrator;
@@ -48,6 +49,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000012_audit_events::Migration),
             Box::new(m20261207_000013_webhooks::Migration),
             Box::new(m20261207_000014_invitations::Migration),
+            Box::new(m20261207_000015_data_type_changes::Migration),
         ]
     }
 }

@@ -57,8 +57,9 @@ pub enum Role {
     Destination,
 }
 
-/// A state change requested through the API; displayed as a verb
-/// (`activate`).
+/// A change requested through the API: a transition between states, or a
+/// change of the data types that keeps the state; displayed as a verb
+/// phrase (`activate`, `change the data types of`).
 #[derive(
     Debug,
     Clone,
@@ -78,20 +79,57 @@ pub enum Action {
     Deactivate,
     /// INACTIVE -> PENDING, by the source.
     Reactivate,
+    /// The source proposes a new set of data types, in any state: on an
+    /// ACTIVE connection removed types stop at once and added ones wait for
+    /// the destination's approval; otherwise the set is replaced.
+    #[strum(serialize = "change the data types of")]
+    UpdateDataTypes,
+    /// The destination removes data types from an ACTIVE connection
+    /// (UpdateConnectionDataTypes with a subset of the current types).
+    #[strum(serialize = "narrow the data types of")]
+    NarrowDataTypes,
+    /// The destination allows the pending data types of an ACTIVE
+    /// connection.
+    #[strum(serialize = "approve data types on")]
+    ApproveDataTypes,
+    /// The destination refuses the pending data types of an ACTIVE
+    /// connection.
+    #[strum(serialize = "decline data types on")]
+    DeclineDataTypes,
 }
 
 impl Action {
     /// The event this action appends to the history when it succeeds.
+    ///
+    /// A source's proposal is recorded as DATA_TYPES_PROPOSED when it leaves
+    /// types waiting for approval and as DATA_TYPES_CHANGED otherwise, so
+    /// this is the event of the second case.
     pub fn event_type(self) -> EventType {
         match self {
             Self::Activate => EventType::Activated,
             Self::Deactivate => EventType::Deactivated,
             Self::Reactivate => EventType::Reactivated,
+            Self::UpdateDataTypes | Self::NarrowDataTypes => EventType::DataTypesChanged,
+            Self::ApproveDataTypes => EventType::DataTypesApproved,
+            Self::DeclineDataTypes => EventType::DataTypesDeclined,
+        }
+    }
+
+    /// Whether the action changes the data types and keeps the state.
+    pub fn changes_data_types(self) -> bool {
+        match self {
+            Self::Activate | Self::Deactivate | Self::Reactivate => false,
+            Self::UpdateDataTypes
+            | Self::NarrowDataTypes
+            | Self::ApproveDataTypes
+            | Self::DeclineDataTypes => true,
         }
     }
 }
 
-/// The kind of an entry in a connection's history (stored as `CREATED`, ...).
+/// The kind of an entry in a connection's history (stored as `CREATED`, ...;
+/// the changes of the data types as `TYPES_CHANGED`, ..., since the column
+/// holds 16 characters).
 #[derive(
     Debug,
     Clone,
@@ -117,6 +155,21 @@ pub enum EventType {
     /// The service deactivated it: its destination had not activated it
     /// before its expire time.
     Expired,
+    /// A party changed the data types, with nothing left waiting for
+    /// approval: a narrowing, a new set for a connection that is not
+    /// ACTIVE, or a proposal withdrawn.
+    #[strum(serialize = "TYPES_CHANGED")]
+    DataTypesChanged,
+    /// The source proposed data types the destination has yet to approve
+    /// (removed types, if any, stopped at once).
+    #[strum(serialize = "TYPES_PROPOSED")]
+    DataTypesProposed,
+    /// The destination approved the pending data types.
+    #[strum(serialize = "TYPES_APPROVED")]
+    DataTypesApproved,
+    /// The destination declined the pending data types.
+    #[strum(serialize = "TYPES_DECLINED")]
+    DataTypesDeclined,
 }
 
 /// Why a transition is refused. The variants are in the order the checks run
@@ -140,6 +193,13 @@ pub enum TransitionError {
     /// An activation after the pending connection's expire time (before
     /// the service has expired it).
     Expired,
+    /// An approval or a decline while no data types are pending.
+    NoPendingDataTypes,
+    /// A proposal that would remove every data type of an ACTIVE
+    /// connection (the added ones only pending): nothing could flow.
+    NoDataTypesLeft,
+    /// A change of the data types that changes nothing.
+    DataTypesUnchanged,
     /// The caller's etag does not match the connection's.
     EtagMismatch,
 }
@@ -147,9 +207,12 @@ pub enum TransitionError {
 /// The role an action requires, or `None` if either party may take it.
 pub fn required_role(action: Action) -> Option<Role> {
     match action {
-        Action::Activate => Some(Role::Destination),
+        Action::Activate
+        | Action::NarrowDataTypes
+        | Action::ApproveDataTypes
+        | Action::DeclineDataTypes => Some(Role::Destination),
         Action::Deactivate => None,
-        Action::Reactivate => Some(Role::Source),
+        Action::Reactivate | Action::UpdateDataTypes => Some(Role::Source),
     }
 }
 
@@ -160,9 +223,17 @@ pub fn next_state(from: ConnectionState, action: Action) -> Option<ConnectionSta
         (Pending, Action::Activate) => Some(Active),
         (Pending | Active, Action::Deactivate) => Some(Inactive),
         (Inactive, Action::Reactivate) => Some(Pending),
+        (state, Action::UpdateDataTypes) => Some(state),
+        (Active, Action::NarrowDataTypes | Action::ApproveDataTypes | Action::DeclineDataTypes) => {
+            Some(Active)
+        }
         (Active | Inactive, Action::Activate)
         | (Inactive, Action::Deactivate)
-        | (Pending | Active, Action::Reactivate) => None,
+        | (Pending | Active, Action::Reactivate)
+        | (
+            Pending | Inactive,
+            Action::NarrowDataTypes | Action::ApproveDataTypes | Action::DeclineDataTypes,
+        ) => None,
     }
 }
 
@@ -200,7 +271,8 @@ pub struct Change {
     pub caller: Caller,
     /// If given, the change applies only to the version with this etag.
     pub etag: Option<String>,
-    /// Why, for a deactivation (other actions ignore it; empty means none).
+    /// Why, for a deactivation or a decline (other actions ignore it;
+    /// empty means none).
     pub reason: Option<String>,
     /// When the change happens.
     pub at: DateTime<Utc>,
@@ -210,6 +282,24 @@ pub struct Change {
     /// How long a connection this change makes PENDING may stay so before
     /// the service expires it; `None`: for ever.
     pub pending_lifetime: Option<TimeDelta>,
+    /// The full new set of data types, for [`Action::UpdateDataTypes`]
+    /// (other actions ignore it).
+    pub data_types: Option<DataTypes>,
+}
+
+/// A change of a connection's data types, as its event records it: the
+/// types allowed and the types waiting for the destination's approval,
+/// before and after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataTypesChange {
+    /// The types allowed before.
+    pub previous: DataTypes,
+    /// The types pending before, if any.
+    pub previous_pending: Option<DataTypes>,
+    /// The types allowed after.
+    pub current: DataTypes,
+    /// The types pending after, if any.
+    pub pending: Option<DataTypes>,
 }
 
 /// Who made a change: a party to the connection, or the service itself.
@@ -282,6 +372,8 @@ pub struct NewEvent {
     pub reason: Option<String>,
     /// The invitation message (creations and reactivations), if any.
     pub message: Option<String>,
+    /// The data types before and after (the DATA_TYPES_* events only).
+    pub data_types: Option<DataTypesChange>,
     /// When it happened.
     pub create_time: DateTime<Utc>,
 }
@@ -299,6 +391,7 @@ impl NewEvent {
             actor: self.actor.clone(),
             reason: self.reason.clone(),
             message: self.message.clone(),
+            data_types: self.data_types.clone(),
             create_time: self.create_time,
         }
     }
@@ -334,6 +427,7 @@ impl ConnectionRecord {
             deactivation_reason: None,
             invitation_message: invitation.message.clone(),
             expire_time: expiry(created, invitation.pending_lifetime),
+            pending_data_types: None,
         };
         let event = NewEvent {
             connection_id: id,
@@ -344,6 +438,7 @@ impl ConnectionRecord {
             actor: EventActor::of(source, Role::Source),
             reason: None,
             message: invitation.message,
+            data_types: None,
             create_time: created,
         };
         (record, event)
@@ -351,16 +446,33 @@ impl ConnectionRecord {
 
     /// Applies `change`: the checks of [`transition`], in its order, then the
     /// next version of the connection and the event that records the change.
+    ///
+    /// A destination's UpdateDataTypes that only removes types is the
+    /// destination's [`Action::NarrowDataTypes`]; any other is the source's
+    /// action, refused to the destination by the role check.
     pub fn apply(&self, change: Change) -> Result<(Self, NewEvent), TransitionError> {
         let role = self
             .parties
             .role_of(change.caller.organization)
             .ok_or(TransitionError::NotAParty)?;
+        let action = match (change.action, role, &change.data_types) {
+            (Action::UpdateDataTypes, Role::Destination, Some(types))
+                if types.is_subset_of(&self.data_types) =>
+            {
+                Action::NarrowDataTypes
+            }
+            (action, _, _) => action,
+        };
         let etag_matches = change.etag.is_none_or(|etag| etag == self.etag());
-        let state = transition(self.state, change.action, Some(role), true)?;
-        if change.action == Action::Activate && self.is_expired_at(change.at) {
+        let state = transition(self.state, action, Some(role), true)?;
+        if action == Action::Activate && self.is_expired_at(change.at) {
             return Err(TransitionError::Expired);
         }
+        let data_types = if action.changes_data_types() {
+            Some(self.data_types_after(action, change.data_types)?)
+        } else {
+            None
+        };
         if !etag_matches {
             return Err(TransitionError::EtagMismatch);
         }
@@ -370,34 +482,98 @@ impl ConnectionRecord {
         next.state = state;
         next.version = self.version + 1;
         next.update_time = at;
-        next.expire_time = None;
         let (mut reason, mut message) = (None, None);
-        match change.action {
+        let mut event_type = action.event_type();
+        match action {
             Action::Activate => next.activate_time = Some(at),
             Action::Deactivate => {
                 reason = change.reason.filter(|reason| !reason.is_empty());
                 next.deactivate_time = Some(at);
                 next.deactivated_by = Some(role);
                 next.deactivation_reason.clone_from(&reason);
+                next.pending_data_types = None;
             }
             Action::Reactivate => {
                 message = change.message.filter(|message| !message.is_empty());
                 next.invitation_message.clone_from(&message);
                 next.expire_time = expiry(at, change.pending_lifetime);
             }
+            Action::UpdateDataTypes | Action::NarrowDataTypes | Action::ApproveDataTypes => {}
+            Action::DeclineDataTypes => {
+                reason = change.reason.filter(|reason| !reason.is_empty());
+            }
+        }
+        if state != ConnectionState::Pending {
+            next.expire_time = None;
+        }
+        if let Some(change) = &data_types {
+            next.data_types.clone_from(&change.current);
+            next.pending_data_types.clone_from(&change.pending);
+            if action == Action::UpdateDataTypes && change.pending.is_some() {
+                event_type = EventType::DataTypesProposed;
+            }
         }
         let event = NewEvent {
             connection_id: self.id,
             sequence: next.version,
-            event_type: change.action.event_type(),
+            event_type,
             from_state: Some(self.state),
             to_state: state,
             actor: EventActor::of(&change.caller, role),
             reason,
             message,
+            data_types,
             create_time: at,
         };
         Ok((next, event))
+    }
+
+    /// The data types `action` (one that [changes
+    /// them](Action::changes_data_types), already allowed by the table)
+    /// leaves, with `proposed` the set an update asks for.
+    fn data_types_after(
+        &self,
+        action: Action,
+        proposed: Option<DataTypes>,
+    ) -> Result<DataTypesChange, TransitionError> {
+        let pending = self.pending_data_types.clone();
+        let (current, next_pending) = match action {
+            Action::UpdateDataTypes | Action::NarrowDataTypes => {
+                // Callers always give the set; none asks for no change.
+                let proposed = proposed.ok_or(TransitionError::DataTypesUnchanged)?;
+                if action == Action::NarrowDataTypes {
+                    (proposed, pending.clone())
+                } else if self.state == ConnectionState::Active {
+                    let kept = self.data_types.intersection(&proposed);
+                    let added = proposed.difference(&self.data_types);
+                    (kept.ok_or(TransitionError::NoDataTypesLeft)?, added)
+                } else {
+                    (proposed, None)
+                }
+            }
+            Action::ApproveDataTypes => {
+                let pending = pending.clone().ok_or(TransitionError::NoPendingDataTypes)?;
+                (self.data_types.union(&pending), None)
+            }
+            Action::DeclineDataTypes => {
+                pending
+                    .as_ref()
+                    .ok_or(TransitionError::NoPendingDataTypes)?;
+                (self.data_types.clone(), None)
+            }
+            Action::Activate | Action::Deactivate | Action::Reactivate => {
+                (self.data_types.clone(), pending.clone())
+            }
+        };
+        if current == self.data_types && next_pending == pending {
+            return Err(TransitionError::DataTypesUnchanged);
+        }
+        Ok(DataTypesChange {
+            previous: self.data_types.clone(),
+            previous_pending: pending,
+            current,
+            pending: next_pending,
+        })
     }
 
     /// Whether this connection is PENDING past its expire time at `at`.
@@ -420,6 +596,7 @@ impl ConnectionRecord {
         next.deactivated_by = None;
         next.deactivation_reason = None;
         next.expire_time = None;
+        next.pending_data_types = None;
         let event = NewEvent {
             connection_id: self.id,
             sequence: next.version,
@@ -429,28 +606,38 @@ impl ConnectionRecord {
             actor: EventActor::Service,
             reason: None,
             message: None,
+            data_types: None,
             create_time: at,
         };
         Some((next, event))
     }
 
-    /// The connection as its history `events` (in sequence order, from its
-    /// creation) leaves it, given what no event records: its parties and
-    /// data types. `None` if the history does not start with a creation.
+    /// The connection as the events of its `history` (in sequence order,
+    /// from its creation) up to `history[upto]` leave it, given what no
+    /// event records: its parties, and its data types as long as no event of
+    /// the whole history changed them. `None` if the history does not start
+    /// with a creation, or `upto` is past its end.
     pub fn replay(
         parties: Parties,
         data_types: DataTypes,
-        events: &[ConnectionEvent],
+        history: &[ConnectionEvent],
+        upto: usize,
     ) -> Option<Self> {
-        let (first, rest) = events.split_first()?;
+        let (first, rest) = history.get(..=upto)?.split_first()?;
         if first.event_type != EventType::Created {
             return None;
         }
+        // The set at creation is the one the first change of the data types
+        // started from; without one, it is still the connection's.
+        let created_with = history
+            .iter()
+            .find_map(|event| event.data_types.as_ref())
+            .map_or(data_types, |change| change.previous.clone());
         let mut record = Self {
             id: first.connection_id,
             parties,
             state: first.to_state,
-            data_types,
+            data_types: created_with,
             version: first.sequence,
             create_time: first.create_time,
             update_time: first.create_time,
@@ -460,6 +647,7 @@ impl ConnectionRecord {
             deactivation_reason: None,
             invitation_message: first.message.clone(),
             expire_time: None,
+            pending_data_types: None,
         };
         for event in rest {
             let at = event.create_time;
@@ -473,12 +661,21 @@ impl ConnectionRecord {
                     record.deactivate_time = Some(at);
                     record.deactivated_by = event.actor.role();
                     record.deactivation_reason.clone_from(&event.reason);
+                    record.pending_data_types = None;
                 }
                 EventType::Reactivated => record.invitation_message.clone_from(&event.message),
                 EventType::Expired => {
                     record.deactivate_time = Some(at);
                     record.deactivated_by = None;
                     record.deactivation_reason = None;
+                }
+                EventType::DataTypesChanged
+                | EventType::DataTypesProposed
+                | EventType::DataTypesApproved
+                | EventType::DataTypesDeclined => {
+                    let change = event.data_types.as_ref()?;
+                    record.data_types.clone_from(&change.current);
+                    record.pending_data_types.clone_from(&change.pending);
                 }
             }
         }
@@ -563,6 +760,35 @@ impl DataTypes {
         &self.0
     }
 
+    /// Whether every type of this set is in `other`.
+    pub fn is_subset_of(&self, other: &Self) -> bool {
+        self.0.iter().all(|t| other.0.contains(t))
+    }
+
+    /// The types in both sets; `None` if there are none.
+    pub fn intersection(&self, other: &Self) -> Option<Self> {
+        Self::new(self.0.iter().copied().filter(|t| other.0.contains(t))).ok()
+    }
+
+    /// The types of this set that are not in `other`; `None` if there are
+    /// none.
+    pub fn difference(&self, other: &Self) -> Option<Self> {
+        Self::new(self.0.iter().copied().filter(|t| !other.0.contains(t))).ok()
+    }
+
+    /// The types in either set.
+    pub fn union(&self, other: &Self) -> Self {
+        Self(
+            self.0
+                .iter()
+                .chain(&other.0)
+                .copied()
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+        )
+    }
+
     /// The stored form: names joined by commas, e.g. `INQUIRY,ACCOUNT`.
     pub fn to_storage(&self) -> String {
         let names: Vec<&str> = self.0.iter().map(|t| t.as_str()).collect();
@@ -639,6 +865,10 @@ pub struct ConnectionRecord {
     /// activates it first; `None` when it never expires, and once it is
     /// not PENDING.
     pub expire_time: Option<DateTime<Utc>>,
+    /// While ACTIVE: the types the source proposed that the destination
+    /// has yet to approve (not allowed until then); `None` if there are
+    /// none, and always once it is not ACTIVE.
+    pub pending_data_types: Option<DataTypes>,
 }
 
 /// What the source says with a creation: its message, and how long the
@@ -694,6 +924,8 @@ pub struct ConnectionEvent {
     pub reason: Option<String>,
     /// The invitation message (creations and reactivations), if any.
     pub message: Option<String>,
+    /// The data types before and after (the DATA_TYPES_* events only).
+    pub data_types: Option<DataTypesChange>,
     /// When it happened.
     pub create_time: DateTime<Utc>,
 }
@@ -710,6 +942,37 @@ mod tests {
         (Action::Deactivate, None, Pending, Inactive),
         (Action::Deactivate, None, Active, Inactive),
         (Action::Reactivate, Some(Role::Source), Inactive, Pending),
+        (
+            Action::UpdateDataTypes,
+            Some(Role::Source),
+            Pending,
+            Pending,
+        ),
+        (Action::UpdateDataTypes, Some(Role::Source), Active, Active),
+        (
+            Action::UpdateDataTypes,
+            Some(Role::Source),
+            Inactive,
+            Inactive,
+        ),
+        (
+            Action::NarrowDataTypes,
+            Some(Role::Destination),
+            Active,
+            Active,
+        ),
+        (
+            Action::ApproveDataTypes,
+            Some(Role::Destination),
+            Active,
+            Active,
+        ),
+        (
+            Action::DeclineDataTypes,
+            Some(Role::Destination),
+            Active,
+            Active,
+        ),
     ];
 
     fn spec_allows(action: Action, role: Role, from: ConnectionState) -> Option<ConnectionState> {
@@ -760,7 +1023,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(cases, 3 * 3 * 3 * 2);
+        assert_eq!(cases, 3 * 7 * 3 * 2);
     }
 
     #[test]
@@ -846,6 +1109,8 @@ mod tests {
         }
         for event in EventType::VARIANTS {
             assert_eq!(event.as_str().parse::<EventType>(), Ok(*event));
+            // connection_events.event_type holds 16 characters.
+            assert!(event.as_str().len() <= 16, "{event:?} is stored as a longer name");
         }
         for data_type in DataType::VARIANTS {
             assert_eq!(data_type.as_str().parse::<DataType>(), Ok(*data_type));
@@ -896,6 +1161,7 @@ mod tests {
             etag: None,
             reason: Some("audit".to_owned()),
             message: None,
+            data_types: None,
             pending_lifetime: None,
             at: DateTime::from_timestamp(1_000, 0).unwrap(),
         }
@@ -975,6 +1241,7 @@ mod tests {
                 },
                 reason: None,
                 message: None,
+                data_types: None,
                 create_time: at,
             }
         );
@@ -1084,8 +1351,10 @@ mod tests {
             (&destination, Action::Deactivate, None),
         ];
         for (caller, action, reason) in steps {
+            let last = events.len() - 1;
             assert_eq!(
-                ConnectionRecord::replay(record.parties, data_types.clone(), &events).as_ref(),
+                ConnectionRecord::replay(record.parties, data_types.clone(), &events, last)
+                    .as_ref(),
                 Some(&record)
             );
             let (next, event) = record
@@ -1095,6 +1364,7 @@ mod tests {
                     etag: None,
                     reason: reason.clone(),
                     message: reason,
+                    data_types: None,
                     pending_lifetime: None,
                     at: Utc::now(),
                 })
@@ -1102,12 +1372,18 @@ mod tests {
             events.push(event.recorded(uuid::Uuid::now_v7()));
             record = next;
         }
+        let last = events.len() - 1;
         assert_eq!(
-            ConnectionRecord::replay(record.parties, data_types.clone(), &events).as_ref(),
+            ConnectionRecord::replay(record.parties, data_types.clone(), &events, last).as_ref(),
             Some(&record)
         );
         assert_eq!(
-            ConnectionRecord::replay(record.parties, data_types, &events[1..]),
+            ConnectionRecord::replay(record.parties, data_types.clone(), &events, last + 1),
+            None,
+            "past the end of the history"
+        );
+        assert_eq!(
+            ConnectionRecord::replay(record.parties, data_types, &events[1..], last - 1),
             None,
             "a history must start with the creation"
         );
@@ -1137,6 +1413,7 @@ mod tests {
             etag: None,
             reason: None,
             message: None,
+            data_types: None,
             pending_lifetime: Some(TimeDelta::days(30)),
             at,
         }
@@ -1236,6 +1513,218 @@ mod tests {
         let (pending, _) = inactive.apply(forever).unwrap();
         assert_eq!(pending.expire_time, None);
         assert_eq!(pending.expire(day(10_000)), None);
+    }
+
+    /// A set of data types as bits (inquiry 1, verification 2, account 4,
+    /// transaction 8), so that the expectations below are plain bit
+    /// arithmetic rather than the code under test.
+    fn types_of(bits: u8) -> Option<DataTypes> {
+        DataTypes::new(
+            DataType::VARIANTS
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| bits & (1 << i) != 0)
+                .map(|(_, t)| *t),
+        )
+        .ok()
+    }
+
+    /// What a change of the data types should do, from the product's rules
+    /// written out: the types allowed and pending after it, and its event.
+    fn expected_types(
+        state: ConnectionState,
+        (current, pending): (u8, u8),
+        role: Role,
+        action: Action,
+        proposed: u8,
+    ) -> Result<(u8, u8, EventType), TransitionError> {
+        use TransitionError::*;
+        let destination_only = |ok: Result<(u8, u8, EventType), TransitionError>| match role {
+            Role::Source => Err(WrongRole {
+                required: Role::Destination,
+            }),
+            Role::Destination if state != Active => Err(InvalidState { current: state }),
+            Role::Destination => ok,
+        };
+        match action {
+            Action::ApproveDataTypes => destination_only(if pending == 0 {
+                Err(NoPendingDataTypes)
+            } else {
+                Ok((current | pending, 0, EventType::DataTypesApproved))
+            }),
+            Action::DeclineDataTypes => destination_only(if pending == 0 {
+                Err(NoPendingDataTypes)
+            } else {
+                Ok((current, 0, EventType::DataTypesDeclined))
+            }),
+            _ => match role {
+                // A destination may only take types away.
+                Role::Destination if proposed & !current != 0 => Err(WrongRole {
+                    required: Role::Source,
+                }),
+                Role::Destination if state != Active => Err(InvalidState { current: state }),
+                Role::Destination if proposed == current => Err(DataTypesUnchanged),
+                Role::Destination => Ok((proposed, pending, EventType::DataTypesChanged)),
+                Role::Source if state != Active => {
+                    if proposed == current {
+                        Err(DataTypesUnchanged)
+                    } else {
+                        Ok((proposed, 0, EventType::DataTypesChanged))
+                    }
+                }
+                Role::Source => {
+                    let (kept, added) = (current & proposed, proposed & !current);
+                    if kept == 0 {
+                        Err(NoDataTypesLeft)
+                    } else if kept == current && added == pending {
+                        Err(DataTypesUnchanged)
+                    } else if added == 0 {
+                        Ok((kept, 0, EventType::DataTypesChanged))
+                    } else {
+                        Ok((kept, added, EventType::DataTypesProposed))
+                    }
+                }
+            },
+        }
+    }
+
+    #[test]
+    fn every_change_of_the_data_types_follows_the_rules_in_every_state_for_either_party() {
+        // Inquiries and accounts allowed; while ACTIVE, transactions may be
+        // pending.
+        let current = 0b0101;
+        let mut cases = 0;
+        for &state in ConnectionState::VARIANTS {
+            let pendings: &[u8] = if state == Active { &[0, 0b1000] } else { &[0] };
+            for &pending in pendings {
+                let mut record = created();
+                record.state = state;
+                record.data_types = types_of(current).unwrap();
+                record.pending_data_types = types_of(pending);
+                let (source, destination) = (record.parties.source, record.parties.destination);
+                for (role, org) in [(Role::Source, source), (Role::Destination, destination)] {
+                    for action in [
+                        Action::UpdateDataTypes,
+                        Action::ApproveDataTypes,
+                        Action::DeclineDataTypes,
+                    ] {
+                        let proposals = if action == Action::UpdateDataTypes {
+                            1..16
+                        } else {
+                            0..1
+                        };
+                        for proposed in proposals {
+                            cases += 1;
+                            let case = format!(
+                                "{action:?} by {role:?} of {proposed:04b} on {state:?} \
+                                 {current:04b} pending {pending:04b}"
+                            );
+                            let mut asked = change(&record, action, org);
+                            asked.reason = Some("why".to_owned());
+                            asked.data_types = types_of(proposed);
+                            let got = record.apply(asked).map(|(next, event)| {
+                                assert_eq!(next.state, state, "{case}");
+                                assert_eq!(next.version, record.version + 1, "{case}");
+                                assert_eq!(
+                                    (event.from_state, event.to_state),
+                                    (Some(state), state)
+                                );
+                                let change = event.data_types.clone().expect("a DATA_TYPES event");
+                                assert_eq!(change.previous, record.data_types, "{case}");
+                                assert_eq!(change.previous_pending, record.pending_data_types);
+                                assert_eq!(Some(&change.current), Some(&next.data_types));
+                                assert_eq!(change.pending, next.pending_data_types, "{case}");
+                                let reason = (event.event_type == EventType::DataTypesDeclined)
+                                    .then(|| "why".to_owned());
+                                assert_eq!(event.reason, reason, "{case}");
+                                (next.data_types, next.pending_data_types, event.event_type)
+                            });
+                            let expected =
+                                expected_types(state, (current, pending), role, action, proposed)
+                                    .map(|(types, pending, event)| {
+                                        (types_of(types).unwrap(), types_of(pending), event)
+                                    });
+                            assert_eq!(got, expected, "{case}");
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 4 * 2 * (15 + 1 + 1));
+    }
+
+    #[test]
+    fn a_stale_etag_is_refused_after_the_data_type_checks() {
+        let mut record = created();
+        record.state = Active;
+        let destination = record.parties.destination;
+        let mut stale = change(&record, Action::ApproveDataTypes, destination);
+        stale.etag = Some("stale".to_owned());
+        assert_eq!(
+            record.apply(stale.clone()),
+            Err(TransitionError::NoPendingDataTypes)
+        );
+        record.pending_data_types = types_of(0b1000);
+        assert_eq!(record.apply(stale), Err(TransitionError::EtagMismatch));
+    }
+
+    #[test]
+    fn a_deactivation_drops_pending_data_types_and_a_replay_follows_every_change() {
+        let mut record = created();
+        let (source, destination) = (record.parties.source, record.parties.destination);
+        let mut events = vec![ConnectionEvent {
+            id: uuid::Uuid::nil(),
+            connection_id: record.id,
+            sequence: 1,
+            event_type: EventType::Created,
+            from_state: None,
+            to_state: Pending,
+            actor: EventActor::Service,
+            reason: None,
+            message: None,
+            data_types: None,
+            create_time: record.create_time,
+        }];
+        let mut step = |record: &mut ConnectionRecord, action, org, types: u8| {
+            let mut asked = change(record, action, org);
+            asked.data_types = types_of(types);
+            let (next, event) = record.apply(asked).unwrap();
+            events.push(event.recorded(uuid::Uuid::nil()));
+            *record = next;
+        };
+        // Pending: a new set; then active with one proposal and a narrowing.
+        step(&mut record, Action::UpdateDataTypes, source, 0b0011);
+        step(&mut record, Action::Activate, destination, 0);
+        step(&mut record, Action::UpdateDataTypes, source, 0b1011);
+        assert_eq!(record.pending_data_types, types_of(0b1000));
+        step(&mut record, Action::UpdateDataTypes, destination, 0b0010);
+        assert_eq!(record.data_types, types_of(0b0010).unwrap());
+        assert_eq!(record.pending_data_types, types_of(0b1000));
+        step(&mut record, Action::Deactivate, source, 0);
+        assert_eq!(record.pending_data_types, None);
+
+        // The set at creation is not the connection's any more: replay
+        // finds it in the first change.
+        let last = events.len() - 1;
+        let replayed =
+            ConnectionRecord::replay(record.parties, record.data_types.clone(), &events, last);
+        assert_eq!(replayed.as_ref(), Some(&record));
+        for upto in 0..events.len() {
+            let at =
+                ConnectionRecord::replay(record.parties, record.data_types.clone(), &events, upto)
+                    .unwrap();
+            let expected = match upto {
+                0 => 0b0001,
+                1..=3 => 0b0011,
+                _ => 0b0010,
+            };
+            assert_eq!(
+                at.data_types,
+                types_of(expected).unwrap(),
+                "after {} events",
+                upto + 1
+            );
+        }
     }
 
     #[test]

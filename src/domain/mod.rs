@@ -14,7 +14,8 @@ pub use audit::{
 };
 pub use connection::{
     Action, Change, ConnectionEvent, ConnectionRecord, ConnectionState, DataType, DataTypes,
-    EventActor, EventType, Invitation, NewEvent, Parties, Role, TransitionError, transition,
+    DataTypesChange, EventActor, EventType, Invitation, NewEvent, Parties, Role, TransitionError,
+    transition,
 };
 pub use ids::{ApiKeyId, ConnectionId, OrganizationId, WebhookEndpointId};
 pub use names::Named;

@@ -343,6 +343,10 @@ pub fn delivery_type(event: EventType) -> &'static str {
         EventType::Deactivated => "connection.deactivated",
         EventType::Reactivated => "connection.reactivated",
         EventType::Expired => "connection.expired",
+        EventType::DataTypesChanged => "connection.data_types_changed",
+        EventType::DataTypesProposed => "connection.data_types_proposed",
+        EventType::DataTypesApproved => "connection.data_types_approved",
+        EventType::DataTypesDeclined => "connection.data_types_declined",
     }
 }
 

@@ -213,6 +213,10 @@ struct LogRow {
     create_time: chrono::DateTime<chrono::Utc>,
     position: i64,
     message: Option<String>,
+    types_before: Option<String>,
+    pending_types_before: Option<String>,
+    types_after: Option<String>,
+    pending_types_after: Option<String>,
     source_organization_id: Uuid,
     destination_organization_id: Uuid,
     data_types: String,
@@ -245,6 +249,10 @@ impl LogRow {
                 create_time: self.create_time,
                 position: self.position,
                 message: self.message,
+                types_before: self.types_before,
+                pending_types_before: self.pending_types_before,
+                types_after: self.types_after,
+                pending_types_after: self.pending_types_after,
             })?,
         })
     }

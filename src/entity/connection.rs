@@ -44,6 +44,13 @@ pub struct Model {
     pub expire_time: Option<DateTimeUtc>,
     /// The version `expire_time` was set for.
     pub expire_version: Option<i64>,
+    /// While ACTIVE: the data types waiting for the destination's approval,
+    /// as `data_types`. The previous release leaves it as it was when it
+    /// changes the connection, so it counts only while the connection is
+    /// ACTIVE at `pending_data_types_version`.
+    pub pending_data_types: Option<String>,
+    /// The version `pending_data_types` was set for.
+    pub pending_data_types_version: Option<i64>,
 }
 
 /// No relations are navigated through the ORM.
@@ -405,6 +412,11 @@ fn active_model(record: &ConnectionRecord) -> ActiveModel {
         invitation_message: Set(record.invitation_message.clone()),
         expire_time: Set(record.expire_time),
         expire_version: Set(record.expire_time.map(|_| record.version)),
+        pending_data_types: Set(record
+            .pending_data_types
+            .as_ref()
+            .map(DataTypes::to_storage)),
+        pending_data_types_version: Set(record.pending_data_types.as_ref().map(|_| record.version)),
     }
 }
 
@@ -436,5 +448,15 @@ fn record_from(row: Model) -> Result<ConnectionRecord, DbErr> {
         expire_time: row.expire_time.filter(|_| {
             state == ConnectionState::Pending && row.expire_version == Some(row.version)
         }),
+        pending_data_types: row
+            .pending_data_types
+            .filter(|_| {
+                state == ConnectionState::Active
+                    && row.pending_data_types_version == Some(row.version)
+            })
+            .as_deref()
+            .map(DataTypes::from_storage)
+            .transpose()
+            .map_err(|err| bad(&err))?,
     })
 }

@@ -16,7 +16,7 @@ pub struct Model {
     pub connection_id: Uuid,
     /// 1, 2, 3, ... per connection (unique with `connection_id`).
     pub sequence: i64,
-    /// `CREATED`, `ACTIVATED`, `DEACTIVATED` or `REACTIVATED`.
+    /// `CREATED`, `ACTIVATED`, ... (`domain::EventType`).
     pub event_type: String,
     /// State before; `None` for the creation.
     pub from_state: Option<String>,
@@ -42,6 +42,16 @@ pub struct Model {
     pub position: i64,
     /// The invitation message of a creation or reactivation.
     pub message: Option<String>,
+    /// A DATA_TYPES_* event's data types before it, as
+    /// `connections.data_types`; the four `*types*` columns are set together,
+    /// on those events only (the pending ones when there were any).
+    pub types_before: Option<String>,
+    /// The data types pending before it.
+    pub pending_types_before: Option<String>,
+    /// The data types after it.
+    pub types_after: Option<String>,
+    /// The data types pending after it.
+    pub pending_types_after: Option<String>,
 }
 
 /// The `actor_organization_id` of a change the service made: the columns
@@ -74,7 +84,8 @@ use uuid::Uuid;
 
 use super::{change_log, unreadable};
 use crate::domain::{
-    ActorKey, ConnectionEvent, ConnectionId, EventActor, Named, NewEvent, Snapshot,
+    ActorKey, ConnectionEvent, ConnectionId, DataTypes, DataTypesChange, EventActor, Named,
+    NewEvent, Snapshot,
 };
 
 /// The insert that appends `event` as event `id`, at the position of the
@@ -96,6 +107,7 @@ pub fn append_statement(backend: DbBackend, id: Uuid, event: &NewEvent) -> State
              position - pg_current_xact_id()::text::bigint AS xid_offset",
         ));
     }
+    let types = event.data_types.as_ref();
     let insert = Query::insert()
         .into_table(Entity)
         .columns([
@@ -113,6 +125,10 @@ pub fn append_statement(backend: DbBackend, id: Uuid, event: &NewEvent) -> State
             Column::CreateTime,
             Column::Position,
             Column::Message,
+            Column::TypesBefore,
+            Column::PendingTypesBefore,
+            Column::TypesAfter,
+            Column::PendingTypesAfter,
         ])
         .values_panic([
             id.into(),
@@ -137,10 +153,18 @@ pub fn append_statement(backend: DbBackend, id: Uuid, event: &NewEvent) -> State
             event.create_time.into(),
             position,
             event.message.clone().into(),
+            stored(types.map(|t| &t.previous)).into(),
+            stored(types.and_then(|t| t.previous_pending.as_ref())).into(),
+            stored(types.map(|t| &t.current)).into(),
+            stored(types.and_then(|t| t.pending.as_ref())).into(),
         ])
         .returning(Query::returning().exprs(returning))
         .to_owned();
     backend.build(&insert)
+}
+
+fn stored(types: Option<&DataTypes>) -> Option<String> {
+    types.map(DataTypes::to_storage)
 }
 
 /// An event as appended.
@@ -223,8 +247,39 @@ pub(super) fn event_from(row: Model) -> Result<ConnectionEvent, DbErr> {
         .map_err(|err| bad(&err))?,
         reason: row.reason,
         message: row.message,
+        data_types: data_types_change_from([
+            row.types_before,
+            row.pending_types_before,
+            row.types_after,
+            row.pending_types_after,
+        ])
+        .map_err(|err| bad(&err))?,
         create_time: row.create_time,
     })
+}
+
+/// The change of the data types a stored event records, from its four
+/// `*types*` columns (before, pending before, after, pending after).
+fn data_types_change_from(
+    [before, pending_before, after, pending_after]: [Option<String>; 4],
+) -> Result<Option<DataTypesChange>, String> {
+    let parse = |stored: Option<String>| {
+        stored
+            .as_deref()
+            .map(DataTypes::from_storage)
+            .transpose()
+            .map_err(|err| err.to_string())
+    };
+    match (parse(before)?, parse(after)?) {
+        (Some(previous), Some(current)) => Ok(Some(DataTypesChange {
+            previous,
+            previous_pending: parse(pending_before)?,
+            current,
+            pending: parse(pending_after)?,
+        })),
+        (None, None) => Ok(None),
+        _ => Err("data types before an event without those after it, or the reverse".to_owned()),
+    }
 }
 
 /// The actor of a stored event, from its four actor columns.

@@ -12,12 +12,15 @@ use super::{
 use crate::{
     domain::{Action, ConnectionId, OrganizationId},
     proto::{
-        self, ActivateConnectionRequest, ActivateConnectionResponse, CreateConnectionRequest,
-        CreateConnectionResponse, DeactivateConnectionRequest, DeactivateConnectionResponse,
-        GetConnectionRequest, GetConnectionResponse, ListConnectionEventsRequest,
-        ListConnectionEventsResponse, ListConnectionsRequest, ListConnectionsResponse,
-        ReactivateConnectionRequest, ReactivateConnectionResponse, WatchConnectionEventsRequest,
-        WatchConnectionEventsResponse, connection_service_server::ConnectionService,
+        self, ActivateConnectionRequest, ActivateConnectionResponse, ApproveDataTypesRequest,
+        ApproveDataTypesResponse, CreateConnectionRequest, CreateConnectionResponse,
+        DeactivateConnectionRequest, DeactivateConnectionResponse, DeclineDataTypesRequest,
+        DeclineDataTypesResponse, GetConnectionRequest, GetConnectionResponse,
+        ListConnectionEventsRequest, ListConnectionEventsResponse, ListConnectionsRequest,
+        ListConnectionsResponse, ReactivateConnectionRequest, ReactivateConnectionResponse,
+        UpdateConnectionDataTypesRequest, UpdateConnectionDataTypesResponse,
+        WatchConnectionEventsRequest, WatchConnectionEventsResponse,
+        connection_service_server::ConnectionService,
     },
     service::{
         Connections, ListFilter, NewConnection, TransitionRequest, WatchStart, Watches,
@@ -49,12 +52,17 @@ impl ConnectionApi {
     ) -> Result<(proto::Connection, String), Status> {
         let caller = self.auth.caller(request.metadata()).await?;
         let fields = request.into_inner();
-        let (id, etag, request_id, reason, message) = (
+        let (id, etag, request_id, reason, message, data_types) = (
             validate::id("connection_id", &fields.connection_id, ConnectionId::parse),
             validate::etag(&fields.etag),
             validate::request_id(&fields.request_id),
             validate::reason(&fields.reason),
             validate::message(&fields.message),
+            fields
+                .data_types
+                .as_deref()
+                .map(validate::data_types)
+                .transpose(),
         )
             .all_ok()?;
         let connection = self
@@ -67,6 +75,7 @@ impl ConnectionApi {
                     etag,
                     reason,
                     message,
+                    data_types,
                     request_id,
                 },
             )
@@ -75,7 +84,8 @@ impl ConnectionApi {
     }
 }
 
-/// The fields the three transition requests share.
+/// The fields of the requests that change a connection (empty or `None`
+/// where a request has no such field).
 struct TransitionFields {
     action: Action,
     connection_id: String,
@@ -83,6 +93,22 @@ struct TransitionFields {
     request_id: String,
     reason: String,
     message: String,
+    data_types: Option<Vec<i32>>,
+}
+
+impl TransitionFields {
+    /// `action` on `connection_id`, with the fields every such request has.
+    fn new(action: Action, connection_id: String, etag: String, request_id: String) -> Self {
+        Self {
+            action,
+            connection_id,
+            etag,
+            request_id,
+            reason: String::new(),
+            message: String::new(),
+            data_types: None,
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -181,13 +207,8 @@ impl ConnectionService for ConnectionApi {
         request: Request<ActivateConnectionRequest>,
     ) -> Result<Response<ActivateConnectionResponse>, Status> {
         let (connection, change_token) = self
-            .transition(request.map(|r| TransitionFields {
-                action: Action::Activate,
-                connection_id: r.connection_id,
-                etag: r.etag,
-                request_id: r.request_id,
-                reason: String::new(),
-                message: String::new(),
+            .transition(request.map(|r| {
+                TransitionFields::new(Action::Activate, r.connection_id, r.etag, r.request_id)
             }))
             .await?;
         Ok(Response::new(ActivateConnectionResponse {
@@ -202,12 +223,8 @@ impl ConnectionService for ConnectionApi {
     ) -> Result<Response<DeactivateConnectionResponse>, Status> {
         let (connection, change_token) = self
             .transition(request.map(|r| TransitionFields {
-                action: Action::Deactivate,
-                connection_id: r.connection_id,
-                etag: r.etag,
-                request_id: r.request_id,
                 reason: r.reason,
-                message: String::new(),
+                ..TransitionFields::new(Action::Deactivate, r.connection_id, r.etag, r.request_id)
             }))
             .await?;
         Ok(Response::new(DeactivateConnectionResponse {
@@ -222,15 +239,73 @@ impl ConnectionService for ConnectionApi {
     ) -> Result<Response<ReactivateConnectionResponse>, Status> {
         let (connection, change_token) = self
             .transition(request.map(|r| TransitionFields {
-                action: Action::Reactivate,
-                connection_id: r.connection_id,
-                etag: r.etag,
-                request_id: r.request_id,
-                reason: String::new(),
                 message: r.message,
+                ..TransitionFields::new(Action::Reactivate, r.connection_id, r.etag, r.request_id)
             }))
             .await?;
         Ok(Response::new(ReactivateConnectionResponse {
+            connection: Some(connection),
+            change_token,
+        }))
+    }
+
+    async fn update_connection_data_types(
+        &self,
+        request: Request<UpdateConnectionDataTypesRequest>,
+    ) -> Result<Response<UpdateConnectionDataTypesResponse>, Status> {
+        let (connection, change_token) = self
+            .transition(request.map(|r| TransitionFields {
+                data_types: Some(r.data_types),
+                ..TransitionFields::new(
+                    Action::UpdateDataTypes,
+                    r.connection_id,
+                    r.etag,
+                    r.request_id,
+                )
+            }))
+            .await?;
+        Ok(Response::new(UpdateConnectionDataTypesResponse {
+            connection: Some(connection),
+            change_token,
+        }))
+    }
+
+    async fn approve_data_types(
+        &self,
+        request: Request<ApproveDataTypesRequest>,
+    ) -> Result<Response<ApproveDataTypesResponse>, Status> {
+        let (connection, change_token) = self
+            .transition(request.map(|r| {
+                TransitionFields::new(
+                    Action::ApproveDataTypes,
+                    r.connection_id,
+                    r.etag,
+                    r.request_id,
+                )
+            }))
+            .await?;
+        Ok(Response::new(ApproveDataTypesResponse {
+            connection: Some(connection),
+            change_token,
+        }))
+    }
+
+    async fn decline_data_types(
+        &self,
+        request: Request<DeclineDataTypesRequest>,
+    ) -> Result<Response<DeclineDataTypesResponse>, Status> {
+        let (connection, change_token) = self
+            .transition(request.map(|r| TransitionFields {
+                reason: r.reason,
+                ..TransitionFields::new(
+                    Action::DeclineDataTypes,
+                    r.connection_id,
+                    r.etag,
+                    r.request_id,
+                )
+            }))
+            .await?;
+        Ok(Response::new(DeclineDataTypesResponse {
             connection: Some(connection),
             change_token,
         }))

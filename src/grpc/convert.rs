@@ -75,6 +75,10 @@ impl From<domain::EventType> for proto::ConnectionEventType {
             domain::EventType::Deactivated => Self::Deactivated,
             domain::EventType::Reactivated => Self::Reactivated,
             domain::EventType::Expired => Self::Expired,
+            domain::EventType::DataTypesChanged => Self::DataTypesChanged,
+            domain::EventType::DataTypesProposed => Self::DataTypesProposed,
+            domain::EventType::DataTypesApproved => Self::DataTypesApproved,
+            domain::EventType::DataTypesDeclined => Self::DataTypesDeclined,
         }
     }
 }
@@ -182,12 +186,7 @@ impl From<domain::ConnectionRecord> for proto::Connection {
             source_organization_id: record.parties.source.to_string(),
             destination_organization_id: record.parties.destination.to_string(),
             state: proto::ConnectionState::from(record.state).into(),
-            data_types: record
-                .data_types
-                .as_slice()
-                .iter()
-                .map(|t| proto::DataType::from(*t).into())
-                .collect(),
+            data_types: data_types(Some(&record.data_types)),
             create_time: Some(timestamp(record.create_time)),
             update_time: Some(timestamp(record.update_time)),
             activate_time: record.activate_time.map(timestamp),
@@ -200,8 +199,20 @@ impl From<domain::ConnectionRecord> for proto::Connection {
             etag,
             invitation_message: record.invitation_message.unwrap_or_default(),
             expire_time: record.expire_time.map(timestamp),
+            pending_data_types: data_types(record.pending_data_types.as_ref()),
         }
     }
+}
+
+/// The API form of a set of data types; empty for `None`.
+fn data_types(types: Option<&domain::DataTypes>) -> Vec<i32> {
+    types.map_or_else(Vec::new, |types| {
+        types
+            .as_slice()
+            .iter()
+            .map(|t| proto::DataType::from(*t).into())
+            .collect()
+    })
 }
 
 impl From<domain::ConnectionEvent> for proto::ConnectionEvent {
@@ -211,6 +222,7 @@ impl From<domain::ConnectionEvent> for proto::ConnectionEvent {
             event.actor.key().map_or_else(Default::default, |key| {
                 (key.id.to_string(), key.display_name.clone())
             });
+        let change = event.data_types.as_ref();
         Self {
             id: event.id.hyphenated().to_string(),
             connection_id: event.connection_id.to_string(),
@@ -236,6 +248,12 @@ impl From<domain::ConnectionEvent> for proto::ConnectionEvent {
             create_time: Some(timestamp(event.create_time)),
             actor_api_key_id,
             actor_api_key_display_name,
+            previous_data_types: data_types(change.map(|c| &c.previous)),
+            previous_pending_data_types: data_types(
+                change.and_then(|c| c.previous_pending.as_ref()),
+            ),
+            data_types: data_types(change.map(|c| &c.current)),
+            pending_data_types: data_types(change.and_then(|c| c.pending.as_ref())),
         }
     }
 }
@@ -249,6 +267,10 @@ pub fn event_type(value: proto::ConnectionEventType) -> Option<domain::EventType
         proto::ConnectionEventType::Deactivated => Some(domain::EventType::Deactivated),
         proto::ConnectionEventType::Reactivated => Some(domain::EventType::Reactivated),
         proto::ConnectionEventType::Expired => Some(domain::EventType::Expired),
+        proto::ConnectionEventType::DataTypesChanged => Some(domain::EventType::DataTypesChanged),
+        proto::ConnectionEventType::DataTypesProposed => Some(domain::EventType::DataTypesProposed),
+        proto::ConnectionEventType::DataTypesApproved => Some(domain::EventType::DataTypesApproved),
+        proto::ConnectionEventType::DataTypesDeclined => Some(domain::EventType::DataTypesDeclined),
     }
 }
 

@@ -98,6 +98,9 @@ impl From<ServiceError> for Status {
                 )
             }
             E::ConnectionExpired => (Code::FailedPrecondition, ErrorReason::ConnectionExpired),
+            E::NoPendingDataTypes => (Code::FailedPrecondition, ErrorReason::NoPendingDataTypes),
+            E::NoDataTypesLeft => (Code::FailedPrecondition, ErrorReason::NoDataTypesLeft),
+            E::DataTypesUnchanged => (Code::FailedPrecondition, ErrorReason::DataTypesUnchanged),
             E::EtagMismatch => (Code::Aborted, ErrorReason::EtagMismatch),
             E::ConcurrentModification => (Code::Aborted, ErrorReason::ConcurrentModification),
             E::DatabaseUnavailable(_) => (Code::Unavailable, ErrorReason::DatabaseUnavailable),

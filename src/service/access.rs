@@ -588,6 +588,7 @@ mod tests {
             etag: None,
             reason: None,
             message: None,
+            data_types: None,
             request_id: None,
         };
         let Outcome::Fresh(activated) = connections
@@ -665,6 +666,7 @@ mod tests {
             etag: None,
             reason: None,
             message: None,
+            data_types: None,
             request_id: None,
         };
         let Outcome::Fresh(activated) = connections
@@ -797,6 +799,7 @@ mod tests {
             etag: None,
             reason: None,
             message: None,
+            data_types: None,
             request_id: None,
         };
         let Outcome::Fresh(deactivated) = connections

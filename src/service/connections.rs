@@ -85,6 +85,8 @@ pub struct TransitionRequest {
     pub reason: Option<String>,
     /// Invitation message, for a reactivation.
     pub message: Option<String>,
+    /// The full new set of data types, for an update of them.
+    pub data_types: Option<DataTypes>,
     /// Makes the call safe to retry.
     pub request_id: Option<String>,
 }
@@ -239,8 +241,8 @@ impl Connections {
         }))
     }
 
-    /// Activates, deactivates or reactivates a connection; its event names
-    /// `caller`'s key.
+    /// Activates, deactivates or reactivates a connection, or changes its
+    /// data types; its event names `caller`'s key.
     #[instrument(skip_all, fields(caller = %caller.organization, connection_id = %request.id, action = ?request.action))]
     pub async fn transition(
         &self,
@@ -257,6 +259,8 @@ impl Connections {
             ];
             // Only when there is one, as for a creation.
             parameters.extend(request.message.as_deref().map(str::as_bytes));
+            let data_types = request.data_types.as_ref().map(DataTypes::to_storage);
+            parameters.extend(data_types.as_deref().map(str::as_bytes));
             IdempotencyKey::new(
                 organization,
                 operation(request.action),
@@ -280,6 +284,7 @@ impl Connections {
                 at: now(),
                 message: request.message,
                 pending_lifetime: self.pending_lifetime,
+                data_types: request.data_types,
             })
             .map_err(|err| transition_error(err, request.action))?;
         if !connection::update_guarded(&*txn, current.version, &next).await? {
@@ -440,6 +445,9 @@ fn operation(action: Action) -> &'static str {
         Action::Activate => "ActivateConnection",
         Action::Deactivate => "DeactivateConnection",
         Action::Reactivate => "ReactivateConnection",
+        Action::UpdateDataTypes | Action::NarrowDataTypes => "UpdateConnectionDataTypes",
+        Action::ApproveDataTypes => "ApproveDataTypes",
+        Action::DeclineDataTypes => "DeclineDataTypes",
     }
 }
 
@@ -472,6 +480,9 @@ fn transition_error(err: TransitionError, action: Action) -> ServiceError {
             ServiceError::InvalidStateTransition { action, current }
         }
         TransitionError::Expired => ServiceError::ConnectionExpired,
+        TransitionError::NoPendingDataTypes => ServiceError::NoPendingDataTypes,
+        TransitionError::NoDataTypesLeft => ServiceError::NoDataTypesLeft,
+        TransitionError::DataTypesUnchanged => ServiceError::DataTypesUnchanged,
         TransitionError::EtagMismatch => ServiceError::EtagMismatch,
     }
 }
@@ -510,6 +521,7 @@ mod tests {
                     etag: None,
                     reason: None,
                     message: None,
+                    data_types: None,
                     request_id: None,
                 },
             )
@@ -531,6 +543,7 @@ mod tests {
                 reason: None,
                 message: None,
                 pending_lifetime: None,
+                data_types: None,
                 at: now(),
             })
             .unwrap();

@@ -153,6 +153,19 @@ pub enum ServiceError {
         "this connection's invitation expired before it was activated; the source must reactivate it"
     )]
     ConnectionExpired,
+    /// An approval or a decline while no data types are pending.
+    #[error(
+        "no data types are waiting for approval on this connection; read it again to see its data types"
+    )]
+    NoPendingDataTypes,
+    /// A proposal that keeps none of an active connection's data types.
+    #[error(
+        "an active connection must keep at least one of its data types while added ones wait for approval; keep one, or deactivate the connection first"
+    )]
+    NoDataTypesLeft,
+    /// An update of the data types that changes nothing.
+    #[error("the connection already has these data types, and none is waiting for approval")]
+    DataTypesUnchanged,
     /// The caller already has a connection to this destination.
     #[error("a connection to this destination already exists: {connection_id}")]
     ConnectionAlreadyExists {

@@ -593,6 +593,7 @@ mod tests {
                             etag: None,
                             reason: None,
                             message: None,
+                            data_types: None,
                             request_id: None,
                         },
                     )

@@ -540,7 +540,8 @@ impl Webhooks {
                 let record = ConnectionRecord::replay(
                     entry.parties,
                     entry.data_types.clone(),
-                    &history[..=upto],
+                    history,
+                    upto,
                 )
                 .ok_or_else(|| {
                     ServiceError::internal("a history does not start with its creation")

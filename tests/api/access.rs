@@ -3,15 +3,15 @@
 
 use connections::domain::Action;
 use connections::proto::{
-    ActivateConnectionRequest, CheckAccessRequest, CheckAccessResponse, ConnectionState,
-    CreateConnectionRequest, CreateOrganizationRequest, DataType, DeactivateConnectionRequest,
-    ReactivateConnectionRequest, access_service_client::AccessServiceClient,
+    CheckAccessRequest, CheckAccessResponse, ConnectionState, CreateConnectionRequest,
+    CreateOrganizationRequest, DataType, access_service_client::AccessServiceClient,
 };
 use tonic::{Code, Status};
 
 use crate::support::{
-    ADMIN_TOKEN, AppOptions, Bearer, TestApp, TestOrg, assert_error, spawn_app, spawn_app_with,
-    spawn_replica_of, spawn_replicas, unknown_id,
+    ADMIN_TOKEN, AppOptions, Bearer, TestApp, TestOrg, assert_error,
+    clients::{Asked, take},
+    spawn_app, spawn_app_with, spawn_replica_of, spawn_replicas, unknown_id,
 };
 
 const ACCESS_CHECK_TOKEN: &str = "access-check-token-0123456789abcdef";
@@ -54,32 +54,10 @@ async fn create(app: &TestApp, source: &TestOrg, destination: &TestOrg) -> (Stri
 
 /// Takes `action` on connection `id` as `org`; returns the change token.
 async fn transition(app: &TestApp, org: &TestOrg, action: Action, id: &str) -> String {
-    let mut client = app.connections(org);
-    let connection_id = id.to_owned();
-    let token = match action {
-        Action::Activate => client
-            .activate_connection(ActivateConnectionRequest {
-                connection_id,
-                ..Default::default()
-            })
-            .await
-            .map(|r| r.into_inner().change_token),
-        Action::Deactivate => client
-            .deactivate_connection(DeactivateConnectionRequest {
-                connection_id,
-                ..Default::default()
-            })
-            .await
-            .map(|r| r.into_inner().change_token),
-        Action::Reactivate => client
-            .reactivate_connection(ReactivateConnectionRequest {
-                connection_id,
-                ..Default::default()
-            })
-            .await
-            .map(|r| r.into_inner().change_token),
-    };
-    token.unwrap_or_else(|status| panic!("{action:?}: {status:?}"))
+    take(&mut app.connections(org), action, id, Asked::default())
+        .await
+        .map(|(_, token)| token)
+        .unwrap_or_else(|status| panic!("{action:?}: {status:?}"))
 }
 
 #[tokio::test]

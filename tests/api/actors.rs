@@ -333,6 +333,10 @@ async fn append_as_previous_release(txn: &impl ConnectionTrait, event: &NewEvent
         create_time: Set(event.create_time),
         position: Set(position),
         message: NotSet,
+        types_before: NotSet,
+        pending_types_before: NotSet,
+        types_after: NotSet,
+        pending_types_after: NotSet,
     };
     connection_event::Entity::insert(row)
         .exec_without_returning(txn)
@@ -361,6 +365,8 @@ async fn insert_as_previous_release(txn: &impl ConnectionTrait, record: &Connect
         invitation_message: NotSet,
         expire_time: NotSet,
         expire_version: NotSet,
+        pending_data_types: NotSet,
+        pending_data_types_version: NotSet,
     };
     connection::Entity::insert(row)
         .exec_without_returning(txn)
@@ -434,6 +440,7 @@ async fn events_recorded_without_a_key_read_back_with_the_key_fields_empty() {
                 etag: None,
                 reason: None,
                 message: None,
+                data_types: None,
                 pending_lifetime: None,
                 at: chrono::Utc::now(),
             })

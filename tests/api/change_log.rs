@@ -76,6 +76,7 @@ async fn activate_without_committing(
             etag: None,
             reason: None,
             message: None,
+            data_types: None,
             pending_lifetime: None,
             at: chrono::Utc::now(),
         })

@@ -8,9 +8,8 @@ use std::{
 use connections::{
     domain::{self, Action, Role, VariantArray},
     proto::{
-        ActivateConnectionRequest, Connection, ConnectionEventType as Event, ConnectionRole,
-        ConnectionState as State, CreateConnectionRequest, DataType, DeactivateConnectionRequest,
-        ListApiKeysRequest, ListConnectionsRequest, ReactivateConnectionRequest,
+        Connection, ConnectionEventType as Event, ConnectionRole, ConnectionState as State,
+        CreateConnectionRequest, DataType, ListApiKeysRequest, ListConnectionsRequest,
         RevokeApiKeyRequest,
     },
 };
@@ -18,10 +17,17 @@ use prost::Message;
 use tonic::{Code, Status, transport::Channel};
 
 use crate::support::{
-    AppOptions, TestOrg, assert_error, clients::connections_on, rng::TestRng, spawn_app_with,
-    spawn_replicas,
+    AppOptions, TestOrg, assert_error,
+    clients::{Asked, connections_on, take},
+    rng::TestRng,
+    spawn_app_with, spawn_replicas,
 };
 
+/// Takes `action` on connection `id` as `org`. The data types of an update
+/// are fixed, so that random updates, approvals and declines build on each
+/// other: every connection is created sharing inquiries, an update by the
+/// source (on an ACTIVE one, a proposal) adds accounts, and one by the
+/// destination (a narrowing) keeps only inquiries.
 async fn transition(
     channel: &Channel,
     org: &TestOrg,
@@ -29,51 +35,17 @@ async fn transition(
     id: &str,
     request_id: &str,
 ) -> Result<Connection, Status> {
-    let mut client = connections_on(channel, org);
-    let (connection_id, request_id) = (id.to_owned(), request_id.to_owned());
-    let connection = match action {
-        Action::Activate => {
-            {
-                client
-                    .activate_connection(ActivateConnectionRequest {
-                        connection_id,
-                        request_id,
-                        etag: String::new(),
-                    })
-                    .await?
-            }
-            .into_inner()
-            .connection
-        }
-        Action::Deactivate => {
-            {
-                client
-                    .deactivate_connection(DeactivateConnectionRequest {
-                        connection_id,
-                        request_id,
-                        ..Default::default()
-                    })
-                    .await?
-            }
-            .into_inner()
-            .connection
-        }
-        Action::Reactivate => {
-            {
-                client
-                    .reactivate_connection(ReactivateConnectionRequest {
-                        message: String::new(),
-                        connection_id,
-                        request_id,
-                        etag: String::new(),
-                    })
-                    .await?
-            }
-            .into_inner()
-            .connection
-        }
+    let data_types = match action {
+        Action::UpdateDataTypes => vec![DataType::Inquiry, DataType::Account],
+        _ => vec![DataType::Inquiry],
     };
-    Ok(connection.unwrap())
+    let asked = Asked {
+        request_id: request_id.to_owned(),
+        data_types,
+        ..Asked::default()
+    };
+    let (connection, _) = take(&mut connections_on(channel, org), action, id, asked).await?;
+    Ok(connection)
 }
 
 /// What one client saw.
@@ -97,7 +69,8 @@ fn allowed(event: Event, from: State, to: State, role: ConnectionRole) -> bool {
             && role == ConnectionRole::from(Role::Source);
     }
     Action::VARIANTS.iter().any(|&action| {
-        Event::from(action.event_type()) == event
+        let proposal = action == Action::UpdateDataTypes && event == Event::DataTypesProposed;
+        (Event::from(action.event_type()) == event || proposal)
             && domain::ConnectionState::VARIANTS.iter().any(|&current| {
                 State::from(current) == from
                     && Role::VARIANTS.iter().any(|&actor| {
@@ -260,8 +233,29 @@ async fn random_transitions_from_many_clients_on_two_replicas_keep_every_history
         let events = app.events(&orgs[source], id).await;
         events_checked += events.len();
         let mut state = State::Unspecified;
+        // Every connection starts sharing inquiries; each change of the data
+        // types starts where the one before it left them.
+        let (mut data_types, mut pending) = (vec![DataType::Inquiry as i32], Vec::new());
         for (n, event) in events.iter().enumerate() {
             assert_eq!(event.sequence, n as i64 + 1, "gap in the history of {id}");
+            if event.data_types.is_empty() {
+                if event.r#type() == Event::Deactivated {
+                    pending.clear();
+                }
+            } else {
+                let before = (
+                    &event.previous_data_types,
+                    &event.previous_pending_data_types,
+                );
+                assert_eq!(
+                    before,
+                    (&data_types, &pending),
+                    "{id} event {}",
+                    event.sequence
+                );
+                data_types.clone_from(&event.data_types);
+                pending.clone_from(&event.pending_data_types);
+            }
             assert_eq!(event.from_state(), state, "{id} event {}", event.sequence);
             assert!(
                 allowed(
@@ -280,7 +274,12 @@ async fn random_transitions_from_many_clients_on_two_replicas_keep_every_history
             assert_eq!(event.actor_organization_id, actor.id);
             state = event.to_state();
         }
-        assert_eq!(app.get(&orgs[destination], id).await.state(), state);
+        let now = app.get(&orgs[destination], id).await;
+        assert_eq!(now.state(), state);
+        assert_eq!(
+            (now.data_types, now.pending_data_types),
+            (data_types, pending)
+        );
         assert_eq!(
             events.len() - 1,
             acknowledged.get(id).copied().unwrap_or_default(),

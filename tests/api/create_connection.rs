@@ -220,6 +220,7 @@ fn newly_created(
             time.seconds += 30 * 24 * 3600;
             time
         }),
+        pending_data_types: Vec::new(),
     }
 }
 
@@ -240,6 +241,10 @@ fn created_event(event_id: &str, connection: &Connection, source: &TestOrg) -> C
         actor_api_key_id: source.key_id.clone(),
         actor_api_key_display_name: FIRST_KEY_NAME.to_owned(),
         message: String::new(),
+        previous_data_types: Vec::new(),
+        previous_pending_data_types: Vec::new(),
+        data_types: Vec::new(),
+        pending_data_types: Vec::new(),
     }
 }
 

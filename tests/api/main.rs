@@ -16,6 +16,7 @@ mod concurrency;
 mod crash;
 mod create_connection;
 mod dashboard;
+mod data_types;
 mod first_hour;
 mod hostile_input;
 mod invitations;

@@ -136,6 +136,7 @@ async fn a_request_id_recorded_as_json_before_an_upgrade_replays_the_same_respon
         deactivation_reason: Some("contract ended".to_owned()),
         invitation_message: None,
         expire_time: None,
+        pending_data_types: None,
     };
     // As the service serialized its record before the change.
     let old_json = serde_json::json!({

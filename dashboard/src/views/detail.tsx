@@ -275,6 +275,12 @@ export function ConnectionDetail({ id }: { id: string }) {
         </dd>
         <dt>Data shared</dt>
         <dd>{dataTypeWords(connection.dataTypes)}</dd>
+        {connection.pendingDataTypes.length > 0 ? (
+          <>
+            <dt>Waiting for approval</dt>
+            <dd>{dataTypeWords(connection.pendingDataTypes)}</dd>
+          </>
+        ) : null}
         <dt>Created</dt>
         <dd>
           <Exact time={connection.createTime} />
@@ -703,6 +709,17 @@ function HistoryEntry({ event }: { event: ConnectionEvent }) {
         </>
       )}
       {event.toState !== ConnectionState.UNSPECIFIED ? ` (now ${STATE_WORDS[event.toState]})` : ""}.
+      {event.dataTypes.length > 0 ? (
+        <span class="types">
+          Shared now: {dataTypeList(event.dataTypes)}
+          {event.pendingDataTypes.length > 0
+            ? `; waiting for approval: ${dataTypeList(event.pendingDataTypes)}`
+            : ""}
+          {event.type === ConnectionEventType.DATA_TYPES_DECLINED
+            ? `; declined: ${dataTypeList(event.previousPendingDataTypes)}`
+            : ""}
+        </span>
+      ) : null}
       {event.reason ? <span class="reason">Reason: {event.reason}</span> : null}
       {event.message ? <span class="message">Message: {event.message}</span> : null}
     </li>

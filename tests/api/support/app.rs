@@ -35,8 +35,8 @@ use tonic::{Status, transport::Channel};
 
 use super::{
     clients::{
-        ADMIN_TOKEN, Admin, Bearer, Connections, Organizations, TestOrg, Webhooks, connections_on,
-        new_key_on, new_org_on,
+        ADMIN_TOKEN, Admin, Asked, Bearer, Connections, Organizations, TestOrg, Webhooks,
+        connections_on, new_key_on, new_org_on, take,
     },
     database::{TestDatabase, with_address},
 };
@@ -480,54 +480,35 @@ impl TestApp {
     }
 
     /// The RPC that takes `action`, as `org`, optionally conditional on `etag`.
-    async fn transition(
+    pub async fn transition(
         &self,
         org: &TestOrg,
         action: Action,
         id: &str,
         etag: &str,
     ) -> Result<proto::Connection, Status> {
-        let mut client = self.connections(org);
-        let (connection_id, etag) = (id.to_owned(), etag.to_owned());
-        let connection = match action {
-            Action::Activate => {
-                let request = proto::ActivateConnectionRequest {
-                    connection_id,
-                    etag,
-                    ..Default::default()
-                };
-                client
-                    .activate_connection(request)
-                    .await?
-                    .into_inner()
-                    .connection
-            }
-            Action::Deactivate => {
-                let request = proto::DeactivateConnectionRequest {
-                    connection_id,
-                    etag,
-                    ..Default::default()
-                };
-                client
-                    .deactivate_connection(request)
-                    .await?
-                    .into_inner()
-                    .connection
-            }
-            Action::Reactivate => {
-                let request = proto::ReactivateConnectionRequest {
-                    connection_id,
-                    etag,
-                    ..Default::default()
-                };
-                client
-                    .reactivate_connection(request)
-                    .await?
-                    .into_inner()
-                    .connection
-            }
-        };
-        Ok(connection.expect("the response holds the connection"))
+        self.take(
+            org,
+            action,
+            id,
+            Asked {
+                etag: etag.to_owned(),
+                ..Asked::default()
+            },
+        )
+        .await
+    }
+
+    /// The RPC that takes `action` on connection `id` as `org`, with `asked`.
+    pub async fn take(
+        &self,
+        org: &TestOrg,
+        action: Action,
+        id: &str,
+        asked: Asked,
+    ) -> Result<proto::Connection, Status> {
+        let (connection, _) = take(&mut self.connections(org), action, id, asked).await?;
+        Ok(connection)
     }
 
     /// GetConnection as `org`, which must succeed.

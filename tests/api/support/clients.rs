@@ -1,9 +1,12 @@
 //! Calling the API: credentials, clients, organizations to call as, and the
 //! assertions on what comes back.
 
+use connections::domain::Action;
 use connections::proto::{
-    CreateApiKeyRequest, CreateOrganizationRequest, admin_service_client::AdminServiceClient,
-    connection_service_client::ConnectionServiceClient,
+    ActivateConnectionRequest, ApproveDataTypesRequest, Connection, CreateApiKeyRequest,
+    CreateOrganizationRequest, DataType, DeactivateConnectionRequest, DeclineDataTypesRequest,
+    ReactivateConnectionRequest, UpdateConnectionDataTypesRequest,
+    admin_service_client::AdminServiceClient, connection_service_client::ConnectionServiceClient,
     organization_service_client::OrganizationServiceClient,
     webhook_service_client::WebhookServiceClient,
 };
@@ -138,4 +141,111 @@ pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
 /// A well-formed ID that names nothing.
 pub fn unknown_id() -> String {
     Uuid::now_v7().to_string()
+}
+
+/// What a request that changes a connection carries besides the action.
+#[derive(Debug, Clone, Default)]
+pub struct Asked {
+    /// Only at this etag; empty: whatever the version.
+    pub etag: String,
+    /// Makes the call safe to retry; empty: none.
+    pub request_id: String,
+    /// A deactivation's or a decline's reason.
+    pub reason: String,
+    /// An update's new set of data types (UpdateDataTypes and
+    /// NarrowDataTypes, which are the same RPC).
+    pub data_types: Vec<DataType>,
+}
+
+/// Calls the RPC that takes `action` on connection `id` through `client`:
+/// the connection it returns and the change token.
+pub async fn take(
+    client: &mut Connections,
+    action: Action,
+    id: &str,
+    asked: Asked,
+) -> Result<(Connection, String), Status> {
+    let Asked {
+        etag,
+        request_id,
+        reason,
+        data_types,
+    } = asked;
+    let connection_id = id.to_owned();
+    let (connection, token) = match action {
+        Action::Activate => {
+            let response = client
+                .activate_connection(ActivateConnectionRequest {
+                    connection_id,
+                    etag,
+                    request_id,
+                })
+                .await?
+                .into_inner();
+            (response.connection, response.change_token)
+        }
+        Action::Deactivate => {
+            let response = client
+                .deactivate_connection(DeactivateConnectionRequest {
+                    connection_id,
+                    etag,
+                    request_id,
+                    reason,
+                })
+                .await?
+                .into_inner();
+            (response.connection, response.change_token)
+        }
+        Action::Reactivate => {
+            let response = client
+                .reactivate_connection(ReactivateConnectionRequest {
+                    connection_id,
+                    etag,
+                    request_id,
+                    message: String::new(),
+                })
+                .await?
+                .into_inner();
+            (response.connection, response.change_token)
+        }
+        Action::UpdateDataTypes | Action::NarrowDataTypes => {
+            let response = client
+                .update_connection_data_types(UpdateConnectionDataTypesRequest {
+                    connection_id,
+                    etag,
+                    request_id,
+                    data_types: data_types.into_iter().map(Into::into).collect(),
+                })
+                .await?
+                .into_inner();
+            (response.connection, response.change_token)
+        }
+        Action::ApproveDataTypes => {
+            let response = client
+                .approve_data_types(ApproveDataTypesRequest {
+                    connection_id,
+                    etag,
+                    request_id,
+                })
+                .await?
+                .into_inner();
+            (response.connection, response.change_token)
+        }
+        Action::DeclineDataTypes => {
+            let response = client
+                .decline_data_types(DeclineDataTypesRequest {
+                    connection_id,
+                    etag,
+                    request_id,
+                    reason,
+                })
+                .await?
+                .into_inner();
+            (response.connection, response.change_token)
+        }
+    };
+    Ok((
+        connection.expect("the response holds the connection"),
+        token,
+    ))
 }
