@@ -27,6 +27,7 @@ mod m20261207_000012_audit_events;
 mod m20261207_000013_webhooks;
 mod m20261207_000014_invitations;
 mod m20261207_000015_data_type_changes;
+mod m20261207_000016_organization_policies;
 
 /// The service's migrations, in order.
 pub struct Migrator;
@@ -50,6 +51,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000013_webhooks::Migration),
             Box::new(m20261207_000014_invitations::Migration),
             Box::new(m20261207_000015_data_type_changes::Migration),
+            Box::new(m20261207_000016_organization_policies::Migration),
         ]
     }
 }

@@ -50,13 +50,17 @@ pub enum AuditAction {
     /// (only when the recovery queued at least one).
     #[strum(serialize = "webhook_endpoint.deliveries_recovered")]
     WebhookDeliveriesRecovered,
+    /// An organization replaced its policy as a destination (the sources it
+    /// trusts).
+    #[strum(serialize = "organization.policy_updated")]
+    OrganizationPolicyUpdated,
 }
 
 impl AuditAction {
     /// What the action's target is.
     pub fn target_type(self) -> TargetType {
         match self {
-            Self::OrganizationCreated => TargetType::Organization,
+            Self::OrganizationCreated | Self::OrganizationPolicyUpdated => TargetType::Organization,
             Self::ApiKeyCreated | Self::ApiKeyRevoked => TargetType::ApiKey,
             Self::WebhookEndpointCreated
             | Self::WebhookEndpointUpdated

@@ -374,6 +374,9 @@ pub struct NewEvent {
     pub message: Option<String>,
     /// The data types before and after (the DATA_TYPES_* events only).
     pub data_types: Option<DataTypesChange>,
+    /// An activation the service made on the destination's behalf, because
+    /// the destination's policy trusts the source.
+    pub by_policy: bool,
     /// When it happened.
     pub create_time: DateTime<Utc>,
 }
@@ -392,6 +395,7 @@ impl NewEvent {
             reason: self.reason.clone(),
             message: self.message.clone(),
             data_types: self.data_types.clone(),
+            by_policy: self.by_policy,
             create_time: self.create_time,
         }
     }
@@ -439,6 +443,7 @@ impl ConnectionRecord {
             reason: None,
             message: invitation.message,
             data_types: None,
+            by_policy: false,
             create_time: created,
         };
         (record, event)
@@ -523,6 +528,7 @@ impl ConnectionRecord {
             reason,
             message,
             data_types,
+            by_policy: false,
             create_time: at,
         };
         Ok((next, event))
@@ -576,6 +582,40 @@ impl ConnectionRecord {
         })
     }
 
+    /// The activation the service makes on the destination's behalf when
+    /// the destination's policy trusts the source (PENDING -> ACTIVE, by the
+    /// destination, with no key), at `at`; `None` unless it is PENDING and
+    /// not past its expire time.
+    pub fn activate_by_policy(&self, at: DateTime<Utc>) -> Option<(Self, NewEvent)> {
+        if self.state != ConnectionState::Pending || self.is_expired_at(at) {
+            return None;
+        }
+        let mut next = self.clone();
+        next.state = ConnectionState::Active;
+        next.version = self.version + 1;
+        next.update_time = at;
+        next.activate_time = Some(at);
+        next.expire_time = None;
+        let event = NewEvent {
+            connection_id: self.id,
+            sequence: next.version,
+            event_type: EventType::Activated,
+            from_state: Some(self.state),
+            to_state: next.state,
+            actor: EventActor::Party {
+                organization: self.parties.destination,
+                role: Role::Destination,
+                key: None,
+            },
+            reason: None,
+            message: None,
+            data_types: None,
+            by_policy: true,
+            create_time: at,
+        };
+        Some((next, event))
+    }
+
     /// Whether this connection is PENDING past its expire time at `at`.
     pub fn is_expired_at(&self, at: DateTime<Utc>) -> bool {
         self.state == ConnectionState::Pending && self.expire_time.is_some_and(|time| at >= time)
@@ -607,6 +647,7 @@ impl ConnectionRecord {
             reason: None,
             message: None,
             data_types: None,
+            by_policy: false,
             create_time: at,
         };
         Some((next, event))
@@ -926,6 +967,9 @@ pub struct ConnectionEvent {
     pub message: Option<String>,
     /// The data types before and after (the DATA_TYPES_* events only).
     pub data_types: Option<DataTypesChange>,
+    /// An activation the service made on the destination's behalf, because
+    /// the destination's policy trusts the source.
+    pub by_policy: bool,
     /// When it happened.
     pub create_time: DateTime<Utc>,
 }
@@ -1110,7 +1154,10 @@ mod tests {
         for event in EventType::VARIANTS {
             assert_eq!(event.as_str().parse::<EventType>(), Ok(*event));
             // connection_events.event_type holds 16 characters.
-            assert!(event.as_str().len() <= 16, "{event:?} is stored as a longer name");
+            assert!(
+                event.as_str().len() <= 16,
+                "{event:?} is stored as a longer name"
+            );
         }
         for data_type in DataType::VARIANTS {
             assert_eq!(data_type.as_str().parse::<DataType>(), Ok(*data_type));
@@ -1242,6 +1289,7 @@ mod tests {
                 reason: None,
                 message: None,
                 data_types: None,
+                by_policy: false,
                 create_time: at,
             }
         );
@@ -1683,6 +1731,7 @@ mod tests {
             reason: None,
             message: None,
             data_types: None,
+            by_policy: false,
             create_time: record.create_time,
         }];
         let mut step = |record: &mut ConnectionRecord, action, org, types: u8| {
@@ -1725,6 +1774,33 @@ mod tests {
                 upto + 1
             );
         }
+    }
+
+    #[test]
+    fn a_policy_activates_only_a_pending_connection_before_its_expiry_as_the_destination_with_no_key()
+     {
+        let (record, _, _) = with_lifetime(30);
+        let at = record.create_time + TimeDelta::days(1);
+        let (active, event) = record.activate_by_policy(at).unwrap();
+        assert_eq!((active.state, active.version), (Active, 2));
+        assert_eq!((active.activate_time, active.expire_time), (Some(at), None));
+        assert_eq!(event.event_type, EventType::Activated);
+        assert!(event.by_policy);
+        assert_eq!(
+            event.actor,
+            EventActor::Party {
+                organization: record.parties.destination,
+                role: Role::Destination,
+                key: None,
+            }
+        );
+        assert_eq!(active.activate_by_policy(at), None, "already active");
+        let expired = record.create_time + TimeDelta::days(30);
+        assert_eq!(
+            record.activate_by_policy(expired),
+            None,
+            "past its expire time"
+        );
     }
 
     #[test]

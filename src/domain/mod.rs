@@ -19,7 +19,9 @@ pub use connection::{
 };
 pub use ids::{ApiKeyId, ConnectionId, OrganizationId, WebhookEndpointId};
 pub use names::Named;
-pub use organization::{ActorKey, ApiKey, Caller, DisplayName, Organization};
+pub use organization::{
+    ActorKey, ApiKey, Caller, DisplayName, Organization, Policy, PolicyProblem,
+};
 pub use page::PageSize;
 pub use snapshot::Snapshot;
 pub use strum::VariantArray;

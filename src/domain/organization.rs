@@ -137,3 +137,44 @@ mod tests {
         );
     }
 }
+
+/// The most source organizations one organization's policy may trust.
+pub const MAX_TRUSTED_SOURCES: usize = 1000;
+
+/// What an organization decides as a destination: the source organizations
+/// it trusts, whose connections to it the service activates at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// The trusted sources: distinct, sorted, never the organization itself.
+    pub trusted_sources: Vec<OrganizationId>,
+}
+
+/// Why a policy cannot be kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyProblem {
+    /// More sources than [`MAX_TRUSTED_SOURCES`] (duplicates collapsed).
+    #[error("at most {MAX_TRUSTED_SOURCES} source organizations")]
+    TooMany,
+    /// The organization named itself: it cannot connect to itself.
+    #[error("an organization cannot trust itself as a source")]
+    Own,
+}
+
+impl Policy {
+    /// `owner`'s policy trusting `sources` (duplicates collapsed).
+    pub fn new(
+        owner: OrganizationId,
+        sources: impl IntoIterator<Item = OrganizationId>,
+    ) -> Result<Self, PolicyProblem> {
+        let mut trusted_sources: Vec<OrganizationId> = sources.into_iter().collect();
+        trusted_sources.sort_unstable_by_key(|id| id.uuid());
+        trusted_sources.dedup();
+        if trusted_sources.contains(&owner) {
+            return Err(PolicyProblem::Own);
+        }
+        if trusted_sources.len() > MAX_TRUSTED_SOURCES {
+            return Err(PolicyProblem::TooMany);
+        }
+        Ok(Self { trusted_sources })
+    }
+}

@@ -217,6 +217,7 @@ struct LogRow {
     pending_types_before: Option<String>,
     types_after: Option<String>,
     pending_types_after: Option<String>,
+    by_policy: Option<bool>,
     source_organization_id: Uuid,
     destination_organization_id: Uuid,
     data_types: String,
@@ -253,6 +254,7 @@ impl LogRow {
                 pending_types_before: self.pending_types_before,
                 types_after: self.types_after,
                 pending_types_after: self.pending_types_after,
+                by_policy: self.by_policy,
             })?,
         })
     }

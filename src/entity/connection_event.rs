@@ -52,6 +52,9 @@ pub struct Model {
     pub types_after: Option<String>,
     /// The data types pending after it.
     pub pending_types_after: Option<String>,
+    /// True on an ACTIVATED event the service wrote because the
+    /// destination's policy trusts the source; empty otherwise.
+    pub by_policy: Option<bool>,
 }
 
 /// The `actor_organization_id` of a change the service made: the columns
@@ -129,6 +132,7 @@ pub fn append_statement(backend: DbBackend, id: Uuid, event: &NewEvent) -> State
             Column::PendingTypesBefore,
             Column::TypesAfter,
             Column::PendingTypesAfter,
+            Column::ByPolicy,
         ])
         .values_panic([
             id.into(),
@@ -157,6 +161,7 @@ pub fn append_statement(backend: DbBackend, id: Uuid, event: &NewEvent) -> State
             stored(types.and_then(|t| t.previous_pending.as_ref())).into(),
             stored(types.map(|t| &t.current)).into(),
             stored(types.and_then(|t| t.pending.as_ref())).into(),
+            event.by_policy.then_some(true).into(),
         ])
         .returning(Query::returning().exprs(returning))
         .to_owned();
@@ -254,6 +259,7 @@ pub(super) fn event_from(row: Model) -> Result<ConnectionEvent, DbErr> {
             row.pending_types_after,
         ])
         .map_err(|err| bad(&err))?,
+        by_policy: row.by_policy.unwrap_or(false),
         create_time: row.create_time,
     })
 }

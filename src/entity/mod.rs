@@ -13,6 +13,7 @@ pub mod connection_expiry;
 pub mod idempotency_record;
 pub mod organization;
 pub mod server_secret;
+pub mod trusted_source;
 pub mod webhook_attempt;
 pub mod webhook_endpoint;
 pub mod webhook_queue;

@@ -37,6 +37,17 @@ pub async fn exists(conn: &impl ConnectionTrait, id: OrganizationId) -> Result<b
     Ok(Entity::find_by_id(id.uuid()).count(conn).await? > 0)
 }
 
+/// How many of `ids` (distinct) exist.
+pub async fn count_existing(
+    conn: &impl ConnectionTrait,
+    ids: &[OrganizationId],
+) -> Result<u64, DbErr> {
+    Entity::find()
+        .filter(Column::Id.is_in(ids.iter().map(|id| id.uuid())))
+        .count(conn)
+        .await
+}
+
 /// Inserts a new organization.
 pub async fn insert(conn: &impl ConnectionTrait, org: &Organization) -> Result<(), DbErr> {
     Entity::insert(ActiveModel {

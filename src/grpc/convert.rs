@@ -114,6 +114,9 @@ pub fn audit_action(value: proto::AuditAction) -> Option<domain::AuditAction> {
         proto::AuditAction::WebhookDeliveriesRecovered => {
             Some(domain::AuditAction::WebhookDeliveriesRecovered)
         }
+        proto::AuditAction::OrganizationPolicyUpdated => {
+            Some(domain::AuditAction::OrganizationPolicyUpdated)
+        }
     }
 }
 
@@ -128,6 +131,7 @@ impl From<domain::AuditAction> for proto::AuditAction {
             domain::AuditAction::WebhookEndpointDeleted => Self::WebhookEndpointDeleted,
             domain::AuditAction::WebhookSecretRotated => Self::WebhookSecretRotated,
             domain::AuditAction::WebhookDeliveriesRecovered => Self::WebhookDeliveriesRecovered,
+            domain::AuditAction::OrganizationPolicyUpdated => Self::OrganizationPolicyUpdated,
         }
     }
 }
@@ -254,6 +258,7 @@ impl From<domain::ConnectionEvent> for proto::ConnectionEvent {
             ),
             data_types: data_types(change.map(|c| &c.current)),
             pending_data_types: data_types(change.and_then(|c| c.pending.as_ref())),
+            by_policy: event.by_policy,
         }
     }
 }
@@ -407,5 +412,17 @@ mod tests {
             assert_eq!(self::data_type(data_type.into()), Some(data_type));
         }
         assert_eq!(self::state(proto::ConnectionState::Unspecified), None);
+    }
+}
+
+impl From<domain::Policy> for proto::OrganizationPolicy {
+    fn from(policy: domain::Policy) -> Self {
+        Self {
+            auto_activate_source_ids: policy
+                .trusted_sources
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        }
     }
 }

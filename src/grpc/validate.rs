@@ -2,7 +2,7 @@
 //! violation; [`AllOk`] runs several and reports every violation at once.
 
 use crate::{
-    domain::{DataTypes, PageSize, ids::InvalidId},
+    domain::{DataTypes, OrganizationId, PageSize, ids::InvalidId},
     grpc::convert,
     proto,
     service::{FieldViolation, ServiceError},
@@ -46,6 +46,32 @@ pub fn optional_id<T>(
     } else {
         id(field, value, parse).map(Some)
     }
+}
+
+/// The field a policy's trusted sources come in.
+pub const TRUSTED_SOURCES_FIELD: &str = "policy.auto_activate_source_ids";
+
+/// A policy's trusted sources: each an organization ID, at most
+/// [`MAX_TRUSTED_SOURCES`](crate::domain::organization::MAX_TRUSTED_SOURCES)
+/// of them before duplicates are collapsed (so that a huge list is refused
+/// before it is parsed).
+pub fn trusted_sources(values: &[String]) -> Checked<Vec<OrganizationId>> {
+    use crate::domain::organization::MAX_TRUSTED_SOURCES;
+    if values.len() > MAX_TRUSTED_SOURCES {
+        return Err(FieldViolation::new(
+            TRUSTED_SOURCES_FIELD,
+            format!("must have at most {MAX_TRUSTED_SOURCES} entries"),
+        ));
+    }
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, value)| {
+            OrganizationId::parse(value).map_err(|err| {
+                FieldViolation::new(TRUSTED_SOURCES_FIELD, format!("entry {i}: {err}"))
+            })
+        })
+        .collect()
 }
 
 /// An optional free-text field of at most `max` characters without control

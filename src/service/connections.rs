@@ -20,12 +20,12 @@ use crate::{
     db,
     domain::{
         Action, Caller, Change, ConnectionEvent, ConnectionId, ConnectionRecord, DataTypes,
-        Invitation, Named, OrganizationId, PageSize, Role, TransitionError,
+        Invitation, Named, OrganizationId, PageSize, Parties, Role, TransitionError,
     },
     entity::{
         connection,
         connection_event::{self, Appended},
-        connection_expiry, organization,
+        connection_expiry, organization, trusted_source,
     },
 };
 
@@ -207,7 +207,9 @@ impl Connections {
         let appended = connection_event::append(&*txn, &event).await?;
         let written = self.commit(txn, key.as_ref(), record, appended).await?;
         tracing::info!(connection_id = %written.record.id, "connection created");
-        Ok(Outcome::Fresh(written))
+        Ok(Outcome::Fresh(
+            self.activate_if_trusted(key.as_ref(), written).await,
+        ))
     }
 
     /// The connection `id`, if `caller` is a party to it.
@@ -296,7 +298,71 @@ impl Connections {
         let appended = connection_event::append(&*txn, &event).await?;
         let written = self.commit(txn, key.as_ref(), next, appended).await?;
         tracing::info!(from = %current.state, to = %written.record.state, "connection changed");
+        if request.action == Action::Reactivate {
+            return Ok(Outcome::Fresh(
+                self.activate_if_trusted(key.as_ref(), written).await,
+            ));
+        }
         Ok(Outcome::Fresh(written))
+    }
+
+    /// What a creation or a reactivation that `written` records ends with:
+    /// when the destination's policy trusts the source, the connection
+    /// activated on the destination's behalf, in a transaction of its own
+    /// (on PostgreSQL a transaction appends one event), which also makes
+    /// the activated connection the call's result for its request_id.
+    /// Otherwise, or when that fails (another change came first, or the
+    /// database did not answer), `written`: the connection stays PENDING
+    /// for the destination to activate.
+    async fn activate_if_trusted(&self, key: Option<&IdempotencyKey>, written: Written) -> Written {
+        match self.activate_by_policy(key, &written.record).await {
+            Ok(Some(activated)) => activated,
+            Ok(None) => written,
+            Err(err) => {
+                tracing::warn!(
+                    connection_id = %written.record.id,
+                    error = %err,
+                    "activation by the destination's policy failed: the connection stays pending"
+                );
+                written
+            }
+        }
+    }
+
+    async fn activate_by_policy(
+        &self,
+        key: Option<&IdempotencyKey>,
+        pending: &ConnectionRecord,
+    ) -> Result<Option<Written>, ServiceError> {
+        let Parties {
+            source,
+            destination,
+        } = pending.parties;
+        if !trusted_source::trusts(&self.reader, destination, source).await? {
+            return Ok(None);
+        }
+        let txn = db::begin_write(&self.db).await?;
+        connection::lock_for_change(&*txn, pending.id).await?;
+        let Some(current) = connection::find(&*txn, pending.id).await? else {
+            return Ok(None);
+        };
+        if current.version != pending.version {
+            // Changed since the call's own write: nothing to activate.
+            return Ok(None);
+        }
+        let Some((next, event)) = current.activate_by_policy(now()) else {
+            return Ok(None);
+        };
+        if !connection::update_guarded(&*txn, current.version, &next).await? {
+            return Ok(None);
+        }
+        if current.expire_time.is_some() {
+            connection_expiry::set(&*txn, next.id, None).await?;
+        }
+        let appended = connection_event::append(&*txn, &event).await?;
+        let written = self.commit(txn, key, next, appended).await?;
+        tracing::info!(connection_id = %written.record.id, "connection activated by the destination's policy");
+        Ok(Some(written))
     }
 
     /// Expires every PENDING connection whose expire time has come (at most

@@ -3,11 +3,11 @@
 use sea_orm::DatabaseConnection;
 use tracing::instrument;
 
-use super::{Page, PageTokens, ServiceError, audit, time_of};
+use super::{FieldViolation, Page, PageTokens, ServiceError, audit, now, time_of};
 use crate::{
     db::{self, Reader},
-    domain::{Actor, AuditAction, DisplayName, Organization, OrganizationId, PageSize},
-    entity::organization,
+    domain::{Actor, AuditAction, DisplayName, Organization, OrganizationId, PageSize, Policy},
+    entity::{organization, trusted_source},
 };
 
 /// The organizations business layer.
@@ -61,6 +61,51 @@ impl Organizations {
         txn.commit().await?;
         tracing::info!(organization_id = %org.id, "organization created");
         Ok(org)
+    }
+
+    /// `organization`'s policy as a destination.
+    #[instrument(skip(self))]
+    pub async fn policy(&self, organization: OrganizationId) -> Result<Policy, ServiceError> {
+        Ok(Policy {
+            trusted_sources: trusted_source::list(&self.reader, organization).await?,
+        })
+    }
+
+    /// Makes `organization` trust exactly `sources` (each an existing
+    /// organization other than itself) as a destination, recording `actor`
+    /// in the audit log. Existing connections are left as they are.
+    #[instrument(skip(self, actor, sources))]
+    pub async fn update_policy(
+        &self,
+        actor: &Actor,
+        organization: OrganizationId,
+        sources: Vec<OrganizationId>,
+        field: &'static str,
+    ) -> Result<Policy, ServiceError> {
+        let policy = Policy::new(organization, sources).map_err(|problem| {
+            ServiceError::InvalidArgument(vec![FieldViolation::new(field, problem.to_string())])
+        })?;
+        let txn = db::begin_write(&self.db).await?;
+        let own = organization::find(&*txn, organization)
+            .await?
+            .ok_or(ServiceError::OrganizationNotFound)?;
+        let existing = organization::count_existing(&*txn, &policy.trusted_sources).await?;
+        if existing != policy.trusted_sources.len() as u64 {
+            return Err(ServiceError::OrganizationNotFound);
+        }
+        trusted_source::replace(&*txn, organization, &policy.trusted_sources, now()).await?;
+        audit::record(
+            &*txn,
+            actor,
+            AuditAction::OrganizationPolicyUpdated,
+            organization.uuid(),
+            organization,
+            &own.display_name,
+        )
+        .await?;
+        txn.commit().await?;
+        tracing::info!(trusted = policy.trusted_sources.len(), "policy updated");
+        Ok(policy)
     }
 
     /// All organizations, oldest first.

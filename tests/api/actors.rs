@@ -337,6 +337,7 @@ async fn append_as_previous_release(txn: &impl ConnectionTrait, event: &NewEvent
         pending_types_before: NotSet,
         types_after: NotSet,
         pending_types_after: NotSet,
+        by_policy: NotSet,
     };
     connection_event::Entity::insert(row)
         .exec_without_returning(txn)

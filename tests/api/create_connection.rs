@@ -245,6 +245,7 @@ fn created_event(event_id: &str, connection: &Connection, source: &TestOrg) -> C
         previous_pending_data_types: Vec::new(),
         data_types: Vec::new(),
         pending_data_types: Vec::new(),
+        by_policy: false,
     }
 }
 

@@ -29,6 +29,7 @@ mod open_transactions;
 mod organizations;
 mod outage;
 mod ownership;
+mod policy;
 mod read_pool;
 mod resume_points;
 mod retries;
