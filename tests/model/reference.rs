@@ -469,6 +469,10 @@ impl Model {
                 event_reason = reason;
             }
             Action::Reactivate => {}
+            Action::UpdateDataTypes
+            | Action::NarrowDataTypes
+            | Action::ApproveDataTypes
+            | Action::DeclineDataTypes => unreachable!("no rule of the table takes them"),
         }
         let sequence = c.version;
         c.history.push(ModelEvent {

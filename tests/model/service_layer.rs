@@ -202,6 +202,7 @@ impl Layer for ServiceLayer {
             etag: etag.map(str::to_owned),
             reason: reason.map(str::to_owned),
             message: None,
+            data_types: None,
             request_id: request_id.map(str::to_owned),
         };
         self.connections

@@ -234,6 +234,10 @@ impl Layer for GrpcLayer {
                     .await
                     .map(|r| r.into_inner().connection)
             }
+            Action::UpdateDataTypes
+            | Action::NarrowDataTypes
+            | Action::ApproveDataTypes
+            | Action::DeclineDataTypes => unreachable!("the model's operations do not take them"),
         };
         connection(response.map_err(|s| failure(&s))?)
     }
