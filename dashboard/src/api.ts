@@ -106,6 +106,11 @@ const SENTENCES: Record<ErrorReason, string> = {
     "Webhooks are not set up on this server yet. Ask its operator to give it a webhook key.",
   [ErrorReason.CONNECTION_EXPIRED]:
     "This invitation expired before it was activated. The source can send it again.",
+  [ErrorReason.NO_PENDING_DATA_TYPES]:
+    "No data types are waiting for approval any more. Here is the connection as it is now.",
+  [ErrorReason.NO_DATA_TYPES_LEFT]:
+    "An active connection must keep at least one of its data types. Keep one, or deactivate it.",
+  [ErrorReason.DATA_TYPES_UNCHANGED]: "The connection already shares exactly these data types.",
 };
 
 /** The sentence and details of a failed call. */
