@@ -1050,3 +1050,365 @@ def test_batch_check_access(server, stub, access):
             cs.ListConnectionsRequest(role=DST, state=A, data_type=data_type),
             metadata=dst.auth, timeout=TIMEOUT).connections
         assert {c.source_organization_id for c in page} == allowed, res.DataType.Name(data_type)
+
+
+# --- Data types that change, and trusted partners -----------------------------------------------
+
+CHANGED, PROPOSED, APPROVED, DECLINED = (
+    res.CONNECTION_EVENT_TYPE_DATA_TYPES_CHANGED, res.CONNECTION_EVENT_TYPE_DATA_TYPES_PROPOSED,
+    res.CONNECTION_EVENT_TYPE_DATA_TYPES_APPROVED, res.CONNECTION_EVENT_TYPE_DATA_TYPES_DECLINED)
+INQ, VER, ACC, TXN = (res.DATA_TYPE_INQUIRY, res.DATA_TYPE_VERIFICATION, res.DATA_TYPE_ACCOUNT,
+                      res.DATA_TYPE_TRANSACTION)
+
+
+def sets(event):
+    """A DATA_TYPES_* event's four sets: allowed and pending, before and after."""
+    return (list(event.previous_data_types), list(event.previous_pending_data_types),
+            list(event.data_types), list(event.pending_data_types))
+
+
+def types_of(conn):
+    """A connection's state, allowed data types and pending data types."""
+    return conn.state, list(conn.data_types), list(conn.pending_data_types)
+
+
+class Pair:
+    """A connection's two parties and the calls the data types tests make on it."""
+
+    def __init__(self, stub, access, source, destination):
+        self.stub, self.access = stub, access
+        self.source, self.destination = source, destination
+        self.S, self.D = source.auth, destination.auth
+        self.conn_id = ""
+
+    def update(self, org, data_types, **fields):
+        return self.stub.UpdateConnectionDataTypes(
+            cs.UpdateConnectionDataTypesRequest(connection_id=self.conn_id,
+                                                data_types=list(data_types), **fields),
+            metadata=org, timeout=TIMEOUT)
+
+    def approve(self, org, **fields):
+        return self.stub.ApproveDataTypes(
+            cs.ApproveDataTypesRequest(connection_id=self.conn_id, **fields),
+            metadata=org, timeout=TIMEOUT)
+
+    def decline(self, org, **fields):
+        return self.stub.DeclineDataTypes(
+            cs.DeclineDataTypesRequest(connection_id=self.conn_id, **fields),
+            metadata=org, timeout=TIMEOUT)
+
+    def get(self):
+        return self.stub.GetConnection(cs.GetConnectionRequest(connection_id=self.conn_id),
+                                       metadata=self.D, timeout=TIMEOUT).connection
+
+    def history(self):
+        request = cs.ListConnectionEventsRequest(connection_id=self.conn_id)
+        events = self.stub.ListConnectionEvents(request, metadata=self.D, timeout=TIMEOUT).events
+        assert self.stub.ListConnectionEvents(request, metadata=self.S, timeout=TIMEOUT).events == events
+        return list(events)
+
+    def allowed(self, data_type, token):
+        """CheckAccess (by the destination) with a write's token; the connection must be ACTIVE."""
+        answer = self.access.CheckAccess(
+            acc.CheckAccessRequest(source_organization_id=self.source.id,
+                                   destination_organization_id=self.destination.id,
+                                   data_type=data_type, at_least_change_token=token),
+            metadata=self.D, timeout=TIMEOUT)
+        assert answer.connection_id == self.conn_id
+        return answer.allowed
+
+
+def test_data_types_proposed_approved_declined_and_withdrawn(server, stub, access):
+    pair = Pair(stub, access, server.new_org("Types Source"), server.new_org("Types Destination"))
+    S, D = pair.S, pair.D
+    A = res.CONNECTION_STATE_ACTIVE
+    SRC, DST = res.CONNECTION_ROLE_SOURCE, res.CONNECTION_ROLE_DESTINATION
+    created, activated = create_and_activate(stub, pair.source, pair.destination, (INQ, ACC))
+    pair.conn_id = created.connection.id
+
+    # The destination watches from the activation on: every change of the data types comes to it.
+    pump = Pump(ResumableWatch(stub, D, after_change_token=activated.change_token, idle_timeout=30))
+    try:
+        # The source proposes adding TRANSACTION (the full new set, conditional on the etag it
+        # read): the connection stays ACTIVE, TRANSACTION waits for the destination and is not
+        # allowed yet. A retry with the same request_id returns the same response.
+        propose = cs.UpdateConnectionDataTypesRequest(
+            connection_id=pair.conn_id, data_types=[TXN, INQ, ACC, TXN],
+            etag=activated.connection.etag, request_id=str(uuid.uuid4()))
+        proposed = stub.UpdateConnectionDataTypes(propose, metadata=S, timeout=TIMEOUT)
+        assert types_of(proposed.connection) == (A, [INQ, ACC], [TXN])
+        assert proposed.connection.etag != activated.connection.etag
+        again = stub.UpdateConnectionDataTypes(propose, metadata=S, timeout=TIMEOUT)
+        assert again.SerializeToString() == proposed.SerializeToString()
+        assert [pair.allowed(t, proposed.change_token) for t in (INQ, ACC, TXN)] == [
+            True, True, False]
+        # Nor does the list name it among the connections that carry TRANSACTION.
+        inbound = stub.ListConnections(
+            cs.ListConnectionsRequest(role=DST, state=A, data_type=TXN), metadata=D,
+            timeout=TIMEOUT).connections
+        assert list(inbound) == []
+
+        # The destination reads what waits; only it may approve.
+        seen = pair.get()
+        assert types_of(seen) == (A, [INQ, ACC], [TXN])
+        code, info = refusal(lambda: pair.approve(S))
+        assert (code, info.reason) == (grpc.StatusCode.PERMISSION_DENIED,
+                                       "ERROR_REASON_CALLER_NOT_DESTINATION")
+        # It approves with the etag it read: TRANSACTION is allowed from the approval's token on.
+        approved = pair.approve(D, etag=seen.etag, request_id=str(uuid.uuid4()))
+        assert types_of(approved.connection) == (A, [INQ, ACC, TXN], [])
+        assert pair.allowed(TXN, approved.change_token)
+
+        # Nothing waits any more: another approval, or a decline, is refused with a reason.
+        for call in (lambda: pair.approve(D), lambda: pair.decline(D, reason="late")):
+            code, info = refusal(call)
+            assert (code, info.reason) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                           "ERROR_REASON_NO_PENDING_DATA_TYPES")
+
+        # The destination narrows at once (removing needs no consent): DATA_TYPES_CHANGED.
+        narrowed = pair.update(D, [INQ, ACC])
+        assert types_of(narrowed.connection) == (A, [INQ, ACC], [])
+        assert not pair.allowed(TXN, narrowed.change_token)
+
+        # The source proposes VERIFICATION in place of ACCOUNT: ACCOUNT stops at once,
+        # VERIFICATION waits; the destination declines it, with a reason.
+        swapped = pair.update(S, [INQ, VER])
+        assert types_of(swapped.connection) == (A, [INQ], [VER])
+        assert [pair.allowed(t, swapped.change_token) for t in (INQ, VER, ACC)] == [
+            True, False, False]
+        declined = pair.decline(D, etag=swapped.connection.etag, reason="not in our contract")
+        assert types_of(declined.connection) == (A, [INQ], [])
+        assert not pair.allowed(VER, declined.change_token)
+
+        # A proposal withdrawn by proposing the current set again: DATA_TYPES_CHANGED.
+        readded = pair.update(S, [INQ, ACC])
+        assert types_of(readded.connection) == (A, [INQ], [ACC])
+        withdrawn = pair.update(S, [INQ])
+        assert types_of(withdrawn.connection) == (A, [INQ], [])
+
+        # The watch saw each change once, in order, with the sets before and after and the token
+        # its write returned; exactly what the history holds.
+        writes = [proposed, approved, narrowed, swapped, declined, readded, withdrawn]
+        got = pump.events(len(writes))
+        assert summary(got) == [(3, PROPOSED), (4, APPROVED), (5, CHANGED), (6, PROPOSED),
+                                (7, DECLINED), (8, PROPOSED), (9, CHANGED)]
+        assert [m.change_token for m in got] == [w.change_token for w in writes]
+        assert [sets(m.event) for m in got] == [
+            ([INQ, ACC], [], [INQ, ACC], [TXN]),
+            ([INQ, ACC], [TXN], [INQ, ACC, TXN], []),
+            ([INQ, ACC, TXN], [], [INQ, ACC], []),
+            ([INQ, ACC], [], [INQ], [VER]),
+            ([INQ], [VER], [INQ], []),  # DECLINED: previous_pending holds the declined types
+            ([INQ], [], [INQ], [ACC]),
+            ([INQ], [ACC], [INQ], []),
+        ]
+        assert [(m.event.actor_role, m.event.from_state, m.event.to_state, m.event.reason)
+                for m in got] == [
+            (SRC, A, A, ""), (DST, A, A, ""), (DST, A, A, ""), (SRC, A, A, ""),
+            (DST, A, A, "not in our contract"), (SRC, A, A, ""), (SRC, A, A, "")]
+        history = pair.history()
+        assert [m.event for m in got] == history[2:]
+        # The lifecycle events carry no sets.
+        assert [sets(e) for e in history[:2]] == [([], [], [], [])] * 2
+        assert types_of(pair.get()) == (A, [INQ], [])
+    finally:
+        pump.stop()
+
+
+def test_data_types_refusals_and_inactive_connections(server, stub, access):
+    pair = Pair(stub, access, server.new_org("Types Refusal Source"),
+                server.new_org("Types Refusal Destination"))
+    S, D = pair.S, pair.D
+    outsider = server.new_org("Types Outsider")
+    P, A, I = (res.CONNECTION_STATE_PENDING, res.CONNECTION_STATE_ACTIVE,
+               res.CONNECTION_STATE_INACTIVE)
+    pair.conn_id = stub.CreateConnection(
+        cs.CreateConnectionRequest(destination_organization_id=pair.destination.id,
+                                   data_types=[INQ]),
+        metadata=S, timeout=TIMEOUT).connection.id
+
+    # Nothing can be approved on a PENDING connection.
+    code, info = refusal(lambda: pair.approve(D))
+    assert (code, info.reason) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                   "ERROR_REASON_INVALID_STATE_TRANSITION")
+    assert info.metadata["current_state"] == "CONNECTION_STATE_PENDING"
+    # Malformed sets, and an outsider.
+    for bad in ([], [res.DATA_TYPE_UNSPECIFIED]):
+        code, status = refused_status(lambda: pair.update(S, bad))
+        assert (code, error_info(status).reason) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                     "ERROR_REASON_INVALID_ARGUMENT")
+        assert violations(status) == ["data_types"]
+    code, info = refusal(lambda: pair.update(outsider.auth, [INQ, ACC]))
+    assert (code, info.reason) == (grpc.StatusCode.NOT_FOUND, "ERROR_REASON_CONNECTION_NOT_FOUND")
+
+    # The source replaces the set of a PENDING connection (nothing waits); the activation
+    # consents to it.
+    changed = pair.update(S, [ACC, INQ])
+    assert types_of(changed.connection) == (P, [INQ, ACC], [])
+    activated = stub.ActivateConnection(cs.ActivateConnectionRequest(connection_id=pair.conn_id),
+                                        metadata=D, timeout=TIMEOUT)
+    assert pair.allowed(ACC, activated.change_token)
+    etag = activated.connection.etag
+
+    # What changes nothing, and what would leave nothing allowed, is refused and changes nothing.
+    code, info = refusal(lambda: pair.update(S, [ACC, INQ]))
+    assert (code, info.reason) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                   "ERROR_REASON_DATA_TYPES_UNCHANGED")
+    code, info = refusal(lambda: pair.update(S, [TXN, VER]))
+    assert (code, info.reason) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                   "ERROR_REASON_NO_DATA_TYPES_LEFT")
+    # The destination may only remove types.
+    code, info = refusal(lambda: pair.update(D, [INQ, ACC, TXN]))
+    assert (code, info.reason) == (grpc.StatusCode.PERMISSION_DENIED,
+                                   "ERROR_REASON_CALLER_NOT_SOURCE")
+    assert pair.get().etag == etag
+
+    # The destination read a proposal; the source replaced it meanwhile. The approval with the
+    # etag read is refused, so the destination never approves types it did not see.
+    pair.update(S, [INQ, ACC, TXN])
+    read = pair.get()
+    assert types_of(read) == (A, [INQ, ACC], [TXN])
+    replaced = pair.update(S, [INQ, ACC, VER])
+    assert types_of(replaced.connection) == (A, [INQ, ACC], [VER])
+    code, info = refusal(lambda: pair.approve(D, etag=read.etag))
+    assert (code, info.reason) == (grpc.StatusCode.ABORTED, "ERROR_REASON_ETAG_MISMATCH")
+    assert types_of(pair.get()) == (A, [INQ, ACC], [VER])
+    assert not pair.allowed(TXN, replaced.change_token)
+
+    # A deactivation drops what waits; on the INACTIVE connection the source replaces the set (a
+    # set without any current type is fine there), and the next activation consents to it.
+    deactivated = stub.DeactivateConnection(
+        cs.DeactivateConnectionRequest(connection_id=pair.conn_id), metadata=D, timeout=TIMEOUT)
+    assert types_of(deactivated.connection) == (I, [INQ, ACC], [])
+    code, info = refusal(lambda: pair.decline(D))
+    assert (code, info.reason) == (grpc.StatusCode.FAILED_PRECONDITION,
+                                   "ERROR_REASON_INVALID_STATE_TRANSITION")
+    assert info.metadata["current_state"] == "CONNECTION_STATE_INACTIVE"
+    assert types_of(pair.update(S, [TXN]).connection) == (I, [TXN], [])
+    stub.ReactivateConnection(cs.ReactivateConnectionRequest(connection_id=pair.conn_id),
+                              metadata=S, timeout=TIMEOUT)
+    token = stub.ActivateConnection(cs.ActivateConnectionRequest(connection_id=pair.conn_id),
+                                    metadata=D, timeout=TIMEOUT).change_token
+    assert [pair.allowed(t, token) for t in (TXN, INQ)] == [True, False]
+
+    history = pair.history()
+    assert [(e.type, e.from_state, e.to_state) for e in history] == [
+        (CREATED, res.CONNECTION_STATE_UNSPECIFIED, P), (CHANGED, P, P), (ACTIVATED, P, A),
+        (PROPOSED, A, A), (PROPOSED, A, A), (DEACTIVATED, A, I), (CHANGED, I, I),
+        (REACTIVATED, I, P), (ACTIVATED, P, A)]
+    assert [sets(e) for e in history if e.type in (CHANGED, PROPOSED)] == [
+        ([INQ], [], [INQ, ACC], []),
+        ([INQ, ACC], [], [INQ, ACC], [TXN]),
+        ([INQ, ACC], [TXN], [INQ, ACC], [VER]),  # a new proposal replaces the one waiting
+        ([INQ, ACC], [], [TXN], []),
+    ]
+
+
+def test_trusted_partner_connection_is_active_at_once(server, stub, access, channel):
+    orgs = org_grpc.OrganizationServiceStub(channel)
+    destination = server.new_org("Policy Destination")
+    trusted, also_trusted = server.new_org("Trusted Source"), server.new_org("Also Trusted")
+    untrusted = server.new_org("Untrusted Source")
+    D = destination.auth
+    P, A = res.CONNECTION_STATE_PENDING, res.CONNECTION_STATE_ACTIVE
+    DST = res.CONNECTION_ROLE_DESTINATION
+
+    def policy():
+        return list(orgs.GetOrganizationPolicy(org_pb.GetOrganizationPolicyRequest(), metadata=D,
+                                               timeout=TIMEOUT).policy.auto_activate_source_ids)
+
+    def trust(*ids):
+        request = org_pb.UpdateOrganizationPolicyRequest(
+            policy=res.OrganizationPolicy(auto_activate_source_ids=list(ids)))
+        return list(orgs.UpdateOrganizationPolicy(request, metadata=D,
+                                                  timeout=TIMEOUT).policy.auto_activate_source_ids)
+
+    # No one is trusted at first. Itself, a malformed ID or an unknown organization is refused,
+    # and a refusal keeps nothing.
+    assert policy() == []
+    for ids, expected in [
+        ((destination.id,), (grpc.StatusCode.INVALID_ARGUMENT, "ERROR_REASON_INVALID_ARGUMENT")),
+        (("not-a-uuid",), (grpc.StatusCode.INVALID_ARGUMENT, "ERROR_REASON_INVALID_ARGUMENT")),
+        ((trusted.id, str(uuid.uuid4())),
+         (grpc.StatusCode.NOT_FOUND, "ERROR_REASON_ORGANIZATION_NOT_FOUND")),
+    ]:
+        code, status = refused_status(lambda: trust(*ids))
+        assert (code, error_info(status).reason) == expected, ids
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            assert violations(status) == ["policy.auto_activate_source_ids"]
+    assert policy() == []
+    # Duplicates collapse; the list comes back sorted.
+    expected = sorted([trusted.id, also_trusted.id])
+    assert trust(also_trusted.id, trusted.id, also_trusted.id) == expected
+    assert policy() == expected
+
+    pump = Pump(ResumableWatch(stub, D, from_beginning=True, idle_timeout=30))
+    try:
+        # A trusted source's connection is ACTIVE at once; the call's token holds the activation,
+        # and a retry with the same request_id returns the activated connection.
+        create = cs.CreateConnectionRequest(destination_organization_id=destination.id,
+                                            data_types=[INQ], request_id=str(uuid.uuid4()))
+        created = stub.CreateConnection(create, metadata=trusted.auth, timeout=TIMEOUT)
+        conn = created.connection
+        assert conn.state == A
+        assert conn.HasField("activate_time") and not conn.HasField("expire_time")
+        assert stub.CreateConnection(create, metadata=trusted.auth,
+                                     timeout=TIMEOUT).SerializeToString() == created.SerializeToString()
+        answer = access.CheckAccess(
+            acc.CheckAccessRequest(source_organization_id=trusted.id,
+                                   destination_organization_id=destination.id, data_type=INQ,
+                                   at_least_change_token=created.change_token),
+            metadata=trusted.auth, timeout=TIMEOUT)
+        assert (answer.allowed, answer.connection_id, answer.state) == (True, conn.id, A)
+
+        # CREATED by the source, then ACTIVATED by the destination's policy: the destination's
+        # role, no API key; its token is the one the create returned.
+        first = pump.events(2)
+        assert summary(first) == [(1, CREATED), (2, ACTIVATED)]
+        made, activation = first[0].event, first[1].event
+        assert (made.actor_organization_id, made.by_policy) == (trusted.id, False)
+        assert (activation.connection_id, activation.from_state, activation.to_state) == (conn.id, P, A)
+        assert (activation.by_policy, activation.actor_organization_id, activation.actor_role,
+                activation.actor_api_key_id, activation.actor_api_key_display_name) == (
+            True, destination.id, DST, "", "")
+        assert first[1].change_token == created.change_token
+        events = stub.ListConnectionEvents(cs.ListConnectionEventsRequest(connection_id=conn.id),
+                                           metadata=trusted.auth, timeout=TIMEOUT).events
+        assert list(events) == [made, activation]
+
+        # A source the destination does not trust waits for it as before.
+        waiting = stub.CreateConnection(
+            cs.CreateConnectionRequest(destination_organization_id=destination.id,
+                                       data_types=[INQ]),
+            metadata=untrusted.auth, timeout=TIMEOUT).connection
+        assert waiting.state == P
+        stub.ActivateConnection(cs.ActivateConnectionRequest(connection_id=waiting.id),
+                                metadata=D, timeout=TIMEOUT)
+        by_hand = pump.events(2)
+        assert [(m.event.connection_id, m.event.type, m.event.by_policy) for m in by_hand] == [
+            (waiting.id, CREATED, False), (waiting.id, ACTIVATED, False)]
+        assert by_hand[1].event.actor_api_key_display_name == "python tests"
+
+        # A trusted source's reactivation is activated by the policy too.
+        stub.DeactivateConnection(cs.DeactivateConnectionRequest(connection_id=conn.id),
+                                  metadata=trusted.auth, timeout=TIMEOUT)
+        reactivated = stub.ReactivateConnection(
+            cs.ReactivateConnectionRequest(connection_id=conn.id, message="Back again"),
+            metadata=trusted.auth, timeout=TIMEOUT)
+        assert reactivated.connection.state == A
+        back = pump.events(3)
+        assert summary(back) == [(3, DEACTIVATED), (4, REACTIVATED), (5, ACTIVATED)]
+        assert back[2].event.by_policy and back[2].change_token == reactivated.change_token
+
+        # Removing the source changes no existing connection; its next invitation waits.
+        assert trust(also_trusted.id) == [also_trusted.id]
+        assert stub.GetConnection(cs.GetConnectionRequest(connection_id=conn.id), metadata=D,
+                                  timeout=TIMEOUT).connection.state == A
+        stub.DeactivateConnection(cs.DeactivateConnectionRequest(connection_id=conn.id),
+                                  metadata=D, timeout=TIMEOUT)
+        invited = stub.ReactivateConnection(cs.ReactivateConnectionRequest(connection_id=conn.id),
+                                            metadata=trusted.auth, timeout=TIMEOUT).connection
+        assert invited.state == P
+        assert summary(pump.events(2)) == [(6, DEACTIVATED), (7, REACTIVATED)]
+    finally:
+        pump.stop()

@@ -22,6 +22,8 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from connections.v1 import connection_service_pb2 as cs
 from connections.v1 import connection_service_pb2_grpc as cs_grpc
+from connections.v1 import organization_service_pb2 as org_pb
+from connections.v1 import organization_service_pb2_grpc as org_grpc
 from connections.v1 import resources_pb2 as res
 from connections.v1 import webhook_service_pb2 as wh
 from connections.v1 import webhook_service_pb2_grpc as wh_grpc
@@ -393,3 +395,98 @@ def test_failed_delivery_is_repeated_with_the_same_id_and_body(webhooks, stub, r
         (events[1].id, 1, 204, wh.WEBHOOK_DELIVERY_OUTCOME_SUCCEEDED),
     ]
     assert all(a.change_token == created.change_token for a in listed if a.event_id == events[0].id)
+
+
+def test_data_types_events_are_delivered(webhooks, stub, receiver, pair):
+    source, destination = pair
+    # The destination receives every event, and also, on an endpoint of its own, only the
+    # changes of the data types.
+    _, secret, path = create_endpoint(webhooks, destination, receiver)
+    data_types_only = [res.CONNECTION_EVENT_TYPE_DATA_TYPES_CHANGED,
+                       res.CONNECTION_EVENT_TYPE_DATA_TYPES_PROPOSED,
+                       res.CONNECTION_EVENT_TYPE_DATA_TYPES_APPROVED,
+                       res.CONNECTION_EVENT_TYPE_DATA_TYPES_DECLINED]
+    filtered, only_secret, only_path = create_endpoint(webhooks, destination, receiver,
+                                                       event_types=data_types_only)
+    assert list(filtered.event_types) == data_types_only
+    created, _ = create_and_activate(stub, source, destination)
+    connection_id = created.connection.id
+
+    # The source proposes adding ACCOUNT: connection.data_types_proposed, with the sets.
+    proposed = stub.UpdateConnectionDataTypes(
+        cs.UpdateConnectionDataTypesRequest(connection_id=connection_id,
+                                            data_types=[res.DATA_TYPE_INQUIRY,
+                                                        res.DATA_TYPE_ACCOUNT]),
+        metadata=source.auth, timeout=TIMEOUT)
+    delivery = receiver.wait_for(path, 3)[2]
+    body = Webhook(secret).verify(delivery.body, delivery.headers)
+    events = history(stub, destination, connection_id)
+    assert body["type"] == "connection.data_types_proposed" == event_type(events[2])
+    assert delivery.id == events[2].id
+    assert assert_proto3_json(body["data"]["event"], res.ConnectionEvent) == events[2]
+    assert body["data"]["event"] == json_format.MessageToDict(events[2])
+    event = body["data"]["event"]
+    # Empty sets are left out, as proto3 JSON leaves out empty repeated fields.
+    assert (event.get("previousDataTypes"), event.get("previousPendingDataTypes"),
+            event.get("dataTypes"), event.get("pendingDataTypes")) == (
+        ["DATA_TYPE_INQUIRY"], None, ["DATA_TYPE_INQUIRY"], ["DATA_TYPE_ACCOUNT"])
+    assert body["data"]["connection"] == json_format.MessageToDict(proposed.connection)
+    assert body["data"]["connection"]["pendingDataTypes"] == ["DATA_TYPE_ACCOUNT"]
+    assert body["data"]["change_token"] == proposed.change_token
+
+    # The destination approves with the etag the delivery carried.
+    approved = stub.ApproveDataTypes(
+        cs.ApproveDataTypesRequest(connection_id=connection_id,
+                                   etag=body["data"]["connection"]["etag"]),
+        metadata=destination.auth, timeout=TIMEOUT)
+    delivery = receiver.wait_for(path, 4)[3]
+    body = Webhook(secret).verify(delivery.body, delivery.headers)
+    assert body["type"] == "connection.data_types_approved"
+    assert body["data"]["event"]["dataTypes"] == ["DATA_TYPE_INQUIRY", "DATA_TYPE_ACCOUNT"]
+    assert body["data"]["event"]["previousPendingDataTypes"] == ["DATA_TYPE_ACCOUNT"]
+    assert body["data"]["connection"] == json_format.MessageToDict(approved.connection)
+    assert body["data"]["change_token"] == approved.change_token
+
+    # The filtered endpoint got those two events only, under its own secret.
+    only = receiver.wait_for(only_path, 2)
+    events = history(stub, destination, connection_id)
+    assert [d.id for d in only] == [e.id for e in events[2:4]]
+    assert [Webhook(only_secret).verify(d.body, d.headers)["type"] for d in only] == [
+        "connection.data_types_proposed", "connection.data_types_approved"]
+    # Nothing else arrives for it: the next lifecycle event goes to the other endpoint only.
+    stub.DeactivateConnection(cs.DeactivateConnectionRequest(connection_id=connection_id),
+                              metadata=source.auth, timeout=TIMEOUT)
+    assert json.loads(receiver.wait_for(path, 5)[4].body)["type"] == "connection.deactivated"
+    assert len(receiver.received(only_path)) == 2
+
+
+def test_by_policy_activation_is_delivered(webhooks, stub, receiver, pair, channel):
+    source, destination = pair
+    org_grpc.OrganizationServiceStub(channel).UpdateOrganizationPolicy(
+        org_pb.UpdateOrganizationPolicyRequest(
+            policy=res.OrganizationPolicy(auto_activate_source_ids=[source.id])),
+        metadata=destination.auth, timeout=TIMEOUT)
+    _, secret, path = create_endpoint(webhooks, destination, receiver)
+
+    # The trusted source's create returns the ACTIVE connection: CREATED, then ACTIVATED by the
+    # destination's policy, each with the connection as that event left it.
+    created = stub.CreateConnection(
+        cs.CreateConnectionRequest(destination_organization_id=destination.id,
+                                   data_types=[res.DATA_TYPE_INQUIRY]),
+        metadata=source.auth, timeout=TIMEOUT)
+    assert created.connection.state == res.CONNECTION_STATE_ACTIVE
+    deliveries = receiver.wait_for(path, 2)
+    bodies = [Webhook(secret).verify(d.body, d.headers) for d in deliveries]
+    events = history(stub, destination, created.connection.id)
+    assert [d.id for d in deliveries] == [e.id for e in events]
+    assert [b["type"] for b in bodies] == ["connection.created", "connection.activated"]
+    assert [b["data"]["event"] for b in bodies] == [json_format.MessageToDict(e) for e in events]
+    assert "byPolicy" not in bodies[0]["data"]["event"]
+    activation = bodies[1]["data"]["event"]
+    assert (activation["byPolicy"], activation["actorRole"], activation["actorOrganizationId"]) == (
+        True, "CONNECTION_ROLE_DESTINATION", destination.id)
+    assert "actorApiKeyId" not in activation
+    assert bodies[0]["data"]["connection"]["state"] == "CONNECTION_STATE_PENDING"
+    assert bodies[1]["data"]["connection"] == json_format.MessageToDict(created.connection)
+    # The create's token is the activation's.
+    assert bodies[1]["data"]["change_token"] == created.change_token

@@ -46,9 +46,11 @@ export interface ConnectOptions {
 
 /** Clients of the services over one connection; close() it when done. */
 export interface ConnectionsClient {
+  /** The caller's connections: create, transitions, data types (update, approve, decline), history and watch. */
   connections: Client<typeof ConnectionService>;
+  /** GetOrganization, and the caller's policy as a destination (GetOrganizationPolicy, UpdateOrganizationPolicy). */
   organizations: Client<typeof OrganizationService>;
-  /** CheckAccess: with a party's API key, or the access-check (or admin) token as `apiKey`. */
+  /** CheckAccess and BatchCheckAccess: with a party's API key, or the access-check (or admin) token as `apiKey`. */
   access: Client<typeof AccessService>;
   /** The caller's webhook endpoints, their secrets and delivery attempts. */
   webhooks: Client<typeof WebhookService>;

@@ -4,9 +4,11 @@
  *
  * One server for the file; the same full lifecycle runs over gRPC (HTTP/2), gRPC-Web over HTTP/1.1
  * and gRPC-Web over HTTP/2, each with a (source, destination) pair of its own, since a pair can
- * hold only one connection; so do the watch (ResumableWatch), CheckAccess, invitation message and
- * BatchCheckAccess tests, and, on a server of their own, the tests of a watch resuming across a
- * restart (which restart it) and of pending connections expiring (a 2 s pending lifetime).
+ * hold only one connection; so do the watch (ResumableWatch), CheckAccess, invitation message,
+ * BatchCheckAccess, data types (UpdateConnectionDataTypes, ApproveDataTypes, DeclineDataTypes) and
+ * trusted partner (OrganizationPolicy) tests, and, on a server of their own, the tests of a watch
+ * resuming across a restart (which restart it) and of pending connections expiring (a 2 s pending
+ * lifetime).
  * Everything runs on 127.0.0.1, in temporary directories, bounded in time.
  *
  *   node --import tsx --test test/lifecycle.test.ts      (run_tests.sh does this)
@@ -38,10 +40,12 @@ import {
   ActivateConnectionResponseSchema,
   CreateConnectionResponseSchema,
   GetConnectionResponseSchema,
+  UpdateConnectionDataTypesResponseSchema,
   type WatchConnectionEventsResponse,
 } from "../src/gen/connections/v1/connection_service_pb.js";
 import {
   type Connection,
+  type ConnectionEvent,
   ConnectionEventSchema,
   ConnectionEventType,
   ConnectionRole,
@@ -1062,6 +1066,368 @@ for (const variant of VARIANTS) {
         const later = await puller.events(2);
         assert.deepEqual(summary(later), [[3, T.REACTIVATED], [4, T.ACTIVATED]]);
         assert.equal(later[0]!.event!.message, "Second try");
+      } finally {
+        puller.watch.close();
+      }
+    });
+  });
+}
+
+// --- Data types that change, and trusted partners -----------------------------------------------
+
+/** A DATA_TYPES_* event's four sets: allowed and pending, before and after. */
+const sets = (e: ConnectionEvent) => [e.previousDataTypes, e.previousPendingDataTypes, e.dataTypes, e.pendingDataTypes];
+
+/** A connection's state, allowed data types and pending data types. */
+const typesOf = (c: Connection | undefined) => {
+  assert.ok(c, "the response holds the connection");
+  return [c.state, c.dataTypes, c.pendingDataTypes];
+};
+
+for (const variant of VARIANTS) {
+  describe(`data types and trusted partners over ${variant.name}`, () => {
+    const client = (apiKey?: string) => {
+      const c = connect({ baseUrl: server.baseUrl, apiKey, protocol: variant.protocol, httpVersion: variant.httpVersion });
+      clients.push(c);
+      return c;
+    };
+    const party = (name: string) => {
+      const org = server.newOrg(`${name} over ${variant.name}`);
+      return { org, c: client(org.key) };
+    };
+    const { INQUIRY: INQ, VERIFICATION: VER, ACCOUNT: ACC, TRANSACTION: TXN } = DataType;
+    const { UNSPECIFIED: U, PENDING: P, ACTIVE: A, INACTIVE: I } = ConnectionState;
+    const { SOURCE: SRC, DESTINATION: DST } = ConnectionRole;
+
+    /** The calls the data types tests make on one connection, by its source S and destination D. */
+    function onConnection(source: ReturnType<typeof party>, destination: ReturnType<typeof party>) {
+      const S = source.c.connections, D = destination.c.connections;
+      const pair = {
+        S,
+        D,
+        connectionId: "",
+        update: (c: Connections, dataTypes: DataType[], fields: { etag?: string; requestId?: string } = {}) =>
+          c.updateConnectionDataTypes({ connectionId: pair.connectionId, dataTypes, ...fields }),
+        approve: (c: Connections, fields: { etag?: string; requestId?: string } = {}) =>
+          c.approveDataTypes({ connectionId: pair.connectionId, ...fields }),
+        decline: (c: Connections, fields: { etag?: string; reason?: string } = {}) =>
+          c.declineDataTypes({ connectionId: pair.connectionId, ...fields }),
+        get: async () => (await D.getConnection({ connectionId: pair.connectionId })).connection!,
+        history: async () => {
+          const events = (await D.listConnectionEvents({ connectionId: pair.connectionId })).events;
+          const forSource = (await S.listConnectionEvents({ connectionId: pair.connectionId })).events;
+          assert.equal(forSource.length, events.length);
+          events.forEach((e, i) => assert.ok(equals(ConnectionEventSchema, e, forSource[i]!), `event ${i + 1}`));
+          return events;
+        },
+        /** CheckAccess (by the destination) with a write's token. */
+        allowed: async (dataType: DataType, atLeastChangeToken: string) => {
+          const answer = await destination.c.access.checkAccess({
+            sourceOrganizationId: source.org.id,
+            destinationOrganizationId: destination.org.id,
+            dataType,
+            atLeastChangeToken,
+          });
+          assert.equal(answer.connectionId, pair.connectionId);
+          return answer.allowed;
+        },
+      };
+      return pair;
+    }
+
+    it("the source proposes, the destination approves with the etag it read or declines; a watch sees the sets", { timeout: TEST_TIMEOUT_MS }, async () => {
+      const source = party("Types Source");
+      const destination = party("Types Destination");
+      const pair = onConnection(source, destination);
+      const { S, D } = pair;
+      const { created, activated, connectionId } = await createAndActivate(S, D, destination.org.id, [INQ, ACC]);
+      pair.connectionId = connectionId;
+      assert.deepEqual(typesOf(created.connection), [P, [INQ, ACC], []]);
+
+      // The destination watches from the activation on: every change of the data types comes to it.
+      const puller = watching(D, { afterChangeToken: activated.changeToken });
+      try {
+        // The source proposes adding TRANSACTION (the full new set, conditional on the etag it
+        // read): the connection stays ACTIVE, TRANSACTION waits for the destination and is not
+        // allowed yet. A retry with the same request_id returns the same response, byte for byte.
+        const propose = { connectionId, dataTypes: [TXN, INQ, ACC, TXN], etag: activated.connection!.etag, requestId: randomUUID() };
+        const proposed = await S.updateConnectionDataTypes(propose);
+        assert.deepEqual(typesOf(proposed.connection), [A, [INQ, ACC], [TXN]]);
+        assert.notEqual(proposed.connection!.etag, activated.connection!.etag);
+        const again = await S.updateConnectionDataTypes(propose);
+        assert.deepEqual(toBinary(UpdateConnectionDataTypesResponseSchema, again), toBinary(UpdateConnectionDataTypesResponseSchema, proposed));
+        assert.deepEqual(await Promise.all([INQ, ACC, TXN].map((t) => pair.allowed(t, proposed.changeToken))), [true, true, false]);
+        // Nor does the list name it among the connections that carry TRANSACTION.
+        assert.deepEqual((await D.listConnections({ role: DST, state: A, dataType: TXN })).connections, []);
+
+        // The destination reads what waits; only it may approve.
+        const seen = await pair.get();
+        assert.deepEqual(typesOf(seen), [A, [INQ, ACC], [TXN]]);
+        let r = await refusal(pair.approve(S));
+        assert.deepEqual([r.code, r.info.reason], [Code.PermissionDenied, "ERROR_REASON_CALLER_NOT_DESTINATION"]);
+        // It approves with the etag it read: TRANSACTION is allowed from the approval's token on.
+        const approved = await pair.approve(D, { etag: seen.etag, requestId: randomUUID() });
+        assert.deepEqual(typesOf(approved.connection), [A, [INQ, ACC, TXN], []]);
+        assert.equal(await pair.allowed(TXN, approved.changeToken), true);
+
+        // Nothing waits any more: another approval, or a decline, is refused with a reason.
+        for (const call of [() => pair.approve(D), () => pair.decline(D, { reason: "late" })]) {
+          r = await refusal(call());
+          assert.deepEqual([r.code, r.info.reason], [Code.FailedPrecondition, "ERROR_REASON_NO_PENDING_DATA_TYPES"]);
+          assert.equal(errorReason(r.err), ErrorReason.NO_PENDING_DATA_TYPES);
+        }
+
+        // The destination narrows at once (removing needs no consent): DATA_TYPES_CHANGED.
+        const narrowed = await pair.update(D, [INQ, ACC]);
+        assert.deepEqual(typesOf(narrowed.connection), [A, [INQ, ACC], []]);
+        assert.equal(await pair.allowed(TXN, narrowed.changeToken), false);
+
+        // The source proposes VERIFICATION in place of ACCOUNT: ACCOUNT stops at once, VERIFICATION
+        // waits; the destination declines it, with a reason.
+        const swapped = await pair.update(S, [INQ, VER]);
+        assert.deepEqual(typesOf(swapped.connection), [A, [INQ], [VER]]);
+        assert.deepEqual(await Promise.all([INQ, VER, ACC].map((t) => pair.allowed(t, swapped.changeToken))), [true, false, false]);
+        const declined = await pair.decline(D, { etag: swapped.connection!.etag, reason: "not in our contract" });
+        assert.deepEqual(typesOf(declined.connection), [A, [INQ], []]);
+        assert.equal(await pair.allowed(VER, declined.changeToken), false);
+
+        // A proposal withdrawn by proposing the current set again: DATA_TYPES_CHANGED.
+        const readded = await pair.update(S, [INQ, ACC]);
+        assert.deepEqual(typesOf(readded.connection), [A, [INQ], [ACC]]);
+        const withdrawn = await pair.update(S, [INQ]);
+        assert.deepEqual(typesOf(withdrawn.connection), [A, [INQ], []]);
+
+        // The watch saw each change once, in order, with the sets before and after and the token its
+        // write returned; exactly what the history holds.
+        const writes = [proposed, approved, narrowed, swapped, declined, readded, withdrawn];
+        const got = await puller.events(writes.length);
+        assert.deepEqual(summary(got), [
+          [3, T.DATA_TYPES_PROPOSED],
+          [4, T.DATA_TYPES_APPROVED],
+          [5, T.DATA_TYPES_CHANGED],
+          [6, T.DATA_TYPES_PROPOSED],
+          [7, T.DATA_TYPES_DECLINED],
+          [8, T.DATA_TYPES_PROPOSED],
+          [9, T.DATA_TYPES_CHANGED],
+        ]);
+        assert.deepEqual(got.map((m) => m.changeToken), writes.map((w) => w.changeToken));
+        assert.deepEqual(got.map((m) => sets(m.event!)), [
+          [[INQ, ACC], [], [INQ, ACC], [TXN]],
+          [[INQ, ACC], [TXN], [INQ, ACC, TXN], []],
+          [[INQ, ACC, TXN], [], [INQ, ACC], []],
+          [[INQ, ACC], [], [INQ], [VER]],
+          [[INQ], [VER], [INQ], []], // DECLINED: previous_pending holds the declined types
+          [[INQ], [], [INQ], [ACC]],
+          [[INQ], [ACC], [INQ], []],
+        ]);
+        assert.deepEqual(
+          got.map(({ event: e }) => [e!.actorRole, e!.fromState, e!.toState, e!.reason]),
+          [
+            [SRC, A, A, ""],
+            [DST, A, A, ""],
+            [DST, A, A, ""],
+            [SRC, A, A, ""],
+            [DST, A, A, "not in our contract"],
+            [SRC, A, A, ""],
+            [SRC, A, A, ""],
+          ],
+        );
+        const history = await pair.history();
+        assert.equal(history.length, 2 + got.length);
+        got.forEach((m, i) => assert.ok(equals(ConnectionEventSchema, m.event!, history[i + 2]!), `event ${i + 3}`));
+        // The lifecycle events carry no sets.
+        assert.deepEqual(history.slice(0, 2).map(sets), [[[], [], [], []], [[], [], [], []]]);
+        assert.deepEqual(typesOf(await pair.get()), [A, [INQ], []]);
+      } finally {
+        puller.watch.close();
+      }
+    });
+
+    it("data types refusals with their reasons; the approval race; changes of pending and inactive connections", { timeout: TEST_TIMEOUT_MS }, async () => {
+      const source = party("Types Refusal Source");
+      const destination = party("Types Refusal Destination");
+      const outsider = party("Types Outsider");
+      const pair = onConnection(source, destination);
+      const { S, D } = pair;
+      pair.connectionId = (await S.createConnection({ destinationOrganizationId: destination.org.id, dataTypes: [INQ] })).connection!.id;
+
+      // Nothing can be approved on a PENDING connection.
+      let r = await refusal(pair.approve(D));
+      assert.deepEqual([r.code, r.info.reason], [Code.FailedPrecondition, "ERROR_REASON_INVALID_STATE_TRANSITION"]);
+      assert.equal(r.info.metadata.current_state, "CONNECTION_STATE_PENDING");
+      // Malformed sets, and an outsider.
+      for (const bad of [[], [DataType.UNSPECIFIED]]) {
+        r = await refusal(pair.update(S, bad));
+        assert.deepEqual([r.code, r.info.reason], [Code.InvalidArgument, "ERROR_REASON_INVALID_ARGUMENT"]);
+        assert.deepEqual(violations(r.err), ["data_types"]);
+      }
+      r = await refusal(pair.update(outsider.c.connections, [INQ, ACC]));
+      assert.deepEqual([r.code, r.info.reason], [Code.NotFound, "ERROR_REASON_CONNECTION_NOT_FOUND"]);
+
+      // The source replaces the set of a PENDING connection (nothing waits); the activation consents to it.
+      const changed = await pair.update(S, [ACC, INQ]);
+      assert.deepEqual(typesOf(changed.connection), [P, [INQ, ACC], []]);
+      const activated = await D.activateConnection({ connectionId: pair.connectionId });
+      assert.equal(await pair.allowed(ACC, activated.changeToken), true);
+      const etag = activated.connection!.etag;
+
+      // What changes nothing, and what would leave nothing allowed, is refused and changes nothing.
+      r = await refusal(pair.update(S, [ACC, INQ]));
+      assert.deepEqual([r.code, r.info.reason], [Code.FailedPrecondition, "ERROR_REASON_DATA_TYPES_UNCHANGED"]);
+      assert.equal(errorReason(r.err), ErrorReason.DATA_TYPES_UNCHANGED);
+      r = await refusal(pair.update(S, [TXN, VER]));
+      assert.deepEqual([r.code, r.info.reason], [Code.FailedPrecondition, "ERROR_REASON_NO_DATA_TYPES_LEFT"]);
+      assert.equal(errorReason(r.err), ErrorReason.NO_DATA_TYPES_LEFT);
+      // The destination may only remove types.
+      r = await refusal(pair.update(D, [INQ, ACC, TXN]));
+      assert.deepEqual([r.code, r.info.reason], [Code.PermissionDenied, "ERROR_REASON_CALLER_NOT_SOURCE"]);
+      assert.equal((await pair.get()).etag, etag);
+
+      // The destination read a proposal; the source replaced it meanwhile. The approval with the
+      // etag read is refused, so the destination never approves types it did not see.
+      await pair.update(S, [INQ, ACC, TXN]);
+      const read = await pair.get();
+      assert.deepEqual(typesOf(read), [A, [INQ, ACC], [TXN]]);
+      const replaced = await pair.update(S, [INQ, ACC, VER]);
+      assert.deepEqual(typesOf(replaced.connection), [A, [INQ, ACC], [VER]]);
+      r = await refusal(pair.approve(D, { etag: read.etag }));
+      assert.deepEqual([r.code, r.info.reason], [Code.Aborted, "ERROR_REASON_ETAG_MISMATCH"]);
+      assert.deepEqual(typesOf(await pair.get()), [A, [INQ, ACC], [VER]]);
+      assert.equal(await pair.allowed(TXN, replaced.changeToken), false);
+
+      // A deactivation drops what waits; on the INACTIVE connection the source replaces the set (a
+      // set without any current type is fine there), and the next activation consents to it.
+      const deactivated = await D.deactivateConnection({ connectionId: pair.connectionId });
+      assert.deepEqual(typesOf(deactivated.connection), [I, [INQ, ACC], []]);
+      r = await refusal(pair.decline(D));
+      assert.deepEqual([r.code, r.info.reason], [Code.FailedPrecondition, "ERROR_REASON_INVALID_STATE_TRANSITION"]);
+      assert.equal(r.info.metadata.current_state, "CONNECTION_STATE_INACTIVE");
+      assert.deepEqual(typesOf((await pair.update(S, [TXN])).connection), [I, [TXN], []]);
+      await S.reactivateConnection({ connectionId: pair.connectionId });
+      const token = (await D.activateConnection({ connectionId: pair.connectionId })).changeToken;
+      assert.deepEqual([await pair.allowed(TXN, token), await pair.allowed(INQ, token)], [true, false]);
+
+      const history = await pair.history();
+      assert.deepEqual(
+        history.map((e) => [e.type, e.fromState, e.toState]),
+        [
+          [T.CREATED, U, P],
+          [T.DATA_TYPES_CHANGED, P, P],
+          [T.ACTIVATED, P, A],
+          [T.DATA_TYPES_PROPOSED, A, A],
+          [T.DATA_TYPES_PROPOSED, A, A],
+          [T.DEACTIVATED, A, I],
+          [T.DATA_TYPES_CHANGED, I, I],
+          [T.REACTIVATED, I, P],
+          [T.ACTIVATED, P, A],
+        ],
+      );
+      assert.deepEqual(
+        history.filter((e) => e.type === T.DATA_TYPES_CHANGED || e.type === T.DATA_TYPES_PROPOSED).map(sets),
+        [
+          [[INQ], [], [INQ, ACC], []],
+          [[INQ, ACC], [], [INQ, ACC], [TXN]],
+          [[INQ, ACC], [TXN], [INQ, ACC], [VER]], // a new proposal replaces the one waiting
+          [[INQ, ACC], [], [TXN], []],
+        ],
+      );
+    });
+
+    it("a trusted partner's connection is ACTIVE at once, activated by the destination's policy", { timeout: TEST_TIMEOUT_MS }, async () => {
+      const destination = party("Policy Destination");
+      const trusted = party("Trusted Source");
+      const alsoTrusted = party("Also Trusted");
+      const untrusted = party("Untrusted Source");
+      const orgs = destination.c.organizations;
+      const D = destination.c.connections, S = trusted.c.connections;
+      const policy = async () => (await orgs.getOrganizationPolicy({})).policy!.autoActivateSourceIds;
+      const trust = async (...ids: string[]) =>
+        (await orgs.updateOrganizationPolicy({ policy: { autoActivateSourceIds: ids } })).policy!.autoActivateSourceIds;
+
+      // No one is trusted at first. Itself, a malformed ID or an unknown organization is refused,
+      // and a refusal keeps nothing.
+      assert.deepEqual(await policy(), []);
+      const refusals: [string[], Code, string][] = [
+        [[destination.org.id], Code.InvalidArgument, "ERROR_REASON_INVALID_ARGUMENT"],
+        [["not-a-uuid"], Code.InvalidArgument, "ERROR_REASON_INVALID_ARGUMENT"],
+        [[trusted.org.id, randomUUID()], Code.NotFound, "ERROR_REASON_ORGANIZATION_NOT_FOUND"],
+      ];
+      for (const [ids, code, reason] of refusals) {
+        const r = await refusal(trust(...ids));
+        assert.deepEqual([r.code, r.info.reason], [code, reason], ids.join(","));
+        if (code === Code.InvalidArgument) assert.deepEqual(violations(r.err), ["policy.auto_activate_source_ids"]);
+      }
+      assert.deepEqual(await policy(), []);
+      // Duplicates collapse; the list comes back sorted.
+      const expected = [trusted.org.id, alsoTrusted.org.id].sort();
+      assert.deepEqual(await trust(alsoTrusted.org.id, trusted.org.id, alsoTrusted.org.id), expected);
+      assert.deepEqual(await policy(), expected);
+
+      const puller = watching(D, { fromBeginning: true });
+      try {
+        // A trusted source's connection is ACTIVE at once; the call's token holds the activation,
+        // and a retry with the same request_id returns the activated connection.
+        const create = { destinationOrganizationId: destination.org.id, dataTypes: [INQ], requestId: randomUUID() };
+        const created = await S.createConnection(create);
+        const conn = created.connection!;
+        assert.equal(conn.state, A);
+        assert.ok(conn.activateTime, "activate_time is set");
+        assert.equal(conn.expireTime, undefined);
+        assert.deepEqual(toBinary(CreateConnectionResponseSchema, await S.createConnection(create)), toBinary(CreateConnectionResponseSchema, created));
+        const answer = await trusted.c.access.checkAccess({
+          sourceOrganizationId: trusted.org.id,
+          destinationOrganizationId: destination.org.id,
+          dataType: INQ,
+          atLeastChangeToken: created.changeToken,
+        });
+        assert.deepEqual(said(answer), [true, conn.id, A]);
+
+        // CREATED by the source, then ACTIVATED by the destination's policy: the destination's role,
+        // no API key; its token is the one the create returned.
+        const first = await puller.events(2);
+        assert.deepEqual(summary(first), [[1, T.CREATED], [2, T.ACTIVATED]]);
+        const made = first[0]!.event!, activation = first[1]!.event!;
+        assert.deepEqual([made.actorOrganizationId, made.byPolicy], [trusted.org.id, false]);
+        assert.deepEqual([activation.connectionId, activation.fromState, activation.toState], [conn.id, P, A]);
+        assert.deepEqual(
+          [activation.byPolicy, activation.actorOrganizationId, activation.actorRole, activation.actorApiKeyId, activation.actorApiKeyDisplayName],
+          [true, destination.org.id, DST, "", ""],
+        );
+        assert.equal(first[1]!.changeToken, created.changeToken);
+        const events = (await S.listConnectionEvents({ connectionId: conn.id })).events;
+        assert.equal(events.length, 2);
+        first.forEach((m, i) => assert.ok(equals(ConnectionEventSchema, m.event!, events[i]!), `event ${i + 1}`));
+
+        // A source the destination does not trust waits for it as before.
+        const waiting = (await untrusted.c.connections.createConnection({ destinationOrganizationId: destination.org.id, dataTypes: [INQ] })).connection!;
+        assert.equal(waiting.state, P);
+        await D.activateConnection({ connectionId: waiting.id });
+        const byHand = await puller.events(2);
+        assert.deepEqual(
+          byHand.map(({ event: e }) => [e!.connectionId, e!.type, e!.byPolicy]),
+          [
+            [waiting.id, T.CREATED, false],
+            [waiting.id, T.ACTIVATED, false],
+          ],
+        );
+        assert.equal(byHand[1]!.event!.actorApiKeyDisplayName, "typescript tests");
+
+        // A trusted source's reactivation is activated by the policy too.
+        await S.deactivateConnection({ connectionId: conn.id });
+        const reactivated = await S.reactivateConnection({ connectionId: conn.id, message: "Back again" });
+        assert.equal(reactivated.connection!.state, A);
+        const back = await puller.events(3);
+        assert.deepEqual(summary(back), [[3, T.DEACTIVATED], [4, T.REACTIVATED], [5, T.ACTIVATED]]);
+        assert.equal(back[2]!.event!.byPolicy, true);
+        assert.equal(back[2]!.changeToken, reactivated.changeToken);
+
+        // Removing the source changes no existing connection; its next invitation waits.
+        assert.deepEqual(await trust(alsoTrusted.org.id), [alsoTrusted.org.id]);
+        assert.equal((await D.getConnection({ connectionId: conn.id })).connection!.state, A);
+        await D.deactivateConnection({ connectionId: conn.id });
+        const invited = (await S.reactivateConnection({ connectionId: conn.id })).connection!;
+        assert.equal(invited.state, P);
+        assert.deepEqual(summary(await puller.events(2)), [[6, T.DEACTIVATED], [7, T.REACTIVATED]]);
       } finally {
         puller.watch.close();
       }

@@ -19,7 +19,15 @@ import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Webhook, WebhookVerificationError } from "standardwebhooks";
 
 import { connect, enumName, type ConnectionsClient } from "../src/client.js";
-import { type ConnectionEvent, ConnectionEventSchema, ConnectionEventTypeSchema, ConnectionSchema, DataType } from "../src/gen/connections/v1/resources_pb.js";
+import {
+  type ConnectionEvent,
+  ConnectionEventSchema,
+  ConnectionEventType,
+  ConnectionEventTypeSchema,
+  ConnectionSchema,
+  ConnectionState,
+  DataType,
+} from "../src/gen/connections/v1/resources_pb.js";
 import { type WebhookDelivery, WebhookDeliveryOutcome } from "../src/gen/connections/v1/webhook_service_pb.js";
 import { type Org, Server } from "./harness.js";
 
@@ -102,6 +110,11 @@ class Receiver {
   /** The next requests to `path` are answered with these statuses, then 204 again. */
   failNext(path: string, ...statuses: number[]): void {
     this.answers.set(path, [...(this.answers.get(path) ?? []), ...statuses]);
+  }
+
+  /** The requests to `path` received so far. */
+  received(path: string): Delivery[] {
+    return this.deliveries.filter((d) => d.path === path);
   }
 
   /** The first `count` requests to `path`, once they have arrived (bounded). */
@@ -205,9 +218,9 @@ describe("webhooks over gRPC (HTTP/2)", () => {
     return { source, destination, S: client(source), D: client(destination) };
   }
 
-  async function createEndpoint(c: ConnectionsClient, org: Org, description = "") {
+  async function createEndpoint(c: ConnectionsClient, org: Org, description = "", eventTypes: ConnectionEventType[] = []) {
     const path = receiver.newPath();
-    const { endpoint, secret } = await c.webhooks.createWebhookEndpoint({ url: receiver.url(path), description });
+    const { endpoint, secret } = await c.webhooks.createWebhookEndpoint({ url: receiver.url(path), description, eventTypes });
     assert.equal(endpoint?.url, receiver.url(path));
     assert.equal(endpoint?.organizationId, org.id);
     assert.match(secret, /^whsec_[A-Za-z0-9+/]{43}=$/);
@@ -408,5 +421,88 @@ describe("webhooks over gRPC (HTTP/2)", () => {
       ],
     );
     for (const a of attempts.filter((a) => a.eventId === events[0]!.id)) assert.equal(a.changeToken, created.changeToken);
+  });
+
+  it("changes of the data types are delivered as connection.data_types_*, with their sets", { timeout: TEST_TIMEOUT_MS }, async () => {
+    const { destination, S, D } = newPair();
+    // The destination receives every event, and also, on an endpoint of its own, only the changes
+    // of the data types.
+    const { secret, path } = await createEndpoint(D, destination);
+    const T = ConnectionEventType;
+    const dataTypesOnly = [T.DATA_TYPES_CHANGED, T.DATA_TYPES_PROPOSED, T.DATA_TYPES_APPROVED, T.DATA_TYPES_DECLINED];
+    const filtered = await createEndpoint(D, destination, "data types", dataTypesOnly);
+    assert.deepEqual(filtered.endpoint.eventTypes, dataTypesOnly);
+    const { created } = await createAndActivate(S, D, destination);
+    const connectionId = created.connection!.id;
+
+    // The source proposes adding ACCOUNT: connection.data_types_proposed, with the sets.
+    const proposed = await S.connections.updateConnectionDataTypes({ connectionId, dataTypes: [DataType.INQUIRY, DataType.ACCOUNT] });
+    let delivery = (await receiver.waitFor(path, 3))[2]!;
+    let body = new Webhook(secret).verify(delivery.body, delivery.headers) as Payload;
+    let { events } = await D.connections.listConnectionEvents({ connectionId });
+    assert.equal(body.type, "connection.data_types_proposed");
+    assert.equal(body.type, eventType(events[2]!));
+    assert.equal(webhookId(delivery), events[2]!.id);
+    assert.ok(equals(ConnectionEventSchema, assertProto3Json(body.data.event, ConnectionEventSchema), events[2]!));
+    assert.deepEqual(body.data.event, toJson(ConnectionEventSchema, events[2]!));
+    // Empty sets are left out, as proto3 JSON leaves out empty repeated fields.
+    const event = body.data.event;
+    assert.deepEqual(
+      [event.previousDataTypes, event.previousPendingDataTypes, event.dataTypes, event.pendingDataTypes],
+      [["DATA_TYPE_INQUIRY"], undefined, ["DATA_TYPE_INQUIRY"], ["DATA_TYPE_ACCOUNT"]],
+    );
+    assert.deepEqual(body.data.connection, toJson(ConnectionSchema, proposed.connection!));
+    assert.deepEqual(body.data.connection.pendingDataTypes, ["DATA_TYPE_ACCOUNT"]);
+    assert.equal(body.data.change_token, proposed.changeToken);
+
+    // The destination approves with the etag the delivery carried.
+    const approved = await D.connections.approveDataTypes({ connectionId, etag: body.data.connection.etag as string });
+    delivery = (await receiver.waitFor(path, 4))[3]!;
+    body = new Webhook(secret).verify(delivery.body, delivery.headers) as Payload;
+    assert.equal(body.type, "connection.data_types_approved");
+    assert.deepEqual(body.data.event.dataTypes, ["DATA_TYPE_INQUIRY", "DATA_TYPE_ACCOUNT"]);
+    assert.deepEqual(body.data.event.previousPendingDataTypes, ["DATA_TYPE_ACCOUNT"]);
+    assert.deepEqual(body.data.connection, toJson(ConnectionSchema, approved.connection!));
+    assert.equal(body.data.change_token, approved.changeToken);
+
+    // The filtered endpoint got those two events only, under its own secret.
+    const only = await receiver.waitFor(filtered.path, 2);
+    ({ events } = await D.connections.listConnectionEvents({ connectionId }));
+    assert.deepEqual(only.map(webhookId), events.slice(2, 4).map((e) => e.id));
+    assert.deepEqual(
+      only.map((d) => (new Webhook(filtered.secret).verify(d.body, d.headers) as Payload).type),
+      ["connection.data_types_proposed", "connection.data_types_approved"],
+    );
+    // Nothing else arrives for it: the next lifecycle event goes to the other endpoint only.
+    await S.connections.deactivateConnection({ connectionId });
+    assert.equal(parse((await receiver.waitFor(path, 5))[4]!).type, "connection.deactivated");
+    assert.equal(receiver.received(filtered.path).length, 2);
+  });
+
+  it("a trusted partner's connection is delivered as created, then activated with byPolicy", { timeout: TEST_TIMEOUT_MS }, async () => {
+    const { source, destination, S, D } = newPair();
+    await D.organizations.updateOrganizationPolicy({ policy: { autoActivateSourceIds: [source.id] } });
+    const { secret, path } = await createEndpoint(D, destination);
+
+    // The trusted source's create returns the ACTIVE connection: CREATED, then ACTIVATED by the
+    // destination's policy, each with the connection as that event left it.
+    const created = await S.connections.createConnection({ destinationOrganizationId: destination.id, dataTypes: [DataType.INQUIRY] });
+    assert.equal(created.connection!.state, ConnectionState.ACTIVE);
+    const deliveries = await receiver.waitFor(path, 2);
+    const bodies = deliveries.map((d) => new Webhook(secret).verify(d.body, d.headers) as Payload);
+    const { events } = await D.connections.listConnectionEvents({ connectionId: created.connection!.id });
+    assert.deepEqual(deliveries.map(webhookId), events.map((e) => e.id));
+    assert.deepEqual(bodies.map((b) => b.type), ["connection.created", "connection.activated"]);
+    assert.deepEqual(bodies.map((b) => b.data.event), events.map((e) => toJson(ConnectionEventSchema, e)));
+    assert.equal(bodies[0]!.data.event.byPolicy, undefined);
+    const activation = bodies[1]!.data.event;
+    assert.deepEqual(
+      [activation.byPolicy, activation.actorRole, activation.actorOrganizationId, activation.actorApiKeyId],
+      [true, "CONNECTION_ROLE_DESTINATION", destination.id, undefined],
+    );
+    assert.equal(bodies[0]!.data.connection.state, "CONNECTION_STATE_PENDING");
+    assert.deepEqual(bodies[1]!.data.connection, toJson(ConnectionSchema, created.connection!));
+    // The create's token is the activation's.
+    assert.equal(bodies[1]!.data.change_token, created.changeToken);
   });
 });
