@@ -82,6 +82,7 @@ fn activate() -> anyhow::Result<(String, String)> {
             etag: None,
             reason: None,
             message: None,
+            data_types: None,
             pending_lifetime: None,
             at: sea_orm::prelude::DateTimeUtc::UNIX_EPOCH,
         })
@@ -108,6 +109,9 @@ fn activate() -> anyhow::Result<(String, String)> {
             "NULL",
             "NULL",
             "NULL",
+            // Nor data types waiting for approval.
+            "NULL",
+            "NULL",
             ":c_id",
             ":c_version",
         ],
@@ -128,6 +132,12 @@ fn activate() -> anyhow::Result<(String, String)> {
             ":key_name",
             "NULL",
             "now()",
+            "NULL",
+            // No change of the data types, not by policy.
+            "NULL",
+            "NULL",
+            "NULL",
+            "NULL",
             "NULL",
         ],
     )?;

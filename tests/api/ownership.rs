@@ -1,7 +1,8 @@
 //! Three organizations: a source, a destination and an outsider.
 
 use connections::proto::{
-    ConnectionState, GetConnectionRequest, ListConnectionEventsRequest, ListConnectionsRequest,
+    ConnectionState, DataType, GetConnectionRequest, ListConnectionEventsRequest,
+    ListConnectionsRequest, UpdateConnectionDataTypesRequest,
 };
 use tonic::Code;
 
@@ -163,11 +164,22 @@ async fn an_outsider_sees_not_found_exactly_as_for_an_id_that_does_not_exist() {
                 "ActivateConnection",
                 "DeactivateConnection",
                 "ReactivateConnection",
+                "UpdateConnectionDataTypes",
+                "ApproveDataTypes",
+                "DeclineDataTypes",
                 "ListConnectionEvents",
             ],
         );
         for rpc in &by_id {
-            let request = Encoded::default().string(rpc.number("connection_id"), &target);
+            // The one field besides the ID a request needs to be valid.
+            let base = match rpc.method.as_str() {
+                "UpdateConnectionDataTypes" => Encoded::of(&UpdateConnectionDataTypesRequest {
+                    data_types: vec![DataType::Inquiry as i32],
+                    ..Default::default()
+                }),
+                _ => Encoded::default(),
+            };
+            let request = base.string(rpc.number("connection_id"), &target);
             let status = rpcs::call(&app.channel, rpc, rpc.secret(&outsider), request)
                 .await
                 .expect_err(&rpc.method);

@@ -9,7 +9,7 @@ use connections::{
     proto::{
         CheckAccessRequest, CreateApiKeyRequest, CreateConnectionRequest,
         CreateWebhookEndpointRequest, DataType, ListConnectionsRequest,
-        RecoverWebhookDeliveriesRequest,
+        RecoverWebhookDeliveriesRequest, UpdateConnectionDataTypesRequest,
     },
     service::page_token::MAX_PAGE_TOKEN_LEN,
 };
@@ -38,6 +38,10 @@ async fn call(
 fn valid_request(rpc: &Rpc, organization_id: &str, connection_id: &str) -> Encoded {
     let mut request = match rpc.method.as_str() {
         "CreateConnection" => Encoded::of(&CreateConnectionRequest {
+            data_types: vec![DataType::Inquiry as i32],
+            ..Default::default()
+        }),
+        "UpdateConnectionDataTypes" => Encoded::of(&UpdateConnectionDataTypesRequest {
             data_types: vec![DataType::Inquiry as i32],
             ..Default::default()
         }),
@@ -115,6 +119,9 @@ async fn connection_ids_must_be_36_character_uuids_everywhere() {
             "ActivateConnection",
             "DeactivateConnection",
             "ReactivateConnection",
+            "UpdateConnectionDataTypes",
+            "ApproveDataTypes",
+            "DeclineDataTypes",
         ],
     );
     let valid = unknown_id();
@@ -188,6 +195,9 @@ async fn request_ids_are_bounded_to_255_characters_on_every_rpc_that_takes_one()
             "ActivateConnection",
             "DeactivateConnection",
             "ReactivateConnection",
+            "UpdateConnectionDataTypes",
+            "ApproveDataTypes",
+            "DeclineDataTypes",
             "CreateWebhookEndpoint",
         ],
     );
@@ -234,6 +244,9 @@ async fn etags_over_64_characters_are_invalid_argument() {
             "ActivateConnection",
             "DeactivateConnection",
             "ReactivateConnection",
+            "UpdateConnectionDataTypes",
+            "ApproveDataTypes",
+            "DeclineDataTypes",
         ],
     );
     let etags = ["e".repeat(MAX_ETAG_LEN + 1), "e".repeat(10_000)];
