@@ -8,12 +8,23 @@ use proptest::{prelude::*, test_runner::TestCaseError};
 use uuid::Uuid;
 
 use super::{
-    operations::{CANARY, Caller, Destination, EtagChoice, ORGS, Op, PLAYERS, Target, Tweak},
+    operations::{
+        CANARY, Caller, Destination, EtagChoice, ORGS, Op, PLAYERS, Target, Tweak, TypesChoice,
+        Way, has_reason,
+    },
     reference::{
-        Effect, Failure, Model, ModelConn, ModelEvent, Outcome, Refusal, RidKey, SPEC_TABLE,
-        UNKNOWN, View,
+        DATA_TYPES_TABLE, Effect, EventTypes, Failure, Model, ModelConn, ModelEvent, Outcome,
+        Refusal, RidKey, SPEC_TABLE, UNKNOWN, View,
     },
 };
+
+/// Every data type, in the API's order.
+const ALL_TYPES: [DataType; 4] = [
+    DataType::Inquiry,
+    DataType::Verification,
+    DataType::Account,
+    DataType::Transaction,
+];
 
 /// An etag that is never any connection's.
 const BOGUS_ETAG: &str = "0123456789abcdef";
@@ -30,6 +41,7 @@ pub struct Seen {
     pub version: Option<i64>,
     pub etag: String,
     pub data_types: Vec<DataType>,
+    pub pending_data_types: Vec<DataType>,
     pub ever_activated: bool,
     pub ever_deactivated: bool,
     pub deactivated_by: Option<Role>,
@@ -47,6 +59,8 @@ pub struct SeenEvent {
     pub actor: String,
     pub actor_role: Role,
     pub reason: Option<String>,
+    /// The data types it carries, as listed.
+    pub types: EventTypes,
 }
 
 /// ListConnections filters; `None` means "any".
@@ -55,6 +69,7 @@ pub struct Filter {
     pub role: Option<Role>,
     pub state: Option<ConnectionState>,
     pub counterparty: Option<String>,
+    pub data_type: Option<DataType>,
 }
 
 /// One page of a list.
@@ -86,7 +101,10 @@ pub trait Layer {
         request_id: Option<&str>,
     ) -> Result<Self::Record, Failure>;
 
-    /// ActivateConnection, DeactivateConnection or ReactivateConnection.
+    /// ActivateConnection, DeactivateConnection, ReactivateConnection,
+    /// UpdateConnectionDataTypes (`UpdateDataTypes`, with `data_types`; the
+    /// destination's narrowing too), ApproveDataTypes or DeclineDataTypes.
+    #[allow(clippy::too_many_arguments)]
     async fn transition(
         &self,
         caller: &Self::Caller,
@@ -94,6 +112,7 @@ pub trait Layer {
         id: &str,
         etag: Option<&str>,
         reason: Option<&str>,
+        data_types: Option<&[DataType]>,
         request_id: Option<&str>,
     ) -> Result<Self::Record, Failure>;
 
@@ -141,6 +160,8 @@ enum Call {
         id: String,
         etag: Option<String>,
         reason: Option<&'static str>,
+        /// The set sent, for an update of the data types.
+        data_types: Option<Vec<DataType>>,
         request_id: Option<u8>,
     },
 }
@@ -170,6 +191,9 @@ struct Harness<'a, L: Layer> {
     unknown_org: String,
     unknown_conn: String,
     model: Model,
+    /// The model's index of the connection the last transition changed
+    /// (for [`Target::Last`]).
+    last_changed: Option<usize>,
     /// The layer's first response for each recorded request_id.
     first_responses: HashMap<RidKey, L::Record>,
     /// Every create and transition sent so far, for retries.
@@ -194,6 +218,7 @@ impl<'a, L: Layer> Harness<'a, L> {
             unknown_org: Uuid::now_v7().to_string(),
             unknown_conn: Uuid::now_v7().to_string(),
             model: Model::default(),
+            last_changed: None,
             first_responses: HashMap::new(),
             calls: Vec::new(),
         }
@@ -232,6 +257,7 @@ impl<'a, L: Layer> Harness<'a, L> {
             state: r.state,
             version,
             data_types: r.data_types,
+            pending_data_types: r.pending_data_types,
             ever_activated: r.ever_activated,
             ever_deactivated: r.ever_deactivated,
             deactivated_by: r.deactivated_by,
@@ -249,6 +275,7 @@ impl<'a, L: Layer> Harness<'a, L> {
             actor: self.org_index(&e.actor),
             actor_role: e.actor_role,
             reason: e.reason.clone(),
+            types: e.types.clone(),
         })
     }
 
@@ -267,6 +294,10 @@ impl<'a, L: Layer> Harness<'a, L> {
         match target {
             Target::Existing(k) if !self.model.conns.is_empty() => {
                 let i = k % self.model.conns.len();
+                (Some(i), self.model.conns[i].id.clone())
+            }
+            Target::Last if !self.model.conns.is_empty() => {
+                let i = self.last_changed.unwrap_or(self.model.conns.len() - 1);
                 (Some(i), self.model.conns[i].id.clone())
             }
             _ => (None, self.unknown_conn.clone()),
@@ -299,6 +330,43 @@ impl<'a, L: Layer> Harness<'a, L> {
                 _ => BOGUS_ETAG.to_owned(),
             }),
             EtagChoice::Bogus => Some(BOGUS_ETAG.to_owned()),
+        }
+    }
+
+    /// The set a [`TypesChoice`] names for the target, as sent; without the
+    /// additions of an edit if `narrowing`.
+    fn resolve_types(
+        &self,
+        conn: Option<usize>,
+        choice: &TypesChoice,
+        narrowing: bool,
+    ) -> Vec<DataType> {
+        let current = conn.map_or(&[][..], |i| &self.model.conns[i].data_types[..]);
+        let lacking = |from: usize| {
+            (0..ALL_TYPES.len())
+                .map(|k| ALL_TYPES[(from + k) % ALL_TYPES.len()])
+                .find(|t| !current.contains(t))
+        };
+        match choice {
+            TypesChoice::Exactly(types) => types.clone(),
+            TypesChoice::Edit { drop, add } => {
+                let mut types: Vec<DataType> = current
+                    .iter()
+                    .copied()
+                    .filter(|t| !drop.contains(t))
+                    .collect();
+                for &t in add.iter().filter(|_| !narrowing) {
+                    let from = ALL_TYPES.iter().position(|&a| a == t).unwrap_or_default();
+                    types.push(lacking(from).unwrap_or(t));
+                }
+                if types.is_empty() {
+                    types = ALL_TYPES
+                        .into_iter()
+                        .filter(|t| !current.contains(t))
+                        .collect();
+                }
+                types
+            }
         }
     }
 
@@ -396,6 +464,7 @@ impl<'a, L: Layer> Harness<'a, L> {
                 target,
                 etag,
                 reason,
+                ref data_types,
                 request_id,
             } => {
                 let (conn, id) = self.resolve(target);
@@ -406,6 +475,57 @@ impl<'a, L: Layer> Harness<'a, L> {
                     id,
                     etag: self.resolve_etag(conn, etag),
                     reason,
+                    data_types: data_types
+                        .as_ref()
+                        .map(|choice| self.resolve_types(conn, choice, false)),
+                    request_id,
+                };
+                self.send(n, call).await?;
+            }
+            Op::Advance {
+                target,
+                etag,
+                way,
+                reason,
+                ref data_types,
+                request_id,
+            } => {
+                let (conn, id) = self.resolve(target);
+                let c = conn.map(|i| &self.model.conns[i]);
+                let pending = c.is_some_and(|c| !c.pending_data_types.is_empty());
+                let (party, action) = match (c.map(|c| c.state), pending, way) {
+                    (None | Some(ConnectionState::Pending), _, _) => {
+                        (Caller::Destination, Action::Activate)
+                    }
+                    (Some(ConnectionState::Active), false, Way::Forward) => {
+                        (Caller::Source, Action::UpdateDataTypes)
+                    }
+                    (Some(ConnectionState::Active), false, Way::Aside) => {
+                        (Caller::Destination, Action::UpdateDataTypes)
+                    }
+                    (Some(ConnectionState::Active), true, Way::Forward) => {
+                        (Caller::Destination, Action::ApproveDataTypes)
+                    }
+                    (Some(ConnectionState::Active), true, Way::Aside) => {
+                        (Caller::Destination, Action::DeclineDataTypes)
+                    }
+                    (Some(ConnectionState::Active), _, Way::Back) => {
+                        (Caller::Destination, Action::Deactivate)
+                    }
+                    (Some(ConnectionState::Inactive), _, _) => (Caller::Source, Action::Reactivate),
+                };
+                let data_types = (action == Action::UpdateDataTypes).then(|| {
+                    let narrowing = matches!(party, Caller::Destination);
+                    self.resolve_types(conn, data_types, narrowing)
+                });
+                let call = Call::Transition {
+                    caller: self.resolve_caller(party, conn),
+                    action,
+                    conn,
+                    id,
+                    etag: self.resolve_etag(conn, etag),
+                    reason: reason.filter(|_| has_reason(action)),
+                    data_types,
                     request_id,
                 };
                 self.send(n, call).await?;
@@ -453,18 +573,22 @@ impl<'a, L: Layer> Harness<'a, L> {
                 role,
                 state,
                 counterparty,
+                data_type,
                 page_size,
             } => {
                 let filter = Filter {
                     role,
                     state,
                     counterparty: counterparty.map(|i| self.orgs[i].clone()),
+                    data_type,
                 };
                 let actual = match self.all_connections(caller, &filter, page_size).await? {
                     Ok(views) => Outcome::Listed(views),
                     Err(failure) => Outcome::Failed(failure),
                 };
-                let expected = self.model.list(caller, role, state, counterparty);
+                let expected = self
+                    .model
+                    .list(caller, role, state, counterparty, data_type);
                 prop_assert_eq!(&actual, &expected, "step {}: {:?}", n, op);
             }
         }
@@ -474,24 +598,35 @@ impl<'a, L: Layer> Harness<'a, L> {
     /// `call` with `tweak` applied, where it applies.
     fn tweaked(&self, mut call: Call, tweak: &Tweak) -> Call {
         match (&mut call, tweak) {
-            (Call::Create { data_types, .. }, Tweak::ShuffledDataTypes) => {
+            (
+                Call::Create { data_types, .. }
+                | Call::Transition {
+                    data_types: Some(data_types),
+                    ..
+                },
+                Tweak::ShuffledDataTypes,
+            ) => {
                 data_types.reverse();
                 data_types.push(data_types[0]);
             }
-            (Call::Create { data_types, .. }, Tweak::DataTypes(other)) => {
+            (
+                Call::Create { data_types, .. }
+                | Call::Transition {
+                    data_types: Some(data_types),
+                    ..
+                },
+                Tweak::DataTypes(other),
+            ) => {
                 data_types.clone_from(other);
             }
             (Call::Transition { conn, etag, .. }, &Tweak::Etag(choice)) => {
                 *etag = self.resolve_etag(*conn, choice);
             }
-            (
-                Call::Transition {
-                    action: Action::Deactivate,
-                    reason,
-                    ..
-                },
-                &Tweak::Reason(other),
-            ) => *reason = other,
+            (Call::Transition { action, reason, .. }, &Tweak::Reason(other))
+                if has_reason(*action) =>
+            {
+                *reason = other;
+            }
             (Call::Transition { conn, id, .. }, &Tweak::Target(target)) => {
                 (*conn, *id) = self.resolve(target);
             }
@@ -543,6 +678,7 @@ impl<'a, L: Layer> Harness<'a, L> {
                 ref id,
                 ref etag,
                 reason,
+                ref data_types,
                 request_id,
             } => {
                 let result = self
@@ -553,6 +689,7 @@ impl<'a, L: Layer> Harness<'a, L> {
                         id,
                         etag.as_deref(),
                         reason,
+                        data_types.as_deref(),
                         request_id.map(rid).as_deref(),
                     )
                     .await;
@@ -564,6 +701,7 @@ impl<'a, L: Layer> Harness<'a, L> {
                     id,
                     etag.as_deref(),
                     reason,
+                    data_types.as_deref(),
                     request_id,
                 );
                 prop_assert_eq!(&actual, &expected, "step {}: {:?}", n, call);
@@ -573,7 +711,8 @@ impl<'a, L: Layer> Harness<'a, L> {
     }
 
     /// After a create or transition whose outcome matched the model: learns
-    /// the new version's etag, and checks replays against first responses.
+    /// the new version's etag and which connection a transition changed
+    /// last, and checks replays against first responses.
     fn after_change(
         &mut self,
         n: usize,
@@ -600,6 +739,9 @@ impl<'a, L: Layer> Harness<'a, L> {
         }
         let view = self.view(&record)?;
         let etag = self.layer.seen(&record)?.etag;
+        if view.version > 1 {
+            self.last_changed = Some(view.conn);
+        }
         let c = &mut self.model.conns[view.conn];
         prop_assert!(
             !c.etags.contains(&etag),
@@ -636,11 +778,33 @@ impl<'a, L: Layer> Harness<'a, L> {
                 "canary list_events of connection {}",
                 i
             );
-            for action in [Action::Activate, Action::Deactivate, Action::Reactivate] {
-                for (etag, request_id) in [(None, None), (c.current_etag(), Some(rid(0)))] {
+            for action in [
+                Action::Activate,
+                Action::Deactivate,
+                Action::Reactivate,
+                Action::UpdateDataTypes,
+                Action::ApproveDataTypes,
+                Action::DeclineDataTypes,
+            ] {
+                // An update: to the connection's own types, or to every type
+                // (a proposal, from its source).
+                let own = &c.data_types[..];
+                let all = &ALL_TYPES[..];
+                for (etag, request_id, types) in
+                    [(None, None, own), (c.current_etag(), Some(rid(0)), all)]
+                {
+                    let types = Some(types).filter(|_| action == Action::UpdateDataTypes);
                     let result = self
                         .layer
-                        .transition(canary, action, &c.id, etag, None, request_id.as_deref())
+                        .transition(
+                            canary,
+                            action,
+                            &c.id,
+                            etag,
+                            None,
+                            types,
+                            request_id.as_deref(),
+                        )
                         .await;
                     prop_assert_eq!(
                         self.record_outcome(&result)?,
@@ -682,7 +846,7 @@ impl<'a, L: Layer> Harness<'a, L> {
                 .map_err(|e| TestCaseError::fail(format!("list: {e:?}")))?;
             prop_assert_eq!(
                 Outcome::Listed(listed),
-                self.model.list(player, None, None, None),
+                self.model.list(player, None, None, None, None),
                 "final list of player {}",
                 player
             );
@@ -692,8 +856,12 @@ impl<'a, L: Layer> Harness<'a, L> {
 }
 
 /// A history is gap-free from 1, starts with the creation, every later step is
-/// a transition the SPEC table allows from the previous step's state, and it
-/// ends in the connection's current state.
+/// a transition the SPEC table allows from the previous step's state or a
+/// change of the data types the data types table allows in it, and it ends in
+/// the connection's current state. Only changes of the data types carry data
+/// types; each starts from what the one before it left (pending types
+/// dropped by a deactivation), changes something, and leaves pending types
+/// only on an ACTIVE connection.
 fn check_history(events: &[ModelEvent], current: ConnectionState) -> Result<(), TestCaseError> {
     prop_assert!(!events.is_empty(), "a connection without history");
     let first = &events[0];
@@ -707,25 +875,78 @@ fn check_history(events: &[ModelEvent], current: ConnectionState) -> Result<(), 
         ),
         "the history starts with the creation"
     );
+    prop_assert_eq!(&first.types, &EventTypes::default(), "the creation's types");
+    // What the last change of the data types left: the allowed types (not
+    // known before the first), and the pending ones.
+    let mut allowed: Option<&[DataType]> = None;
+    let mut pending: &[DataType] = &[];
     for (i, pair) in events.windows(2).enumerate() {
         let (previous, event) = (&pair[0], &pair[1]);
+        let n = i + 2;
         prop_assert_eq!(
             event.from,
             Some(previous.to),
             "event {} starts elsewhere",
-            i + 2
+            n
         );
+        let transition = SPEC_TABLE.iter().any(|rule| {
+            rule.event == event.event_type
+                && rule.from == previous.to
+                && rule.to == event.to
+                && rule.role.is_none_or(|r| r == event.actor_role)
+        });
+        let types_change = DATA_TYPES_TABLE.iter().any(|rule| {
+            rule.change.events().contains(&event.event_type)
+                && rule.state == previous.to
+                && event.to == previous.to
+                && rule.role == event.actor_role
+        });
         prop_assert!(
-            SPEC_TABLE.iter().any(|rule| {
-                rule.event == event.event_type
-                    && rule.from == previous.to
-                    && rule.to == event.to
-                    && rule.role.is_none_or(|r| r == event.actor_role)
-            }),
-            "event {} is not an allowed transition: {:?}",
-            i + 2,
+            transition || types_change,
+            "event {} is not an allowed transition or change of the data types: {:?}",
+            n,
             event
         );
+        let types = &event.types;
+        if !types_change {
+            prop_assert_eq!(types, &EventTypes::default(), "event {} has data types", n);
+            if event.event_type == EventType::Deactivated {
+                pending = &[];
+            }
+            continue;
+        }
+        prop_assert!(
+            !types.previous.is_empty() && !types.current.is_empty(),
+            "event {} leaves no data types: {:?}",
+            n,
+            event
+        );
+        if let Some(allowed) = allowed {
+            prop_assert_eq!(
+                &types.previous[..],
+                allowed,
+                "event {} starts from other data types",
+                n
+            );
+        }
+        prop_assert_eq!(
+            &types.previous_pending[..],
+            pending,
+            "event {} starts from other pending types",
+            n
+        );
+        prop_assert!(
+            (&types.previous, &types.previous_pending) != (&types.current, &types.pending),
+            "event {} changes nothing: {:?}",
+            n,
+            event
+        );
+        prop_assert!(
+            types.pending.is_empty() || event.to == ConnectionState::Active,
+            "event {} leaves types pending on a connection not ACTIVE",
+            n
+        );
+        (allowed, pending) = (Some(&types.current[..]), &types.pending[..]);
     }
     for (i, event) in events.iter().enumerate() {
         prop_assert_eq!(

@@ -19,6 +19,12 @@ pub enum Target {
     /// The k-th connection created so far (k modulo their number); an
     /// unknown id while there are none.
     Existing(usize),
+    /// The connection the last successful transition (not a replay)
+    /// changed; before any, the one created last; an unknown id while there
+    /// is none. (So that a connection often goes through several changes in
+    /// a row: a proposal needs an ACTIVE connection, an approval a
+    /// proposal.)
+    Last,
     /// An id no connection has.
     Unknown,
 }
@@ -56,6 +62,37 @@ pub enum EtagChoice {
     Bogus,
 }
 
+/// The set an UpdateConnectionDataTypes sends, named relative to the
+/// target's data types when it is sent (so that narrowings, proposals that
+/// keep some types and withdrawals come up often).
+#[derive(Debug, Clone)]
+pub enum TypesChoice {
+    /// These, as listed (possibly repeated), whatever the target has.
+    Exactly(Vec<DataType>),
+    /// The target's types without those in `drop`, then for each of `add`
+    /// that type if the target lacks it, else the next one after it in the
+    /// API's order (wrapping round) that the target lacks (the type itself
+    /// if it lacks none). If that leaves none: every type the target lacks.
+    Edit {
+        drop: Vec<DataType>,
+        add: Vec<DataType>,
+    },
+}
+
+/// Which of the steps an ACTIVE connection allows an [`Op::Advance`] takes
+/// (elsewhere there is one).
+#[derive(Debug, Clone, Copy)]
+pub enum Way {
+    /// The source proposes, or the destination approves the pending types.
+    Forward,
+    /// The destination narrows (to what the data types choice keeps,
+    /// without additions), or declines the pending types.
+    Aside,
+    /// The destination deactivates the connection (dropping any pending
+    /// types).
+    Back,
+}
+
 /// One call of a case, its parameters named relative to what the case has
 /// made so far.
 #[derive(Debug, Clone)]
@@ -72,6 +109,22 @@ pub enum Op {
         target: Target,
         etag: EtagChoice,
         reason: Option<&'static str>,
+        /// The new set, for UpdateConnectionDataTypes only.
+        data_types: Option<TypesChoice>,
+        request_id: Option<u8>,
+    },
+    /// The target's next step along its lifecycle, whatever its state: the
+    /// destination activates a PENDING connection; on an ACTIVE one, the
+    /// source proposes `data_types`, then the destination approves the
+    /// pending types; the source reactivates an INACTIVE one. (Random
+    /// transitions rarely take a connection that far. Which request this is
+    /// depends only on the model's state, never on what it expects.)
+    Advance {
+        target: Target,
+        etag: EtagChoice,
+        way: Way,
+        reason: Option<&'static str>,
+        data_types: TypesChoice,
         request_id: Option<u8>,
     },
     Get {
@@ -88,6 +141,7 @@ pub enum Op {
         role: Option<Role>,
         state: Option<ConnectionState>,
         counterparty: Option<usize>,
+        data_type: Option<DataType>,
         page_size: i32,
     },
     /// Sends the `back`-th most recent create or transition (0: the last
@@ -104,13 +158,14 @@ pub enum Op {
 pub enum Tweak {
     /// Nothing: sent exactly as before.
     Verbatim,
-    /// Creates: the same data types, reordered and duplicated.
+    /// Creates and updates of the data types: the same data types,
+    /// reordered and duplicated.
     ShuffledDataTypes,
-    /// Creates: these data types.
+    /// Creates and updates of the data types: these data types.
     DataTypes(Vec<DataType>),
     /// Transitions: this etag, resolved now.
     Etag(EtagChoice),
-    /// Deactivations: this reason.
+    /// Deactivations and declines: this reason.
     Reason(Option<&'static str>),
     /// Transitions: this target, resolved now (the etag is kept).
     Target(Target),
@@ -121,7 +176,11 @@ fn request_id() -> impl Strategy<Value = Option<u8>> {
 }
 
 fn target() -> impl Strategy<Value = Target> {
-    prop_oneof![14 => (0usize..64).prop_map(Target::Existing), 1 => Just(Target::Unknown)]
+    prop_oneof![
+        8 => (0usize..64).prop_map(Target::Existing),
+        6 => Just(Target::Last),
+        1 => Just(Target::Unknown),
+    ]
 }
 
 fn caller() -> impl Strategy<Value = Caller> {
@@ -132,14 +191,29 @@ fn caller() -> impl Strategy<Value = Caller> {
     ]
 }
 
-fn data_types() -> impl Strategy<Value = Vec<DataType>> {
-    let data_type = prop_oneof![
+fn data_type() -> impl Strategy<Value = DataType> {
+    prop_oneof![
         Just(DataType::Inquiry),
         Just(DataType::Verification),
         Just(DataType::Account),
         Just(DataType::Transaction),
-    ];
-    prop::collection::vec(data_type, 1..=5)
+    ]
+}
+
+fn data_types() -> impl Strategy<Value = Vec<DataType>> {
+    prop::collection::vec(data_type(), 1..=5)
+}
+
+fn types_choice() -> impl Strategy<Value = TypesChoice> {
+    prop_oneof![
+        1 => data_types().prop_map(TypesChoice::Exactly),
+        // Mostly widenings (proposals, from the source) and narrowings.
+        3 => (
+            prop_oneof![Just(Vec::new()), prop::collection::vec(data_type(), 1..=2)],
+            prop_oneof![Just(Vec::new()), prop::collection::vec(data_type(), 1..=2)],
+        )
+            .prop_map(|(drop, add)| TypesChoice::Edit { drop, add }),
+    ]
 }
 
 fn etag_choice() -> impl Strategy<Value = EtagChoice> {
@@ -175,6 +249,11 @@ fn page_size() -> impl Strategy<Value = i32> {
     prop_oneof![Just(0), 1i32..4]
 }
 
+/// Whether the request for `action` has a reason.
+pub fn has_reason(action: Action) -> bool {
+    matches!(action, Action::Deactivate | Action::DeclineDataTypes)
+}
+
 /// One operation.
 fn op() -> impl Strategy<Value = Op> {
     let create = (
@@ -193,26 +272,58 @@ fn op() -> impl Strategy<Value = Op> {
             data_types,
             request_id,
         });
+    // The requests of the API: a narrowing is the destination's
+    // UpdateConnectionDataTypes, never an action of its own.
     let transition = (
         caller(),
         prop_oneof![
-            Just(Action::Activate),
-            Just(Action::Deactivate),
-            Just(Action::Reactivate),
+            2 => Just(Action::Activate),
+            2 => Just(Action::Deactivate),
+            2 => Just(Action::Reactivate),
+            // Either party's: the source's proposals, the destination's
+            // narrowings.
+            3 => Just(Action::UpdateDataTypes),
+            2 => Just(Action::ApproveDataTypes),
+            2 => Just(Action::DeclineDataTypes),
         ],
         target(),
         etag_choice(),
         reason(),
+        types_choice(),
         request_id(),
     )
         .prop_map(
-            |(caller, action, target, etag, reason, request_id)| Op::Transition {
+            |(caller, action, target, etag, reason, data_types, request_id)| Op::Transition {
                 caller,
                 action,
                 target,
                 etag,
-                // Only DeactivateConnection has a reason.
-                reason: reason.filter(|_| action == Action::Deactivate),
+                // Only DeactivateConnection and DeclineDataTypes have a
+                // reason, only UpdateConnectionDataTypes data types.
+                reason: reason.filter(|_| has_reason(action)),
+                data_types: Some(data_types).filter(|_| action == Action::UpdateDataTypes),
+                request_id,
+            },
+        );
+    let advance = (
+        target(),
+        etag_choice(),
+        prop_oneof![
+            6 => Just(Way::Forward),
+            3 => Just(Way::Aside),
+            2 => Just(Way::Back),
+        ],
+        reason(),
+        types_choice(),
+        request_id(),
+    )
+        .prop_map(
+            |(target, etag, way, reason, data_types, request_id)| Op::Advance {
+                target,
+                etag,
+                way,
+                reason,
+                data_types,
                 request_id,
             },
         );
@@ -228,18 +339,23 @@ fn op() -> impl Strategy<Value = Op> {
         prop::option::of(prop_oneof![Just(Role::Source), Just(Role::Destination)]),
         prop::option::of(prop_oneof![Just(Pending), Just(Active), Just(Inactive)]),
         prop::option::of(0..ORGS),
+        prop::option::weighted(0.3, data_type()),
         page_size(),
     )
-        .prop_map(|(caller, role, state, counterparty, page_size)| Op::List {
-            caller,
-            role,
-            state,
-            counterparty,
-            page_size,
-        });
+        .prop_map(
+            |(caller, role, state, counterparty, data_type, page_size)| Op::List {
+                caller,
+                role,
+                state,
+                counterparty,
+                data_type,
+                page_size,
+            },
+        );
     prop_oneof![
         4 => create,
-        8 => transition,
+        12 => transition,
+        10 => advance,
         1 => get,
         1 => list_events,
         1 => list,
@@ -247,7 +363,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// The operations of one case: at least one, at most 40.
+/// The operations of one case: at least one, at most 60.
 pub fn operation_sequences() -> impl Strategy<Value = Vec<Op>> {
-    prop::collection::vec(op(), 1..=40)
+    prop::collection::vec(op(), 1..=60)
 }

@@ -1,6 +1,7 @@
 //! The reference model: SPEC sections 2, 4 and 5 written out again, on
-//! purpose without the crate's own transition table or error mapping, so that
-//! a mistake there is not copied into the expectation.
+//! purpose without the crate's own transition table, its rules for changing
+//! data types or its error mapping, so that a mistake there is not copied
+//! into the expectation.
 
 use std::collections::HashMap;
 
@@ -54,6 +55,101 @@ pub const SPEC_TABLE: [Rule; 4] = [
     },
 ];
 
+/// What a change of the data types does (issue 26, item 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TypesChange {
+    /// The source's new set replaces the old one (nothing is pending while
+    /// the connection is not ACTIVE).
+    Replace,
+    /// The source's new set on an ACTIVE connection: the types it leaves
+    /// out stop at once, the ones it adds (and only those) become the
+    /// pending set, replacing any earlier one; at least one current type
+    /// must stay.
+    Propose,
+    /// The destination keeps a subset of the current types; the pending set
+    /// stays as it is.
+    Narrow,
+    /// The pending types join the allowed ones.
+    Approve,
+    /// The pending types are dropped; the allowed ones stay.
+    Decline,
+}
+
+impl TypesChange {
+    /// The event types a change of this kind may record.
+    pub fn events(self) -> &'static [EventType] {
+        match self {
+            // A proposal that leaves nothing pending (a narrowing, or a
+            // proposal withdrawn) is recorded as a change.
+            Self::Propose => &[EventType::DataTypesProposed, EventType::DataTypesChanged],
+            Self::Replace | Self::Narrow => &[EventType::DataTypesChanged],
+            Self::Approve => &[EventType::DataTypesApproved],
+            Self::Decline => &[EventType::DataTypesDeclined],
+        }
+    }
+}
+
+/// One row of the table of changes of the data types: they keep the state.
+pub struct TypesRule {
+    pub action: Action,
+    /// The one role that may take it.
+    pub role: Role,
+    pub state: ConnectionState,
+    pub change: TypesChange,
+}
+
+/// Issue 26, item 3, written out: who may change the data types, in which
+/// state, and how. UpdateConnectionDataTypes is the source's, except a
+/// subset of the current types from the destination (a narrowing).
+pub const DATA_TYPES_TABLE: [TypesRule; 6] = [
+    TypesRule {
+        action: Action::UpdateDataTypes,
+        role: Role::Source,
+        state: Pending,
+        change: TypesChange::Replace,
+    },
+    TypesRule {
+        action: Action::UpdateDataTypes,
+        role: Role::Source,
+        state: Inactive,
+        change: TypesChange::Replace,
+    },
+    TypesRule {
+        action: Action::UpdateDataTypes,
+        role: Role::Source,
+        state: Active,
+        change: TypesChange::Propose,
+    },
+    TypesRule {
+        action: Action::UpdateDataTypes,
+        role: Role::Destination,
+        state: Active,
+        change: TypesChange::Narrow,
+    },
+    TypesRule {
+        action: Action::ApproveDataTypes,
+        role: Role::Destination,
+        state: Active,
+        change: TypesChange::Approve,
+    },
+    TypesRule {
+        action: Action::DeclineDataTypes,
+        role: Role::Destination,
+        state: Active,
+        change: TypesChange::Decline,
+    },
+];
+
+/// The model's name of the request an action stands for: the API has no
+/// narrowing of its own, the destination's UpdateConnectionDataTypes is
+/// one.
+pub fn requested(action: Action) -> Action {
+    match action {
+        Action::NarrowDataTypes => Action::UpdateDataTypes,
+        action => action,
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Outcomes, comparable between the model and either layer
 
@@ -68,6 +164,8 @@ pub struct View {
     /// version whose etag the connection carried (see `Harness::view`).
     pub version: i64,
     pub data_types: Vec<DataType>,
+    /// The types waiting for the destination's approval; empty if none.
+    pub pending_data_types: Vec<DataType>,
     pub ever_activated: bool,
     pub ever_deactivated: bool,
     pub deactivated_by: Option<Role>,
@@ -84,6 +182,19 @@ pub struct ModelEvent {
     pub actor: usize,
     pub actor_role: Role,
     pub reason: Option<String>,
+    /// The data types allowed and pending before and after a change of the
+    /// data types; all empty for other events.
+    pub types: EventTypes,
+}
+
+/// What an event says of the data types: as on the wire, sorted, empty
+/// when none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventTypes {
+    pub previous: Vec<DataType>,
+    pub previous_pending: Vec<DataType>,
+    pub current: Vec<DataType>,
+    pub pending: Vec<DataType>,
 }
 
 /// What a call returned.
@@ -129,6 +240,12 @@ pub enum Refusal {
     InvalidStateTransition {
         current: ConnectionState,
     },
+    /// Approving or declining with nothing pending.
+    NoPendingDataTypes,
+    /// The source's proposal keeps none of an ACTIVE connection's types.
+    NoDataTypesLeft,
+    /// A change of the data types that changes nothing.
+    DataTypesUnchanged,
     EtagMismatch,
     ConnectionAlreadyExists {
         /// The existing connection's id.
@@ -144,7 +261,10 @@ impl Refusal {
         match self {
             Self::ConnectionNotFound | Self::OrganizationNotFound => Code::NotFound,
             Self::CallerNotSource | Self::CallerNotDestination => Code::PermissionDenied,
-            Self::InvalidStateTransition { .. } => Code::FailedPrecondition,
+            Self::InvalidStateTransition { .. }
+            | Self::NoPendingDataTypes
+            | Self::NoDataTypesLeft
+            | Self::DataTypesUnchanged => Code::FailedPrecondition,
             Self::EtagMismatch => Code::Aborted,
             Self::ConnectionAlreadyExists { .. } => Code::AlreadyExists,
             Self::SelfConnection | Self::RequestIdReused => Code::InvalidArgument,
@@ -170,6 +290,9 @@ impl Refusal {
                     _ => return None,
                 },
             },
+            "NO_PENDING_DATA_TYPES" => Self::NoPendingDataTypes,
+            "NO_DATA_TYPES_LEFT" => Self::NoDataTypesLeft,
+            "DATA_TYPES_UNCHANGED" => Self::DataTypesUnchanged,
             "ETAG_MISMATCH" => Self::EtagMismatch,
             "CONNECTION_ALREADY_EXISTS" => Self::ConnectionAlreadyExists {
                 existing: metadata.get("connection_id")?.clone(),
@@ -207,8 +330,8 @@ pub type RidKey = (usize, Method, u8);
 
 /// What "the same parameters" are: for a create, the destination and the
 /// data types after normalisation; for a transition, the connection id, the
-/// etag and the reason, with "absent" and "empty" alike (on the wire they are
-/// the same).
+/// etag, the reason and the data types (normalised; none but for an update
+/// of them), with "absent" and "empty" alike (on the wire they are the same).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Params {
     Create {
@@ -219,6 +342,7 @@ enum Params {
         id: String,
         etag: String,
         reason: String,
+        data_types: Vec<DataType>,
     },
 }
 
@@ -240,6 +364,8 @@ pub struct ModelConn {
     pub state: ConnectionState,
     pub version: i64,
     pub data_types: Vec<DataType>,
+    /// Empty unless ACTIVE with types waiting for approval.
+    pub pending_data_types: Vec<DataType>,
     pub ever_activated: bool,
     pub ever_deactivated: bool,
     pub deactivated_by: Option<Role>,
@@ -275,6 +401,7 @@ impl ModelConn {
             state: self.state,
             version: self.version,
             data_types: self.data_types.clone(),
+            pending_data_types: self.pending_data_types.clone(),
             ever_activated: self.ever_activated,
             ever_deactivated: self.ever_deactivated,
             deactivated_by: self.deactivated_by,
@@ -303,6 +430,25 @@ fn normalised(types: &[DataType]) -> Vec<DataType> {
     }
     out.sort_by_key(|&t| data_type_rank(t));
     out
+}
+
+/// The types of `a` that are (`keep`) or are not (`!keep`) in `b`, sorted.
+fn filtered(a: &[DataType], b: &[DataType], keep: bool) -> Vec<DataType> {
+    normalised(
+        &a.iter()
+            .copied()
+            .filter(|t| b.contains(t) == keep)
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// What an allowed change does, decided before the etag is checked.
+struct Next {
+    from: ConnectionState,
+    to: ConnectionState,
+    event: EventType,
+    /// For a change of the data types: the types allowed and pending after.
+    types: Option<(Vec<DataType>, Vec<DataType>)>,
 }
 
 /// The state of everything the organizations of one case did.
@@ -383,6 +529,7 @@ impl Model {
             state: Pending,
             version: 1,
             data_types: normalised(data_types),
+            pending_data_types: Vec::new(),
             ever_activated: false,
             ever_deactivated: false,
             deactivated_by: None,
@@ -396,6 +543,7 @@ impl Model {
                 actor: caller,
                 actor_role: Role::Source,
                 reason: None,
+                types: EventTypes::default(),
             }],
         };
         self.conns.push(conn);
@@ -405,6 +553,8 @@ impl Model {
         (Outcome::Ok(view), effect)
     }
 
+    /// A transition, or a change of the data types (`data_types`: the set
+    /// an update asks for, as sent).
     #[allow(clippy::too_many_arguments)]
     pub fn transition(
         &mut self,
@@ -414,13 +564,17 @@ impl Model {
         id: &str,
         etag: Option<&str>,
         reason: Option<&str>,
+        data_types: Option<&[DataType]>,
         request_id: Option<u8>,
     ) -> (Outcome, Effect) {
+        let action = requested(action);
+        let proposed = data_types.map(normalised);
         let key = request_id.map(|r| (caller, Method::Transition(action), r));
         let params = Params::Transition {
             id: id.to_owned(),
             etag: etag.unwrap_or_default().to_owned(),
             reason: reason.unwrap_or_default().to_owned(),
+            data_types: proposed.clone().unwrap_or_default(),
         };
         if let Some(decided) = self.replay(key, &params) {
             return decided;
@@ -433,21 +587,20 @@ impl Model {
         };
         let c = &self.conns[index];
         let role = c.role_of(caller).expect("a party");
-        let rules: Vec<&Rule> = SPEC_TABLE.iter().filter(|r| r.action == action).collect();
-        if let Some(required) = rules.iter().find_map(|r| r.role)
-            && required != role
-        {
-            let refusal = match required {
-                Role::Source => Refusal::CallerNotSource,
-                Role::Destination => Refusal::CallerNotDestination,
-            };
-            return (Outcome::refused(refusal), Effect::Nothing);
-        }
-        let Some(rule) = rules.iter().find(|r| r.from == c.state) else {
-            return (
-                Outcome::refused(Refusal::InvalidStateTransition { current: c.state }),
-                Effect::Nothing,
-            );
+        let decided = match action {
+            Action::Activate | Action::Deactivate | Action::Reactivate => {
+                Self::decide_transition(c, role, action)
+            }
+            Action::UpdateDataTypes
+            | Action::NarrowDataTypes
+            | Action::ApproveDataTypes
+            | Action::DeclineDataTypes => {
+                Self::decide_types(c, role, action, proposed.as_deref().unwrap_or_default())
+            }
+        };
+        let next = match decided {
+            Ok(next) => next,
+            Err(refusal) => return (Outcome::refused(refusal), Effect::Nothing),
         };
         if let Some(etag) = etag
             && Some(etag) != c.current_etag()
@@ -457,7 +610,8 @@ impl Model {
 
         let c = &mut self.conns[index];
         let reason = reason.filter(|r| !r.is_empty()).map(str::to_owned);
-        c.state = rule.to;
+        let previous = (c.data_types.clone(), c.pending_data_types.clone());
+        c.state = next.to;
         c.version += 1;
         let mut event_reason = None;
         match action {
@@ -467,26 +621,132 @@ impl Model {
                 c.deactivated_by = Some(role);
                 c.deactivation_reason = reason.clone();
                 event_reason = reason;
+                // Only an ACTIVE connection has types waiting.
+                c.pending_data_types.clear();
             }
-            Action::Reactivate => {}
-            Action::UpdateDataTypes
+            Action::DeclineDataTypes => event_reason = reason,
+            Action::Reactivate
+            | Action::UpdateDataTypes
             | Action::NarrowDataTypes
-            | Action::ApproveDataTypes
-            | Action::DeclineDataTypes => unreachable!("no rule of the table takes them"),
+            | Action::ApproveDataTypes => {}
+        }
+        let mut types = EventTypes::default();
+        if let Some((current, pending)) = next.types {
+            c.data_types.clone_from(&current);
+            c.pending_data_types.clone_from(&pending);
+            types = EventTypes {
+                previous: previous.0,
+                previous_pending: previous.1,
+                current,
+                pending,
+            };
         }
         let sequence = c.version;
         c.history.push(ModelEvent {
             sequence,
-            event_type: rule.event,
-            from: Some(rule.from),
-            to: rule.to,
+            event_type: next.event,
+            from: Some(next.from),
+            to: next.to,
             actor: caller,
             actor_role: role,
             reason: event_reason,
+            types,
         });
         let view = c.view(index);
         let effect = self.record(key, params, &view);
         (Outcome::Ok(view), effect)
+    }
+
+    /// Activate, Deactivate or Reactivate, by the SPEC section 2 table:
+    /// role, then state.
+    fn decide_transition(c: &ModelConn, role: Role, action: Action) -> Result<Next, Refusal> {
+        let rules: Vec<&Rule> = SPEC_TABLE.iter().filter(|r| r.action == action).collect();
+        if let Some(required) = rules.iter().find_map(|r| r.role)
+            && required != role
+        {
+            return Err(match required {
+                Role::Source => Refusal::CallerNotSource,
+                Role::Destination => Refusal::CallerNotDestination,
+            });
+        }
+        let rule = rules
+            .iter()
+            .find(|r| r.from == c.state)
+            .ok_or(Refusal::InvalidStateTransition { current: c.state })?;
+        Ok(Next {
+            from: rule.from,
+            to: rule.to,
+            event: rule.event,
+            types: None,
+        })
+    }
+
+    /// A change of the data types, by [`DATA_TYPES_TABLE`]: role, then
+    /// state, then what the types allow. `proposed` is an update's set,
+    /// normalised.
+    fn decide_types(
+        c: &ModelConn,
+        role: Role,
+        action: Action,
+        proposed: &[DataType],
+    ) -> Result<Next, Refusal> {
+        // A destination's update is a narrowing only with a subset of the
+        // current types; anything else is the source's to propose.
+        let narrowing = proposed.iter().all(|t| c.data_types.contains(t));
+        let rules: Vec<&TypesRule> = DATA_TYPES_TABLE
+            .iter()
+            .filter(|r| r.action == action && (r.change != TypesChange::Narrow || narrowing))
+            .collect();
+        if let Some(other) = rules.first().map(|r| r.role)
+            && !rules.iter().any(|r| r.role == role)
+        {
+            return Err(match other {
+                Role::Source => Refusal::CallerNotSource,
+                Role::Destination => Refusal::CallerNotDestination,
+            });
+        }
+        let rule = rules
+            .iter()
+            .find(|r| r.role == role && r.state == c.state)
+            .ok_or(Refusal::InvalidStateTransition { current: c.state })?;
+        let (allowed, pending) = (&c.data_types, &c.pending_data_types);
+        let after = match rule.change {
+            TypesChange::Replace => (proposed.to_vec(), Vec::new()),
+            TypesChange::Propose => {
+                let kept = filtered(allowed, proposed, true);
+                if kept.is_empty() {
+                    return Err(Refusal::NoDataTypesLeft);
+                }
+                (kept, filtered(proposed, allowed, false))
+            }
+            TypesChange::Narrow => (proposed.to_vec(), pending.clone()),
+            TypesChange::Approve | TypesChange::Decline if pending.is_empty() => {
+                return Err(Refusal::NoPendingDataTypes);
+            }
+            TypesChange::Approve => {
+                let mut all = allowed.clone();
+                all.extend(pending);
+                (normalised(&all), Vec::new())
+            }
+            TypesChange::Decline => (allowed.clone(), Vec::new()),
+        };
+        if (&after.0, &after.1) == (allowed, pending) {
+            return Err(Refusal::DataTypesUnchanged);
+        }
+        let event = match rule.change {
+            TypesChange::Propose if !after.1.is_empty() => EventType::DataTypesProposed,
+            TypesChange::Propose | TypesChange::Replace | TypesChange::Narrow => {
+                EventType::DataTypesChanged
+            }
+            TypesChange::Approve => EventType::DataTypesApproved,
+            TypesChange::Decline => EventType::DataTypesDeclined,
+        };
+        Ok(Next {
+            from: c.state,
+            to: c.state,
+            event,
+            types: Some(after),
+        })
     }
 
     pub fn get(&self, caller: usize, conn: Option<usize>) -> Outcome {
@@ -503,12 +763,15 @@ impl Model {
         }
     }
 
+    /// ListConnections; `data_type`: only connections over which it may
+    /// flow now (pending types do not count).
     pub fn list(
         &self,
         caller: usize,
         role: Option<Role>,
         state: Option<ConnectionState>,
         counterparty: Option<usize>,
+        data_type: Option<DataType>,
     ) -> Outcome {
         let mut views = Vec::new();
         // Newest first.
@@ -523,6 +786,7 @@ impl Model {
             if role.is_some_and(|r| r != own)
                 || state.is_some_and(|s| s != c.state)
                 || counterparty.is_some_and(|o| o != other)
+                || data_type.is_some_and(|t| !c.data_types.contains(&t))
             {
                 continue;
             }

@@ -21,7 +21,7 @@ use sea_orm::DatabaseConnection;
 
 use super::{
     harness::{Filter, Layer, Page, Seen, SeenEvent},
-    reference::{Failure, Refusal},
+    reference::{EventTypes, Failure, Refusal, requested},
 };
 use crate::database::TestDatabase;
 
@@ -83,6 +83,9 @@ fn failure(err: ServiceError, action: Option<Action>) -> Failure {
             action: refused,
             current,
         } if Some(refused) == action => Refusal::InvalidStateTransition { current },
+        ServiceError::NoPendingDataTypes => Refusal::NoPendingDataTypes,
+        ServiceError::NoDataTypesLeft => Refusal::NoDataTypesLeft,
+        ServiceError::DataTypesUnchanged => Refusal::DataTypesUnchanged,
         ServiceError::EtagMismatch => Refusal::EtagMismatch,
         ServiceError::ConnectionAlreadyExists { connection_id } => {
             Refusal::ConnectionAlreadyExists {
@@ -131,6 +134,16 @@ impl From<Outcome<Written>> for Returned {
     }
 }
 
+/// The set a request carries, or the failure the model does not predict.
+fn data_types(types: &[DataType]) -> Result<DataTypes, Failure> {
+    DataTypes::new(types.iter().copied()).map_err(|err| Failure::Unexpected(err.to_string()))
+}
+
+/// A set as the model lists them: sorted, empty for none.
+fn listed(types: Option<&DataTypes>) -> Vec<DataType> {
+    types.map_or_else(Vec::new, |types| types.as_slice().to_vec())
+}
+
 /// `id` parsed, or the failure the model does not predict.
 fn parse<T>(
     id: &str,
@@ -175,8 +188,7 @@ impl Layer for ServiceLayer {
     ) -> Result<Returned, Failure> {
         let new = NewConnection {
             destination: parse(destination, OrganizationId::parse)?,
-            data_types: DataTypes::new(data_types.iter().copied())
-                .map_err(|err| Failure::Unexpected(err.to_string()))?,
+            data_types: self::data_types(data_types)?,
             request_id: request_id.map(str::to_owned),
             message: None,
         };
@@ -194,15 +206,19 @@ impl Layer for ServiceLayer {
         id: &str,
         etag: Option<&str>,
         reason: Option<&str>,
+        data_types: Option<&[DataType]>,
         request_id: Option<&str>,
     ) -> Result<Returned, Failure> {
+        // The API has one request for both parties' updates: the service
+        // is asked for the update, and tells a narrowing apart itself.
+        let action = requested(action);
         let request = TransitionRequest {
             id: parse(id, ConnectionId::parse)?,
             action,
             etag: etag.map(str::to_owned),
             reason: reason.map(str::to_owned),
             message: None,
-            data_types: None,
+            data_types: data_types.map(self::data_types).transpose()?,
             request_id: request_id.map(str::to_owned),
         };
         self.connections
@@ -229,7 +245,7 @@ impl Layer for ServiceLayer {
         page_token: Option<&str>,
     ) -> Result<Page<Returned>, Failure> {
         let filter = ListFilter {
-            data_type: None,
+            data_type: filter.data_type,
             role: filter.role,
             state: filter.state,
             counterparty: match &filter.counterparty {
@@ -284,6 +300,15 @@ impl Layer for ServiceLayer {
                         .unwrap_or_default(),
                     actor_role: e.actor.role().unwrap_or(Role::Source),
                     reason: e.reason,
+                    types: e
+                        .data_types
+                        .map(|change| EventTypes {
+                            previous: listed(Some(&change.previous)),
+                            previous_pending: listed(change.previous_pending.as_ref()),
+                            current: listed(Some(&change.current)),
+                            pending: listed(change.pending.as_ref()),
+                        })
+                        .unwrap_or_default(),
                 })
                 .collect(),
             next_page_token: page.next_page_token,
@@ -303,6 +328,7 @@ impl Layer for ServiceLayer {
             version: Some(r.version),
             etag: r.etag(),
             data_types: r.data_types.as_slice().to_vec(),
+            pending_data_types: listed(r.pending_data_types.as_ref()),
             ever_activated: r.activate_time.is_some(),
             ever_deactivated: r.deactivate_time.is_some(),
             deactivated_by: r.deactivated_by,
@@ -320,16 +346,17 @@ fn seen_response(encoded: &[u8]) -> Result<Seen, TestCaseError> {
         .ok()
         .and_then(convert::state)
         .ok_or_else(|| fail("state"))?;
-    let data_types = c
-        .data_types
-        .iter()
-        .map(|&t| {
-            proto::DataType::try_from(t)
-                .ok()
-                .and_then(convert::data_type)
-                .ok_or_else(|| fail("data type"))
-        })
-        .collect::<Result<_, _>>()?;
+    let data_types = |values: &[i32]| {
+        values
+            .iter()
+            .map(|&t| {
+                proto::DataType::try_from(t)
+                    .ok()
+                    .and_then(convert::data_type)
+                    .ok_or_else(|| fail("data type"))
+            })
+            .collect::<Result<_, _>>()
+    };
     let deactivated_by = proto::ConnectionRole::try_from(c.deactivated_by)
         .map(convert::role)
         .map_err(|_| fail("role"))?;
@@ -340,7 +367,8 @@ fn seen_response(encoded: &[u8]) -> Result<Seen, TestCaseError> {
         state,
         version: None,
         etag: c.etag,
-        data_types,
+        data_types: data_types(&c.data_types)?,
+        pending_data_types: data_types(&c.pending_data_types)?,
         ever_activated: c.activate_time.is_some(),
         ever_deactivated: c.deactivate_time.is_some(),
         deactivated_by,

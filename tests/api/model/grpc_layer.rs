@@ -14,7 +14,7 @@ use tonic_types::StatusExt;
 
 use super::{
     harness::{Filter, Layer, Page, Seen, SeenEvent},
-    reference::{Failure, Refusal},
+    reference::{EventTypes, Failure, Refusal},
 };
 use crate::support::{TestApp, clients, spawn_app, violated_fields};
 
@@ -132,8 +132,17 @@ fn event_type(value: i32) -> Result<EventType, TestCaseError> {
         Ok(proto::ConnectionEventType::Activated) => Ok(EventType::Activated),
         Ok(proto::ConnectionEventType::Deactivated) => Ok(EventType::Deactivated),
         Ok(proto::ConnectionEventType::Reactivated) => Ok(EventType::Reactivated),
+        Ok(proto::ConnectionEventType::DataTypesChanged) => Ok(EventType::DataTypesChanged),
+        Ok(proto::ConnectionEventType::DataTypesProposed) => Ok(EventType::DataTypesProposed),
+        Ok(proto::ConnectionEventType::DataTypesApproved) => Ok(EventType::DataTypesApproved),
+        Ok(proto::ConnectionEventType::DataTypesDeclined) => Ok(EventType::DataTypesDeclined),
         _ => Err(TestCaseError::fail(format!("event type {value}"))),
     }
+}
+
+/// A repeated data type field.
+fn data_types(values: &[i32]) -> Result<Vec<DataType>, TestCaseError> {
+    values.iter().map(|&t| data_type(t)).collect()
 }
 
 /// Empty text is "none".
@@ -152,6 +161,12 @@ fn event(e: &proto::ConnectionEvent) -> Result<SeenEvent, TestCaseError> {
         actor: e.actor_organization_id.clone(),
         actor_role: role(e.actor_role)?.ok_or_else(|| TestCaseError::fail("no actor role"))?,
         reason: text(&e.reason),
+        types: EventTypes {
+            previous: data_types(&e.previous_data_types)?,
+            previous_pending: data_types(&e.previous_pending_data_types)?,
+            current: data_types(&e.data_types)?,
+            pending: data_types(&e.pending_data_types)?,
+        },
     })
 }
 
@@ -193,8 +208,14 @@ impl Layer for GrpcLayer {
         id: &str,
         etag: Option<&str>,
         reason: Option<&str>,
+        data_types: Option<&[DataType]>,
         request_id: Option<&str>,
     ) -> Result<proto::Connection, Failure> {
+        assert!(
+            data_types.is_none()
+                || matches!(action, Action::UpdateDataTypes | Action::NarrowDataTypes),
+            "only updates of the data types have data types"
+        );
         let (connection_id, etag, request_id) = (
             id.to_owned(),
             etag.unwrap_or_default().to_owned(),
@@ -203,7 +224,7 @@ impl Layer for GrpcLayer {
         let mut client = caller.clone();
         let response = match action {
             Action::Activate => {
-                assert!(reason.is_none(), "only deactivations have a reason");
+                assert!(reason.is_none(), "an activation has no reason");
                 client
                     .activate_connection(proto::ActivateConnectionRequest {
                         connection_id,
@@ -223,7 +244,7 @@ impl Layer for GrpcLayer {
                 .await
                 .map(|r| r.into_inner().connection),
             Action::Reactivate => {
-                assert!(reason.is_none(), "only deactivations have a reason");
+                assert!(reason.is_none(), "a reactivation has no reason");
                 client
                     .reactivate_connection(proto::ReactivateConnectionRequest {
                         message: String::new(),
@@ -234,10 +255,44 @@ impl Layer for GrpcLayer {
                     .await
                     .map(|r| r.into_inner().connection)
             }
-            Action::UpdateDataTypes
-            | Action::NarrowDataTypes
-            | Action::ApproveDataTypes
-            | Action::DeclineDataTypes => unreachable!("the model's operations do not take them"),
+            // Either party's: the API has no narrowing request of its own.
+            Action::UpdateDataTypes | Action::NarrowDataTypes => {
+                assert!(reason.is_none(), "an update has no reason");
+                client
+                    .update_connection_data_types(proto::UpdateConnectionDataTypesRequest {
+                        connection_id,
+                        etag,
+                        request_id,
+                        data_types: data_types
+                            .unwrap_or_default()
+                            .iter()
+                            .copied()
+                            .map(data_type_value)
+                            .collect(),
+                    })
+                    .await
+                    .map(|r| r.into_inner().connection)
+            }
+            Action::ApproveDataTypes => {
+                assert!(reason.is_none(), "an approval has no reason");
+                client
+                    .approve_data_types(proto::ApproveDataTypesRequest {
+                        connection_id,
+                        etag,
+                        request_id,
+                    })
+                    .await
+                    .map(|r| r.into_inner().connection)
+            }
+            Action::DeclineDataTypes => client
+                .decline_data_types(proto::DeclineDataTypesRequest {
+                    connection_id,
+                    etag,
+                    request_id,
+                    reason: reason.unwrap_or_default().to_owned(),
+                })
+                .await
+                .map(|r| r.into_inner().connection),
         };
         connection(response.map_err(|s| failure(&s))?)
     }
@@ -271,7 +326,9 @@ impl Layer for GrpcLayer {
                 counterparty_organization_id: filter.counterparty.clone().unwrap_or_default(),
                 page_size,
                 page_token: page_token.unwrap_or_default().to_owned(),
-                data_type: 0,
+                data_type: filter
+                    .data_type
+                    .map_or(proto::DataType::Unspecified as i32, data_type_value),
             })
             .await
             .map_err(|s| failure(&s))?
@@ -324,11 +381,8 @@ impl Layer for GrpcLayer {
             state: set_state(c.state)?,
             version: None,
             etag: c.etag.clone(),
-            data_types: c
-                .data_types
-                .iter()
-                .map(|&t| data_type(t))
-                .collect::<Result<_, _>>()?,
+            data_types: data_types(&c.data_types)?,
+            pending_data_types: data_types(&c.pending_data_types)?,
             ever_activated: c.activate_time.is_some(),
             ever_deactivated: c.deactivate_time.is_some(),
             deactivated_by: role(c.deactivated_by)?,
