@@ -170,6 +170,7 @@ impl Application {
                 endpoints_per_organization: webhook_options.endpoints_per_organization as usize,
                 allow_private_addresses: webhook_options.allow_private_addresses,
                 secret_overlap: webhook_options.secret_overlap,
+                pending_lifetime: pending_lifetime(settings.pending_expiry),
             },
             convert::webhook_body,
         )

@@ -658,11 +658,16 @@ impl ConnectionRecord {
     /// event records: its parties, and its data types as long as no event of
     /// the whole history changed them. `None` if the history does not start
     /// with a creation, or `upto` is past its end.
+    ///
+    /// A PENDING connection's expire time is its creation's or latest
+    /// reactivation's time plus `pending_lifetime` (the server's setting;
+    /// `None`: it never expires).
     pub fn replay(
         parties: Parties,
         data_types: DataTypes,
         history: &[ConnectionEvent],
         upto: usize,
+        pending_lifetime: Option<TimeDelta>,
     ) -> Option<Self> {
         let (first, rest) = history.get(..=upto)?.split_first()?;
         if first.event_type != EventType::Created {
@@ -687,12 +692,15 @@ impl ConnectionRecord {
             deactivated_by: None,
             deactivation_reason: None,
             invitation_message: first.message.clone(),
-            expire_time: None,
+            expire_time: expiry(first.create_time, pending_lifetime),
             pending_data_types: None,
         };
         for event in rest {
             let at = event.create_time;
             record.state = event.to_state;
+            if event.to_state != ConnectionState::Pending {
+                record.expire_time = None;
+            }
             record.version = event.sequence;
             record.update_time = at;
             match event.event_type {
@@ -704,7 +712,10 @@ impl ConnectionRecord {
                     record.deactivation_reason.clone_from(&event.reason);
                     record.pending_data_types = None;
                 }
-                EventType::Reactivated => record.invitation_message.clone_from(&event.message),
+                EventType::Reactivated => {
+                    record.invitation_message.clone_from(&event.message);
+                    record.expire_time = expiry(at, pending_lifetime);
+                }
                 EventType::Expired => {
                     record.deactivate_time = Some(at);
                     record.deactivated_by = None;
@@ -1375,17 +1386,18 @@ mod tests {
         let destination = calling(OrganizationId::generate(), "destination key");
         let id = ConnectionId::generate();
         let data_types = DataTypes::new([DataType::Inquiry]).unwrap();
+        let lifetime = Some(TimeDelta::days(30));
         let (mut record, first) = ConnectionRecord::create(
             id,
             &source,
             destination.organization,
             data_types.clone(),
             Utc::now(),
-            // A replay knows no lifetime: the expire time is not in the
-            // history.
+            // The server's lifetime, which the replay is told: the expire
+            // time is not in the history.
             Invitation {
                 message: Some("hello".to_owned()),
-                pending_lifetime: None,
+                pending_lifetime: lifetime,
             },
         );
         let mut events = vec![first.recorded(uuid::Uuid::now_v7())];
@@ -1401,8 +1413,14 @@ mod tests {
         for (caller, action, reason) in steps {
             let last = events.len() - 1;
             assert_eq!(
-                ConnectionRecord::replay(record.parties, data_types.clone(), &events, last)
-                    .as_ref(),
+                ConnectionRecord::replay(
+                    record.parties,
+                    data_types.clone(),
+                    &events,
+                    last,
+                    lifetime
+                )
+                .as_ref(),
                 Some(&record)
             );
             let (next, event) = record
@@ -1413,7 +1431,7 @@ mod tests {
                     reason: reason.clone(),
                     message: reason,
                     data_types: None,
-                    pending_lifetime: None,
+                    pending_lifetime: lifetime,
                     at: Utc::now(),
                 })
                 .unwrap();
@@ -1422,16 +1440,23 @@ mod tests {
         }
         let last = events.len() - 1;
         assert_eq!(
-            ConnectionRecord::replay(record.parties, data_types.clone(), &events, last).as_ref(),
+            ConnectionRecord::replay(record.parties, data_types.clone(), &events, last, lifetime)
+                .as_ref(),
             Some(&record)
         );
         assert_eq!(
-            ConnectionRecord::replay(record.parties, data_types.clone(), &events, last + 1),
+            ConnectionRecord::replay(
+                record.parties,
+                data_types.clone(),
+                &events,
+                last + 1,
+                lifetime
+            ),
             None,
             "past the end of the history"
         );
         assert_eq!(
-            ConnectionRecord::replay(record.parties, data_types, &events[1..], last - 1),
+            ConnectionRecord::replay(record.parties, data_types, &events[1..], last - 1, lifetime),
             None,
             "a history must start with the creation"
         );
@@ -1755,13 +1780,23 @@ mod tests {
         // The set at creation is not the connection's any more: replay
         // finds it in the first change.
         let last = events.len() - 1;
-        let replayed =
-            ConnectionRecord::replay(record.parties, record.data_types.clone(), &events, last);
+        let replayed = ConnectionRecord::replay(
+            record.parties,
+            record.data_types.clone(),
+            &events,
+            last,
+            None,
+        );
         assert_eq!(replayed.as_ref(), Some(&record));
         for upto in 0..events.len() {
-            let at =
-                ConnectionRecord::replay(record.parties, record.data_types.clone(), &events, upto)
-                    .unwrap();
+            let at = ConnectionRecord::replay(
+                record.parties,
+                record.data_types.clone(),
+                &events,
+                upto,
+                None,
+            )
+            .unwrap();
             let expected = match upto {
                 0 => 0b0001,
                 1..=3 => 0b0011,

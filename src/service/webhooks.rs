@@ -140,6 +140,9 @@ pub struct WebhookSettings {
     pub allow_private_addresses: bool,
     /// How long a rotated-out secret keeps signing.
     pub secret_overlap: Duration,
+    /// How long a connection may stay PENDING (`None`: for ever), for the
+    /// expire times of the connections recovered deliveries carry.
+    pub pending_lifetime: Option<chrono::TimeDelta>,
 }
 
 impl Default for WebhookSettings {
@@ -148,6 +151,7 @@ impl Default for WebhookSettings {
             endpoints_per_organization: 20,
             allow_private_addresses: false,
             secret_overlap: Duration::from_secs(24 * 3600),
+            pending_lifetime: None,
         }
     }
 }
@@ -542,6 +546,7 @@ impl Webhooks {
                     entry.data_types.clone(),
                     history,
                     upto,
+                    self.settings.pending_lifetime,
                 )
                 .ok_or_else(|| {
                     ServiceError::internal("a history does not start with its creation")
