@@ -1,9 +1,9 @@
 /**
  * The dashboard: sign-in, the navigation (Connect › Connections and Webhooks, Organization ›
- * Information), a one-line reminder of the signed-in organization, and the view the URL's
- * fragment names. The session (./session.ts) and the navigation (./nav.ts) live in modules of
- * their own, so that the views import them and this module imports the views, never the other
- * way round.
+ * Information and Trusted partners), a one-line reminder of the signed-in organization, and the
+ * view the URL's fragment names. The session (./session.ts) and the navigation (./nav.ts) live in
+ * modules of their own, so that the views import them and this module imports the views, never the
+ * other way round.
  */
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 
@@ -20,6 +20,7 @@ import { ConnectionsList } from "./views/list.js";
 import { LiveStatus } from "./views/live.js";
 import { NewConnection } from "./views/new.js";
 import { ProblemNote } from "./views/problem.js";
+import { TrustedPartners } from "./views/trusted.js";
 import { Webhooks } from "./views/webhooks.js";
 
 export function App() {
@@ -94,6 +95,7 @@ const TITLES: Record<Route["view"], string> = {
   detail: "Connection · Connect › Connections",
   webhooks: "Connect › Webhooks",
   information: "Organization › Information",
+  trusted: "Organization › Trusted partners",
 };
 
 function SignedIn({ me, onSignOut }: { me: Organization; onSignOut: () => void }) {
@@ -103,13 +105,14 @@ function SignedIn({ me, onSignOut }: { me: Organization; onSignOut: () => void }
   }, [current.view]);
   const onInformation = current.view === "information";
   const onWebhooks = current.view === "webhooks";
+  const onTrusted = current.view === "trusted";
   return (
     <>
       <header class="top">
         <nav aria-label="Main" class="main-nav">
           <span class="nav-item">
             <span class="nav-section">Connect ›</span>{" "}
-            <a href="#/" aria-current={onInformation || onWebhooks ? undefined : "page"}>
+            <a href="#/" aria-current={onInformation || onWebhooks || onTrusted ? undefined : "page"}>
               Connections
             </a>{" "}
             <a href="#/webhooks" aria-current={onWebhooks ? "page" : undefined}>
@@ -120,6 +123,9 @@ function SignedIn({ me, onSignOut }: { me: Organization; onSignOut: () => void }
             <span class="nav-section">Organization ›</span>{" "}
             <a href="#/organization" aria-current={onInformation ? "page" : undefined}>
               Information
+            </a>{" "}
+            <a href="#/organization/trusted-partners" aria-current={onTrusted ? "page" : undefined}>
+              Trusted partners
             </a>
           </span>
         </nav>
@@ -199,6 +205,8 @@ function Views({ current }: { current: Route }) {
         <OrganizationInformation />
       ) : current.view === "webhooks" ? (
         <Webhooks />
+      ) : current.view === "trusted" ? (
+        <TrustedPartners />
       ) : (
         <ConnectionsList />
       )}

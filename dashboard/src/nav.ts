@@ -6,6 +6,8 @@
  *   #/connections/<id>       one connection
  *   #/webhooks               Connect › Webhooks
  *   #/organization           Organization › Information
+ *   #/organization/trusted-partners
+ *                            Organization › Trusted partners
  */
 import { useEffect, useState } from "preact/hooks";
 
@@ -14,12 +16,14 @@ export type Route =
   | { view: "new" }
   | { view: "detail"; id: string }
   | { view: "webhooks" }
-  | { view: "information" };
+  | { view: "information" }
+  | { view: "trusted" };
 
 export function route(): Route {
   const hash = window.location.hash.replace(/^#/, "");
   if (hash === "/new") return { view: "new" };
   if (hash === "/organization") return { view: "information" };
+  if (hash === "/organization/trusted-partners") return { view: "trusted" };
   if (hash === "/webhooks") return { view: "webhooks" };
   const detail = /^\/connections\/([0-9a-fA-F-]{36})$/.exec(hash);
   if (detail) return { view: "detail", id: detail[1].toLowerCase() };

@@ -232,6 +232,34 @@ function verified(secret: string, delivery: Received): Payload {
   return new Webhook(secret).verify(delivery.body, delivery.headers) as Payload;
 }
 
+/** Opens Organization › Trusted partners from the navigation. */
+async function openTrustedPartners(page: Page): Promise<void> {
+  await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Trusted partners" }).click();
+  await page.getByRole("heading", { name: "Trusted partners", exact: true }).waitFor();
+  await page.waitForFunction(() => document.title === "Organization › Trusted partners");
+}
+
+/** The Trusted partners page's item for the organization named `name`. */
+function partnerItem(page: Page, name: string) {
+  return page.locator("li.partner", { has: page.getByText(name, { exact: true }) });
+}
+
+/** The value the detail page shows for the field `term` ("Data shared"). */
+function fieldOf(page: Page, term: string) {
+  return page
+    .locator("dl.fields dt", { hasText: new RegExp(`^${term}$`) })
+    .locator("xpath=following-sibling::dd[1]");
+}
+
+/** A connection from `source` to `destination`, Active, sharing `types`: its ID. */
+async function activeConnection(source: Org, destination: Org, types: DataType[]): Promise<string> {
+  const { connection } = await server
+    .connections(source)
+    .createConnection({ destinationOrganizationId: destination.id, dataTypes: types });
+  await server.connections(destination).activateConnection({ connectionId: connection!.id });
+  return connection!.id;
+}
+
 /** Opens Connect › Webhooks from the navigation. */
 async function openWebhooks(page: Page): Promise<void> {
   await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Webhooks" }).click();
@@ -1736,6 +1764,409 @@ describe("the dashboard", { timeout: SUITE_TIMEOUT }, () => {
     } finally {
       await receiver.close();
     }
+  });
+
+  it("lets the source change the data types of an active connection: a removed type stops at once, an added one waits for approval", { timeout: TIMEOUT }, async () => {
+    const src = server.newOrg("Amber Analytics");
+    const dst = server.newOrg("Birch Bank");
+    const id = await activeConnection(src, dst, [DataType.INQUIRY, DataType.ACCOUNT]);
+    const page = await newPage();
+    await signIn(page, src);
+    await page.goto(`/#/connections/${id}`);
+    await seeState(page, "Active");
+    await page.locator("ol.history li").nth(1).waitFor();
+
+    // The form: the four types, the current ones checked, and what a change does.
+    await page.getByRole("button", { name: "Change data types" }).click();
+    const form = page.locator("form.confirm");
+    await form.getByText("Change the data types you share with Birch Bank", { exact: true }).waitFor();
+    await form
+      .getByText(
+        "Types you add wait for Birch Bank's approval and are not shared until then; types you remove stop being shared at once.",
+      )
+      .waitFor();
+    const checked = async () =>
+      Object.fromEntries(
+        await Promise.all(
+          ["Inquiries", "Verifications", "Accounts", "Transactions"].map(async (name) => [
+            name,
+            await form.getByRole("checkbox", { name }).isChecked(),
+          ]),
+        ),
+      );
+    assert.deepEqual(await checked(), { Inquiries: true, Verifications: false, Accounts: true, Transactions: false });
+    const save = form.getByRole("button", { name: "Save" });
+    assert.ok(await save.isDisabled(), "nothing to save before a change");
+    await form.getByRole("checkbox", { name: "Accounts" }).uncheck();
+    await form.getByRole("checkbox", { name: "Transactions" }).check();
+    await assertAccessible(page, "the source's data types form");
+    await save.click();
+    // The form closes once the change is made.
+    await form.waitFor({ state: "detached" });
+
+    // Accounts stopped at once; Transactions waits for Birch Bank.
+    await fieldOf(page, "Data shared").filter({ hasText: /^Inquiries$/ }).waitFor();
+    assert.equal(await fieldOf(page, "Waiting for approval").textContent(), "Transactions");
+    assert.equal(
+      await page.locator(".next-step").textContent(),
+      "Waiting for Birch Bank to approve Transactions: not shared until then.",
+    );
+    await page.locator("ol.history li").nth(2).waitFor({ timeout: SEEN_WITHIN });
+    assert.match(
+      (await history(page))[0]!,
+      /Amber Analytics \(the source, by key 'dashboard tests'\) proposed data types \(now Active\)\.Shared now: Inquiries; waiting for approval: Transactions$/,
+    );
+    const { connection } = await server.connections(dst).getConnection({ connectionId: id });
+    assert.deepEqual(connection!.dataTypes, [DataType.INQUIRY]);
+    assert.deepEqual(connection!.pendingDataTypes, [DataType.TRANSACTION]);
+    assert.equal(connection!.state, ConnectionState.ACTIVE);
+
+    // Opened again, the form shows what waits, checked, and says how to withdraw it.
+    await page.getByRole("button", { name: "Change data types" }).click();
+    await form.getByRole("checkbox", { name: "Transactions (waiting for approval)" }).waitFor();
+    assert.deepEqual(await checked(), { Inquiries: true, Verifications: false, Accounts: false, Transactions: true });
+    await form.getByText("Uncheck a type waiting for approval to withdraw the request.", { exact: false }).waitFor();
+    await form.getByRole("button", { name: "Cancel" }).click();
+    assert.equal(await form.count(), 0);
+
+    // On an Inactive connection the set is replaced, for the next activation.
+    await server.connections(dst).deactivateConnection({ connectionId: id });
+    await seeState(page, "Inactive");
+    await page.getByRole("button", { name: "Change data types" }).click();
+    await form.getByText("The new types replace the current ones; Birch Bank agrees to them when it activates the connection.").waitFor();
+    await form.getByRole("checkbox", { name: "Verifications" }).check();
+    await form.getByRole("button", { name: "Save" }).click();
+    await fieldOf(page, "Data shared").filter({ hasText: /^Inquiries, Verifications$/ }).waitFor();
+    assert.equal(await fieldOf(page, "Waiting for approval").count(), 0);
+  });
+
+  it("shows the destination the data types waiting for its approval: it approves one request and declines the next with a reason", { timeout: TIMEOUT }, async () => {
+    const src = server.newOrg("Cedar Credit");
+    const dst = server.newOrg("Dune Data");
+    const id = await activeConnection(src, dst, [DataType.INQUIRY]);
+    await server.connections(src).updateConnectionDataTypes({ connectionId: id, dataTypes: [DataType.INQUIRY, DataType.ACCOUNT] });
+    const page = await newPage();
+    await signIn(page, dst);
+    await page.goto(`/#/connections/${id}`);
+    await seeState(page, "Active");
+    await seeLive(page);
+    const request = page.getByRole("region", { name: /asks to also share/ });
+    await request
+      .locator(".question")
+      .filter({ hasText: /^Needs your action: Cedar Credit asks to also share Accounts\.$/ })
+      .waitFor();
+    await assertAccessible(page, "a request to approve data types");
+    // The source's open page follows the approval.
+    const source = await newPage();
+    await signIn(source, src);
+    await source.goto(`/#/connections/${id}`);
+    await seeState(source, "Active");
+    await seeLive(source);
+
+    await request.getByRole("button", { name: "Approve" }).click();
+    await fieldOf(page, "Data shared").filter({ hasText: /^Inquiries, Accounts$/ }).waitFor();
+    assert.equal(await request.count(), 0, "nothing waits any more");
+    assert.equal(await fieldOf(page, "Waiting for approval").count(), 0);
+    await page.locator("ol.history li").nth(3).waitFor({ timeout: SEEN_WITHIN });
+    assert.match(
+      (await history(page))[0]!,
+      /Dune Data \(the destination, by key 'dashboard tests'\) approved the data types waiting for approval \(now Active\)\.Shared now: Inquiries and Accounts$/,
+    );
+    await fieldOf(source, "Data shared").filter({ hasText: /^Inquiries, Accounts$/ }).waitFor({ timeout: SEEN_WITHIN });
+
+    // The next request arrives while the page is open; the destination declines it with a reason.
+    await server.connections(src).updateConnectionDataTypes({
+      connectionId: id,
+      dataTypes: [DataType.INQUIRY, DataType.ACCOUNT, DataType.TRANSACTION],
+    });
+    await request.locator(".question").filter({ hasText: "Cedar Credit asks to also share Transactions." }).waitFor({ timeout: SEEN_WITHIN });
+    await request.getByRole("button", { name: "Decline" }).click();
+    const form = page.locator("form.confirm");
+    await form
+      .getByText("Decline the request of Cedar Credit to also share Transactions? Inquiries and Accounts stay shared.", { exact: true })
+      .waitFor();
+    await form.getByRole("textbox", { name: "Reason" }).fill("Not in our contract");
+    await assertAccessible(page, "the decline form");
+    await form.getByRole("button", { name: "Confirm" }).click();
+    // The form closes once the request is declined.
+    await form.waitFor({ state: "detached" });
+    await page.locator("ol.history li").nth(5).waitFor({ timeout: SEEN_WITHIN });
+    assert.equal(await request.count(), 0);
+    const entries = await history(page);
+    assert.match(
+      entries[0]!,
+      /Dune Data \(the destination, by key 'dashboard tests'\) declined the data types waiting for approval \(now Active\)\.Shared now: Inquiries and Accounts; declined: TransactionsReason: Not in our contract$/,
+    );
+    assert.match(entries[1]!, /Cedar Credit \(the source, by key 'dashboard tests'\) proposed data types \(now Active\)\.Shared now: Inquiries and Accounts; waiting for approval: Transactions$/);
+    assert.equal(await fieldOf(page, "Data shared").textContent(), "Inquiries, Accounts");
+    const { connection } = await server.connections(src).getConnection({ connectionId: id });
+    assert.deepEqual(connection!.dataTypes, [DataType.INQUIRY, DataType.ACCOUNT]);
+    assert.deepEqual(connection!.pendingDataTypes, []);
+    const { events } = await server.connections(src).listConnectionEvents({ connectionId: id });
+    assert.deepEqual(
+      events.map((e) => [e.type, e.reason]),
+      [
+        [ConnectionEventType.CREATED, ""],
+        [ConnectionEventType.ACTIVATED, ""],
+        [ConnectionEventType.DATA_TYPES_PROPOSED, ""],
+        [ConnectionEventType.DATA_TYPES_APPROVED, ""],
+        [ConnectionEventType.DATA_TYPES_PROPOSED, ""],
+        [ConnectionEventType.DATA_TYPES_DECLINED, "Not in our contract"],
+      ],
+    );
+    await source.locator("ol.history li").nth(5).waitFor({ timeout: SEEN_WITHIN });
+    assert.match((await history(source))[0]!, /declined the data types waiting for approval.*Reason: Not in our contract$/);
+  });
+
+  it("never approves data types the page did not show: a request changed meanwhile is shown instead", { timeout: TIMEOUT }, async () => {
+    const src = server.newOrg("Elm Equity");
+    const dst = server.newOrg("Fjord Funds");
+    const id = await activeConnection(src, dst, [DataType.INQUIRY]);
+    await server.connections(src).updateConnectionDataTypes({ connectionId: id, dataTypes: [DataType.INQUIRY, DataType.ACCOUNT] });
+    const page = await newPage();
+    // The page cannot follow changes: it keeps showing what it loaded.
+    await page.route(`**${WATCH}`, (route) => route.abort("connectionrefused"));
+    await page.clock.install();
+    await signIn(page, dst);
+    await page.goto(`/#/connections/${id}`);
+    await seeState(page, "Active");
+    const request = page.getByRole("region", { name: /asks to also share/ });
+    await request.getByText("Elm Equity asks to also share Accounts.").waitFor();
+
+    // The source asks for Transactions instead; the page still shows Accounts when Approve is clicked.
+    await server.connections(src).updateConnectionDataTypes({ connectionId: id, dataTypes: [DataType.INQUIRY, DataType.TRANSACTION] });
+    await request.getByRole("button", { name: "Approve" }).click();
+    await page.getByRole("alert").filter({ hasText: "This connection changed since you opened it. Here is its current state." }).waitFor();
+    await request.getByText("Elm Equity asks to also share Transactions.").waitFor();
+    assert.equal(await fieldOf(page, "Waiting for approval").textContent(), "Transactions");
+    const { connection } = await server.connections(dst).getConnection({ connectionId: id });
+    assert.deepEqual(connection!.dataTypes, [DataType.INQUIRY], "nothing was approved");
+    assert.deepEqual(connection!.pendingDataTypes, [DataType.TRANSACTION]);
+  });
+
+  it("lets the destination of an active connection remove data types it receives, and only remove them", { timeout: TIMEOUT }, async () => {
+    const src = server.newOrg("Garnet Grants");
+    const dst = server.newOrg("Harbor Health");
+    const id = await activeConnection(src, dst, [DataType.INQUIRY, DataType.ACCOUNT, DataType.TRANSACTION]);
+    const page = await newPage();
+    await signIn(page, dst);
+    await page.goto(`/#/connections/${id}`);
+    await seeState(page, "Active");
+    await page.getByRole("button", { name: "Change data types" }).click();
+    const form = page.locator("form.confirm");
+    await form.getByText("Change the data types you receive from Garnet Grants", { exact: true }).waitFor();
+    await form.getByText("Types you uncheck stop being shared at once. Only Garnet Grants can add types, with your approval.").waitFor();
+    // Only the types it receives, all checked: nothing to add.
+    const boxes = form.getByRole("checkbox");
+    assert.equal(await boxes.count(), 3);
+    assert.deepEqual(
+      await boxes.evaluateAll((els) => els.map((el) => [el.closest("label")!.textContent, (el as HTMLInputElement).checked])),
+      [
+        ["Inquiries", true],
+        ["Accounts", true],
+        ["Transactions", true],
+      ],
+    );
+    assert.equal(await form.getByRole("checkbox", { name: "Verifications" }).count(), 0);
+    // It keeps at least one.
+    for (const name of ["Inquiries", "Accounts", "Transactions"]) await form.getByRole("checkbox", { name }).uncheck();
+    await form.getByRole("alert").filter({ hasText: "Keep at least one type. To stop sharing altogether, deactivate the connection." }).waitFor();
+    assert.ok(await form.getByRole("button", { name: "Save" }).isDisabled());
+    await form.getByRole("checkbox", { name: "Inquiries" }).check();
+    await form.getByRole("checkbox", { name: "Accounts" }).check();
+    await assertAccessible(page, "the destination's data types form");
+    await form.getByRole("button", { name: "Save" }).click();
+    await fieldOf(page, "Data shared").filter({ hasText: /^Inquiries, Accounts$/ }).waitFor();
+    await page.locator("ol.history li").nth(2).waitFor({ timeout: SEEN_WITHIN });
+    assert.match(
+      (await history(page))[0]!,
+      /Harbor Health \(the destination, by key 'dashboard tests'\) changed the data types \(now Active\)\.Shared now: Inquiries and Accounts$/,
+    );
+    const { connection } = await server.connections(src).getConnection({ connectionId: id });
+    assert.deepEqual(connection!.dataTypes, [DataType.INQUIRY, DataType.ACCOUNT]);
+    assert.deepEqual(connection!.pendingDataTypes, []);
+
+    // Down to one type, there is nothing left to remove.
+    await page.getByRole("button", { name: "Change data types" }).click();
+    await form.getByRole("checkbox", { name: "Accounts" }).uncheck();
+    await form.getByRole("button", { name: "Save" }).click();
+    await fieldOf(page, "Data shared").filter({ hasText: /^Inquiries$/ }).waitFor();
+    assert.equal(await page.getByRole("button", { name: "Change data types" }).count(), 0);
+    await page.getByRole("button", { name: "Deactivate" }).waitFor();
+  });
+
+  it("marks an inbound Active connection whose new data types wait for approval as Needs your action", { timeout: TIMEOUT }, async () => {
+    const src = server.newOrg("Indigo Insurance");
+    const dst = server.newOrg("Jasper Jobs");
+    const id = await activeConnection(src, dst, [DataType.VERIFICATION]);
+    const page = await newPage();
+    await signIn(page, dst);
+    await page.getByRole("tab", { name: "Inbound" }).click();
+    const row = rowOf(page, `From ${src.name}`);
+    await row.waitFor();
+    await seeLive(page);
+    assert.equal(await row.getByText("Needs your action").count(), 0);
+
+    // The source asks for more: the open list says so as it happens.
+    await server.connections(src).updateConnectionDataTypes({
+      connectionId: id,
+      dataTypes: [DataType.VERIFICATION, DataType.ACCOUNT],
+    });
+    await row.getByText("Needs your action").waitFor({ timeout: SEEN_WITHIN });
+    assert.match((await row.locator("td[data-label='State']").textContent())!, /^ActiveNeeds your actionApprove or decline Accounts$/);
+    assert.equal(await row.getByRole("button").count(), 0, "approved on the connection's page, not from the row");
+    await assertAccessible(page, "the list with a request to approve");
+
+    // The source's list says what it waits for.
+    const source = await newPage();
+    await signIn(source, src);
+    const outbound = rowOf(source, `To ${dst.name}`);
+    await outbound.getByText(`Waiting for ${dst.name} to approve Accounts`).waitFor();
+    assert.equal(await outbound.getByText("Needs your action").count(), 0);
+
+    // The row opens the request; once approved, nothing is needed any more.
+    await row.getByRole("link").click();
+    await page.getByRole("button", { name: "Approve" }).click();
+    await fieldOf(page, "Data shared").filter({ hasText: /^Verifications, Accounts$/ }).waitFor();
+    await page.getByRole("link", { name: "Back to the list" }).click();
+    await page.getByRole("tab", { name: "Inbound" }).click();
+    await row.locator("td[data-label='Data types']").filter({ hasText: /^Verifications, Accounts$/ }).waitFor();
+    assert.equal(await row.getByText("Needs your action").count(), 0);
+  });
+
+  it("adds a trusted partner once its name is shown, activates the connections it creates at once, and removes it", { timeout: TIMEOUT }, async () => {
+    const dst = server.newOrg("Kestrel Kapital");
+    const partner = server.newOrg("Lagoon Leasing");
+    const other = server.newOrg("Mesa Mutual");
+    const page = await newPage();
+    await signIn(page, dst);
+    await openTrustedPartners(page);
+    const nav = page.getByRole("navigation", { name: "Main" });
+    assert.equal(await nav.getByRole("link", { name: "Trusted partners" }).getAttribute("aria-current"), "page");
+    assert.equal(await nav.getByRole("link", { name: "Information", exact: true }).getAttribute("aria-current"), null);
+    assert.match((await nav.textContent())!.replace(/\s+/g, " "), /Organization › Information Trusted partners/);
+    await page
+      .getByText(
+        "Connections these organizations create or reactivate to yours are activated at once, without waiting for you; removing one changes no existing connection.",
+      )
+      .waitFor();
+    await page.getByText("No trusted partners yet.").waitFor();
+    await assertAccessible(page, "the empty Trusted partners page");
+
+    // The ID is looked up first: its own, an unknown one, then the partner's, by name.
+    const id = page.getByRole("textbox", { name: "Partner's organization ID" });
+    const add = page.getByRole("button", { name: "Add trusted partner" });
+    await id.fill(dst.id);
+    await page.getByRole("alert").filter({ hasText: "That is your own organization's ID." }).waitFor();
+    assert.ok(await add.isDisabled());
+    await id.fill("01890000-0000-7000-8000-000000000000");
+    await page.getByRole("alert").filter({ hasText: "No organization has this ID. Check the ID with the organization." }).waitFor();
+    assert.ok(await add.isDisabled());
+    await id.fill(partner.id);
+    await page.getByText(`You are adding ${partner.name}.`).waitFor();
+    await assertAccessible(page, "the add-a-partner form with a name");
+    await add.click();
+    await page.getByRole("status").filter({ hasText: `${partner.name} is now a trusted partner` }).waitFor();
+    const item = partnerItem(page, partner.name);
+    await item.waitFor();
+    assert.match((await item.textContent())!, new RegExp(partner.id));
+    // The form is ready for another.
+    await page.waitForFunction(() => (document.getElementById("partner-id") as HTMLInputElement).value === "");
+    await id.fill(partner.id);
+    await page.getByText(`${partner.name} is already a trusted partner.`).waitFor();
+    assert.ok(await add.isDisabled());
+    await id.fill(other.id);
+    await page.getByText(`You are adding ${other.name}.`).waitFor();
+    await add.click();
+    await partnerItem(page, other.name).waitFor();
+    const { policy } = await server.organizations(dst).getOrganizationPolicy({});
+    assert.deepEqual(policy!.autoActivateSourceIds, [partner.id, other.id].sort());
+    await assertAccessible(page, "the Trusted partners page with partners");
+
+    // The partner creates a connection through the API: it is Active at once.
+    const { connection } = await server
+      .connections(partner)
+      .createConnection({ destinationOrganizationId: dst.id, dataTypes: [DataType.ACCOUNT] });
+    assert.equal(connection!.state, ConnectionState.ACTIVE);
+    await nav.getByRole("link", { name: "Connections", exact: true }).click();
+    await page.getByRole("tab", { name: "Inbound" }).click();
+    const row = rowOf(page, `From ${partner.name}`);
+    await row.locator(".state", { hasText: /^Active$/ }).waitFor();
+    assert.equal(await row.getByText("Needs your action").count(), 0);
+    await row.getByRole("link").click();
+    await seeState(page, "Active");
+    await page.locator("ol.history li").nth(1).getByText(partner.name).waitFor();
+    await page.locator("ol.history li").first().getByText(dst.name).waitFor();
+    const entries = await history(page);
+    assert.match(entries[0]!, /: Kestrel Kapital \(the destination\) activated it automatically \(trusted partner\) \(now Active\)\.$/);
+    assert.match(entries[1]!, /Lagoon Leasing \(the source, by key 'dashboard tests'\) created the connection/);
+    const { events } = await server.connections(dst).listConnectionEvents({ connectionId: connection!.id });
+    assert.equal(events[1]!.byPolicy, true);
+
+    // Removed, it is no longer trusted; its connection stays Active, and the other partner stays.
+    await openTrustedPartners(page);
+    await item.getByRole("button", { name: "Remove" }).click();
+    await page
+      .getByRole("status")
+      .filter({ hasText: `${partner.name} is no longer a trusted partner. Its existing connections are unchanged.` })
+      .waitFor();
+    assert.equal(await item.count(), 0);
+    await partnerItem(page, other.name).waitFor();
+    const { policy: after } = await server.organizations(dst).getOrganizationPolicy({});
+    assert.deepEqual(after!.autoActivateSourceIds, [other.id]);
+    const { connection: still } = await server.connections(dst).getConnection({ connectionId: connection!.id });
+    assert.equal(still!.state, ConnectionState.ACTIVE);
+    // Its next connection waits for the destination again.
+    await server.connections(partner).deactivateConnection({ connectionId: connection!.id });
+    const { connection: again } = await server.connections(partner).reactivateConnection({ connectionId: connection!.id });
+    assert.equal(again!.state, ConnectionState.PENDING);
+  });
+
+  it("shows the data type forms, a request to approve and Trusted partners at 375 px", { timeout: TIMEOUT }, async () => {
+    const src = server.newOrg("Nectar Neobank");
+    const dst = server.newOrg("Opal Outsourcing");
+    const id = await activeConnection(src, dst, [DataType.INQUIRY, DataType.VERIFICATION]);
+    await server.connections(src).updateConnectionDataTypes({
+      connectionId: id,
+      dataTypes: [DataType.INQUIRY, DataType.VERIFICATION, DataType.ACCOUNT, DataType.TRANSACTION],
+    });
+    await server.organizations(dst).updateOrganizationPolicy({ policy: { autoActivateSourceIds: [src.id] } });
+
+    const page = await newPage({ width: 375, height: 740 });
+    await signIn(page, dst);
+    await page.goto(`/#/connections/${id}`);
+    await seeState(page, "Active");
+    const request = page.getByRole("region", { name: /asks to also share/ });
+    await request.getByText("Nectar Neobank asks to also share Accounts and Transactions.").waitFor();
+    assert.ok((await overflow(page)) <= 0, "a request to approve fits the width");
+    await assertAccessible(page, "a request to approve at 375 px");
+    await request.getByRole("button", { name: "Decline" }).click();
+    await page.getByRole("textbox", { name: "Reason" }).waitFor();
+    assert.ok((await overflow(page)) <= 0, "the decline form fits the width");
+    await assertAccessible(page, "the decline form at 375 px");
+    await page.getByRole("button", { name: "Cancel" }).click();
+    await page.getByRole("button", { name: "Change data types" }).click();
+    await page.getByRole("checkbox", { name: "Verifications" }).waitFor();
+    assert.ok((await overflow(page)) <= 0, "the destination's data types form fits the width");
+    await assertAccessible(page, "the destination's data types form at 375 px");
+    await page.screenshot({ path: join(SCREENSHOTS, "data-types-375.png"), fullPage: true });
+
+    const source = await newPage({ width: 375, height: 740 });
+    await signIn(source, src);
+    await source.goto(`/#/connections/${id}`);
+    await seeState(source, "Active");
+    await source.getByRole("button", { name: "Change data types" }).click();
+    await source.getByRole("checkbox", { name: "Accounts (waiting for approval)" }).waitFor();
+    assert.ok((await overflow(source)) <= 0, "the source's data types form fits the width");
+    await assertAccessible(source, "the source's data types form at 375 px");
+
+    await openTrustedPartners(page);
+    await partnerItem(page, src.name).waitFor();
+    await page.getByRole("textbox", { name: "Partner's organization ID" }).fill(src.id);
+    await page.getByText(`${src.name} is already a trusted partner.`).waitFor();
+    assert.ok((await overflow(page)) <= 0, "Trusted partners fits the width");
+    await assertAccessible(page, "Trusted partners at 375 px");
+    await page.screenshot({ path: join(SCREENSHOTS, "trusted-partners-375.png"), fullPage: true });
   });
 
   it("keeps the page's code within its budget (150 KB gzipped)", { timeout: TIMEOUT }, () => {

@@ -17,6 +17,7 @@ import { createGrpcWebTransport } from "@connectrpc/connect-web";
 import { type Browser, type BrowserContext, chromium, type Page } from "playwright-core";
 
 import { ConnectionService } from "../src/gen/connections/v1/connection_service_pb.js";
+import { OrganizationService } from "../src/gen/connections/v1/organization_service_pb.js";
 import { WebhookService } from "../src/gen/connections/v1/webhook_service_pb.js";
 
 /** dashboard/ */
@@ -161,6 +162,11 @@ export class Server {
   /** ConnectionService as `org`, over gRPC-Web, to check through the API what the page did. */
   connections(org: Org): Client<typeof ConnectionService> {
     return this.client(ConnectionService, org);
+  }
+
+  /** OrganizationService as `org`, over gRPC-Web (its policy: its trusted partners). */
+  organizations(org: Org): Client<typeof OrganizationService> {
+    return this.client(OrganizationService, org);
   }
 
   /** WebhookService as `org`, over gRPC-Web. */

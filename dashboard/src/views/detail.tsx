@@ -5,19 +5,35 @@
  * sent with the etag of the connection as shown, so a change made meanwhile by the other party is
  * never overwritten: the page says so and shows the current state. An event of this connection
  * arriving on the page's stream (see ../live.ts) loads the connection again and joins the history;
- * a reason being typed for a deactivation, or a message for a reactivation, stays, with a notice
- * that the connection changed.
+ * a reason being typed for a deactivation or a decline, a message for a reactivation, or data
+ * types being chosen, stay, with a notice that the connection changed.
+ *
+ * Data types: the source changes them in any state (on an Active connection the ones it adds wait
+ * for the destination's approval, the ones it removes stop at once); the destination of an Active
+ * connection may only remove some, and approves or declines what waits for its approval. An
+ * approval is sent with the etag of the connection whose waiting types the page shows, so it never
+ * approves types the page did not show.
  */
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 
 import { ErrorReason, fieldProblem, newRequestId, problem, type Problem } from "../api.js";
-import { dataTypeList, dataTypeWords, EVENT_WORDS, iso, ROLE_WORDS, STATE_WORDS, when } from "../format.js";
+import {
+  DATA_TYPES,
+  dataTypeList,
+  dataTypeWords,
+  EVENT_WORDS,
+  iso,
+  ROLE_WORDS,
+  STATE_WORDS,
+  when,
+} from "../format.js";
 import {
   type Connection,
   type ConnectionEvent,
   ConnectionEventType,
   ConnectionRole,
   ConnectionState,
+  type DataType,
 } from "../gen/connections/v1/resources_pb.js";
 import { useOrganizationName, useSession } from "../session.js";
 import { useCoalesced, useLive, useReloadWhenLive } from "./live.js";
@@ -25,10 +41,10 @@ import { MessageField } from "./message.js";
 import { ProblemNote } from "./problem.js";
 import { Ago, Expires } from "./time.js";
 
-type Action = "Activate" | "Deactivate" | "Reactivate";
+type Action = "Activate" | "Deactivate" | "Reactivate" | "ChangeTypes" | "Approve" | "Decline";
 
-/** The actions asked about before they are sent, with what was typed for them. */
-type Confirmed = Exclude<Action, "Activate">;
+/** The actions asked about before they are sent, with what was typed or chosen for them. */
+type Confirmed = Exclude<Action, "Activate" | "Approve">;
 
 /** What the user reads when the other party changed the connection after the page showed it. */
 const CHANGED_SINCE_OPENED = "This connection changed since you opened it. Here is its current state.";
@@ -38,7 +54,11 @@ const CHANGED_MEANWHILE = [
   ErrorReason.ETAG_MISMATCH,
   ErrorReason.CONCURRENT_MODIFICATION,
   ErrorReason.INVALID_STATE_TRANSITION,
+  ErrorReason.NO_PENDING_DATA_TYPES,
 ];
+
+/** What the history says of an activation the service made because the destination trusts the source. */
+const ACTIVATED_BY_POLICY = "activated it automatically (trusted partner)";
 
 /** The longest reason the API accepts. */
 const REASON_MAX = 500;
@@ -55,12 +75,38 @@ function roleOf(connection: Connection, me: string): ConnectionRole {
 /** The actions the caller may take on `connection` now. */
 function allowedActions(connection: Connection, role: ConnectionRole): Action[] {
   const allowed: Action[] = [];
-  if (role === ConnectionRole.DESTINATION && connection.state === ConnectionState.PENDING) allowed.push("Activate");
-  if (connection.state === ConnectionState.PENDING || connection.state === ConnectionState.ACTIVE) {
-    allowed.push("Deactivate");
-  }
+  const active = connection.state === ConnectionState.ACTIVE;
+  const destination = role === ConnectionRole.DESTINATION;
+  if (destination && connection.state === ConnectionState.PENDING) allowed.push("Activate");
+  if (connection.state === ConnectionState.PENDING || active) allowed.push("Deactivate");
   if (role === ConnectionRole.SOURCE && connection.state === ConnectionState.INACTIVE) allowed.push("Reactivate");
+  // The source, in any state; the destination of an Active connection, to remove some of its types
+  // (it keeps at least one, so there is nothing to remove from one).
+  if (role === ConnectionRole.SOURCE || (destination && active && connection.dataTypes.length > 1)) {
+    allowed.push("ChangeTypes");
+  }
+  if (destination && active && connection.pendingDataTypes.length > 0) allowed.push("Approve", "Decline");
   return allowed;
+}
+
+/** The data types the form starts with: what the caller shares or receives now, and what waits. */
+function typesNow(connection: Connection, role: ConnectionRole): DataType[] {
+  return role === ConnectionRole.SOURCE
+    ? union(connection.dataTypes, connection.pendingDataTypes)
+    : [...connection.dataTypes];
+}
+
+/** The types of `a` and `b`, each once, in the enum's order. */
+function union(a: DataType[], b: DataType[]): DataType[] {
+  return sorted([...a, ...b.filter((t) => !a.includes(t))]);
+}
+
+function sorted(types: DataType[]): DataType[] {
+  return [...types].sort((x, y) => x - y);
+}
+
+function sameTypes(a: DataType[], b: DataType[]): boolean {
+  return sorted(a).join(",") === sorted(b).join(",");
 }
 
 export function ConnectionDetail({ id }: { id: string }) {
@@ -73,6 +119,9 @@ export function ConnectionDetail({ id }: { id: string }) {
   const [confirming, setConfirming] = useState<{ action: Confirmed; openedAt: string } | null>(null);
   const [reason, setReason] = useState("");
   const [message, setMessage] = useState("");
+  const [declineReason, setDeclineReason] = useState("");
+  // The data types chosen in "Change data types".
+  const [types, setTypes] = useState<DataType[]>([]);
   const [busy, setBusy] = useState(false);
   const [historyVersion, setHistoryVersion] = useState(0);
   // One request_id per intent (action, connection version, reason or message): a retry sends the
@@ -118,6 +167,7 @@ export function ConnectionDetail({ id }: { id: string }) {
     setConfirming(null);
     setReason("");
     setMessage("");
+    setDeclineReason("");
     void load();
   }, [load]);
   // Failed while the server was away: load again as soon as it is back.
@@ -143,7 +193,17 @@ export function ConnectionDetail({ id }: { id: string }) {
 
   const act = async (action: Action) => {
     const shown = connection;
-    const text = action === "Deactivate" ? reason.trim() : action === "Reactivate" ? message.trim() : "";
+    const dataTypes = sorted(types);
+    const text =
+      action === "Deactivate"
+        ? reason.trim()
+        : action === "Reactivate"
+          ? message.trim()
+          : action === "Decline"
+            ? declineReason.trim()
+            : action === "ChangeTypes"
+              ? dataTypes.join(",")
+              : "";
     const key = `${action}|${shown.id}|${shown.etag}|${text}`;
     if (intent.current?.key !== key) {
       const requestId = newRequestId();
@@ -154,7 +214,13 @@ export function ConnectionDetail({ id }: { id: string }) {
             ? await api.connections.activateConnection(request)
             : action === "Deactivate"
               ? await api.connections.deactivateConnection({ ...request, reason: text })
-              : await api.connections.reactivateConnection({ ...request, message: text });
+              : action === "Reactivate"
+                ? await api.connections.reactivateConnection({ ...request, message: text })
+                : action === "ChangeTypes"
+                  ? await api.connections.updateConnectionDataTypes({ ...request, dataTypes })
+                  : action === "Approve"
+                    ? await api.connections.approveDataTypes(request)
+                    : await api.connections.declineDataTypes({ ...request, reason: text });
         if (response.connection) {
           // Newer than any load still on its way.
           latest.current += 1;
@@ -169,14 +235,15 @@ export function ConnectionDetail({ id }: { id: string }) {
       await intent.current.run();
       if (action === "Deactivate") setReason("");
       if (action === "Reactivate") setMessage("");
-      if (action !== "Activate") setConfirming(null);
+      if (action === "Decline") setDeclineReason("");
+      if (action !== "Activate" && action !== "Approve") setConfirming(null);
       setHistoryVersion((v) => v + 1);
     } catch (err) {
       const refused = problem(err);
       setActionRefusal(refused);
       if (CHANGED_MEANWHILE.includes(refused.reason)) {
-        // A reason or a message being written stays: the form says the connection changed.
-        if (action === "Activate") setConfirming(null);
+        // A reason, a message or data types being chosen stay: the form says the connection changed.
+        if (action === "Activate" || action === "Approve") setConfirming(null);
         setHistoryVersion((v) => v + 1);
         const now = await load();
         if (now && now.etag !== shown.etag) {
@@ -198,7 +265,11 @@ export function ConnectionDetail({ id }: { id: string }) {
   const other =
     role === ConnectionRole.SOURCE ? connection.destinationOrganizationId : connection.sourceOrganizationId;
   const stateWord = STATE_WORDS[connection.state];
-  const confirm = (action: Confirmed) => setConfirming({ action, openedAt: connection.etag });
+  const confirm = (action: Confirmed) => {
+    if (action === "ChangeTypes") setTypes(typesNow(connection, role));
+    if (action === "ChangeTypes" || action === "Decline") setActionRefusal(null);
+    setConfirming({ action, openedAt: connection.etag });
+  };
 
   return (
     <section aria-labelledby="detail-heading">
@@ -227,9 +298,24 @@ export function ConnectionDetail({ id }: { id: string }) {
               Reactivate
             </button>
           ) : null}
+          {allowed.includes("ChangeTypes") && confirming === null ? (
+            <button type="button" disabled={busy} onClick={() => confirm("ChangeTypes")}>
+              Change data types
+            </button>
+          ) : null}
         </div>
       </div>
       <Summary connection={connection} role={role} other={other} />
+      {allowed.includes("Approve") ? (
+        <ApprovalRequest
+          connection={connection}
+          other={other}
+          busy={busy}
+          open={confirming === null}
+          onApprove={() => void act("Approve")}
+          onDecline={() => confirm("Decline")}
+        />
+      ) : null}
       <Invitation message={connection.invitationMessage} role={role} other={other} />
       <ProblemNote problem={refusal} onRetry={() => void refresh()} />
       {confirming?.action === "Deactivate" ? (
@@ -259,6 +345,34 @@ export function ConnectionDetail({ id }: { id: string }) {
           refusal={actionRefusal}
           busy={busy}
           onConfirm={() => void act("Reactivate")}
+          onCancel={() => setConfirming(null)}
+        />
+      ) : confirming?.action === "Decline" ? (
+        <ConfirmDecline
+          connection={connection}
+          other={other}
+          openedAt={confirming.openedAt}
+          canDecline={allowed.includes("Decline")}
+          reason={declineReason}
+          setReason={setDeclineReason}
+          busy={busy}
+          onConfirm={() => void act("Decline")}
+          onCancel={() => setConfirming(null)}
+        />
+      ) : confirming?.action === "ChangeTypes" ? (
+        <ChangeDataTypes
+          connection={connection}
+          role={role}
+          other={other}
+          openedAt={confirming.openedAt}
+          canChange={allowed.includes("ChangeTypes")}
+          types={types}
+          setTypes={(chosen) => {
+            setTypes(chosen);
+            setActionRefusal(null);
+          }}
+          busy={busy}
+          onSave={() => void act("ChangeTypes")}
           onCancel={() => setConfirming(null)}
         />
       ) : null}
@@ -349,7 +463,10 @@ function Summary({ connection, role, other }: { connection: Connection; role: Co
   switch (connection.state) {
     case ConnectionState.ACTIVE:
       what = source ? `sharing ${types} with ${name}` : `receiving ${types} from ${name}`;
-      next = "Either organization can deactivate it; sharing then stops at once.";
+      next =
+        source && connection.pendingDataTypes.length > 0
+          ? `Waiting for ${name} to approve ${dataTypeList(connection.pendingDataTypes)}: not shared until then.`
+          : "Either organization can deactivate it; sharing then stops at once.";
       break;
     case ConnectionState.PENDING:
       what = source ? `to share ${types} with ${name}` : `${name} asks to share ${types} with you`;
@@ -412,6 +529,226 @@ function Invitation({ message, role, other }: { message: string; role: Connectio
       </figcaption>
       <blockquote>{message}</blockquote>
     </figure>
+  );
+}
+
+/**
+ * What waits for the destination's approval: "<Source> asks to also share Accounts", with Approve
+ * and Decline (hidden while a form is open).
+ */
+function ApprovalRequest({
+  connection,
+  other,
+  busy,
+  open,
+  onApprove,
+  onDecline,
+}: {
+  connection: Connection;
+  other: string;
+  busy: boolean;
+  open: boolean;
+  onApprove: () => void;
+  onDecline: () => void;
+}) {
+  const name = useOrganizationName(other) ?? "The source";
+  return (
+    <section class="card approval" aria-labelledby="approval-question">
+      <p id="approval-question" class="question">
+        <strong class="needs">Needs your action: </strong>
+        {name} asks to also share {dataTypeList(connection.pendingDataTypes)}.
+      </p>
+      <p class="hint">
+        Not shared until you approve; {dataTypeList(connection.dataTypes)} stay shared either way.
+      </p>
+      {open ? (
+        <div class="actions">
+          <button type="button" class="primary" disabled={busy} onClick={onApprove}>
+            Approve
+          </button>
+          <button type="button" disabled={busy} onClick={onDecline}>
+            Decline
+          </button>
+        </div>
+      ) : null}
+    </section>
+  );
+}
+
+/**
+ * "Decline …'s request to also share …?", with the Reason box. When the connection changes while
+ * it is open, it stays open with what was typed, and says so.
+ */
+function ConfirmDecline({
+  connection,
+  other,
+  openedAt,
+  canDecline,
+  reason,
+  setReason,
+  busy,
+  onConfirm,
+  onCancel,
+}: {
+  connection: Connection;
+  other: string;
+  openedAt: string;
+  canDecline: boolean;
+  reason: string;
+  setReason: (reason: string) => void;
+  busy: boolean;
+  onConfirm: () => void;
+  onCancel: () => void;
+}) {
+  const name = useOrganizationName(other) ?? "the source";
+  const changed = connection.etag !== openedAt;
+  const waiting = connection.pendingDataTypes;
+  return (
+    <form
+      class="card confirm"
+      aria-labelledby="confirm-question"
+      onSubmit={(event) => {
+        event.preventDefault();
+        if (!busy && canDecline) onConfirm();
+      }}
+    >
+      <p id="confirm-question" class="question">
+        {waiting.length > 0
+          ? `Decline the request of ${name} to also share ${dataTypeList(waiting)}? `
+          : `Decline the request of ${name}? `}
+        {`${dataTypeList(connection.dataTypes)} stay shared.`}
+      </p>
+      {changed ? (
+        <p class="notice" role="status">
+          {`This connection changed while this was open: it is now ${STATE_WORDS[connection.state]}. `}
+          {canDecline
+            ? `Confirm to decline what waits for approval now: ${dataTypeList(waiting)}.`
+            : "Nothing waits for approval any more; what you typed stays here until you cancel."}
+        </p>
+      ) : null}
+      <label for="decline-reason">Reason</label>
+      <input
+        id="decline-reason"
+        value={reason}
+        maxLength={REASON_MAX}
+        autocomplete="off"
+        aria-describedby="decline-reason-hint"
+        onInput={(event) => setReason(event.currentTarget.value)}
+      />
+      <p id="decline-reason-hint" class="hint">
+        Optional. Both organizations see it in the history.
+      </p>
+      <div class="actions">
+        <button type="submit" class="danger" disabled={busy || !canDecline}>
+          Confirm
+        </button>
+        <button type="button" onClick={onCancel}>
+          Cancel
+        </button>
+      </div>
+    </form>
+  );
+}
+
+/**
+ * "Change data types": the four types for the source (checked: what it shares and what waits for
+ * approval), the types it receives for the destination, which may only uncheck some. Says what a
+ * change does in the connection's state. When the connection changes while it is open, the choice
+ * stays, with a notice.
+ */
+function ChangeDataTypes({
+  connection,
+  role,
+  other,
+  openedAt,
+  canChange,
+  types,
+  setTypes,
+  busy,
+  onSave,
+  onCancel,
+}: {
+  connection: Connection;
+  role: ConnectionRole;
+  other: string;
+  openedAt: string;
+  canChange: boolean;
+  types: DataType[];
+  setTypes: (types: DataType[]) => void;
+  busy: boolean;
+  onSave: () => void;
+  onCancel: () => void;
+}) {
+  const source = role === ConnectionRole.SOURCE;
+  const name = useOrganizationName(other) ?? (source ? "the destination" : "the source");
+  const active = connection.state === ConnectionState.ACTIVE;
+  const changed = connection.etag !== openedAt;
+  const choices = source ? DATA_TYPES : DATA_TYPES.filter(([value]) => connection.dataTypes.includes(value));
+  const none = types.length === 0;
+  const unchanged = sameTypes(types, typesNow(connection, role));
+  const waiting = connection.pendingDataTypes;
+  return (
+    <form
+      class="card confirm"
+      aria-labelledby="types-question"
+      onSubmit={(event) => {
+        event.preventDefault();
+        if (!busy && canChange && !none && !unchanged) onSave();
+      }}
+    >
+      <p id="types-question" class="question">
+        {source ? `Change the data types you share with ${name}` : `Change the data types you receive from ${name}`}
+      </p>
+      <p id="types-hint" class="hint">
+        {source
+          ? active
+            ? `Types you add wait for ${name}'s approval and are not shared until then; types you remove stop being shared at once.`
+            : `The new types replace the current ones; ${name} agrees to them when it activates the connection.`
+          : `Types you uncheck stop being shared at once. Only ${name} can add types, with your approval.`}
+        {source && waiting.length > 0 ? " Uncheck a type waiting for approval to withdraw the request." : ""}
+      </p>
+      {changed ? (
+        <p class="notice" role="status">
+          {`This connection changed while this was open: it is now ${STATE_WORDS[connection.state]}, sharing ${dataTypeList(connection.dataTypes)}`}
+          {waiting.length > 0 ? `; waiting for approval: ${dataTypeList(waiting)}` : ""}
+          {". "}
+          {canChange
+            ? "Check your choice before saving."
+            : "Its data types cannot be changed now; your choice stays here until you cancel."}
+        </p>
+      ) : null}
+      <fieldset aria-describedby="types-hint">
+        <legend>{source ? "Data to share" : "Data to receive"}</legend>
+        {choices.map(([value, label]) => (
+          <label class="check">
+            <input
+              type="checkbox"
+              checked={types.includes(value)}
+              onChange={(event) =>
+                setTypes(event.currentTarget.checked ? union(types, [value]) : types.filter((t) => t !== value))
+              }
+            />
+            {label}
+            {waiting.includes(value) ? <span class="muted"> (waiting for approval)</span> : null}
+          </label>
+        ))}
+        {none ? (
+          <p class="problem" role="alert">
+            {active
+              ? "Keep at least one type. To stop sharing altogether, deactivate the connection."
+              : "Choose at least one type of data to share."}
+          </p>
+        ) : null}
+      </fieldset>
+      <div class="actions">
+        <button type="submit" class="primary" disabled={busy || !canChange || none || unchanged}>
+          Save
+        </button>
+        <button type="button" onClick={onCancel}>
+          Cancel
+        </button>
+      </div>
+    </form>
   );
 }
 
@@ -705,7 +1042,8 @@ function HistoryEntry({ event }: { event: ConnectionEvent }) {
       ) : (
         <>
           <strong>{actor ?? "An organization"}</strong> ({ROLE_WORDS[event.actorRole]}
-          {key ? <span class="key">, by key '{key}'</span> : null}) {EVENT_WORDS[event.type]}
+          {key ? <span class="key">, by key '{key}'</span> : null}){" "}
+          {event.type === ConnectionEventType.ACTIVATED && event.byPolicy ? ACTIVATED_BY_POLICY : EVENT_WORDS[event.type]}
         </>
       )}
       {event.toState !== ConnectionState.UNSPECIFIED ? ` (now ${STATE_WORDS[event.toState]})` : ""}.

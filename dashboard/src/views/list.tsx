@@ -1,14 +1,16 @@
 /**
  * The caller's connections: Outbound, Inbound or All, filtered, newest first, a page at a time, as
  * a table (stacked rows on a narrow screen). A row opens its connection; an inbound Pending one
- * that waits on the caller says so and can be activated from the row; a Pending one says when its
- * invitation expires. The page shown is loaded again when an event of the organization's
- * connections arrives (see ../live.ts), never on a timer.
+ * that waits on the caller says so and can be activated from the row; so does an inbound Active
+ * one whose new data types wait for the caller's approval (approved or declined on its page, where
+ * they are shown in full); a Pending one says when its invitation expires. The page shown is
+ * loaded again when an event of the organization's connections arrives (see ../live.ts), never on
+ * a timer.
  */
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 
 import { isId, newRequestId, problem, type Problem } from "../api.js";
-import { dataTypeWords, shortId, STATE_WORDS } from "../format.js";
+import { dataTypeList, dataTypeWords, shortId, STATE_WORDS } from "../format.js";
 import { go } from "../nav.js";
 import { useOrganizationName, useSession } from "../session.js";
 import {
@@ -285,6 +287,8 @@ function ConnectionRow({
   const other = outbound ? connection.destinationOrganizationId : connection.sourceOrganizationId;
   const name = useOrganizationName(other);
   const pending = connection.state === ConnectionState.PENDING;
+  // New data types wait for the destination's approval.
+  const approval = connection.state === ConnectionState.ACTIVE && connection.pendingDataTypes.length > 0;
   const stateWord = STATE_WORDS[connection.state];
   const href = `#/connections/${connection.id}`;
   const [busy, setBusy] = useState(false);
@@ -345,6 +349,15 @@ function ConnectionRow({
             </span>
           ) : pending ? (
             <span class="next muted">Waiting for {name ?? "the other organization"}</span>
+          ) : approval && !outbound ? (
+            <span class="next">
+              <strong class="needs">Needs your action</strong>
+              <span>Approve or decline {dataTypeList(connection.pendingDataTypes)}</span>
+            </span>
+          ) : approval ? (
+            <span class="next muted">
+              Waiting for {name ?? "the other organization"} to approve {dataTypeList(connection.pendingDataTypes)}
+            </span>
           ) : null}
           {pending && connection.expireTime ? (
             <span class="expires muted">
