@@ -383,6 +383,18 @@ impl From<domain::ApiKey> for proto::ApiKey {
     }
 }
 
+impl From<domain::Policy> for proto::OrganizationPolicy {
+    fn from(policy: domain::Policy) -> Self {
+        Self {
+            auto_activate_source_ids: policy
+                .trusted_sources
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,17 +424,5 @@ mod tests {
             assert_eq!(self::data_type(data_type.into()), Some(data_type));
         }
         assert_eq!(self::state(proto::ConnectionState::Unspecified), None);
-    }
-}
-
-impl From<domain::Policy> for proto::OrganizationPolicy {
-    fn from(policy: domain::Policy) -> Self {
-        Self {
-            auto_activate_source_ids: policy
-                .trusted_sources
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-        }
     }
 }

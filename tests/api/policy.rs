@@ -56,11 +56,12 @@ async fn a_connection_from_a_trusted_source_is_active_at_once_activated_as_the_d
     let app = spawn_app().await;
     let (source, destination) = (app.new_org("S").await, app.new_org("D").await);
     let other = app.new_org("O").await;
+    let trusted = vec![source.id.clone()];
     assert_eq!(
         trust(&app, &destination, &[&source.id]).await.unwrap(),
-        [source.id.clone()]
+        trusted
     );
-    assert_eq!(policy_of(&app, &destination).await, [source.id.clone()]);
+    assert_eq!(policy_of(&app, &destination).await, trusted);
 
     let created = app
         .connections(&source)
