@@ -32,6 +32,20 @@ pub async fn find(
     Ok(Entity::find_by_id(id.uuid()).one(conn).await?.map(from_row))
 }
 
+/// Organization `id`, if it exists, its row locked until the transaction
+/// ends (PostgreSQL; SQLite's writers take turns anyway), so that changes
+/// to what belongs to it are made one at a time.
+pub async fn find_for_update(
+    conn: &impl ConnectionTrait,
+    id: OrganizationId,
+) -> Result<Option<Organization>, DbErr> {
+    Ok(Entity::find_by_id(id.uuid())
+        .lock_exclusive()
+        .one(conn)
+        .await?
+        .map(from_row))
+}
+
 /// Whether organization `id` exists.
 pub async fn exists(conn: &impl ConnectionTrait, id: OrganizationId) -> Result<bool, DbErr> {
     Ok(Entity::find_by_id(id.uuid()).count(conn).await? > 0)

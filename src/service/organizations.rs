@@ -86,7 +86,8 @@ impl Organizations {
             ServiceError::InvalidArgument(vec![FieldViolation::new(field, problem.to_string())])
         })?;
         let txn = db::begin_write(&self.db).await?;
-        let own = organization::find(&*txn, organization)
+        // One update of a policy at a time: each replaces the whole list.
+        let own = organization::find_for_update(&*txn, organization)
             .await?
             .ok_or(ServiceError::OrganizationNotFound)?;
         let existing = organization::count_existing(&*txn, &policy.trusted_sources).await?;

@@ -213,3 +213,25 @@ async fn a_policy_update_is_audited_with_the_calling_key() {
     assert_eq!(entry.target_id, destination.id);
     assert_eq!(entry.organization_id, destination.id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_updates_of_one_policy_each_succeed_and_one_of_them_is_the_policy() {
+    let app = spawn_app().await;
+    let destination = app.new_org("D").await;
+    let mut sources = Vec::new();
+    for i in 0..4 {
+        sources.push(app.new_org(&format!("S{i}")).await.id);
+    }
+    // Overlapping lists, so that two updates insert the same rows.
+    let lists: Vec<Vec<&str>> = (0..8)
+        .map(|i| sources.iter().skip(i % 3).map(String::as_str).collect())
+        .collect();
+    let results =
+        futures::future::join_all(lists.iter().map(|list| trust(&app, &destination, list))).await;
+    let mut stored = Vec::new();
+    for result in results {
+        stored.push(result.unwrap_or_else(|status| panic!("{status:?}")));
+    }
+    let now = policy_of(&app, &destination).await;
+    assert!(stored.contains(&now), "{now:?} is none of {stored:?}");
+}
