@@ -626,26 +626,13 @@ function ConfirmDecline({
             : "Nothing waits for approval any more; what you typed stays here until you cancel."}
         </p>
       ) : null}
-      <label for="decline-reason">Reason</label>
-      <input
+      <ReasonAndConfirm
         id="decline-reason"
-        value={reason}
-        maxLength={REASON_MAX}
-        autocomplete="off"
-        aria-describedby="decline-reason-hint"
-        onInput={(event) => setReason(event.currentTarget.value)}
+        reason={reason}
+        setReason={setReason}
+        disabled={busy || !canDecline}
+        onCancel={onCancel}
       />
-      <p id="decline-reason-hint" class="hint">
-        Optional. Both organizations see it in the history.
-      </p>
-      <div class="actions">
-        <button type="submit" class="danger" disabled={busy || !canDecline}>
-          Confirm
-        </button>
-        <button type="button" onClick={onCancel}>
-          Cancel
-        </button>
-      </div>
     </form>
   );
 }
@@ -865,26 +852,13 @@ function ConfirmDeactivate({
             : "There is nothing left to deactivate; what you typed stays here until you cancel."}
         </p>
       ) : null}
-      <label for="reason">Reason</label>
-      <input
+      <ReasonAndConfirm
         id="reason"
-        value={reason}
-        maxLength={REASON_MAX}
-        autocomplete="off"
-        aria-describedby="reason-hint"
-        onInput={(event) => setReason(event.currentTarget.value)}
+        reason={reason}
+        setReason={setReason}
+        disabled={busy || !canDeactivate}
+        onCancel={onCancel}
       />
-      <p id="reason-hint" class="hint">
-        Optional. Both organizations see it in the history.
-      </p>
-      <div class="actions">
-        <button type="submit" class="danger" disabled={busy || !canDeactivate}>
-          Confirm
-        </button>
-        <button type="button" onClick={onCancel}>
-          Cancel
-        </button>
-      </div>
     </form>
   );
 }
@@ -1061,5 +1035,48 @@ function HistoryEntry({ event }: { event: ConnectionEvent }) {
       {event.reason ? <span class="reason">Reason: {event.reason}</span> : null}
       {event.message ? <span class="message">Message: {event.message}</span> : null}
     </li>
+  );
+}
+
+/**
+ * The end of a form that asks before it acts: an optional reason both organizations see in the
+ * history, then "Confirm" (the form's submit) and "Cancel".
+ */
+function ReasonAndConfirm({
+  id,
+  reason,
+  setReason,
+  disabled,
+  onCancel,
+}: {
+  id: string;
+  reason: string;
+  setReason: (reason: string) => void;
+  disabled: boolean;
+  onCancel: () => void;
+}) {
+  return (
+    <>
+      <label for={id}>Reason</label>
+      <input
+        id={id}
+        value={reason}
+        maxLength={REASON_MAX}
+        autocomplete="off"
+        aria-describedby={`${id}-hint`}
+        onInput={(event) => setReason(event.currentTarget.value)}
+      />
+      <p id={`${id}-hint`} class="hint">
+        Optional. Both organizations see it in the history.
+      </p>
+      <div class="actions">
+        <button type="submit" class="danger" disabled={disabled}>
+          Confirm
+        </button>
+        <button type="button" onClick={onCancel}>
+          Cancel
+        </button>
+      </div>
+    </>
   );
 }

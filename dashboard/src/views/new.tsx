@@ -3,25 +3,22 @@
  * message for the destination. The page looks the destination up and shows its name before
  * anything is created.
  */
-import { useEffect, useRef, useState } from "preact/hooks";
+import { useRef, useState } from "preact/hooks";
 
-import { ErrorReason, fieldProblem, isId, newRequestId, problem, type Problem } from "../api.js";
+import { ErrorReason, fieldProblem, newRequestId, problem, type Problem } from "../api.js";
 import { go } from "../nav.js";
 import { useSession } from "../session.js";
 import { DATA_TYPES } from "../format.js";
 import { DataType } from "../gen/connections/v1/resources_pb.js";
 import { MessageField } from "./message.js";
+import { useOrganizationLookup } from "./lookup.js";
 import { ProblemNote } from "./problem.js";
 
-/** The destination as looked up: its name, or why there is none. */
-type Lookup = { id: string; name: string } | { id: string; refusal: Problem } | null;
-
 export function NewConnection() {
-  const { api, me } = useSession();
+  const { api } = useSession();
   const [destination, setDestination] = useState("");
   const [types, setTypes] = useState<DataType[]>([]);
   const [message, setMessage] = useState("");
-  const [lookup, setLookup] = useState<Lookup>(null);
   const [busy, setBusy] = useState(false);
   const [refusal, setRefusal] = useState<Problem | null>(null);
   const [typesMissing, setTypesMissing] = useState(false);
@@ -29,34 +26,11 @@ export function NewConnection() {
   // sends the same one, so the server creates one connection.
   const intent = useRef<{ key: string; requestId: string } | null>(null);
 
-  const id = isId(destination) ? destination.trim().toLowerCase() : "";
-
-  useEffect(() => {
-    if (!id) {
-      setLookup(null);
-      return;
-    }
-    if (id === me.id) {
-      setLookup({
-        id,
-        refusal: {
-          sentence: "That is your own organization's ID. Enter the ID of the organization you want to share with.",
-          reason: ErrorReason.SELF_CONNECTION,
-          retryable: false,
-          metadata: {},
-        },
-      });
-      return;
-    }
-    let live = true;
-    api.organizations.getOrganization({ organizationId: id }).then(
-      ({ organization }) => live && setLookup({ id, name: organization?.displayName ?? id }),
-      (err) => live && setLookup({ id, refusal: problem(err) }),
-    );
-    return () => {
-      live = false;
-    };
-  }, [api, id, me.id]);
+  const { id, lookup } = useOrganizationLookup(
+    destination,
+    "That is your own organization's ID. Enter the ID of the organization you want to share with.",
+    ErrorReason.SELF_CONNECTION,
+  );
 
   const create = async () => {
     setRefusal(null);

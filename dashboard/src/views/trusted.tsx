@@ -8,13 +8,11 @@
  */
 import { useCallback, useEffect, useRef, useState } from "preact/hooks";
 
-import { ErrorReason, isId, problem, type Problem } from "../api.js";
+import { ErrorReason, problem, type Problem } from "../api.js";
 import { useOrganizationName, useSession } from "../session.js";
 import { useReloadWhenLive } from "./live.js";
+import { useOrganizationLookup } from "./lookup.js";
 import { ProblemNote } from "./problem.js";
-
-/** The organization an ID names, as looked up: its name, or why there is none. */
-type Lookup = { id: string; name: string } | { id: string; refusal: Problem } | null;
 
 export function TrustedPartners() {
   const { api } = useSession();
@@ -157,37 +155,12 @@ function AddPartner({
   busy: boolean;
   onAdd: (id: string, name: string) => Promise<boolean>;
 }) {
-  const { api, me } = useSession();
   const [entered, setEntered] = useState("");
-  const [lookup, setLookup] = useState<Lookup>(null);
-  const id = isId(entered) ? entered.trim().toLowerCase() : "";
-
-  useEffect(() => {
-    if (!id) {
-      setLookup(null);
-      return;
-    }
-    if (id === me.id) {
-      setLookup({
-        id,
-        refusal: {
-          sentence: "That is your own organization's ID. Enter the ID of an organization that shares data with yours.",
-          reason: ErrorReason.INVALID_ARGUMENT,
-          retryable: false,
-          metadata: {},
-        },
-      });
-      return;
-    }
-    let live = true;
-    api.organizations.getOrganization({ organizationId: id }).then(
-      ({ organization }) => live && setLookup({ id, name: organization?.displayName ?? id }),
-      (err) => live && setLookup({ id, refusal: problem(err) }),
-    );
-    return () => {
-      live = false;
-    };
-  }, [api, id, me.id]);
+  const { id, lookup } = useOrganizationLookup(
+    entered,
+    "That is your own organization's ID. Enter the ID of an organization that shares data with yours.",
+    ErrorReason.INVALID_ARGUMENT,
+  );
 
   const found = lookup !== null && lookup.id === id && "name" in lookup ? lookup : null;
   const already = found !== null && trusted.includes(found.id);
