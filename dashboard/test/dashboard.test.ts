@@ -1127,7 +1127,7 @@ describe("the dashboard", { timeout: SUITE_TIMEOUT }, () => {
 
     // The message as text: its tags shown, not applied; its line breaks and tab kept.
     const invitation = other.locator("figure.invitation");
-    await invitation.waitFor();
+    await invitation.locator("figcaption").filter({ hasText: "Maple Mortgage" }).waitFor();
     assert.equal(await invitation.locator("figcaption").textContent(), "Message from Maple Mortgage");
     const text = invitation.locator("blockquote");
     assert.equal(await text.textContent(), message);
@@ -1257,6 +1257,8 @@ describe("the dashboard", { timeout: SUITE_TIMEOUT }, () => {
     await seeState(other, "Pending");
     const theirs = other.locator("figure.invitation");
     await theirs.locator("blockquote").filter({ hasText: /^Second invitation:/ }).waitFor();
+    // The source's name arrives after the page (it is looked up): wait for it, then read.
+    await theirs.locator("figcaption").filter({ hasText: "Quartz Quarry" }).waitFor();
     assert.equal(await theirs.locator("figcaption").textContent(), "Message from Quartz Quarry");
     assert.match((await other.locator(".next-step time.expiry").textContent())!, /^Expires in 30 days$/);
     const { events } = await server.connections(dst).listConnectionEvents({ connectionId: id });
